@@ -1,0 +1,57 @@
+# DTQ's front door. `make run` and `make test` set everything up from nothing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PROTO_FILES := $(wildcard protos/dtq/v1/*.proto)
+
+.PHONY: install run test lint protos protos-check format clean bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "DTQ needs Python 3.11+ (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+## run: a coordinator on 127.0.0.1:50051 (SQLite in ./dtq-data) and two demo nodes.
+run: install
+	@$(PY) -m dtq_server.devrun
+
+## test: the whole suite (chaos scenarios at small size).
+test: install
+	$(PY) -m pytest
+
+## lint: ruff, mypy, buf lint and a check that generated code matches protos/.
+lint: install protos-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && ../$(BIN)/buf lint
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## protos: regenerate dtq/v1 from protos/ (the only way that code is written).
+protos: install
+	rm -rf dtq/v1
+	mkdir -p dtq/v1
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_FILES)
+	touch dtq/v1/__init__.py
+
+protos-check: install
+	@rm -rf .protos-check && mkdir -p .protos-check/dtq/v1
+	@$(PY) -m grpc_tools.protoc -Iprotos --python_out=.protos-check --pyi_out=.protos-check \
+		--grpc_python_out=.protos-check $(PROTO_FILES)
+	@touch .protos-check/dtq/v1/__init__.py
+	@diff -r .protos-check/dtq/v1 dtq/v1 >/dev/null || \
+		{ echo "dtq/v1 is out of date with protos/: run 'make protos'" >&2; rm -rf .protos-check; exit 1; }
+	@rm -rf .protos-check
+	@echo "protos: generated code matches protos/"
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dtq-data

@@ -1,0 +1,62 @@
+"""Structured logging shared by the coordinator, worker nodes and the CLI.
+
+Every component logs one line per event to stderr, either human-readable
+(``console``) or one JSON object per line (``json``), through structlog::
+
+    log = structlog.get_logger("dtq_server.dispatch")
+    log.info("task.leased", task_id=..., attempt=2, node_id="host-1")
+
+Nothing is configured at import time; each command calls :func:`configure`
+once from its ``main``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+LogFormat = Literal["console", "json"]
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure(level: str = "info", fmt: LogFormat = "console") -> None:
+    """Route structlog and stdlib logging to stderr at ``level`` in ``fmt``."""
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # grpc and other libraries log through the stdlib; give them the same look.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))
