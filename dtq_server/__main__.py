@@ -1,0 +1,5 @@
+"""``python -m dtq_server``."""
+
+from dtq_server.cli import main
+
+main()

@@ -1,0 +1,179 @@
+"""Assembling and running a coordinator: gRPC server, health, reflection, signals.
+
+``CoordinatorServer`` is kept apart from ``serve`` (grpc's examples do the
+same) so tests can start one in-process on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from dtq.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from dtq_server.config import MiB, ServerConfig
+from dtq_server.coordinator import Coordinator
+from dtq_server.servicers.admin_service import AdminServicer
+from dtq_server.servicers.task_service import TaskServicer
+from dtq_server.servicers.worker_service import WorkerServicer
+from dtq_server.store import SqliteStore
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Transport limits and keepalive policy (RELIABILITY R6-R8).
+
+    The server pings idle nodes every 30 s to find dead connections, and allows
+    client pings every 5 s: our nodes and clients ping every 10 s, so they never
+    earn a GOAWAY ``too_many_pings``.
+    """
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", 2 * config.max_message_bytes),
+        ("grpc.max_metadata_size", 16 * 1024),
+        ("grpc.max_concurrent_streams", 256),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class CoordinatorServer:
+    """One running coordinator: store, domain core and gRPC server."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.health = HealthServicer()
+        self.store = SqliteStore(config.db_path, config.synchronous, self._store_health)
+        self.coordinator = Coordinator(config, self.store, self._set_health)
+        self.server = grpc.aio.server(options=server_options(config))
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """host:port actually bound."""
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Open the store, load unfinished work and start serving."""
+        self._loop = asyncio.get_running_loop()
+        await self.store.open()
+        await self.coordinator.start()
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            TaskServicer(self.coordinator), self.server
+        )
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            WorkerServicer(self.coordinator.sessions, self.config), self.server
+        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            AdminServicer(self.coordinator), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await self.server.start()
+        await self._set_all(SERVING)
+        if self.config.port_file is not None:
+            _write_atomically(self.config.port_file, self.address)
+        log.info(
+            "coordinator.serving",
+            address=self.address,
+            db=str(self.config.db_path),
+            synchronous=self.config.synchronous,
+            heartbeat_timeout_s=self.config.heartbeat_timeout_s,
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful, idempotent shutdown.
+
+        Health goes NOT_SERVING and submits are refused at once; results of
+        running tasks are still applied for ``grace_s`` while nodes finish; then
+        streams end (nodes reconnect to the next coordinator and resume their
+        leases), the server stops and the store closes.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self.coordinator.begin_shutdown()
+        await self.health.enter_graceful_shutdown()
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        log.info("coordinator.stopping", grace_s=grace)
+        await self.coordinator.stop(grace)
+        await self.server.stop(1.0)
+        await self.store.close()
+        log.info("coordinator.stopped")
+
+    async def _set_all(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for service in ("", *SERVICE_NAMES):
+            await self.health.set(service, status)
+
+    def _set_health(self, serving: bool) -> None:
+        if not self._stopped:
+            asyncio.get_running_loop().create_task(
+                self._set_all(SERVING if serving else NOT_SERVING)
+            )
+
+    def _store_health(self, ok: bool) -> None:
+        # Called on the store's writer thread: hop onto the event loop.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.coordinator.store_result, ok)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run a coordinator until SIGTERM or SIGINT, then shut down gracefully."""
+    server = CoordinatorServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("coordinator.signal")
+    await server.stop()
+
+
+__all__ = ["CoordinatorServer", "MiB", "serve", "server_options"]

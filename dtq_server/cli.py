@@ -1,0 +1,187 @@
+"""``dtq-server``: run a coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+import dtq
+from dtq import logs
+from dtq_server.app import serve
+from dtq_server.config import ServerConfig
+from dtq_server.store.sqlite import StoreCorrupt
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--listen",
+    envvar="DTQ_LISTEN",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="Address to serve on (port 0 picks a free port). [env: DTQ_LISTEN]",
+)
+@click.option(
+    "--data-dir",
+    envvar="DTQ_DATA_DIR",
+    default="dtq-data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the SQLite database. [env: DTQ_DATA_DIR]",
+)
+@click.option(
+    "--synchronous",
+    envvar="DTQ_SYNCHRONOUS",
+    default="FULL",
+    show_default=True,
+    type=click.Choice(["FULL", "NORMAL"], case_sensitive=False),
+    help="SQLite durability: FULL survives power loss, NORMAL only crashes. [env: DTQ_SYNCHRONOUS]",
+)
+@click.option(
+    "--heartbeat-interval",
+    envvar="DTQ_HEARTBEAT_INTERVAL",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Seconds between node heartbeats. [env: DTQ_HEARTBEAT_INTERVAL]",
+)
+@click.option(
+    "--heartbeat-timeout",
+    envvar="DTQ_HEARTBEAT_TIMEOUT",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.2),
+    help="Silence after which a node is dead. [env: DTQ_HEARTBEAT_TIMEOUT]",
+)
+@click.option(
+    "--shutdown-grace",
+    envvar="DTQ_SHUTDOWN_GRACE",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds results are still accepted after SIGTERM. [env: DTQ_SHUTDOWN_GRACE]",
+)
+@click.option(
+    "--max-attempts",
+    envvar="DTQ_MAX_ATTEMPTS",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Default attempts per task. [env: DTQ_MAX_ATTEMPTS]",
+)
+@click.option(
+    "--max-lease-expiries",
+    envvar="DTQ_MAX_LEASE_EXPIRIES",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Lost leases before a task is dead-lettered. [env: DTQ_MAX_LEASE_EXPIRIES]",
+)
+@click.option(
+    "--retry-backoff",
+    envvar="DTQ_RETRY_BACKOFF",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Default first retry delay in seconds. [env: DTQ_RETRY_BACKOFF]",
+)
+@click.option(
+    "--retry-backoff-max",
+    envvar="DTQ_RETRY_BACKOFF_MAX",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Longest retry delay in seconds. [env: DTQ_RETRY_BACKOFF_MAX]",
+)
+@click.option(
+    "--max-payload-bytes",
+    envvar="DTQ_MAX_PAYLOAD_BYTES",
+    default=1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1, 4 * 1024 * 1024 - 64 * 1024),
+    help="Largest payload accepted. [env: DTQ_MAX_PAYLOAD_BYTES]",
+)
+@click.option(
+    "--max-result-bytes",
+    envvar="DTQ_MAX_RESULT_BYTES",
+    default=1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1, 4 * 1024 * 1024 - 64 * 1024),
+    help="Largest result accepted. [env: DTQ_MAX_RESULT_BYTES]",
+)
+@click.option(
+    "--port-file",
+    envvar="DTQ_PORT_FILE",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the bound host:port here once serving. [env: DTQ_PORT_FILE]",
+)
+@click.option(
+    "--log-level",
+    envvar="DTQ_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    type=click.Choice(logs.LOG_LEVELS),
+    help="[env: DTQ_LOG_LEVEL]",
+)
+@click.option(
+    "--log-format",
+    envvar="DTQ_LOG_FORMAT",
+    default="console",
+    show_default=True,
+    type=click.Choice(["console", "json"]),
+    help="[env: DTQ_LOG_FORMAT]",
+)
+@click.version_option(dtq.__version__, prog_name="dtq-server")
+def main(
+    listen: str,
+    data_dir: Path,
+    synchronous: str,
+    heartbeat_interval: float,
+    heartbeat_timeout: float,
+    shutdown_grace: float,
+    max_attempts: int,
+    max_lease_expiries: int,
+    retry_backoff: float,
+    retry_backoff_max: float,
+    max_payload_bytes: int,
+    max_result_bytes: int,
+    port_file: Path | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run a DTQ coordinator: the durable queue and the registry of worker nodes.
+
+    Stops gracefully on SIGTERM or SIGINT: health turns NOT_SERVING, submits
+    are refused, results are accepted for the shutdown grace, then it exits 0.
+    Exits 1 if the database is unusable (it never overwrites an existing file).
+    """
+    logs.configure(log_level, "json" if log_format == "json" else "console")
+    try:
+        config = ServerConfig(
+            listen=listen,
+            data_dir=data_dir,
+            synchronous="NORMAL" if synchronous.upper() == "NORMAL" else "FULL",
+            heartbeat_interval_s=heartbeat_interval,
+            heartbeat_timeout_s=heartbeat_timeout,
+            shutdown_grace_s=shutdown_grace,
+            default_max_attempts=max_attempts,
+            max_lease_expiries=max_lease_expiries,
+            retry_backoff_s=retry_backoff,
+            retry_backoff_max_s=retry_backoff_max,
+            max_payload_bytes=max_payload_bytes,
+            max_result_bytes=max_result_bytes,
+            port_file=port_file,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        asyncio.run(serve(config))
+    except StoreCorrupt as exc:
+        click.echo(f"dtq-server: refusing to start: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"dtq-server: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,61 @@
+"""Coordinator configuration: one frozen dataclass, built by the CLI from flags > env > defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything the coordinator needs; passed down, never read from globals."""
+
+    listen: str = "127.0.0.1:50051"
+    """Address to bind; port 0 picks a free port (tests)."""
+    data_dir: Path = Path("dtq-data")
+    """Directory holding the SQLite database (created if missing)."""
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """SQLite durability. FULL survives power loss; NORMAL only process crashes."""
+    heartbeat_interval_s: float = 2.0
+    """How often nodes heartbeat."""
+    heartbeat_timeout_s: float = 10.0
+    """Silence after which a node is dead and its leases are requeued."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, how long results of running tasks are still accepted."""
+    default_max_attempts: int = 3
+    """Attempts for a task that does not say."""
+    max_lease_expiries: int = 5
+    """Leases a task may lose to dead nodes before it is dead-lettered (poison task)."""
+    retry_backoff_s: float = 1.0
+    """First retry delay for a task that does not say; doubles per failure."""
+    retry_backoff_max_s: float = 300.0
+    """Upper bound of a retry delay."""
+    max_payload_bytes: int = 1 * MiB
+    """Largest task payload accepted."""
+    max_result_bytes: int = 1 * MiB
+    """Largest result accepted; a larger one fails the task with RESULT_TOO_LARGE."""
+    max_message_bytes: int = 4 * MiB
+    """gRPC receive limit per message (the gRPC default)."""
+    port_file: Path | None = None
+    """If set, the bound address is written here once serving (for scripts and tests)."""
+
+    @property
+    def reaper_tick_s(self) -> float:
+        """How often dead nodes and due retries are looked for."""
+        return min(0.25, self.heartbeat_timeout_s / 8)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.data_dir / "dtq.sqlite3"
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_s <= 0 or self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("heartbeat timeout must exceed the (positive) heartbeat interval")
+        if not 1 <= self.default_max_attempts <= 100:
+            raise ValueError("default max attempts must be 1-100")
+        if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:
+            raise ValueError("max payload must leave 64 KiB of room under the message limit")

@@ -1,0 +1,295 @@
+"""The coordinator: the durable queue, the node registry and dispatch, behind one object.
+
+Servicers call it with plain domain values. It owns the background work:
+the dispatcher (leases ready tasks to free slots) and the reaper (ends silent
+node sessions, wakes retries whose backoff ended, probes a failing store).
+
+Shutdown order (``stop``): refuse new submits and new sessions, stop leasing,
+keep accepting results while nodes finish (``shutdown_grace_s``), then end
+the streams and close the store. Leases still open keep their session id in
+the store, so nodes resume them on the next coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+
+from dtq_server.board import TaskBoard
+from dtq_server.config import ServerConfig
+from dtq_server.dispatch import Dispatcher
+from dtq_server.errors import (
+    InvalidArgument,
+    NodeNotFound,
+    ShuttingDown,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskTerminal,
+)
+from dtq_server.models import (
+    ActiveTask,
+    NodeState,
+    QueueStats,
+    TaskFilter,
+    TaskRecord,
+    TaskState,
+)
+from dtq_server.registry import EndStream, NodeRegistry, Session
+from dtq_server.sessions import NodeSessions
+from dtq_server.store.base import Store
+from dtq_server.updates import Transition
+from dtq_server.validation import SpecInput, validate_specs, validate_task_id
+from dtq_server.watchers import TaskWatchers
+
+log = structlog.get_logger(__name__)
+WATCH_RECHECK_S = 5.0
+STORE_PROBE_S = 1.0
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+class Coordinator:
+    """The queue's domain core (no gRPC in here)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        on_health: Callable[[bool], None] = lambda serving: None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.board = TaskBoard()
+        self.registry = NodeRegistry()
+        self.watchers = TaskWatchers()
+        self.dispatcher = Dispatcher(self.board, self.registry, store)
+        self.sessions = NodeSessions(
+            config, store, self.board, self.registry, self.dispatcher, self.watchers
+        )
+        self._on_health = on_health
+        self._store_ok = True
+        self._shutting_down = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load unfinished tasks from the store and start dispatching."""
+        tasks = await self.store.load_active()
+        now = time.monotonic()
+        for task in tasks:
+            self.board.track(task, now)
+        self.sessions.recover(tasks)
+        log.info(
+            "coordinator.loaded",
+            unfinished=len(tasks),
+            leased=sum(1 for t in tasks if t.state.is_leased),
+            sessions=len(self.registry.sessions),
+        )
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="dtq-dispatcher"),
+            asyncio.create_task(self._reap_forever(), name="dtq-reaper"),
+        ]
+        self.dispatcher.kick()
+
+    def begin_shutdown(self) -> None:
+        """Refuse new submits and sessions; lease nothing more. Results are still applied."""
+        self._shutting_down = True
+        self.sessions.accept_new = False
+        self.dispatcher.paused = True
+
+    async def stop(self, grace_s: float) -> None:
+        """Ordered, idempotent shutdown (see the module docstring)."""
+        self.begin_shutdown()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(
+            s.leases and s.outbox is not None for s in self.registry.sessions.values()
+        ):
+            await asyncio.sleep(0.05)
+        for session in list(self.registry.sessions.values()):
+            session.send(EndStream(ShuttingDown()))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once shutdown began."""
+        return self._shutting_down
+
+    def store_result(self, ok: bool) -> None:
+        """Called by the store after each commit attempt (from its thread)."""
+        if ok != self._store_ok:
+            self._store_ok = ok
+            log.warning("store.health", writable=ok)
+            self._on_health(ok and not self._shutting_down)
+
+    async def _reap_forever(self) -> None:
+        last_probe = 0.0
+        while True:
+            await asyncio.sleep(self.config.reaper_tick_s)
+            now = time.monotonic()
+            if self.board.promote_due(now):
+                self.dispatcher.kick()
+            await self.sessions.expire_silent()
+            if not self._store_ok and now - last_probe >= STORE_PROBE_S:
+                last_probe = now
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.check_writable()
+
+    # -- tasks -------------------------------------------------------------
+
+    async def submit(self, specs: list[SpecInput], batch: bool) -> list[tuple[TaskRecord, bool]]:
+        """Validate and durably store tasks; returns (task, created) per spec."""
+        if self._shutting_down:
+            raise ShuttingDown()
+        new = validate_specs(specs, self.config, batch)
+        results = await self.store.insert(new)
+        now = time.monotonic()
+        for record, created in results:
+            if created:
+                self.board.track(_active(record), now)
+        self.dispatcher.kick()
+        return results
+
+    async def get(self, task_id: str) -> TaskRecord:
+        """One task; TaskNotFound if there is none."""
+        record = await self.store.get(validate_task_id(task_id))
+        if record is None:
+            raise TaskNotFound(task_id)
+        return record
+
+    async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
+        """The task now, then after every change, until it is terminal."""
+        task_id = validate_task_id(task_id)
+        with self.watchers.subscribe(task_id) as changed:
+            last: TaskRecord | None = None
+            while True:
+                changed.clear()
+                record = await self.store.get(task_id)
+                if record is None:
+                    raise TaskNotFound(task_id)
+                if record != last:
+                    yield record
+                    last = record
+                if record.state.is_terminal:
+                    return
+                # Re-read now and then anyway: a notification is only an optimisation.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), WATCH_RECHECK_S)
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a queued task at once; ask the node of a running one to stop it."""
+        task_id = validate_task_id(task_id)
+        task = self.board.active.get(task_id)
+        if task is None:
+            record = await self.get(task_id)
+            if record.state is TaskState.CANCELLED:
+                return record
+            raise TaskTerminal(task_id, record.state.name.lower())
+        if task.state is TaskState.QUEUED:
+            # Off the board first, so no dispatch round can lease it during the commit.
+            self.board.forget(task, TaskState.CANCELLED)
+            transition = Transition(
+                task.id, task.attempt, (TaskState.QUEUED,), state=TaskState.CANCELLED
+            )
+            try:
+                (applied,) = await self.store.apply([transition])
+            except StoreUnavailable:
+                self.board.track(task, time.monotonic())
+                raise
+            if not applied:
+                log.error("cancel.not_applied", task_id=task.id)
+        elif not task.cancel_requested:
+            await self.store.apply(
+                [
+                    Transition(
+                        task.id,
+                        task.attempt,
+                        (TaskState.LEASED, TaskState.RUNNING),
+                        cancel_requested=True,
+                    )
+                ]
+            )
+            task.cancel_requested = True
+            self.sessions.request_cancel(task)
+        self.watchers.notify([task_id])
+        log.info("task.cancel", task_id=task_id, state=task.state.name.lower())
+        return await self.get(task_id)
+
+    async def list_tasks(
+        self, task_filter: TaskFilter, page_size: int, page_token: str
+    ) -> tuple[list[TaskRecord], str]:
+        """A page of tasks, newest first, and the token of the next page ("" if last)."""
+        if page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
+        fingerprint = _filter_fingerprint(task_filter)
+        before = _decode_token(page_token, fingerprint) if page_token else None
+        page = await self.store.list_tasks(task_filter, page_size or DEFAULT_PAGE_SIZE, before)
+        token = ""
+        if page.next_before_seq is not None:
+            raw = f"{page.next_before_seq}:{fingerprint}".encode()
+            token = base64.urlsafe_b64encode(raw).decode()
+        return page.tasks, token
+
+    # -- admin -------------------------------------------------------------
+
+    def nodes(self, include_gone: bool) -> list[Session]:
+        """Sessions for ListNodes."""
+        return self.registry.listing(include_gone)
+
+    def drain(self, node_id: str) -> Session:
+        """Drain the live session(s) of a node."""
+        live = [
+            s
+            for s in self.registry.live_for_node(node_id)
+            if s.state in (NodeState.ACTIVE, NodeState.DRAINING)
+        ]
+        if not live:
+            raise NodeNotFound(node_id)
+        for session in live:
+            self.sessions.drain(session)
+        return live[0]
+
+    async def queues(self) -> list[QueueStats]:
+        """Task counts per queue."""
+        return await self.store.queue_stats()
+
+
+def _active(record: TaskRecord) -> ActiveTask:
+    return ActiveTask(
+        id=record.id,
+        seq=record.seq,
+        type=record.type,
+        queue=record.queue,
+        state=record.state,
+        attempt=record.attempt,
+        max_attempts=record.max_attempts,
+        failures=record.failures,
+        lease_expiries=record.lease_expiries,
+        retry_backoff_s=record.retry_backoff_s,
+    )
+
+
+def _filter_fingerprint(task_filter: TaskFilter) -> str:
+    raw = f"{task_filter.queue}|{task_filter.state}|{task_filter.type}".encode()
+    return hashlib.blake2b(raw, digest_size=6).hexdigest()
+
+
+def _decode_token(token: str, fingerprint: str) -> int:
+    try:
+        seq, seen = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        if seen != fingerprint:
+            raise ValueError("filters changed")
+        return int(seq)
+    except (ValueError, UnicodeError) as exc:
+        raise InvalidArgument(
+            [("page_token", "not a token from this listing (filters must stay the same)")]
+        ) from exc

@@ -1,0 +1,127 @@
+"""Choosing which ready task goes to which node, and leasing it.
+
+Dispatch is push-based with credits: a node receives at most as many tasks
+as it has free slots, so no node hoards work another could run. Each round
+hands out one task per node per pass (rotating the starting node), which keeps
+nodes evenly loaded when work is scarce. Every lease of a round is committed
+in one transaction before any assignment is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import structlog
+
+from dtq_server.board import TaskBoard
+from dtq_server.errors import StoreUnavailable
+from dtq_server.models import ActiveTask, TaskState
+from dtq_server.registry import NodeRegistry, SendAssignments, Session
+from dtq_server.store.base import Store
+from dtq_server.updates import LeaseGrant
+
+log = structlog.get_logger(__name__)
+STORE_RETRY_S = 0.2
+
+
+class Dispatcher:
+    """Leases ready tasks to nodes with free slots whenever something changes."""
+
+    def __init__(self, board: TaskBoard, registry: NodeRegistry, store: Store) -> None:
+        self._board = board
+        self._registry = registry
+        self._store = store
+        self._wake = asyncio.Event()
+        self.paused = False
+        """While True (shutting down) nothing new is leased."""
+
+    def kick(self) -> None:
+        """Something changed (a submit, a free slot, a new node): run a round soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Dispatch rounds until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.paused:
+                continue
+            plan = self._plan()
+            if plan:
+                await self._lease(plan)
+
+    def _plan(self) -> list[tuple[Session, ActiveTask]]:
+        """Reserve ready tasks for free slots (in memory only; undone if the commit fails)."""
+        sessions = self._registry.with_free_slots()
+        if not sessions:
+            return []
+        ready = self._board.ready_keys()
+        budget = {s.id: s.free_slots for s in sessions}
+        keys = {s.id: s.keys & ready for s in sessions}
+        plan: list[tuple[Session, ActiveTask]] = []
+        progress = True
+        while progress:
+            progress = False
+            for session in sessions:
+                if budget[session.id] <= 0:
+                    continue
+                task = self._board.pop_ready(keys[session.id])
+                if task is None:
+                    budget[session.id] = 0
+                    continue
+                task.state = TaskState.LEASED
+                task.attempt += 1
+                task.session_id = session.id
+                task.node_id = session.node.node_id
+                session.leases[task.id] = task.attempt
+                plan.append((session, task))
+                budget[session.id] -= 1
+                progress = True
+        return plan
+
+    async def _lease(self, plan: list[tuple[Session, ActiveTask]]) -> None:
+        grants = [
+            LeaseGrant(task.id, task.attempt, session.node.node_id, session.id)
+            for session, task in plan
+        ]
+        try:
+            assignments = await self._store.lease(grants)
+        except StoreUnavailable as exc:
+            log.warning("dispatch.store_unavailable", error=str(exc))
+            self._undo(plan)
+            await asyncio.sleep(STORE_RETRY_S)  # let the store recover before the next round
+            self.kick()
+            return
+        leased = {a.lease.task_id for a in assignments}
+        if len(leased) != len(plan):
+            # Memory and store disagree (should not happen): trust the store, drop the rest.
+            for session, task in plan:
+                if task.id not in leased:
+                    log.error("dispatch.lease_not_applied", task_id=task.id, attempt=task.attempt)
+                    session.leases.pop(task.id, None)
+                    self._board.forget(task, task.state)
+        by_session: dict[str, list[int]] = defaultdict(list)
+        sessions = {}
+        for i, (session, task) in enumerate(plan):
+            if task.id in leased:
+                by_session[session.id].append(i)
+                sessions[session.id] = session
+        index = {a.lease.task_id: a for a in assignments}
+        for session_id, positions in by_session.items():
+            session = sessions[session_id]
+            batch = [index[plan[i][1].id] for i in positions]
+            # A session that lost its stream meanwhile keeps the leases: it may
+            # resume and reconcile them, or they expire with it.
+            session.send(SendAssignments(batch))
+        log.debug("dispatch.round", leased=len(assignments), nodes=len(by_session))
+
+    def _undo(self, plan: list[tuple[Session, ActiveTask]]) -> None:
+        now = time.monotonic()
+        for session, task in plan:
+            if session.leases.get(task.id) == task.attempt:
+                del session.leases[task.id]
+            task.attempt -= 1
+            task.session_id = None
+            self._board.make_ready(task, now)

@@ -1,0 +1,84 @@
+"""The coordinator's error tree. ``rpc_errors`` maps it to gRPC statuses in one place.
+
+::
+
+    CoordinatorError
+    ├── InvalidArgument        a request field is malformed (names every bad field)
+    ├── TaskNotFound           no task with that id
+    ├── NodeNotFound           no live node with that id
+    ├── IdempotencyKeyReused   a key was reused with a different spec
+    ├── TaskTerminal           the task already finished; the request cannot apply
+    ├── ShuttingDown           the coordinator is stopping; retry elsewhere or later
+    ├── StoreUnavailable       the store cannot commit right now (disk full, locked, I/O)
+    └── SessionExpired         a node's session is gone; it must register afresh
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CoordinatorError(Exception):
+    """Root of every error the coordinator raises on purpose."""
+
+
+class InvalidArgument(CoordinatorError):
+    """A request field is malformed."""
+
+    def __init__(self, violations: Sequence[tuple[str, str]]) -> None:
+        self.violations = list(violations)
+        super().__init__("; ".join(f"{field}: {why}" for field, why in self.violations))
+
+
+class TaskNotFound(CoordinatorError):
+    """No task with that id."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id!r} not found")
+
+
+class NodeNotFound(CoordinatorError):
+    """No live node with that id."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        super().__init__(f"node {node_id!r} not found")
+
+
+class IdempotencyKeyReused(CoordinatorError):
+    """An idempotency key was reused with a different task spec."""
+
+    def __init__(self, key: str, task_id: str) -> None:
+        self.key = key
+        self.task_id = task_id
+        super().__init__(
+            f"idempotency key {key!r} already names task {task_id} with a different spec"
+        )
+
+
+class TaskTerminal(CoordinatorError):
+    """The task already finished."""
+
+    def __init__(self, task_id: str, state: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id} is already {state}")
+
+
+class ShuttingDown(CoordinatorError):
+    """The coordinator is shutting down."""
+
+    def __init__(self) -> None:
+        super().__init__("the coordinator is shutting down; retry shortly")
+
+
+class StoreUnavailable(CoordinatorError):
+    """The store could not commit; nothing was acknowledged."""
+
+
+class SessionExpired(CoordinatorError):
+    """A node session timed out or was replaced; its leases are gone."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"session {session_id} expired; register again")

@@ -1,0 +1,193 @@
+"""Plain domain types of the coordinator. Protobuf never reaches past the servicers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class TaskState(IntEnum):
+    """Task states; the values match ``dtq.v1.TaskState`` and are stored as integers."""
+
+    QUEUED = 1
+    LEASED = 2
+    RUNNING = 3
+    SUCCEEDED = 4
+    FAILED = 5
+    CANCELLED = 6
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for states a task never leaves."""
+        return self >= TaskState.SUCCEEDED
+
+    @property
+    def is_leased(self) -> bool:
+        """True while a node holds the task."""
+        return self in (TaskState.LEASED, TaskState.RUNNING)
+
+
+class NodeState(IntEnum):
+    """Node session states; the values match ``dtq.v1.NodeState``."""
+
+    ACTIVE = 1
+    DRAINING = 2
+    DISCONNECTED = 3
+    DEAD = 4
+    LEFT = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One dispatch of a task: the fencing token every node message carries."""
+
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskError:
+    """Why an attempt failed."""
+
+    type: str
+    message: str = ""
+    traceback: str = ""
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Progress a handler reported."""
+
+    percent: float
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated submission, ready to be stored."""
+
+    id: str
+    type: str
+    queue: str
+    payload: bytes
+    content_type: str
+    max_attempts: int
+    idempotency_key: str | None
+    retry_backoff_s: float | None
+    spec_hash: bytes
+    """Digest of the spec, to tell a retried submit from a clashing one."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task as stored: what GetTask, ListTasks and WatchTask return."""
+
+    id: str
+    seq: int
+    type: str
+    queue: str
+    payload: bytes
+    content_type: str
+    state: TaskState
+    attempt: int
+    max_attempts: int
+    failures: int
+    idempotency_key: str | None
+    retry_backoff_s: float | None
+    result: bytes | None
+    result_content_type: str
+    last_error: TaskError | None
+    node_id: str | None
+    session_id: str | None
+    lease_expiries: int
+    cancel_requested: bool
+    progress: Progress | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    next_attempt_at: float | None
+    """Wall-clock times (seconds since the epoch) from the coordinator's clock."""
+
+
+@dataclass(slots=True, eq=False)
+class ActiveTask:
+    """The coordinator's in-memory view of a task that is not terminal.
+
+    Holds no payload: the store reads payloads in the same commit that leases
+    a batch, so a deep queue costs little memory.
+    """
+
+    id: str
+    seq: int
+    type: str
+    queue: str
+    state: TaskState
+    attempt: int
+    max_attempts: int
+    failures: int
+    lease_expiries: int
+    retry_backoff_s: float | None
+    cancel_requested: bool = False
+    session_id: str | None = None
+    node_id: str | None = None
+    due_at: float | None = None
+    """Monotonic time before which a retried task is not dispatched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A leased task as sent to its node."""
+
+    lease: Lease
+    type: str
+    queue: str
+    payload: bytes
+    content_type: str
+    max_attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A node's RegisterNode, validated."""
+
+    node_id: str
+    hostname: str
+    pid: int
+    version: str
+    task_types: frozenset[str]
+    queues: frozenset[str]
+    slots: int
+    resume_session_id: str | None
+    leases: tuple[Lease, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Task counts of one queue."""
+
+    name: str
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """ListTasks filters; None matches everything."""
+
+    queue: str | None = None
+    state: TaskState | None = None
+    type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of ListTasks."""
+
+    tasks: list[TaskRecord] = field(default_factory=list)
+    next_before_seq: int | None = None

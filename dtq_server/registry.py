@@ -1,0 +1,163 @@
+"""The registry of worker-node sessions.
+
+A session is one registration of one node: it holds that node's leases. It
+outlives a broken stream (state DISCONNECTED) so that a node that reconnects
+within the heartbeat timeout resumes it and keeps its leases; it ends when the
+node closes cleanly (LEFT) or stays silent past the timeout (DEAD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from dtq_server.board import Key
+from dtq_server.errors import CoordinatorError
+from dtq_server.models import Assignment, Lease, NodeState, Registration
+from dtq_server.updates import UpdateAck
+
+GONE_NODES_KEPT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SendAssignments:
+    """Outbound: new work."""
+
+    assignments: list[Assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class SendCancel:
+    """Outbound: stop these tasks."""
+
+    leases: list[Lease]
+
+
+@dataclass(frozen=True, slots=True)
+class SendDrain:
+    """Outbound: finish running tasks, take no more, close."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendHeartbeatAck:
+    """Outbound: answer to a heartbeat."""
+
+    sequence: int
+    stale: list[Lease]
+
+
+@dataclass(frozen=True, slots=True)
+class SendAcks:
+    """Outbound: answers to task updates."""
+
+    acks: list[UpdateAck]
+
+
+@dataclass(frozen=True, slots=True)
+class EndStream:
+    """Outbound: end the stream with this error."""
+
+    error: CoordinatorError
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStream:
+    """Outbound: end the stream normally (the node closed its side)."""
+
+
+Outbound = (
+    SendAssignments | SendCancel | SendDrain | SendHeartbeatAck | SendAcks | EndStream | CloseStream
+)
+
+
+@dataclass(eq=False)
+class Session:
+    """One node registration and the leases it holds."""
+
+    id: str
+    node: Registration
+    keys: frozenset[Key]
+    state: NodeState = NodeState.ACTIVE
+    leases: dict[str, int] = field(default_factory=dict)
+    """task id -> attempt of every lease this session holds."""
+    last_seen: float = field(default_factory=time.monotonic)
+    last_seen_wall: float = field(default_factory=time.time)
+    connected_at_wall: float = field(default_factory=time.time)
+    supervisor_restarts: int = 0
+    outbox: asyncio.Queue[Outbound] | None = None
+    """The attached stream's send queue; None while disconnected."""
+
+    @property
+    def live(self) -> bool:
+        """Still holds its leases (not dead or left)."""
+        return self.state in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.DISCONNECTED)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots that may receive work now (only an attached, active session gets work)."""
+        if self.state is not NodeState.ACTIVE or self.outbox is None:
+            return 0
+        return max(0, self.node.slots - len(self.leases))
+
+    def touch(self) -> None:
+        """Record that the node was heard from (coordinator clock)."""
+        self.last_seen = time.monotonic()
+        self.last_seen_wall = time.time()
+
+    def send(self, message: Outbound) -> None:
+        """Queue a message for the attached stream; dropped while disconnected."""
+        if self.outbox is not None:
+            self.outbox.put_nowait(message)
+
+
+def session_keys(node: Registration) -> frozenset[Key]:
+    """Every (queue, type) pair a node serves."""
+    return frozenset((q, t) for q in node.queues for t in node.task_types)
+
+
+class NodeRegistry:
+    """Live sessions by id and by node id, plus the most recent gone ones."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        self._gone: deque[Session] = deque(maxlen=GONE_NODES_KEPT)
+        self._rr = 0
+
+    def create(self, node: Registration, session_id: str | None = None) -> Session:
+        """A new session for ``node``."""
+        session = Session(id=session_id or uuid.uuid4().hex, node=node, keys=session_keys(node))
+        self.sessions[session.id] = session
+        return session
+
+    def live_for_node(self, node_id: str) -> list[Session]:
+        """Live sessions of a node id."""
+        return [s for s in self.sessions.values() if s.node.node_id == node_id]
+
+    def end(self, session: Session, state: NodeState) -> None:
+        """The session is over (DEAD or LEFT); it keeps no leases."""
+        session.state = state
+        session.leases.clear()
+        if self.sessions.pop(session.id, None) is not None:
+            self._gone.append(session)
+
+    def silent_since(self, deadline: float) -> list[Session]:
+        """Live sessions not heard from since ``deadline`` (monotonic)."""
+        return [s for s in self.sessions.values() if s.last_seen < deadline]
+
+    def with_free_slots(self) -> list[Session]:
+        """Sessions that can take work, rotated each call so dispatch is fair across nodes."""
+        ready = [s for s in self.sessions.values() if s.free_slots > 0]
+        if ready:
+            self._rr = (self._rr + 1) % len(ready)
+            ready = ready[self._rr :] + ready[: self._rr]
+        return ready
+
+    def listing(self, include_gone: bool) -> list[Session]:
+        """Sessions for ListNodes, ordered by node id."""
+        found = list(self.sessions.values())
+        if include_gone:
+            found += list(self._gone)
+        return sorted(found, key=lambda s: (s.node.node_id, s.connected_at_wall))

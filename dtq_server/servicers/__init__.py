@@ -1,0 +1,1 @@
+"""The gRPC edge: thin servicers that convert protobuf to domain values and back."""

@@ -1,0 +1,37 @@
+"""AdminService: nodes and queues, for operators."""
+
+from __future__ import annotations
+
+from dtq.v1 import admin_service_pb2 as pb
+from dtq.v1 import admin_service_pb2_grpc as pb_grpc
+from dtq_server.coordinator import Coordinator
+from dtq_server.servicers.convert import node_to_proto, queue_to_proto
+from dtq_server.servicers.errors import Context, unary_boundary
+
+
+class AdminServicer(pb_grpc.AdminServiceServicer):
+    """Converts requests, calls the coordinator, converts responses."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    @unary_boundary
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: Context
+    ) -> pb.ListNodesResponse:
+        sessions = self._coordinator.nodes(request.include_gone)
+        return pb.ListNodesResponse(nodes=[node_to_proto(s) for s in sessions])
+
+    @unary_boundary
+    async def DrainNode(
+        self, request: pb.DrainNodeRequest, context: Context
+    ) -> pb.DrainNodeResponse:
+        session = self._coordinator.drain(request.node_id)
+        return pb.DrainNodeResponse(node=node_to_proto(session))
+
+    @unary_boundary
+    async def ListQueues(
+        self, request: pb.ListQueuesRequest, context: Context
+    ) -> pb.ListQueuesResponse:
+        queues = await self._coordinator.queues()
+        return pb.ListQueuesResponse(queues=[queue_to_proto(q) for q in queues])

@@ -1,0 +1,206 @@
+"""Protobuf <-> domain conversion. The only module (with the servicers) that sees ``_pb2`` types."""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dtq.v1 import admin_service_pb2 as admin_pb
+from dtq.v1 import task_pb2 as pb
+from dtq.v1 import worker_service_pb2 as worker_pb
+from dtq_server.models import (
+    Assignment,
+    Lease,
+    NodeState,
+    Progress,
+    QueueStats,
+    Registration,
+    TaskError,
+    TaskRecord,
+    TaskState,
+)
+from dtq_server.registry import Session
+from dtq_server.updates import Failed, Progressed, Released, Started, Succeeded, TaskUpdate
+from dtq_server.validation import SpecInput
+
+MAX_ERROR_MESSAGE = 4096
+MAX_TRACEBACK = 8192
+MAX_PROGRESS_MESSAGE = 1024
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    """Wall-clock seconds as a Timestamp (None stays unset)."""
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def duration(seconds: float) -> Duration:
+    """Seconds as a Duration."""
+    d = Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:
+    """A TaskSpec as received (validation comes later)."""
+    backoff = spec.retry_backoff.ToNanoseconds() / 1e9 if spec.HasField("retry_backoff") else None
+    return SpecInput(
+        type=spec.type,
+        queue=spec.queue,
+        payload=spec.payload.data,
+        content_type=spec.payload.content_type,
+        max_attempts=spec.max_attempts,
+        idempotency_key=spec.idempotency_key,
+        retry_backoff_s=backoff,
+    )
+
+
+def task_to_proto(t: TaskRecord) -> pb.Task:
+    """A stored task as sent to clients."""
+    msg = pb.Task(
+        id=t.id,
+        type=t.type,
+        queue=t.queue,
+        payload=pb.Payload(data=t.payload, content_type=t.content_type),
+        state=int(t.state),  # type: ignore[arg-type]
+        attempt=t.attempt,
+        max_attempts=t.max_attempts,
+        failures=t.failures,
+        idempotency_key=t.idempotency_key or "",
+        node_id=t.node_id or "",
+        lease_expiries=t.lease_expiries,
+        cancel_requested=t.cancel_requested,
+        create_time=timestamp(t.created_at),
+        update_time=timestamp(t.updated_at),
+        start_time=timestamp(t.started_at),
+        finish_time=timestamp(t.finished_at),
+    )
+    if t.result is not None:
+        msg.result.CopyFrom(pb.Payload(data=t.result, content_type=t.result_content_type))
+    if t.last_error is not None:
+        msg.last_error.CopyFrom(error_to_proto(t.last_error))
+    if t.progress is not None:
+        msg.progress.CopyFrom(
+            pb.TaskProgress(percent=t.progress.percent, message=t.progress.message)
+        )
+    if t.next_attempt_at is not None and t.state is TaskState.QUEUED:
+        msg.next_attempt_time.FromNanoseconds(int(t.next_attempt_at * 1e9))
+    return msg
+
+
+def error_to_proto(e: TaskError) -> pb.TaskError:
+    """A task error as sent to clients."""
+    return pb.TaskError(
+        type=e.type, message=e.message, traceback=e.traceback, retryable=e.retryable
+    )
+
+
+def error_from_proto(e: pb.TaskError) -> TaskError:
+    """A node's error report, truncated to the documented sizes."""
+    return TaskError(
+        type=e.type[:200] or "Error",
+        message=e.message[:MAX_ERROR_MESSAGE],
+        traceback=e.traceback[-MAX_TRACEBACK:],
+        retryable=e.retryable,
+    )
+
+
+def lease_from_proto(lease: pb.Lease) -> Lease:
+    """A lease as quoted by a node."""
+    return Lease(lease.task_id, lease.attempt)
+
+
+def lease_to_proto(lease: Lease) -> pb.Lease:
+    """A lease as sent to a node."""
+    return pb.Lease(task_id=lease.task_id, attempt=lease.attempt)
+
+
+def registration_from_proto(reg: worker_pb.RegisterNode) -> Registration:
+    """A node's registration as received."""
+    return Registration(
+        node_id=reg.node_id,
+        hostname=reg.hostname,
+        pid=reg.pid,
+        version=reg.version,
+        task_types=frozenset(reg.task_types),
+        queues=frozenset(reg.queues),
+        slots=reg.slots,
+        resume_session_id=reg.resume_session_id or None,
+        leases=tuple(lease_from_proto(lease) for lease in reg.leases),
+    )
+
+
+def update_from_proto(u: worker_pb.TaskUpdate) -> TaskUpdate | None:
+    """One node update, or None if it carries nothing we know."""
+    lease = lease_from_proto(u.lease)
+    kind = u.WhichOneof("update")
+    if kind == "started":
+        return Started(lease)
+    if kind == "progress":
+        progress = Progress(u.progress.percent, u.progress.message[:MAX_PROGRESS_MESSAGE])
+        return Progressed(lease, progress)
+    if kind == "succeeded":
+        result = u.succeeded.result
+        return Succeeded(lease, result.data, result.content_type or "application/json")
+    if kind == "failed":
+        return Failed(lease, error_from_proto(u.failed.error), u.failed.cancelled)
+    if kind == "released":
+        return Released(lease, u.released.reason[:200])
+    return None
+
+
+def assignment_to_proto(a: Assignment) -> worker_pb.TaskAssignment:
+    """A lease as sent to its node."""
+    return worker_pb.TaskAssignment(
+        lease=lease_to_proto(a.lease),
+        type=a.type,
+        queue=a.queue,
+        payload=pb.Payload(data=a.payload, content_type=a.content_type),
+        max_attempts=a.max_attempts,
+        create_time=timestamp(a.created_at),
+    )
+
+
+_NODE_STATE = {
+    NodeState.ACTIVE: admin_pb.NODE_STATE_ACTIVE,
+    NodeState.DRAINING: admin_pb.NODE_STATE_DRAINING,
+    NodeState.DISCONNECTED: admin_pb.NODE_STATE_DISCONNECTED,
+    NodeState.DEAD: admin_pb.NODE_STATE_DEAD,
+    NodeState.LEFT: admin_pb.NODE_STATE_LEFT,
+}
+
+
+def node_to_proto(s: Session) -> admin_pb.Node:
+    """A registry session as listed by AdminService."""
+    node = s.node
+    return admin_pb.Node(
+        node_id=node.node_id,
+        session_id=s.id,
+        state=_NODE_STATE[s.state],
+        hostname=node.hostname,
+        pid=node.pid,
+        version=node.version,
+        task_types=sorted(node.task_types),
+        queues=sorted(node.queues),
+        slots=node.slots,
+        busy_slots=len(s.leases),
+        leases=[pb.Lease(task_id=t, attempt=a) for t, a in sorted(s.leases.items())],
+        supervisor_restarts=s.supervisor_restarts,
+        connect_time=timestamp(s.connected_at_wall),
+        last_seen_time=timestamp(s.last_seen_wall),
+    )
+
+
+def queue_to_proto(q: QueueStats) -> admin_pb.QueueStats:
+    """Queue counts as listed by AdminService."""
+    return admin_pb.QueueStats(
+        name=q.name,
+        queued=q.queued,
+        running=q.running,
+        succeeded=q.succeeded,
+        failed=q.failed,
+        cancelled=q.cancelled,
+    )

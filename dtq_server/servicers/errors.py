@@ -1,0 +1,129 @@
+"""The one place coordinator errors become gRPC statuses.
+
+Every status carries a ``google.rpc.Status`` in the trailers with an
+``ErrorInfo`` (domain ``dtq.dev`` and a stable ``reason`` callers can branch
+on) and, for INVALID_ARGUMENT, a ``BadRequest`` naming each bad field.
+Unexpected exceptions become INTERNAL with a correlation id; their text stays
+in the server log and never reaches the client.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from dtq_server.errors import (
+    CoordinatorError,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    NodeNotFound,
+    SessionExpired,
+    ShuttingDown,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskTerminal,
+)
+
+log = structlog.get_logger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+DOMAIN = "dtq.dev"
+
+# error class -> (status code, ErrorInfo reason)
+_MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
+    InvalidArgument: (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD"),
+    TaskNotFound: (grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND"),
+    NodeNotFound: (grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND"),
+    IdempotencyKeyReused: (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED"),
+    TaskTerminal: (grpc.StatusCode.FAILED_PRECONDITION, "TASK_TERMINAL"),
+    ShuttingDown: (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"),
+    StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
+    SessionExpired: (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_EXPIRED"),
+}
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_status(error: CoordinatorError) -> grpc.Status:
+    """The rich gRPC status for a coordinator error."""
+    code, reason = _MAPPING.get(type(error), (grpc.StatusCode.INTERNAL, "INTERNAL"))
+    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
+    if isinstance(error, InvalidArgument):
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=why)
+            for field, why in error.violations
+        ]
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=str(error), details=details
+    )
+    return rpc_status.to_status(status)
+
+
+def internal_status(correlation_id: str) -> grpc.Status:
+    """A generic INTERNAL status that reveals nothing but a correlation id."""
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL,
+        message=f"internal error (correlation id {correlation_id})",
+        details=[_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN))],
+    )
+    return rpc_status.to_status(status)
+
+
+async def abort(context: Context, status: grpc.Status) -> NoReturn:
+    """End the call with ``status`` (raises)."""
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("context.abort returned")
+
+
+async def _abort_for(context: Context, exc: Exception, method: str) -> NoReturn:
+    if isinstance(exc, CoordinatorError):
+        await abort(context, to_status(exc))
+    correlation_id = uuid.uuid4().hex[:12]
+    log.error("rpc.internal_error", method=method, correlation_id=correlation_id, exc_info=exc)
+    await abort(context, internal_status(correlation_id))
+
+
+def unary_boundary(
+    method: Callable[[S, Req, Context], Awaitable[Resp]],
+) -> Callable[[S, Req, Context], Coroutine[Any, Any, Resp]]:
+    """Wrap a unary servicer method: map domain errors, hide unexpected ones."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Req, context: Context) -> Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as exc:
+            await _abort_for(context, exc, method.__name__)
+
+    return wrapper
+
+
+def stream_boundary(
+    method: Callable[[S, Req, Context], AsyncIterator[Resp]],
+) -> Callable[[S, Req, Context], AsyncIterator[Resp]]:
+    """Wrap a server-streaming servicer method the same way."""
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except Exception as exc:
+            await _abort_for(context, exc, method.__name__)
+
+    return wrapper

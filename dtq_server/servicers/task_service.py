@@ -1,0 +1,84 @@
+"""TaskService: what applications call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from dtq.v1 import task_service_pb2 as pb
+from dtq.v1 import task_service_pb2_grpc as pb_grpc
+from dtq_server.coordinator import Coordinator
+from dtq_server.errors import InvalidArgument
+from dtq_server.models import TaskFilter, TaskState
+from dtq_server.servicers.convert import spec_from_proto, task_to_proto
+from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
+
+
+class TaskServicer(pb_grpc.TaskServiceServicer):
+    """Converts requests, calls the coordinator, converts responses."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    @unary_boundary
+    async def SubmitTask(
+        self, request: pb.SubmitTaskRequest, context: Context
+    ) -> pb.SubmitTaskResponse:
+        if not request.HasField("task"):
+            raise InvalidArgument([("task", "is required")])
+        [(record, created)] = await self._coordinator.submit(
+            [spec_from_proto(request.task)], batch=False
+        )
+        return pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
+
+    @unary_boundary
+    async def SubmitTasks(
+        self, request: pb.SubmitTasksRequest, context: Context
+    ) -> pb.SubmitTasksResponse:
+        results = await self._coordinator.submit(
+            [spec_from_proto(s) for s in request.tasks], batch=True
+        )
+        return pb.SubmitTasksResponse(
+            results=[
+                pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
+                for record, created in results
+            ]
+        )
+
+    @unary_boundary
+    async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
+        record = await self._coordinator.get(request.task_id)
+        return pb.GetTaskResponse(task=task_to_proto(record))
+
+    @stream_boundary
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[pb.WatchTaskResponse]:
+        async for record in self._coordinator.watch(request.task_id):
+            yield pb.WatchTaskResponse(task=task_to_proto(record))
+
+    @unary_boundary
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: Context
+    ) -> pb.CancelTaskResponse:
+        record = await self._coordinator.cancel(request.task_id)
+        return pb.CancelTaskResponse(task=task_to_proto(record))
+
+    @unary_boundary
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: Context
+    ) -> pb.ListTasksResponse:
+        state = None
+        if request.state:
+            try:
+                state = TaskState(request.state)
+            except ValueError:
+                raise InvalidArgument([("state", f"unknown state {request.state}")]) from None
+        task_filter = TaskFilter(
+            queue=request.queue or None, state=state, type=request.type or None
+        )
+        records, token = await self._coordinator.list_tasks(
+            task_filter, request.page_size, request.page_token
+        )
+        return pb.ListTasksResponse(
+            tasks=[task_to_proto(r) for r in records], next_page_token=token
+        )

@@ -1,0 +1,173 @@
+"""WorkerService: the one bidirectional stream each node holds.
+
+Two tasks serve a stream: this generator sends what the coordinator queues
+in the session's outbox, and a reader task applies what the node sends.
+They meet only through the outbox, so a slow node never blocks the
+coordinator, and the coordinator can end a stream (session expired, shutting
+down) by queueing an EndStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+
+from dtq.v1 import worker_service_pb2 as pb
+from dtq.v1 import worker_service_pb2_grpc as pb_grpc
+from dtq_server.config import ServerConfig
+from dtq_server.errors import CoordinatorError, InvalidArgument
+from dtq_server.registry import (
+    CloseStream,
+    EndStream,
+    Outbound,
+    SendAcks,
+    SendAssignments,
+    SendCancel,
+    SendDrain,
+    SendHeartbeatAck,
+    Session,
+)
+from dtq_server.servicers.convert import (
+    assignment_to_proto,
+    duration,
+    lease_from_proto,
+    lease_to_proto,
+    registration_from_proto,
+    update_from_proto,
+)
+from dtq_server.servicers.errors import Context, abort, internal_status, to_status
+from dtq_server.sessions import NodeSessions
+
+log = structlog.get_logger(__name__)
+REGISTER_TIMEOUT_S = 10.0
+
+
+class WorkerServicer(pb_grpc.WorkerServiceServicer):
+    """Serves node streams for :class:`NodeSessions`."""
+
+    def __init__(self, sessions: NodeSessions, config: ServerConfig) -> None:
+        self._sessions = sessions
+        self._config = config
+
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        requests = aiter(request_iterator)
+        try:
+            first = await asyncio.wait_for(anext(requests), REGISTER_TIMEOUT_S)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await abort(context, to_status(InvalidArgument([("register", "not sent in time")])))
+        if first.WhichOneof("message") != "register":
+            error = InvalidArgument([("register", "the first message must be RegisterNode")])
+            await abort(context, to_status(error))
+        outbox: asyncio.Queue[Outbound] = asyncio.Queue()
+        try:
+            registered = self._sessions.register(
+                registration_from_proto(first.register),
+                outbox,
+            )
+        except CoordinatorError as exc:
+            await abort(context, to_status(exc))
+        session = registered.session
+        yield pb.ConnectResponse(
+            registered=pb.NodeRegistered(
+                session_id=session.id,
+                heartbeat_interval=duration(self._config.heartbeat_interval_s),
+                heartbeat_timeout=duration(self._config.heartbeat_timeout_s),
+                resumed=registered.resumed,
+                stale_leases=[lease_to_proto(lease) for lease in registered.stale],
+                max_result_bytes=self._config.max_result_bytes,
+            )
+        )
+        reader = asyncio.create_task(self._read(requests, session, outbox))
+        clean = False
+        try:
+            while True:
+                item = await outbox.get()
+                if isinstance(item, CloseStream):
+                    clean = True
+                    return
+                if isinstance(item, EndStream):
+                    if item.error.__class__ is CoordinatorError:
+                        await abort(context, internal_status("stream"))
+                    await abort(context, to_status(item.error))
+                yield _to_proto(item)
+        finally:
+            reader.cancel()
+            self._sessions.detach(session, outbox, clean)
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.ConnectRequest],
+        session: Session,
+        outbox: asyncio.Queue[Outbound],
+    ) -> None:
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("message")
+                if kind == "heartbeat":
+                    hb = message.heartbeat
+                    self._sessions.heartbeat(
+                        session,
+                        hb.sequence,
+                        [lease_from_proto(lease) for lease in hb.leases],
+                        hb.supervisor_restarts,
+                    )
+                elif kind == "updates":
+                    updates = [update_from_proto(u) for u in message.updates.updates]
+                    acks = await self._sessions.apply_updates(
+                        session, [u for u in updates if u is not None]
+                    )
+                    if acks:
+                        outbox.put_nowait(SendAcks(acks))
+                elif kind == "register":
+                    raise InvalidArgument([("register", "sent twice on one stream")])
+            outbox.put_nowait(CloseStream())
+        except CoordinatorError as exc:
+            outbox.put_nowait(EndStream(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream.reader_failed", node_id=session.node.node_id)
+            outbox.put_nowait(EndStream(CoordinatorError("internal error")))
+
+
+def _to_proto(item: Outbound) -> pb.ConnectResponse:
+    match item:
+        case SendAssignments(assignments=assignments):
+            return pb.ConnectResponse(
+                assignments=pb.TaskAssignments(
+                    assignments=[assignment_to_proto(a) for a in assignments]
+                )
+            )
+        case SendHeartbeatAck(sequence=sequence, stale=stale):
+            return pb.ConnectResponse(
+                heartbeat_ack=pb.HeartbeatAck(
+                    sequence=sequence, stale_leases=[lease_to_proto(x) for x in stale]
+                )
+            )
+        case SendAcks(acks=acks):
+            return pb.ConnectResponse(
+                update_acks=pb.TaskUpdateAcks(
+                    acks=[
+                        pb.TaskUpdateAck(
+                            lease=lease_to_proto(a.lease),
+                            accepted=a.accepted,
+                            reason=a.reason,
+                            message=a.message,
+                        )
+                        for a in acks
+                    ]
+                )
+            )
+        case SendCancel(leases=leases):
+            return pb.ConnectResponse(
+                cancel=pb.CancelTasks(leases=[lease_to_proto(x) for x in leases])
+            )
+        case SendDrain():
+            return pb.ConnectResponse(drain=pb.DrainRequested())
+    raise AssertionError(f"cannot send {item!r}")

@@ -1,0 +1,450 @@
+"""Node sessions: registration, heartbeats, task updates, lease expiry.
+
+This is where fencing happens. A node message about a lease is applied only if
+the lease (task id, attempt) is held by the sender's session; anything else is
+rejected and counted. Memory follows the store: the in-memory board changes
+only after the store says a fenced transition applied, so a race between a
+late result and an expiry can never leave the two disagreeing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dtq_server.board import TaskBoard
+from dtq_server.config import ServerConfig
+from dtq_server.dispatch import Dispatcher
+from dtq_server.errors import SessionExpired, ShuttingDown, StoreUnavailable
+from dtq_server.models import ActiveTask, Lease, NodeState, Registration, TaskError, TaskState
+from dtq_server.registry import (
+    EndStream,
+    NodeRegistry,
+    Outbound,
+    SendCancel,
+    SendDrain,
+    SendHeartbeatAck,
+    Session,
+    session_keys,
+)
+from dtq_server.retry import retry_delay_s
+from dtq_server.store.base import Store
+from dtq_server.updates import (
+    Failed,
+    Progressed,
+    Released,
+    Started,
+    Succeeded,
+    TaskUpdate,
+    Transition,
+    UpdateAck,
+)
+from dtq_server.validation import validate_registration
+from dtq_server.watchers import TaskWatchers
+
+log = structlog.get_logger(__name__)
+HELD = (TaskState.LEASED, TaskState.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """What a registration earned the node."""
+
+    session: Session
+    resumed: bool
+    stale: list[Lease]
+
+
+@dataclass(slots=True)
+class _Orphan:
+    """A lease whose session ended; its task goes back to the queue (or to the dead letters)."""
+
+    task: ActiveTask
+    attempt: int
+    expired: bool
+    """True when the node died with it (counts against max_lease_expiries)."""
+
+
+def _held(task_id: str, attempt: int, **changes: Any) -> Transition:
+    """A transition fenced on the lease: it applies only while the task is still held."""
+    return Transition(task_id=task_id, attempt=attempt, from_states=HELD, **changes)
+
+
+class NodeSessions:
+    """Everything the WorkerService stream asks of the coordinator."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        board: TaskBoard,
+        registry: NodeRegistry,
+        dispatcher: Dispatcher,
+        watchers: TaskWatchers,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._board = board
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._watchers = watchers
+        self._orphans: dict[str, _Orphan] = {}
+        self.counters: Counter[str] = Counter()
+        """Rejected reports by reason, expired sessions, ...: for tests and operators."""
+        self.accept_new = True
+
+    # -- registration ------------------------------------------------------
+
+    def recover(self, tasks: list[ActiveTask]) -> None:
+        """Rebuild sessions of tasks that were leased when the coordinator stopped.
+
+        They wait DISCONNECTED for their nodes to resume them, and expire a full
+        heartbeat timeout after start-up otherwise: a monotonic clock does not
+        survive a restart, so every lease gets a fresh grace period.
+        """
+        for task in tasks:
+            if not task.state.is_leased:
+                continue
+            session = self._registry.sessions.get(task.session_id or "")
+            if session is None:
+                if task.session_id is None:
+                    self._orphans[task.id] = _Orphan(task, task.attempt, expired=True)
+                    continue
+                placeholder = Registration(
+                    node_id=task.node_id or "unknown",
+                    hostname="",
+                    pid=0,
+                    version="",
+                    task_types=frozenset(),
+                    queues=frozenset(),
+                    slots=0,
+                    resume_session_id=None,
+                )
+                session = self._registry.create(placeholder, task.session_id)
+                session.state = NodeState.DISCONNECTED
+            session.leases[task.id] = task.attempt
+
+    def register(self, node: Registration, outbox: asyncio.Queue[Outbound]) -> Registered:
+        """Start or resume a session and attach a stream's outbox to it."""
+        node = validate_registration(node)
+        old = self._registry.sessions.get(node.resume_session_id or "")
+        if old is not None and old.node.node_id == node.node_id:
+            registered = self._resume(old, node)
+        else:
+            if not self.accept_new:
+                raise ShuttingDown()
+            for previous in self._registry.live_for_node(node.node_id):
+                # The same node id registering afresh means its old process is gone.
+                self._end(previous, NodeState.DEAD, expired=True)
+            session = self._registry.create(node)
+            registered = Registered(session, resumed=False, stale=list(node.leases))
+        session = registered.session
+        if session.outbox is not None:  # a half-dead earlier stream of the same node
+            session.send(EndStream(SessionExpired(session.id)))
+        session.outbox = outbox
+        session.touch()
+        log.info(
+            "node.registered",
+            node_id=node.node_id,
+            session_id=session.id,
+            resumed=registered.resumed,
+            slots=node.slots,
+            leases=len(session.leases),
+        )
+        self._dispatcher.kick()
+        return registered
+
+    def _resume(self, session: Session, node: Registration) -> Registered:
+        session.node = node
+        session.keys = session_keys(node)
+        if session.state is NodeState.DISCONNECTED:
+            session.state = NodeState.ACTIVE
+        held = {lease.task_id: lease.attempt for lease in node.leases}
+        stale = [
+            lease for lease in node.leases if session.leases.get(lease.task_id) != lease.attempt
+        ]
+        lost = [tid for tid, attempt in session.leases.items() if held.get(tid) != attempt]
+        for task_id in lost:  # assigned, but the assignment never reached the node
+            self._orphan(task_id, session.leases.pop(task_id), expired=False)
+        if lost:
+            asyncio.get_running_loop().create_task(self.requeue_orphans())
+        return Registered(session, resumed=True, stale=stale)
+
+    def detach(self, session: Session, outbox: asyncio.Queue[Outbound], clean: bool) -> None:
+        """The stream that carried ``outbox`` ended.
+
+        A clean close (the node half-closed) ends the session and requeues what
+        it still held at once; a broken stream leaves the session DISCONNECTED,
+        resumable until the heartbeat timeout.
+        """
+        if session.outbox is not outbox:
+            return  # a newer stream took the session over
+        session.outbox = None
+        if not session.live:
+            return
+        if clean:
+            self._end(session, NodeState.LEFT, expired=False)
+        else:
+            session.state = NodeState.DISCONNECTED
+            log.info("node.disconnected", node_id=session.node.node_id, session_id=session.id)
+
+    def drain(self, session: Session) -> None:
+        """Stop giving the session work and ask its node to finish and leave."""
+        if session.state is NodeState.ACTIVE:
+            session.state = NodeState.DRAINING
+        session.send(SendDrain())
+        log.info("node.draining", node_id=session.node.node_id, session_id=session.id)
+
+    # -- heartbeats and updates ---------------------------------------------
+
+    def heartbeat(
+        self, session: Session, sequence: int, leases: list[Lease], restarts: int
+    ) -> None:
+        """Record liveness; tell the node which of its leases are no longer its own."""
+        self._require_live(session)
+        session.touch()
+        session.supervisor_restarts = restarts
+        stale = [lease for lease in leases if session.leases.get(lease.task_id) != lease.attempt]
+        if stale:
+            self.counters["stale_heartbeat_leases"] += len(stale)
+        session.send(SendHeartbeatAck(sequence, stale))
+
+    async def apply_updates(self, session: Session, updates: list[TaskUpdate]) -> list[UpdateAck]:
+        """Apply a frame of updates in one commit; returns the acks to send."""
+        self._require_live(session)
+        session.touch()
+        acks: list[UpdateAck] = []
+        planned: list[tuple[TaskUpdate, ActiveTask, Transition]] = []
+        for update in updates:
+            lease = update.lease
+            task = self._board.active.get(lease.task_id)
+            if session.leases.get(lease.task_id) != lease.attempt or task is None:
+                ack = await self._reject(session, update, task)
+                if ack is not None:
+                    acks.append(ack)
+                continue
+            planned.append((update, task, self._transition(update, task)))
+        if not planned:
+            return acks
+        applied = await self._store.apply([t for _, _, t in planned])
+        now = time.monotonic()
+        changed: list[str] = []
+        for (update, task, transition), ok in zip(planned, applied, strict=True):
+            lease = update.lease
+            if ok and session.leases.get(lease.task_id) == lease.attempt:
+                self._after(session, task, transition, now)
+                changed.append(task.id)
+            elif isinstance(update, Started | Progressed):
+                continue
+            if isinstance(update, Succeeded | Failed | Released):
+                acks.append(UpdateAck(lease, ok, "" if ok else "STALE_ATTEMPT"))
+        self._watchers.notify(changed)
+        self._dispatcher.kick()
+        return acks
+
+    def _transition(self, update: TaskUpdate, task: ActiveTask) -> Transition:
+        """The store change an (already fenced) update asks for."""
+        attempt = update.lease.attempt
+        match update:
+            case Started():
+                return _held(task.id, attempt, state=TaskState.RUNNING, started=True)
+            case Progressed(progress=progress):
+                return _held(task.id, attempt, progress=progress)
+            case Succeeded(result=result, content_type=content_type):
+                if len(result) > self._config.max_result_bytes:
+                    error = TaskError(
+                        "RESULT_TOO_LARGE",
+                        f"result is {len(result)} bytes; the limit is "
+                        f"{self._config.max_result_bytes}",
+                        retryable=False,
+                    )
+                    return self._failure(task, attempt, error, cancelled=False)
+                return _held(
+                    task.id,
+                    attempt,
+                    state=TaskState.SUCCEEDED,
+                    result=result,
+                    result_content_type=content_type,
+                )
+            case Failed(error=error, cancelled=cancelled):
+                return self._failure(task, attempt, error, cancelled)
+            case Released():
+                return _held(task.id, attempt, state=TaskState.QUEUED, clear_lease=True)
+        raise AssertionError(f"unknown update {update!r}")
+
+    def _failure(
+        self, task: ActiveTask, attempt: int, error: TaskError, cancelled: bool
+    ) -> Transition:
+        failures = task.failures + 1
+        if cancelled or task.cancel_requested:
+            state = TaskState.CANCELLED
+        elif error.retryable and failures < task.max_attempts:
+            state = TaskState.QUEUED
+        else:
+            state = TaskState.FAILED
+        next_at = None
+        if state is TaskState.QUEUED:
+            base_s = task.retry_backoff_s or self._config.retry_backoff_s
+            next_at = time.time() + retry_delay_s(
+                failures, base_s, self._config.retry_backoff_max_s
+            )
+        return _held(
+            task.id,
+            attempt,
+            state=state,
+            failures=failures,
+            error=error,
+            clear_lease=state is TaskState.QUEUED,
+            next_attempt_at=next_at,
+        )
+
+    def _after(self, session: Session, task: ActiveTask, t: Transition, now: float) -> None:
+        """Bring memory in line with a transition the store applied."""
+        if t.failures is not None:
+            task.failures = t.failures
+        if t.state is TaskState.RUNNING or t.state is None:
+            if t.state is TaskState.RUNNING:
+                task.state = TaskState.RUNNING
+            return
+        session.leases.pop(task.id, None)
+        task.session_id = None
+        if t.state.is_terminal:
+            self._board.forget(task, t.state)
+            return
+        if t.next_attempt_at is not None:
+            task.due_at = now + max(0.0, t.next_attempt_at - time.time())
+        self._board.make_ready(task, now)
+
+    async def _reject(
+        self, session: Session, update: TaskUpdate, task: ActiveTask | None
+    ) -> UpdateAck | None:
+        """Answer an update whose lease the session does not hold."""
+        lease = update.lease
+        reason = "STALE_ATTEMPT"
+        if task is not None and task.attempt == lease.attempt and task.session_id != session.id:
+            reason = "NOT_LEASED"
+        elif task is None and isinstance(update, Succeeded | Failed | Released):
+            record = await self._store.get(lease.task_id)
+            if record is None:
+                reason = "TASK_NOT_FOUND"
+            elif (
+                record.state.is_terminal
+                and record.attempt == lease.attempt
+                and record.session_id == session.id
+            ):
+                # The node resent a result we already applied (its ack was lost).
+                return UpdateAck(lease, True)
+        self.counters[f"rejected_{reason.lower()}"] += 1
+        log.info(
+            "report.rejected",
+            reason=reason,
+            task_id=lease.task_id,
+            attempt=lease.attempt,
+            node_id=session.node.node_id,
+            update=type(update).__name__,
+        )
+        return UpdateAck(lease, False, reason, f"lease {lease.task_id}#{lease.attempt} not held")
+
+    def _require_live(self, session: Session) -> None:
+        if not session.live:
+            self.counters["rejected_session_expired"] += 1
+            raise SessionExpired(session.id)
+
+    # -- cancellation, expiry ------------------------------------------------
+
+    def request_cancel(self, task: ActiveTask) -> None:
+        """Ask the node holding ``task`` to stop it."""
+        session = self._registry.sessions.get(task.session_id or "")
+        if session is not None:
+            session.send(SendCancel([Lease(task.id, task.attempt)]))
+
+    async def expire_silent(self) -> None:
+        """End sessions silent past the heartbeat timeout; requeue their leases."""
+        deadline = time.monotonic() - self._config.heartbeat_timeout_s
+        for session in self._registry.silent_since(deadline):
+            log.warning(
+                "node.dead",
+                node_id=session.node.node_id,
+                session_id=session.id,
+                leases=len(session.leases),
+                silent_s=round(time.monotonic() - session.last_seen, 3),
+            )
+            self.counters["sessions_expired"] += 1
+            self._end(session, NodeState.DEAD, expired=True)
+        if self._orphans:
+            await self.requeue_orphans()
+
+    def _end(self, session: Session, state: NodeState, expired: bool) -> None:
+        for task_id, attempt in session.leases.items():
+            self._orphan(task_id, attempt, expired)
+        if expired:
+            session.send(EndStream(SessionExpired(session.id)))
+        self._registry.end(session, state)
+        if not expired:
+            log.info("node.left", node_id=session.node.node_id, session_id=session.id)
+
+    def _orphan(self, task_id: str, attempt: int, expired: bool) -> None:
+        task = self._board.active.get(task_id)
+        if task is not None and task.attempt == attempt:
+            self._orphans[task_id] = _Orphan(task, attempt, expired)
+
+    async def requeue_orphans(self) -> None:
+        """Commit the requeue (or dead-lettering) of leases whose session ended."""
+        orphans = list(self._orphans.values())
+        if not orphans:
+            return
+        transitions = [self._orphan_transition(o) for o in orphans]
+        try:
+            applied = await self._store.apply(transitions)
+        except StoreUnavailable:
+            return  # kept; the reaper retries next tick
+        now = time.monotonic()
+        changed = []
+        for orphan, transition, ok in zip(orphans, transitions, applied, strict=True):
+            if self._orphans.get(orphan.task.id) is orphan:
+                del self._orphans[orphan.task.id]
+            task = orphan.task
+            if not ok or task.attempt != orphan.attempt or not task.state.is_leased:
+                continue
+            task.session_id = None
+            if transition.lease_expiries is not None:
+                task.lease_expiries = transition.lease_expiries
+            assert transition.state is not None
+            if transition.state.is_terminal:
+                self._board.forget(task, transition.state)
+            else:
+                self._board.make_ready(task, now)
+            changed.append(task.id)
+        self._watchers.notify(changed)
+        self._dispatcher.kick()
+
+    def _orphan_transition(self, orphan: _Orphan) -> Transition:
+        task = orphan.task
+        expiries = task.lease_expiries + (1 if orphan.expired else 0)
+        if task.cancel_requested:
+            return _held(task.id, orphan.attempt, state=TaskState.CANCELLED)
+        if expiries >= self._config.max_lease_expiries:
+            error = TaskError(
+                "LEASE_EXPIRED",
+                f"lease expired {expiries} times: the node running it died or went silent",
+                retryable=False,
+            )
+            return _held(
+                task.id,
+                orphan.attempt,
+                state=TaskState.FAILED,
+                lease_expiries=expiries,
+                error=error,
+            )
+        return _held(
+            task.id,
+            orphan.attempt,
+            state=TaskState.QUEUED,
+            lease_expiries=expiries,
+            clear_lease=True,
+        )

@@ -1,0 +1,62 @@
+"""The interface every store implements (SQLite now; PostgreSQL later).
+
+Every write method returns only after its transaction is durably committed;
+concurrent writes may share one commit. Writes that change a task are fenced
+(see :class:`~dtq_server.updates.Transition`), so a late write from an old
+attempt can never overwrite a newer one.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from dtq_server.models import (
+    ActiveTask,
+    Assignment,
+    NewTask,
+    QueueStats,
+    TaskFilter,
+    TaskPage,
+    TaskRecord,
+)
+from dtq_server.updates import LeaseGrant, Transition
+
+
+class Store(Protocol):
+    """Durable task storage."""
+
+    async def open(self) -> None:
+        """Open (creating if missing) and check the store; raise if it is unusable."""
+
+    async def close(self) -> None:
+        """Finish pending writes and close."""
+
+    async def load_active(self) -> list[ActiveTask]:
+        """Every task that is not terminal, in submission order (for start-up)."""
+
+    async def insert(self, tasks: list[NewTask]) -> list[tuple[TaskRecord, bool]]:
+        """Store new tasks in one commit: all or none.
+
+        A task whose idempotency key exists returns the existing task with
+        ``created=False``; raises IdempotencyKeyReused if that task's spec differs.
+        """
+
+    async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
+        """Lease queued tasks; returns the assignments of those still queued."""
+
+    async def apply(self, transitions: list[Transition]) -> list[bool]:
+        """Apply fenced transitions in one commit; says which applied."""
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """One task, or None."""
+
+    async def list_tasks(
+        self, task_filter: TaskFilter, limit: int, before_seq: int | None
+    ) -> TaskPage:
+        """Tasks matching the filter, newest first, older than ``before_seq``."""
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Counts per queue and state."""
+
+    async def check_writable(self) -> None:
+        """Raise StoreUnavailable unless a write can commit now."""

@@ -1,0 +1,52 @@
+"""The SQLite schema. ``PRAGMA user_version`` records which version a file has."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq                 INTEGER PRIMARY KEY,      -- submission order (FIFO)
+    id                  TEXT    NOT NULL UNIQUE,
+    type                TEXT    NOT NULL,
+    queue               TEXT    NOT NULL,
+    payload             BLOB    NOT NULL,
+    content_type        TEXT    NOT NULL,
+    state               INTEGER NOT NULL,         -- dtq_server.models.TaskState
+    attempt             INTEGER NOT NULL DEFAULT 0,
+    max_attempts        INTEGER NOT NULL,
+    failures            INTEGER NOT NULL DEFAULT 0,
+    idempotency_key     TEXT    UNIQUE,
+    spec_hash           BLOB    NOT NULL,
+    retry_backoff_s     REAL,
+    result              BLOB,
+    result_content_type TEXT,
+    error_type          TEXT,
+    error_message       TEXT,
+    error_traceback     TEXT,
+    error_retryable     INTEGER,
+    node_id             TEXT,
+    session_id          TEXT,                     -- the lease holder while leased
+    lease_expiries      INTEGER NOT NULL DEFAULT 0,
+    cancel_requested    INTEGER NOT NULL DEFAULT 0,
+    progress_percent    REAL,
+    progress_message    TEXT,
+    created_at          REAL    NOT NULL,         -- wall clock, seconds since the epoch
+    updated_at          REAL    NOT NULL,
+    started_at          REAL,
+    finished_at         REAL,
+    next_attempt_at     REAL
+);
+-- Start-up loads only unfinished tasks; this keeps that fast on a big table.
+CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks (seq) WHERE state < 4;
+CREATE INDEX IF NOT EXISTS tasks_queue_state ON tasks (queue, state);
+CREATE INDEX IF NOT EXISTS tasks_state_seq ON tasks (state, seq);
+"""
+
+TASK_COLUMNS = (
+    "id, seq, type, queue, payload, content_type, state, attempt, max_attempts, failures, "
+    "idempotency_key, retry_backoff_s, result, result_content_type, error_type, error_message, "
+    "error_traceback, error_retryable, node_id, session_id, lease_expiries, cancel_requested, "
+    "progress_percent, progress_message, created_at, updated_at, started_at, finished_at, "
+    "next_attempt_at"
+)

@@ -1,0 +1,426 @@
+"""The embedded default store: SQLite in WAL mode, ``synchronous=FULL``, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from dtq_server.errors import IdempotencyKeyReused, StoreUnavailable
+from dtq_server.models import (
+    ActiveTask,
+    Assignment,
+    Lease,
+    NewTask,
+    Progress,
+    QueueStats,
+    TaskError,
+    TaskFilter,
+    TaskPage,
+    TaskRecord,
+    TaskState,
+)
+from dtq_server.store.schema import SCHEMA, SCHEMA_VERSION, TASK_COLUMNS
+from dtq_server.store.writer import GroupCommitWriter
+from dtq_server.updates import LeaseGrant, Transition
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+BUSY_TIMEOUT_MS = 2000
+
+
+class StoreCorrupt(RuntimeError):
+    """The database file exists but is not a usable DTQ database."""
+
+
+def _row_to_record(row: Sequence[Any]) -> TaskRecord:
+    (
+        task_id, seq, type_, queue, payload, content_type, state, attempt, max_attempts,
+        failures, key, backoff, result, result_ct, err_type, err_msg, err_tb, err_retry,
+        node_id, session_id, expiries, cancel_requested, p_percent, p_message, created_at,
+        updated_at, started_at, finished_at, next_attempt_at,
+    ) = row  # fmt: skip
+    return TaskRecord(
+        id=task_id,
+        seq=seq,
+        type=type_,
+        queue=queue,
+        payload=bytes(payload),
+        content_type=content_type,
+        state=TaskState(state),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        failures=failures,
+        idempotency_key=key,
+        retry_backoff_s=backoff,
+        result=None if result is None else bytes(result),
+        result_content_type=result_ct or "",
+        last_error=None
+        if err_type is None
+        else TaskError(err_type, err_msg or "", err_tb or "", bool(err_retry)),
+        node_id=node_id,
+        session_id=session_id,
+        lease_expiries=expiries,
+        cancel_requested=bool(cancel_requested),
+        progress=None if p_percent is None else Progress(p_percent, p_message or ""),
+        created_at=created_at,
+        updated_at=updated_at,
+        started_at=started_at,
+        finished_at=finished_at,
+        next_attempt_at=next_attempt_at,
+    )
+
+
+class SqliteStore:
+    """A :class:`~dtq_server.store.base.Store` on one SQLite file.
+
+    Writes go through a :class:`GroupCommitWriter` thread; reads run on a
+    separate reader thread (WAL lets them proceed during writes). Nothing here
+    blocks the event loop.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "FULL",
+        on_commit_result: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._writer = GroupCommitWriter(self._connect_writer, on_commit_result)
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
+        self._local = threading.local()
+
+    # -- connections -------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        existed = self._path.exists() and self._path.stat().st_size > 0
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreCorrupt(f"{self._path}: could not enable WAL (journal mode {mode})")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if existed and version == 0:
+                raise StoreCorrupt(f"{self._path} exists but is not a DTQ database")
+            if version > SCHEMA_VERSION:
+                raise StoreCorrupt(
+                    f"{self._path} has schema version {version}; this DTQ knows {SCHEMA_VERSION}"
+                )
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreCorrupt(f"{self._path} failed its integrity check: {check}")
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreCorrupt(f"{self._path} is not a usable database: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            try:
+                return fn(self._reader())
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"the store could not read: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._writer.start)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.stop)
+
+        def close_reader() -> None:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
+        self._reader_pool.shutdown(wait=True)
+
+    # -- writes ------------------------------------------------------------
+
+    async def insert(self, tasks: list[NewTask]) -> list[tuple[TaskRecord, bool]]:
+        return await self._writer.run(lambda conn: _insert(conn, tasks))
+
+    async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
+        return await self._writer.run(lambda conn: _lease(conn, grants))
+
+    async def apply(self, transitions: list[Transition]) -> list[bool]:
+        return await self._writer.run(lambda conn: _apply(conn, transitions))
+
+    async def check_writable(self) -> None:
+        await self._writer.run(
+            lambda conn: conn.execute("UPDATE tasks SET seq = seq WHERE seq = -1")
+        )
+
+    # -- reads -------------------------------------------------------------
+
+    async def load_active(self) -> list[ActiveTask]:
+        def load(conn: sqlite3.Connection) -> list[ActiveTask]:
+            rows = conn.execute(
+                "SELECT id, seq, type, queue, state, attempt, max_attempts, failures, "
+                "lease_expiries, retry_backoff_s, cancel_requested, session_id, node_id, "
+                "next_attempt_at FROM tasks WHERE state < 4 ORDER BY seq"
+            )
+            now_wall, now_mono = time.time(), time.monotonic()
+            return [
+                ActiveTask(
+                    id=r[0],
+                    seq=r[1],
+                    type=r[2],
+                    queue=r[3],
+                    state=TaskState(r[4]),
+                    attempt=r[5],
+                    max_attempts=r[6],
+                    failures=r[7],
+                    lease_expiries=r[8],
+                    retry_backoff_s=r[9],
+                    cancel_requested=bool(r[10]),
+                    session_id=r[11],
+                    node_id=r[12],
+                    # Wall time is stored; monotonic time is what the coordinator waits on.
+                    due_at=None if r[13] is None else now_mono + max(0.0, r[13] - now_wall),
+                )
+                for r in rows
+            ]
+
+        return await self._read(load)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        def get(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+            found = row.fetchone()
+            return None if found is None else _row_to_record(found)
+
+        return await self._read(get)
+
+    async def list_tasks(
+        self, task_filter: TaskFilter, limit: int, before_seq: int | None
+    ) -> TaskPage:
+        clauses, params = [], []
+        for column, value in (
+            ("queue", task_filter.queue),
+            ("type", task_filter.type),
+            ("state", None if task_filter.state is None else int(task_filter.state)),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(before_seq)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY seq DESC LIMIT ?"
+
+        def list_(conn: sqlite3.Connection) -> TaskPage:
+            rows = conn.execute(sql, (*params, limit + 1)).fetchall()
+            records = [_row_to_record(r) for r in rows[:limit]]
+            more = len(rows) > limit
+            return TaskPage(records, records[-1].seq if more and records else None)
+
+        return await self._read(list_)
+
+    async def queue_stats(self) -> list[QueueStats]:
+        def stats(conn: sqlite3.Connection) -> list[QueueStats]:
+            counts: dict[str, dict[TaskState, int]] = {}
+            for queue, state, n in conn.execute(
+                "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state"
+            ):
+                counts.setdefault(queue, {})[TaskState(state)] = n
+            return [
+                QueueStats(
+                    name=name,
+                    queued=c.get(TaskState.QUEUED, 0),
+                    running=c.get(TaskState.LEASED, 0) + c.get(TaskState.RUNNING, 0),
+                    succeeded=c.get(TaskState.SUCCEEDED, 0),
+                    failed=c.get(TaskState.FAILED, 0),
+                    cancelled=c.get(TaskState.CANCELLED, 0),
+                )
+                for name, c in sorted(counts.items())
+            ]
+
+        return await self._read(stats)
+
+
+# -- write functions (run on the writer thread, inside a transaction) ---------
+
+
+def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRecord, bool]]:
+    now = time.time()
+    out: list[tuple[TaskRecord, bool]] = []
+    for t in tasks:
+        if t.idempotency_key is not None:
+            found = conn.execute(
+                f"SELECT {TASK_COLUMNS}, spec_hash FROM tasks WHERE idempotency_key = ?",
+                (t.idempotency_key,),
+            ).fetchone()
+            if found is not None:
+                existing = _row_to_record(found[:-1])
+                if bytes(found[-1]) != t.spec_hash:
+                    raise IdempotencyKeyReused(t.idempotency_key, existing.id)
+                out.append((existing, False))
+                continue
+        cur = conn.execute(
+            "INSERT INTO tasks (id, type, queue, payload, content_type, state, max_attempts, "
+            "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                t.id,
+                t.type,
+                t.queue,
+                t.payload,
+                t.content_type,
+                int(TaskState.QUEUED),
+                t.max_attempts,
+                t.idempotency_key,
+                t.spec_hash,
+                t.retry_backoff_s,
+                now,
+                now,
+            ),
+        )
+        seq = cur.lastrowid
+        assert seq is not None
+        record = TaskRecord(
+            id=t.id,
+            seq=seq,
+            type=t.type,
+            queue=t.queue,
+            payload=t.payload,
+            content_type=t.content_type,
+            state=TaskState.QUEUED,
+            attempt=0,
+            max_attempts=t.max_attempts,
+            failures=0,
+            idempotency_key=t.idempotency_key,
+            retry_backoff_s=t.retry_backoff_s,
+            result=None,
+            result_content_type="",
+            last_error=None,
+            node_id=None,
+            session_id=None,
+            lease_expiries=0,
+            cancel_requested=False,
+            progress=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+            next_attempt_at=None,
+        )
+        out.append((record, True))
+    return out
+
+
+def _lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignment]:
+    now = time.time()
+    out: list[Assignment] = []
+    for g in grants:
+        row = conn.execute(
+            "UPDATE tasks SET state = ?, attempt = ?, node_id = ?, session_id = ?, "
+            "updated_at = ?, started_at = NULL, next_attempt_at = NULL, "
+            "progress_percent = NULL, progress_message = NULL "
+            "WHERE id = ? AND state = ? AND attempt = ? "
+            "RETURNING type, queue, payload, content_type, max_attempts, created_at",
+            (
+                int(TaskState.LEASED),
+                g.attempt,
+                g.node_id,
+                g.session_id,
+                now,
+                g.task_id,
+                int(TaskState.QUEUED),
+                g.attempt - 1,
+            ),
+        ).fetchone()
+        if row is not None:
+            out.append(
+                Assignment(
+                    lease=Lease(g.task_id, g.attempt),
+                    type=row[0],
+                    queue=row[1],
+                    payload=bytes(row[2]),
+                    content_type=row[3],
+                    max_attempts=row[4],
+                    created_at=row[5],
+                )
+            )
+    return out
+
+
+def _apply(conn: sqlite3.Connection, transitions: list[Transition]) -> list[bool]:
+    now = time.time()
+    applied: list[bool] = []
+    for t in transitions:
+        sets, params = _assignments(t, now)
+        states = ", ".join(str(int(s)) for s in t.from_states)
+        cur = conn.execute(
+            f"UPDATE tasks SET {', '.join(sets)} "
+            f"WHERE id = ? AND attempt = ? AND state IN ({states})",
+            (*params, t.task_id, t.attempt),
+        )
+        applied.append(cur.rowcount == 1)
+    return applied
+
+
+def _assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
+    """The SET clause of a transition: only the fields it changes."""
+    changes: dict[str, Any] = {"updated_at": now}
+    if t.state is not None:
+        changes["state"] = int(t.state)
+        if t.state.is_terminal:
+            changes["finished_at"] = now
+    if t.failures is not None:
+        changes["failures"] = t.failures
+    if t.lease_expiries is not None:
+        changes["lease_expiries"] = t.lease_expiries
+    if t.result is not None:
+        changes["result"] = t.result
+        changes["result_content_type"] = t.result_content_type or ""
+    if t.error is not None:
+        changes["error_type"] = t.error.type
+        changes["error_message"] = t.error.message
+        changes["error_traceback"] = t.error.traceback
+        changes["error_retryable"] = int(t.error.retryable)
+    if t.progress is not None:
+        changes["progress_percent"] = t.progress.percent
+        changes["progress_message"] = t.progress.message
+    if t.cancel_requested is not None:
+        changes["cancel_requested"] = int(t.cancel_requested)
+    if t.clear_lease:
+        changes["session_id"] = None
+    if t.started:
+        changes["started_at"] = now
+    if t.next_attempt_at is not None:
+        changes["next_attempt_at"] = t.next_attempt_at
+    return [f"{column} = ?" for column in changes], list(changes.values())

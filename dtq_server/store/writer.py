@@ -1,0 +1,147 @@
+"""Group commit: one thread owns the SQLite write connection.
+
+Writers hand it a function; the thread runs every function waiting at that
+moment inside ONE transaction and commits once, so N concurrent submits cost
+one fsync instead of N. Each function runs in its own savepoint: a domain
+error (say, an idempotency-key clash) undoes only that function's writes.
+A failed commit fails every function of the batch - none of them is
+acknowledged, so none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from dtq_server.errors import CoordinatorError, StoreUnavailable
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+MAX_OPS_PER_COMMIT = 512
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():  # the caller gave up; the commit stands regardless
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class GroupCommitWriter:
+    """Runs write functions on one thread, committing each batch once."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        on_commit_result: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``on_commit_result(ok)`` is called on this thread when commit health changes."""
+        self._connect = connect
+        self._on_commit_result = on_commit_result
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="dtq-store-writer", daemon=True)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._last_ok = True
+
+    def start(self) -> None:
+        """Start the thread and open its connection (raises what opening raised)."""
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def stop(self) -> None:
+        """Commit what is queued, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the next group commit and return its result once committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # reported to start()
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_OPS_PER_COMMIT:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._commit_batch(conn, batch)
+        conn.close()
+
+    def _report(self, ok: bool) -> None:
+        """Tell the owner when commits start failing or work again (not on every commit)."""
+        if ok != self._last_ok:
+            self._last_ok = ok
+            if self._on_commit_result is not None:
+                self._on_commit_result(ok)
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((op.fn(conn), None))
+                except sqlite3.Error:
+                    raise  # the store itself failed: the whole batch fails below
+                except Exception as exc:  # a domain error or a bug: only this op fails
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((None, exc))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("store.rollback_failed", exc_info=True)
+            log.error("store.commit_failed", error=str(exc), ops=len(batch))
+            failure = StoreUnavailable(f"the store could not commit: {exc}")
+            failure.__cause__ = exc
+            outcomes = [(None, failure)] * len(batch)
+            self._report(ok=False)
+        else:
+            self._report(ok=True)
+        for op, (result, error) in zip(batch, outcomes, strict=True):
+            if error is not None and not isinstance(error, CoordinatorError | StoreUnavailable):
+                log.error("store.op_failed", error=repr(error))
+            op.loop.call_soon_threadsafe(_settle, op.future, result, error)

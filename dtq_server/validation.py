@@ -1,0 +1,173 @@
+"""Checks on everything a client or node sends, before anything is stored or allocated.
+
+Each check names the field path in its violation so that callers in any
+language can point at the bad field (``google.rpc.BadRequest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+
+from dtq_server.config import ServerConfig
+from dtq_server.errors import InvalidArgument
+from dtq_server.models import Lease, NewTask, Registration
+
+TYPE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+NODE_ID_RE = re.compile(r"[A-Za-z0-9_.:@\-]{1,200}")
+MAX_KEY_CHARS = 200
+MAX_CONTENT_TYPE_CHARS = 128
+MAX_BATCH = 10_000
+MAX_ATTEMPTS_CAP = 100
+MIN_BACKOFF_S = 0.001
+MAX_BACKOFF_S = 86_400.0
+MAX_TYPES_PER_NODE = 1_000
+MAX_SLOTS = 10_000
+DEFAULT_QUEUE = "default"
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class SpecInput:
+    """A TaskSpec as received, before validation (0 and "" mean unset)."""
+
+    type: str
+    queue: str
+    payload: bytes
+    content_type: str
+    max_attempts: int
+    idempotency_key: str
+    retry_backoff_s: float | None
+
+
+class Violations:
+    """Collects every bad field of a request so one error names them all."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, why: str) -> None:
+        self.items.append((field, why))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def check_name(v: Violations, field: str, value: str, pattern: re.Pattern[str], what: str) -> None:
+    """Record a violation unless ``value`` fully matches ``pattern``."""
+    if not pattern.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        v.add(field, f"{what} {shown!r} must be {pattern.pattern}")
+
+
+def validate_spec(
+    spec: SpecInput, field: str, config: ServerConfig, v: Violations
+) -> NewTask | None:
+    """Validate one spec, recording violations under ``field``; None if it is bad."""
+    before = len(v.items)
+    check_name(v, f"{field}.type", spec.type, TYPE_RE, "type")
+    queue = spec.queue or DEFAULT_QUEUE
+    check_name(v, f"{field}.queue", queue, QUEUE_RE, "queue")
+    if len(spec.payload) > config.max_payload_bytes:
+        v.add(
+            f"{field}.payload.data",
+            f"payload is {len(spec.payload)} bytes; the limit is {config.max_payload_bytes}",
+        )
+    content_type = spec.content_type or JSON
+    if len(content_type) > MAX_CONTENT_TYPE_CHARS or not content_type.isprintable():
+        v.add(f"{field}.payload.content_type", "must be printable, at most 128 characters")
+    max_attempts = spec.max_attempts or config.default_max_attempts
+    if not 1 <= max_attempts <= MAX_ATTEMPTS_CAP:
+        v.add(f"{field}.max_attempts", f"must be 1-{MAX_ATTEMPTS_CAP}, got {max_attempts}")
+    if len(spec.idempotency_key) > MAX_KEY_CHARS:
+        v.add(f"{field}.idempotency_key", f"at most {MAX_KEY_CHARS} characters")
+    backoff = spec.retry_backoff_s
+    if backoff is not None and not MIN_BACKOFF_S <= backoff <= MAX_BACKOFF_S:
+        v.add(f"{field}.retry_backoff", "must be between 1 ms and 1 day")
+    if len(v.items) > before:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (spec.type, queue, content_type, str(max_attempts), repr(backoff)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(spec.payload)
+    return NewTask(
+        id=str(uuid.uuid4()),
+        type=spec.type,
+        queue=queue,
+        payload=spec.payload,
+        content_type=content_type,
+        max_attempts=max_attempts,
+        idempotency_key=spec.idempotency_key or None,
+        retry_backoff_s=backoff,
+        spec_hash=digest.digest(),
+    )
+
+
+def validate_specs(specs: list[SpecInput], config: ServerConfig, batch: bool) -> list[NewTask]:
+    """Validate a submission (one spec, or a batch); raise InvalidArgument naming all bad fields."""
+    v = Violations()
+    if batch and not 1 <= len(specs) <= MAX_BATCH:
+        v.add("tasks", f"must hold 1-{MAX_BATCH} tasks, got {len(specs)}")
+        v.raise_if_any()
+    tasks: list[NewTask] = []
+    keys: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        field = f"tasks[{i}]" if batch else "task"
+        task = validate_spec(spec, field, config, v)
+        if task is None:
+            continue
+        key = task.idempotency_key
+        if key is not None and key in keys:
+            v.add(f"{field}.idempotency_key", f"repeats tasks[{keys[key]}] in the same batch")
+        elif key is not None:
+            keys[key] = i
+        tasks.append(task)
+    v.raise_if_any()
+    return tasks
+
+
+def validate_task_id(task_id: str, field: str = "task_id") -> str:
+    """A task id must look like a UUID, so lookups never scan on garbage."""
+    try:
+        return str(uuid.UUID(task_id))
+    except ValueError:
+        raise InvalidArgument([(field, f"{task_id[:40]!r} is not a task id")]) from None
+
+
+def validate_registration(reg: Registration) -> Registration:
+    """Check a node's RegisterNode; fill the default queue."""
+    v = Violations()
+    check_name(v, "register.node_id", reg.node_id, NODE_ID_RE, "node id")
+    if not 1 <= reg.slots <= MAX_SLOTS:
+        v.add("register.slots", f"must be 1-{MAX_SLOTS}, got {reg.slots}")
+    if not 1 <= len(reg.task_types) <= MAX_TYPES_PER_NODE:
+        v.add("register.task_types", f"must name 1-{MAX_TYPES_PER_NODE} task types")
+    for name in sorted(reg.task_types):
+        check_name(v, "register.task_types", name, TYPE_RE, "type")
+    for name in sorted(reg.queues):
+        check_name(v, "register.queues", name, QUEUE_RE, "queue")
+    if len(reg.hostname) > 255 or len(reg.version) > 100:
+        v.add("register.hostname", "hostname at most 255 and version at most 100 characters")
+    v.raise_if_any()
+    queues = reg.queues or frozenset({DEFAULT_QUEUE})
+    return Registration(
+        node_id=reg.node_id,
+        hostname=reg.hostname,
+        pid=reg.pid,
+        version=reg.version,
+        task_types=reg.task_types,
+        queues=queues,
+        slots=reg.slots,
+        resume_session_id=reg.resume_session_id,
+        leases=reg.leases,
+    )
+
+
+def lease_is_wellformed(lease: Lease) -> bool:
+    """A lease from a node: a plausible id and a positive attempt."""
+    return 0 < len(lease.task_id) <= 64 and lease.attempt > 0
