@@ -72,7 +72,7 @@ class CoordinatorServer:
         self.health = HealthServicer()
         self.store = SqliteStore(config.db_path, config.synchronous, self._store_health)
         self.coordinator = Coordinator(config, self.store, self._set_health)
-        self.server = grpc.aio.server(options=server_options(config))
+        self.server: grpc.aio.Server | None = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
@@ -86,30 +86,32 @@ class CoordinatorServer:
     async def start(self) -> None:
         """Open the store, load unfinished work and start serving."""
         self._loop = asyncio.get_running_loop()
+        # Created here, not in __init__: a grpc.aio server binds to the running loop.
+        self.server = server = grpc.aio.server(options=server_options(self.config))
         await self.store.open()
         await self.coordinator.start()
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            TaskServicer(self.coordinator), self.server
+            TaskServicer(self.coordinator), server
         )
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            WorkerServicer(self.coordinator.sessions, self.config), self.server
+            WorkerServicer(self.coordinator.sessions, self.config), server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self.coordinator), self.server
+            AdminServicer(self.coordinator), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 *SERVICE_NAMES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            self.server,
+            server,
         )
-        self.port = self.server.add_insecure_port(self.config.listen)
+        self.port = server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
-        await self.server.start()
+        await server.start()
         await self._set_all(SERVING)
         if self.config.port_file is not None:
             _write_atomically(self.config.port_file, self.address)
@@ -137,7 +139,8 @@ class CoordinatorServer:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         log.info("coordinator.stopping", grace_s=grace)
         await self.coordinator.stop(grace)
-        await self.server.stop(1.0)
+        if self.server is not None:
+            await self.server.stop(1.0)
         await self.store.close()
         log.info("coordinator.stopped")
 

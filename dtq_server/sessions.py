@@ -175,23 +175,26 @@ class NodeSessions:
             asyncio.get_running_loop().create_task(self.requeue_orphans())
         return Registered(session, resumed=True, stale=stale)
 
-    def detach(self, session: Session, outbox: asyncio.Queue[Outbound], clean: bool) -> None:
-        """The stream that carried ``outbox`` ended.
+    def detach(self, session: Session, outbox: asyncio.Queue[Outbound]) -> None:
+        """The stream that carried ``outbox`` ended without Leave.
 
-        A clean close (the node half-closed) ends the session and requeues what
-        it still held at once; a broken stream leaves the session DISCONNECTED,
-        resumable until the heartbeat timeout.
+        The session stays DISCONNECTED, resumable with its leases until the
+        heartbeat timeout: a broken stream and a node that is gone look alike.
         """
         if session.outbox is not outbox:
             return  # a newer stream took the session over
         session.outbox = None
-        if not session.live:
-            return
-        if clean:
-            self._end(session, NodeState.LEFT, expired=False)
-        else:
+        if session.live:
             session.state = NodeState.DISCONNECTED
             log.info("node.disconnected", node_id=session.node.node_id, session_id=session.id)
+
+    def leave(self, session: Session, reason: str) -> None:
+        """The node ends its session: requeue what it still holds at once."""
+        self._require_live(session)
+        if session.leases:
+            asyncio.get_running_loop().create_task(self.requeue_orphans())
+        self._end(session, NodeState.LEFT, expired=False)
+        log.info("node.left", node_id=session.node.node_id, session_id=session.id, reason=reason)
 
     def drain(self, session: Session) -> None:
         """Stop giving the session work and ask its node to finish and leave."""
@@ -385,8 +388,6 @@ class NodeSessions:
         if expired:
             session.send(EndStream(SessionExpired(session.id)))
         self._registry.end(session, state)
-        if not expired:
-            log.info("node.left", node_id=session.node.node_id, session_id=session.id)
 
     def _orphan(self, task_id: str, attempt: int, expired: bool) -> None:
         task = self._board.active.get(task_id)

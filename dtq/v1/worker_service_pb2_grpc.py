@@ -49,9 +49,12 @@ class WorkerServiceStub:
     FAILED_PRECONDITION, reason SESSION_EXPIRED. A node whose stream broke
     may reconnect and resume its session (keeping its leases) before then by
     sending `resume_session_id`.
-    7. A clean close (the node half-closes the stream) ends the session; any
-    lease still held is requeued at once. Nodes shutting down release
-    unfinished tasks first.
+    7. A node that stops for good releases its unfinished tasks, waits for
+    their acks, then sends Leave: the session ends at once (any lease still
+    held is requeued) and the coordinator closes the stream with OK. A stream
+    that ends any other way (half-close, cancel, network) leaves the session
+    resumable until the heartbeat timeout, because the coordinator cannot tell
+    a node that is gone from one that is reconnecting.
     """
 
     def __init__(self, channel):
@@ -91,9 +94,12 @@ class WorkerServiceServicer:
     FAILED_PRECONDITION, reason SESSION_EXPIRED. A node whose stream broke
     may reconnect and resume its session (keeping its leases) before then by
     sending `resume_session_id`.
-    7. A clean close (the node half-closes the stream) ends the session; any
-    lease still held is requeued at once. Nodes shutting down release
-    unfinished tasks first.
+    7. A node that stops for good releases its unfinished tasks, waits for
+    their acks, then sends Leave: the session ends at once (any lease still
+    held is requeued) and the coordinator closes the stream with OK. A stream
+    that ends any other way (half-close, cancel, network) leaves the session
+    resumable until the heartbeat timeout, because the coordinator cannot tell
+    a node that is gone from one that is reconnecting.
     """
 
     def Connect(self, request_iterator, context):
@@ -145,9 +151,12 @@ class WorkerService:
     FAILED_PRECONDITION, reason SESSION_EXPIRED. A node whose stream broke
     may reconnect and resume its session (keeping its leases) before then by
     sending `resume_session_id`.
-    7. A clean close (the node half-closes the stream) ends the session; any
-    lease still held is requeued at once. Nodes shutting down release
-    unfinished tasks first.
+    7. A node that stops for good releases its unfinished tasks, waits for
+    their acks, then sends Leave: the session ends at once (any lease still
+    held is requeued) and the coordinator closes the stream with OK. A stream
+    that ends any other way (half-close, cancel, network) leaves the session
+    resumable until the heartbeat timeout, because the coordinator cannot tell
+    a node that is gone from one that is reconnecting.
     """
 
     @staticmethod

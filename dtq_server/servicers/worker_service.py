@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import structlog
 
 from dtq.v1 import worker_service_pb2 as pb
@@ -84,12 +85,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             )
         )
         reader = asyncio.create_task(self._read(requests, session, outbox))
-        clean = False
         try:
             while True:
                 item = await outbox.get()
                 if isinstance(item, CloseStream):
-                    clean = True
                     return
                 if isinstance(item, EndStream):
                     if item.error.__class__ is CoordinatorError:
@@ -98,7 +97,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 yield _to_proto(item)
         finally:
             reader.cancel()
-            self._sessions.detach(session, outbox, clean)
+            self._sessions.detach(session, outbox)
 
     async def _read(
         self,
@@ -124,13 +123,16 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                     )
                     if acks:
                         outbox.put_nowait(SendAcks(acks))
+                elif kind == "leave":
+                    self._sessions.leave(session, message.leave.reason[:200])
+                    break
                 elif kind == "register":
                     raise InvalidArgument([("register", "sent twice on one stream")])
             outbox.put_nowait(CloseStream())
         except CoordinatorError as exc:
             outbox.put_nowait(EndStream(exc))
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise  # the stream is over; the sending side cleans up
         except Exception:
             log.exception("stream.reader_failed", node_id=session.node.node_id)
             outbox.put_nowait(EndStream(CoordinatorError("internal error")))

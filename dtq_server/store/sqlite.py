@@ -107,6 +107,13 @@ class SqliteStore:
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:
+        try:
+            return self._open_checked()
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorrupt(f"{self._path} is not a usable database: {exc}") from exc
+
+    def _open_checked(self) -> sqlite3.Connection:
+        """Open the write connection; create the schema only in a new, empty file."""
         existed = self._path.exists() and self._path.stat().st_size > 0
         conn = self._connect()
         try:
@@ -125,9 +132,6 @@ class SqliteStore:
                 raise StoreCorrupt(f"{self._path} failed its integrity check: {check}")
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreCorrupt(f"{self._path} is not a usable database: {exc}") from exc
         except BaseException:
             conn.close()
             raise

@@ -1,0 +1,116 @@
+"""Pure coordinator logic: retry delays, validation, the task board."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from dtq_server.board import TaskBoard
+from dtq_server.errors import InvalidArgument
+from dtq_server.models import ActiveTask, TaskState
+from dtq_server.retry import retry_delay_s
+from dtq_server.validation import SpecInput, validate_specs, validate_task_id
+from tests.harness import server_config
+
+CONFIG = server_config(Path("unused"))
+
+
+def test_retry_delay_doubles_with_additive_jitter_and_a_cap() -> None:
+    rng = random.Random(7)
+    for failures, nominal in [(1, 0.1), (2, 0.2), (3, 0.4), (20, 5.0)]:
+        delays = [retry_delay_s(failures, 0.1, 5.0, rng) for _ in range(200)]
+        assert min(delays) >= nominal
+        assert max(delays) <= nominal * 1.25
+        assert max(delays) > min(delays)
+
+
+def spec(**fields: object) -> SpecInput:
+    values: dict[str, object] = {
+        "type": "echo",
+        "queue": "",
+        "payload": b"{}",
+        "content_type": "",
+        "max_attempts": 0,
+        "idempotency_key": "",
+        "retry_backoff_s": None,
+    }
+    values.update(fields)
+    return SpecInput(**values)  # type: ignore[arg-type]
+
+
+def test_validation_fills_defaults() -> None:
+    [task] = validate_specs([spec()], CONFIG, batch=False)
+    assert (task.queue, task.content_type, task.max_attempts) == ("default", "application/json", 3)
+    assert task.idempotency_key is None
+
+
+def test_validation_names_every_bad_field() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_specs(
+            [spec(), spec(type="", queue="bad queue", max_attempts=1000, retry_backoff_s=-1.0)],
+            CONFIG,
+            batch=True,
+        )
+    fields = [field for field, _ in info.value.violations]
+    assert fields == [
+        "tasks[1].type",
+        "tasks[1].queue",
+        "tasks[1].max_attempts",
+        "tasks[1].retry_backoff",
+    ]
+
+
+def test_validation_rejects_repeated_keys_in_a_batch_and_empty_batches() -> None:
+    with pytest.raises(InvalidArgument, match="repeats"):
+        validate_specs([spec(idempotency_key="a"), spec(idempotency_key="a")], CONFIG, batch=True)
+    with pytest.raises(InvalidArgument, match="tasks"):
+        validate_specs([], CONFIG, batch=True)
+
+
+def test_same_spec_same_hash_different_payload_different_hash() -> None:
+    a, b, c = validate_specs([spec(), spec(), spec(payload=b"[]")], CONFIG, batch=True)
+    assert a.spec_hash == b.spec_hash != c.spec_hash
+    assert a.id != b.id
+
+
+def test_task_ids_must_be_uuids() -> None:
+    assert validate_task_id("6E59C592-E6D3-44C9-9A47-5AD47C2DBB93") == (
+        "6e59c592-e6d3-44c9-9a47-5ad47c2dbb93"
+    )
+    with pytest.raises(InvalidArgument):
+        validate_task_id("x" * 10_000)
+
+
+def active(seq: int, queue: str = "default", type_: str = "echo", due_at: float | None = None):
+    return ActiveTask(
+        id=f"t{seq}", seq=seq, type=type_, queue=queue, state=TaskState.QUEUED, attempt=0,
+        max_attempts=3, failures=0, lease_expiries=0, retry_backoff_s=None, due_at=due_at,
+    )  # fmt: skip
+
+
+def test_board_is_fifo_across_the_keys_a_node_serves() -> None:
+    board = TaskBoard()
+    for task in [active(3), active(1, queue="q2"), active(2, type_="other"), active(4)]:
+        board.track(task, now=0.0)
+    keys = {("default", "echo"), ("q2", "echo")}
+    popped = [board.pop_ready(keys) for _ in range(4)]
+    assert [t.seq if t else None for t in popped] == [1, 3, 4, None]
+    other = board.pop_ready({("default", "other")})
+    assert other is not None and other.seq == 2
+
+
+def test_board_skips_cancelled_and_delays_retries() -> None:
+    board = TaskBoard()
+    first, second, later = active(1), active(2), active(3, due_at=10.0)
+    for task in (first, second, later):
+        board.track(task, now=0.0)
+    board.forget(first, TaskState.CANCELLED)
+    keys = {("default", "echo")}
+    popped = board.pop_ready(keys)
+    assert popped is second
+    assert board.pop_ready(keys) is None
+    assert board.promote_due(now=5.0) == 0
+    assert board.promote_due(now=10.0) == 1
+    assert board.pop_ready(keys) is later

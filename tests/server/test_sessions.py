@@ -1,0 +1,347 @@
+"""The worker protocol against a real coordinator: credits, fencing, resume, expiry, retries.
+
+A RawNode speaks the protocol by hand, so each test controls exactly what a
+node sends (or fails to send).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from dtq.v1 import (
+    admin_service_pb2,
+    task_pb2,
+    task_service_pb2,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
+from dtq.v1.task_service_pb2_grpc import TaskServiceStub
+from tests.harness import (
+    HEARTBEAT_TIMEOUT_S,
+    InProcessCoordinator,
+    RawNode,
+    failed,
+    released,
+    succeeded,
+    wait_until,
+)
+
+QUEUED, SUCCEEDED, FAILED = (
+    task_pb2.TASK_STATE_QUEUED,
+    task_pb2.TASK_STATE_SUCCEEDED,
+    task_pb2.TASK_STATE_FAILED,
+)
+
+
+def submit(tasks: TaskServiceStub, type_: str = "echo", **fields: Any) -> str:
+    spec = task_pb2.TaskSpec(type=type_, payload=task_pb2.Payload(data=b"{}"), **fields)
+    return str(tasks.SubmitTask(task_service_pb2.SubmitTaskRequest(task=spec), timeout=10).task.id)
+
+
+def get(tasks: TaskServiceStub, task_id: str) -> task_pb2.Task:
+    return tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=task_id), timeout=10).task
+
+
+def assigned(node: RawNode, timeout_s: float = 10) -> list[task_pb2.Lease]:
+    message = node.next("assignments", timeout_s)
+    return [a.lease for a in message.assignments.assignments]
+
+
+def test_dispatch_only_against_free_slots(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    ids = [submit(tasks) for _ in range(5)]
+    node = RawNode(coordinator.address, slots=2)
+    leases = assigned(node)
+    while len(leases) < 2:
+        leases += assigned(node)
+    assert len(leases) == 2
+    assert [lease.task_id for lease in leases] == ids[:2]  # FIFO
+    assert all(lease.attempt == 1 for lease in leases)
+    node.heartbeat(1)
+    node.next("heartbeat_ack")
+    assert node.received.empty(), "no work beyond the node's slots"
+    node.report(succeeded(leases[0].task_id, 1, b'"ok"'))
+    node.next("update_acks")
+    assert [lease.task_id for lease in assigned(node)] == [ids[2]]
+    node.close()
+
+
+def test_tasks_go_only_to_nodes_that_declared_type_and_queue(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    other_type = submit(tasks, "other")
+    other_queue = submit(tasks, queue="emails")
+    mine = submit(tasks)
+    node = RawNode(coordinator.address, slots=3)
+    assert [lease.task_id for lease in assigned(node)] == [mine]
+    emails = RawNode(coordinator.address, node_id="emails", queues=("emails",), slots=3)
+    assert [lease.task_id for lease in assigned(emails)] == [other_queue]
+    assert get(tasks, other_type).state == QUEUED
+    node.close()
+    emails.close()
+
+
+def test_late_result_from_expired_session_is_rejected(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks)
+    zombie = RawNode(coordinator.address, node_id="zombie")
+    assigned(zombie)
+    # The zombie goes silent (no heartbeats): after the timeout its lease is requeued.
+    healthy = RawNode(coordinator.address, node_id="healthy", auto_heartbeat=True)
+    (lease2,) = assigned(healthy, timeout_s=HEARTBEAT_TIMEOUT_S + 1.5)
+    assert (lease2.task_id, lease2.attempt) == (task_id, 2)
+    # The zombie's stream was ended with SESSION_EXPIRED; its late result cannot apply.
+    zombie.closed.wait(5)
+    assert zombie.error is not None
+    assert zombie.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expired" in (zombie.error.details() or "")
+    # Even a stream-level replay with the old attempt is fenced off.
+    healthy.report(succeeded(task_id, 1, b'"zombie"'))
+    ack = healthy.next("update_acks").update_acks.acks[0]
+    assert (ack.accepted, ack.reason) == (False, "STALE_ATTEMPT")
+    healthy.report(succeeded(task_id, 2, b'"healthy"'))
+    assert healthy.next("update_acks").update_acks.acks[0].accepted
+    task = get(tasks, task_id)
+    assert (task.state, task.attempt, task.result.data) == (SUCCEEDED, 2, b'"healthy"')
+    assert task.lease_expiries == 1
+    assert task.node_id == "healthy"
+    healthy.close()
+
+
+def test_forged_leases_are_rejected_without_state_change(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks)
+    holder = RawNode(coordinator.address, node_id="holder")
+    assigned(holder)
+    thief = RawNode(coordinator.address, node_id="thief")
+    thief.report(
+        succeeded("00000000-0000-4000-8000-000000000000", 1, b"1"),
+        succeeded(task_id, 1, b"2"),
+        succeeded(task_id, 7, b"3"),
+    )
+    acks = thief.next("update_acks").update_acks.acks
+    assert [(a.accepted, a.reason) for a in acks] == [
+        (False, "TASK_NOT_FOUND"),
+        (False, "NOT_LEASED"),
+        (False, "STALE_ATTEMPT"),
+    ]
+    assert get(tasks, task_id).state == task_pb2.TASK_STATE_LEASED
+    holder.heartbeat(1, ((task_id, 1), ("00000000-0000-4000-8000-000000000000", 3)))
+    stale = holder.next("heartbeat_ack").heartbeat_ack.stale_leases
+    assert [(s.task_id, s.attempt) for s in stale] == [("00000000-0000-4000-8000-000000000000", 3)]
+    holder.close()
+    thief.close()
+
+
+def test_resumed_session_keeps_its_lease(coordinator: InProcessCoordinator, tasks: TaskServiceStub):
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, node_id="flaky")
+    assigned(node)
+    node.abort()  # the stream breaks (say, a network reset)
+    again = RawNode(
+        coordinator.address,
+        node_id="flaky",
+        resume_session_id=node.session_id,
+        leases=((task_id, 1),),
+    )
+    assert again.registered.resumed
+    assert again.session_id == node.session_id
+    again.report(succeeded(task_id, 1, b'"done"'))
+    assert again.next("update_acks").update_acks.acks[0].accepted
+    # A resend of an applied result (its ack was lost) is accepted, not applied twice.
+    again.report(succeeded(task_id, 1, b'"done"'))
+    assert again.next("update_acks").update_acks.acks[0].accepted
+    task = get(tasks, task_id)
+    assert (task.state, task.attempt, task.lease_expiries) == (SUCCEEDED, 1, 0)
+    again.close()
+
+
+def test_resume_requeues_assignments_the_node_never_got(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, node_id="lossy")
+    assigned(node)
+    node.abort()
+    again = RawNode(coordinator.address, node_id="lossy", resume_session_id=node.session_id)
+    assert again.registered.resumed
+    (lease,) = assigned(again)  # requeued at once and dispatched again
+    assert (lease.task_id, lease.attempt) == (task_id, 2)
+    assert get(tasks, task_id).lease_expiries == 0
+    again.close()
+
+
+def test_release_and_leave_requeue_at_once(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    first, second = submit(tasks), submit(tasks)
+    node = RawNode(coordinator.address, node_id="leaving", slots=2)
+    leases = assigned(node)
+    while len(leases) < 2:
+        leases += assigned(node)
+    node.report(released(first, 1))
+    assert node.next("update_acks").update_acks.acks[0].accepted
+    (again,) = assigned(node)  # requeued at once; its slot is free again
+    assert (again.task_id, again.attempt) == (first, 2)
+    node.report(released(first, 1))  # that lease is gone now
+    assert not node.next("update_acks").update_acks.acks[0].accepted
+    node.close()  # Leave while holding both: they are handed back at once
+    assert node.error is None, "the coordinator closes a left stream with OK"
+    other = RawNode(coordinator.address, node_id="other", slots=2)
+    leases = assigned(other)
+    while len(leases) < 2:
+        leases += assigned(other)
+    assert sorted((lease.task_id, lease.attempt) for lease in leases) == sorted(
+        [(first, 3), (second, 2)]
+    )
+    assert get(tasks, second).lease_expiries == 0
+    other.close()
+
+
+def test_half_close_without_leave_keeps_the_session_resumable(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, node_id="quiet")
+    assigned(node)
+    node._outgoing.put(None)  # half-close, no Leave
+    node.closed.wait(5)
+    again = RawNode(
+        coordinator.address, node_id="quiet", resume_session_id=node.session_id,
+        leases=((task_id, 1),),
+    )  # fmt: skip
+    assert again.registered.resumed
+    again.close()
+
+
+def test_retryable_failures_back_off_then_dead_letter(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks, max_attempts=3)
+    node = RawNode(coordinator.address)
+    for attempt in (1, 2, 3):
+        (lease,) = assigned(node)
+        assert (lease.task_id, lease.attempt) == (task_id, attempt)
+        node.report(failed(task_id, attempt))
+        assert node.next("update_acks").update_acks.acks[0].accepted
+        task = get(tasks, task_id)
+        if attempt < 3:
+            assert task.state == QUEUED
+            assert task.HasField("next_attempt_time")
+    task = get(tasks, task_id)
+    assert (task.state, task.failures, task.attempt) == (FAILED, 3, 3)
+    assert (task.last_error.type, task.last_error.message) == ("ValueError", "boom")
+    node.close()
+
+
+def test_non_retryable_failure_fails_at_once(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks, max_attempts=5)
+    node = RawNode(coordinator.address)
+    assigned(node)
+    node.report(failed(task_id, 1, "BadInput", retryable=False))
+    node.next("update_acks")
+    task = get(tasks, task_id)
+    assert (task.state, task.failures) == (FAILED, 1)
+    assert not task.last_error.retryable
+    node.close()
+
+
+def test_poison_task_dead_letters_after_lease_expiry_cap(
+    make_coordinator: Callable[..., InProcessCoordinator],
+):
+    coordinator = make_coordinator(max_lease_expiries=2, heartbeat_timeout_s=1.0)
+    with grpc.insecure_channel(coordinator.address) as channel:
+        tasks = TaskServiceStub(channel)
+        task_id = submit(tasks)
+        for attempt in (1, 2):
+            node = RawNode(coordinator.address, node_id=f"victim-{attempt}")
+            (lease,) = assigned(node)
+            assert lease.attempt == attempt
+            node.closed.wait(5)  # it never heartbeats: expired
+        wait_until(lambda: get(tasks, task_id).state == FAILED, 5, what="dead letter")
+        task = get(tasks, task_id)
+        assert task.lease_expiries == 2
+        assert task.last_error.type == "LEASE_EXPIRED"
+        assert not task.last_error.retryable
+
+
+def test_cancel_running_task_reaches_the_node(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address)
+    assigned(node)
+    response = tasks.CancelTask(task_service_pb2.CancelTaskRequest(task_id=task_id), timeout=10)
+    assert response.task.cancel_requested
+    cancel = node.next("cancel").cancel.leases
+    assert [(c.task_id, c.attempt) for c in cancel] == [(task_id, 1)]
+    node.report(failed(task_id, 1, "TaskCancelled"))
+    node.next("update_acks")
+    assert get(tasks, task_id).state == task_pb2.TASK_STATE_CANCELLED
+    node.close()
+
+
+def test_drain_stops_dispatch_and_tells_the_node(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
+):
+    node = RawNode(coordinator.address, node_id="drainme", slots=4)
+    response = admin.DrainNode(admin_service_pb2.DrainNodeRequest(node_id="drainme"), timeout=10)
+    assert response.node.state == admin_service_pb2.NODE_STATE_DRAINING
+    node.next("drain")
+    task_id = submit(tasks)
+    node.heartbeat(1)
+    node.next("heartbeat_ack")
+    assert node.received.empty()
+    assert get(tasks, task_id).state == QUEUED
+    try:
+        admin.DrainNode(admin_service_pb2.DrainNodeRequest(node_id="ghost"), timeout=10)
+        raise AssertionError("draining an unknown node must fail")
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND
+    node.close()
+
+
+def test_list_nodes_shows_leases_and_gone_nodes(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
+):
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, node_id="lister", slots=3)
+    assigned(node)
+    (listed,) = admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
+    assert (listed.node_id, listed.slots, listed.busy_slots) == ("lister", 3, 1)
+    assert [(lease.task_id, lease.attempt) for lease in listed.leases] == [(task_id, 1)]
+    node.close()
+    assert list(admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes) == []
+    gone = admin.ListNodes(admin_service_pb2.ListNodesRequest(include_gone=True), timeout=10)
+    assert [n.state for n in gone.nodes] == [admin_service_pb2.NODE_STATE_LEFT]
+    queues = admin.ListQueues(admin_service_pb2.ListQueuesRequest(), timeout=10).queues
+    assert [(q.name, q.queued) for q in queues] == [("default", 1)]
+
+
+def test_first_message_must_register(coordinator: InProcessCoordinator):
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        heartbeat = worker_service_pb2.ConnectRequest(heartbeat=worker_service_pb2.Heartbeat())
+        try:
+            list(stub.Connect(iter([heartbeat]), timeout=10))
+            raise AssertionError("a stream without RegisterNode must fail")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+        bad = worker_service_pb2.ConnectRequest(
+            register=worker_service_pb2.RegisterNode(node_id="x", slots=0, task_types=["echo"])
+        )
+        try:
+            list(stub.Connect(iter([bad]), timeout=10))
+            raise AssertionError("zero slots must fail")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "register.slots" in (exc.details() or "")

@@ -1,0 +1,146 @@
+"""SqliteStore on real files: group commit, fencing in SQL, start-up checks."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dtq_server.errors import IdempotencyKeyReused
+from dtq_server.models import TaskState
+from dtq_server.store.sqlite import SqliteStore, StoreCorrupt
+from dtq_server.updates import LeaseGrant, Transition
+from dtq_server.validation import SpecInput, Violations, validate_spec
+from tests.harness import server_config
+
+CONFIG = server_config(Path("unused"))
+
+
+def new_task(key: str = "", payload: bytes = b"{}", type_: str = "echo"):
+    spec = SpecInput(type_, "", payload, "", 0, key, None)
+    task = validate_spec(spec, "task", CONFIG, Violations())
+    assert task is not None
+    return task
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def opened(path: Path) -> SqliteStore:
+    store = SqliteStore(path)
+    await store.open()
+    return store
+
+
+def test_concurrent_inserts_share_commits_and_all_persist(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+
+    async def scenario() -> None:
+        store = await opened(path)
+        results = await asyncio.gather(*(store.insert([new_task()]) for _ in range(200)))
+        assert all(created for [(_, created)] in results)
+        await store.close()
+
+    run(scenario())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 200
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_idempotency_clash_fails_only_its_own_write(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "db.sqlite3")
+        [(first, _)] = await store.insert([new_task("k")])
+        clash, other = await asyncio.gather(
+            store.insert([new_task("k", payload=b"[1]")]),
+            store.insert([new_task("other")]),
+            return_exceptions=True,
+        )
+        assert isinstance(clash, IdempotencyKeyReused)
+        assert clash.task_id == first.id
+        assert isinstance(other, list)
+        assert other[0][1] is True
+        [(again, created)] = await store.insert([new_task("k")])
+        assert (again.id, created) == (first.id, False)
+        await store.close()
+
+    run(scenario())
+
+
+def test_transitions_are_fenced_by_attempt_and_state(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "db.sqlite3")
+        [(task, _)] = await store.insert([new_task()])
+        [assignment] = await store.lease([LeaseGrant(task.id, 1, "n1", "s1")])
+        assert assignment.lease.attempt == 1
+        # A second lease of the same attempt does not apply: the task is no longer queued.
+        assert await store.lease([LeaseGrant(task.id, 1, "n2", "s2")]) == []
+        held = (TaskState.LEASED, TaskState.RUNNING)
+        stale = Transition(task.id, 2, held, state=TaskState.SUCCEEDED, result=b"x")
+        current = Transition(task.id, 1, held, state=TaskState.SUCCEEDED, result=b"y")
+        assert await store.apply([stale, current]) == [False, True]
+        assert await store.apply([current]) == [False]  # not held any more
+        record = await store.get(task.id)
+        assert record is not None
+        assert (record.state, record.result, record.session_id) == (TaskState.SUCCEEDED, b"y", "s1")
+        assert record.finished_at is not None
+        await store.close()
+
+    run(scenario())
+
+
+def test_load_active_returns_unfinished_tasks_in_order(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "db.sqlite3")
+        records = [r for r, _ in await store.insert([new_task() for _ in range(3)])]
+        await store.lease([LeaseGrant(records[1].id, 1, "n1", "s1")])
+        held = (TaskState.LEASED, TaskState.RUNNING)
+        await store.apply([Transition(records[1].id, 1, held, state=TaskState.RUNNING)])
+        await store.apply(
+            [Transition(records[2].id, 0, (TaskState.QUEUED,), state=TaskState.CANCELLED)]
+        )
+        active = await store.load_active()
+        assert [(t.id, t.state, t.session_id) for t in active] == [
+            (records[0].id, TaskState.QUEUED, None),
+            (records[1].id, TaskState.RUNNING, "s1"),
+        ]
+        await store.close()
+
+    run(scenario())
+
+
+def test_refuses_a_file_that_is_not_a_dtq_database(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+
+    async def scenario() -> None:
+        with pytest.raises(StoreCorrupt):
+            await opened(path)
+
+    run(scenario())
+    assert path.read_bytes() == b"this is not sqlite" * 100, "never re-initialised"
+
+
+def test_refuses_a_truncated_database(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+
+    async def fill() -> None:
+        store = await opened(path)
+        await store.insert([new_task(payload=b"x" * 2000) for _ in range(300)])
+        await store.close()
+
+    run(fill())
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+    async def reopen() -> None:
+        with pytest.raises(StoreCorrupt):
+            await opened(path)
+
+    run(reopen())
