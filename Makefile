@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## run: a coordinator on 127.0.0.1:50051 (SQLite in ./dtq-data) and two demo nodes.
 run: install
-	@$(PY) -m dtq_server.devrun
+	@$(PY) scripts/devrun.py
 
 ## test: the whole suite (chaos scenarios at small size).
 test: install

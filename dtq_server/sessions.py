@@ -49,6 +49,8 @@ from dtq_server.watchers import TaskWatchers
 
 log = structlog.get_logger(__name__)
 HELD = (TaskState.LEASED, TaskState.RUNNING)
+CRASH_REASONS = frozenset({"WORKER_DIED"})
+"""Release reasons that mean the task's runner crashed: they count as lost leases."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,8 @@ class NodeSessions:
                 )
             case Failed(error=error, cancelled=cancelled):
                 return self._failure(task, attempt, error, cancelled)
+            case Released(reason=reason) if reason in CRASH_REASONS:
+                return self._lost(task, attempt, TaskError(reason, "the worker running it died"))
             case Released():
                 return _held(task.id, attempt, state=TaskState.QUEUED, clear_lease=True)
         raise AssertionError(f"unknown update {update!r}")
@@ -426,26 +430,30 @@ class NodeSessions:
 
     def _orphan_transition(self, orphan: _Orphan) -> Transition:
         task = orphan.task
-        expiries = task.lease_expiries + (1 if orphan.expired else 0)
+        if not orphan.expired:
+            state = TaskState.CANCELLED if task.cancel_requested else TaskState.QUEUED
+            return _held(task.id, orphan.attempt, state=state, clear_lease=True)
+        error = TaskError("LEASE_EXPIRED", "the node running it died or went silent")
+        return self._lost(task, orphan.attempt, error)
+
+    def _lost(self, task: ActiveTask, attempt: int, error: TaskError) -> Transition:
+        """A lease lost to a crash (node death, worker-thread death).
+
+        It counts against ``max_lease_expiries`` so that a task that kills
+        whatever runs it is dead-lettered instead of crashing nodes forever.
+        """
+        expiries = task.lease_expiries + 1
         if task.cancel_requested:
-            return _held(task.id, orphan.attempt, state=TaskState.CANCELLED)
+            return _held(task.id, attempt, state=TaskState.CANCELLED, lease_expiries=expiries)
         if expiries >= self._config.max_lease_expiries:
-            error = TaskError(
-                "LEASE_EXPIRED",
-                f"lease expired {expiries} times: the node running it died or went silent",
+            final = TaskError(
+                error.type,
+                f"{error.message}; lease lost {expiries} times, giving up",
                 retryable=False,
             )
             return _held(
-                task.id,
-                orphan.attempt,
-                state=TaskState.FAILED,
-                lease_expiries=expiries,
-                error=error,
+                task.id, attempt, state=TaskState.FAILED, lease_expiries=expiries, error=final
             )
         return _held(
-            task.id,
-            orphan.attempt,
-            state=TaskState.QUEUED,
-            lease_expiries=expiries,
-            clear_lease=True,
+            task.id, attempt, state=TaskState.QUEUED, lease_expiries=expiries, clear_lease=True
         )

@@ -1,0 +1,399 @@
+"""The synchronous DTQ client.
+
+::
+
+    from dtq_client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        task = client.submit("email.send", {"to": "ada@example.com"})
+        done = client.wait(task.id, timeout_s=60)
+        print(done.state, done.result_value())
+
+Every call has a deadline (``timeout_s``, 10 s by default) and is retried on
+UNAVAILABLE with exponential backoff and jitter (see :mod:`dtq_client.retry`).
+Submits are always idempotent: a spec without an idempotency key gets a fresh
+one, so a retry after an ambiguous failure (a lost response, a deadline) returns
+the task the first attempt created instead of creating a second one.
+A client is thread-safe; share one per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import replace
+from typing import Self, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dtq.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+)
+from dtq_client import convert, retry
+from dtq_client.batching import batches
+from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
+from dtq_client.connection import create_channel
+from dtq_client.errors import (
+    DeadlineExceeded,
+    ProtocolError,
+    RpcError,
+    SubmitManyError,
+    Unavailable,
+    WaitTimeout,
+    translate_rpc_errors,
+)
+from dtq_client.models import Node, QueueStats, SubmitResult, Task, TaskSpec, TaskState
+
+_R = TypeVar("_R")
+
+# Bytes a spec adds to a SubmitTasks request beyond its own size (tag and length).
+_SPEC_FRAMING_BYTES = 6
+# A watch slice ending this close to the wait's deadline counts as the wait timing out.
+_DEADLINE_SLACK_S = 0.05
+_MAX_PAGE_SIZE = 1_000
+
+
+class Client:
+    """A connection to a DTQ coordinator; use it as a context manager or call :meth:`close`.
+
+    ``channel`` lets the caller supply (and keep ownership of) an open channel;
+    otherwise the client opens one with :func:`dtq_client.create_channel`.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        config = ClientConfig(address=address, timeout_s=timeout_s, retry=retry or RetryPolicy())
+        self._setup(config, channel)
+
+    @classmethod
+    def from_config(cls, config: ClientConfig, *, channel: grpc.Channel | None = None) -> Self:
+        """A client configured by ``config``."""
+        client = cls.__new__(cls)
+        client._setup(config, channel)
+        return client
+
+    def _setup(self, config: ClientConfig, channel: grpc.Channel | None) -> None:
+        self.config = config
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else create_channel(config.address)
+        # The generated stubs are untyped; each call below annotates its response.
+        self._tasks = task_service_pb2_grpc.TaskServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Close the channel (unless the caller supplied it). Safe to call twice."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- submitting ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        type: str,
+        payload: object = None,
+        *,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+        retry_backoff_s: float | None = None,
+    ) -> Task:
+        """Submit one task and return it as stored (see :class:`TaskSpec` for the arguments).
+
+        With an ``idempotency_key`` that an earlier task used, that task is
+        returned; :class:`AlreadyExists` if its spec differs.
+        """
+        spec = _with_key(
+            TaskSpec(
+                type=type,
+                payload=payload,
+                content_type=content_type,
+                queue=queue,
+                max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
+                retry_backoff_s=retry_backoff_s,
+            )
+        )
+        request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
+        response: task_service_pb2.SubmitTaskResponse = self._unary(
+            self._tasks.SubmitTask, request, retry.SUBMIT_CODES
+        )
+        return convert.task_from_proto(response.task)
+
+    def submit_many(self, specs: Iterable[TaskSpec]) -> list[SubmitResult]:
+        """Submit many tasks, returning one result per spec in order.
+
+        Specs are sent in batches of at most ``config.submit_batch_size`` tasks
+        and about ``config.submit_batch_bytes``; each batch is stored
+        atomically. If the first batch fails its error is raised as is (nothing
+        was stored); if a later one fails, :class:`SubmitManyError` says what was
+        stored and what to resubmit.
+        """
+        keyed = [_with_key(spec) for spec in specs]
+        # Encode every payload before sending anything, so a bad one stores nothing.
+        messages = [convert.spec_to_proto(spec) for spec in keyed]
+        results: list[SubmitResult] = []
+        for batch in batches(
+            messages,
+            lambda message: message.ByteSize() + _SPEC_FRAMING_BYTES,
+            max_count=self.config.submit_batch_size,
+            max_bytes=self.config.submit_batch_bytes,
+        ):
+            request = task_service_pb2.SubmitTasksRequest(tasks=batch)
+            try:
+                response: task_service_pb2.SubmitTasksResponse = self._unary(
+                    self._tasks.SubmitTasks, request, retry.SUBMIT_CODES
+                )
+            except RpcError as exc:
+                if not results:
+                    raise
+                done = len(results)
+                raise SubmitManyError(
+                    exc, results=results, pending=keyed[done:], offset=done
+                ) from exc
+            if len(response.results) != len(batch):
+                raise ProtocolError(
+                    f"SubmitTasks answered {len(response.results)} results for {len(batch)} tasks"
+                )
+            results += [convert.submit_result_from_proto(r) for r in response.results]
+        return results
+
+    # --- reading and cancelling ----------------------------------------------------------
+
+    def get(self, task_id: str) -> Task:
+        """The task with ``task_id``; :class:`TaskNotFound` if there is none."""
+        request = task_service_pb2.GetTaskRequest(task_id=task_id)
+        response: task_service_pb2.GetTaskResponse = self._unary(
+            self._tasks.GetTask, request, retry.READ_CODES
+        )
+        return convert.task_from_proto(response.task)
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a task and return it.
+
+        A queued task is cancelled at once; a dispatched one gets
+        ``cancel_requested`` and ends CANCELLED once its node stops it.
+        :class:`TaskTerminal` if it already succeeded or failed.
+        """
+        request = task_service_pb2.CancelTaskRequest(task_id=task_id)
+        response: task_service_pb2.CancelTaskResponse = self._unary(
+            self._tasks.CancelTask, request, retry.READ_CODES
+        )
+        return convert.task_from_proto(response.task)
+
+    def list_tasks(
+        self,
+        queue: str | None = None,
+        state: TaskState | str | None = None,
+        type: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Up to ``limit`` tasks matching the filters, newest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        page_size = min(limit, _MAX_PAGE_SIZE)
+        tasks = self.iter_tasks(queue=queue, state=state, type=type, page_size=page_size)
+        return list(itertools.islice(tasks, limit))
+
+    def iter_tasks(
+        self,
+        queue: str | None = None,
+        state: TaskState | str | None = None,
+        type: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[Task]:
+        """Every task matching the filters, newest first, fetched a page at a time."""
+        request = task_service_pb2.ListTasksRequest(
+            queue=queue or "",
+            state=convert.task_state_to_proto(None if state is None else TaskState(state)),
+            type=type or "",
+            page_size=page_size,
+        )
+        while True:
+            response: task_service_pb2.ListTasksResponse = self._unary(
+                self._tasks.ListTasks, request, retry.READ_CODES
+            )
+            for message in response.tasks:
+                yield convert.task_from_proto(message)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    # --- waiting -------------------------------------------------------------------------
+
+    def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
+        """Block until the task is terminal and return it, whatever its outcome.
+
+        Raises :class:`WaitTimeout` if ``timeout_s`` passes first (None waits
+        for ever). A failed or cancelled task is returned, not raised.
+        """
+        with contextlib.closing(self.watch(task_id, timeout_s=timeout_s)) as changes:
+            for task in changes:
+                if task.is_terminal:
+                    return task
+        raise ProtocolError(f"the watch of task {task_id} ended before a terminal state")
+
+    def watch(self, task_id: str, timeout_s: float | None = None) -> Generator[Task, None, None]:
+        """Yield the task's current state, then each change, ending after a terminal state.
+
+        A stream that breaks with UNAVAILABLE is reopened, with backoff while
+        the coordinator stays unreachable, for up to ``config.retry.total_s``
+        (then :class:`Unavailable` is raised); the reopened stream's first state
+        is skipped if nothing changed meanwhile. Raises :class:`WaitTimeout` if
+        ``timeout_s`` passes before the task is terminal.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last: Task | None = None
+        while True:
+            if deadline is not None and deadline - time.monotonic() <= 0:
+                raise WaitTimeout(task_id, timeout_s, last)
+            try:
+                first, rest = self._open_watch(task_id, deadline)
+            except DeadlineExceeded as exc:
+                _raise_if_expired(exc, deadline, WaitTimeout(task_id, timeout_s, last))
+                continue
+            # closing(): a consumer that stops early ends the call now, not at garbage collection.
+            with contextlib.closing(rest):
+                try:
+                    for task in itertools.chain([first], rest):
+                        if task != last:
+                            last = task
+                            yield task
+                        if task.is_terminal:
+                            return
+                except Unavailable:
+                    # The stream had worked, so reopen it with a fresh retry budget, after a
+                    # short pause so that a coordinator ending streams early is not hammered.
+                    time.sleep(self.config.retry.initial_backoff_s)
+                except DeadlineExceeded as exc:
+                    _raise_if_expired(exc, deadline, WaitTimeout(task_id, timeout_s, last))
+
+    def _open_watch(
+        self, task_id: str, deadline: float | None
+    ) -> tuple[Task, Generator[Task, None, None]]:
+        """Open a WatchTask stream and read its first state, retrying UNAVAILABLE."""
+
+        def attempt() -> tuple[Task, Generator[Task, None, None]]:
+            slice_s = self.config.watch_renew_s
+            if deadline is not None:
+                slice_s = max(0.0, min(slice_s, deadline - time.monotonic()))
+            stream = self._watch_stream(task_id, slice_s)
+            return next(stream), stream
+
+        # Reconnecting is bounded by time (retry.total_s), not by attempts, so that a
+        # long wait rides out a coordinator restart.
+        retrying = retry.retrying(
+            self.config.retry, retry.READ_CODES, deadline=deadline, count_attempts=False
+        )
+        return retrying(attempt)
+
+    def _watch_stream(self, task_id: str, timeout_s: float) -> Generator[Task, None, None]:
+        """One WatchTask call; Unavailable if it ends before a terminal state."""
+        request = task_service_pb2.WatchTaskRequest(task_id=task_id)
+        call = self._tasks.WatchTask(request, timeout=timeout_s)
+        try:
+            with translate_rpc_errors():
+                for response in call:
+                    task = convert.task_from_proto(response.task)
+                    yield task
+                    if task.is_terminal:
+                        return
+        finally:
+            call.cancel()  # ends the call when the consumer stops early; a no-op otherwise
+        raise Unavailable(grpc.StatusCode.UNAVAILABLE, "watch stream ended early")
+
+    # --- cluster -------------------------------------------------------------------------
+
+    def nodes(self, include_gone: bool = False) -> list[Node]:
+        """Worker nodes ordered by id; ``include_gone`` adds recently dead or departed ones."""
+        request = admin_service_pb2.ListNodesRequest(include_gone=include_gone)
+        response: admin_service_pb2.ListNodesResponse = self._unary(
+            self._admin.ListNodes, request, retry.READ_CODES
+        )
+        return [convert.node_from_proto(node) for node in response.nodes]
+
+    def drain(self, node_id: str) -> Node:
+        """Stop dispatching to a node and ask it to finish its tasks and exit.
+
+        :class:`NodeNotFound` if no live node has that id.
+        """
+        request = admin_service_pb2.DrainNodeRequest(node_id=node_id)
+        response: admin_service_pb2.DrainNodeResponse = self._unary(
+            self._admin.DrainNode, request, retry.READ_CODES
+        )
+        return convert.node_from_proto(response.node)
+
+    def queues(self) -> list[QueueStats]:
+        """Task counts of every queue that has tasks, ordered by name."""
+        request = admin_service_pb2.ListQueuesRequest()
+        response: admin_service_pb2.ListQueuesResponse = self._unary(
+            self._admin.ListQueues, request, retry.READ_CODES
+        )
+        return [convert.queue_stats_from_proto(stats) for stats in response.queues]
+
+    def health(self, service: str = "") -> str:
+        """The standard gRPC health status: ``SERVING``, ``NOT_SERVING``, ...
+
+        ``service`` "" asks about the coordinator as a whole.
+        """
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._unary(self._health.Check, request, retry.READ_CODES)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _unary(
+        self,
+        method: Callable[..., _R],
+        request: object,
+        codes: frozenset[grpc.StatusCode],
+    ) -> _R:
+        """Call ``method`` with a deadline, translating errors and retrying ``codes``."""
+
+        def attempt() -> _R:
+            with translate_rpc_errors():
+                return method(request, timeout=self.config.timeout_s)
+
+        return retry.retrying(self.config.retry, codes)(attempt)
+
+
+def _raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: WaitTimeout) -> None:
+    """Raise ``timeout`` if a watch's DEADLINE_EXCEEDED means the whole wait ran out.
+
+    Otherwise only the stream's own slice (``watch_renew_s``) ended, and the
+    caller reopens it.
+    """
+    if deadline is not None and deadline - time.monotonic() < _DEADLINE_SLACK_S:
+        raise timeout from exc
+
+
+def _with_key(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with an idempotency key, generating one if it has none."""
+    if spec.idempotency_key:
+        return spec
+    return replace(spec, idempotency_key=uuid.uuid4().hex)

@@ -1,0 +1,76 @@
+"""The one place that opens gRPC channels to the coordinator.
+
+Clients and worker nodes both open channels here (:func:`create_channel`, or
+:func:`create_aio_channel` for asyncio code), so keepalive and message-size
+limits are decided once. The keepalive interval is deliberately
+twice the server's minimum ping interval (5 s): a client that pings more often
+than the server permits gets its connection closed with ``too_many_pings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from dtq import __version__
+
+MAX_SEND_BYTES = 4 * 1024 * 1024
+"""Largest message a channel sends; submit batches stay well under it."""
+
+MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+"""Largest message a channel receives, so that a full page of tasks fits."""
+
+DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    # Idle channels (a client blocked in wait()) must notice a dead peer too.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", MAX_SEND_BYTES),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+)
+"""Channel arguments every DTQ channel starts from."""
+
+
+def channel_args(
+    options: Sequence[tuple[str, Any]] = (), user_agent: str | None = None
+) -> list[tuple[str, Any]]:
+    """:data:`DEFAULT_OPTIONS` overridden by ``options``, plus the user agent."""
+    merged = dict(DEFAULT_OPTIONS)
+    merged.update(options)
+    merged["grpc.primary_user_agent"] = user_agent or f"dtq-python/{__version__}"
+    return list(merged.items())
+
+
+def create_channel(
+    address: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    user_agent: str | None = None,
+) -> grpc.Channel:
+    """Open a channel to ``address`` (``host:port``) with DTQ's channel options.
+
+    ``options`` override or extend :data:`DEFAULT_OPTIONS`; ``credentials``
+    makes it a TLS channel; ``user_agent`` defaults to ``dtq-python/<version>``.
+    """
+    args = channel_args(options, user_agent)
+    if credentials is None:
+        return grpc.insecure_channel(address, options=args)
+    return grpc.secure_channel(address, credentials, options=args)
+
+
+def create_aio_channel(
+    address: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+    user_agent: str | None = None,
+) -> grpc.aio.Channel:
+    """:func:`create_channel` for asyncio code (``grpc.aio``), with the same options."""
+    args = channel_args(options, user_agent)
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=args)
+    return grpc.aio.secure_channel(address, credentials, options=args)

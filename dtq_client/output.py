@@ -1,0 +1,271 @@
+"""How the CLI prints models: rich tables, or the proto3 JSON mapping.
+
+Data goes to stdout only; :class:`Printer` never writes messages. JSON output
+is written raw (no highlighting or wrapping), so it is always parseable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import click
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from dtq_client import convert, payloads
+from dtq_client.models import Node, NodeState, QueueStats, Task, TaskState
+
+_PREVIEW_CHARS = 500
+
+STATE_STYLES: dict[str, str] = {
+    TaskState.QUEUED: "cyan",
+    TaskState.LEASED: "yellow",
+    TaskState.RUNNING: "blue",
+    TaskState.SUCCEEDED: "green",
+    TaskState.FAILED: "bold red",
+    TaskState.CANCELLED: "magenta",
+    NodeState.ACTIVE: "green",
+    NodeState.DRAINING: "yellow",
+    NodeState.DISCONNECTED: "magenta",
+    NodeState.DEAD: "bold red",
+    NodeState.LEFT: "dim",
+}
+"""Rich style of each task and node state (the two enums share no value)."""
+
+
+class OutputFormat(StrEnum):
+    """The ``-o`` choices."""
+
+    TABLE = "table"
+    JSON = "json"
+    JSONL = "jsonl"
+
+
+class Printer:
+    """Writes models to stdout in one :class:`OutputFormat`."""
+
+    def __init__(self, fmt: OutputFormat, console: Console) -> None:
+        self.fmt = fmt
+        self.console = console
+
+    def task(self, task: Task) -> None:
+        """One task: a key-value view, or one JSON object."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(task_view(task))
+        else:
+            self._json(convert.to_json(task))
+
+    def tasks(self, tasks: Sequence[Task]) -> None:
+        """A list of tasks: a table, a JSON array or JSON lines."""
+        self._many(tasks, tasks_table)
+
+    def nodes(self, nodes: Sequence[Node]) -> None:
+        """A list of nodes."""
+        self._many(nodes, nodes_table)
+
+    def node(self, node: Node) -> None:
+        """One node."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(nodes_table([node]))
+        else:
+            self._json(convert.to_json(node))
+
+    def queues(self, queues: Sequence[QueueStats]) -> None:
+        """A list of queue statistics."""
+        self._many(queues, queues_table)
+
+    def change(self, task: Task) -> None:
+        """One state of a watched task: a line, or one JSON object (never an array)."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(change_line(task))
+        else:
+            self._json(convert.to_json(task))
+
+    def health(self, status: str) -> None:
+        """A health status, shaped like ``grpc.health.v1.HealthCheckResponse`` in JSON."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(Text(status, style="green" if status == "SERVING" else "bold red"))
+        else:
+            self._json({"status": status})
+
+    def _many(self, models: Sequence[Any], table: Callable[[Sequence[Any]], Table]) -> None:
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(table(models))
+        elif self.fmt is OutputFormat.JSON:
+            click.echo(json.dumps([convert.to_json(m) for m in models], indent=2))
+        else:
+            for model in models:
+                click.echo(json.dumps(convert.to_json(model), ensure_ascii=False))
+
+    def _json(self, data: dict[str, Any]) -> None:
+        if self.fmt is OutputFormat.JSON:
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            click.echo(json.dumps(data, ensure_ascii=False))
+
+
+# --- renderables ---------------------------------------------------------------------------
+
+
+def task_view(task: Task) -> Table:
+    """A two-column view of every field of ``task`` that is set."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, RenderableType | None]] = [
+        ("id", Text(task.id)),
+        ("type", Text(task.type)),
+        ("queue", Text(task.queue)),
+        ("state", state_text(task.state)),
+        ("attempt", Text(f"{task.attempt} of {task.max_attempts}")),
+        ("failures", Text(str(task.failures)) if task.failures else None),
+        ("lease expiries", Text(str(task.lease_expiries)) if task.lease_expiries else None),
+        ("cancel requested", Text("yes", style="magenta") if task.cancel_requested else None),
+        ("node", _optional(task.node_id)),
+        ("idempotency key", _optional(task.idempotency_key)),
+        ("progress", Text(progress_text(task)) if task.progress else None),
+        ("payload", Text(payload_preview(task.payload, task.content_type))),
+        (
+            "result",
+            None
+            if task.result is None
+            else Text(payload_preview(task.result, task.result_content_type)),
+        ),
+        ("error", _error_text(task)),
+        ("created", _optional(format_time(task.created_at))),
+        ("updated", _optional(format_time(task.updated_at))),
+        ("started", _optional(format_time(task.started_at))),
+        ("finished", _optional(format_time(task.finished_at))),
+        ("next attempt", _optional(format_time(task.next_attempt_at))),
+    ]
+    for key, value in rows:
+        if value is not None:
+            grid.add_row(key, value)
+    return grid
+
+
+def tasks_table(tasks: Sequence[Task]) -> Table:
+    """One row per task."""
+    table = Table(box=None, header_style="bold")
+    table.add_column("ID", no_wrap=True, min_width=36)
+    for name in ("TYPE", "QUEUE", "STATE", "ATTEMPT", "NODE"):
+        table.add_column(name)
+    table.add_column("UPDATED", no_wrap=True, min_width=24)
+    for task in tasks:
+        table.add_row(
+            Text(task.id),
+            Text(task.type),
+            Text(task.queue),
+            state_text(task.state),
+            Text(f"{task.attempt}/{task.max_attempts}"),
+            Text(task.node_id or "-"),
+            Text(format_time(task.updated_at) or "-"),
+        )
+    return table
+
+
+def nodes_table(nodes: Sequence[Node]) -> Table:
+    """One row per node."""
+    table = Table(box=None, header_style="bold")
+    for name in ("NODE", "STATE", "HOST", "PID", "VERSION", "BUSY", "QUEUES", "TYPES"):
+        table.add_column(name)
+    table.add_column("RESTARTS", justify="right")
+    table.add_column("LAST SEEN")
+    for node in nodes:
+        table.add_row(
+            Text(node.node_id),
+            state_text(node.state),
+            Text(node.hostname),
+            Text(str(node.pid)),
+            Text(node.version),
+            Text(f"{node.busy_slots}/{node.slots}"),
+            Text(",".join(node.queues)),
+            Text(",".join(node.task_types)),
+            Text(str(node.supervisor_restarts)),
+            Text(format_time(node.last_seen_at) or "-"),
+        )
+    return table
+
+
+def queues_table(queues: Sequence[QueueStats]) -> Table:
+    """One row per queue."""
+    table = Table(box=None, header_style="bold")
+    table.add_column("QUEUE")
+    for name in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"):
+        table.add_column(name, justify="right")
+    for stats in queues:
+        counts = (stats.queued, stats.running, stats.succeeded, stats.failed, stats.cancelled)
+        table.add_row(Text(stats.name), *(Text(str(count)) for count in counts))
+    return table
+
+
+def change_line(task: Task) -> Text:
+    """One line for a watched task's state: time, state, attempt, node, progress."""
+    line = Text(f"{format_time(task.updated_at) or '-'}  ")
+    line.append_text(state_text(task.state))
+    line.append(" " * max(1, 10 - len(task.state)))
+    line.append(f"attempt {task.attempt}/{task.max_attempts}")
+    if task.node_id:
+        line.append(f"  node {task.node_id}")
+    if task.progress is not None:
+        line.append(f"  {progress_text(task)}")
+    if task.cancel_requested and not task.is_terminal:
+        line.append("  cancel requested", style="magenta")
+    if task.is_terminal and task.last_error is not None and task.state is not TaskState.SUCCEEDED:
+        line.append(f"  {task.last_error.type}: {task.last_error.message}")
+    return line
+
+
+# --- pieces --------------------------------------------------------------------------------
+
+
+def state_text(state: TaskState | NodeState) -> Text:
+    """A state name in its colour."""
+    return Text(str(state), style=STATE_STYLES.get(state, ""))
+
+
+def format_time(value: datetime | None) -> str:
+    """UTC ISO 8601 to the millisecond, e.g. ``2024-05-01T12:00:00.123Z``; "" for None."""
+    if value is None:
+        return ""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def payload_preview(data: bytes, content_type: str) -> str:
+    """Compact JSON for JSON payloads, else a size and type; long text is cut short."""
+    if payloads.is_json(content_type):
+        try:
+            text = json.dumps(json.loads(data), ensure_ascii=False, separators=(",", ":"))
+        except ValueError:
+            return f"<{len(data)} bytes, invalid JSON>"
+        return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"
+    return f"<{len(data)} bytes {content_type}>"
+
+
+def progress_text(task: Task) -> str:
+    """``42%: message``, or just the message when the percentage is unknown."""
+    progress = task.progress
+    if progress is None:
+        return ""
+    percent = "" if progress.percent is None else f"{progress.percent:g}%"
+    return ": ".join(part for part in (percent, progress.message) if part)
+
+
+def _optional(value: str | None) -> Text | None:
+    return Text(value) if value else None
+
+
+def _error_text(task: Task) -> Text | None:
+    error = task.last_error
+    if error is None:
+        return None
+    text = Text(f"{error.type}: {error.message}", style="red")
+    text.append(" (retryable)" if error.retryable else " (not retryable)", style="dim")
+    if error.traceback:
+        text.append("\n" + error.traceback.rstrip(), style="dim")
+    return text

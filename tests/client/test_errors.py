@@ -1,0 +1,175 @@
+"""Error mapping from a status carrying real google.rpc details."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from dtq_client import errors
+from dtq_client.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    DtqError,
+    FailedPrecondition,
+    InvalidArgument,
+    NodeNotFound,
+    NotFound,
+    RpcError,
+    TaskNotFound,
+    TaskTerminal,
+    Unavailable,
+    translate_rpc_errors,
+)
+
+from .scripted import rich_status
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+class FakeRpcError(grpc.RpcError):
+    """What a failed call raises: a grpc.RpcError that is also a grpc.Call."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailers: tuple[tuple[str, str | bytes], ...] = (),
+    ) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+        self._trailers = trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self):  # the stubs' metadata type is private
+        return self._trailers
+
+
+def rich_error(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str | None = None,
+    domain: str = "dtq.dev",
+    violations: tuple[tuple[str, str], ...] = (),
+    status_code: grpc.StatusCode | None = None,
+) -> FakeRpcError:
+    """A FakeRpcError whose trailer carries a google.rpc.Status like the coordinator's."""
+    status = rich_status(
+        status_code or code, message, reason=reason, domain=domain, violations=violations
+    )
+    trailers = (("other", "x"), (DETAILS_KEY, status.SerializeToString()))
+    return FakeRpcError(code, message, trailers)
+
+
+def test_invalid_argument_carries_reason_and_field_violations() -> None:
+    exc = rich_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "invalid task",
+        reason="INVALID_FIELD",
+        violations=(("tasks[3].type", "must not be empty"), ("tasks[3].queue", "too long")),
+    )
+    error = errors.from_grpc(exc)
+    assert type(error) is InvalidArgument
+    assert error.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "INVALID_FIELD"
+    assert error.message == "invalid task"
+    assert error.metadata == {"task_id": "t1"}
+    assert error.field_violations == [
+        ("tasks[3].type", "must not be empty"),
+        ("tasks[3].queue", "too long"),
+    ]
+    assert str(error) == (
+        "INVALID_ARGUMENT (INVALID_FIELD): invalid task; "
+        "tasks[3].type: must not be empty; tasks[3].queue: too long"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "expected"),
+    [
+        (grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND", TaskNotFound),
+        (grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", NodeNotFound),
+        (grpc.StatusCode.NOT_FOUND, None, NotFound),
+        (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", AlreadyExists),
+        (grpc.StatusCode.FAILED_PRECONDITION, "TASK_TERMINAL", TaskTerminal),
+        (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_EXPIRED", FailedPrecondition),
+        (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", Unavailable),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, None, DeadlineExceeded),
+        # A reason never overrides its status code's class.
+        (grpc.StatusCode.UNAVAILABLE, "TASK_NOT_FOUND", Unavailable),
+        (grpc.StatusCode.INTERNAL, None, RpcError),
+    ],
+)
+def test_classes_follow_code_then_reason(
+    code: grpc.StatusCode, reason: str | None, expected: type[RpcError]
+) -> None:
+    error = errors.from_grpc(rich_error(code, "boom", reason=reason))
+    assert type(error) is expected
+    assert error.reason == reason
+
+
+def test_without_details_the_status_code_decides() -> None:
+    error = errors.from_grpc(FakeRpcError(grpc.StatusCode.NOT_FOUND, "no such task"))
+    assert type(error) is NotFound
+    assert error.reason is None
+    assert error.field_violations == []
+    assert str(error) == "NOT_FOUND: no such task"
+
+
+def test_details_contradicting_the_status_are_ignored() -> None:
+    exc = rich_error(
+        grpc.StatusCode.NOT_FOUND,
+        "x",
+        reason="TASK_NOT_FOUND",
+        status_code=grpc.StatusCode.INTERNAL,
+    )
+    error = errors.from_grpc(exc)
+    assert type(error) is NotFound
+    assert error.reason is None
+
+
+def test_unparseable_details_are_ignored() -> None:
+    exc = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down", ((DETAILS_KEY, b"\xff\xff"),))
+    assert type(errors.from_grpc(exc)) is Unavailable
+
+
+def test_foreign_domains_give_no_reason() -> None:
+    exc = rich_error(grpc.StatusCode.NOT_FOUND, "x", reason="TASK_NOT_FOUND", domain="proxy.io")
+    assert type(errors.from_grpc(exc)) is NotFound
+
+
+def test_a_bare_rpc_error_is_unknown() -> None:
+    error = errors.from_grpc(grpc.RpcError())
+    assert type(error) is RpcError
+    assert error.code is grpc.StatusCode.UNKNOWN
+
+
+def test_translation_chains_the_grpc_error() -> None:
+    exc = rich_error(grpc.StatusCode.NOT_FOUND, "gone", reason="TASK_NOT_FOUND")
+    with pytest.raises(TaskNotFound) as info, translate_rpc_errors():
+        raise exc
+    assert info.value.__cause__ is exc
+
+
+def test_other_exceptions_pass_through() -> None:
+    with pytest.raises(KeyError), translate_rpc_errors():
+        raise KeyError("x")
+
+
+def test_every_error_class_is_in_the_docstring_tree() -> None:
+    doc = errors.__doc__ or ""
+    classes = [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, DtqError)
+    ]
+    assert len(classes) == 18
+    for cls in classes:
+        assert cls.__name__ in doc, cls
+        assert cls.__doc__, cls

@@ -1,0 +1,69 @@
+"""Handlers the end-to-end tests run in real ``dtq-worker`` processes.
+
+``witness`` appends one line per execution (task id, attempt, node id, pid,
+monotonic time) to the file named by ``DTQ_TEST_WITNESS``: opened O_APPEND,
+one ``write()`` per line, then fsync, so lines from concurrent nodes never mix
+and survive a SIGKILL of the node right after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from dtq_worker import Registry, TaskContext
+
+registry = Registry()
+
+
+def _witness(ctx: TaskContext) -> None:
+    path = os.environ.get("DTQ_TEST_WITNESS")
+    if not path:
+        return
+    line = json.dumps(
+        {
+            "task_id": ctx.task_id,
+            "attempt": ctx.attempt,
+            "node_id": os.environ.get("DTQ_NODE_ID", ""),
+            "pid": os.getpid(),
+            "ts": time.monotonic(),
+        }
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@registry.task("echo")
+def echo(payload: Any, ctx: TaskContext) -> Any:
+    """Returns its payload."""
+    return payload
+
+
+@registry.task("witness")
+def witness(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """Records the execution, optionally sleeps ``payload["sleep"]`` s, returns the node id."""
+    _witness(ctx)
+    seconds = float((payload or {}).get("sleep", 0))
+    if seconds:
+        ctx.cancel_event.wait(seconds)
+    return {"node_id": os.environ.get("DTQ_NODE_ID", ""), "attempt": ctx.attempt}
+
+
+@registry.task("fail")
+def fail(payload: Any, ctx: TaskContext) -> None:
+    """Always raises (a handler failure, retried by the coordinator)."""
+    _witness(ctx)
+    raise ValueError(f"attempt {ctx.attempt} failed on purpose")
+
+
+@registry.task("kill_thread")
+def kill_thread(payload: Any, ctx: TaskContext) -> None:
+    """Kills the worker thread running it: SystemExit is not a task failure but a crash."""
+    _witness(ctx)
+    raise SystemExit("worker thread crash on purpose")
