@@ -140,6 +140,16 @@ class NodeSessions:
         else:
             if not self.accept_new:
                 raise ShuttingDown()
+            if node.resume_session_id:
+                # Its session expired (or the coordinator lost it): every lease the node
+                # still holds is stale, and it must drop those tasks.
+                self.counters["resume_refused"] += 1
+                log.info(
+                    "node.resume_refused",
+                    node_id=node.node_id,
+                    session_id=node.resume_session_id,
+                    stale_leases=len(node.leases),
+                )
             for previous in self._registry.live_for_node(node.node_id):
                 # The same node id registering afresh means its old process is gone.
                 self._end(previous, NodeState.DEAD, expired=True)
@@ -314,6 +324,8 @@ class NodeSessions:
         """Bring memory in line with a transition the store applied."""
         if t.failures is not None:
             task.failures = t.failures
+        if t.lease_expiries is not None:
+            task.lease_expiries = t.lease_expiries
         if t.state is TaskState.RUNNING or t.state is None:
             if t.state is TaskState.RUNNING:
                 task.state = TaskState.RUNNING

@@ -106,14 +106,19 @@ def start_server(
     name: str = "server",
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+    listen: str = "127.0.0.1:0",
 ) -> ServerProcess:
-    """Start ``dtq-server`` on 127.0.0.1:0 over ``data_dir`` and wait until it serves."""
+    """Start ``dtq-server`` over ``data_dir`` and wait until it serves.
+
+    ``listen`` defaults to an ephemeral port; pass a previous server's address to
+    restart a coordinator where its nodes and clients expect it.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port_file = data_dir / f"{name}.port"
     port_file.unlink(missing_ok=True)
     log_path = data_dir / f"{name}.log"
     args = [
-        sys.executable, "-m", "dtq_server", "--listen", "127.0.0.1:0",
+        sys.executable, "-m", "dtq_server", "--listen", listen,
         "--data-dir", str(data_dir), "--port-file", str(port_file),
         "--heartbeat-interval", str(heartbeat_interval_s),
         "--heartbeat-timeout", str(heartbeat_timeout_s), "--log-level", "debug", *extra_args,
