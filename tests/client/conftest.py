@@ -1,12 +1,95 @@
-"""Shared builders for the client tests."""
+"""Shared fixtures for the client tests: a real coordinator and worker node, and builders."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from dtq_client import Client, NodeState
 from dtq_client.models import Progress, Task, TaskError, TaskState
+from tests.harness import InProcessCoordinator, Proc, server_config, start_node, wait_until
+
+DEMO_REGISTRY = "dtq_worker.demo:registry"
+"""The handlers the shared node runs: echo, sleep, fail and add."""
+
+NODE_ID = "client-tests-node"
+NODE_THREADS = 4
+
+
+@dataclass
+class Cluster:
+    """A real in-process coordinator and one ``dtq-worker`` process serving its default queue."""
+
+    coordinator: InProcessCoordinator
+    node: Proc
+    node_id: str
+    log_dir: Path
+
+    @property
+    def address(self) -> str:
+        return self.coordinator.address
+
+    def watching(self, task_id: str) -> bool:
+        """True while some WatchTask stream of the coordinator follows ``task_id``.
+
+        Read from the coordinator's watcher table (on its loop): nothing on the
+        wire says when the server side of a stream has ended.
+        """
+        watchers = self.coordinator.server.coordinator.watchers
+        return self.coordinator.run(lambda: task_id in watchers._events)
+
+
+def node_is_active(address: str, node_id: str) -> bool:
+    """True once ``node_id`` is registered and ACTIVE at the coordinator at ``address``."""
+    with Client(address, timeout_s=5.0) as client:
+        return any(n.node_id == node_id and n.state is NodeState.ACTIVE for n in client.nodes())
+
+
+def wait_for_node(address: str, node: Proc, node_id: str, timeout_s: float = 20.0) -> None:
+    """Wait until the node process has registered; fail with its log if it does not."""
+    try:
+        wait_until(
+            lambda: node_is_active(address, node_id) or not node.alive(),
+            timeout_s,
+            what=f"node {node_id} to register",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- node log ---\n{node.log()}") from None
+    if not node.alive():
+        raise AssertionError(f"node {node_id} exited {node.popen.returncode}:\n{node.log()}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A coordinator and a demo node shared by a test module.
+
+    The node takes tasks from the ``default`` queue only: tests that need a
+    task to stay queued submit it to a queue of their own (see ``queue``).
+    """
+    root = tmp_path_factory.mktemp("cluster")
+    coordinator = InProcessCoordinator(server_config(root / "data")).start()
+    node: Proc | None = None
+    try:
+        node = start_node(
+            coordinator.address, root, NODE_ID, module=DEMO_REGISTRY, threads=NODE_THREADS
+        )
+        wait_for_node(coordinator.address, node, NODE_ID)
+        yield Cluster(coordinator, node, NODE_ID, root)
+    finally:
+        if node is not None:
+            node.stop()
+        coordinator.stop()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue of this test's own, which no node serves: tasks submitted there stay queued."""
+    return f"q-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

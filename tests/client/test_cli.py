@@ -20,7 +20,6 @@ from dtq_client.errors import InvalidArgument
 from dtq_client.models import Task, TaskState
 from dtq_client.output import OutputFormat, Printer
 
-from .scripted import ScriptedCoordinator, block_until_cancelled, start_server, task_message
 
 # Keep the caller's DTQ_* environment out of the tests.
 CLEAN_ENV: dict[str, str | None] = {
@@ -33,14 +32,6 @@ CLEAN_ENV: dict[str, str | None] = {
 
 def run(*args: str, env: dict[str, str | None] | None = None) -> Result:
     return CliRunner(env={**CLEAN_ENV, **(env or {})}).invoke(cli, list(args))
-
-
-@pytest.fixture
-def scripted_coordinator() -> Iterator[tuple[ScriptedCoordinator, str]]:
-    scripted = ScriptedCoordinator()
-    server, address = start_server(scripted)
-    yield scripted, address
-    server.stop(grace=None)
 
 
 # --- help and usage ------------------------------------------------------------------------
@@ -181,105 +172,3 @@ def test_table_view_shows_fields_without_interpreting_markup(
     assert '{"text":"[bold]hi[/bold]"}' in out
 
 
-# --- against a scripted coordinator --------------------------------------------------------
-
-
-def serve_echo(scripted: ScriptedCoordinator, final: task_pb2.TaskState) -> None:
-    """SubmitTask stores the spec; WatchTask ends in ``final`` with the payload as result."""
-    submitted: list[task_pb2.TaskSpec] = []
-
-    def submit(request: Any, _: Any) -> Any:
-        submitted.append(request.task)
-        return task_service_pb2.SubmitTaskResponse(
-            task=task_message("t1", payload=request.task.payload), created=True
-        )
-
-    def watch(request: Any, _: Any) -> Iterator[Any]:
-        payload = submitted[-1].payload if submitted else task_pb2.Payload(data=b"{}")
-        yield task_service_pb2.WatchTaskResponse(task=task_message("t1", payload=payload))
-        done = task_message("t1", final, payload=payload)
-        if final == task_pb2.TASK_STATE_SUCCEEDED:
-            done.result.CopyFrom(payload)
-        else:
-            done.last_error.CopyFrom(task_pb2.TaskError(type="ValueError", message="boom"))
-        yield task_service_pb2.WatchTaskResponse(task=done)
-
-    scripted.handlers["SubmitTask"] = submit
-    scripted.handlers["WatchTask"] = watch
-
-
-def test_submit_wait_prints_the_result_as_json(
-    scripted_coordinator: tuple[ScriptedCoordinator, str],
-) -> None:
-    scripted, address = scripted_coordinator
-    serve_echo(scripted, task_pb2.TASK_STATE_SUCCEEDED)
-    result = run(
-        "--address", address, "submit", "echo", "--payload", '{"x": 1}', "--wait", "-o", "json"
-    )
-    assert result.exit_code == 0, result.stderr
-    data = json.loads(result.stdout)
-    assert data["state"] == "TASK_STATE_SUCCEEDED"
-    assert data["result"]["json"] == {"x": 1}
-    assert scripted.calls("SubmitTask")[0].task.payload.data == b'{"x":1}'
-
-
-def test_a_failed_task_exits_1(scripted_coordinator: tuple[ScriptedCoordinator, str]) -> None:
-    scripted, address = scripted_coordinator
-    serve_echo(scripted, task_pb2.TASK_STATE_FAILED)
-    result = run("--address", address, "submit", "echo", "--wait")
-    assert result.exit_code == 1
-    assert "failed" in result.stdout
-    assert "ValueError: boom" in result.stderr
-
-
-def test_watch_prints_each_state_as_json_lines(
-    scripted_coordinator: tuple[ScriptedCoordinator, str],
-) -> None:
-    scripted, address = scripted_coordinator
-    serve_echo(scripted, task_pb2.TASK_STATE_SUCCEEDED)
-    result = run("--address", address, "-o", "jsonl", "watch", "t1")
-    assert result.exit_code == 0, result.stderr
-    states = [json.loads(line)["state"] for line in result.stdout.splitlines()]
-    assert states == ["TASK_STATE_QUEUED", "TASK_STATE_SUCCEEDED"]
-
-
-def test_wait_timeout_exits_4(scripted_coordinator: tuple[ScriptedCoordinator, str]) -> None:
-    scripted, address = scripted_coordinator
-
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        yield task_service_pb2.WatchTaskResponse(task=task_message("t1"))
-        block_until_cancelled(context)
-
-    scripted.handlers["WatchTask"] = watch
-    result = run("--address", address, "wait", "t1", "--timeout", "0.2")
-    assert result.exit_code == 4
-    assert "timed out" in result.stderr
-    assert result.stdout == ""
-
-
-def test_env_selects_address_and_output(
-    scripted_coordinator: tuple[ScriptedCoordinator, str],
-) -> None:
-    scripted, address = scripted_coordinator
-    scripted.handlers["GetTask"] = lambda request, _: task_service_pb2.GetTaskResponse(
-        task=task_message(request.task_id)
-    )
-    result = run("get", "abc", env={"DTQ_ADDRESS": address, "DTQ_OUTPUT": "jsonl"})
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["id"] == "abc"
-
-
-def test_piped_tables_are_not_truncated(
-    scripted_coordinator: tuple[ScriptedCoordinator, str],
-) -> None:
-    scripted, address = scripted_coordinator
-    task_id = "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10"
-    scripted.handlers["ListTasks"] = lambda request, _: task_service_pb2.ListTasksResponse(
-        tasks=[task_message(task_id, type="a.rather.long.task.type", node_id="host-123456")]
-    )
-    result = run("--address", address, "list", "--state", "QUEUED")
-    assert result.exit_code == 0, result.stderr
-    row = result.stdout.splitlines()[1]
-    columns = [task_id, "a.rather.long.task.type", "default", "queued", "0/3", "host-123456"]
-    assert row.split() == [*columns, "-"]
-    assert scripted.calls("ListTasks")[0].state == task_pb2.TASK_STATE_QUEUED

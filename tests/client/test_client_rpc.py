@@ -1,383 +1,491 @@
-"""The client's calls over real gRPC, against a scripted scripted_coordinator.
+"""The client's calls against a real coordinator and a real worker node.
 
-These cover what the client decides on its own: idempotency keys, retries,
-batching, paging, watch reconnection and deadlines, and error details.
+The module shares one in-process coordinator and one ``dtq-worker`` process
+running ``dtq_worker.demo:registry`` on the ``default`` queue (see the
+``cluster`` fixture); tasks that must stay queued go to a queue of the test's
+own. The restart tests run the coordinator as a process, so that it can be
+killed and started again on the same port.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
 
-from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
 from dtq_client import (
+    AlreadyExists,
     Client,
     ClientConfig,
     InvalidArgument,
     NodeNotFound,
     NodeState,
+    ResourceExhausted,
     RetryPolicy,
     SubmitManyError,
+    Task,
     TaskNotFound,
     TaskSpec,
     TaskState,
+    TaskTerminal,
     Unavailable,
     WaitTimeout,
 )
+from tests.harness import InProcessCoordinator, ServerProcess, start_node, start_server, wait_until
 
-from .scripted import (
-    ScriptedCoordinator,
-    abort,
-    block_until_cancelled,
-    rich_status,
-    start_server,
-    task_message,
-)
+from .conftest import DEMO_REGISTRY, NODE_THREADS, Cluster, wait_for_node
 
-FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, total_s=5.0)
-
-
-@pytest.fixture
-def scripted_coordinator() -> Iterator[tuple[ScriptedCoordinator, str]]:
-    scripted = ScriptedCoordinator()
-    server, address = start_server(scripted)
-    yield scripted, address
-    server.stop(grace=None)
+FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, total_s=10.0)
+# Rides out a coordinator restart: the process starts in well under a second, and
+# gRPC's own reconnect backoff (1 s first) then adds up to about as much again.
+RESTART_RETRY = RetryPolicy(attempts=200, initial_backoff_s=0.05, max_backoff_s=0.2, total_s=20.0)
+NOBODY = "nobody.handles.this"
+"""A task type no node serves."""
+# A watch sees the task in this order, skipping states it was too slow to catch.
+LIFECYCLE = [TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING, TaskState.SUCCEEDED]
 
 
 @pytest.fixture
-def scripted(scripted_coordinator: tuple[ScriptedCoordinator, str]) -> ScriptedCoordinator:
-    return scripted_coordinator[0]
-
-
-@pytest.fixture
-def client(scripted_coordinator: tuple[ScriptedCoordinator, str]) -> Iterator[Client]:
-    config = ClientConfig(address=scripted_coordinator[1], timeout_s=5.0, retry=FAST_RETRY)
+def client(cluster: Cluster) -> Iterator[Client]:
+    config = ClientConfig(address=cluster.address, timeout_s=5.0, retry=FAST_RETRY)
     with Client.from_config(config) as client:
         yield client
 
 
-def unavailable_once(answer: Any) -> Any:
-    """A handler that fails its first call with UNAVAILABLE, then answers ``answer``."""
-    failed = threading.Event()
+@pytest.fixture
+def retry_log(caplog: pytest.LogCaptureFixture) -> Callable[[], int]:
+    """Count the client's "retrying after ..." log records (from any thread)."""
+    caplog.set_level(logging.DEBUG, logger="dtq_client.retry")
 
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        if not failed.is_set():
-            failed.set()
-            abort(
-                context,
-                rich_status(grpc.StatusCode.UNAVAILABLE, "busy", reason="STORE_UNAVAILABLE"),
-            )
-        return answer(request)
+    def count() -> int:
+        return sum(1 for r in caplog.records if r.getMessage().startswith("retrying after"))
 
-    return handler
+    return count
 
 
-def echo_submit(request: task_service_pb2.SubmitTaskRequest) -> task_service_pb2.SubmitTaskResponse:
-    spec = request.task
-    task = task_message(
-        "t1",
-        type=spec.type,
-        queue=spec.queue or "default",
-        payload=spec.payload,
-        idempotency_key=spec.idempotency_key,
-    )
-    return task_service_pb2.SubmitTaskResponse(task=task, created=True)
+def state_of(client: Client, task_id: str, state: TaskState) -> Callable[[], bool]:
+    return lambda: client.get(task_id).state is state
 
 
 # --- submitting ----------------------------------------------------------------------------
 
 
-def test_submit_retries_with_the_same_generated_key(
-    scripted: ScriptedCoordinator, client: Client
-) -> None:
-    scripted.handlers["SubmitTask"] = unavailable_once(echo_submit)
-    task = client.submit("echo", {"x": 1}, queue="q1", max_attempts=2, retry_backoff_s=0.5)
-    calls = scripted.calls("SubmitTask")
-    assert len(calls) == 2
-    keys = {call.task.idempotency_key for call in calls}
-    assert len(keys) == 1 and len(keys.pop()) == 32  # one uuid4 hex for both attempts
-    spec = calls[0].task
-    assert (spec.type, spec.queue, spec.max_attempts) == ("echo", "q1", 2)
-    assert spec.payload == task_pb2.Payload(data=b'{"x":1}', content_type="application/json")
-    assert spec.retry_backoff.ToNanoseconds() == 500_000_000
-    assert task.payload_value() == {"x": 1}
-    assert task.idempotency_key == spec.idempotency_key
-
-
-def test_submit_keeps_a_given_key(scripted: ScriptedCoordinator, client: Client) -> None:
-    scripted.handlers["SubmitTask"] = lambda request, _: echo_submit(request)
-    client.submit("echo", idempotency_key="order-1")
-    assert scripted.calls("SubmitTask")[0].task.idempotency_key == "order-1"
-
-
-def test_field_violations_travel_over_the_wire(
-    scripted: ScriptedCoordinator, client: Client
-) -> None:
-    scripted.handlers["SubmitTask"] = lambda _, context: abort(
-        context,
-        rich_status(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "invalid task",
-            reason="INVALID_FIELD",
-            violations=(("task.queue", "must match [A-Za-z0-9_.-]+"),),
-        ),
+def test_submit_stores_the_spec_under_a_generated_key(client: Client, queue: str) -> None:
+    task = client.submit("echo", {"x": 1}, queue=queue, max_attempts=2, retry_backoff_s=0.5)
+    assert (task.type, task.queue, task.max_attempts, task.state) == (
+        "echo",
+        queue,
+        2,
+        TaskState.QUEUED,
     )
+    assert (task.payload, task.content_type) == (b'{"x":1}', "application/json")
+    assert task.payload_value() == {"x": 1}
+    assert re.fullmatch(r"[0-9a-f]{32}", task.idempotency_key or "")  # a uuid4 hex
+    assert client.get(task.id) == task
+    # What a retry after a lost response does: the same key finds the same task.
+    again = client.submit(
+        "echo",
+        {"x": 1},
+        queue=queue,
+        max_attempts=2,
+        retry_backoff_s=0.5,
+        idempotency_key=task.idempotency_key,
+    )
+    assert again.id == task.id
+    # The backoff is part of the stored spec, so changing it under the same key is refused.
+    with pytest.raises(AlreadyExists):
+        client.submit(
+            "echo",
+            {"x": 1},
+            queue=queue,
+            max_attempts=2,
+            retry_backoff_s=0.6,
+            idempotency_key=task.idempotency_key,
+        )
+
+
+def test_retry_backoff_reaches_the_coordinator(client: Client) -> None:
+    task = client.submit("fail", {"message": "once"}, max_attempts=2, retry_backoff_s=60)
+    wait_until(lambda: client.get(task.id).failures == 1, 10, what="the first failure")
+    waiting = client.get(task.id)
+    assert waiting.state is TaskState.QUEUED
+    assert waiting.next_attempt_at is not None and waiting.updated_at is not None
+    delay_s = (waiting.next_attempt_at - waiting.updated_at).total_seconds()
+    assert 59 < delay_s < 76  # 60 s stretched by the coordinator's 0-25 % jitter
+    assert client.cancel(task.id).state is TaskState.CANCELLED
+
+
+def test_submit_keeps_a_given_key(client: Client, queue: str) -> None:
+    key = f"order-{queue}"
+    task = client.submit("echo", {"n": 1}, queue=queue, idempotency_key=key)
+    assert task.idempotency_key == key
+    assert client.submit("echo", {"n": 1}, queue=queue, idempotency_key=key).id == task.id
+    with pytest.raises(AlreadyExists) as info:
+        client.submit("echo", {"n": 2}, queue=queue, idempotency_key=key)
+    assert info.value.code is grpc.StatusCode.ALREADY_EXISTS
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert key in info.value.message
+
+
+# --- errors from the coordinator -----------------------------------------------------------
+
+
+def test_field_violations_travel_over_the_wire(client: Client) -> None:
     with pytest.raises(InvalidArgument) as info:
         client.submit("echo", queue="bad queue")
-    assert info.value.reason == "INVALID_FIELD"
-    assert info.value.field_violations == [("task.queue", "must match [A-Za-z0-9_.-]+")]
-    assert len(scripted.calls("SubmitTask")) == 1  # not retried
-
-
-def batch_answer(request: task_service_pb2.SubmitTasksRequest) -> Any:
-    return task_service_pb2.SubmitTasksResponse(
-        results=[
-            task_service_pb2.SubmitTaskResponse(
-                task=task_message(spec.idempotency_key, type=spec.type), created=True
-            )
-            for spec in request.tasks
-        ]
-    )
-
-
-def test_submit_many_splits_into_batches(
-    scripted_coordinator: tuple[ScriptedCoordinator, str],
-) -> None:
-    scripted, address = scripted_coordinator
-    scripted.handlers["SubmitTasks"] = lambda request, _: batch_answer(request)
-    config = ClientConfig(address=address, retry=FAST_RETRY, submit_batch_size=2)
-    specs = [TaskSpec(type=f"t{i}", payload=i) for i in range(5)]
-    with Client.from_config(config) as client:
-        results = client.submit_many(specs)
-    assert [len(call.tasks) for call in scripted.calls("SubmitTasks")] == [2, 2, 1]
-    assert [r.task.type for r in results] == [f"t{i}" for i in range(5)]
-    assert len({r.task.id for r in results}) == 5  # every spec got its own key
-
-
-def test_submit_many_splits_by_size(scripted_coordinator: tuple[ScriptedCoordinator, str]) -> None:
-    scripted, address = scripted_coordinator
-    scripted.handlers["SubmitTasks"] = lambda request, _: batch_answer(request)
-    config = ClientConfig(address=address, retry=FAST_RETRY, submit_batch_bytes=1_000)
-    specs = [TaskSpec(type="blob", payload=b"x" * 400) for _ in range(5)]
-    with Client.from_config(config) as client:
-        assert len(client.submit_many(specs)) == 5
-    assert [len(call.tasks) for call in scripted.calls("SubmitTasks")] == [2, 2, 1]
-
-
-def test_submit_many_reports_a_partial_failure(
-    scripted_coordinator: tuple[ScriptedCoordinator, str],
-) -> None:
-    scripted, address = scripted_coordinator
-
-    def second_batch_fails(request: Any, context: grpc.ServicerContext) -> Any:
-        if len(scripted.calls("SubmitTasks")) > 1:
-            abort(context, rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "too big"))
-        return batch_answer(request)
-
-    scripted.handlers["SubmitTasks"] = second_batch_fails
-    config = ClientConfig(address=address, retry=FAST_RETRY, submit_batch_size=2)
-    with Client.from_config(config) as client, pytest.raises(SubmitManyError) as info:
-        client.submit_many([TaskSpec(type="echo") for _ in range(5)])
     error = info.value
-    assert len(error.results) == 2
-    assert error.offset == 2
-    assert len(error.pending) == 3
-    sent = [spec.idempotency_key for spec in scripted.calls("SubmitTasks")[1].tasks]
-    assert [spec.idempotency_key for spec in error.pending][:2] == sent
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
+    [(field, description)] = error.field_violations
+    assert field == "task.queue"
+    assert "'bad queue'" in description
+    with pytest.raises(InvalidArgument) as info:
+        client.submit("bad type!", queue="bad queue", max_attempts=1000)
+    fields = [field for field, _ in info.value.field_violations]
+    assert fields == ["task.type", "task.queue", "task.max_attempts"]
 
 
-def test_submit_many_of_nothing_sends_nothing(
-    scripted: ScriptedCoordinator, client: Client
-) -> None:
+def test_get_maps_not_found_and_malformed_ids(client: Client) -> None:
+    missing = str(uuid.uuid4())
+    with pytest.raises(TaskNotFound) as not_found:
+        client.get(missing)
+    assert not_found.value.code is grpc.StatusCode.NOT_FOUND
+    assert not_found.value.reason == "TASK_NOT_FOUND"
+    assert missing in str(not_found.value)
+    with pytest.raises(InvalidArgument) as invalid:
+        client.get("abc")
+    assert [field for field, _ in invalid.value.field_violations] == ["task_id"]
+
+
+def test_cancel_of_a_queued_task_and_of_a_finished_one(client: Client, queue: str) -> None:
+    queued = client.submit(NOBODY, queue=queue)
+    assert client.cancel(queued.id).state is TaskState.CANCELLED
+    assert client.cancel(queued.id).state is TaskState.CANCELLED  # cancelling is idempotent
+    done = client.wait(client.submit("echo", "hi").id, timeout_s=10)
+    assert done.state is TaskState.SUCCEEDED
+    with pytest.raises(TaskTerminal) as info:
+        client.cancel(done.id)
+    assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.reason == "TASK_TERMINAL"
+
+
+# --- submit_many ---------------------------------------------------------------------------
+
+
+def test_submit_many_lands_thousands_in_batches(client: Client, queue: str) -> None:
+    specs = [TaskSpec(type=NOBODY, payload=i, queue=queue) for i in range(2_500)]
+    results = client.submit_many(specs)  # 1,000 per SubmitTasks call by default
+    assert [r.task.payload_value() for r in results] == list(range(2_500))
+    assert all(r.created for r in results)
+    assert len({r.task.id for r in results}) == 2_500
+    stored = [t.id for t in client.iter_tasks(queue=queue, page_size=1_000)]
+    assert stored == [r.task.id for r in reversed(results)]  # newest first
+    # With the keys the first call generated, submitting again creates nothing.
+    keyed = [replace(s, idempotency_key=r.task.idempotency_key) for s, r in zip(specs, results)]
+    again = client.submit_many(keyed)
+    assert not any(r.created for r in again)
+    assert [r.task.id for r in again] == [r.task.id for r in results]
+    [stats] = [q for q in client.queues() if q.name == queue]
+    assert stats.queued == 2_500
+
+
+def test_submit_many_splits_by_size(make_coordinator: Callable[..., InProcessCoordinator]) -> None:
+    # The coordinator refuses any request over 1 MiB; five 400 kB payloads need three calls.
+    small = make_coordinator(max_message_bytes=1024 * 1024, max_payload_bytes=512 * 1024)
+    specs = [TaskSpec(type="blob", payload=bytes([i]) * 400_000) for i in range(5)]
+    unbatched = ClientConfig(address=small.address, retry=FAST_RETRY)
+    with Client.from_config(unbatched) as client, pytest.raises(ResourceExhausted):
+        client.submit_many(specs)
+    batched = replace(unbatched, submit_batch_bytes=1_000_000)
+    with Client.from_config(batched) as client:
+        results = client.submit_many(specs)
+        assert [r.task.payload for r in results] == [s.payload for s in specs]
+        assert len(client.list_tasks()) == 5
+
+
+def test_submit_many_reports_a_partial_failure(cluster: Cluster, queue: str) -> None:
+    specs = [TaskSpec(type=NOBODY, payload=i, queue=queue) for i in range(5)]
+    specs[3] = replace(specs[3], queue="bad queue")
+    config = ClientConfig(address=cluster.address, retry=FAST_RETRY, submit_batch_size=2)
+    with Client.from_config(config) as client:
+        with pytest.raises(SubmitManyError) as info:
+            client.submit_many(specs)
+        error = info.value
+        assert [r.task.payload_value() for r in error.results] == [0, 1]
+        assert error.offset == 2
+        assert [s.payload for s in error.pending] == [2, 3, 4]
+        assert all(s.idempotency_key for s in error.pending)
+        assert isinstance(error.error, InvalidArgument)
+        # The batch [2, 3] was refused as a whole; field paths count from ``offset``.
+        assert [f for f, _ in error.error.field_violations] == ["tasks[1].queue"]
+        assert sorted(t.payload_value() for t in client.list_tasks(queue=queue)) == [0, 1]
+        fixed = [replace(s, queue=queue) for s in error.pending]
+        assert all(r.created for r in client.submit_many(fixed))
+        assert sorted(t.payload_value() for t in client.list_tasks(queue=queue)) == list(range(5))
+        # The pending specs kept their keys: resubmitting them creates nothing more.
+        assert not any(r.created for r in client.submit_many(fixed))
+
+
+def test_a_failed_first_batch_is_raised_as_is(client: Client, queue: str) -> None:
+    specs = [TaskSpec(type=NOBODY, queue="bad queue"), TaskSpec(type=NOBODY, queue=queue)]
+    with pytest.raises(InvalidArgument) as info:
+        client.submit_many(specs)
+    assert [f for f, _ in info.value.field_violations] == ["tasks[0].queue"]
+    assert client.list_tasks(queue=queue) == []  # a batch is stored atomically
+
+
+def test_submit_many_of_nothing_sends_nothing(client: Client) -> None:
+    # The coordinator refuses an empty SubmitTasks, so this only passes if nothing is sent.
     assert client.submit_many([]) == []
-    assert scripted.calls("SubmitTasks") == []
 
 
 # --- reads ---------------------------------------------------------------------------------
 
 
-def test_get_retries_unavailable_and_maps_not_found(
-    scripted: ScriptedCoordinator, client: Client
-) -> None:
-    scripted.handlers["GetTask"] = unavailable_once(
-        lambda request: task_service_pb2.GetTaskResponse(task=task_message(request.task_id))
-    )
-    assert client.get("abc").id == "abc"
-    scripted.handlers["GetTask"] = lambda _, context: abort(
-        context, rich_status(grpc.StatusCode.NOT_FOUND, "no task abc", reason="TASK_NOT_FOUND")
-    )
-    with pytest.raises(TaskNotFound, match="no task abc"):
-        client.get("abc")
+def test_iter_tasks_follows_page_tokens(client: Client, queue: str) -> None:
+    jobs = [client.submit("job", i, queue=queue) for i in range(6)]
+    other = client.submit("other", queue=queue)
+    client.cancel(jobs[0].id)
+    queued_jobs = [t.id for t in reversed(jobs[1:])]  # newest first
+    found = client.iter_tasks(queue=queue, state="queued", type="job", page_size=2)
+    assert [t.id for t in found] == queued_jobs
+    everything = [t.id for t in client.iter_tasks(queue=queue, page_size=2)]
+    assert everything == [other.id, *queued_jobs, jobs[0].id]
+    assert [t.id for t in client.list_tasks(queue=queue, limit=3)] == everything[:3]
+    cancelled = client.list_tasks(queue=queue, state=TaskState.CANCELLED)
+    assert [t.id for t in cancelled] == [jobs[0].id]
 
 
-def test_unreachable_reads_give_up_as_unavailable() -> None:
+def test_unreachable_address_gives_up_as_unavailable(retry_log: Callable[[], int]) -> None:
+    policy = RetryPolicy(attempts=3, initial_backoff_s=0.1, max_backoff_s=0.1, total_s=5.0)
     started = time.monotonic()
-    with (
-        Client("127.0.0.1:1", timeout_s=2.0, retry=FAST_RETRY) as client,
-        pytest.raises(Unavailable),
-    ):
-        client.get("t1")
-    assert time.monotonic() - started < 5
+    with Client("127.0.0.1:1", timeout_s=2.0, retry=policy) as client:
+        with pytest.raises(Unavailable) as info:
+            client.get(str(uuid.uuid4()))
+    elapsed_s = time.monotonic() - started
+    assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    assert retry_log() == policy.attempts - 1
+    assert 0.2 <= elapsed_s < 3
 
 
-def test_iter_tasks_follows_page_tokens(scripted: ScriptedCoordinator, client: Client) -> None:
-    pages = {"": (["a", "b"], "p2"), "p2": (["c", "d"], "p3"), "p3": (["e"], "")}
-
-    def list_tasks(request: task_service_pb2.ListTasksRequest, _: Any) -> Any:
-        ids, token = pages[request.page_token]
-        return task_service_pb2.ListTasksResponse(
-            tasks=[task_message(i) for i in ids], next_page_token=token
-        )
-
-    scripted.handlers["ListTasks"] = list_tasks
-    assert [t.id for t in client.iter_tasks(queue="q", state="queued", page_size=2)] == list(
-        "abcde"
-    )
-    request = scripted.calls("ListTasks")[0]
-    assert (request.queue, request.state, request.page_size) == ("q", 1, 2)
-    assert [t.id for t in client.list_tasks(limit=3)] == ["a", "b", "c"]
-    assert scripted.calls("ListTasks")[-1].page_size == 3
+# --- the cluster ---------------------------------------------------------------------------
 
 
-def test_cancel_nodes_drain_queues_and_health(
-    scripted: ScriptedCoordinator, client: Client
-) -> None:
-    scripted.handlers["CancelTask"] = lambda request, _: task_service_pb2.CancelTaskResponse(
-        task=task_message(request.task_id, task_pb2.TASK_STATE_CANCELLED)
-    )
-    node = admin_service_pb2.Node(
-        node_id="n1", session_id="s1", state=admin_service_pb2.NODE_STATE_ACTIVE, slots=2
-    )
-    scripted.handlers["ListNodes"] = lambda request, _: admin_service_pb2.ListNodesResponse(
-        nodes=[node] if not request.include_gone else [node, node]
-    )
-    scripted.handlers["DrainNode"] = lambda request, context: abort(
-        context, rich_status(grpc.StatusCode.NOT_FOUND, "no node", reason="NODE_NOT_FOUND")
-    )
-    scripted.handlers["ListQueues"] = lambda request, _: admin_service_pb2.ListQueuesResponse(
-        queues=[admin_service_pb2.QueueStats(name="default", queued=7)]
-    )
-    assert client.cancel("t9").state is TaskState.CANCELLED
-    assert [n.state for n in client.nodes()] == [NodeState.ACTIVE]
-    assert len(client.nodes(include_gone=True)) == 2
-    with pytest.raises(NodeNotFound):
+def test_nodes_queues_and_health(cluster: Cluster, client: Client, queue: str) -> None:
+    [node] = [n for n in client.nodes() if n.node_id == cluster.node_id]
+    assert node.state is NodeState.ACTIVE
+    assert node.task_types == ("add", "echo", "fail", "sleep")
+    assert node.queues == ("default",)
+    assert node.slots == NODE_THREADS
+    assert node.pid == cluster.node.pid
+    kept, dropped = client.submit(NOBODY, queue=queue), client.submit(NOBODY, queue=queue)
+    client.cancel(dropped.id)
+    [stats] = [q for q in client.queues() if q.name == queue]
+    assert (stats.queued, stats.running, stats.cancelled) == (1, 0, 1)
+    assert client.get(kept.id).state is TaskState.QUEUED
+    with pytest.raises(NodeNotFound) as info:
         client.drain("ghost")
-    assert client.queues()[0].queued == 7
+    assert info.value.reason == "NODE_NOT_FOUND"
     assert client.health() == "SERVING"
+
+
+def test_drain_lets_a_node_finish_and_leave(
+    cluster: Cluster, client: Client, queue: str, tmp_path: Path
+) -> None:
+    node_id = f"drain-{queue}"
+    node = start_node(cluster.address, tmp_path, node_id, "--queues", queue, module=DEMO_REGISTRY)
+    try:
+        wait_for_node(cluster.address, node, node_id)
+        task = client.submit("sleep", {"seconds": 0.5}, queue=queue)
+        wait_until(state_of(client, task.id, TaskState.RUNNING), 10, what="the task to run")
+        assert client.drain(node_id).state is NodeState.DRAINING
+        assert client.wait(task.id, timeout_s=10).state is TaskState.SUCCEEDED
+        assert node.wait(10) == 0, node.log()
+        assert node_id not in [n.node_id for n in client.nodes()]
+        [gone] = [n for n in client.nodes(include_gone=True) if n.node_id == node_id]
+        assert gone.state is NodeState.LEFT
+    finally:
+        node.stop()
 
 
 # --- waiting -------------------------------------------------------------------------------
 
 
-def states(*states: task_pb2.TaskState) -> list[task_service_pb2.WatchTaskResponse]:
-    return [task_service_pb2.WatchTaskResponse(task=task_message("t1", s)) for s in states]
+def test_wait_returns_the_succeeded_task(cluster: Cluster, client: Client) -> None:
+    task = client.submit("echo", {"x": 1})
+    done = client.wait(task.id, timeout_s=10)
+    assert done.state is TaskState.SUCCEEDED
+    assert done.result_value() == {"x": 1}
+    assert (done.node_id, done.attempt, done.last_error) == (cluster.node_id, 1, None)
+    assert done.finished_at is not None
 
 
-QUEUED, RUNNING, SUCCEEDED = (
-    task_pb2.TASK_STATE_QUEUED,
-    task_pb2.TASK_STATE_RUNNING,
-    task_pb2.TASK_STATE_SUCCEEDED,
-)
+def test_watch_yields_each_change_until_terminal(client: Client) -> None:
+    task = client.submit("sleep", {"seconds": 0.3})
+    seen = [t.state for t in client.watch(task.id, timeout_s=10)]
+    assert seen[-1] is TaskState.SUCCEEDED
+    assert TaskState.RUNNING in seen
+    assert seen == sorted(set(seen), key=LIFECYCLE.index)  # in order, no state twice
 
 
-def test_wait_returns_the_terminal_task(scripted: ScriptedCoordinator, client: Client) -> None:
-    scripted.handlers["WatchTask"] = lambda request, _: iter(states(QUEUED, RUNNING, SUCCEEDED))
-    assert [t.state for t in client.watch("t1")] == ["queued", "running", "succeeded"]
-    assert client.wait("t1", timeout_s=5).state is TaskState.SUCCEEDED
+def test_a_failing_task_ends_failed_with_its_last_error(client: Client) -> None:
+    task = client.submit("fail", {"message": "boom"}, max_attempts=2)
+    done = client.wait(task.id, timeout_s=10)
+    assert done.state is TaskState.FAILED
+    assert (done.attempt, done.failures, done.result) == (2, 2, None)
+    error = done.last_error
+    assert error is not None
+    assert (error.type, error.message, error.retryable) == ("ValueError", "boom", True)
+    assert "ValueError: boom" in error.traceback
 
 
-def test_watch_reconnects_after_unavailable(scripted: ScriptedCoordinator, client: Client) -> None:
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        if len(scripted.calls("WatchTask")) == 1:
-            yield from states(QUEUED, RUNNING)
-            abort(context, rich_status(grpc.StatusCode.UNAVAILABLE, "restarting"))
-        elif len(scripted.calls("WatchTask")) == 2:
-            abort(context, rich_status(grpc.StatusCode.UNAVAILABLE, "still restarting"))
-        else:
-            yield from states(RUNNING, SUCCEEDED)  # a new stream starts with the current state
-
-    scripted.handlers["WatchTask"] = watch
-    seen = [t.state for t in client.watch("t1")]
-    assert seen == ["queued", "running", "succeeded"]  # the repeated "running" is skipped
-    assert len(scripted.calls("WatchTask")) == 3
-
-
-def test_watch_reconnects_for_longer_than_the_attempt_budget(
-    scripted: ScriptedCoordinator, client: Client
-) -> None:
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        if len(scripted.calls("WatchTask")) <= 2 * FAST_RETRY.attempts:
-            abort(context, rich_status(grpc.StatusCode.UNAVAILABLE, "restarting"))
-        yield from states(SUCCEEDED)
-
-    scripted.handlers["WatchTask"] = watch
-    assert client.wait("t1", timeout_s=10).state is TaskState.SUCCEEDED
-
-
-def test_wait_times_out_with_the_last_state(scripted: ScriptedCoordinator, client: Client) -> None:
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        yield from states(RUNNING)
-        block_until_cancelled(context)
-
-    scripted.handlers["WatchTask"] = watch
+def test_a_sleeping_task_times_out_a_wait_then_is_cancelled(client: Client) -> None:
+    task = client.submit("sleep", {"seconds": 30})
+    wait_until(state_of(client, task.id, TaskState.RUNNING), 10, what="the task to run")
     started = time.monotonic()
     with pytest.raises(WaitTimeout) as info:
-        client.wait("t1", timeout_s=0.3)
+        client.wait(task.id, timeout_s=0.3)
     assert 0.25 < time.monotonic() - started < 3
     assert info.value.last is not None and info.value.last.state is TaskState.RUNNING
+    assert info.value.task_id == task.id
+    asked = client.cancel(task.id)
+    assert asked.cancel_requested
+    done = client.wait(task.id, timeout_s=10)
+    assert done.state is TaskState.CANCELLED
+    assert done.last_error is not None and done.last_error.type == "TaskCancelled"
 
 
-def test_long_watches_are_renewed(scripted_coordinator: tuple[ScriptedCoordinator, str]) -> None:
-    scripted, address = scripted_coordinator
+def test_a_wait_on_a_task_nobody_runs_times_out_queued(client: Client, queue: str) -> None:
+    task = client.submit(NOBODY, queue=queue)
+    with pytest.raises(WaitTimeout) as info:
+        client.wait(task.id, timeout_s=0.2)
+    assert info.value.last == task
 
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        if len(scripted.calls("WatchTask")) == 1:
-            yield from states(RUNNING)
-            block_until_cancelled(context)  # until the client's 0.2 s slice ends
-        else:
-            yield from states(SUCCEEDED)
 
-    scripted.handlers["WatchTask"] = watch
-    config = ClientConfig(address=address, retry=FAST_RETRY, watch_renew_s=0.2)
+def test_long_watches_are_renewed(cluster: Cluster) -> None:
+    config = ClientConfig(address=cluster.address, retry=FAST_RETRY, watch_renew_s=0.2)
     with Client.from_config(config) as client:
-        assert client.wait("t1").state is TaskState.SUCCEEDED
-    assert len(scripted.calls("WatchTask")) == 2
+        task = client.submit("sleep", {"seconds": 1})
+        started = time.monotonic()
+        # Each 0.2 s watch call ends with DEADLINE_EXCEEDED; the wait must reopen it.
+        assert client.wait(task.id).state is TaskState.SUCCEEDED
+        assert time.monotonic() - started > 0.8
 
 
-def test_wait_on_a_missing_task_raises(scripted: ScriptedCoordinator, client: Client) -> None:
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        abort(context, rich_status(grpc.StatusCode.NOT_FOUND, "no task", reason="TASK_NOT_FOUND"))
-        yield from ()
-
-    scripted.handlers["WatchTask"] = watch
+def test_wait_on_a_missing_task_raises(client: Client) -> None:
     with pytest.raises(TaskNotFound):
+        client.wait(str(uuid.uuid4()), timeout_s=5)
+    with pytest.raises(InvalidArgument):
         client.wait("nope", timeout_s=5)
 
 
-def test_close_is_idempotent(scripted_coordinator: tuple[ScriptedCoordinator, str]) -> None:
-    client = Client(scripted_coordinator[1])
+def test_close_is_idempotent(cluster: Cluster) -> None:
+    client = Client(cluster.address)
+    assert client.health() == "SERVING"
     client.close()
     client.close()
 
 
 def test_stopping_a_watch_early_ends_the_call(
-    scripted: ScriptedCoordinator, client: Client
+    cluster: Cluster, client: Client, queue: str
 ) -> None:
-    ended = threading.Event()
-
-    def watch(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        context.add_callback(ended.set)
-        yield from states(RUNNING)
-        block_until_cancelled(context)
-
-    scripted.handlers["WatchTask"] = watch
-    changes = client.watch("t1")
-    assert next(changes).state is TaskState.RUNNING
+    task = client.submit(NOBODY, queue=queue)
+    changes = client.watch(task.id)
+    assert next(changes).state is TaskState.QUEUED
+    assert cluster.watching(task.id)
     changes.close()
-    assert ended.wait(timeout=5)
+    wait_until(lambda: not cluster.watching(task.id), 5, what="the server to end the stream")
+
+
+# --- a coordinator restart -----------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A coordinator process; start it again with :func:`restart`."""
+    running = start_server(tmp_path / "data")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def restart(server: ServerProcess) -> ServerProcess:
+    """Start a coordinator on ``server``'s data and address (``server`` must be dead)."""
+    return start_server(server.data_dir, name="restarted", listen=server.address)
+
+
+class Background(threading.Thread):
+    """Runs ``fn`` in a daemon thread, keeping its result or exception."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self._fn = fn
+        self._value: object = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:
+            self._error = exc
+
+    def result(self, timeout_s: float) -> object:
+        """``fn``'s return value, or its exception re-raised."""
+        self.join(timeout_s)
+        assert not self.is_alive(), f"still running after {timeout_s} s"
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def test_calls_during_an_outage_retry_until_the_coordinator_is_back(
+    server: ServerProcess, queue: str, retry_log: Callable[[], int]
+) -> None:
+    with Client(server.address, timeout_s=5.0, retry=RESTART_RETRY) as client:
+        before = client.submit(NOBODY, queue=queue)
+        server.kill9()
+        get = Background(lambda: client.get(before.id))
+        submit = Background(lambda: client.submit(NOBODY, queue=queue))
+        wait_until(lambda: retry_log() >= 2, 10, what="both calls to fail and retry")
+        restarted = restart(server)
+        try:
+            assert get.result(15) == before
+            new = submit.result(15)
+            assert isinstance(new, Task)
+            # The retried submit created its task exactly once.
+            assert [t.id for t in client.list_tasks(queue=queue)] == [new.id, before.id]
+            assert client.health() == "SERVING"
+        finally:
+            restarted.stop()
+
+
+def test_a_watch_rides_out_a_restart(
+    server: ServerProcess, queue: str, retry_log: Callable[[], int]
+) -> None:
+    with Client(server.address, timeout_s=5.0, retry=FAST_RETRY) as client:
+        task = client.submit(NOBODY, queue=queue)
+        seen: list[TaskState] = []
+        watch = Background(lambda: seen.extend(t.state for t in client.watch(task.id, 20)))
+        wait_until(lambda: seen, 10, what="the watch to start")
+        server.kill9()
+        # The watch keeps reconnecting for longer than FAST_RETRY's attempt budget.
+        wait_until(lambda: retry_log() > FAST_RETRY.attempts, 10, what="watch reconnects")
+        restarted = restart(server)
+        try:
+            # A fresh channel: this client's own is still in gRPC's reconnect backoff.
+            with Client(restarted.address, retry=RESTART_RETRY) as other:
+                assert other.cancel(task.id).state is TaskState.CANCELLED
+            watch.result(15)
+            # The reopened stream's first state (still queued) is not repeated.
+            assert seen == [TaskState.QUEUED, TaskState.CANCELLED]
+        finally:
+            restarted.stop()

@@ -6,6 +6,7 @@ execution, so the tests can count executions per task and per node.
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import time
@@ -180,7 +181,7 @@ def test_handler_that_raises_is_retried_with_backoff_then_fails(
         if line["task_id"] == task.id
     ]
     assert len(times) == 3
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]  # type: ignore[operator]
+    gaps = [b - a for a, b in itertools.pairwise(times)]  # type: ignore[operator]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4, gaps
 
 
