@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,10 +13,20 @@ import pytest
 
 from dtq_client import Client, NodeState
 from dtq_client.models import Progress, Task, TaskError, TaskState
-from tests.harness import InProcessCoordinator, Proc, server_config, start_node, wait_until
+from tests.harness import (
+    InProcessCoordinator,
+    Proc,
+    server_config,
+    start_node,
+    start_server,
+    wait_until,
+)
 
 DEMO_REGISTRY = "dtq_worker.demo:registry"
 """The handlers the shared node runs: echo, sleep, fail and add."""
+
+NOBODY = "nobody.handles.this"
+"""A task type no node serves."""
 
 NODE_ID = "client-tests-node"
 NODE_THREADS = 4
@@ -23,25 +34,24 @@ NODE_THREADS = 4
 
 @dataclass
 class Cluster:
-    """A real in-process coordinator and one ``dtq-worker`` process serving its default queue."""
+    """A real coordinator and one ``dtq-worker`` process serving its default queue."""
 
-    coordinator: InProcessCoordinator
+    address: str
     node: Proc
     node_id: str
-    log_dir: Path
-
-    @property
-    def address(self) -> str:
-        return self.coordinator.address
+    coordinator: InProcessCoordinator | None = None
+    """The coordinator when it runs in this process (None for a ``dtq-server`` process)."""
 
     def watching(self, task_id: str) -> bool:
-        """True while some WatchTask stream of the coordinator follows ``task_id``.
+        """True while some WatchTask stream of the in-process coordinator follows ``task_id``.
 
-        Read from the coordinator's watcher table (on its loop): nothing on the
+        Read from the coordinator's watcher table, on its loop: nothing on the
         wire says when the server side of a stream has ended.
         """
-        watchers = self.coordinator.server.coordinator.watchers
-        return self.coordinator.run(lambda: task_id in watchers._events)
+        coordinator = self.coordinator
+        assert coordinator is not None, "only an in-process coordinator can be looked into"
+        watchers = coordinator.server.coordinator.watchers
+        return coordinator.run(lambda: task_id in watchers._events)
 
 
 def node_is_active(address: str, node_id: str) -> bool:
@@ -64,26 +74,47 @@ def wait_for_node(address: str, node: Proc, node_id: str, timeout_s: float = 20.
         raise AssertionError(f"node {node_id} exited {node.popen.returncode}:\n{node.log()}")
 
 
+@contextmanager
+def demo_node(address: str, log_dir: Path) -> Iterator[Proc]:
+    """A registered ``dtq-worker`` process running the demo handlers, killed at the end."""
+    node = start_node(address, log_dir, NODE_ID, module=DEMO_REGISTRY, threads=NODE_THREADS)
+    try:
+        wait_for_node(address, node, NODE_ID)
+        yield node
+    finally:
+        node.stop()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A coordinator and a demo node shared by a test module.
+    """An in-process coordinator and a demo node, shared by a test module.
 
     The node takes tasks from the ``default`` queue only: tests that need a
     task to stay queued submit it to a queue of their own (see ``queue``).
     """
     root = tmp_path_factory.mktemp("cluster")
     coordinator = InProcessCoordinator(server_config(root / "data")).start()
-    node: Proc | None = None
     try:
-        node = start_node(
-            coordinator.address, root, NODE_ID, module=DEMO_REGISTRY, threads=NODE_THREADS
-        )
-        wait_for_node(coordinator.address, node, NODE_ID)
-        yield Cluster(coordinator, node, NODE_ID, root)
+        with demo_node(coordinator.address, root) as node:
+            yield Cluster(coordinator.address, node, NODE_ID, coordinator)
     finally:
-        if node is not None:
-            node.stop()
         coordinator.stop()
+
+
+@pytest.fixture(scope="module")
+def process_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Like ``cluster``, but the coordinator is a ``dtq-server`` process.
+
+    For tests that capture this process's stdout (the CLI under CliRunner),
+    where an in-process coordinator's log lines would mix into the output.
+    """
+    root = tmp_path_factory.mktemp("process-cluster")
+    server = start_server(root / "data")
+    try:
+        with demo_node(server.address, root) as node:
+            yield Cluster(server.address, node, NODE_ID)
+    finally:
+        server.stop()
 
 
 @pytest.fixture

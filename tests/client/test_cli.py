@@ -1,8 +1,14 @@
-"""The dtq-client command: parsing, output formats and exit codes."""
+"""The dtq-client command: parsing, output formats and exit codes.
+
+Commands that talk to a coordinator run against a real one, with a real
+``dtq-worker`` node running ``dtq_worker.demo:registry`` (the ``cluster``
+fixture, shared by the module).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,12 +20,14 @@ from click.testing import CliRunner, Result
 from rich.console import Console
 
 from dtq import __version__
-from dtq.v1 import task_pb2, task_service_pb2
+from dtq_client import Client
 from dtq_client.cli import cli, describe_rpc_error
 from dtq_client.errors import InvalidArgument
 from dtq_client.models import Task, TaskState
 from dtq_client.output import OutputFormat, Printer
+from tests.harness import python_env
 
+from .conftest import NOBODY, NODE_ID, Cluster
 
 # Keep the caller's DTQ_* environment out of the tests.
 CLEAN_ENV: dict[str, str | None] = {
@@ -172,3 +180,228 @@ def test_table_view_shows_fields_without_interpreting_markup(
     assert '{"text":"[bold]hi[/bold]"}' in out
 
 
+# --- against a real coordinator and node ---------------------------------------------------
+
+
+@pytest.fixture
+def cluster(process_cluster: Cluster) -> Cluster:
+    """A coordinator process: CliRunner captures stdout, which an in-process one logs to."""
+    return process_cluster
+
+
+@pytest.fixture
+def address(cluster: Cluster) -> str:
+    return cluster.address
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[Client]:
+    with Client(cluster.address, timeout_s=5.0) as client:
+        yield client
+
+
+def field(name: str, value: str) -> re.Pattern[str]:
+    """A line of the table view of a task: ``name``, spaces, ``value`` (and padding)."""
+    return re.compile(rf"^{re.escape(name)} +{re.escape(value)} *$", re.MULTILINE)
+
+
+def test_submit_wait_prints_the_result_as_json(address: str, client: Client) -> None:
+    # As a user runs it: a separate process, data on stdout, messages on stderr.
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "dtq_client", "--address", address),
+            *("submit", "echo", "--payload", '{"x": 1}', "--wait", "-o", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=python_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["type"], data["state"], data["nodeId"]) == (
+        "echo",
+        "TASK_STATE_SUCCEEDED",
+        NODE_ID,
+    )
+    assert data["payload"]["json"] == {"x": 1}
+    assert data["result"]["json"] == {"x": 1}
+    assert data["result"]["contentType"] == "application/json"
+    assert f"submitted {data['id']}, waiting" in result.stderr
+    assert client.get(data["id"]).payload == b'{"x":1}'
+
+
+def test_a_failed_task_exits_1(address: str) -> None:
+    payload = '{"message": "boom"}'
+    result = run(
+        "--address",
+        address,
+        "submit",
+        "fail",
+        "--payload",
+        payload,
+        "--max-attempts",
+        "1",
+        "--wait",
+    )
+    assert result.exit_code == 1
+    assert field("state", "failed").search(result.stdout)
+    assert "ValueError: boom" in result.stderr
+
+
+def test_a_cancelled_task_exits_1(address: str, client: Client, queue: str) -> None:
+    task = client.submit(NOBODY, queue=queue)
+    client.cancel(task.id)
+    result = run("--address", address, "wait", task.id)
+    assert result.exit_code == 1
+    assert field("state", "cancelled").search(result.stdout)
+    assert f"task {task.id} cancelled" in result.stderr
+
+
+def test_watch_prints_each_state_as_json_lines(address: str, client: Client) -> None:
+    task = client.submit("sleep", {"seconds": 0.3})
+    result = run("--address", address, "-o", "jsonl", "watch", task.id)
+    assert result.exit_code == 0, result.stderr
+    states = [json.loads(line)["state"] for line in result.stdout.splitlines()]
+    assert states[-1] == "TASK_STATE_SUCCEEDED"
+    assert "TASK_STATE_RUNNING" in states
+    assert len(states) == len(set(states))
+
+
+def test_wait_timeout_exits_4(address: str, client: Client, queue: str) -> None:
+    task = client.submit(NOBODY, queue=queue)
+    result = run("--address", address, "wait", task.id, "--timeout", "0.2")
+    assert result.exit_code == 4
+    assert "timed out" in result.stderr
+    assert "last seen queued" in result.stderr
+    assert result.stdout == ""
+    result = run("--address", address, "submit", NOBODY, "-q", queue, "--wait", "--timeout", "0.2")
+    assert result.exit_code == 4
+    assert result.stdout == ""
+
+
+def test_a_bad_request_exits_3_naming_the_field(address: str) -> None:
+    result = run("--address", address, "submit", "echo", "--queue", "bad queue")
+    assert result.exit_code == 3
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: INVALID_ARGUMENT (INVALID_FIELD)")
+    assert re.search(r"^  task\.queue: queue 'bad queue' must be ", result.stderr, re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (("get", "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10"), "NOT_FOUND (TASK_NOT_FOUND)"),
+        (("cancel", "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10"), "NOT_FOUND (TASK_NOT_FOUND)"),
+        (("get", "abc"), "INVALID_ARGUMENT (INVALID_FIELD)"),
+        (("drain", "ghost"), "NOT_FOUND (NODE_NOT_FOUND)"),
+    ],
+)
+def test_coordinator_errors_exit_3(address: str, args: tuple[str, ...], status: str) -> None:
+    result = run("--address", address, *args)
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"error: {status}")
+    assert result.stdout == ""
+
+
+def test_cancelling_a_finished_task_exits_3(address: str, client: Client) -> None:
+    done = client.wait(client.submit("echo", 1).id, timeout_s=10)
+    assert done.state is TaskState.SUCCEEDED
+    result = run("--address", address, "cancel", done.id)
+    assert result.exit_code == 3
+    assert result.stderr.startswith("error: FAILED_PRECONDITION (TASK_TERMINAL)")
+
+
+def test_get_and_cancel_as_table_and_json(address: str, client: Client, queue: str) -> None:
+    task = client.submit(NOBODY, {"n": 1}, queue=queue)
+    table = run("--address", address, "get", task.id)
+    assert table.exit_code == 0, table.stderr
+    for name, value in [("id", task.id), ("queue", queue), ("state", "queued")]:
+        assert field(name, value).search(table.stdout), table.stdout
+    assert field("payload", '{"n":1}').search(table.stdout)
+    data = json.loads(run("--address", address, "get", task.id, "-o", "json").stdout)
+    assert (data["id"], data["state"], data["queue"]) == (task.id, "TASK_STATE_QUEUED", queue)
+    assert data["payload"]["json"] == {"n": 1}
+    cancelled = run("--address", address, "-o", "json", "cancel", task.id)
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["state"] == "TASK_STATE_CANCELLED"
+    again = run("--address", address, "cancel", task.id)
+    assert again.exit_code == 0, again.stderr
+    assert field("state", "cancelled").search(again.stdout)
+
+
+def test_list_as_table_and_json(address: str, client: Client, queue: str) -> None:
+    tasks = [client.submit(NOBODY, i, queue=queue) for i in range(3)]
+    client.cancel(tasks[0].id)
+    newest_first = [t.id for t in reversed(tasks)]
+    listed = json.loads(run("--address", address, "list", "-q", queue, "-o", "json").stdout)
+    assert [t["id"] for t in listed] == newest_first
+    limited = run("--address", address, "-o", "json", "list", "-q", queue, "--limit", "1")
+    assert [t["id"] for t in json.loads(limited.stdout)] == newest_first[:1]
+    lines = run("--address", address, "-o", "jsonl", "list", "-q", queue, "--state", "cancelled")
+    assert [json.loads(line)["id"] for line in lines.stdout.splitlines()] == [tasks[0].id]
+    table = run("--address", address, "list", "-q", queue)
+    assert table.exit_code == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["ID", "TYPE", "QUEUE", "STATE", "ATTEMPT", "NODE", "UPDATED"]
+    assert [row.split()[0] for row in rows] == newest_first
+    assert [row.split()[3] for row in rows] == ["queued", "queued", "cancelled"]
+
+
+def test_piped_tables_are_not_truncated(address: str, client: Client, queue: str) -> None:
+    task = client.submit("a.rather.long.task.type.that.nobody.handles", queue=queue)
+    result = run("--address", address, "list", "--queue", queue, "--state", "QUEUED")
+    assert result.exit_code == 0, result.stderr
+    [row] = result.stdout.splitlines()[1:]
+    *columns, updated = row.split()
+    assert columns == [task.id, task.type, queue, "queued", "0/3", "-"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", updated)
+
+
+def test_nodes_as_table_and_json(address: str, cluster: Cluster) -> None:
+    listed = json.loads(run("--address", address, "-o", "json", "nodes").stdout)
+    [node] = [n for n in listed if n["nodeId"] == NODE_ID]
+    assert node["state"] == "NODE_STATE_ACTIVE"
+    assert node["taskTypes"] == ["add", "echo", "fail", "sleep"]
+    assert node["pid"] == cluster.node.pid
+    table = run("--address", address, "nodes")
+    assert table.exit_code == 0, table.stderr
+    [row] = [line.split() for line in table.stdout.splitlines() if NODE_ID in line]
+    assert row[1] == "active"
+    assert "add,echo,fail,sleep" in row
+
+
+def test_queues_as_table_and_json(address: str, client: Client, queue: str) -> None:
+    for _ in range(2):
+        client.submit(NOBODY, queue=queue)
+    client.cancel(client.submit(NOBODY, queue=queue).id)
+    listed = json.loads(run("--address", address, "queues", "-o", "json").stdout)
+    [stats] = [q for q in listed if q["name"] == queue]
+    counts = [int(stats[k]) for k in ("queued", "running", "succeeded", "failed", "cancelled")]
+    assert counts == [2, 0, 0, 0, 1]
+    table = run("--address", address, "queues")
+    assert table.exit_code == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == [
+        "QUEUE",
+        "QUEUED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+    ]
+    assert [queue, "2", "0", "0", "0", "1"] in [line.split() for line in table.stdout.splitlines()]
+
+
+def test_health_as_table_and_json(address: str) -> None:
+    table = run("--address", address, "health")
+    assert (table.exit_code, table.stdout) == (0, "SERVING\n")
+    data = json.loads(run("--address", address, "-o", "json", "health").stdout)
+    assert data == {"status": "SERVING"}
+
+
+def test_env_selects_address_and_output(address: str, client: Client, queue: str) -> None:
+    task = client.submit(NOBODY, queue=queue)
+    result = run("get", task.id, env={"DTQ_ADDRESS": address, "DTQ_OUTPUT": "jsonl"})
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["id"] == task.id

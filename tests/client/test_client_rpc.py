@@ -41,14 +41,12 @@ from dtq_client import (
 )
 from tests.harness import InProcessCoordinator, ServerProcess, start_node, start_server, wait_until
 
-from .conftest import DEMO_REGISTRY, NODE_THREADS, Cluster, wait_for_node
+from .conftest import DEMO_REGISTRY, NOBODY, NODE_THREADS, Cluster, wait_for_node
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, total_s=10.0)
 # Rides out a coordinator restart: the process starts in well under a second, and
 # gRPC's own reconnect backoff (1 s first) then adds up to about as much again.
 RESTART_RETRY = RetryPolicy(attempts=200, initial_backoff_s=0.05, max_backoff_s=0.2, total_s=20.0)
-NOBODY = "nobody.handles.this"
-"""A task type no node serves."""
 # A watch sees the task in this order, skipping states it was too slow to catch.
 LIFECYCLE = [TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING, TaskState.SUCCEEDED]
 
@@ -61,14 +59,14 @@ def client(cluster: Cluster) -> Iterator[Client]:
 
 
 @pytest.fixture
-def retry_log(caplog: pytest.LogCaptureFixture) -> Callable[[], int]:
-    """Count the client's "retrying after ..." log records (from any thread)."""
+def retries(caplog: pytest.LogCaptureFixture) -> Callable[[], list[logging.LogRecord]]:
+    """The client's "retrying after ..." log records so far, from any thread."""
     caplog.set_level(logging.DEBUG, logger="dtq_client.retry")
 
-    def count() -> int:
-        return sum(1 for r in caplog.records if r.getMessage().startswith("retrying after"))
+    def records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("retrying after")]
 
-    return count
+    return records
 
 
 def state_of(client: Client, task_id: str, state: TaskState) -> Callable[[], bool]:
@@ -188,7 +186,10 @@ def test_submit_many_lands_thousands_in_batches(client: Client, queue: str) -> N
     stored = [t.id for t in client.iter_tasks(queue=queue, page_size=1_000)]
     assert stored == [r.task.id for r in reversed(results)]  # newest first
     # With the keys the first call generated, submitting again creates nothing.
-    keyed = [replace(s, idempotency_key=r.task.idempotency_key) for s, r in zip(specs, results)]
+    keyed = [
+        replace(s, idempotency_key=r.task.idempotency_key)
+        for s, r in zip(specs, results, strict=True)
+    ]
     again = client.submit_many(keyed)
     assert not any(r.created for r in again)
     assert [r.task.id for r in again] == [r.task.id for r in results]
@@ -223,12 +224,12 @@ def test_submit_many_reports_a_partial_failure(cluster: Cluster, queue: str) -> 
         assert [s.payload for s in error.pending] == [2, 3, 4]
         assert all(s.idempotency_key for s in error.pending)
         assert isinstance(error.error, InvalidArgument)
-        # The batch [2, 3] was refused as a whole; field paths count from ``offset``.
+        # The batch [2, 3] was refused as a whole: tasks[1] is input offset + 1 = 3.
         assert [f for f, _ in error.error.field_violations] == ["tasks[1].queue"]
-        assert sorted(t.payload_value() for t in client.list_tasks(queue=queue)) == [0, 1]
+        assert [t.payload_value() for t in client.list_tasks(queue=queue)] == [1, 0]
         fixed = [replace(s, queue=queue) for s in error.pending]
         assert all(r.created for r in client.submit_many(fixed))
-        assert sorted(t.payload_value() for t in client.list_tasks(queue=queue)) == list(range(5))
+        assert [t.payload_value() for t in client.list_tasks(queue=queue)] == [4, 3, 2, 1, 0]
         # The pending specs kept their keys: resubmitting them creates nothing more.
         assert not any(r.created for r in client.submit_many(fixed))
 
@@ -263,15 +264,19 @@ def test_iter_tasks_follows_page_tokens(client: Client, queue: str) -> None:
     assert [t.id for t in cancelled] == [jobs[0].id]
 
 
-def test_unreachable_address_gives_up_as_unavailable(retry_log: Callable[[], int]) -> None:
+def test_unreachable_address_gives_up_as_unavailable(
+    retries: Callable[[], list[logging.LogRecord]],
+) -> None:
     policy = RetryPolicy(attempts=3, initial_backoff_s=0.1, max_backoff_s=0.1, total_s=5.0)
     started = time.monotonic()
-    with Client("127.0.0.1:1", timeout_s=2.0, retry=policy) as client:
-        with pytest.raises(Unavailable) as info:
-            client.get(str(uuid.uuid4()))
+    with (
+        Client("127.0.0.1:1", timeout_s=2.0, retry=policy) as client,
+        pytest.raises(Unavailable) as info,
+    ):
+        client.get(str(uuid.uuid4()))
     elapsed_s = time.monotonic() - started
     assert info.value.code is grpc.StatusCode.UNAVAILABLE
-    assert retry_log() == policy.attempts - 1
+    assert len(retries()) == policy.attempts - 1
     assert 0.2 <= elapsed_s < 3
 
 
@@ -393,9 +398,7 @@ def test_close_is_idempotent(cluster: Cluster) -> None:
     client.close()
 
 
-def test_stopping_a_watch_early_ends_the_call(
-    cluster: Cluster, client: Client, queue: str
-) -> None:
+def test_stopping_a_watch_early_ends_the_call(cluster: Cluster, client: Client, queue: str) -> None:
     task = client.submit(NOBODY, queue=queue)
     changes = client.watch(task.id)
     assert next(changes).state is TaskState.QUEUED
@@ -448,14 +451,14 @@ class Background(threading.Thread):
 
 
 def test_calls_during_an_outage_retry_until_the_coordinator_is_back(
-    server: ServerProcess, queue: str, retry_log: Callable[[], int]
+    server: ServerProcess, queue: str, retries: Callable[[], list[logging.LogRecord]]
 ) -> None:
     with Client(server.address, timeout_s=5.0, retry=RESTART_RETRY) as client:
         before = client.submit(NOBODY, queue=queue)
         server.kill9()
         get = Background(lambda: client.get(before.id))
         submit = Background(lambda: client.submit(NOBODY, queue=queue))
-        wait_until(lambda: retry_log() >= 2, 10, what="both calls to fail and retry")
+        wait_until(lambda: len({r.thread for r in retries()}) == 2, 10, what="both calls to retry")
         restarted = restart(server)
         try:
             assert get.result(15) == before
@@ -469,7 +472,7 @@ def test_calls_during_an_outage_retry_until_the_coordinator_is_back(
 
 
 def test_a_watch_rides_out_a_restart(
-    server: ServerProcess, queue: str, retry_log: Callable[[], int]
+    server: ServerProcess, queue: str, retries: Callable[[], list[logging.LogRecord]]
 ) -> None:
     with Client(server.address, timeout_s=5.0, retry=FAST_RETRY) as client:
         task = client.submit(NOBODY, queue=queue)
@@ -478,7 +481,7 @@ def test_a_watch_rides_out_a_restart(
         wait_until(lambda: seen, 10, what="the watch to start")
         server.kill9()
         # The watch keeps reconnecting for longer than FAST_RETRY's attempt budget.
-        wait_until(lambda: retry_log() > FAST_RETRY.attempts, 10, what="watch reconnects")
+        wait_until(lambda: len(retries()) > FAST_RETRY.attempts, 10, what="watch reconnects")
         restarted = restart(server)
         try:
             # A fresh channel: this client's own is still in gRPC's reconnect backoff.

@@ -1,9 +1,17 @@
-"""Error mapping from a status carrying real google.rpc details."""
+"""Error mapping from a status carrying real google.rpc details.
+
+Unit tests of the pure translation (``errors.from_grpc``) on hand-built
+statuses, including ones a real coordinator never sends (contradicting or
+unparseable details, foreign domains). The real coordinator's errors are
+translated end to end in ``test_client_rpc.py``.
+"""
 
 from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from dtq_client import errors
 from dtq_client.errors import (
@@ -21,9 +29,37 @@ from dtq_client.errors import (
     translate_rpc_errors,
 )
 
-from .scripted import rich_status
-
 DETAILS_KEY = "grpc-status-details-bin"
+
+
+def rich_status(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    reason: str | None = None,
+    domain: str = "dtq.dev",
+    violations: tuple[tuple[str, str], ...] = (),
+) -> status_pb2.Status:
+    """A google.rpc.Status with ErrorInfo and BadRequest details like the coordinator's."""
+    details: list[any_pb2.Any] = []
+    if reason is not None:
+        packed = any_pb2.Any()
+        packed.Pack(
+            error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata={"task_id": "t1"})
+        )
+        details.append(packed)
+    if violations:
+        packed = any_pb2.Any()
+        packed.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                    for f, d in violations
+                ]
+            )
+        )
+        details.append(packed)
+    return status_pb2.Status(code=code.value[0], message=message, details=details)
 
 
 class FakeRpcError(grpc.RpcError):
