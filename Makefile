@@ -55,3 +55,8 @@ protos-check: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dtq-data
+
+## bench: P1-P3 figures for DTQ on this machine (BENCH_SIZE=small for a smoke run).
+BENCH_SIZE ?= full
+bench: install
+	$(PY) -m bench.run --size $(BENCH_SIZE)

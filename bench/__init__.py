@@ -1,0 +1,1 @@
+"""DTQ benchmarks (``make bench``)."""
