@@ -17,6 +17,7 @@ Run it with ``dtq-worker myapp.tasks`` (or :func:`run_node` from Python).
 from dtq_worker.config import WorkerConfig
 from dtq_worker.context import TaskContext
 from dtq_worker.errors import (
+    CodecError,
     ConfigError,
     DuplicateTaskType,
     HandlerNotFound,
@@ -35,6 +36,7 @@ from dtq_worker.node import Node, run_node
 from dtq_worker.registry import Registry, load_registry
 
 __all__ = [
+    "CodecError",
     "ConfigError",
     "DuplicateTaskType",
     "HandlerNotFound",

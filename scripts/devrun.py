@@ -49,9 +49,17 @@ def main() -> int:
     for n in (1, 2):
         children.append(
             subprocess.Popen(
-                [str(BIN / "dtq-worker"), "dtq_worker.demo:registry", "--coordinator", ADDRESS,
-                 "--node-id", f"demo-{n}", "--threads", "4"]
-            )  # fmt: skip
+                [
+                    str(BIN / "dtq-worker"),
+                    "dtq_worker.demo:registry",
+                    "--coordinator",
+                    ADDRESS,
+                    "--node-id",
+                    f"demo-{n}",
+                    "--threads",
+                    "4",
+                ]
+            )
         )
     print(HELP, file=sys.stderr, flush=True)
 

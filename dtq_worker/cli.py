@@ -1,0 +1,134 @@
+"""``dtq-worker MODULE[:ATTR]``: run a worker node for the handlers of a Registry.
+
+Exit codes: 0 clean shutdown, 1 the coordinator refused the node, 2 bad usage
+(including a MODULE[:ATTR] that cannot be loaded), 70 worker threads died too
+often (restart intensity exceeded).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import cast
+
+import click
+
+from dtq import __version__, logs
+from dtq_worker.config import DEFAULT_COORDINATOR, WorkerConfig, default_node_id
+from dtq_worker.errors import ConfigError, RegistryLoadError
+from dtq_worker.node import run_node
+from dtq_worker.registry import load_registry
+
+# Every option shows the environment variable it also reads (flags > env > defaults).
+option = functools.partial(click.option, show_envvar=True)
+
+
+def _queues(value: str) -> tuple[str, ...]:
+    return tuple(q.strip() for q in value.split(",") if q.strip())
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("target", metavar="MODULE[:ATTR]")
+@option(
+    "--coordinator",
+    envvar="DTQ_COORDINATOR",
+    default=DEFAULT_COORDINATOR,
+    help="Coordinator address, host:port.",
+)
+@option(
+    "--threads",
+    envvar="DTQ_THREADS",
+    type=click.IntRange(1, 10_000),
+    default=4,
+    help="Worker threads (= slots: tasks run at once).",
+)
+@option(
+    "--queues",
+    envvar="DTQ_QUEUES",
+    default="default",
+    help="Comma-separated queues to take tasks from.",
+)
+@option(
+    "--node-id",
+    envvar="DTQ_NODE_ID",
+    default=None,
+    show_default="HOSTNAME-PID",
+    help="Node id, unique per process.",
+)
+@option(
+    "--max-restarts",
+    envvar="DTQ_MAX_RESTARTS",
+    type=click.IntRange(min=0),
+    default=3,
+    help="Worker-thread restarts allowed per --restart-period; one more exits 70.",
+)
+@option(
+    "--restart-period",
+    envvar="DTQ_RESTART_PERIOD",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    help="Restart-intensity window, seconds.",
+)
+@option(
+    "--shutdown-grace",
+    envvar="DTQ_SHUTDOWN_GRACE",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    help="On SIGTERM or drain, seconds running tasks get to finish before they are released.",
+)
+@option(
+    "--log-level",
+    envvar="DTQ_LOG_LEVEL",
+    type=click.Choice(logs.LOG_LEVELS),
+    default="info",
+    help="Least severe log level shown.",
+)
+@option(
+    "--log-format",
+    envvar="DTQ_LOG_FORMAT",
+    type=click.Choice(["console", "json"]),
+    default="console",
+    help="Log lines for humans, or one JSON object per line.",
+)
+@click.version_option(__version__, "-V", "--version", prog_name="dtq-worker")
+def main(
+    target: str,
+    coordinator: str,
+    threads: int,
+    queues: str,
+    node_id: str | None,
+    max_restarts: int,
+    restart_period: float,
+    shutdown_grace: float,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run a DTQ worker node for the handlers registered in MODULE[:ATTR].
+
+    ATTR names a dtq_worker.Registry and defaults to "registry", e.g.
+    "dtq-worker myapp.tasks" or "dtq-worker myapp.tasks:registry".
+    """
+    logs.configure(log_level, cast(logs.LogFormat, log_format))
+    try:
+        config = WorkerConfig(
+            coordinator=coordinator,
+            threads=threads,
+            queues=_queues(queues),
+            node_id=node_id or default_node_id(),
+            max_restarts=max_restarts,
+            restart_period_s=restart_period,
+            shutdown_grace_s=shutdown_grace,
+            log_level=log_level,
+            log_format=cast(logs.LogFormat, log_format),
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    # Like `python -m`, find the user's modules in the current directory.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        registry = load_registry(target)
+    except RegistryLoadError as exc:
+        raise click.BadParameter(str(exc), param_hint="MODULE[:ATTR]") from exc
+    sys.exit(run_node(config, registry))

@@ -1,0 +1,89 @@
+"""Worker node configuration: one frozen dataclass, built by the CLI from flags > env > defaults."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+from dtq.logs import LOG_LEVELS, LogFormat
+from dtq_worker.errors import ConfigError
+
+MiB = 1024 * 1024
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+MAX_SLOTS = 10_000
+"""The most slots a node may declare (``RegisterNode.slots``)."""
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def default_node_id() -> str:
+    """``<hostname>-<pid>``: unique per process on a host."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker node needs; passed down, never read from globals."""
+
+    coordinator: str = DEFAULT_COORDINATOR
+    """The coordinator's ``host:port``."""
+    threads: int = 4
+    """Worker threads, which is also the number of slots the node declares."""
+    queues: tuple[str, ...] = ("default",)
+    """Queues to take tasks from."""
+    node_id: str = field(default_factory=default_node_id)
+    """The node's id, stable for the process (1-200 characters)."""
+    max_restarts: int = 3
+    """Worker-thread restarts allowed within ``restart_period_s``; one more escalates."""
+    restart_period_s: float = 5.0
+    """Sliding window of the restart intensity."""
+    shutdown_grace_s: float = 30.0
+    """On SIGTERM or drain, how long running tasks may take to finish before release."""
+    reconnect_backoff_max_s: float = 5.0
+    """Longest pause between two reconnect attempts (exponential backoff, full jitter)."""
+    rpc_timeout_s: float = 10.0
+    """Bound on waits for the coordinator: the registration answer, final acks, the close."""
+    progress_interval_s: float = 0.5
+    """At most one progress update per task per this long (the latest value wins)."""
+    max_result_bytes: int = 1 * MiB
+    """Largest encoded result; the coordinator's smaller limit wins once registered."""
+    log_level: str = "info"
+    """One of ``dtq.logs.LOG_LEVELS``."""
+    log_format: LogFormat = "console"
+    """``console`` or ``json``."""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.coordinator:
+            problems.append("coordinator address must not be empty")
+        if not 1 <= self.threads <= MAX_SLOTS:
+            problems.append(f"threads must be 1-{MAX_SLOTS}, got {self.threads}")
+        if not self.queues:
+            problems.append("at least one queue is needed")
+        problems += [
+            f"queue {q!r} is not 1-100 characters of [A-Za-z0-9_.-]"
+            for q in self.queues
+            if not _QUEUE_NAME.fullmatch(q)
+        ]
+        if not 1 <= len(self.node_id) <= 200:
+            problems.append("node id must be 1-200 characters")
+        if self.max_restarts < 0:
+            problems.append("max restarts must not be negative")
+        for name in (
+            "restart_period_s",
+            "reconnect_backoff_max_s",
+            "rpc_timeout_s",
+            "progress_interval_s",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.shutdown_grace_s < 0:
+            problems.append("shutdown_grace_s must not be negative")
+        if self.max_result_bytes < 1:
+            problems.append("max_result_bytes must be positive")
+        if self.log_level not in LOG_LEVELS:
+            problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        if problems:
+            raise ConfigError("; ".join(problems))

@@ -1,0 +1,120 @@
+"""What a handler knows about the task it runs, and how it talks back."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dtq_worker.errors import TaskCancelled
+from dtq_worker.models import Lease, Progress
+
+MAX_PROGRESS_MESSAGE_BYTES = 1024
+"""``TaskProgress.message`` is at most 1 KiB."""
+
+
+def truncate_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never splitting a character."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore")
+
+
+class ProgressCell:
+    """The latest progress of one task, kept until the node collects it.
+
+    Handlers may report thousands of times a second; only the latest value
+    matters, so reports overwrite each other here and the node is notified
+    once per collected value rather than once per report.
+    """
+
+    __slots__ = ("_lock", "_value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value: Progress | None = None
+
+    def put(self, progress: Progress) -> bool:
+        """Store ``progress``; True if the cell was empty (the node must be told)."""
+        with self._lock:
+            was_empty = self._value is None
+            self._value = progress
+        return was_empty
+
+    def take(self) -> Progress | None:
+        """The latest value, emptying the cell."""
+        with self._lock:
+            value, self._value = self._value, None
+        return value
+
+
+def _ignore(_: TaskContext) -> None:
+    """Progress sink of a context nobody listens to (tests, direct calls)."""
+
+
+@dataclass(frozen=True, eq=False)
+class TaskContext:
+    """The running attempt, as its handler sees it. Safe to share with threads it starts."""
+
+    task_id: str
+    """The task's id."""
+    attempt: int
+    """This attempt's number, starting at 1."""
+    max_attempts: int
+    """The task's attempt budget."""
+    type: str
+    """The task type the handler is registered under."""
+    queue: str
+    """The queue the task came from."""
+    content_type: str
+    """Media type of the payload as submitted (empty means JSON)."""
+    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    """Set when the task is cancelled or no longer ours; ``cancel_event.wait(s)`` sleeps
+    interruptibly."""
+    deadline: float | None = None
+    """A ``time.monotonic()`` by which the handler should finish; None (no deadline) for now."""
+    on_progress: Callable[[TaskContext], None] = field(default=_ignore, repr=False)
+    """Told (once per collected value) that new progress is waiting; set by the node."""
+    progress_cell: ProgressCell = field(default_factory=ProgressCell, repr=False)
+    """Where reports wait for the node."""
+
+    @property
+    def lease(self) -> Lease:
+        """The lease this attempt runs under."""
+        return Lease(self.task_id, self.attempt)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled; the handler should stop soon."""
+        return self.cancel_event.is_set()
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a retryable failure now would fail the task for good."""
+        return self.attempt >= self.max_attempts
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`TaskCancelled` if the task was cancelled."""
+        if self.cancel_event.is_set():
+            raise TaskCancelled(f"task {self.task_id} was cancelled")
+
+    def report_progress(self, percent: float, message: str = "") -> None:
+        """Report progress (0-100; negative or NaN means unknown). Thread-safe and cheap.
+
+        Reports are coalesced: the coordinator sees the latest value at most a
+        few times a second, so calling this in a tight loop is fine. The message
+        is cut to 1 KiB.
+        """
+        if math.isnan(percent):
+            percent = -1.0
+        progress = Progress(
+            min(float(percent), 100.0), truncate_utf8(message, MAX_PROGRESS_MESSAGE_BYTES)
+        )
+        if self.progress_cell.put(progress):
+            self.on_progress(self)
+
+    def take_progress(self) -> Progress | None:
+        """For the node: the latest unreported progress, if any."""
+        return self.progress_cell.take()

@@ -1,0 +1,219 @@
+"""Plain values the node works with; ``convert`` maps them to and from ``dtq.v1`` messages.
+
+Everything past the stream edge (ledger, supervisor, runner) sees only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One dispatch of a task: every message about the task quotes it (fencing)."""
+
+    task_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """Opaque bytes with a media type; an empty content type means JSON."""
+
+    data: bytes
+    content_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A task the coordinator leased to this node."""
+
+    lease: Lease
+    type: str
+    queue: str
+    payload: Payload
+    max_attempts: int
+
+
+class ReleaseReason(StrEnum):
+    """Why the node hands a task back without an outcome."""
+
+    SHUTDOWN = "SHUTDOWN"
+    WORKER_DIED = "WORKER_DIED"
+    UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
+
+
+class LeaveReason(StrEnum):
+    """Why the node ends its session (``Leave.reason``, informational)."""
+
+    SHUTDOWN = "SHUTDOWN"
+    DRAINED = "DRAINED"
+    RESTART_INTENSITY_EXCEEDED = "RESTART_INTENSITY_EXCEEDED"
+
+
+class ErrorType(StrEnum):
+    """Failure types the node decides itself (handler failures use the exception class name)."""
+
+    PAYLOAD_DECODE_ERROR = "PAYLOAD_DECODE_ERROR"
+    RESULT_ENCODE_ERROR = "RESULT_ENCODE_ERROR"
+    RESULT_TOO_LARGE = "RESULT_TOO_LARGE"
+    TASK_CANCELLED = "TaskCancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an attempt failed (``dtq.v1.TaskError``)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A handler started running the task."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """The handler's latest progress: 0-100, or negative when unknown."""
+
+    percent: float
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """The handler returned a result. Terminal."""
+
+    result: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The handler failed; ``cancelled`` when it stopped because of a cancel. Terminal."""
+
+    error: Failure
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """The node gives the task back without an outcome. Terminal."""
+
+    reason: str
+
+
+Outcome = Succeeded | Failed | Released
+"""How one attempt ended on this node."""
+
+Change = Started | Progress | Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One ``TaskUpdate``: a change to report about a lease."""
+
+    lease: Lease
+    change: Change
+
+    @property
+    def terminal(self) -> bool:
+        """True for outcomes, which the coordinator acknowledges."""
+        return isinstance(self.change, Succeeded | Failed | Released)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What the node sends in ``RegisterNode``."""
+
+    node_id: str
+    hostname: str
+    pid: int
+    version: str
+    task_types: tuple[str, ...]
+    queues: tuple[str, ...]
+    slots: int
+    resume_session_id: str = ""
+    leases: tuple[Lease, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatInfo:
+    """What the node reports in a heartbeat besides the sequence number."""
+
+    leases: tuple[Lease, ...]
+    supervisor_restarts: int
+
+
+# --- messages from the coordinator -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """``NodeRegistered``: the session is open."""
+
+    session_id: str
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+    resumed: bool
+    stale_leases: tuple[Lease, ...]
+    max_result_bytes: int
+    """0 when the coordinator did not say."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentsReceived:
+    """``TaskAssignments``: new work."""
+
+    assignments: tuple[Assignment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """``CancelTasks``: clients cancelled these tasks."""
+
+    leases: tuple[Lease, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequested:
+    """``DrainRequested``: take no more work, finish what runs, close."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAcked:
+    """``HeartbeatAck``: the heartbeat arrived; ``stale_leases`` are no longer ours."""
+
+    sequence: int
+    stale_leases: tuple[Lease, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateAck:
+    """``TaskUpdateAck``: the coordinator's verdict on one outcome."""
+
+    lease: Lease
+    accepted: bool
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatesAcked:
+    """``TaskUpdateAcks``."""
+
+    acks: tuple[UpdateAck, ...]
+
+
+Inbound = (
+    Registered
+    | AssignmentsReceived
+    | CancelRequested
+    | DrainRequested
+    | HeartbeatAcked
+    | UpdatesAcked
+)
+"""Any message the coordinator sends on the stream."""

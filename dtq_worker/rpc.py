@@ -1,0 +1,77 @@
+"""The gRPC edge of the node: the one channel factory, and the one place where a
+``grpc.aio.AioRpcError`` becomes a :class:`~dtq_worker.errors.StreamError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from dtq import __version__
+from dtq_worker.errors import RegistrationRejected, SessionExpired, StreamBroken, StreamError
+
+ERROR_DOMAIN = "dtq.dev"
+"""The ``google.rpc.ErrorInfo.domain`` of the coordinator's errors."""
+
+MAX_SEND_BYTES = 4 * 1024 * 1024
+MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # Ping every 10 s: twice the server's minimum interval (5 s), so the server
+    # never closes the connection with too_many_pings.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_send_message_length", MAX_SEND_BYTES),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    ("grpc.primary_user_agent", f"dtq-worker/{__version__}"),
+)
+"""Channel arguments of the node's channel."""
+
+
+def create_channel(target: str) -> grpc.aio.Channel:
+    """An asyncio channel to the coordinator at ``target`` (``host:port``)."""
+    return grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS))
+
+
+def stream_error(exc: grpc.aio.AioRpcError) -> StreamError:
+    """How the stream ended, from its status and ``google.rpc`` details (when present)."""
+    code = exc.code()
+    message = exc.details() or ""
+    reason, violations = _details(exc)
+    kwargs: dict[str, Any] = {"code": code, "reason": reason, "field_violations": violations}
+    # Connect fails FAILED_PRECONDITION only for SESSION_EXPIRED, so the code alone
+    # decides when the details are missing.
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return SessionExpired(message, **kwargs)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return RegistrationRejected(message, **kwargs)
+    return StreamBroken(message, **kwargs)
+
+
+def _details(exc: grpc.aio.AioRpcError) -> tuple[str | None, list[tuple[str, str]]]:
+    """The ErrorInfo reason and BadRequest violations of ``exc``; empty when absent."""
+    try:
+        status = rpc_status.from_call(cast(grpc.Call, exc))
+    except (ValueError, DecodeError):
+        return None, []  # details contradicting the status are ignored: the code suffices
+    if status is None:
+        return None, []
+    reason: str | None = None
+    violations: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN:
+                reason = info.reason or None
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations += [(v.field, v.description) for v in bad_request.field_violations]
+    return reason, violations

@@ -1,0 +1,155 @@
+"""Running one task: decode the payload, call the handler, turn what happened into an outcome.
+
+Every ``Exception`` a handler raises becomes a failure outcome. A
+``BaseException`` that is not an ``Exception`` (``SystemExit``,
+``KeyboardInterrupt``) is deliberately not caught: it kills the worker thread,
+and the supervisor releases the task and restarts the thread.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from dtq_worker import codec
+from dtq_worker.context import TaskContext, truncate_utf8
+from dtq_worker.errors import CodecError, HandlerNotFound, NonRetryableError, TaskCancelled
+from dtq_worker.models import (
+    Assignment,
+    ErrorType,
+    Failed,
+    Failure,
+    Lease,
+    Outcome,
+    Released,
+    ReleaseReason,
+    Succeeded,
+)
+from dtq_worker.registry import Registry
+
+log = structlog.get_logger(__name__)
+
+MAX_ERROR_TYPE_CHARS = 200
+MAX_ERROR_MESSAGE_BYTES = 4 * 1024
+MAX_TRACEBACK_BYTES = 8 * 1024
+_TRUNCATED = "...(truncated)\n"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Job:
+    """An assignment together with the context its handler will get."""
+
+    assignment: Assignment
+    context: TaskContext
+
+    @property
+    def lease(self) -> Lease:
+        """The assignment's lease."""
+        return self.assignment.lease
+
+
+class Reporter(Protocol):
+    """Where worker threads report what happens to their jobs. Must be thread-safe."""
+
+    def started(self, job: Job) -> None:
+        """The handler is about to run."""
+
+    def finished(self, job: Job, outcome: Outcome) -> None:
+        """The job ended this way on this node."""
+
+
+def tail_utf8(text: str, max_bytes: int) -> str:
+    """The end of ``text`` in at most ``max_bytes`` of UTF-8, marked when cut.
+
+    Tracebacks keep their tail: the innermost frames and the error are at the end.
+    """
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    keep = max_bytes - len(_TRUNCATED)
+    return _TRUNCATED + data[len(data) - keep :].decode("utf-8", "ignore")
+
+
+def failure_from(exc: Exception, context: TaskContext) -> Failed:
+    """The failure outcome for an exception a handler raised."""
+    # Skip the runner's own frame: the traceback starts in the handler.
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    cancelled = isinstance(exc, TaskCancelled) or context.cancelled
+    return Failed(
+        Failure(
+            type=type(exc).__name__[:MAX_ERROR_TYPE_CHARS],
+            message=truncate_utf8(str(exc), MAX_ERROR_MESSAGE_BYTES),
+            traceback=tail_utf8(text, MAX_TRACEBACK_BYTES),
+            retryable=not isinstance(exc, NonRetryableError | TaskCancelled),
+        ),
+        cancelled=cancelled,
+    )
+
+
+def _node_failure(kind: ErrorType, message: str, *, cancelled: bool = False) -> Failed:
+    """A non-retryable failure decided by the node, not raised by the handler."""
+    failure = Failure(kind.value, truncate_utf8(message, MAX_ERROR_MESSAGE_BYTES), "", False)
+    return Failed(failure, cancelled=cancelled)
+
+
+class Runner:
+    """Runs jobs with the handlers of one registry and reports their progress and outcomes."""
+
+    def __init__(self, registry: Registry, reporter: Reporter, max_result_bytes: int) -> None:
+        self._registry = registry
+        self._reporter = reporter
+        self.max_result_bytes = max_result_bytes
+        """Largest result accepted; the node lowers it to the coordinator's limit when it
+        registers (a plain int, so worker threads may read it while it is replaced)."""
+
+    def run(self, job: Job) -> Outcome:
+        """Run ``job`` on the calling thread, report its outcome, and return it."""
+        outcome = self._run(job)
+        self._reporter.finished(job, outcome)
+        return outcome
+
+    def _run(self, job: Job) -> Outcome:
+        assignment, context = job.assignment, job.context
+        try:
+            handler = self._registry.lookup(assignment.type)
+        except HandlerNotFound:
+            # Another node may handle it; hand it back rather than fail it.
+            return Released(ReleaseReason.UNKNOWN_TASK_TYPE)
+        if context.cancelled:
+            return _node_failure(
+                ErrorType.TASK_CANCELLED, "cancelled before it started", cancelled=True
+            )
+        self._reporter.started(job)
+        try:
+            value = codec.decode(assignment.payload)
+        except CodecError as exc:
+            return _node_failure(ErrorType.PAYLOAD_DECODE_ERROR, str(exc))
+        try:
+            result = handler(value, context)
+        except Exception as exc:  # any handler failure is an outcome, not a crash
+            outcome = failure_from(exc, context)
+            log.debug(
+                "task.failed",
+                task_id=context.task_id,
+                attempt=context.attempt,
+                error_type=outcome.error.type,
+            )
+            return outcome
+        return self._encode(result, context)
+
+    def _encode(self, result: object, context: TaskContext) -> Outcome:
+        try:
+            payload = codec.encode(result)
+        except CodecError as exc:
+            return _node_failure(ErrorType.RESULT_ENCODE_ERROR, str(exc))
+        limit = self.max_result_bytes
+        if len(payload.data) > limit:
+            return _node_failure(
+                ErrorType.RESULT_TOO_LARGE,
+                f"result is {len(payload.data)} bytes; the limit is {limit}",
+            )
+        return Succeeded(payload)

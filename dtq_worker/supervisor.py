@@ -1,0 +1,213 @@
+"""The node's supervisor: a fixed pool of permanent worker threads, OTP one_for_one style.
+
+Worker threads take jobs from one local queue and run them. A thread that
+dies (an exception escapes its loop, e.g. a handler raising ``SystemExit``) is
+replaced; the job it held is released to the coordinator (``WORKER_DIED``) and
+the restart is counted. More than ``max_restarts`` restarts within
+``restart_period_s`` is an escalation: the supervisor stops restarting and
+tells the node, which releases everything and exits non-zero.
+
+:meth:`Supervisor.check_workers` is the single supervision step (reap the
+dead, start the shortfall); the monitor thread just runs it whenever a worker
+exits, and tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from dtq_worker.errors import RestartIntensityExceeded
+from dtq_worker.intensity import RestartIntensity
+from dtq_worker.models import Released, ReleaseReason
+from dtq_worker.runner import Job, Reporter, Runner
+
+log = structlog.get_logger(__name__)
+
+POLL_S = 0.1
+"""How often an idle worker thread looks at its stop signal."""
+
+
+class _Worker:
+    """One worker thread, the job it holds, and why it died."""
+
+    __slots__ = ("current", "death", "exited", "thread")
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.current: Job | None = None
+        """Written only by the worker thread; read by the supervisor once it has exited."""
+        self.death: BaseException | None = None
+        self.exited = False
+        """Set by the thread as it leaves; unlike ``is_alive()`` it is already true when the
+        monitor is woken, so no exit can go unnoticed."""
+
+
+class Supervisor:
+    """Keeps ``slots`` worker threads alive and feeds them jobs.
+
+    Stop signals: ``stop_taking_work`` tells workers to exit after their current
+    job; ``close`` stops the monitor. Both are idempotent.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        runner: Runner,
+        reporter: Reporter,
+        intensity: RestartIntensity,
+        on_escalate: Callable[[RestartIntensityExceeded], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.slots = slots
+        self._runner = runner
+        self._reporter = reporter
+        self._intensity = intensity
+        self._on_escalate = on_escalate
+        self._clock = clock
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._names = itertools.count(1)
+        self._stopping = threading.Event()
+        """Workers: take no new job. Also stops restarts."""
+        self._exited = threading.Event()
+        """Monitor: a worker thread exited (or the monitor should look at ``_closed``)."""
+        self._closed = threading.Event()
+        """Monitor: stop."""
+        self._monitor: threading.Thread | None = None
+        self.restarts = 0
+        """Worker threads restarted so far (reported in heartbeats)."""
+        self.escalation: RestartIntensityExceeded | None = None
+        """Set once the restart intensity was exceeded."""
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self, *, monitor: bool = True) -> None:
+        """Start the worker threads and (unless ``monitor`` is False) the monitor thread."""
+        self.check_workers()
+        if monitor and self._monitor is None:
+            self._monitor = threading.Thread(
+                target=self._monitor_loop, name="dtq-supervisor", daemon=True
+            )
+            self._monitor.start()
+
+    def stop_taking_work(self) -> list[Job]:
+        """Let workers exit after their current job; return the jobs nobody took."""
+        self._stopping.set()
+        left: list[Job] = []
+        while True:
+            try:
+                left.append(self._jobs.get_nowait())
+            except queue.Empty:
+                return left
+
+    def close(self) -> None:
+        """Stop taking work and stop the monitor. Threads still running a handler are
+        daemons and are abandoned."""
+        self._stopping.set()
+        self._closed.set()
+        self._exited.set()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(timeout=1.0)
+
+    # --- work ---------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job for the next free worker. Thread-safe."""
+        self._jobs.put(job)
+
+    @property
+    def alive(self) -> int:
+        """Worker threads currently alive."""
+        with self._lock:
+            return sum(1 for w in self._workers if w.thread is not None and w.thread.is_alive())
+
+    def _work(self, worker: _Worker) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    job = self._jobs.get(timeout=POLL_S)
+                except queue.Empty:
+                    continue
+                worker.current = job
+                self._runner.run(job)
+                worker.current = None
+        except BaseException as exc:  # the thread dies; this records why, for the supervisor
+            worker.death = exc
+        finally:
+            worker.exited = True
+            self._exited.set()
+
+    # --- supervision --------------------------------------------------------------------
+
+    def check_workers(self) -> int:
+        """One supervision step: reap dead workers, then start the shortfall.
+
+        The job a dead worker held is released (``WORKER_DIED``). Returns how
+        many threads were started to replace dead ones.
+        """
+        with self._lock:
+            restarted = 0
+            for worker in [w for w in self._workers if w.exited]:
+                self._workers.remove(worker)
+                if self._reap(worker):
+                    restarted += 1
+            while len(self._workers) < self.slots and not self._stopping.is_set():
+                self._spawn()
+            return restarted
+
+    def _reap(self, worker: _Worker) -> bool:
+        """Account for one dead worker; True if it is to be replaced."""
+        job, death = worker.current, worker.death
+        if job is not None:
+            self._reporter.finished(job, Released(ReleaseReason.WORKER_DIED))
+        if death is None:
+            return False  # it left its loop because it was told to stop
+        name = worker.thread.name if worker.thread else "?"
+        task = {"task_id": job.lease.task_id, "attempt": job.lease.attempt} if job else {}
+        if self._stopping.is_set():
+            log.error("worker.died", thread=name, **task, exc_info=death)
+            return False
+        if self._intensity.record(self._clock()):
+            log.error("worker.died", thread=name, **task, exc_info=death)
+            self._escalate()
+            return False
+        self.restarts += 1
+        log.error("worker.restarted", thread=name, restarts=self.restarts, **task, exc_info=death)
+        return True
+
+    def _escalate(self) -> None:
+        error = RestartIntensityExceeded(self._intensity.max_restarts, self._intensity.period_s)
+        self.escalation = error
+        self._stopping.set()
+        log.critical(
+            "restart intensity exceeded",
+            max_restarts=error.restarts,
+            period_s=error.period_s,
+        )
+        self._on_escalate(error)
+
+    def _spawn(self) -> None:
+        worker = _Worker()
+        worker.thread = threading.Thread(
+            target=self._work,
+            args=(worker,),
+            name=f"dtq-worker-{next(self._names)}",
+            # Daemon: a handler still running after the shutdown grace is abandoned.
+            daemon=True,
+        )
+        self._workers.append(worker)
+        worker.thread.start()
+
+    def _monitor_loop(self) -> None:
+        while not self._closed.is_set():
+            self._exited.wait()
+            self._exited.clear()
+            if not self._closed.is_set():
+                self.check_workers()

@@ -1,0 +1,38 @@
+"""WorkerConfig defaults and validation."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from dtq_worker import ConfigError, WorkerConfig
+
+
+def test_defaults() -> None:
+    config = WorkerConfig()
+    assert config.coordinator == "127.0.0.1:50051"
+    assert (config.threads, config.queues) == (4, ("default",))
+    assert config.node_id == f"{socket.gethostname()}-{os.getpid()}"
+    assert (config.max_restarts, config.restart_period_s, config.shutdown_grace_s) == (3, 5.0, 30.0)
+    assert config.max_result_bytes == 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"threads": 0},
+        {"threads": 10_001},
+        {"queues": ()},
+        {"queues": ("bad queue",)},
+        {"node_id": ""},
+        {"max_restarts": -1},
+        {"restart_period_s": 0},
+        {"rpc_timeout_s": -1},
+        {"log_level": "loud"},
+    ],
+)
+def test_invalid_settings_are_rejected(overrides: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        WorkerConfig(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,55 @@
+"""TaskContext: cancellation and coalesced progress reports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dtq_worker import TaskCancelled, TaskContext
+from dtq_worker.models import Lease, Progress
+
+
+def _context(notified: list[TaskContext] | None = None, attempt: int = 1) -> TaskContext:
+    sink = notified.append if notified is not None else (lambda ctx: None)
+    return TaskContext("t1", attempt, 3, "echo", "default", "", on_progress=sink)
+
+
+def test_progress_reports_are_coalesced_until_collected() -> None:
+    notified: list[TaskContext] = []
+    ctx = _context(notified)
+    for i in range(1000):
+        ctx.report_progress(i / 10, f"step {i}")
+    assert notified == [ctx]  # one notification for a thousand reports
+    assert ctx.take_progress() == Progress(99.9, "step 999")
+    assert ctx.take_progress() is None
+    ctx.report_progress(100)
+    assert len(notified) == 2
+
+
+def test_progress_values_are_normalised() -> None:
+    ctx = _context()
+    ctx.report_progress(math.nan)
+    assert ctx.take_progress() == Progress(-1.0, "")
+    ctx.report_progress(250, "é" * 1000)
+    progress = ctx.take_progress()
+    assert progress is not None
+    assert progress.percent == 100.0
+    assert len(progress.message.encode()) <= 1024
+
+
+def test_cancellation() -> None:
+    ctx = _context()
+    assert not ctx.cancelled
+    ctx.raise_if_cancelled()
+    ctx.cancel_event.set()
+    assert ctx.cancelled
+    with pytest.raises(TaskCancelled):
+        ctx.raise_if_cancelled()
+
+
+def test_attempt_facts() -> None:
+    assert _context(attempt=3).is_last_attempt
+    assert not _context(attempt=2).is_last_attempt
+    assert _context().lease == Lease("t1", 1)
+    assert _context().deadline is None
