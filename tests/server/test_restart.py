@@ -144,8 +144,10 @@ def test_sigterm_turns_health_not_serving_refuses_submits_and_exits_0(tmp_path: 
             assert check.status == health_pb2.HealthCheckResponse.SERVING
             server.signal(signal.SIGTERM)
             wait_until(
-                lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                == health_pb2.HealthCheckResponse.NOT_SERVING,
+                lambda: (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                    == health_pb2.HealthCheckResponse.NOT_SERVING
+                ),
                 2,
                 what="NOT_SERVING",
             )
