@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import dtq
 from dtq import logs
 from dtq_server.app import serve
 from dtq_server.config import ServerConfig
+from dtq_server.failpoints import Failpoints
 from dtq_server.store.sqlite import StoreCorrupt
 
 
@@ -174,6 +176,8 @@ def main(
             max_payload_bytes=max_payload_bytes,
             max_result_bytes=max_result_bytes,
             port_file=port_file,
+            # Fault injection for tests only, so an environment variable and no flag.
+            failpoints=Failpoints.parse(os.environ.get("DTQ_FAILPOINT", "")),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from dtq_server.failpoints import Failpoints
 
 MiB = 1024 * 1024
 
@@ -41,6 +43,8 @@ class ServerConfig:
     """gRPC receive limit per message (the gRPC default)."""
     port_file: Path | None = None
     """If set, the bound address is written here once serving (for scripts and tests)."""
+    failpoints: Failpoints = field(default_factory=Failpoints)
+    """Crash points for fault-injection tests (``DTQ_FAILPOINT``); none by default."""
 
     @property
     def reaper_tick_s(self) -> float:

@@ -68,7 +68,7 @@ class Coordinator:
         self.board = TaskBoard()
         self.registry = NodeRegistry()
         self.watchers = TaskWatchers()
-        self.dispatcher = Dispatcher(self.board, self.registry, store)
+        self.dispatcher = Dispatcher(self.board, self.registry, store, config.failpoints)
         self.sessions = NodeSessions(
             config, store, self.board, self.registry, self.dispatcher, self.watchers
         )
@@ -151,7 +151,9 @@ class Coordinator:
         if self._shutting_down:
             raise ShuttingDown()
         new = validate_specs(specs, self.config, batch)
+        self.config.failpoints.hit("submit.before_commit")
         results = await self.store.insert(new)
+        self.config.failpoints.hit("submit.after_commit_before_reply")
         now = time.monotonic()
         for record, created in results:
             if created:

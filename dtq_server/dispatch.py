@@ -17,6 +17,7 @@ import structlog
 
 from dtq_server.board import TaskBoard
 from dtq_server.errors import StoreUnavailable
+from dtq_server.failpoints import Failpoints
 from dtq_server.models import ActiveTask, TaskState
 from dtq_server.registry import NodeRegistry, SendAssignments, Session
 from dtq_server.store.base import Store
@@ -29,8 +30,11 @@ STORE_RETRY_S = 0.2
 class Dispatcher:
     """Leases ready tasks to nodes with free slots whenever something changes."""
 
-    def __init__(self, board: TaskBoard, registry: NodeRegistry, store: Store) -> None:
+    def __init__(
+        self, board: TaskBoard, registry: NodeRegistry, store: Store, failpoints: Failpoints
+    ) -> None:
         self._board = board
+        self._failpoints = failpoints
         self._registry = registry
         self._store = store
         self._wake = asyncio.Event()
@@ -94,6 +98,7 @@ class Dispatcher:
             await asyncio.sleep(STORE_RETRY_S)  # let the store recover before the next round
             self.kick()
             return
+        self._failpoints.hit("lease.after_commit_before_send")
         leased = {a.lease.task_id for a in assignments}
         if len(leased) != len(plan):
             # Memory and store disagree (should not happen): trust the store, drop the rest.

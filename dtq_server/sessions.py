@@ -35,6 +35,7 @@ from dtq_server.registry import (
 from dtq_server.retry import retry_delay_s
 from dtq_server.store.base import Store
 from dtq_server.updates import (
+    TERMINAL_UPDATES,
     Failed,
     Progressed,
     Released,
@@ -246,7 +247,12 @@ class NodeSessions:
             planned.append((update, task, self._transition(update, task)))
         if not planned:
             return acks
+        outcomes = any(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned)
+        if outcomes:
+            self._config.failpoints.hit("result.before_commit")
         applied = await self._store.apply([t for _, _, t in planned])
+        if outcomes:
+            self._config.failpoints.hit("result.after_commit_before_reply")
         now = time.monotonic()
         changed: list[str] = []
         for (update, task, transition), ok in zip(planned, applied, strict=True):

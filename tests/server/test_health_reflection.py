@@ -1,0 +1,31 @@
+"""The standard services next to DTQ's: grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.harness import InProcessCoordinator
+
+
+def test_health_serves_overall_and_per_service(
+    coordinator: InProcessCoordinator, channel: grpc.Channel
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "dtq.v1.TaskService", "dtq.v1.WorkerService", "dtq.v1.AdminService"):
+        response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_reflection_lists_the_dtq_services(channel: grpc.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    names = {s.name for s in response.list_services_response.service}
+    assert {"dtq.v1.TaskService", "dtq.v1.WorkerService", "dtq.v1.AdminService"} <= names
+    assert "grpc.health.v1.Health" in names
+    # Any language can fetch the contract itself from the running server.
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="dtq.v1.TaskService")
+    (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    assert response.file_descriptor_response.file_descriptor_proto
