@@ -70,7 +70,9 @@ class CoordinatorServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.health = HealthServicer()
-        self.store = SqliteStore(config.db_path, config.synchronous, self._store_health)
+        self.store = SqliteStore(
+            config.db_path, config.synchronous, self._store_health, config.result_ttl_s
+        )
         self.coordinator = Coordinator(config, self.store, self._set_health)
         self.server: grpc.aio.Server | None = None
         self.port = 0

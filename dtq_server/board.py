@@ -7,6 +7,7 @@ rebuilt from the store at start-up. It never holds payloads.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterable
 
 from dtq_server.models import ActiveTask, TaskState
@@ -15,17 +16,28 @@ Key = tuple[str, str]
 """(queue, task type): the unit a node declares it can serve."""
 
 
+Rank = tuple[int, int, int]
+"""(-priority, seq, push number): higher priority first, then submission order. The push
+number keeps entries distinct when a task is queued again while a stale entry of it
+is still in the heap, so tasks themselves are never compared."""
+
+
 class TaskBoard:
-    """Unfinished tasks indexed for dispatch: FIFO per (queue, type), plus a retry timer heap."""
+    """Unfinished tasks indexed for dispatch: by priority then FIFO per (queue, type), plus
+    timer heaps for retries/scheduled tasks and for schedule-to-start deadlines."""
 
     def __init__(self) -> None:
         self.active: dict[str, ActiveTask] = {}
-        self._ready: dict[Key, list[tuple[int, ActiveTask]]] = {}
+        self._ready: dict[Key, list[tuple[Rank, ActiveTask]]] = {}
         self._delayed: list[tuple[float, int, ActiveTask]] = []
+        self._start_deadlines: list[tuple[float, int, ActiveTask]] = []
+        self._pushes = itertools.count()
 
     def track(self, task: ActiveTask, now: float) -> None:
         """Start tracking a task; a QUEUED one becomes ready (or waits until ``due_at``)."""
         self.active[task.id] = task
+        if task.start_by is not None:
+            heapq.heappush(self._start_deadlines, (task.start_by, next(self._pushes), task))
         if task.state is TaskState.QUEUED:
             self.make_ready(task, now)
 
@@ -33,10 +45,11 @@ class TaskBoard:
         """Queue ``task`` for dispatch, at once or when its retry delay ends."""
         task.state = TaskState.QUEUED
         if task.due_at is not None and task.due_at > now:
-            heapq.heappush(self._delayed, (task.due_at, task.seq, task))
+            heapq.heappush(self._delayed, (task.due_at, next(self._pushes), task))
             return
         task.due_at = None
-        heapq.heappush(self._ready.setdefault((task.queue, task.type), []), (task.seq, task))
+        rank = (-task.priority, task.seq, next(self._pushes))
+        heapq.heappush(self._ready.setdefault((task.queue, task.type), []), (rank, task))
 
     def forget(self, task: ActiveTask, state: TaskState) -> None:
         """The task reached a terminal state; stale heap entries are skipped lazily."""
@@ -56,7 +69,7 @@ class TaskBoard:
 
     def pop_ready(self, keys: Iterable[Key]) -> ActiveTask | None:
         """The oldest ready task among ``keys``, removed from the ready queues."""
-        best: list[tuple[int, ActiveTask]] | None = None
+        best: list[tuple[Rank, ActiveTask]] | None = None
         for key in keys:
             heap = self._ready.get(key)
             while heap and not self._is_ready(heap[0][1]):
@@ -66,6 +79,19 @@ class TaskBoard:
         if best is None:
             return None
         return heapq.heappop(best)[1]
+
+    def missed_start(self, now: float) -> list[ActiveTask]:
+        """Queued tasks whose schedule-to-start deadline passed before any node started them."""
+        missed = []
+        while self._start_deadlines and self._start_deadlines[0][0] <= now:
+            _, _, task = heapq.heappop(self._start_deadlines)
+            if (
+                task.start_by is not None
+                and task.state is TaskState.QUEUED
+                and self.active.get(task.id) is task
+            ):
+                missed.append(task)
+        return missed
 
     def ready_keys(self) -> set[Key]:
         """Keys that may have ready tasks (may include ones holding only stale entries)."""

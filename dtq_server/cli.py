@@ -114,6 +114,14 @@ from dtq_server.store.sqlite import StoreCorrupt
     help="Largest result accepted. [env: DTQ_MAX_RESULT_BYTES]",
 )
 @click.option(
+    "--result-ttl",
+    envvar="DTQ_RESULT_TTL",
+    default=7 * 86400.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="Seconds finished tasks are kept when they do not say. [env: DTQ_RESULT_TTL]",
+)
+@click.option(
     "--port-file",
     envvar="DTQ_PORT_FILE",
     default=None,
@@ -150,6 +158,7 @@ def main(
     retry_backoff_max: float,
     max_payload_bytes: int,
     max_result_bytes: int,
+    result_ttl: float,
     port_file: Path | None,
     log_level: str,
     log_format: str,
@@ -175,6 +184,7 @@ def main(
             retry_backoff_max_s=retry_backoff_max,
             max_payload_bytes=max_payload_bytes,
             max_result_bytes=max_result_bytes,
+            result_ttl_s=result_ttl,
             port_file=port_file,
             # Fault injection for tests only, so an environment variable and no flag.
             failpoints=Failpoints.parse(os.environ.get("DTQ_FAILPOINT", "")),

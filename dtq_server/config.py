@@ -41,6 +41,10 @@ class ServerConfig:
     """Largest result accepted; a larger one fails the task with RESULT_TOO_LARGE."""
     max_message_bytes: int = 4 * MiB
     """gRPC receive limit per message (the gRPC default)."""
+    result_ttl_s: float = 7 * 86_400.0
+    """How long finished tasks are kept when they do not say (then swept)."""
+    sweep_interval_s: float = 60.0
+    """How often expired finished tasks are deleted."""
     port_file: Path | None = None
     """If set, the bound address is written here once serving (for scripts and tests)."""
     failpoints: Failpoints = field(default_factory=Failpoints)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,7 +36,9 @@ from dtq_server.errors import (
 from dtq_server.models import (
     ActiveTask,
     NodeState,
+    QueueSettings,
     QueueStats,
+    TaskError,
     TaskFilter,
     TaskRecord,
     TaskState,
@@ -44,11 +47,21 @@ from dtq_server.registry import EndStream, NodeRegistry, Session
 from dtq_server.sessions import NodeSessions
 from dtq_server.store.base import Store
 from dtq_server.updates import Transition
-from dtq_server.validation import SpecInput, validate_specs, validate_task_id
+from dtq_server.validation import (
+    QUEUE_RE,
+    SpecInput,
+    Violations,
+    check_name,
+    validate_specs,
+    validate_task_id,
+)
 from dtq_server.watchers import TaskWatchers
 
 log = structlog.get_logger(__name__)
 WATCH_RECHECK_S = 5.0
+SWEEP_BATCH = 1000
+MAX_BULK = 10_000
+MAX_QUEUE_LIMIT = 100_000
 STORE_PROBE_S = 1.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -81,6 +94,7 @@ class Coordinator:
 
     async def start(self) -> None:
         """Load unfinished tasks from the store and start dispatching."""
+        self.dispatcher.queue_settings = await self.store.load_queues()
         tasks = await self.store.load_active()
         now = time.monotonic()
         for task in tasks:
@@ -133,16 +147,53 @@ class Coordinator:
 
     async def _reap_forever(self) -> None:
         last_probe = 0.0
+        last_sweep = time.monotonic()
         while True:
             await asyncio.sleep(self.config.reaper_tick_s)
             now = time.monotonic()
             if self.board.promote_due(now):
                 self.dispatcher.kick()
             await self.sessions.expire_silent()
+            missed = self.board.missed_start(now)
+            if missed:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._fail_unstarted(missed)
+            if now - last_sweep >= self.config.sweep_interval_s:
+                last_sweep = now
+                with contextlib.suppress(StoreUnavailable):
+                    await self.sweep_expired()
             if not self._store_ok and now - last_probe >= STORE_PROBE_S:
                 last_probe = now
                 with contextlib.suppress(StoreUnavailable):
                     await self.store.check_writable()
+
+    async def _fail_unstarted(self, tasks: list[ActiveTask]) -> None:
+        """Dead-letter queued tasks no node started within their schedule-to-start timeout."""
+        error = TaskError(
+            "SCHEDULE_TO_START_TIMEOUT", "no node started the task in time", retryable=False
+        )
+        transitions = [
+            Transition(t.id, t.attempt, (TaskState.QUEUED,), state=TaskState.FAILED, error=error)
+            for t in tasks
+        ]
+        applied = await self.store.apply(transitions)
+        for task, ok in zip(tasks, applied, strict=True):
+            if ok:
+                self.board.forget(task, TaskState.FAILED)
+        self.watchers.notify(t.id for t in tasks)
+        log.info("tasks.schedule_to_start_timeout", count=sum(applied))
+
+    async def sweep_expired(self) -> int:
+        """Delete finished tasks whose retention ended; returns how many."""
+        total = 0
+        while True:
+            deleted = await self.store.delete_expired(time.time(), SWEEP_BATCH)
+            total += deleted
+            if deleted < SWEEP_BATCH:
+                break
+        if total:
+            log.info("tasks.swept", deleted=total)
+        return total
 
     # -- tasks -------------------------------------------------------------
 
@@ -154,10 +205,15 @@ class Coordinator:
         self.config.failpoints.hit("submit.before_commit")
         results = await self.store.insert(new)
         self.config.failpoints.hit("submit.after_commit_before_reply")
-        now = time.monotonic()
-        for record, created in results:
+        now, wall = time.monotonic(), time.time()
+        for spec, (record, created) in zip(new, results, strict=True):
             if created:
-                self.board.track(_active(record), now)
+                task = _active(record)
+                if spec.run_at is not None:
+                    task.due_at = now + max(0.0, spec.run_at - wall)
+                if spec.schedule_to_start_s is not None:
+                    task.start_by = (task.due_at or now) + spec.schedule_to_start_s
+                self.board.track(task, now)
         self.dispatcher.kick()
         return results
 
@@ -261,8 +317,117 @@ class Coordinator:
         return live[0]
 
     async def queues(self) -> list[QueueStats]:
-        """Task counts per queue."""
-        return await self.store.queue_stats()
+        """Task counts and settings per queue (queues with tasks or settings)."""
+        counts = {q.name: q for q in await self.store.queue_stats()}
+        settings = self.dispatcher.queue_settings
+        return [
+            dataclasses.replace(
+                counts.get(name, QueueStats(name)),
+                paused=settings.get(name, QueueSettings()).paused,
+                max_running=settings.get(name, QueueSettings()).max_running,
+            )
+            for name in sorted(counts.keys() | settings.keys())
+        ]
+
+    async def update_queue(
+        self, name: str, paused: bool | None, max_running: int | None
+    ) -> QueueStats:
+        """Pause/resume a queue or set its global concurrency limit (durably)."""
+        v = Violations()
+        check_name(v, "name", name, QUEUE_RE, "queue")
+        if max_running is not None and not 0 <= max_running <= MAX_QUEUE_LIMIT:
+            v.add("max_running", f"must be 0-{MAX_QUEUE_LIMIT}")
+        v.raise_if_any()
+        current = self.dispatcher.queue_settings.get(name, QueueSettings())
+        updated = QueueSettings(
+            paused=current.paused if paused is None else paused,
+            max_running=current.max_running if max_running is None else max_running,
+        )
+        await self.store.save_queue(name, updated)
+        self.dispatcher.queue_settings[name] = updated
+        self.dispatcher.kick()
+        log.info(
+            "queue.updated", queue=name, paused=updated.paused, max_running=updated.max_running
+        )
+        return next(q for q in await self.queues() if q.name == name)
+
+    # -- bulk operations ----------------------------------------------------
+
+    async def cancel_many(self, task_filter: TaskFilter) -> tuple[int, int]:
+        """Cancel unfinished tasks matching a filter: (cancelled, cancel_requested)."""
+        if task_filter.queue is None and task_filter.type is None:
+            raise InvalidArgument([("queue", "give a queue or a type (or both)")])
+        if task_filter.state is not None and task_filter.state.is_terminal:
+            raise InvalidArgument([("state", "must be queued, leased or running")])
+        matching = [
+            t
+            for t in self.board.active.values()
+            if (task_filter.queue is None or t.queue == task_filter.queue)
+            and (task_filter.type is None or t.type == task_filter.type)
+            and (task_filter.state is None or t.state is task_filter.state)
+        ]
+        queued = [t for t in matching if t.state is TaskState.QUEUED]
+        running = [t for t in matching if t.state.is_leased and not t.cancel_requested]
+        for task in queued:  # off the board first: no dispatch round may lease them now
+            self.board.forget(task, TaskState.CANCELLED)
+        try:
+            applied = await self.store.apply(
+                [
+                    Transition(t.id, t.attempt, (TaskState.QUEUED,), state=TaskState.CANCELLED)
+                    for t in queued
+                ]
+                + [
+                    Transition(
+                        t.id,
+                        t.attempt,
+                        (TaskState.LEASED, TaskState.RUNNING),
+                        cancel_requested=True,
+                    )
+                    for t in running
+                ]
+            )
+        except StoreUnavailable:
+            now = time.monotonic()
+            for task in queued:
+                self.board.track(task, now)
+            raise
+        for task, ok in zip(running, applied[len(queued) :], strict=True):
+            if ok:
+                task.cancel_requested = True
+                self.sessions.request_cancel(task)
+        self.watchers.notify(t.id for t in matching)
+        log.info("tasks.cancel_many", cancelled=len(queued), cancel_requested=len(running))
+        return len(queued), len(running)
+
+    async def retry(self, task_ids: list[str], task_filter: TaskFilter) -> int:
+        """Send FAILED (or CANCELLED) tasks back to their queue with a fresh attempt budget."""
+        if task_ids:
+            if len(task_ids) > MAX_BULK:
+                raise InvalidArgument([("task_ids", f"at most {MAX_BULK}")])
+            ids = [validate_task_id(t, f"task_ids[{i}]") for i, t in enumerate(task_ids)]
+        else:
+            if task_filter.queue is None and task_filter.type is None:
+                raise InvalidArgument([("queue", "give task ids, a queue or a type")])
+            state = task_filter.state or TaskState.FAILED
+            if state not in (TaskState.FAILED, TaskState.CANCELLED):
+                raise InvalidArgument([("state", "must be failed or cancelled")])
+            ids = await self.store.find_ids(dataclasses.replace(task_filter, state=state), MAX_BULK)
+        revived = await self.store.retry(ids)
+        now = time.monotonic()
+        for task in revived:
+            self.board.track(task, now)
+        self.watchers.notify(t.id for t in revived)
+        self.dispatcher.kick()
+        log.info("tasks.retried", count=len(revived))
+        return len(revived)
+
+    async def purge(self, task_filter: TaskFilter) -> int:
+        """Delete finished tasks matching a filter (state required)."""
+        if task_filter.state is None or not task_filter.state.is_terminal:
+            raise InvalidArgument([("state", "must be succeeded, failed or cancelled")])
+        deleted = await self.store.delete(task_filter)
+        log.info("tasks.purged", deleted=deleted, queue=task_filter.queue, type=task_filter.type)
+        return deleted
 
 
 def _active(record: TaskRecord) -> ActiveTask:
@@ -277,6 +442,7 @@ def _active(record: TaskRecord) -> ActiveTask:
         failures=record.failures,
         lease_expiries=record.lease_expiries,
         retry_backoff_s=record.retry_backoff_s,
+        priority=record.priority,
     )
 
 

@@ -18,7 +18,7 @@ import structlog
 from dtq_server.board import TaskBoard
 from dtq_server.errors import StoreUnavailable
 from dtq_server.failpoints import Failpoints
-from dtq_server.models import ActiveTask, TaskState
+from dtq_server.models import ActiveTask, QueueSettings, TaskState
 from dtq_server.registry import NodeRegistry, SendAssignments, Session
 from dtq_server.store.base import Store
 from dtq_server.updates import LeaseGrant
@@ -38,6 +38,8 @@ class Dispatcher:
         self._registry = registry
         self._store = store
         self._wake = asyncio.Event()
+        self.queue_settings: dict[str, QueueSettings] = {}
+        """Durable per-queue settings (pause, concurrency limit), loaded at start-up."""
         self.paused = False
         """While True (shutting down) nothing new is leased."""
 
@@ -61,9 +63,12 @@ class Dispatcher:
         sessions = self._registry.with_free_slots()
         if not sessions:
             return []
-        ready = self._board.ready_keys()
+        room = self._room_per_limited_queue()
+        closed = {name for name, q in self.queue_settings.items() if q.paused}
+        closed |= {name for name, left in room.items() if left <= 0}
+        ready = {key for key in self._board.ready_keys() if key[0] not in closed}
         budget = {s.id: s.free_slots for s in sessions}
-        keys = {s.id: s.keys & ready for s in sessions}
+        keys = {s.id: set(s.keys & ready) for s in sessions}  # mutable: limits prune it
         plan: list[tuple[Session, ActiveTask]] = []
         progress = True
         while progress:
@@ -75,6 +80,12 @@ class Dispatcher:
                 if task is None:
                     budget[session.id] = 0
                     continue
+                if task.queue in room:
+                    room[task.queue] -= 1
+                    if room[task.queue] <= 0:  # the queue's global limit is reached
+                        for session_keys in keys.values():
+                            session_keys -= {k for k in session_keys if k[0] == task.queue}
+                task.start_by = None
                 task.state = TaskState.LEASED
                 task.attempt += 1
                 task.session_id = session.id
@@ -121,6 +132,19 @@ class Dispatcher:
             # resume and reconcile them, or they expire with it.
             session.send(SendAssignments(batch))
         log.debug("dispatch.round", leased=len(assignments), nodes=len(by_session))
+
+    def _room_per_limited_queue(self) -> dict[str, int]:
+        """For queues with a concurrency limit: how many more tasks may be leased."""
+        limits = {n: q.max_running for n, q in self.queue_settings.items() if q.max_running}
+        if not limits:
+            return {}
+        held: dict[str, int] = defaultdict(int)
+        for session in self._registry.sessions.values():
+            for task_id in session.leases:
+                task = self._board.active.get(task_id)
+                if task is not None and task.queue in limits:
+                    held[task.queue] += 1
+        return {name: limit - held[name] for name, limit in limits.items()}
 
     def _undo(self, plan: list[tuple[Session, ActiveTask]]) -> None:
         now = time.monotonic()

@@ -77,6 +77,12 @@ class NewTask:
     retry_backoff_s: float | None
     spec_hash: bytes
     """Digest of the spec, to tell a retried submit from a clashing one."""
+    priority: int = 0
+    run_at: float | None = None
+    """Wall time before which the task is not dispatched."""
+    execution_timeout_s: float | None = None
+    schedule_to_start_s: float | None = None
+    result_ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,10 @@ class TaskRecord:
     finished_at: float | None
     next_attempt_at: float | None
     """Wall-clock times (seconds since the epoch) from the coordinator's clock."""
+    priority: int = 0
+    run_at: float | None = None
+    execution_timeout_s: float | None = None
+    expires_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -133,7 +143,10 @@ class ActiveTask:
     session_id: str | None = None
     node_id: str | None = None
     due_at: float | None = None
-    """Monotonic time before which a retried task is not dispatched."""
+    """Monotonic time before which a retried or scheduled task is not dispatched."""
+    priority: int = 0
+    start_by: float | None = None
+    """Monotonic deadline for a first start (schedule-to-start timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +160,8 @@ class Assignment:
     content_type: str
     max_attempts: int
     created_at: float
+    execution_timeout_s: float | None = None
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +189,17 @@ class QueueStats:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+    paused: bool = False
+    max_running: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """A queue's durable settings (defaults for queues never configured)."""
+
+    paused: bool = False
+    max_running: int = 0
+    """Global concurrency limit across all nodes; 0 means none."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ MIN_BACKOFF_S = 0.001
 MAX_BACKOFF_S = 86_400.0
 MAX_TYPES_PER_NODE = 1_000
 MAX_SLOTS = 10_000
+MAX_PRIORITY = 1000
+DAY_S = 86_400.0
+MAX_SCHEDULE_AHEAD_S = 365 * DAY_S
 DEFAULT_QUEUE = "default"
 JSON = "application/json"
 
@@ -41,6 +45,12 @@ class SpecInput:
     max_attempts: int
     idempotency_key: str
     retry_backoff_s: float | None
+    priority: int = 0
+    run_at: float | None = None
+    delay_s: float | None = None
+    execution_timeout_s: float | None = None
+    schedule_to_start_s: float | None = None
+    result_ttl_s: float | None = None
 
 
 class Violations:
@@ -65,10 +75,11 @@ def check_name(v: Violations, field: str, value: str, pattern: re.Pattern[str], 
 
 
 def validate_spec(
-    spec: SpecInput, field: str, config: ServerConfig, v: Violations
+    spec: SpecInput, field: str, config: ServerConfig, v: Violations, now: float | None = None
 ) -> NewTask | None:
     """Validate one spec, recording violations under ``field``; None if it is bad."""
     before = len(v.items)
+    now = time.time() if now is None else now
     check_name(v, f"{field}.type", spec.type, TYPE_RE, "type")
     queue = spec.queue or DEFAULT_QUEUE
     check_name(v, f"{field}.queue", queue, QUEUE_RE, "queue")
@@ -88,10 +99,30 @@ def validate_spec(
     backoff = spec.retry_backoff_s
     if backoff is not None and not MIN_BACKOFF_S <= backoff <= MAX_BACKOFF_S:
         v.add(f"{field}.retry_backoff", "must be between 1 ms and 1 day")
+    if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
+        v.add(f"{field}.priority", f"must be {-MAX_PRIORITY} to {MAX_PRIORITY}")
+    run_at = _check_schedule(spec, field, now, v)
+    for name, value, low, high in (
+        ("execution_timeout", spec.execution_timeout_s, 0.001, 7 * DAY_S),
+        ("schedule_to_start_timeout", spec.schedule_to_start_s, 0.001, 365 * DAY_S),
+        ("result_ttl", spec.result_ttl_s, 1.0, 3650 * DAY_S),
+    ):
+        if value is not None and not low <= value <= high:
+            v.add(f"{field}.{name}", f"must be between {low:g} s and {high / DAY_S:g} days")
     if len(v.items) > before:
         return None
     digest = hashlib.blake2b(digest_size=16)
-    for part in (spec.type, queue, content_type, str(max_attempts), repr(backoff)):
+    for part in (
+        spec.type,
+        queue,
+        content_type,
+        str(max_attempts),
+        repr(backoff),
+        str(spec.priority),
+        repr(spec.execution_timeout_s),
+        repr(spec.schedule_to_start_s),
+        repr(spec.result_ttl_s),
+    ):
         digest.update(part.encode())
         digest.update(b"\0")
     digest.update(spec.payload)
@@ -105,7 +136,30 @@ def validate_spec(
         idempotency_key=spec.idempotency_key or None,
         retry_backoff_s=backoff,
         spec_hash=digest.digest(),
+        priority=spec.priority,
+        run_at=run_at,
+        execution_timeout_s=spec.execution_timeout_s,
+        schedule_to_start_s=spec.schedule_to_start_s,
+        result_ttl_s=spec.result_ttl_s,
     )
+
+
+def _check_schedule(spec: SpecInput, field: str, now: float, v: Violations) -> float | None:
+    """The wall time a scheduled task becomes due (None: at once)."""
+    if spec.run_at is not None and spec.delay_s is not None:
+        v.add(f"{field}.run_at", "set run_at or delay, not both")
+        return None
+    if spec.delay_s is not None:
+        if not 0 <= spec.delay_s <= MAX_SCHEDULE_AHEAD_S:
+            v.add(f"{field}.delay", "must be between 0 and 365 days")
+            return None
+        return now + spec.delay_s if spec.delay_s > 0 else None
+    if spec.run_at is not None:
+        if spec.run_at > now + MAX_SCHEDULE_AHEAD_S:
+            v.add(f"{field}.run_at", "must be at most a year ahead")
+            return None
+        return spec.run_at if spec.run_at > now else None
+    return None
 
 
 def validate_specs(specs: list[SpecInput], config: ServerConfig, batch: bool) -> list[NewTask]:

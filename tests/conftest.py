@@ -9,8 +9,15 @@ from typing import Any
 import grpc
 import pytest
 
+from dtq import logs
 from dtq.v1 import admin_service_pb2_grpc, task_service_pb2_grpc
 from tests.harness import InProcessCoordinator, server_config
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _plain_logs() -> None:
+    """In-process coordinators log like the real command does (plain, one line per event)."""
+    logs.configure("debug", "console")
 
 
 @pytest.fixture

@@ -50,6 +50,11 @@ class AdminServiceStub:
                 request_serializer=dtq_dot_v1_dot_admin__service__pb2.ListQueuesRequest.SerializeToString,
                 response_deserializer=dtq_dot_v1_dot_admin__service__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
+        self.UpdateQueue = channel.unary_unary(
+                '/dtq.v1.AdminService/UpdateQueue',
+                request_serializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -78,6 +83,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateQueue(self, request, context):
+        """Pauses or resumes a queue and sets its global concurrency limit. A paused
+        queue accepts submits but dispatches nothing; the limit caps the tasks of
+        the queue leased or running across all nodes. Durable. Creates the queue's
+        settings if the queue has none yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +110,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListQueues,
                     request_deserializer=dtq_dot_v1_dot_admin__service__pb2.ListQueuesRequest.FromString,
                     response_serializer=dtq_dot_v1_dot_admin__service__pb2.ListQueuesResponse.SerializeToString,
+            ),
+            'UpdateQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQueue,
+                    request_deserializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +199,33 @@ class AdminService:
             '/dtq.v1.AdminService/ListQueues',
             dtq_dot_v1_dot_admin__service__pb2.ListQueuesRequest.SerializeToString,
             dtq_dot_v1_dot_admin__service__pb2.ListQueuesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtq.v1.AdminService/UpdateQueue',
+            dtq_dot_v1_dot_admin__service__pb2.UpdateQueueRequest.SerializeToString,
+            dtq_dot_v1_dot_admin__service__pb2.UpdateQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,25 +26,25 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x64tq/v1/task.proto\x12\x06\x64tq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x07Payload\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\")\n\x05Lease\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xaa\x01\n\x08TaskSpec\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12 \n\x07payload\x18\x03 \x01(\x0b\x32\x0f.dtq.v1.Payload\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x30\n\rretry_backoff\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\"0\n\x0cTaskProgress\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xf2\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12 \n\x07payload\x18\x04 \x01(\x0b\x32\x0f.dtq.v1.Payload\x12 \n\x05state\x18\x05 \x01(\x0e\x32\x11.dtq.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x1f\n\x06result\x18\t \x01(\x0b\x32\x0f.dtq.v1.Payload\x12%\n\nlast_error\x18\n \x01(\x0b\x32\x11.dtq.v1.TaskError\x12\x0f\n\x07node_id\x18\x0b \x01(\t\x12\x16\n\x0elease_expiries\x18\x0c \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\r \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08progress\x18\x13 \x01(\x0b\x32\x14.dtq.v1.TaskProgress\x12\x10\n\x08\x66\x61ilures\x18\x14 \x01(\r*\xb8\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x15\n\x11TASK_STATE_LEASED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x64tq/v1/task.proto\x12\x06\x64tq.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"-\n\x07Payload\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\")\n\x05Lease\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"\xb5\x03\n\x08TaskSpec\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12 \n\x07payload\x18\x03 \x01(\x0b\x32\x0f.dtq.v1.Payload\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x30\n\rretry_backoff\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12*\n\x06run_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05\x64\x65lay\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11\x65xecution_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12<\n\x19schedule_to_start_timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\nresult_ttl\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\tTaskError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\"0\n\x0cTaskProgress\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9f\x06\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12 \n\x07payload\x18\x04 \x01(\x0b\x32\x0f.dtq.v1.Payload\x12 \n\x05state\x18\x05 \x01(\x0e\x32\x11.dtq.v1.TaskState\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x1f\n\x06result\x18\t \x01(\x0b\x32\x0f.dtq.v1.Payload\x12%\n\nlast_error\x18\n \x01(\x0b\x32\x11.dtq.v1.TaskError\x12\x0f\n\x07node_id\x18\x0b \x01(\t\x12\x16\n\x0elease_expiries\x18\x0c \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\r \x01(\x08\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inish_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08progress\x18\x13 \x01(\x0b\x32\x14.dtq.v1.TaskProgress\x12\x10\n\x08\x66\x61ilures\x18\x14 \x01(\r\x12\x10\n\x08priority\x18\x15 \x01(\x05\x12\x32\n\x0escheduled_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11\x65xecution_timeout\x18\x17 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x65xpire_time\x18\x18 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb8\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_STATE_QUEUED\x10\x01\x12\x15\n\x11TASK_STATE_LEASED\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dtq.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=1119
-  _globals['_TASKSTATE']._serialized_end=1303
+  _globals['_TASKSTATE']._serialized_start=1559
+  _globals['_TASKSTATE']._serialized_end=1743
   _globals['_PAYLOAD']._serialized_start=94
   _globals['_PAYLOAD']._serialized_end=139
   _globals['_LEASE']._serialized_start=141
   _globals['_LEASE']._serialized_end=182
   _globals['_TASKSPEC']._serialized_start=185
-  _globals['_TASKSPEC']._serialized_end=355
-  _globals['_TASKERROR']._serialized_start=357
-  _globals['_TASKERROR']._serialized_end=437
-  _globals['_TASKPROGRESS']._serialized_start=439
-  _globals['_TASKPROGRESS']._serialized_end=487
-  _globals['_TASK']._serialized_start=490
-  _globals['_TASK']._serialized_end=1116
+  _globals['_TASKSPEC']._serialized_end=622
+  _globals['_TASKERROR']._serialized_start=624
+  _globals['_TASKERROR']._serialized_end=704
+  _globals['_TASKPROGRESS']._serialized_start=706
+  _globals['_TASKPROGRESS']._serialized_end=754
+  _globals['_TASK']._serialized_start=757
+  _globals['_TASK']._serialized_end=1556
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,21 @@ class TaskServiceStub:
                 request_serializer=dtq_dot_v1_dot_task__service__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=dtq_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.CancelTasks = channel.unary_unary(
+                '/dtq.v1.TaskService/CancelTasks',
+                request_serializer=dtq_dot_v1_dot_task__service__pb2.CancelTasksRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_task__service__pb2.CancelTasksResponse.FromString,
+                _registered_method=True)
+        self.RetryTasks = channel.unary_unary(
+                '/dtq.v1.TaskService/RetryTasks',
+                request_serializer=dtq_dot_v1_dot_task__service__pb2.RetryTasksRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_task__service__pb2.RetryTasksResponse.FromString,
+                _registered_method=True)
+        self.PurgeTasks = channel.unary_unary(
+                '/dtq.v1.TaskService/PurgeTasks',
+                request_serializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -139,6 +154,30 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelTasks(self, request, context):
+        """Cancels every unfinished task matching a filter (at least one of queue
+        and type is required, so an empty request cannot cancel everything).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTasks(self, request, context):
+        """Sends failed (dead-lettered) or cancelled tasks back to their queue with a
+        fresh attempt budget: the listed ids, or every one matching a filter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeTasks(self, request, context):
+        """Deletes finished tasks (SUCCEEDED, FAILED or CANCELLED) matching a filter,
+        e.g. to empty the dead-letter state of a queue. `state` is required.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +210,21 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=dtq_dot_v1_dot_task__service__pb2.ListTasksRequest.FromString,
                     response_serializer=dtq_dot_v1_dot_task__service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'CancelTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTasks,
+                    request_deserializer=dtq_dot_v1_dot_task__service__pb2.CancelTasksRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_task__service__pb2.CancelTasksResponse.SerializeToString,
+            ),
+            'RetryTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTasks,
+                    request_deserializer=dtq_dot_v1_dot_task__service__pb2.RetryTasksRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_task__service__pb2.RetryTasksResponse.SerializeToString,
+            ),
+            'PurgeTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeTasks,
+                    request_deserializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +401,87 @@ class TaskService:
             '/dtq.v1.TaskService/ListTasks',
             dtq_dot_v1_dot_task__service__pb2.ListTasksRequest.SerializeToString,
             dtq_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtq.v1.TaskService/CancelTasks',
+            dtq_dot_v1_dot_task__service__pb2.CancelTasksRequest.SerializeToString,
+            dtq_dot_v1_dot_task__service__pb2.CancelTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtq.v1.TaskService/RetryTasks',
+            dtq_dot_v1_dot_task__service__pb2.RetryTasksRequest.SerializeToString,
+            dtq_dot_v1_dot_task__service__pb2.RetryTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtq.v1.TaskService/PurgeTasks',
+            dtq_dot_v1_dot_task__service__pb2.PurgeTasksRequest.SerializeToString,
+            dtq_dot_v1_dot_task__service__pb2.PurgeTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,3 +35,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     ) -> pb.ListQueuesResponse:
         queues = await self._coordinator.queues()
         return pb.ListQueuesResponse(queues=[queue_to_proto(q) for q in queues])
+
+    @unary_boundary
+    async def UpdateQueue(
+        self, request: pb.UpdateQueueRequest, context: Context
+    ) -> pb.UpdateQueueResponse:
+        queue = await self._coordinator.update_queue(
+            request.name,
+            paused=request.paused if request.HasField("paused") else None,
+            max_running=request.max_running if request.HasField("max_running") else None,
+        )
+        return pb.UpdateQueueResponse(queue=queue_to_proto(queue))

@@ -46,7 +46,6 @@ def duration(seconds: float) -> Duration:
 
 def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:
     """A TaskSpec as received (validation comes later)."""
-    backoff = spec.retry_backoff.ToNanoseconds() / 1e9 if spec.HasField("retry_backoff") else None
     return SpecInput(
         type=spec.type,
         queue=spec.queue,
@@ -54,8 +53,22 @@ def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:
         content_type=spec.payload.content_type,
         max_attempts=spec.max_attempts,
         idempotency_key=spec.idempotency_key,
-        retry_backoff_s=backoff,
+        retry_backoff_s=_seconds(spec, "retry_backoff"),
+        priority=spec.priority,
+        run_at=spec.run_at.ToNanoseconds() / 1e9 if spec.HasField("run_at") else None,
+        delay_s=_seconds(spec, "delay"),
+        execution_timeout_s=_seconds(spec, "execution_timeout"),
+        schedule_to_start_s=_seconds(spec, "schedule_to_start_timeout"),
+        result_ttl_s=_seconds(spec, "result_ttl"),
     )
+
+
+def _seconds(spec: pb.TaskSpec, field: str) -> float | None:
+    """A Duration field in seconds, or None when unset."""
+    if not spec.HasField(field):
+        return None
+    value: Duration = getattr(spec, field)
+    return value.ToNanoseconds() / 1e9
 
 
 def task_to_proto(t: TaskRecord) -> pb.Task:
@@ -77,7 +90,12 @@ def task_to_proto(t: TaskRecord) -> pb.Task:
         update_time=timestamp(t.updated_at),
         start_time=timestamp(t.started_at),
         finish_time=timestamp(t.finished_at),
+        priority=t.priority,
+        scheduled_time=timestamp(t.run_at),
+        expire_time=timestamp(t.expires_at),
     )
+    if t.execution_timeout_s is not None:
+        msg.execution_timeout.CopyFrom(duration(t.execution_timeout_s))
     if t.result is not None:
         msg.result.CopyFrom(pb.Payload(data=t.result, content_type=t.result_content_type))
     if t.last_error is not None:
@@ -161,6 +179,10 @@ def assignment_to_proto(a: Assignment) -> worker_pb.TaskAssignment:
         payload=pb.Payload(data=a.payload, content_type=a.content_type),
         max_attempts=a.max_attempts,
         create_time=timestamp(a.created_at),
+        execution_timeout=None
+        if a.execution_timeout_s is None
+        else duration(a.execution_timeout_s),
+        priority=a.priority,
     )
 
 
@@ -203,4 +225,6 @@ def queue_to_proto(q: QueueStats) -> admin_pb.QueueStats:
         succeeded=q.succeeded,
         failed=q.failed,
         cancelled=q.cancelled,
+        paused=q.paused,
+        max_running=q.max_running,
     )

@@ -67,18 +67,44 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     async def ListTasks(
         self, request: pb.ListTasksRequest, context: Context
     ) -> pb.ListTasksResponse:
-        state = None
-        if request.state:
-            try:
-                state = TaskState(request.state)
-            except ValueError:
-                raise InvalidArgument([("state", f"unknown state {request.state}")]) from None
-        task_filter = TaskFilter(
-            queue=request.queue or None, state=state, type=request.type or None
-        )
+        task_filter = _filter(request.queue, request.type, request.state)
         records, token = await self._coordinator.list_tasks(
             task_filter, request.page_size, request.page_token
         )
         return pb.ListTasksResponse(
             tasks=[task_to_proto(r) for r in records], next_page_token=token
         )
+
+    @unary_boundary
+    async def CancelTasks(
+        self, request: pb.CancelTasksRequest, context: Context
+    ) -> pb.CancelTasksResponse:
+        task_filter = _filter(request.queue, request.type, request.state)
+        cancelled, requested = await self._coordinator.cancel_many(task_filter)
+        return pb.CancelTasksResponse(cancelled=cancelled, cancel_requested=requested)
+
+    @unary_boundary
+    async def RetryTasks(
+        self, request: pb.RetryTasksRequest, context: Context
+    ) -> pb.RetryTasksResponse:
+        task_filter = _filter(request.queue, request.type, request.state)
+        retried = await self._coordinator.retry(list(request.task_ids), task_filter)
+        return pb.RetryTasksResponse(retried=retried)
+
+    @unary_boundary
+    async def PurgeTasks(
+        self, request: pb.PurgeTasksRequest, context: Context
+    ) -> pb.PurgeTasksResponse:
+        task_filter = _filter(request.queue, request.type, request.state)
+        return pb.PurgeTasksResponse(deleted=await self._coordinator.purge(task_filter))
+
+
+def _filter(queue: str, type_: str, state: int) -> TaskFilter:
+    """A TaskFilter from request fields (empty/0 = any)."""
+    task_state = None
+    if state:
+        try:
+            task_state = TaskState(state)
+        except ValueError:
+            raise InvalidArgument([("state", f"unknown state {state}")]) from None
+    return TaskFilter(queue=queue or None, state=task_state, type=type_ or None)

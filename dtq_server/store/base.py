@@ -14,6 +14,7 @@ from dtq_server.models import (
     ActiveTask,
     Assignment,
     NewTask,
+    QueueSettings,
     QueueStats,
     TaskFilter,
     TaskPage,
@@ -60,3 +61,21 @@ class Store(Protocol):
 
     async def check_writable(self) -> None:
         """Raise StoreUnavailable unless a write can commit now."""
+
+    async def retry(self, task_ids: list[str]) -> list[ActiveTask]:
+        """Requeue FAILED/CANCELLED tasks with a fresh budget; returns those requeued."""
+
+    async def delete(self, task_filter: TaskFilter) -> int:
+        """Delete tasks matching the filter; returns how many."""
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` finished tasks whose retention ended before ``now``."""
+
+    async def save_queue(self, name: str, settings: QueueSettings) -> None:
+        """Store a queue's settings."""
+
+    async def load_queues(self) -> dict[str, QueueSettings]:
+        """Every queue's stored settings."""
+
+    async def find_ids(self, task_filter: TaskFilter, limit: int) -> list[str]:
+        """Ids of tasks matching the filter, oldest first."""

@@ -1,8 +1,10 @@
-"""The SQLite schema. ``PRAGMA user_version`` records which version a file has."""
+"""The SQLite schema. ``PRAGMA user_version`` records which version a file has.
+
+A new file gets ``SCHEMA`` (version 1) and then every migration in order, so
+the path an upgraded database takes is the path every test database takes.
+"""
 
 from __future__ import annotations
-
-SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -43,10 +45,29 @@ CREATE INDEX IF NOT EXISTS tasks_queue_state ON tasks (queue, state);
 CREATE INDEX IF NOT EXISTS tasks_state_seq ON tasks (state, seq);
 """
 
+MIGRATIONS: tuple[str, ...] = (
+    # 2: priorities, scheduled tasks, timeouts, retention, queue settings.
+    """
+    ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN run_at REAL;                -- not dispatched before (wall)
+    ALTER TABLE tasks ADD COLUMN execution_timeout_s REAL;
+    ALTER TABLE tasks ADD COLUMN start_by REAL;              -- schedule-to-start deadline (wall)
+    ALTER TABLE tasks ADD COLUMN result_ttl_s REAL;
+    ALTER TABLE tasks ADD COLUMN expires_at REAL;            -- terminal tasks: deleted after
+    CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS queues (
+        name        TEXT    PRIMARY KEY,
+        paused      INTEGER NOT NULL DEFAULT 0,
+        max_running INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
 TASK_COLUMNS = (
     "id, seq, type, queue, payload, content_type, state, attempt, max_attempts, failures, "
     "idempotency_key, retry_backoff_s, result, result_content_type, error_type, error_message, "
     "error_traceback, error_retryable, node_id, session_id, lease_expiries, cancel_requested, "
     "progress_percent, progress_message, created_at, updated_at, started_at, finished_at, "
-    "next_attempt_at"
+    "next_attempt_at, priority, run_at, execution_timeout_s, expires_at"
 )

@@ -20,6 +20,7 @@ from dtq_server.models import (
     Lease,
     NewTask,
     Progress,
+    QueueSettings,
     QueueStats,
     TaskError,
     TaskFilter,
@@ -27,7 +28,7 @@ from dtq_server.models import (
     TaskRecord,
     TaskState,
 )
-from dtq_server.store.schema import SCHEMA, SCHEMA_VERSION, TASK_COLUMNS
+from dtq_server.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TASK_COLUMNS
 from dtq_server.store.writer import GroupCommitWriter
 from dtq_server.updates import LeaseGrant, Transition
 
@@ -45,7 +46,8 @@ def _row_to_record(row: Sequence[Any]) -> TaskRecord:
         task_id, seq, type_, queue, payload, content_type, state, attempt, max_attempts,
         failures, key, backoff, result, result_ct, err_type, err_msg, err_tb, err_retry,
         node_id, session_id, expiries, cancel_requested, p_percent, p_message, created_at,
-        updated_at, started_at, finished_at, next_attempt_at,
+        updated_at, started_at, finished_at, next_attempt_at, priority, run_at,
+        execution_timeout_s, expires_at,
     ) = row  # fmt: skip
     return TaskRecord(
         id=task_id,
@@ -75,6 +77,10 @@ def _row_to_record(row: Sequence[Any]) -> TaskRecord:
         started_at=started_at,
         finished_at=finished_at,
         next_attempt_at=next_attempt_at,
+        priority=priority,
+        run_at=run_at,
+        execution_timeout_s=execution_timeout_s,
+        expires_at=expires_at,
     )
 
 
@@ -91,8 +97,10 @@ class SqliteStore:
         path: Path,
         synchronous: str = "FULL",
         on_commit_result: Callable[[bool], None] | None = None,
+        result_ttl_s: float = 7 * 86_400.0,
     ) -> None:
         self._path = path
+        self._result_ttl_s = result_ttl_s
         self._synchronous = synchronous
         self._writer = GroupCommitWriter(self._connect_writer, on_commit_result)
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
@@ -130,8 +138,12 @@ class SqliteStore:
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise StoreCorrupt(f"{self._path} failed its integrity check: {check}")
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version == 0:
+                conn.executescript(SCHEMA)
+                version = 1
+            for number, migration in enumerate(MIGRATIONS[version - 1 :], start=version + 1):
+                conn.executescript(f"BEGIN; {migration}; PRAGMA user_version = {number}; COMMIT;")
+                log.info("store.migrated", version=number)
         except BaseException:
             conn.close()
             raise
@@ -180,7 +192,58 @@ class SqliteStore:
         return await self._writer.run(lambda conn: _lease(conn, grants))
 
     async def apply(self, transitions: list[Transition]) -> list[bool]:
-        return await self._writer.run(lambda conn: _apply(conn, transitions))
+        ttl = self._result_ttl_s
+        return await self._writer.run(lambda conn: _apply(conn, transitions, ttl))
+
+    async def retry(self, task_ids: list[str]) -> list[ActiveTask]:
+        return await self._writer.run(lambda conn: _retry(conn, task_ids))
+
+    async def delete(self, task_filter: TaskFilter) -> int:
+        where, params = _where(task_filter)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(f"DELETE FROM tasks {where}", params).rowcount
+
+        return await self._writer.run(delete)
+
+    async def delete_expired(self, now: float, limit: int) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks "
+                "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                (now, limit),
+            ).rowcount
+
+        return await self._writer.run(delete)
+
+    async def save_queue(self, name: str, settings: QueueSettings) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO queues (name, paused, max_running) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, "
+                "max_running = excluded.max_running",
+                (name, int(settings.paused), settings.max_running),
+            )
+
+        await self._writer.run(save)
+
+    async def load_queues(self) -> dict[str, QueueSettings]:
+        def load(conn: sqlite3.Connection) -> dict[str, QueueSettings]:
+            rows = conn.execute("SELECT name, paused, max_running FROM queues")
+            return {name: QueueSettings(bool(paused), limit) for name, paused, limit in rows}
+
+        return await self._read(load)
+
+    async def find_ids(self, task_filter: TaskFilter, limit: int) -> list[str]:
+        where, params = _where(task_filter)
+
+        def find(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                f"SELECT id FROM tasks {where} ORDER BY seq LIMIT ?", (*params, limit)
+            )
+            return [r[0] for r in rows]
+
+        return await self._read(find)
 
     async def check_writable(self) -> None:
         await self._writer.run(
@@ -194,7 +257,7 @@ class SqliteStore:
             rows = conn.execute(
                 "SELECT id, seq, type, queue, state, attempt, max_attempts, failures, "
                 "lease_expiries, retry_backoff_s, cancel_requested, session_id, node_id, "
-                "next_attempt_at FROM tasks WHERE state < 4 ORDER BY seq"
+                "next_attempt_at, priority, start_by FROM tasks WHERE state < 4 ORDER BY seq"
             )
             now_wall, now_mono = time.time(), time.monotonic()
             return [
@@ -214,6 +277,8 @@ class SqliteStore:
                     node_id=r[12],
                     # Wall time is stored; monotonic time is what the coordinator waits on.
                     due_at=None if r[13] is None else now_mono + max(0.0, r[13] - now_wall),
+                    priority=r[14],
+                    start_by=None if r[15] is None else now_mono + max(0.0, r[15] - now_wall),
                 )
                 for r in rows
             ]
@@ -231,19 +296,7 @@ class SqliteStore:
     async def list_tasks(
         self, task_filter: TaskFilter, limit: int, before_seq: int | None
     ) -> TaskPage:
-        clauses, params = [], []
-        for column, value in (
-            ("queue", task_filter.queue),
-            ("type", task_filter.type),
-            ("state", None if task_filter.state is None else int(task_filter.state)),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if before_seq is not None:
-            clauses.append("seq < ?")
-            params.append(before_seq)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, params = _where(task_filter, before_seq)
         sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY seq DESC LIMIT ?"
 
         def list_(conn: sqlite3.Connection) -> TaskPage:
@@ -283,6 +336,9 @@ def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRe
     now = time.time()
     out: list[tuple[TaskRecord, bool]] = []
     for t in tasks:
+        start_by = None
+        if t.schedule_to_start_s is not None:
+            start_by = (t.run_at or now) + t.schedule_to_start_s
         if t.idempotency_key is not None:
             found = conn.execute(
                 f"SELECT {TASK_COLUMNS}, spec_hash FROM tasks WHERE idempotency_key = ?",
@@ -296,23 +352,15 @@ def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRe
                 continue
         cur = conn.execute(
             "INSERT INTO tasks (id, type, queue, payload, content_type, state, max_attempts, "
-            "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
+            "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                t.id,
-                t.type,
-                t.queue,
-                t.payload,
-                t.content_type,
-                int(TaskState.QUEUED),
-                t.max_attempts,
-                t.idempotency_key,
-                t.spec_hash,
-                t.retry_backoff_s,
-                now,
-                now,
+                t.id, t.type, t.queue, t.payload, t.content_type, int(TaskState.QUEUED),
+                t.max_attempts, t.idempotency_key, t.spec_hash, t.retry_backoff_s, now, now,
+                t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
             ),
-        )
+        )  # fmt: skip
         seq = cur.lastrowid
         assert seq is not None
         record = TaskRecord(
@@ -340,7 +388,10 @@ def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRe
             updated_at=now,
             started_at=None,
             finished_at=None,
-            next_attempt_at=None,
+            next_attempt_at=t.run_at,
+            priority=t.priority,
+            run_at=t.run_at,
+            execution_timeout_s=t.execution_timeout_s,
         )
         out.append((record, True))
     return out
@@ -355,7 +406,8 @@ def _lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignmen
             "updated_at = ?, started_at = NULL, next_attempt_at = NULL, "
             "progress_percent = NULL, progress_message = NULL "
             "WHERE id = ? AND state = ? AND attempt = ? "
-            "RETURNING type, queue, payload, content_type, max_attempts, created_at",
+            "RETURNING type, queue, payload, content_type, max_attempts, created_at, "
+            "execution_timeout_s, priority",
             (
                 int(TaskState.LEASED),
                 g.attempt,
@@ -377,16 +429,24 @@ def _lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignmen
                     content_type=row[3],
                     max_attempts=row[4],
                     created_at=row[5],
+                    execution_timeout_s=row[6],
+                    priority=row[7],
                 )
             )
     return out
 
 
-def _apply(conn: sqlite3.Connection, transitions: list[Transition]) -> list[bool]:
+def _apply(
+    conn: sqlite3.Connection, transitions: list[Transition], default_ttl_s: float
+) -> list[bool]:
     now = time.time()
     applied: list[bool] = []
     for t in transitions:
         sets, params = _assignments(t, now)
+        if t.state is not None and t.state.is_terminal:
+            # Finished tasks are kept for their result TTL, then swept.
+            sets.append("expires_at = ? + COALESCE(result_ttl_s, ?)")
+            params += [now, default_ttl_s]
         states = ", ".join(str(int(s)) for s in t.from_states)
         cur = conn.execute(
             f"UPDATE tasks SET {', '.join(sets)} "
@@ -428,3 +488,54 @@ def _assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
     if t.next_attempt_at is not None:
         changes["next_attempt_at"] = t.next_attempt_at
     return [f"{column} = ?" for column in changes], list(changes.values())
+
+
+def _where(task_filter: TaskFilter, before_seq: int | None = None) -> tuple[str, list[Any]]:
+    """A WHERE clause for a filter (empty when nothing is filtered)."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in (
+        ("queue", task_filter.queue),
+        ("type", task_filter.type),
+        ("state", None if task_filter.state is None else int(task_filter.state)),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if before_seq is not None:
+        clauses.append("seq < ?")
+        params.append(before_seq)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def _retry(conn: sqlite3.Connection, task_ids: list[str]) -> list[ActiveTask]:
+    """Send finished-unsuccessfully tasks back to the queue with a fresh budget."""
+    now = time.time()
+    out: list[ActiveTask] = []
+    for task_id in task_ids:
+        row = conn.execute(
+            "UPDATE tasks SET state = ?, failures = 0, lease_expiries = 0, cancel_requested = 0, "
+            "session_id = NULL, finished_at = NULL, expires_at = NULL, next_attempt_at = NULL, "
+            "run_at = NULL, start_by = NULL, updated_at = ? WHERE id = ? AND state IN (?, ?) "
+            "RETURNING id, seq, type, queue, attempt, max_attempts, retry_backoff_s, priority, "
+            "node_id",
+            (int(TaskState.QUEUED), now, task_id, int(TaskState.FAILED), int(TaskState.CANCELLED)),
+        ).fetchone()
+        if row is not None:
+            out.append(
+                ActiveTask(
+                    id=row[0],
+                    seq=row[1],
+                    type=row[2],
+                    queue=row[3],
+                    state=TaskState.QUEUED,
+                    attempt=row[4],
+                    max_attempts=row[5],
+                    failures=0,
+                    lease_expiries=0,
+                    retry_backoff_s=row[6],
+                    priority=row[7],
+                    node_id=row[8],
+                )
+            )
+    return out
