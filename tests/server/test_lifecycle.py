@@ -86,13 +86,14 @@ def test_delayed_task_is_not_dispatched_before_its_time(
 def test_schedule_fields_are_validated(tasks: TaskServiceStub) -> None:
     far = Timestamp()
     far.FromSeconds(253402300799)  # 9999-12-31
-    for fields, field in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"priority": 1001}, "task.priority"),
         ({"run_at": far}, "task.run_at"),
         ({"delay": seconds(1), "run_at": far}, "task.run_at"),
         ({"execution_timeout": seconds(0)}, "task.execution_timeout"),
         ({"result_ttl": seconds(0.5)}, "task.result_ttl"),
-    ]:
+    ]
+    for fields, field in cases:
         with pytest.raises(grpc.RpcError) as info:
             submit(tasks, **fields)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
