@@ -14,6 +14,9 @@ from dtq_server.models import ActiveTask, TaskState
 
 Key = tuple[str, str]
 """(queue, task type): the unit a node declares it can serve."""
+ReadyKey = tuple[str, str, str]
+"""(queue, task type, rate key): one ready heap. The rate key is part of it so that
+a throttled key never blocks other keys' tasks of the same queue and type."""
 
 
 Rank = tuple[int, int, int]
@@ -28,7 +31,7 @@ class TaskBoard:
 
     def __init__(self) -> None:
         self.active: dict[str, ActiveTask] = {}
-        self._ready: dict[Key, list[tuple[Rank, ActiveTask]]] = {}
+        self._ready: dict[ReadyKey, list[tuple[Rank, ActiveTask]]] = {}
         self._delayed: list[tuple[float, int, ActiveTask]] = []
         self._start_deadlines: list[tuple[float, int, ActiveTask]] = []
         self._pushes = itertools.count()
@@ -49,7 +52,8 @@ class TaskBoard:
             return
         task.due_at = None
         rank = (-task.priority, task.seq, next(self._pushes))
-        heapq.heappush(self._ready.setdefault((task.queue, task.type), []), (rank, task))
+        key = (task.queue, task.type, task.rate_key)
+        heapq.heappush(self._ready.setdefault(key, []), (rank, task))
 
     def forget(self, task: ActiveTask, state: TaskState) -> None:
         """The task reached a terminal state; stale heap entries are skipped lazily."""
@@ -67,7 +71,7 @@ class TaskBoard:
                 moved += 1
         return moved
 
-    def pop_ready(self, keys: Iterable[Key]) -> ActiveTask | None:
+    def pop_ready(self, keys: Iterable[ReadyKey]) -> ActiveTask | None:
         """The oldest ready task among ``keys``, removed from the ready queues."""
         best: list[tuple[Rank, ActiveTask]] | None = None
         for key in keys:
@@ -93,7 +97,7 @@ class TaskBoard:
                 missed.append(task)
         return missed
 
-    def ready_keys(self) -> set[Key]:
+    def ready_keys(self) -> set[ReadyKey]:
         """Keys that may have ready tasks (may include ones holding only stale entries)."""
         return {key for key, heap in self._ready.items() if heap}
 

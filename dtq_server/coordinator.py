@@ -38,11 +38,13 @@ from dtq_server.models import (
     NodeState,
     QueueSettings,
     QueueStats,
+    RateLimit,
     TaskError,
     TaskFilter,
     TaskRecord,
     TaskState,
 )
+from dtq_server.ratelimit import default_burst
 from dtq_server.registry import EndStream, NodeRegistry, Session
 from dtq_server.sessions import NodeSessions
 from dtq_server.store.base import Store
@@ -62,6 +64,8 @@ WATCH_RECHECK_S = 5.0
 SWEEP_BATCH = 1000
 MAX_BULK = 10_000
 MAX_QUEUE_LIMIT = 100_000
+MAX_RATE = 100_000.0
+MAX_RATE_KEY = 200
 STORE_PROBE_S = 1.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -95,6 +99,11 @@ class Coordinator:
     async def start(self) -> None:
         """Load unfinished tasks from the store and start dispatching."""
         self.dispatcher.queue_settings = await self.store.load_queues()
+        now = time.monotonic()
+        for name, settings in self.dispatcher.queue_settings.items():
+            self.dispatcher.limiter.configure_queue(name, settings.rate_limit, now)
+        for limit in await self.store.load_rate_limits():
+            self.dispatcher.limiter.configure_key(limit.key, limit.per_second, limit.burst, now)
         tasks = await self.store.load_active()
         now = time.monotonic()
         for task in tasks:
@@ -325,31 +334,62 @@ class Coordinator:
                 counts.get(name, QueueStats(name)),
                 paused=settings.get(name, QueueSettings()).paused,
                 max_running=settings.get(name, QueueSettings()).max_running,
+                rate_limit=settings.get(name, QueueSettings()).rate_limit,
             )
             for name in sorted(counts.keys() | settings.keys())
         ]
 
     async def update_queue(
-        self, name: str, paused: bool | None, max_running: int | None
+        self,
+        name: str,
+        paused: bool | None,
+        max_running: int | None,
+        rate_limit: float | None = None,
     ) -> QueueStats:
-        """Pause/resume a queue or set its global concurrency limit (durably)."""
+        """Pause/resume a queue, set its global concurrency or rate limit (durably)."""
         v = Violations()
         check_name(v, "name", name, QUEUE_RE, "queue")
         if max_running is not None and not 0 <= max_running <= MAX_QUEUE_LIMIT:
             v.add("max_running", f"must be 0-{MAX_QUEUE_LIMIT}")
+        if rate_limit is not None and not 0 <= rate_limit <= MAX_RATE:
+            v.add("rate_limit", f"must be 0-{MAX_RATE:g} tasks per second")
         v.raise_if_any()
         current = self.dispatcher.queue_settings.get(name, QueueSettings())
         updated = QueueSettings(
             paused=current.paused if paused is None else paused,
             max_running=current.max_running if max_running is None else max_running,
+            rate_limit=current.rate_limit if rate_limit is None else rate_limit,
         )
         await self.store.save_queue(name, updated)
         self.dispatcher.queue_settings[name] = updated
+        if updated.rate_limit != current.rate_limit:
+            self.dispatcher.limiter.configure_queue(name, updated.rate_limit, time.monotonic())
         self.dispatcher.kick()
         log.info(
             "queue.updated", queue=name, paused=updated.paused, max_running=updated.max_running
         )
         return next(q for q in await self.queues() if q.name == name)
+
+    async def set_rate_limit(self, key: str, per_second: float, burst: int) -> RateLimit | None:
+        """Set (or with 0 remove) a rate key's token bucket, durably."""
+        v = Violations()
+        if not 1 <= len(key) <= MAX_RATE_KEY or not key.isprintable():
+            v.add("key", f"must be 1-{MAX_RATE_KEY} printable characters")
+        if not 0 <= per_second <= MAX_RATE:
+            v.add("per_second", f"must be 0-{MAX_RATE:g}")
+        if not 0 <= burst <= MAX_RATE:
+            v.add("burst", f"must be 0-{MAX_RATE:g}")
+        v.raise_if_any()
+        limit = RateLimit(key, per_second, float(burst) if burst else default_burst(per_second))
+        await self.store.save_rate_limit(limit)
+        self.dispatcher.limiter.configure_key(key, per_second, limit.burst, time.monotonic())
+        self.dispatcher.kick()
+        log.info("rate_limit.set", key=key, per_second=per_second, burst=limit.burst)
+        return limit if per_second > 0 else None
+
+    async def rate_limits(self) -> list[RateLimit]:
+        """Every configured rate-key limit."""
+        return await self.store.load_rate_limits()
 
     # -- bulk operations ----------------------------------------------------
 
@@ -443,6 +483,7 @@ def _active(record: TaskRecord) -> ActiveTask:
         lease_expiries=record.lease_expiries,
         retry_backoff_s=record.retry_backoff_s,
         priority=record.priority,
+        rate_key=record.rate_key,
     )
 
 

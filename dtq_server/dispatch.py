@@ -19,6 +19,7 @@ from dtq_server.board import TaskBoard
 from dtq_server.errors import StoreUnavailable
 from dtq_server.failpoints import Failpoints
 from dtq_server.models import ActiveTask, QueueSettings, TaskState
+from dtq_server.ratelimit import RateLimiter
 from dtq_server.registry import NodeRegistry, SendAssignments, Session
 from dtq_server.store.base import Store
 from dtq_server.updates import LeaseGrant
@@ -40,6 +41,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self.queue_settings: dict[str, QueueSettings] = {}
         """Durable per-queue settings (pause, concurrency limit), loaded at start-up."""
+        self.limiter = RateLimiter()
+        """Token buckets of rate-limited queues and rate keys."""
+        self._timer: asyncio.TimerHandle | None = None
         self.paused = False
         """While True (shutting down) nothing new is leased."""
 
@@ -63,12 +67,20 @@ class Dispatcher:
         sessions = self._registry.with_free_slots()
         if not sessions:
             return []
+        now = time.monotonic()
         room = self._room_per_limited_queue()
         closed = {name for name, q in self.queue_settings.items() if q.paused}
         closed |= {name for name, left in room.items() if left <= 0}
-        ready = {key for key in self._board.ready_keys() if key[0] not in closed}
+        throttled_queues, throttled_keys, wait_s = self.limiter.blocked(now)
+        closed |= throttled_queues
+        ready = {
+            key
+            for key in self._board.ready_keys()
+            if key[0] not in closed and key[2] not in throttled_keys
+        }
         budget = {s.id: s.free_slots for s in sessions}
-        keys = {s.id: set(s.keys & ready) for s in sessions}  # mutable: limits prune it
+        # Mutable sets: limits reached during the round prune them.
+        keys = {s.id: {k for k in ready if (k[0], k[1]) in s.keys} for s in sessions}
         plan: list[tuple[Session, ActiveTask]] = []
         progress = True
         while progress:
@@ -80,11 +92,19 @@ class Dispatcher:
                 if task is None:
                     budget[session.id] = 0
                     continue
+                queue_empty, key_empty = self.limiter.take(task.queue, task.rate_key, now)
                 if task.queue in room:
                     room[task.queue] -= 1
-                    if room[task.queue] <= 0:  # the queue's global limit is reached
-                        for session_keys in keys.values():
-                            session_keys -= {k for k in session_keys if k[0] == task.queue}
+                    queue_empty = queue_empty or room[task.queue] <= 0
+                if queue_empty or key_empty:  # a limit was reached: stop leasing that work
+                    for session_keys in keys.values():
+                        session_keys -= {
+                            k
+                            for k in session_keys
+                            if (queue_empty and k[0] == task.queue)
+                            or (key_empty and k[2] == task.rate_key)
+                        }
+                    wait_s = self.limiter.blocked(now)[2]
                 task.start_by = None
                 task.state = TaskState.LEASED
                 task.attempt += 1
@@ -94,7 +114,23 @@ class Dispatcher:
                 plan.append((session, task))
                 budget[session.id] -= 1
                 progress = True
+        if wait_s is not None:
+            self._wake_in(wait_s)
         return plan
+
+    def _wake_in(self, delay_s: float) -> None:
+        """Run a round when a rate-limit bucket has a token again (one timer at a time)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay_s
+        if self._timer is not None and self._timer.when() <= due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(due, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self.kick()
 
     async def _lease(self, plan: list[tuple[Session, ActiveTask]]) -> None:
         grants = [
@@ -125,9 +161,19 @@ class Dispatcher:
                 by_session[session.id].append(i)
                 sessions[session.id] = session
         index = {a.lease.task_id: a for a in assignments}
+        now = time.monotonic()
         for session_id, positions in by_session.items():
             session = sessions[session_id]
             batch = [index[plan[i][1].id] for i in positions]
+            for assignment in batch:  # the lease event log (RELIABILITY.md 2.0)
+                log.debug(
+                    "lease.granted",
+                    task_id=assignment.lease.task_id,
+                    attempt=assignment.lease.attempt,
+                    node_id=session.node.node_id,
+                    session_id=session.id,
+                    mono=now,
+                )
             # A session that lost its stream meanwhile keeps the leases: it may
             # resume and reconcile them, or they expire with it.
             session.send(SendAssignments(batch))

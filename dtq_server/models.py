@@ -83,6 +83,7 @@ class NewTask:
     execution_timeout_s: float | None = None
     schedule_to_start_s: float | None = None
     result_ttl_s: float | None = None
+    rate_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ class TaskRecord:
     run_at: float | None = None
     execution_timeout_s: float | None = None
     expires_at: float | None = None
+    rate_key: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -147,6 +149,7 @@ class ActiveTask:
     priority: int = 0
     start_by: float | None = None
     """Monotonic deadline for a first start (schedule-to-start timeout)."""
+    rate_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,7 @@ class QueueStats:
     cancelled: int = 0
     paused: bool = False
     max_running: int = 0
+    rate_limit: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +204,17 @@ class QueueSettings:
     paused: bool = False
     max_running: int = 0
     """Global concurrency limit across all nodes; 0 means none."""
+    rate_limit: float = 0.0
+    """Dispatch rate limit in tasks per second; 0 means none."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A rate key's durable token-bucket settings."""
+
+    key: str
+    per_second: float
+    burst: float
 
 
 @dataclass(frozen=True, slots=True)

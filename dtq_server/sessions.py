@@ -260,6 +260,17 @@ class NodeSessions:
             if ok and session.leases.get(lease.task_id) == lease.attempt:
                 self._after(session, task, transition, now)
                 changed.append(task.id)
+                if transition.state is not None and transition.state is not TaskState.RUNNING:
+                    # The lease event log (RELIABILITY.md 2.0): how each lease ended.
+                    log.debug(
+                        "lease.ended",
+                        task_id=task.id,
+                        attempt=lease.attempt,
+                        node_id=session.node.node_id,
+                        update=type(update).__name__,
+                        state=transition.state.name,
+                        mono=now,
+                    )
             elif isinstance(update, Started | Progressed):
                 continue
             if isinstance(update, Succeeded | Failed | Released):
@@ -438,6 +449,14 @@ class NodeSessions:
             if transition.lease_expiries is not None:
                 task.lease_expiries = transition.lease_expiries
             assert transition.state is not None
+            log.info(
+                "lease.lost" if orphan.expired else "lease.returned",
+                task_id=task.id,
+                attempt=orphan.attempt,
+                state=transition.state.name,
+                lease_expiries=task.lease_expiries,
+                mono=now,
+            )
             if transition.state.is_terminal:
                 self._board.forget(task, transition.state)
             else:

@@ -51,6 +51,7 @@ class SpecInput:
     execution_timeout_s: float | None = None
     schedule_to_start_s: float | None = None
     result_ttl_s: float | None = None
+    rate_key: str = ""
 
 
 class Violations:
@@ -99,6 +100,8 @@ def validate_spec(
     backoff = spec.retry_backoff_s
     if backoff is not None and not MIN_BACKOFF_S <= backoff <= MAX_BACKOFF_S:
         v.add(f"{field}.retry_backoff", "must be between 1 ms and 1 day")
+    if len(spec.rate_key) > MAX_KEY_CHARS or not spec.rate_key.isprintable():
+        v.add(f"{field}.rate_key", f"must be printable, at most {MAX_KEY_CHARS} characters")
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
         v.add(f"{field}.priority", f"must be {-MAX_PRIORITY} to {MAX_PRIORITY}")
     run_at = _check_schedule(spec, field, now, v)
@@ -122,6 +125,7 @@ def validate_spec(
         repr(spec.execution_timeout_s),
         repr(spec.schedule_to_start_s),
         repr(spec.result_ttl_s),
+        spec.rate_key,
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -141,6 +145,7 @@ def validate_spec(
         execution_timeout_s=spec.execution_timeout_s,
         schedule_to_start_s=spec.schedule_to_start_s,
         result_ttl_s=spec.result_ttl_s,
+        rate_key=spec.rate_key,
     )
 
 

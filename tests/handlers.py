@@ -18,7 +18,7 @@ from dtq_worker import Registry, TaskContext
 registry = Registry()
 
 
-def _witness(ctx: TaskContext) -> None:
+def _witness(ctx: TaskContext, event: str = "run") -> None:
     path = os.environ.get("DTQ_TEST_WITNESS")
     if not path:
         return
@@ -29,6 +29,8 @@ def _witness(ctx: TaskContext) -> None:
             "node_id": os.environ.get("DTQ_NODE_ID", ""),
             "pid": os.getpid(),
             "ts": time.monotonic(),
+            "wall": time.time(),
+            "event": event,
         }
     )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -53,6 +55,14 @@ def witness(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     if seconds:
         ctx.cancel_event.wait(seconds)
     return {"node_id": os.environ.get("DTQ_NODE_ID", ""), "attempt": ctx.attempt}
+
+
+@registry.task("span")
+def span(payload: Any, ctx: TaskContext) -> None:
+    """Records its start and end (to measure how many run at once) around a short sleep."""
+    _witness(ctx, "start")
+    ctx.cancel_event.wait(float((payload or {}).get("sleep", 0.2)))
+    _witness(ctx, "end")
 
 
 @registry.task("fail")

@@ -87,7 +87,7 @@ class ListQueuesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("name", "queued", "running", "succeeded", "failed", "cancelled", "paused", "max_running")
+    __slots__ = ("name", "queued", "running", "succeeded", "failed", "cancelled", "paused", "max_running", "rate_limit")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class QueueStats(_message.Message):
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     queued: int
     running: int
@@ -104,7 +105,8 @@ class QueueStats(_message.Message):
     cancelled: int
     paused: bool
     max_running: int
-    def __init__(self, name: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ...) -> None: ...
+    rate_limit: float
+    def __init__(self, name: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ...) -> None: ...
 
 class ListQueuesResponse(_message.Message):
     __slots__ = ("queues",)
@@ -113,17 +115,55 @@ class ListQueuesResponse(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueStats, _Mapping]]] = ...) -> None: ...
 
 class UpdateQueueRequest(_message.Message):
-    __slots__ = ("name", "paused", "max_running")
+    __slots__ = ("name", "paused", "max_running", "rate_limit")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     paused: bool
     max_running: int
-    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ...) -> None: ...
+    rate_limit: float
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ...) -> None: ...
 
 class UpdateQueueResponse(_message.Message):
     __slots__ = ("queue",)
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     queue: QueueStats
     def __init__(self, queue: _Optional[_Union[QueueStats, _Mapping]] = ...) -> None: ...
+
+class RateLimit(_message.Message):
+    __slots__ = ("key", "per_second", "burst")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    per_second: float
+    burst: int
+    def __init__(self, key: _Optional[str] = ..., per_second: _Optional[float] = ..., burst: _Optional[int] = ...) -> None: ...
+
+class SetRateLimitRequest(_message.Message):
+    __slots__ = ("key", "per_second", "burst")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    per_second: float
+    burst: int
+    def __init__(self, key: _Optional[str] = ..., per_second: _Optional[float] = ..., burst: _Optional[int] = ...) -> None: ...
+
+class SetRateLimitResponse(_message.Message):
+    __slots__ = ("rate_limit",)
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    rate_limit: RateLimit
+    def __init__(self, rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+
+class ListRateLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRateLimitsResponse(_message.Message):
+    __slots__ = ("rate_limits",)
+    RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    rate_limits: _containers.RepeatedCompositeFieldContainer[RateLimit]
+    def __init__(self, rate_limits: _Optional[_Iterable[_Union[RateLimit, _Mapping]]] = ...) -> None: ...

@@ -55,6 +55,16 @@ class AdminServiceStub:
                 request_serializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueRequest.SerializeToString,
                 response_deserializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueResponse.FromString,
                 _registered_method=True)
+        self.SetRateLimit = channel.unary_unary(
+                '/dtq.v1.AdminService/SetRateLimit',
+                request_serializer=dtq_dot_v1_dot_admin__service__pb2.SetRateLimitRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_admin__service__pb2.SetRateLimitResponse.FromString,
+                _registered_method=True)
+        self.ListRateLimits = channel.unary_unary(
+                '/dtq.v1.AdminService/ListRateLimits',
+                request_serializer=dtq_dot_v1_dot_admin__service__pb2.ListRateLimitsRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_admin__service__pb2.ListRateLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -93,6 +103,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetRateLimit(self, request, context):
+        """Sets (or, with per_second = 0, removes) the rate limit of a rate key: a
+        token bucket the coordinator applies to every task carrying that key,
+        across all queues and nodes. Durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRateLimits(self, request, context):
+        """Lists the configured rate limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +141,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.UpdateQueue,
                     request_deserializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueRequest.FromString,
                     response_serializer=dtq_dot_v1_dot_admin__service__pb2.UpdateQueueResponse.SerializeToString,
+            ),
+            'SetRateLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRateLimit,
+                    request_deserializer=dtq_dot_v1_dot_admin__service__pb2.SetRateLimitRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_admin__service__pb2.SetRateLimitResponse.SerializeToString,
+            ),
+            'ListRateLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRateLimits,
+                    request_deserializer=dtq_dot_v1_dot_admin__service__pb2.ListRateLimitsRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_admin__service__pb2.ListRateLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +262,60 @@ class AdminService:
             '/dtq.v1.AdminService/UpdateQueue',
             dtq_dot_v1_dot_admin__service__pb2.UpdateQueueRequest.SerializeToString,
             dtq_dot_v1_dot_admin__service__pb2.UpdateQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRateLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtq.v1.AdminService/SetRateLimit',
+            dtq_dot_v1_dot_admin__service__pb2.SetRateLimitRequest.SerializeToString,
+            dtq_dot_v1_dot_admin__service__pb2.SetRateLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRateLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtq.v1.AdminService/ListRateLimits',
+            dtq_dot_v1_dot_admin__service__pb2.ListRateLimitsRequest.SerializeToString,
+            dtq_dot_v1_dot_admin__service__pb2.ListRateLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

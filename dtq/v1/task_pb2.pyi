@@ -44,7 +44,7 @@ class Lease(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("type", "queue", "payload", "max_attempts", "idempotency_key", "retry_backoff", "priority", "run_at", "delay", "execution_timeout", "schedule_to_start_timeout", "result_ttl")
+    __slots__ = ("type", "queue", "payload", "max_attempts", "idempotency_key", "retry_backoff", "priority", "run_at", "delay", "execution_timeout", "schedule_to_start_timeout", "result_ttl", "rate_key")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class TaskSpec(_message.Message):
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    RATE_KEY_FIELD_NUMBER: _ClassVar[int]
     type: str
     queue: str
     payload: Payload
@@ -69,7 +70,8 @@ class TaskSpec(_message.Message):
     execution_timeout: _duration_pb2.Duration
     schedule_to_start_timeout: _duration_pb2.Duration
     result_ttl: _duration_pb2.Duration
-    def __init__(self, type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., retry_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    rate_key: str
+    def __init__(self, type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., retry_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., schedule_to_start_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate_key: _Optional[str] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("type", "message", "traceback", "retryable")
@@ -92,7 +94,7 @@ class TaskProgress(_message.Message):
     def __init__(self, percent: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "type", "queue", "payload", "state", "attempt", "max_attempts", "idempotency_key", "result", "last_error", "node_id", "lease_expiries", "cancel_requested", "create_time", "update_time", "start_time", "finish_time", "next_attempt_time", "progress", "failures", "priority", "scheduled_time", "execution_timeout", "expire_time")
+    __slots__ = ("id", "type", "queue", "payload", "state", "attempt", "max_attempts", "idempotency_key", "result", "last_error", "node_id", "lease_expiries", "cancel_requested", "create_time", "update_time", "start_time", "finish_time", "next_attempt_time", "progress", "failures", "priority", "scheduled_time", "execution_timeout", "expire_time", "rate_key")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,7 @@ class Task(_message.Message):
     SCHEDULED_TIME_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RATE_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     queue: str
@@ -141,4 +144,5 @@ class Task(_message.Message):
     scheduled_time: _timestamp_pb2.Timestamp
     execution_timeout: _duration_pb2.Duration
     expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., node_id: _Optional[str] = ..., lease_expiries: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., failures: _Optional[int] = ..., priority: _Optional[int] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rate_key: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., node_id: _Optional[str] = ..., lease_expiries: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., failures: _Optional[int] = ..., priority: _Optional[int] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_key: _Optional[str] = ...) -> None: ...

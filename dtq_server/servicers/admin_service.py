@@ -5,7 +5,7 @@ from __future__ import annotations
 from dtq.v1 import admin_service_pb2 as pb
 from dtq.v1 import admin_service_pb2_grpc as pb_grpc
 from dtq_server.coordinator import Coordinator
-from dtq_server.servicers.convert import node_to_proto, queue_to_proto
+from dtq_server.servicers.convert import node_to_proto, queue_to_proto, rate_limit_to_proto
 from dtq_server.servicers.errors import Context, unary_boundary
 
 
@@ -44,5 +44,24 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             request.name,
             paused=request.paused if request.HasField("paused") else None,
             max_running=request.max_running if request.HasField("max_running") else None,
+            rate_limit=request.rate_limit if request.HasField("rate_limit") else None,
         )
         return pb.UpdateQueueResponse(queue=queue_to_proto(queue))
+
+    @unary_boundary
+    async def SetRateLimit(
+        self, request: pb.SetRateLimitRequest, context: Context
+    ) -> pb.SetRateLimitResponse:
+        limit = await self._coordinator.set_rate_limit(
+            request.key, request.per_second, request.burst
+        )
+        if limit is None:
+            return pb.SetRateLimitResponse()
+        return pb.SetRateLimitResponse(rate_limit=rate_limit_to_proto(limit))
+
+    @unary_boundary
+    async def ListRateLimits(
+        self, request: pb.ListRateLimitsRequest, context: Context
+    ) -> pb.ListRateLimitsResponse:
+        limits = await self._coordinator.rate_limits()
+        return pb.ListRateLimitsResponse(rate_limits=[rate_limit_to_proto(x) for x in limits])

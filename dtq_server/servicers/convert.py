@@ -14,6 +14,7 @@ from dtq_server.models import (
     NodeState,
     Progress,
     QueueStats,
+    RateLimit,
     Registration,
     TaskError,
     TaskRecord,
@@ -60,6 +61,7 @@ def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:
         execution_timeout_s=_seconds(spec, "execution_timeout"),
         schedule_to_start_s=_seconds(spec, "schedule_to_start_timeout"),
         result_ttl_s=_seconds(spec, "result_ttl"),
+        rate_key=spec.rate_key,
     )
 
 
@@ -93,6 +95,7 @@ def task_to_proto(t: TaskRecord) -> pb.Task:
         priority=t.priority,
         scheduled_time=timestamp(t.run_at),
         expire_time=timestamp(t.expires_at),
+        rate_key=t.rate_key,
     )
     if t.execution_timeout_s is not None:
         msg.execution_timeout.CopyFrom(duration(t.execution_timeout_s))
@@ -227,4 +230,10 @@ def queue_to_proto(q: QueueStats) -> admin_pb.QueueStats:
         cancelled=q.cancelled,
         paused=q.paused,
         max_running=q.max_running,
+        rate_limit=q.rate_limit,
     )
+
+
+def rate_limit_to_proto(limit: RateLimit) -> admin_pb.RateLimit:
+    """A rate-key limit as listed by AdminService."""
+    return admin_pb.RateLimit(key=limit.key, per_second=limit.per_second, burst=int(limit.burst))

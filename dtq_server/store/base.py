@@ -16,6 +16,7 @@ from dtq_server.models import (
     NewTask,
     QueueSettings,
     QueueStats,
+    RateLimit,
     TaskFilter,
     TaskPage,
     TaskRecord,
@@ -79,3 +80,9 @@ class Store(Protocol):
 
     async def find_ids(self, task_filter: TaskFilter, limit: int) -> list[str]:
         """Ids of tasks matching the filter, oldest first."""
+
+    async def save_rate_limit(self, limit: RateLimit) -> None:
+        """Store (or, with per_second <= 0, delete) a rate key's limit."""
+
+    async def load_rate_limits(self) -> list[RateLimit]:
+        """Every stored rate limit, by key."""

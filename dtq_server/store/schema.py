@@ -61,6 +61,16 @@ MIGRATIONS: tuple[str, ...] = (
         max_running INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 3: rate limits per queue and per rate key.
+    """
+    ALTER TABLE tasks ADD COLUMN rate_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE queues ADD COLUMN rate_limit REAL NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS rate_limits (
+        key         TEXT    PRIMARY KEY,
+        per_second  REAL    NOT NULL,
+        burst       REAL    NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -69,5 +79,5 @@ TASK_COLUMNS = (
     "idempotency_key, retry_backoff_s, result, result_content_type, error_type, error_message, "
     "error_traceback, error_retryable, node_id, session_id, lease_expiries, cancel_requested, "
     "progress_percent, progress_message, created_at, updated_at, started_at, finished_at, "
-    "next_attempt_at, priority, run_at, execution_timeout_s, expires_at"
+    "next_attempt_at, priority, run_at, execution_timeout_s, expires_at, rate_key"
 )

@@ -22,6 +22,7 @@ from dtq_server.models import (
     Progress,
     QueueSettings,
     QueueStats,
+    RateLimit,
     TaskError,
     TaskFilter,
     TaskPage,
@@ -47,7 +48,7 @@ def _row_to_record(row: Sequence[Any]) -> TaskRecord:
         failures, key, backoff, result, result_ct, err_type, err_msg, err_tb, err_retry,
         node_id, session_id, expiries, cancel_requested, p_percent, p_message, created_at,
         updated_at, started_at, finished_at, next_attempt_at, priority, run_at,
-        execution_timeout_s, expires_at,
+        execution_timeout_s, expires_at, rate_key,
     ) = row  # fmt: skip
     return TaskRecord(
         id=task_id,
@@ -81,6 +82,7 @@ def _row_to_record(row: Sequence[Any]) -> TaskRecord:
         run_at=run_at,
         execution_timeout_s=execution_timeout_s,
         expires_at=expires_at,
+        rate_key=rate_key,
     )
 
 
@@ -219,18 +221,41 @@ class SqliteStore:
     async def save_queue(self, name: str, settings: QueueSettings) -> None:
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO queues (name, paused, max_running) VALUES (?, ?, ?) "
+                "INSERT INTO queues (name, paused, max_running, rate_limit) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, "
-                "max_running = excluded.max_running",
-                (name, int(settings.paused), settings.max_running),
+                "max_running = excluded.max_running, rate_limit = excluded.rate_limit",
+                (name, int(settings.paused), settings.max_running, settings.rate_limit),
             )
 
         await self._writer.run(save)
 
     async def load_queues(self) -> dict[str, QueueSettings]:
         def load(conn: sqlite3.Connection) -> dict[str, QueueSettings]:
-            rows = conn.execute("SELECT name, paused, max_running FROM queues")
-            return {name: QueueSettings(bool(paused), limit) for name, paused, limit in rows}
+            rows = conn.execute("SELECT name, paused, max_running, rate_limit FROM queues")
+            return {
+                name: QueueSettings(bool(paused), limit, rate) for name, paused, limit, rate in rows
+            }
+
+        return await self._read(load)
+
+    async def save_rate_limit(self, limit: RateLimit) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            if limit.per_second <= 0:
+                conn.execute("DELETE FROM rate_limits WHERE key = ?", (limit.key,))
+                return
+            conn.execute(
+                "INSERT INTO rate_limits (key, per_second, burst) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET per_second = excluded.per_second, "
+                "burst = excluded.burst",
+                (limit.key, limit.per_second, limit.burst),
+            )
+
+        await self._writer.run(save)
+
+    async def load_rate_limits(self) -> list[RateLimit]:
+        def load(conn: sqlite3.Connection) -> list[RateLimit]:
+            rows = conn.execute("SELECT key, per_second, burst FROM rate_limits ORDER BY key")
+            return [RateLimit(key, rate, burst) for key, rate, burst in rows]
 
         return await self._read(load)
 
@@ -257,7 +282,8 @@ class SqliteStore:
             rows = conn.execute(
                 "SELECT id, seq, type, queue, state, attempt, max_attempts, failures, "
                 "lease_expiries, retry_backoff_s, cancel_requested, session_id, node_id, "
-                "next_attempt_at, priority, start_by FROM tasks WHERE state < 4 ORDER BY seq"
+                "next_attempt_at, priority, start_by, rate_key FROM tasks WHERE state < 4 "
+                "ORDER BY seq"
             )
             now_wall, now_mono = time.time(), time.monotonic()
             return [
@@ -279,6 +305,7 @@ class SqliteStore:
                     due_at=None if r[13] is None else now_mono + max(0.0, r[13] - now_wall),
                     priority=r[14],
                     start_by=None if r[15] is None else now_mono + max(0.0, r[15] - now_wall),
+                    rate_key=r[16],
                 )
                 for r in rows
             ]
@@ -353,12 +380,13 @@ def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRe
         cur = conn.execute(
             "INSERT INTO tasks (id, type, queue, payload, content_type, state, max_attempts, "
             "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
-            "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 t.id, t.type, t.queue, t.payload, t.content_type, int(TaskState.QUEUED),
                 t.max_attempts, t.idempotency_key, t.spec_hash, t.retry_backoff_s, now, now,
                 t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
+                t.rate_key,
             ),
         )  # fmt: skip
         seq = cur.lastrowid
@@ -392,6 +420,7 @@ def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRe
             priority=t.priority,
             run_at=t.run_at,
             execution_timeout_s=t.execution_timeout_s,
+            rate_key=t.rate_key,
         )
         out.append((record, True))
     return out
@@ -518,7 +547,7 @@ def _retry(conn: sqlite3.Connection, task_ids: list[str]) -> list[ActiveTask]:
             "session_id = NULL, finished_at = NULL, expires_at = NULL, next_attempt_at = NULL, "
             "run_at = NULL, start_by = NULL, updated_at = ? WHERE id = ? AND state IN (?, ?) "
             "RETURNING id, seq, type, queue, attempt, max_attempts, retry_backoff_s, priority, "
-            "node_id",
+            "node_id, rate_key",
             (int(TaskState.QUEUED), now, task_id, int(TaskState.FAILED), int(TaskState.CANCELLED)),
         ).fetchone()
         if row is not None:
@@ -536,6 +565,7 @@ def _retry(conn: sqlite3.Connection, task_ids: list[str]) -> list[ActiveTask]:
                     retry_backoff_s=row[6],
                     priority=row[7],
                     node_id=row[8],
+                    rate_key=row[9],
                 )
             )
     return out

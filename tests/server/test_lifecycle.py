@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
-from dtq_server.store.schema import SCHEMA
+from dtq_server.store.schema import SCHEMA, SCHEMA_VERSION
 from tests.harness import InProcessCoordinator, RawNode, failed, succeeded, wait_until
 
 QUEUED, FAILED, CANCELLED, SUCCEEDED = (
@@ -269,4 +269,4 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path, make_coordina
         task = get(TaskServiceStub(channel), "6e59c592-e6d3-44c9-9a47-5ad47c2dbb93")
         assert (task.state, task.priority) == (QUEUED, 0)
     with sqlite3.connect(data / "dtq.sqlite3") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

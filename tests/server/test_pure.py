@@ -94,10 +94,10 @@ def test_board_is_fifo_across_the_keys_a_node_serves() -> None:
     board = TaskBoard()
     for task in [active(3), active(1, queue="q2"), active(2, type_="other"), active(4)]:
         board.track(task, now=0.0)
-    keys = {("default", "echo"), ("q2", "echo")}
+    keys = {("default", "echo", ""), ("q2", "echo", "")}
     popped = [board.pop_ready(keys) for _ in range(4)]
     assert [t.seq if t else None for t in popped] == [1, 3, 4, None]
-    other = board.pop_ready({("default", "other")})
+    other = board.pop_ready({("default", "other", "")})
     assert other is not None and other.seq == 2
 
 
@@ -107,10 +107,37 @@ def test_board_skips_cancelled_and_delays_retries() -> None:
     for task in (first, second, later):
         board.track(task, now=0.0)
     board.forget(first, TaskState.CANCELLED)
-    keys = {("default", "echo")}
+    keys = {("default", "echo", "")}
     popped = board.pop_ready(keys)
     assert popped is second
     assert board.pop_ready(keys) is None
     assert board.promote_due(now=5.0) == 0
     assert board.promote_due(now=10.0) == 1
     assert board.pop_ready(keys) is later
+
+
+def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
+    from dtq_server.ratelimit import RateLimiter, TokenBucket
+
+    bucket = TokenBucket(per_second=10, burst=2, stamp=0.0)
+    assert bucket.available(0.0)
+    bucket.take(0.0)
+    bucket.take(0.0)
+    assert not bucket.available(0.0)
+    assert bucket.seconds_until_token(0.0) == pytest.approx(0.1)
+    assert bucket.available(0.1)
+    bucket.refill(100.0)
+    assert int(bucket.tokens) == 2, "never more than the burst"
+    bucket.take(100.0)
+    bucket.take(100.0)
+    assert not bucket.available(100.0)
+
+    limiter = RateLimiter()
+    limiter.configure_key("tenant-a", per_second=5, burst=1, now=0.0)
+    assert limiter.take("default", "tenant-a", 0.0) == (False, True)
+    assert limiter.take("default", "tenant-b", 0.0) == (False, False), "unlimited key"
+    queues, keys, wait = limiter.blocked(0.0)
+    assert (queues, keys) == (set(), {"tenant-a"})
+    assert wait == pytest.approx(0.2)
+    limiter.configure_key("tenant-a", per_second=0, burst=0, now=0.0)
+    assert limiter.blocked(0.0) == (set(), set(), None)
