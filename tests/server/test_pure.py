@@ -10,6 +10,7 @@ import pytest
 from dtq_server.board import TaskBoard
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, TaskState
+from dtq_server.ratelimit import RateLimiter, TokenBucket
 from dtq_server.retry import retry_delay_s
 from dtq_server.validation import SpecInput, validate_specs, validate_task_id
 from tests.harness import server_config
@@ -117,8 +118,6 @@ def test_board_skips_cancelled_and_delays_retries() -> None:
 
 
 def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
-    from dtq_server.ratelimit import RateLimiter, TokenBucket
-
     bucket = TokenBucket(per_second=10, burst=2, stamp=0.0)
     assert bucket.available(0.0)
     bucket.take(0.0)
