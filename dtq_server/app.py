@@ -20,6 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from dtq.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
     task_service_pb2,
     task_service_pb2_grpc,
     worker_service_pb2,
@@ -28,6 +30,7 @@ from dtq.v1 import (
 from dtq_server.config import MiB, ServerConfig
 from dtq_server.coordinator import Coordinator
 from dtq_server.servicers.admin_service import AdminServicer
+from dtq_server.servicers.schedule_service import ScheduleServicer
 from dtq_server.servicers.task_service import TaskServicer
 from dtq_server.servicers.worker_service import WorkerServicer
 from dtq_server.store import SqliteStore
@@ -38,6 +41,7 @@ SERVICE_NAMES = (
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
 )
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -100,6 +104,9 @@ class CoordinatorServer:
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
             AdminServicer(self.coordinator), server
+        )
+        schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            ScheduleServicer(self.coordinator.scheduler), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -35,6 +35,7 @@ from dtq_server.errors import (
 )
 from dtq_server.models import (
     ActiveTask,
+    NewTask,
     NodeState,
     QueueSettings,
     QueueStats,
@@ -46,6 +47,7 @@ from dtq_server.models import (
 )
 from dtq_server.ratelimit import default_burst
 from dtq_server.registry import EndStream, NodeRegistry, Session
+from dtq_server.scheduler import Scheduler
 from dtq_server.sessions import NodeSessions
 from dtq_server.store.base import Store
 from dtq_server.updates import Transition
@@ -89,6 +91,7 @@ class Coordinator:
         self.sessions = NodeSessions(
             config, store, self.board, self.registry, self.dispatcher, self.watchers
         )
+        self.scheduler = Scheduler(config, store, self._track_created)
         self._on_health = on_health
         self._store_ok = True
         self._shutting_down = False
@@ -104,6 +107,7 @@ class Coordinator:
             self.dispatcher.limiter.configure_queue(name, settings.rate_limit, now)
         for limit in await self.store.load_rate_limits():
             self.dispatcher.limiter.configure_key(limit.key, limit.per_second, limit.burst, now)
+        await self.scheduler.load()
         tasks = await self.store.load_active()
         now = time.monotonic()
         for task in tasks:
@@ -118,12 +122,14 @@ class Coordinator:
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dtq-dispatcher"),
             asyncio.create_task(self._reap_forever(), name="dtq-reaper"),
+            asyncio.create_task(self.scheduler.run(), name="dtq-scheduler"),
         ]
         self.dispatcher.kick()
 
     def begin_shutdown(self) -> None:
         """Refuse new submits and sessions; lease nothing more. Results are still applied."""
         self._shutting_down = True
+        self.scheduler.stopped = True
         self.sessions.accept_new = False
         self.dispatcher.paused = True
 
@@ -214,6 +220,11 @@ class Coordinator:
         self.config.failpoints.hit("submit.before_commit")
         results = await self.store.insert(new)
         self.config.failpoints.hit("submit.after_commit_before_reply")
+        self._track_created(new, results)
+        return results
+
+    def _track_created(self, new: list[NewTask], results: list[tuple[TaskRecord, bool]]) -> None:
+        """Put newly stored tasks on the board (submits and schedule ticks)."""
         now, wall = time.monotonic(), time.time()
         for spec, (record, created) in zip(new, results, strict=True):
             if created:
@@ -224,7 +235,6 @@ class Coordinator:
                     task.start_by = (task.due_at or now) + spec.schedule_to_start_s
                 self.board.track(task, now)
         self.dispatcher.kick()
-        return results
 
     async def get(self, task_id: str) -> TaskRecord:
         """One task; TaskNotFound if there is none."""

@@ -7,6 +7,8 @@
     ├── TaskNotFound           no task with that id
     ├── NodeNotFound           no live node with that id
     ├── IdempotencyKeyReused   a key was reused with a different spec
+    ├── ScheduleNotFound       no schedule with that name
+    ├── ScheduleExists         a different schedule already has that name
     ├── TaskTerminal           the task already finished; the request cannot apply
     ├── ShuttingDown           the coordinator is stopping; retry elsewhere or later
     ├── StoreUnavailable       the store cannot commit right now (disk full, locked, I/O)
@@ -55,6 +57,22 @@ class IdempotencyKeyReused(CoordinatorError):
         super().__init__(
             f"idempotency key {key!r} already names task {task_id} with a different spec"
         )
+
+
+class ScheduleNotFound(CoordinatorError):
+    """No schedule with that name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"schedule {name!r} not found")
+
+
+class ScheduleExists(CoordinatorError):
+    """A different schedule already has that name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a different schedule named {name!r} exists; delete it first")
 
 
 class TaskTerminal(CoordinatorError):

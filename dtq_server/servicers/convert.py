@@ -6,6 +6,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dtq.v1 import admin_service_pb2 as admin_pb
+from dtq.v1 import schedule_service_pb2 as schedule_pb
 from dtq.v1 import task_pb2 as pb
 from dtq.v1 import worker_service_pb2 as worker_pb
 from dtq_server.models import (
@@ -21,6 +22,7 @@ from dtq_server.models import (
     TaskState,
 )
 from dtq_server.registry import Session
+from dtq_server.schedules import Schedule
 from dtq_server.updates import Failed, Progressed, Released, Started, Succeeded, TaskUpdate
 from dtq_server.validation import SpecInput
 
@@ -43,6 +45,47 @@ def duration(seconds: float) -> Duration:
     d = Duration()
     d.FromNanoseconds(int(seconds * 1e9))
     return d
+
+
+def schedule_to_proto(s: Schedule) -> schedule_pb.Schedule:
+    """A schedule as sent to clients."""
+    msg = schedule_pb.Schedule(
+        name=s.name,
+        time_zone=s.time_zone,
+        task=spec_to_proto(s.template),
+        paused=s.paused,
+        missed_ticks_policy=int(s.missed),  # type: ignore[arg-type]
+        next_fire_time=timestamp(s.next_fire_at),
+        last_fire_time=timestamp(s.last_fire_at),
+        fired_count=s.fired_count,
+        create_time=timestamp(s.created_at),
+    )
+    if s.cron is not None:
+        msg.cron = s.cron
+    elif s.interval_s is not None:
+        msg.interval.CopyFrom(duration(s.interval_s))
+    return msg
+
+
+def spec_to_proto(spec: SpecInput) -> pb.TaskSpec:
+    """A task template as sent to clients."""
+    msg = pb.TaskSpec(
+        type=spec.type,
+        queue=spec.queue,
+        payload=pb.Payload(data=spec.payload, content_type=spec.content_type),
+        max_attempts=spec.max_attempts,
+        priority=spec.priority,
+        rate_key=spec.rate_key,
+    )
+    for field, seconds in (
+        ("retry_backoff", spec.retry_backoff_s),
+        ("execution_timeout", spec.execution_timeout_s),
+        ("schedule_to_start_timeout", spec.schedule_to_start_s),
+        ("result_ttl", spec.result_ttl_s),
+    ):
+        if seconds is not None:
+            getattr(msg, field).CopyFrom(duration(seconds))
+    return msg
 
 
 def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:

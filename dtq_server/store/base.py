@@ -21,6 +21,7 @@ from dtq_server.models import (
     TaskPage,
     TaskRecord,
 )
+from dtq_server.schedules import Schedule
 from dtq_server.updates import LeaseGrant, Transition
 
 
@@ -80,6 +81,31 @@ class Store(Protocol):
 
     async def find_ids(self, task_filter: TaskFilter, limit: int) -> list[str]:
         """Ids of tasks matching the filter, oldest first."""
+
+    async def create_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        """Store a schedule, or return the identical one (ScheduleExists if it differs)."""
+
+    async def load_schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+
+    async def fire_schedule(
+        self,
+        name: str,
+        expected_next: float,
+        next_at: float,
+        ticks: list[float],
+        tasks: list[NewTask],
+    ) -> list[tuple[TaskRecord, bool]] | None:
+        """Insert a tick's tasks and advance the schedule in one commit.
+
+        None (and nothing written) if the schedule is no longer at ``expected_next``.
+        """
+
+    async def set_schedule_paused(self, name: str, paused: bool, next_at: float) -> bool:
+        """Pause or resume a schedule; False if it does not exist."""
+
+    async def delete_schedule(self, name: str) -> bool:
+        """Delete a schedule; False if it did not exist."""
 
     async def save_rate_limit(self, limit: RateLimit) -> None:
         """Store (or, with per_second <= 0, delete) a rate key's limit."""

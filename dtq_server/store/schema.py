@@ -71,6 +71,22 @@ MIGRATIONS: tuple[str, ...] = (
         burst       REAL    NOT NULL
     );
     """,
+    # 4: periodic schedules.
+    """
+    CREATE TABLE IF NOT EXISTS schedules (
+        name          TEXT    PRIMARY KEY,
+        cron          TEXT,
+        interval_s    REAL,
+        time_zone     TEXT    NOT NULL,
+        template      TEXT    NOT NULL,             -- JSON of the task spec
+        paused        INTEGER NOT NULL DEFAULT 0,
+        missed        INTEGER NOT NULL,
+        next_fire_at  REAL    NOT NULL,
+        last_fire_at  REAL,
+        fired_count   INTEGER NOT NULL DEFAULT 0,
+        created_at    REAL    NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

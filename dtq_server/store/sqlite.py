@@ -29,6 +29,8 @@ from dtq_server.models import (
     TaskRecord,
     TaskState,
 )
+from dtq_server.schedules import Schedule
+from dtq_server.store import schedules as schedules_sql
 from dtq_server.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TASK_COLUMNS
 from dtq_server.store.writer import GroupCommitWriter
 from dtq_server.updates import LeaseGrant, Transition
@@ -237,6 +239,39 @@ class SqliteStore:
             }
 
         return await self._read(load)
+
+    # -- schedules -----------------------------------------------------------
+
+    async def create_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:
+        return await self._writer.run(lambda conn: schedules_sql.create(conn, schedule))
+
+    async def load_schedules(self) -> list[Schedule]:
+        return await self._read(schedules_sql.load_all)
+
+    async def fire_schedule(
+        self,
+        name: str,
+        expected_next: float,
+        next_at: float,
+        ticks: list[float],
+        tasks: list[NewTask],
+    ) -> list[tuple[TaskRecord, bool]] | None:
+        def fire(conn: sqlite3.Connection) -> list[tuple[TaskRecord, bool]] | None:
+            # One commit for the tasks and the schedule's new position: a tick is
+            # never fired twice, nor lost, whatever moment the process dies.
+            if not schedules_sql.advance(conn, name, expected_next, next_at, ticks):
+                return None
+            return _insert(conn, tasks)
+
+        return await self._writer.run(fire)
+
+    async def set_schedule_paused(self, name: str, paused: bool, next_at: float) -> bool:
+        return await self._writer.run(
+            lambda conn: schedules_sql.set_paused(conn, name, paused, next_at)
+        )
+
+    async def delete_schedule(self, name: str) -> bool:
+        return await self._writer.run(lambda conn: schedules_sql.delete(conn, name))
 
     async def save_rate_limit(self, limit: RateLimit) -> None:
         def save(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,118 @@
+"""Periodic tasks: when a schedule ticks, and which ticks to fire after downtime.
+
+The timing here is pure (wall-clock seconds in, wall-clock seconds out) and
+unit-tested alone; :class:`~dtq_server.scheduler.Scheduler` does the firing.
+Cron expressions are read by croniter, which supports a sixth (seconds) field
+and time zones; a cron schedule follows the coordinator's wall clock by
+nature, so a wall-clock jump moves its ticks (documented in the README).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from dtq_server.validation import SpecInput, Violations
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+MIN_INTERVAL_S = 1.0
+MAX_INTERVAL_S = 366 * 86_400.0
+MAX_CATCH_UP = 1000
+ON_TIME_S = 1.0
+"""A tick fired within this long of its time is on time, not missed."""
+
+
+class MissedTicks(IntEnum):
+    """What to do with ticks missed while the coordinator was down (dtq.v1 values)."""
+
+    SKIP = 1
+    RUN_ONCE = 2
+    RUN_ALL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A periodic task as stored."""
+
+    name: str
+    cron: str | None
+    interval_s: float | None
+    time_zone: str
+    template: SpecInput
+    paused: bool
+    missed: MissedTicks
+    next_fire_at: float
+    last_fire_at: float | None
+    fired_count: int
+    created_at: float
+
+    def same_definition(self, other: Schedule) -> bool:
+        """True if ``other`` defines the same schedule (ignores run-time state)."""
+        return (self.cron, self.interval_s, self.time_zone, self.template, self.missed) == (
+            other.cron,
+            other.interval_s,
+            other.time_zone,
+            other.template,
+            other.missed,
+        )
+
+
+def check_timing(v: Violations, cron: str | None, interval_s: float | None, time_zone: str) -> None:
+    """Record violations of a schedule's timing fields."""
+    if (cron is None) == (interval_s is None):
+        v.add("schedule.timing", "set exactly one of cron and interval")
+    if cron is not None and (len(cron) > 200 or not croniter.is_valid(cron)):
+        v.add("schedule.cron", f"{cron[:60]!r} is not a valid cron expression")
+    if interval_s is not None and not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
+        v.add("schedule.interval", "must be between 1 s and 366 days")
+    if time_zone:
+        try:
+            ZoneInfo(time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            v.add("schedule.time_zone", f"{time_zone[:60]!r} is not an IANA time zone")
+
+
+def next_tick(schedule: Schedule, after: float) -> float:
+    """The first tick strictly after ``after`` (wall seconds)."""
+    if schedule.interval_s is not None:
+        # Ticks are anchored on the creation time: created + k * interval.
+        elapsed = after - schedule.created_at
+        k = math.floor(elapsed / schedule.interval_s) + 1
+        return schedule.created_at + max(1, k) * schedule.interval_s
+    assert schedule.cron is not None
+    zone = ZoneInfo(schedule.time_zone) if schedule.time_zone else UTC
+    base = datetime.fromtimestamp(after, zone)
+    result: datetime = croniter(schedule.cron, base).get_next(datetime)
+    return result.timestamp()
+
+
+def due_ticks(schedule: Schedule, now: float) -> tuple[list[float], float]:
+    """(ticks to fire now, the next tick after them) for a schedule whose tick is due.
+
+    Only the first due tick is "on time"; any later ones were missed (the
+    coordinator was down or busy) and follow the schedule's missed-ticks policy.
+    """
+    ticks = [schedule.next_fire_at]
+    following = next_tick(schedule, schedule.next_fire_at)
+    while following <= now and len(ticks) < MAX_CATCH_UP:
+        ticks.append(following)
+        following = next_tick(schedule, following)
+    if following <= now:  # more than MAX_CATCH_UP missed: jump ahead
+        following = next_tick(schedule, now)
+    if schedule.missed is MissedTicks.RUN_ALL:
+        return ticks, following
+    if schedule.missed is MissedTicks.SKIP:
+        return [t for t in ticks if now - t <= ON_TIME_S][-1:], following
+    return [ticks[-1]], following
+
+
+def tick_key(name: str, tick: float) -> str:
+    """The idempotency key of a tick's task: one task per (schedule, tick), ever."""
+    stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"schedule:{name}:{stamp}"
