@@ -26,6 +26,7 @@ from dtq_server.board import TaskBoard
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import (
+    GroupNotFound,
     InvalidArgument,
     NodeNotFound,
     ShuttingDown,
@@ -35,6 +36,8 @@ from dtq_server.errors import (
 )
 from dtq_server.models import (
     ActiveTask,
+    DependencyEvents,
+    GroupStatus,
     NewTask,
     NodeState,
     QueueSettings,
@@ -92,6 +95,7 @@ class Coordinator:
             config, store, self.board, self.registry, self.dispatcher, self.watchers
         )
         self.scheduler = Scheduler(config, store, self._track_created)
+        store.set_dependency_listener(self._dependencies_settled)
         self._on_health = on_health
         self._store_ok = True
         self._shutting_down = False
@@ -182,6 +186,25 @@ class Coordinator:
                 with contextlib.suppress(StoreUnavailable):
                     await self.store.check_writable()
 
+    def _dependencies_settled(self, events: DependencyEvents) -> None:
+        """A commit unblocked waiting tasks (now QUEUED) or cascaded a failure to them."""
+        now = time.monotonic()
+        for task in events.unblocked:
+            self.board.track(task, now)
+        self.watchers.notify([t.id for t in events.unblocked] + events.finished)
+        if events.unblocked:
+            self.dispatcher.kick()
+        log.debug(
+            "dependencies.settled", unblocked=len(events.unblocked), failed=len(events.finished)
+        )
+
+    async def group(self, group_id: str) -> GroupStatus:
+        """The members of a group, counted by state."""
+        status = await self.store.group_status(group_id)
+        if status is None:
+            raise GroupNotFound(group_id)
+        return status
+
     async def _fail_unstarted(self, tasks: list[ActiveTask]) -> None:
         """Dead-letter queued tasks no node started within their schedule-to-start timeout."""
         error = TaskError(
@@ -212,13 +235,17 @@ class Coordinator:
 
     # -- tasks -------------------------------------------------------------
 
-    async def submit(self, specs: list[SpecInput], batch: bool) -> list[tuple[TaskRecord, bool]]:
+    async def submit(
+        self, specs: list[SpecInput], batch: bool, group_id: str | None = None
+    ) -> list[tuple[TaskRecord, bool]]:
         """Validate and durably store tasks; returns (task, created) per spec."""
         if self._shutting_down:
             raise ShuttingDown()
         new = validate_specs(specs, self.config, batch)
+        if group_id is not None:
+            new = [dataclasses.replace(t, group_id=group_id) for t in new]
         self.config.failpoints.hit("submit.before_commit")
-        results = await self.store.insert(new)
+        results = await self.store.insert(new, batch)
         self.config.failpoints.hit("submit.after_commit_before_reply")
         self._track_created(new, results)
         return results
@@ -227,7 +254,7 @@ class Coordinator:
         """Put newly stored tasks on the board (submits and schedule ticks)."""
         now, wall = time.monotonic(), time.time()
         for spec, (record, created) in zip(new, results, strict=True):
-            if created:
+            if created and record.state is TaskState.QUEUED:  # not WAITING nor failed
                 task = _active(record)
                 if spec.run_at is not None:
                     task.due_at = now + max(0.0, spec.run_at - wall)
@@ -268,6 +295,13 @@ class Coordinator:
         task = self.board.active.get(task_id)
         if task is None:
             record = await self.get(task_id)
+            if record.state is TaskState.WAITING:  # not in memory; the store cascades
+                transition = Transition(
+                    task_id, record.attempt, (TaskState.WAITING,), state=TaskState.CANCELLED
+                )
+                await self.store.apply([transition])
+                self.watchers.notify([task_id])
+                return await self.get(task_id)
             if record.state is TaskState.CANCELLED:
                 return record
             raise TaskTerminal(task_id, record.state.name.lower())
@@ -418,36 +452,42 @@ class Coordinator:
         ]
         queued = [t for t in matching if t.state is TaskState.QUEUED]
         running = [t for t in matching if t.state.is_leased and not t.cancel_requested]
+        waiting: list[str] = []
+        if task_filter.state in (None, TaskState.WAITING):  # waiting tasks live in the store
+            waiting_filter = dataclasses.replace(task_filter, state=TaskState.WAITING)
+            waiting = await self.store.find_ids(waiting_filter, MAX_BULK)
         for task in queued:  # off the board first: no dispatch round may lease them now
             self.board.forget(task, TaskState.CANCELLED)
-        try:
-            applied = await self.store.apply(
-                [
-                    Transition(t.id, t.attempt, (TaskState.QUEUED,), state=TaskState.CANCELLED)
-                    for t in queued
-                ]
-                + [
-                    Transition(
-                        t.id,
-                        t.attempt,
-                        (TaskState.LEASED, TaskState.RUNNING),
-                        cancel_requested=True,
-                    )
-                    for t in running
-                ]
+        # Waiting tasks go first: cancelling a queued dependency first would cascade to
+        # them by their failure policy instead of cancelling them.
+        cancels = [
+            Transition(task_id, 0, (TaskState.WAITING,), state=TaskState.CANCELLED)
+            for task_id in waiting
+        ] + [
+            Transition(t.id, t.attempt, (TaskState.QUEUED,), state=TaskState.CANCELLED)
+            for t in queued
+        ]
+        requests = [
+            Transition(
+                t.id, t.attempt, (TaskState.LEASED, TaskState.RUNNING), cancel_requested=True
             )
+            for t in running
+        ]
+        try:
+            applied = await self.store.apply(cancels + requests)
         except StoreUnavailable:
             now = time.monotonic()
             for task in queued:
                 self.board.track(task, now)
             raise
-        for task, ok in zip(running, applied[len(queued) :], strict=True):
+        for task, ok in zip(running, applied[len(cancels) :], strict=True):
             if ok:
                 task.cancel_requested = True
                 self.sessions.request_cancel(task)
-        self.watchers.notify(t.id for t in matching)
-        log.info("tasks.cancel_many", cancelled=len(queued), cancel_requested=len(running))
-        return len(queued), len(running)
+        cancelled = sum(applied[: len(cancels)])
+        self.watchers.notify([t.id for t in matching] + waiting)
+        log.info("tasks.cancel_many", cancelled=cancelled, cancel_requested=len(running))
+        return cancelled, len(running)
 
     async def retry(self, task_ids: list[str], task_filter: TaskFilter) -> int:
         """Send FAILED (or CANCELLED) tasks back to their queue with a fresh attempt budget."""

@@ -7,6 +7,7 @@
     ├── TaskNotFound           no task with that id
     ├── NodeNotFound           no live node with that id
     ├── IdempotencyKeyReused   a key was reused with a different spec
+    ├── GroupNotFound          no group with that id
     ├── ScheduleNotFound       no schedule with that name
     ├── ScheduleExists         a different schedule already has that name
     ├── TaskTerminal           the task already finished; the request cannot apply
@@ -57,6 +58,14 @@ class IdempotencyKeyReused(CoordinatorError):
         super().__init__(
             f"idempotency key {key!r} already names task {task_id} with a different spec"
         )
+
+
+class GroupNotFound(CoordinatorError):
+    """No group with that id."""
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+        super().__init__(f"group {group_id!r} not found")
 
 
 class ScheduleNotFound(CoordinatorError):

@@ -15,16 +15,28 @@ class TaskState(IntEnum):
     SUCCEEDED = 4
     FAILED = 5
     CANCELLED = 6
+    WAITING = 7
+    """Waiting for the tasks it depends on; not in memory, not dispatchable."""
 
     @property
     def is_terminal(self) -> bool:
-        """True for states a task never leaves."""
-        return self >= TaskState.SUCCEEDED
+        """True for states a task never leaves (until a client retries it)."""
+        return self in _TERMINAL
 
     @property
     def is_leased(self) -> bool:
         """True while a node holds the task."""
         return self in (TaskState.LEASED, TaskState.RUNNING)
+
+
+_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class DependencyFailure(IntEnum):
+    """What a task does when one of its dependencies fails (dtq.v1 values)."""
+
+    FAIL = 1
+    CANCEL = 2
 
 
 class NodeState(IntEnum):
@@ -84,6 +96,9 @@ class NewTask:
     schedule_to_start_s: float | None = None
     result_ttl_s: float | None = None
     rate_key: str = ""
+    depends_on: tuple[str, ...] = ()
+    on_dependency_failure: DependencyFailure = DependencyFailure.FAIL
+    group_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +136,8 @@ class TaskRecord:
     execution_timeout_s: float | None = None
     expires_at: float | None = None
     rate_key: str = ""
+    depends_on: tuple[str, ...] = ()
+    group_id: str | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -224,6 +241,28 @@ class TaskFilter:
     queue: str | None = None
     state: TaskState | None = None
     type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """Counts of a group's members by state."""
+
+    group_id: str
+    task_ids: list[str]
+    counts: dict[TaskState, int]
+
+
+@dataclass(slots=True)
+class DependencyEvents:
+    """What a commit did to waiting tasks: reported after the commit, to update memory."""
+
+    unblocked: list[ActiveTask] = field(default_factory=list)
+    """Tasks whose last dependency succeeded: now QUEUED."""
+    finished: list[str] = field(default_factory=list)
+    """Tasks failed or cancelled because a dependency failed (cascaded)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.unblocked or self.finished)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from dtq_server.config import ServerConfig
 from dtq_server.errors import InvalidArgument
-from dtq_server.models import Lease, NewTask, Registration
+from dtq_server.models import DependencyFailure, Lease, NewTask, Registration
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -28,6 +28,7 @@ MAX_BACKOFF_S = 86_400.0
 MAX_TYPES_PER_NODE = 1_000
 MAX_SLOTS = 10_000
 MAX_PRIORITY = 1000
+MAX_DEPENDENCIES = 100
 DAY_S = 86_400.0
 MAX_SCHEDULE_AHEAD_S = 365 * DAY_S
 DEFAULT_QUEUE = "default"
@@ -52,6 +53,8 @@ class SpecInput:
     schedule_to_start_s: float | None = None
     result_ttl_s: float | None = None
     rate_key: str = ""
+    depends_on: tuple[str, ...] = ()
+    on_dependency_failure: int = 0
 
 
 class Violations:
@@ -102,6 +105,7 @@ def validate_spec(
         v.add(f"{field}.retry_backoff", "must be between 1 ms and 1 day")
     if len(spec.rate_key) > MAX_KEY_CHARS or not spec.rate_key.isprintable():
         v.add(f"{field}.rate_key", f"must be printable, at most {MAX_KEY_CHARS} characters")
+    depends_on = _check_dependencies(spec, field, v)
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
         v.add(f"{field}.priority", f"must be {-MAX_PRIORITY} to {MAX_PRIORITY}")
     run_at = _check_schedule(spec, field, now, v)
@@ -126,6 +130,8 @@ def validate_spec(
         repr(spec.schedule_to_start_s),
         repr(spec.result_ttl_s),
         spec.rate_key,
+        ",".join(depends_on),
+        str(spec.on_dependency_failure),
     ):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -146,7 +152,28 @@ def validate_spec(
         schedule_to_start_s=spec.schedule_to_start_s,
         result_ttl_s=spec.result_ttl_s,
         rate_key=spec.rate_key,
+        depends_on=depends_on,
+        on_dependency_failure=DependencyFailure(spec.on_dependency_failure or 1),
     )
+
+
+def _check_dependencies(spec: SpecInput, field: str, v: Violations) -> tuple[str, ...]:
+    """Normalised, de-duplicated dependency ids (violations recorded)."""
+    if len(spec.depends_on) > MAX_DEPENDENCIES:
+        v.add(f"{field}.depends_on", f"at most {MAX_DEPENDENCIES} dependencies")
+        return ()
+    if spec.on_dependency_failure not in (0, *DependencyFailure):
+        v.add(f"{field}.on_dependency_failure", "unknown value")
+    ids: list[str] = []
+    for i, task_id in enumerate(spec.depends_on):
+        try:
+            normalised = validate_task_id(task_id, f"{field}.depends_on[{i}]")
+        except InvalidArgument as exc:
+            v.items.extend(exc.violations)
+            continue
+        if normalised not in ids:
+            ids.append(normalised)
+    return tuple(ids)
 
 
 def _check_schedule(spec: SpecInput, field: str, now: float, v: Violations) -> float | None:

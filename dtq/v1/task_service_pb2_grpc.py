@@ -91,6 +91,11 @@ class TaskServiceStub:
                 request_serializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksRequest.SerializeToString,
                 response_deserializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksResponse.FromString,
                 _registered_method=True)
+        self.GetGroup = channel.unary_unary(
+                '/dtq.v1.TaskService/GetGroup',
+                request_serializer=dtq_dot_v1_dot_task__service__pb2.GetGroupRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_task__service__pb2.GetGroupResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -178,6 +183,13 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGroup(self, request, context):
+        """The aggregate status of a group submitted with SubmitTasks(group = true).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +237,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.PurgeTasks,
                     request_deserializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksRequest.FromString,
                     response_serializer=dtq_dot_v1_dot_task__service__pb2.PurgeTasksResponse.SerializeToString,
+            ),
+            'GetGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGroup,
+                    request_deserializer=dtq_dot_v1_dot_task__service__pb2.GetGroupRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_task__service__pb2.GetGroupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -482,6 +499,33 @@ class TaskService:
             '/dtq.v1.TaskService/PurgeTasks',
             dtq_dot_v1_dot_task__service__pb2.PurgeTasksRequest.SerializeToString,
             dtq_dot_v1_dot_task__service__pb2.PurgeTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dtq.v1.TaskService/GetGroup',
+            dtq_dot_v1_dot_task__service__pb2.GetGroupRequest.SerializeToString,
+            dtq_dot_v1_dot_task__service__pb2.GetGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

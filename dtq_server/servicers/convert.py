@@ -76,6 +76,8 @@ def spec_to_proto(spec: SpecInput) -> pb.TaskSpec:
         max_attempts=spec.max_attempts,
         priority=spec.priority,
         rate_key=spec.rate_key,
+        depends_on=list(spec.depends_on),
+        on_dependency_failure=spec.on_dependency_failure,  # type: ignore[arg-type]
     )
     for field, seconds in (
         ("retry_backoff", spec.retry_backoff_s),
@@ -105,6 +107,8 @@ def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:
         schedule_to_start_s=_seconds(spec, "schedule_to_start_timeout"),
         result_ttl_s=_seconds(spec, "result_ttl"),
         rate_key=spec.rate_key,
+        depends_on=tuple(spec.depends_on),
+        on_dependency_failure=spec.on_dependency_failure,
     )
 
 
@@ -139,6 +143,8 @@ def task_to_proto(t: TaskRecord) -> pb.Task:
         scheduled_time=timestamp(t.run_at),
         expire_time=timestamp(t.expires_at),
         rate_key=t.rate_key,
+        depends_on=list(t.depends_on),
+        group_id=t.group_id or "",
     )
     if t.execution_timeout_s is not None:
         msg.execution_timeout.CopyFrom(duration(t.execution_timeout_s))

@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 
 from dtq_server.errors import (
     CoordinatorError,
+    GroupNotFound,
     IdempotencyKeyReused,
     InvalidArgument,
     NodeNotFound,
@@ -49,6 +50,7 @@ _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
     IdempotencyKeyReused: (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED"),
     TaskTerminal: (grpc.StatusCode.FAILED_PRECONDITION, "TASK_TERMINAL"),
     ScheduleNotFound: (grpc.StatusCode.NOT_FOUND, "SCHEDULE_NOT_FOUND"),
+    GroupNotFound: (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND"),
     ScheduleExists: (grpc.StatusCode.ALREADY_EXISTS, "SCHEDULE_EXISTS"),
     ShuttingDown: (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"),
     StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),

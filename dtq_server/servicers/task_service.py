@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 from dtq.v1 import task_service_pb2 as pb
@@ -34,14 +35,16 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     async def SubmitTasks(
         self, request: pb.SubmitTasksRequest, context: Context
     ) -> pb.SubmitTasksResponse:
+        group_id = uuid.uuid4().hex if request.group else None
         results = await self._coordinator.submit(
-            [spec_from_proto(s) for s in request.tasks], batch=True
+            [spec_from_proto(s) for s in request.tasks], batch=True, group_id=group_id
         )
         return pb.SubmitTasksResponse(
             results=[
                 pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
                 for record, created in results
-            ]
+            ],
+            group_id=group_id or "",
         )
 
     @unary_boundary
@@ -97,6 +100,29 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> pb.PurgeTasksResponse:
         task_filter = _filter(request.queue, request.type, request.state)
         return pb.PurgeTasksResponse(deleted=await self._coordinator.purge(task_filter))
+
+    @unary_boundary
+    async def GetGroup(self, request: pb.GetGroupRequest, context: Context) -> pb.GetGroupResponse:
+        status = await self._coordinator.group(request.group_id)
+        counts = status.counts
+        pending = counts.get(TaskState.QUEUED, 0) + counts.get(TaskState.WAITING, 0)
+        running = counts.get(TaskState.LEASED, 0) + counts.get(TaskState.RUNNING, 0)
+        succeeded = counts.get(TaskState.SUCCEEDED, 0)
+        failed = counts.get(TaskState.FAILED, 0)
+        cancelled = counts.get(TaskState.CANCELLED, 0)
+        if pending or running:
+            state = pb.GROUP_STATE_RUNNING
+        elif failed:
+            state = pb.GROUP_STATE_FAILED
+        elif cancelled:
+            state = pb.GROUP_STATE_CANCELLED
+        else:
+            state = pb.GROUP_STATE_SUCCEEDED
+        return pb.GetGroupResponse(
+            group_id=status.group_id, state=state, total=len(status.task_ids), pending=pending,
+            running=running, succeeded=succeeded, failed=failed, cancelled=cancelled,
+            task_ids=status.task_ids,
+        )  # fmt: skip
 
 
 def _filter(queue: str, type_: str, state: int) -> TaskFilter:

@@ -8,11 +8,14 @@ attempt can never overwrite a newer one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from dtq_server.models import (
     ActiveTask,
     Assignment,
+    DependencyEvents,
+    GroupStatus,
     NewTask,
     QueueSettings,
     QueueStats,
@@ -37,11 +40,14 @@ class Store(Protocol):
     async def load_active(self) -> list[ActiveTask]:
         """Every task that is not terminal, in submission order (for start-up)."""
 
-    async def insert(self, tasks: list[NewTask]) -> list[tuple[TaskRecord, bool]]:
+    async def insert(
+        self, tasks: list[NewTask], batch: bool = False
+    ) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in one commit: all or none.
 
         A task whose idempotency key exists returns the existing task with
         ``created=False``; raises IdempotencyKeyReused if that task's spec differs.
+        A task with unfinished dependencies is stored WAITING.
         """
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
@@ -106,6 +112,12 @@ class Store(Protocol):
 
     async def delete_schedule(self, name: str) -> bool:
         """Delete a schedule; False if it did not exist."""
+
+    def set_dependency_listener(self, listener: Callable[[DependencyEvents], None]) -> None:
+        """Called after a commit that unblocked or cascaded waiting tasks."""
+
+    async def group_status(self, group_id: str) -> GroupStatus | None:
+        """Counts of a group's members, or None for an unknown group."""
 
     async def save_rate_limit(self, limit: RateLimit) -> None:
         """Store (or, with per_second <= 0, delete) a rate key's limit."""

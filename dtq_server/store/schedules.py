@@ -29,6 +29,7 @@ def template_from_json(text: str) -> SpecInput:
     """A stored task template."""
     fields: dict[str, Any] = json.loads(text)
     fields["payload"] = base64.b64decode(fields["payload"])
+    fields["depends_on"] = tuple(fields.get("depends_on", ()))  # JSON has no tuples
     return SpecInput(**fields)
 
 

@@ -87,6 +87,19 @@ MIGRATIONS: tuple[str, ...] = (
         created_at    REAL    NOT NULL
     );
     """,
+    # 5: dependencies and groups.
+    """
+    ALTER TABLE tasks ADD COLUMN group_id TEXT;
+    ALTER TABLE tasks ADD COLUMN depends_on TEXT NOT NULL DEFAULT '';  -- comma-separated ids
+    ALTER TABLE tasks ADD COLUMN dependency_failure INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX IF NOT EXISTS tasks_group ON tasks (group_id) WHERE group_id IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS dependencies (
+        task_id     TEXT NOT NULL,                  -- the waiting task
+        depends_on  TEXT NOT NULL,                  -- an unfinished task it waits for
+        PRIMARY KEY (depends_on, task_id)
+    );
+    CREATE INDEX IF NOT EXISTS dependencies_task ON dependencies (task_id);
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -95,5 +108,6 @@ TASK_COLUMNS = (
     "idempotency_key, retry_backoff_s, result, result_content_type, error_type, error_message, "
     "error_traceback, error_retryable, node_id, session_id, lease_expiries, cancel_requested, "
     "progress_percent, progress_message, created_at, updated_at, started_at, finished_at, "
-    "next_attempt_at, priority, run_at, execution_timeout_s, expires_at, rate_key"
+    "next_attempt_at, priority, run_at, execution_timeout_s, expires_at, rate_key, depends_on, "
+    "group_id"
 )

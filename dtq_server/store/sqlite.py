@@ -17,6 +17,8 @@ from dtq_server.errors import IdempotencyKeyReused, StoreUnavailable
 from dtq_server.models import (
     ActiveTask,
     Assignment,
+    DependencyEvents,
+    GroupStatus,
     Lease,
     NewTask,
     Progress,
@@ -30,6 +32,7 @@ from dtq_server.models import (
     TaskState,
 )
 from dtq_server.schedules import Schedule
+from dtq_server.store import dependencies
 from dtq_server.store import schedules as schedules_sql
 from dtq_server.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TASK_COLUMNS
 from dtq_server.store.writer import GroupCommitWriter
@@ -50,7 +53,7 @@ def _row_to_record(row: Sequence[Any]) -> TaskRecord:
         failures, key, backoff, result, result_ct, err_type, err_msg, err_tb, err_retry,
         node_id, session_id, expiries, cancel_requested, p_percent, p_message, created_at,
         updated_at, started_at, finished_at, next_attempt_at, priority, run_at,
-        execution_timeout_s, expires_at, rate_key,
+        execution_timeout_s, expires_at, rate_key, depends_on, group_id,
     ) = row  # fmt: skip
     return TaskRecord(
         id=task_id,
@@ -85,6 +88,8 @@ def _row_to_record(row: Sequence[Any]) -> TaskRecord:
         execution_timeout_s=execution_timeout_s,
         expires_at=expires_at,
         rate_key=rate_key,
+        depends_on=tuple(depends_on.split(",")) if depends_on else (),
+        group_id=group_id,
     )
 
 
@@ -105,6 +110,7 @@ class SqliteStore:
     ) -> None:
         self._path = path
         self._result_ttl_s = result_ttl_s
+        self._on_dependencies: Callable[[DependencyEvents], None] | None = None
         self._synchronous = synchronous
         self._writer = GroupCommitWriter(self._connect_writer, on_commit_result)
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
@@ -189,15 +195,39 @@ class SqliteStore:
 
     # -- writes ------------------------------------------------------------
 
-    async def insert(self, tasks: list[NewTask]) -> list[tuple[TaskRecord, bool]]:
-        return await self._writer.run(lambda conn: _insert(conn, tasks))
+    async def insert(
+        self, tasks: list[NewTask], batch: bool = False
+    ) -> list[tuple[TaskRecord, bool]]:
+        ttl = self._result_ttl_s
+        return await self._writer.run(lambda conn: _insert(conn, tasks, batch, ttl))
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
         return await self._writer.run(lambda conn: _lease(conn, grants))
 
     async def apply(self, transitions: list[Transition]) -> list[bool]:
         ttl = self._result_ttl_s
-        return await self._writer.run(lambda conn: _apply(conn, transitions, ttl))
+        events = DependencyEvents()
+        applied = await self._writer.run(lambda conn: _apply(conn, transitions, ttl, events))
+        if events and self._on_dependencies is not None:
+            self._on_dependencies(events)  # committed: memory may follow
+        return applied
+
+    def set_dependency_listener(self, listener: Callable[[DependencyEvents], None]) -> None:
+        self._on_dependencies = listener
+
+    async def group_status(self, group_id: str) -> GroupStatus | None:
+        def status(conn: sqlite3.Connection) -> GroupStatus | None:
+            rows = conn.execute(
+                "SELECT id, state FROM tasks WHERE group_id = ? ORDER BY seq", (group_id,)
+            ).fetchall()
+            if not rows:
+                return None
+            counts: dict[TaskState, int] = {}
+            for _, state in rows:
+                counts[TaskState(state)] = counts.get(TaskState(state), 0) + 1
+            return GroupStatus(group_id, [r[0] for r in rows], counts)
+
+        return await self._read(status)
 
     async def retry(self, task_ids: list[str]) -> list[ActiveTask]:
         return await self._writer.run(lambda conn: _retry(conn, task_ids))
@@ -261,7 +291,7 @@ class SqliteStore:
             # never fired twice, nor lost, whatever moment the process dies.
             if not schedules_sql.advance(conn, name, expected_next, next_at, ticks):
                 return None
-            return _insert(conn, tasks)
+            return _insert(conn, tasks, False, self._result_ttl_s)
 
         return await self._writer.run(fire)
 
@@ -315,35 +345,10 @@ class SqliteStore:
     async def load_active(self) -> list[ActiveTask]:
         def load(conn: sqlite3.Connection) -> list[ActiveTask]:
             rows = conn.execute(
-                "SELECT id, seq, type, queue, state, attempt, max_attempts, failures, "
-                "lease_expiries, retry_backoff_s, cancel_requested, session_id, node_id, "
-                "next_attempt_at, priority, start_by, rate_key FROM tasks WHERE state < 4 "
-                "ORDER BY seq"
+                f"SELECT {dependencies.ACTIVE_COLUMNS} FROM tasks WHERE state < 4 ORDER BY seq"
             )
             now_wall, now_mono = time.time(), time.monotonic()
-            return [
-                ActiveTask(
-                    id=r[0],
-                    seq=r[1],
-                    type=r[2],
-                    queue=r[3],
-                    state=TaskState(r[4]),
-                    attempt=r[5],
-                    max_attempts=r[6],
-                    failures=r[7],
-                    lease_expiries=r[8],
-                    retry_backoff_s=r[9],
-                    cancel_requested=bool(r[10]),
-                    session_id=r[11],
-                    node_id=r[12],
-                    # Wall time is stored; monotonic time is what the coordinator waits on.
-                    due_at=None if r[13] is None else now_mono + max(0.0, r[13] - now_wall),
-                    priority=r[14],
-                    start_by=None if r[15] is None else now_mono + max(0.0, r[15] - now_wall),
-                    rate_key=r[16],
-                )
-                for r in rows
-            ]
+            return [dependencies.active_from_row(r, now_wall, now_mono) for r in rows]
 
         return await self._read(load)
 
@@ -394,10 +399,12 @@ class SqliteStore:
 # -- write functions (run on the writer thread, inside a transaction) ---------
 
 
-def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRecord, bool]]:
+def _insert(
+    conn: sqlite3.Connection, tasks: list[NewTask], batch: bool, default_ttl_s: float
+) -> list[tuple[TaskRecord, bool]]:
     now = time.time()
     out: list[tuple[TaskRecord, bool]] = []
-    for t in tasks:
+    for index, t in enumerate(tasks):
         start_by = None
         if t.schedule_to_start_s is not None:
             start_by = (t.run_at or now) + t.schedule_to_start_s
@@ -412,51 +419,45 @@ def _insert(conn: sqlite3.Connection, tasks: list[NewTask]) -> list[tuple[TaskRe
                     raise IdempotencyKeyReused(t.idempotency_key, existing.id)
                 out.append((existing, False))
                 continue
+        state = dependencies.initial_state(conn, t, f"tasks[{index}]" if batch else "task")
+        error = None
+        finished_at = expires_at = None
+        if state.is_terminal:  # a dependency already failed
+            error = TaskError("DEPENDENCY_FAILED", "a dependency had already failed", "", False)
+            finished_at = now
+            expires_at = now + (t.result_ttl_s or default_ttl_s)
         cur = conn.execute(
             "INSERT INTO tasks (id, type, queue, payload, content_type, state, max_attempts, "
             "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
-            "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
+            "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
+            "error_message, error_traceback, error_retryable) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?)",
             (
-                t.id, t.type, t.queue, t.payload, t.content_type, int(TaskState.QUEUED),
+                t.id, t.type, t.queue, t.payload, t.content_type, int(state),
                 t.max_attempts, t.idempotency_key, t.spec_hash, t.retry_backoff_s, now, now,
                 t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
-                t.rate_key,
+                t.rate_key, t.group_id, ",".join(t.depends_on), int(t.on_dependency_failure),
+                finished_at, expires_at, error and error.type, error and error.message,
+                error and "", error and 0,
             ),
         )  # fmt: skip
+        if state is TaskState.WAITING:
+            dependencies.add_edges(conn, t)
         seq = cur.lastrowid
         assert seq is not None
         record = TaskRecord(
-            id=t.id,
-            seq=seq,
-            type=t.type,
-            queue=t.queue,
-            payload=t.payload,
-            content_type=t.content_type,
-            state=TaskState.QUEUED,
-            attempt=0,
-            max_attempts=t.max_attempts,
-            failures=0,
-            idempotency_key=t.idempotency_key,
-            retry_backoff_s=t.retry_backoff_s,
-            result=None,
-            result_content_type="",
-            last_error=None,
-            node_id=None,
-            session_id=None,
-            lease_expiries=0,
-            cancel_requested=False,
-            progress=None,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
-            next_attempt_at=t.run_at,
-            priority=t.priority,
-            run_at=t.run_at,
-            execution_timeout_s=t.execution_timeout_s,
-            rate_key=t.rate_key,
-        )
+            id=t.id, seq=seq, type=t.type, queue=t.queue, payload=t.payload,
+            content_type=t.content_type, state=state, attempt=0, max_attempts=t.max_attempts,
+            failures=0, idempotency_key=t.idempotency_key, retry_backoff_s=t.retry_backoff_s,
+            result=None, result_content_type="", last_error=error, node_id=None,
+            session_id=None, lease_expiries=0, cancel_requested=False, progress=None,
+            created_at=now, updated_at=now, started_at=None, finished_at=finished_at,
+            next_attempt_at=t.run_at, priority=t.priority, run_at=t.run_at,
+            execution_timeout_s=t.execution_timeout_s, expires_at=expires_at,
+            rate_key=t.rate_key, depends_on=t.depends_on, group_id=t.group_id,
+        )  # fmt: skip
         out.append((record, True))
     return out
 
@@ -501,7 +502,10 @@ def _lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignmen
 
 
 def _apply(
-    conn: sqlite3.Connection, transitions: list[Transition], default_ttl_s: float
+    conn: sqlite3.Connection,
+    transitions: list[Transition],
+    default_ttl_s: float,
+    events: DependencyEvents,
 ) -> list[bool]:
     now = time.time()
     applied: list[bool] = []
@@ -518,6 +522,8 @@ def _apply(
             (*params, t.task_id, t.attempt),
         )
         applied.append(cur.rowcount == 1)
+        if cur.rowcount == 1 and t.state is not None and t.state.is_terminal:
+            dependencies.resolve(conn, t.task_id, t.state, default_ttl_s, events)
     return applied
 
 
