@@ -197,6 +197,7 @@ class Registration:
     slots: int
     resume_session_id: str | None
     leases: tuple[Lease, ...] = ()
+    prefetch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

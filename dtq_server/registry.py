@@ -97,10 +97,11 @@ class Session:
 
     @property
     def free_slots(self) -> int:
-        """Slots that may receive work now (only an attached, active session gets work)."""
+        """Credits: tasks that may be leased now (slots + prefetch - leases held; only an
+        attached, active session gets work)."""
         if self.state is not NodeState.ACTIVE or self.outbox is None:
             return 0
-        return max(0, self.node.slots - len(self.leases))
+        return max(0, self.node.slots + self.node.prefetch - len(self.leases))
 
     def touch(self) -> None:
         """Record that the node was heard from (coordinator clock)."""

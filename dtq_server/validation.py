@@ -231,6 +231,8 @@ def validate_registration(reg: Registration) -> Registration:
     check_name(v, "register.node_id", reg.node_id, NODE_ID_RE, "node id")
     if not 1 <= reg.slots <= MAX_SLOTS:
         v.add("register.slots", f"must be 1-{MAX_SLOTS}, got {reg.slots}")
+    if not 0 <= reg.prefetch <= MAX_SLOTS:
+        v.add("register.prefetch", f"must be 0-{MAX_SLOTS}, got {reg.prefetch}")
     if not 1 <= len(reg.task_types) <= MAX_TYPES_PER_NODE:
         v.add("register.task_types", f"must name 1-{MAX_TYPES_PER_NODE} task types")
     for name in sorted(reg.task_types):
@@ -251,6 +253,7 @@ def validate_registration(reg: Registration) -> Registration:
         slots=reg.slots,
         resume_session_id=reg.resume_session_id,
         leases=reg.leases,
+        prefetch=reg.prefetch,
     )
 
 

@@ -107,11 +107,13 @@ def start_server(
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     listen: str = "127.0.0.1:0",
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Start ``dtq-server`` over ``data_dir`` and wait until it serves.
 
     ``listen`` defaults to an ephemeral port; pass a previous server's address to
-    restart a coordinator where its nodes and clients expect it.
+    restart a coordinator where its nodes and clients expect it. ``env`` adds
+    environment variables (e.g. ``DTQ_FAILPOINT``).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port_file = data_dir / f"{name}.port"
@@ -124,7 +126,9 @@ def start_server(
         "--heartbeat-timeout", str(heartbeat_timeout_s), "--log-level", "debug", *extra_args,
     ]  # fmt: skip
     with log_path.open("ab") as log:
-        popen = subprocess.Popen(args, stdout=log, stderr=log, env=python_env(), cwd=ROOT)
+        popen = subprocess.Popen(
+            args, stdout=log, stderr=log, env=python_env(**(env or {})), cwd=ROOT
+        )
     proc = ServerProcess(popen, log_path, data_dir=data_dir)
     try:
         wait_until(
@@ -233,6 +237,7 @@ class RawNode:
         resume_session_id: str = "",
         leases: tuple[tuple[str, int], ...] = (),
         auto_heartbeat: bool = False,
+        prefetch: int = 0,
     ) -> None:
         self.channel = grpc.insecure_channel(address)
         self._outgoing: queue.SimpleQueue[worker_service_pb2.ConnectRequest | None] = (
@@ -245,7 +250,7 @@ class RawNode:
             node_id=node_id, hostname="test", pid=os.getpid(), version="test",
             task_types=list(task_types), queues=list(queues), slots=slots,
             resume_session_id=resume_session_id,
-            leases=[task_pb2.Lease(task_id=t, attempt=a) for t, a in leases],
+            leases=[task_pb2.Lease(task_id=t, attempt=a) for t, a in leases], prefetch=prefetch,
         )  # fmt: skip
         self._outgoing.put(worker_service_pb2.ConnectRequest(register=register))
         stub = worker_service_pb2_grpc.WorkerServiceStub(self.channel)

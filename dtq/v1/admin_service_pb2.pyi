@@ -27,7 +27,7 @@ NODE_STATE_DEAD: NodeState
 NODE_STATE_LEFT: NodeState
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "session_id", "state", "hostname", "pid", "version", "task_types", "queues", "slots", "busy_slots", "leases", "supervisor_restarts", "connect_time", "last_seen_time")
+    __slots__ = ("node_id", "session_id", "state", "hostname", "pid", "version", "task_types", "queues", "slots", "busy_slots", "leases", "supervisor_restarts", "connect_time", "last_seen_time", "prefetch")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Node(_message.Message):
     SUPERVISOR_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     CONNECT_TIME_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     session_id: str
     state: NodeState
@@ -56,7 +57,8 @@ class Node(_message.Message):
     supervisor_restarts: int
     connect_time: _timestamp_pb2.Timestamp
     last_seen_time: _timestamp_pb2.Timestamp
-    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., busy_slots: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ..., supervisor_restarts: _Optional[int] = ..., connect_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    prefetch: int
+    def __init__(self, node_id: _Optional[str] = ..., session_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., busy_slots: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ..., supervisor_restarts: _Optional[int] = ..., connect_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prefetch: _Optional[int] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("include_gone",)

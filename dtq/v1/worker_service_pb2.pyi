@@ -30,7 +30,7 @@ class Leave(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class RegisterNode(_message.Message):
-    __slots__ = ("node_id", "hostname", "pid", "version", "task_types", "queues", "slots", "resume_session_id", "leases")
+    __slots__ = ("node_id", "hostname", "pid", "version", "task_types", "queues", "slots", "resume_session_id", "leases", "prefetch")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class RegisterNode(_message.Message):
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     hostname: str
     pid: int
@@ -49,7 +50,8 @@ class RegisterNode(_message.Message):
     slots: int
     resume_session_id: str
     leases: _containers.RepeatedCompositeFieldContainer[_task_pb2.Lease]
-    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ...) -> None: ...
+    prefetch: int
+    def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ..., prefetch: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sequence", "leases", "supervisor_restarts", "node_time")

@@ -33,8 +33,9 @@ class WorkerServiceStub:
     2. The node sends a Heartbeat every `heartbeat_interval`; each one is
     answered by a HeartbeatAck. A node that hears no ack within
     `heartbeat_timeout` treats the stream as dead and reconnects.
-    3. The coordinator pushes TaskAssignments only against free slots
-    (`slots` minus leases held), so a node never holds more than it can run.
+    3. The coordinator pushes TaskAssignments only against free credits
+    (`slots` + `prefetch` minus leases held): with no prefetch a node never
+    holds more than it can run.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
     TaskUpdateAck. Until then the node keeps the update and resends it after
@@ -78,8 +79,9 @@ class WorkerServiceServicer:
     2. The node sends a Heartbeat every `heartbeat_interval`; each one is
     answered by a HeartbeatAck. A node that hears no ack within
     `heartbeat_timeout` treats the stream as dead and reconnects.
-    3. The coordinator pushes TaskAssignments only against free slots
-    (`slots` minus leases held), so a node never holds more than it can run.
+    3. The coordinator pushes TaskAssignments only against free credits
+    (`slots` + `prefetch` minus leases held): with no prefetch a node never
+    holds more than it can run.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
     TaskUpdateAck. Until then the node keeps the update and resends it after
@@ -135,8 +137,9 @@ class WorkerService:
     2. The node sends a Heartbeat every `heartbeat_interval`; each one is
     answered by a HeartbeatAck. A node that hears no ack within
     `heartbeat_timeout` treats the stream as dead and reconnects.
-    3. The coordinator pushes TaskAssignments only against free slots
-    (`slots` minus leases held), so a node never holds more than it can run.
+    3. The coordinator pushes TaskAssignments only against free credits
+    (`slots` + `prefetch` minus leases held): with no prefetch a node never
+    holds more than it can run.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
     TaskUpdateAck. Until then the node keeps the update and resends it after

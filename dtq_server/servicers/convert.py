@@ -200,6 +200,7 @@ def registration_from_proto(reg: worker_pb.RegisterNode) -> Registration:
         slots=reg.slots,
         resume_session_id=reg.resume_session_id or None,
         leases=tuple(lease_from_proto(lease) for lease in reg.leases),
+        prefetch=reg.prefetch,
     )
 
 
@@ -265,6 +266,7 @@ def node_to_proto(s: Session) -> admin_pb.Node:
         supervisor_restarts=s.supervisor_restarts,
         connect_time=timestamp(s.connected_at_wall),
         last_seen_time=timestamp(s.last_seen_wall),
+        prefetch=node.prefetch,
     )
 
 

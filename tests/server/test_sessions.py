@@ -71,6 +71,23 @@ def test_dispatch_only_against_free_slots(
     node.close()
 
 
+def test_prefetch_adds_credits_beyond_slots(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
+):
+    for _ in range(5):
+        submit(tasks)
+    node = RawNode(coordinator.address, slots=1, prefetch=2)
+    leases = assigned(node)
+    while len(leases) < 3:
+        leases += assigned(node)
+    node.heartbeat(1)
+    node.next("heartbeat_ack")
+    assert node.received.empty(), "slots + prefetch, no more"
+    (listed,) = admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
+    assert (listed.slots, listed.prefetch, listed.busy_slots) == (1, 2, 3)
+    node.close()
+
+
 def test_tasks_go_only_to_nodes_that_declared_type_and_queue(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub
 ):
