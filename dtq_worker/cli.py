@@ -15,9 +15,9 @@ from typing import cast
 import click
 
 from dtq import __version__, logs
-from dtq_worker.config import DEFAULT_COORDINATOR, WorkerConfig, default_node_id
+from dtq_worker.config import DEFAULT_COORDINATOR, Isolation, WorkerConfig, default_node_id
 from dtq_worker.errors import ConfigError, RegistryLoadError
-from dtq_worker.node import run_node
+from dtq_worker.node import Node
 from dtq_worker.registry import load_registry
 
 # Every option shows the environment variable it also reads (flags > env > defaults).
@@ -78,6 +78,22 @@ def _queues(value: str) -> tuple[str, ...]:
     help="On SIGTERM or drain, seconds running tasks get to finish before they are released.",
 )
 @option(
+    "--isolation",
+    envvar="DTQ_ISOLATION",
+    type=click.Choice(["thread", "process"]),
+    default="thread",
+    help="Run handlers on the worker threads, or in one child process per thread "
+    "(a hung handler can then be killed, and a segfault costs one child).",
+)
+@option(
+    "--task-timeout",
+    envvar="DTQ_TASK_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    show_default="no limit",
+    help="Seconds one handler may run before its attempt fails TIMED_OUT (retryable).",
+)
+@option(
     "--log-level",
     envvar="DTQ_LOG_LEVEL",
     type=click.Choice(logs.LOG_LEVELS),
@@ -101,6 +117,8 @@ def main(
     max_restarts: int,
     restart_period: float,
     shutdown_grace: float,
+    isolation: str,
+    task_timeout: float | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -119,6 +137,8 @@ def main(
             max_restarts=max_restarts,
             restart_period_s=restart_period,
             shutdown_grace_s=shutdown_grace,
+            isolation=cast(Isolation, isolation),
+            task_timeout_s=task_timeout,
             log_level=log_level,
             log_format=cast(logs.LogFormat, log_format),
         )
@@ -131,4 +151,8 @@ def main(
         registry = load_registry(target)
     except RegistryLoadError as exc:
         raise click.BadParameter(str(exc), param_hint="MODULE[:ATTR]") from exc
-    sys.exit(run_node(config, registry))
+    try:
+        node = Node(config, registry)
+    except ConfigError as exc:  # e.g. handlers process isolation cannot pickle
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(node.run())

@@ -39,7 +39,9 @@ def decode(payload: Payload) -> Any:
         return None
     try:
         return json.loads(payload.data)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors. RecursionError: a submitter's
+    # deeply nested payload must fail its task, not kill the worker thread decoding it.
+    except (ValueError, RecursionError) as exc:
         raise CodecError(f"payload is not valid JSON: {exc}") from exc
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dtq.logs import LOG_LEVELS, LogFormat
 from dtq_worker.errors import ConfigError
@@ -16,6 +17,9 @@ MAX_SLOTS = 10_000
 """The most slots a node may declare (``RegisterNode.slots``)."""
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+Isolation = Literal["thread", "process"]
+"""Where handlers run: on the worker threads, or in a child process per worker thread."""
 
 
 def default_node_id() -> str:
@@ -49,6 +53,13 @@ class WorkerConfig:
     """At most one progress update per task per this long (the latest value wins)."""
     max_result_bytes: int = 1 * MiB
     """Largest encoded result; the coordinator's smaller limit wins once registered."""
+    isolation: Isolation = "thread"
+    """``process`` runs each worker thread's handlers in a child process, so a hung handler
+    can be killed and a segfault costs one child (see :mod:`dtq_worker.process_pool`)."""
+    task_timeout_s: float | None = None
+    """How long one handler may run; None means no limit. Past it the attempt fails
+    ``TIMED_OUT`` (retryable): in ``process`` isolation the child is killed, in ``thread``
+    isolation the thread is abandoned and replaced."""
     log_level: str = "info"
     """One of ``dtq.logs.LOG_LEVELS``."""
     log_format: LogFormat = "console"
@@ -81,6 +92,10 @@ class WorkerConfig:
                 problems.append(f"{name} must be positive")
         if self.shutdown_grace_s < 0:
             problems.append("shutdown_grace_s must not be negative")
+        if self.isolation not in ("thread", "process"):
+            problems.append("isolation must be 'thread' or 'process'")
+        if self.task_timeout_s is not None and self.task_timeout_s <= 0:
+            problems.append("task_timeout_s must be positive")
         if self.max_result_bytes < 1:
             problems.append("max_result_bytes must be positive")
         if self.log_level not in LOG_LEVELS:

@@ -171,7 +171,7 @@ class Connection:
 
     async def run(self) -> None:
         """Register, serve, and reconnect until :meth:`close`."""
-        channel = create_channel(self._config.coordinator)
+        channel = create_channel(self._config.coordinator, self._config.reconnect_backoff_max_s)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             while not self._closing.is_set():
@@ -248,7 +248,8 @@ class Connection:
         timeout = message.heartbeat_timeout_s
         if timeout <= interval:
             timeout = 5 * interval
-        stream = _Stream(call, HeartbeatTracker(timeout), interval)
+        loop_time = asyncio.get_running_loop().time()
+        stream = _Stream(call, HeartbeatTracker(timeout, started_at=loop_time), interval)
         log.info(
             "node.registered",
             node_id=registration.node_id,
@@ -309,7 +310,7 @@ class Connection:
                 raise StreamBroken("the coordinator ended the stream")
             message = convert.inbound(response)
             if isinstance(message, HeartbeatAcked):
-                stream.tracker.acked(message.sequence)
+                stream.tracker.acked(message.sequence, asyncio.get_running_loop().time())
             if isinstance(message, Registered):
                 log.warning("stream.unexpected_registered", session_id=message.session_id)
             elif message is not None:

@@ -164,6 +164,9 @@ def _assignment(message: worker_service_pb2.TaskAssignment) -> Assignment:
         queue=message.queue,
         payload=Payload(data=message.payload.data, content_type=message.payload.content_type),
         max_attempts=message.max_attempts,
+        execution_timeout_s=(
+            _seconds(message.execution_timeout) if message.HasField("execution_timeout") else None
+        ),
     )
 
 

@@ -1,9 +1,12 @@
 """Heartbeat bookkeeping for one stream: sequence numbers and ack deadlines.
 
-The coordinator answers every heartbeat. If the oldest unanswered one is
-older than the heartbeat timeout, the stream is treated as dead even if the
+The coordinator answers every heartbeat. If a heartbeat is unanswered and no
+ack at all has arrived for the heartbeat timeout (counted from the last ack,
+or from the start of the stream), the stream is treated as dead even if the
 transport looks fine: that covers one-way black holes where writes succeed
-and nothing comes back.
+and nothing comes back. Counting from the last ack, not from the oldest
+unanswered send, is what bounds detection by the timeout itself: the last ack
+came before the fault, while the next send may come an interval after it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from collections import deque
 class HeartbeatTracker:
     """Sequences sent and not yet acknowledged. Pure: the caller supplies the clock."""
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, started_at: float | None = None) -> None:
         self.timeout_s = timeout_s
         self._next = 1
         self._unacked: deque[tuple[int, float]] = deque()
+        self._heard_at = started_at
+        """When the last ack arrived (or the stream started); None if unknown."""
 
     def sent(self, now: float) -> int:
         """Record a heartbeat sent at ``now``; return its sequence number (1, 2, ...)."""
@@ -26,14 +31,24 @@ class HeartbeatTracker:
         self._unacked.append((sequence, now))
         return sequence
 
-    def acked(self, sequence: int) -> None:
-        """An ack for ``sequence`` arrived; it also answers every earlier heartbeat."""
+    def acked(self, sequence: int, now: float | None = None) -> None:
+        """An ack for ``sequence`` arrived (at ``now``); it also answers every earlier one."""
         while self._unacked and self._unacked[0][0] <= sequence:
             self._unacked.popleft()
+        if now is not None:
+            self._heard_at = now
 
     def overdue_at(self) -> float | None:
-        """When the oldest unanswered heartbeat times out; None if all are answered."""
-        return self._unacked[0][1] + self.timeout_s if self._unacked else None
+        """When the stream counts as dead; None while every heartbeat is answered.
+
+        The timeout runs from the earlier of the last ack (or the stream's
+        start, when known) and the oldest unanswered send.
+        """
+        if not self._unacked:
+            return None
+        oldest_sent = self._unacked[0][1]
+        base = oldest_sent if self._heard_at is None else min(self._heard_at, oldest_sent)
+        return base + self.timeout_s
 
     def overdue(self, now: float) -> bool:
         """True if some heartbeat went unanswered for longer than the timeout."""

@@ -34,6 +34,9 @@ class Assignment:
     queue: str
     payload: Payload
     max_attempts: int
+    execution_timeout_s: float | None = None
+    """How long one attempt may run (the task's ``execution_timeout``); None: no limit
+    beyond the node's own ``task_timeout_s``."""
 
 
 class ReleaseReason(StrEnum):
@@ -59,6 +62,10 @@ class ErrorType(StrEnum):
     RESULT_ENCODE_ERROR = "RESULT_ENCODE_ERROR"
     RESULT_TOO_LARGE = "RESULT_TOO_LARGE"
     TASK_CANCELLED = "TaskCancelled"
+    TIMED_OUT = "TIMED_OUT"
+    """The handler ran past the task timeout (retryable)."""
+    WORKER_PROCESS_DIED = "WORKER_PROCESS_DIED"
+    """The child process running the handler died, e.g. of a segfault (retryable)."""
 
 
 @dataclass(frozen=True, slots=True)

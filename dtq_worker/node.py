@@ -54,6 +54,7 @@ from dtq_worker.models import (
     Update,
     UpdatesAcked,
 )
+from dtq_worker.process_pool import ProcessPool
 from dtq_worker.registry import Registry
 from dtq_worker.runner import Runner
 from dtq_worker.supervisor import Supervisor
@@ -82,13 +83,18 @@ class Node:
         """Set when the first session is registered."""
         self._bridge = LoopBridge(self._apply)
         self._ledger = Ledger(self._bridge.progress, config.progress_interval_s)
-        self._runner = Runner(registry, self._bridge, config.max_result_bytes)
+        self._pool = (
+            ProcessPool(registry, config.task_timeout_s) if config.isolation == "process" else None
+        )
+        self._runner = Runner(registry, self._bridge, config.max_result_bytes, self._pool)
         self._supervisor = Supervisor(
             config.threads,
             self._runner,
             self._bridge,
             RestartIntensity(config.max_restarts, config.restart_period_s),
             on_escalate=self._escalated_threadsafe,
+            # The pool enforces the timeout itself, by killing the child.
+            task_timeout_s=None if self._pool is not None else config.task_timeout_s,
         )
         self._connection = Connection(config, self)
         self._stop = asyncio.Event()
@@ -139,6 +145,8 @@ class Node:
         finally:
             stopping.cancel()
             self._supervisor.close()
+            if self._pool is not None:
+                self._pool.close()
             for sig in signals:
                 loop.remove_signal_handler(sig)
 

@@ -34,9 +34,30 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 """Channel arguments of the node's channel."""
 
 
-def create_channel(target: str) -> grpc.aio.Channel:
+INITIAL_RECONNECT_BACKOFF_MS = 1_000
+"""gRPC's own first pause after a failed connection attempt (its default)."""
+
+
+def reconnect_options(reconnect_backoff_max_s: float) -> list[tuple[str, int]]:
+    """Channel arguments capping gRPC's own pause between connection attempts.
+
+    A channel whose connection attempt failed fails calls at once until its
+    backoff (by default 1 s growing to 120 s) ends. Uncapped, a node would
+    come back minutes after a long coordinator outage, well after the
+    restarted coordinator expired its session; capped, the node's own backoff
+    (:func:`dtq_worker.connection.reconnect_backoff`) decides.
+    """
+    max_ms = max(1, round(reconnect_backoff_max_s * 1000))
+    return [
+        ("grpc.initial_reconnect_backoff_ms", min(INITIAL_RECONNECT_BACKOFF_MS, max_ms)),
+        ("grpc.max_reconnect_backoff_ms", max_ms),
+    ]
+
+
+def create_channel(target: str, reconnect_backoff_max_s: float) -> grpc.aio.Channel:
     """An asyncio channel to the coordinator at ``target`` (``host:port``)."""
-    return grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS))
+    options = [*CHANNEL_OPTIONS, *reconnect_options(reconnect_backoff_max_s)]
+    return grpc.aio.insecure_channel(target, options=options)
 
 
 def stream_error(exc: grpc.aio.AioRpcError) -> StreamError:

@@ -61,6 +61,17 @@ class Reporter(Protocol):
         """The job ended this way on this node."""
 
 
+class Isolation(Protocol):
+    """Runs a job's handler somewhere other than the calling thread (a child process).
+
+    ``run`` reports the start through ``reporter`` and returns the outcome; it
+    never raises for what the handler did. See :mod:`dtq_worker.process_pool`.
+    """
+
+    def run(self, job: Job, max_result_bytes: int, reporter: Reporter) -> Outcome:
+        """Run the job's handler and return how the attempt ended."""
+
+
 def tail_utf8(text: str, max_bytes: int) -> str:
     """The end of ``text`` in at most ``max_bytes`` of UTF-8, marked when cut.
 
@@ -99,9 +110,17 @@ def _node_failure(kind: ErrorType, message: str, *, cancelled: bool = False) -> 
 class Runner:
     """Runs jobs with the handlers of one registry and reports their progress and outcomes."""
 
-    def __init__(self, registry: Registry, reporter: Reporter, max_result_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        reporter: Reporter,
+        max_result_bytes: int,
+        isolation: Isolation | None = None,
+    ) -> None:
         self._registry = registry
         self._reporter = reporter
+        self._isolation = isolation
+        """None: handlers run on the worker thread itself (``thread`` isolation)."""
         self.max_result_bytes = max_result_bytes
         """Largest result accepted; the node lowers it to the coordinator's limit when it
         registers (a plain int, so worker threads may read it while it is replaced)."""
@@ -123,6 +142,8 @@ class Runner:
             return _node_failure(
                 ErrorType.TASK_CANCELLED, "cancelled before it started", cancelled=True
             )
+        if self._isolation is not None:
+            return self._isolation.run(job, self.max_result_bytes, self._reporter)
         self._reporter.started(job)
         try:
             value = codec.decode(assignment.payload)

@@ -7,6 +7,16 @@ the restart is counted. More than ``max_restarts`` restarts within
 ``restart_period_s`` is an escalation: the supervisor stops restarting and
 tells the node, which releases everything and exits non-zero.
 
+With a timeout (the task's ``execution_timeout``, else the node's
+``task_timeout_s``; thread isolation only) the monitor also wakes every
+``WATCH_S``: a worker whose handler has run past the timeout
+has its task reported ``TIMED_OUT`` (retryable) and cancelled, and is marked
+*poisoned*. A Python thread cannot be killed, so the poisoned thread is left
+to finish its handler (its late outcome is ignored: the task was reported),
+then exits; a fresh thread takes its slot at once. This is not a crash and
+does not count against the restart intensity. A handler that never returns
+keeps its (daemon) thread forever: ``--isolation process`` kills it instead.
+
 :meth:`Supervisor.check_workers` is the single supervision step (reap the
 dead, start the shortfall); the monitor thread just runs it whenever a worker
 exits, and tests can call it directly.
@@ -24,19 +34,21 @@ import structlog
 
 from dtq_worker.errors import RestartIntensityExceeded
 from dtq_worker.intensity import RestartIntensity
-from dtq_worker.models import Released, ReleaseReason
+from dtq_worker.models import ErrorType, Failed, Failure, Released, ReleaseReason
 from dtq_worker.runner import Job, Reporter, Runner
 
 log = structlog.get_logger(__name__)
 
 POLL_S = 0.1
 """How often an idle worker thread looks at its stop signal."""
+WATCH_S = 0.1
+"""With a task timeout: how often the monitor looks for handlers past it."""
 
 
 class _Worker:
     """One worker thread, the job it holds, and why it died."""
 
-    __slots__ = ("current", "death", "exited", "thread")
+    __slots__ = ("current", "death", "exited", "poisoned", "started_at", "thread")
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
@@ -46,6 +58,10 @@ class _Worker:
         self.exited = False
         """Set by the thread as it leaves; unlike ``is_alive()`` it is already true when the
         monitor is woken, so no exit can go unnoticed."""
+        self.started_at = 0.0
+        """When the thread took ``current`` (written before ``current``)."""
+        self.poisoned = False
+        """Its handler timed out: the thread exits once the handler returns."""
 
 
 class Supervisor:
@@ -63,8 +79,10 @@ class Supervisor:
         intensity: RestartIntensity,
         on_escalate: Callable[[RestartIntensityExceeded], None],
         clock: Callable[[], float] = time.monotonic,
+        task_timeout_s: float | None = None,
     ) -> None:
         self.slots = slots
+        self._task_timeout_s = task_timeout_s
         self._runner = runner
         self._reporter = reporter
         self._intensity = intensity
@@ -85,6 +103,8 @@ class Supervisor:
         """Worker threads restarted so far (reported in heartbeats)."""
         self.escalation: RestartIntensityExceeded | None = None
         """Set once the restart intensity was exceeded."""
+        self.abandoned = 0
+        """Poisoned threads left behind with a handler past its timeout."""
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -135,9 +155,12 @@ class Supervisor:
                     job = self._jobs.get(timeout=POLL_S)
                 except queue.Empty:
                     continue
+                worker.started_at = self._clock()
                 worker.current = job
                 self._runner.run(job)
                 worker.current = None
+                if worker.poisoned:
+                    return  # its slot already has a fresh thread
         except BaseException as exc:  # the thread dies; this records why, for the supervisor
             worker.death = exc
         finally:
@@ -205,9 +228,52 @@ class Supervisor:
         self._workers.append(worker)
         worker.thread.start()
 
+    def check_timeouts(self) -> int:
+        """Time out handlers past their timeout: report, cancel, replace their threads.
+
+        Returns how many were timed out (see the module docstring).
+        """
+        now = self._clock()
+        timed_out = 0
+        with self._lock:
+            for worker in list(self._workers):
+                job = worker.current
+                if job is None or worker.poisoned:
+                    continue
+                limit = job.assignment.execution_timeout_s or self._task_timeout_s
+                if limit is None or now - worker.started_at < limit:
+                    continue
+                worker.poisoned = True
+                self._workers.remove(worker)
+                job.context.cancel_event.set()
+                self._reporter.finished(
+                    job,
+                    Failed(
+                        Failure(
+                            ErrorType.TIMED_OUT.value,
+                            f"the handler ran past its {limit} s timeout",
+                            retryable=True,
+                        )
+                    ),
+                )
+                self.abandoned += 1
+                timed_out += 1
+                log.warning(
+                    "task.timed_out",
+                    task_id=job.lease.task_id,
+                    attempt=job.lease.attempt,
+                    timeout_s=limit,
+                    thread=worker.thread.name if worker.thread else "?",
+                    abandoned_threads=self.abandoned,
+                )
+                if not self._stopping.is_set():
+                    self._spawn()
+        return timed_out
+
     def _monitor_loop(self) -> None:
         while not self._closed.is_set():
-            self._exited.wait()
+            self._exited.wait(WATCH_S)  # a task may carry its own execution timeout
             self._exited.clear()
             if not self._closed.is_set():
                 self.check_workers()
+                self.check_timeouts()

@@ -1,60 +1,34 @@
-"""Fixtures for the worker tests: a fake coordinator and nodes running in threads."""
+"""Fixtures for the worker tests: real coordinators, and worker nodes running in threads."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from dtq_client import Client
 from dtq_worker import Node, Registry, WorkerConfig
-from dtq_worker.demo import registry as demo_registry
-from tests.worker.fake_coordinator import FakeCoordinator, serve
+from tests.harness import InProcessCoordinator, Proc
+from tests.worker.nodes import FAST_TIMING, Gates, RunningNode, node_registry
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeCoordinator]:
-    """A scripted worker-protocol coordinator on a free loopback port (``fake.address``)."""
-    coordinator = FakeCoordinator()
-    server, _ = serve(coordinator)
-    try:
-        yield coordinator
-    finally:
-        server.stop(grace=None)
-
-
-@dataclass
-class RunningNode:
-    """A node running ``Node.run`` in a thread."""
-
-    node: Node
-    thread: threading.Thread
-    result: dict[str, int] = field(default_factory=dict)
-
-    def stop(self, timeout_s: float = 5.0) -> int:
-        """Ask for a graceful shutdown and return the exit code."""
-        self.node.stop()
-        return self.wait(timeout_s)
-
-    def wait(self, timeout_s: float = 5.0) -> int:
-        """Wait for the node to exit on its own and return the exit code."""
-        self.thread.join(timeout_s)
-        assert not self.thread.is_alive(), "node did not exit"
-        return self.result["exit_code"]
+def gates() -> Iterator[Gates]:
+    """Gates for this test; all are opened at the end so no handler lingers."""
+    opened = Gates()
+    yield opened
+    opened.open_all()
 
 
 @pytest.fixture
-def start_node(
-    fake: FakeCoordinator,
-) -> Iterator[Callable[..., RunningNode]]:
-    """Start nodes against ``fake``; each is stopped at the end of the test."""
+def run_node(gates: Gates) -> Iterator[Callable[..., RunningNode]]:
+    """Start in-process nodes (waiting until registered); each is stopped at the end."""
     started: list[RunningNode] = []
 
-    def start(registry: Registry = demo_registry, **overrides: Any) -> RunningNode:
+    def start(address: str, registry: Registry | None = None, **overrides: Any) -> RunningNode:
         settings: dict[str, Any] = {
-            "coordinator": fake.address,
+            "coordinator": address,
             "threads": 2,
             "node_id": "test-node",
             "shutdown_grace_s": 2.0,
@@ -62,19 +36,39 @@ def start_node(
             "reconnect_backoff_max_s": 0.2,
         }
         settings.update(overrides)
-        node = Node(WorkerConfig(**settings), registry)
-        running = RunningNode(node, threading.Thread(target=lambda: None))
-        running.thread = threading.Thread(
-            target=lambda: running.result.__setitem__("exit_code", node.run()),
-            name="test-node",
-            daemon=True,
-        )
+        running = RunningNode(Node(WorkerConfig(**settings), registry or node_registry(gates)))
         running.thread.start()
         started.append(running)
+        assert running.node.ready.wait(10), f"node {running.node_id} did not register"
         return running
 
     yield start
     for running in started:
         if running.thread.is_alive():
             running.node.stop()
-            running.thread.join(5.0)
+            running.node.stop()  # cut the grace short
+            running.thread.join(10.0)
+
+
+@pytest.fixture
+def coordinator_fast(
+    make_coordinator: Callable[..., InProcessCoordinator],
+) -> InProcessCoordinator:
+    """An in-process coordinator with a 0.2 s heartbeat and a 1 s timeout."""
+    return make_coordinator(**FAST_TIMING)
+
+
+@pytest.fixture
+def client(coordinator_fast: InProcessCoordinator) -> Iterator[Client]:
+    """A client of ``coordinator_fast``."""
+    with Client(coordinator_fast.address) as connected:
+        yield connected
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Proc]]:
+    """Child processes a test starts; all are killed at the end (stopped ones too)."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()

@@ -27,3 +27,29 @@ def test_overdue_when_the_oldest_unanswered_heartbeat_times_out() -> None:
     tracker.sent(11.0)
     assert not tracker.overdue(12.9)
     assert tracker.overdue(13.0)
+
+
+def test_the_timeout_runs_from_the_last_ack_so_detection_is_bounded_by_it() -> None:
+    # Acked at 10.1; the next heartbeat leaves at 10.5 and the link dies at 10.2:
+    # the stream is dead at 12.1 (last ack + timeout), not 12.5 (send + timeout).
+    tracker = HeartbeatTracker(timeout_s=2.0, started_at=10.0)
+    tracker.acked(tracker.sent(10.0), now=10.1)
+    tracker.sent(10.5)
+    assert tracker.overdue_at() == 10.1 + 2.0
+    assert not tracker.overdue(12.0)
+    assert tracker.overdue(12.1)
+
+
+def test_slow_acks_still_get_the_full_timeout_from_their_send() -> None:
+    # The ack of #1 arrives after #2 left: #2 keeps its own full timeout.
+    tracker = HeartbeatTracker(timeout_s=2.0, started_at=0.0)
+    first = tracker.sent(0.0)
+    tracker.sent(0.5)
+    tracker.acked(first, now=0.7)
+    assert tracker.overdue_at() == 0.5 + 2.0
+
+
+def test_no_ack_yet_counts_from_the_stream_start() -> None:
+    tracker = HeartbeatTracker(timeout_s=2.0, started_at=5.0)
+    tracker.sent(5.5)
+    assert tracker.overdue_at() == 5.0 + 2.0

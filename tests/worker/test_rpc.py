@@ -8,7 +8,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from dtq_worker import RegistrationRejected, SessionExpired, StreamBroken
-from dtq_worker.rpc import CHANNEL_OPTIONS, stream_error
+from dtq_worker.rpc import CHANNEL_OPTIONS, reconnect_options, stream_error
 
 
 def _error(
@@ -83,3 +83,16 @@ def test_keepalive_never_trips_the_servers_ping_limit() -> None:
     assert options["grpc.keepalive_time_ms"] >= 10_000
     assert options["grpc.http2.max_pings_without_data"] == 0
     assert options["grpc.max_receive_message_length"] == 8 * 1024 * 1024
+
+
+def test_grpc_reconnect_pauses_are_capped_by_the_nodes_backoff() -> None:
+    # Uncapped, gRPC waits up to 120 s between connection attempts (failing calls
+    # meanwhile), so a node would miss its session after a coordinator restart.
+    assert dict(reconnect_options(0.2)) == {
+        "grpc.initial_reconnect_backoff_ms": 200,
+        "grpc.max_reconnect_backoff_ms": 200,
+    }
+    assert dict(reconnect_options(5.0)) == {
+        "grpc.initial_reconnect_backoff_ms": 1000,
+        "grpc.max_reconnect_backoff_ms": 5000,
+    }
