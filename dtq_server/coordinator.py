@@ -166,10 +166,15 @@ class Coordinator:
 
     async def _reap_forever(self) -> None:
         last_probe = 0.0
-        last_sweep = time.monotonic()
+        last_sweep = last_tick = time.monotonic()
+        tick = self.config.reaper_tick_s
         while True:
-            await asyncio.sleep(self.config.reaper_tick_s)
+            await asyncio.sleep(tick)
             now = time.monotonic()
+            if now - last_tick > max(1.0, 4 * tick):
+                # This loop did not run for a while: the process was frozen, not the nodes.
+                self.sessions.forgive(now - last_tick - tick)
+            last_tick = now
             if self.board.promote_due(now):
                 self.dispatcher.kick()
             await self.sessions.expire_silent()

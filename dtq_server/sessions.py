@@ -52,6 +52,8 @@ log = structlog.get_logger(__name__)
 HELD = (TaskState.LEASED, TaskState.RUNNING)
 CRASH_REASONS = frozenset({"WORKER_DIED"})
 """Release reasons that mean the task's runner crashed: they count as lost leases."""
+UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
+"""Release reason of a node that declared a task type it has no handler for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,13 +203,21 @@ class NodeSessions:
             session.state = NodeState.DISCONNECTED
             log.info("node.disconnected", node_id=session.node.node_id, session_id=session.id)
 
-    def leave(self, session: Session, reason: str) -> None:
-        """The node ends its session: requeue what it still holds at once."""
+    async def leave(self, session: Session, reason: str) -> None:
+        """The node ends its session: what it still holds is requeued before this returns,
+        so the stream closes only once the hand-back is committed."""
         self._require_live(session)
-        if session.leases:
-            asyncio.get_running_loop().create_task(self.requeue_orphans())
         self._end(session, NodeState.LEFT, expired=False)
         log.info("node.left", node_id=session.node.node_id, session_id=session.id, reason=reason)
+        await self.requeue_orphans()
+
+    def forgive(self, stalled_s: float) -> None:
+        """The coordinator itself was frozen for ``stalled_s`` (SIGSTOP, VM pause): nodes
+        could not be heard meanwhile, so that time does not count against them."""
+        now = time.monotonic()
+        for session in self._registry.sessions.values():
+            session.last_seen = min(now, session.last_seen + stalled_s)
+        log.warning("coordinator.stalled", stalled_s=round(stalled_s, 3))
 
     def drain(self, session: Session) -> None:
         """Stop giving the session work and ask its node to finish and leave."""
@@ -260,6 +270,8 @@ class NodeSessions:
             if ok and session.leases.get(lease.task_id) == lease.attempt:
                 self._after(session, task, transition, now)
                 changed.append(task.id)
+                if isinstance(update, Released) and update.reason == UNKNOWN_TASK_TYPE:
+                    self._refuse_type(session, task)
                 if transition.state is not None and transition.state is not TaskState.RUNNING:
                     # The lease event log (RELIABILITY.md 2.0): how each lease ended.
                     log.debug(
@@ -355,6 +367,24 @@ class NodeSessions:
         if t.next_attempt_at is not None:
             task.due_at = now + max(0.0, t.next_attempt_at - time.time())
         self._board.make_ready(task, now)
+
+    def _refuse_type(self, session: Session, task: ActiveTask) -> None:
+        """The node declared the task's type but has no handler for it (registry skew).
+
+        Offer this session no more tasks of that type in that queue: the task
+        waits for a node that can run it instead of bouncing between dispatch
+        and release as fast as the store commits.
+        """
+        key = (task.queue, task.type)
+        if key in session.keys:
+            session.keys = session.keys - {key}
+            log.warning(
+                "node.type_refused",
+                node_id=session.node.node_id,
+                session_id=session.id,
+                queue=task.queue,
+                type=task.type,
+            )
 
     async def _reject(
         self, session: Session, update: TaskUpdate, task: ActiveTask | None

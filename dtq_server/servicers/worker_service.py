@@ -124,7 +124,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                     if acks:
                         outbox.put_nowait(SendAcks(acks))
                 elif kind == "leave":
-                    self._sessions.leave(session, message.leave.reason[:200])
+                    await self._sessions.leave(session, message.leave.reason[:200])
                     break
                 elif kind == "register":
                     raise InvalidArgument([("register", "sent twice on one stream")])
