@@ -102,6 +102,7 @@ class NodeSessions:
         self.counters: Counter[str] = Counter()
         """Rejected reports by reason, expired sessions, ...: for tests and operators."""
         self.accept_new = True
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- registration ------------------------------------------------------
 
@@ -257,6 +258,13 @@ class NodeSessions:
             planned.append((update, task, self._transition(update, task)))
         if not planned:
             return acks
+        if not any(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned):
+            # Started/progress only: nobody waits for these, so the stream reader does
+            # not wait for their commit either (memory still follows the commit).
+            soft = asyncio.get_running_loop().create_task(self._apply_soft(session, planned))
+            self._background.add(soft)
+            soft.add_done_callback(self._background.discard)
+            return acks
         outcomes = any(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned)
         if outcomes:
             self._config.failpoints.hit("result.before_commit")
@@ -290,6 +298,19 @@ class NodeSessions:
         self._watchers.notify(changed)
         self._dispatcher.kick()
         return acks
+
+    async def _apply_soft(
+        self, session: Session, planned: list[tuple[TaskUpdate, ActiveTask, Transition]]
+    ) -> None:
+        try:
+            applied = await self._store.apply([t for _, _, t in planned])
+        except StoreUnavailable:
+            return  # informational updates; the outcome that follows carries the state
+        now = time.monotonic()
+        for (update, task, transition), ok in zip(planned, applied, strict=True):
+            if ok and session.leases.get(update.lease.task_id) == update.lease.attempt:
+                self._after(session, task, transition, now)
+        self._watchers.notify(task.id for _, task, _ in planned)
 
     def _transition(self, update: TaskUpdate, task: ActiveTask) -> Transition:
         """The store change an (already fenced) update asks for."""

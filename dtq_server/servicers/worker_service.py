@@ -87,14 +87,14 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         reader = asyncio.create_task(self._read(requests, session, outbox))
         try:
             while True:
-                item = await outbox.get()
-                if isinstance(item, CloseStream):
-                    return
-                if isinstance(item, EndStream):
-                    if item.error.__class__ is CoordinatorError:
-                        await abort(context, internal_status("stream"))
-                    await abort(context, to_status(item.error))
-                yield _to_proto(item)
+                for item in _coalesce(await _drain(outbox)):
+                    if isinstance(item, CloseStream):
+                        return
+                    if isinstance(item, EndStream):
+                        if item.error.__class__ is CoordinatorError:
+                            await abort(context, internal_status("stream"))
+                        await abort(context, to_status(item.error))
+                    yield _to_proto(item)
         finally:
             reader.cancel()
             self._sessions.detach(session, outbox)
@@ -136,6 +136,32 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         except Exception:
             log.exception("stream.reader_failed", node_id=session.node.node_id)
             outbox.put_nowait(EndStream(CoordinatorError("internal error")))
+
+
+async def _drain(outbox: asyncio.Queue[Outbound]) -> list[Outbound]:
+    """Wait for the next message, then take every other one already queued."""
+    items = [await outbox.get()]
+    while not outbox.empty():
+        items.append(outbox.get_nowait())
+    return items
+
+
+def _coalesce(items: list[Outbound]) -> list[Outbound]:
+    """Merge adjacent assignments (and adjacent acks) into one message each.
+
+    Under load many small messages queue up between two writes; one message per
+    run keeps the per-message cost of gRPC off the hot path. Order is kept.
+    """
+    merged: list[Outbound] = []
+    for item in items:
+        last = merged[-1] if merged else None
+        if isinstance(item, SendAssignments) and isinstance(last, SendAssignments):
+            merged[-1] = SendAssignments([*last.assignments, *item.assignments])
+        elif isinstance(item, SendAcks) and isinstance(last, SendAcks):
+            merged[-1] = SendAcks([*last.acks, *item.acks])
+        else:
+            merged.append(item)
+    return merged
 
 
 def _to_proto(item: Outbound) -> pb.ConnectResponse:
