@@ -40,6 +40,7 @@ from dtq_client.errors import (
     WaitTimeout,
 )
 from dtq_client.models import (
+    CancelCounts,
     Lease,
     Node,
     NodeState,
@@ -55,6 +56,7 @@ from dtq_client.models import (
 __all__ = [
     "DEFAULT_ADDRESS",
     "AlreadyExists",
+    "CancelCounts",
     "Client",
     "ClientConfig",
     "DeadlineExceeded",

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import replace
+from datetime import datetime
 from typing import Self, TypeVar
 
 import grpc
@@ -34,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dtq.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    task_pb2,
     task_service_pb2,
     task_service_pb2_grpc,
 )
@@ -50,7 +52,15 @@ from dtq_client.errors import (
     WaitTimeout,
     translate_rpc_errors,
 )
-from dtq_client.models import Node, QueueStats, SubmitResult, Task, TaskSpec, TaskState
+from dtq_client.models import (
+    CancelCounts,
+    Node,
+    QueueStats,
+    SubmitResult,
+    Task,
+    TaskSpec,
+    TaskState,
+)
 
 _R = TypeVar("_R")
 
@@ -122,11 +132,20 @@ class Client:
         idempotency_key: str | None = None,
         content_type: str | None = None,
         retry_backoff_s: float | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
+        execution_timeout_s: float | None = None,
+        schedule_to_start_timeout_s: float | None = None,
+        result_ttl_s: float | None = None,
+        rate_key: str | None = None,
     ) -> Task:
         """Submit one task and return it as stored (see :class:`TaskSpec` for the arguments).
 
         With an ``idempotency_key`` that an earlier task used, that task is
-        returned; :class:`AlreadyExists` if its spec differs.
+        returned; :class:`AlreadyExists` if its spec differs. ``run_at`` and
+        ``delay_s`` are not part of that comparison (``delay_s`` counts from
+        each submit, so a retried submit could never match otherwise).
         """
         spec = _with_key(
             TaskSpec(
@@ -137,6 +156,13 @@ class Client:
                 max_attempts=max_attempts,
                 idempotency_key=idempotency_key,
                 retry_backoff_s=retry_backoff_s,
+                priority=priority,
+                run_at=run_at,
+                delay_s=delay_s,
+                execution_timeout_s=execution_timeout_s,
+                schedule_to_start_timeout_s=schedule_to_start_timeout_s,
+                result_ttl_s=result_ttl_s,
+                rate_key=rate_key,
             )
         )
         request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
@@ -206,6 +232,77 @@ class Client:
         )
         return convert.task_from_proto(response.task)
 
+    def cancel_tasks(
+        self,
+        queue: str | None = None,
+        type: str | None = None,
+        state: TaskState | str | None = None,
+    ) -> CancelCounts:
+        """Cancel every unfinished task matching the filters, like :meth:`cancel` does one.
+
+        At least one of ``queue`` and ``type`` is required (:class:`InvalidArgument`
+        otherwise), so that no call cancels everything by accident. ``state``
+        narrows it to queued, leased or running tasks. Returns
+        ``(cancelled, cancel_requested)``: queued tasks cancelled at once, and
+        dispatched ones whose nodes were asked to stop them.
+        """
+        request = task_service_pb2.CancelTasksRequest(
+            queue=queue or "", type=type or "", state=_state_filter(state)
+        )
+        response: task_service_pb2.CancelTasksResponse = self._unary(
+            self._tasks.CancelTasks, request, retry.READ_CODES
+        )
+        return convert.cancel_counts_from_proto(response)
+
+    def retry(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        queue: str | None = None,
+        type: str | None = None,
+        state: TaskState | str | None = None,
+    ) -> int:
+        """Send failed (dead-lettered) or cancelled tasks back to their queue; return how many.
+
+        Either ``task_ids`` (tasks in another state, or unknown, are skipped and
+        not counted) or a filter: every task of ``queue`` and/or ``type`` in
+        ``state``, FAILED by default or CANCELLED; the coordinator retries at
+        most 10,000 per call. A retried task gets a fresh attempt budget; its
+        attempt number keeps counting, so the next dispatch is a new attempt.
+        """
+        if isinstance(task_ids, str):
+            raise TypeError("task_ids must be a collection of ids, not one string")
+        ids = [] if task_ids is None else list(task_ids)
+        if ids and (queue or type or state):
+            raise ValueError("give task ids or a filter (queue, type, state), not both")
+        request = task_service_pb2.RetryTasksRequest(
+            task_ids=ids, queue=queue or "", type=type or "", state=_state_filter(state)
+        )
+        response: task_service_pb2.RetryTasksResponse = self._unary(
+            self._tasks.RetryTasks, request, retry.READ_CODES
+        )
+        return response.retried
+
+    def purge(
+        self,
+        state: TaskState | str,
+        *,
+        queue: str | None = None,
+        type: str | None = None,
+    ) -> int:
+        """Delete the finished tasks in ``state`` of ``queue`` and/or ``type``; return how many.
+
+        ``state`` must be succeeded, failed or cancelled (:class:`InvalidArgument`
+        otherwise); without a queue or type, every task in that state goes.
+        """
+        request = task_service_pb2.PurgeTasksRequest(
+            queue=queue or "", type=type or "", state=_state_filter(state)
+        )
+        response: task_service_pb2.PurgeTasksResponse = self._unary(
+            self._tasks.PurgeTasks, request, retry.READ_CODES
+        )
+        return response.deleted
+
     def list_tasks(
         self,
         queue: str | None = None,
@@ -230,7 +327,7 @@ class Client:
         """Every task matching the filters, newest first, fetched a page at a time."""
         request = task_service_pb2.ListTasksRequest(
             queue=queue or "",
-            state=convert.task_state_to_proto(None if state is None else TaskState(state)),
+            state=_state_filter(state),
             type=type or "",
             page_size=page_size,
         )
@@ -349,12 +446,39 @@ class Client:
         return convert.node_from_proto(response.node)
 
     def queues(self) -> list[QueueStats]:
-        """Task counts of every queue that has tasks, ordered by name."""
+        """Task counts and settings of every queue that has tasks or settings, ordered by name."""
         request = admin_service_pb2.ListQueuesRequest()
         response: admin_service_pb2.ListQueuesResponse = self._unary(
             self._admin.ListQueues, request, retry.READ_CODES
         )
         return [convert.queue_stats_from_proto(stats) for stats in response.queues]
+
+    def pause_queue(self, name: str) -> QueueStats:
+        """Pause a queue: it keeps accepting submits but dispatches nothing. Durable.
+
+        Tasks already running carry on. Returns the queue with its new settings.
+        """
+        return self._update_queue(admin_service_pb2.UpdateQueueRequest(name=name, paused=True))
+
+    def resume_queue(self, name: str) -> QueueStats:
+        """Resume a paused queue; returns the queue with its new settings."""
+        return self._update_queue(admin_service_pb2.UpdateQueueRequest(name=name, paused=False))
+
+    def set_queue_limit(self, name: str, max_running: int) -> QueueStats:
+        """Cap the tasks of a queue leased or running at once, across all nodes; 0 removes the cap.
+
+        Durable. Lowering it below what is running stops nothing: it holds
+        back new dispatches until the queue is under it. Returns the queue.
+        """
+        request = admin_service_pb2.UpdateQueueRequest(name=name, max_running=max_running)
+        return self._update_queue(request)
+
+    def _update_queue(self, request: admin_service_pb2.UpdateQueueRequest) -> QueueStats:
+        # Every field set is an absolute value, so a retried update is harmless.
+        response: admin_service_pb2.UpdateQueueResponse = self._unary(
+            self._admin.UpdateQueue, request, retry.READ_CODES
+        )
+        return convert.queue_stats_from_proto(response.queue)
 
     def health(self, service: str = "") -> str:
         """The standard gRPC health status: ``SERVING``, ``NOT_SERVING``, ...
@@ -390,6 +514,11 @@ def _raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: Wa
     """
     if deadline is not None and deadline - time.monotonic() < _DEADLINE_SLACK_S:
         raise timeout from exc
+
+
+def _state_filter(state: TaskState | str | None) -> task_pb2.TaskState:
+    """The wire value of a state filter given as a model enum or its name; None is any state."""
+    return convert.task_state_to_proto(None if state is None else TaskState(state))
 
 
 def _with_key(spec: TaskSpec) -> TaskSpec:

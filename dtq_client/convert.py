@@ -4,6 +4,8 @@ Conversions go both ways so that the CLI can print any model in the proto3
 JSON mapping (:func:`to_json`). On the way in, an empty content type becomes
 ``application/json`` (its meaning on the wire), so ``from_proto(to_proto(x)) == x``
 holds for every model while ``to_proto(from_proto(m))`` may spell that default out.
+A naive ``datetime`` going out (such as a spec's ``run_at``) is local time, as
+``datetime.timestamp()`` reads it; every ``datetime`` coming in is aware UTC.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
 from dtq_client import payloads
 from dtq_client.errors import ProtocolError
 from dtq_client.models import (
+    CancelCounts,
     Lease,
     Node,
     NodeState,
@@ -52,7 +55,7 @@ _NODE_STATES: dict[NodeState, admin_service_pb2.NodeState] = {
 }
 _NODE_STATES_BACK: dict[int, NodeState] = {number: state for state, number in _NODE_STATES.items()}
 
-Model = Task | TaskSpec | SubmitResult | Node | Lease | QueueStats
+Model = Task | TaskSpec | SubmitResult | Node | Lease | QueueStats | CancelCounts
 """Everything :func:`to_message` and :func:`to_json` accept."""
 
 
@@ -94,7 +97,8 @@ def _time_to_proto(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
     stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
+    # FromDatetime would read a naive value as UTC; astimezone reads it as local time.
+    stamp.FromDatetime(value.astimezone(UTC))
     return stamp
 
 
@@ -103,6 +107,17 @@ def duration_to_proto(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
+
+
+def _optional_duration(seconds: float | None) -> duration_pb2.Duration | None:
+    return None if seconds is None else duration_to_proto(seconds)
+
+
+def _duration_from_proto(message: Message, name: str) -> float | None:
+    if not message.HasField(name):
+        return None
+    duration: duration_pb2.Duration = getattr(message, name)
+    return duration.ToNanoseconds() / 1e9
 
 
 # --- tasks ---------------------------------------------------------------------------------
@@ -168,6 +183,11 @@ def task_from_proto(message: task_pb2.Task) -> Task:
         started_at=_time_from_proto(message, "start_time"),
         finished_at=_time_from_proto(message, "finish_time"),
         next_attempt_at=_time_from_proto(message, "next_attempt_time"),
+        priority=message.priority,
+        scheduled_at=_time_from_proto(message, "scheduled_time"),
+        execution_timeout_s=_duration_from_proto(message, "execution_timeout"),
+        expires_at=_time_from_proto(message, "expire_time"),
+        rate_key=message.rate_key or None,
     )
 
 
@@ -199,20 +219,31 @@ def task_to_proto(task: Task) -> task_pb2.Task:
         next_attempt_time=_time_to_proto(task.next_attempt_at),
         progress=None if task.progress is None else progress_to_proto(task.progress),
         failures=task.failures,
+        priority=task.priority,
+        scheduled_time=_time_to_proto(task.scheduled_at),
+        execution_timeout=_optional_duration(task.execution_timeout_s),
+        expire_time=_time_to_proto(task.expires_at),
+        rate_key=task.rate_key or "",
     )
 
 
 def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
     """``dtq.v1.TaskSpec`` of a spec, encoding its payload (see :mod:`dtq_client.payloads`)."""
     data, content_type = payloads.encode(spec.payload, spec.content_type)
-    backoff = None if spec.retry_backoff_s is None else duration_to_proto(spec.retry_backoff_s)
     return task_pb2.TaskSpec(
         type=spec.type,
         queue=spec.queue or "",
         payload=task_pb2.Payload(data=data, content_type=content_type),
         max_attempts=spec.max_attempts or 0,
         idempotency_key=spec.idempotency_key or "",
-        retry_backoff=backoff,
+        retry_backoff=_optional_duration(spec.retry_backoff_s),
+        priority=spec.priority,
+        run_at=_time_to_proto(spec.run_at),
+        delay=_optional_duration(spec.delay_s),
+        execution_timeout=_optional_duration(spec.execution_timeout_s),
+        schedule_to_start_timeout=_optional_duration(spec.schedule_to_start_timeout_s),
+        result_ttl=_optional_duration(spec.result_ttl_s),
+        rate_key=spec.rate_key or "",
     )
 
 
@@ -290,6 +321,9 @@ def queue_stats_from_proto(message: admin_service_pb2.QueueStats) -> QueueStats:
         succeeded=message.succeeded,
         failed=message.failed,
         cancelled=message.cancelled,
+        paused=message.paused,
+        max_running=message.max_running,
+        rate_limit=message.rate_limit,
     )
 
 
@@ -302,7 +336,35 @@ def queue_stats_to_proto(stats: QueueStats) -> admin_service_pb2.QueueStats:
         succeeded=stats.succeeded,
         failed=stats.failed,
         cancelled=stats.cancelled,
+        paused=stats.paused,
+        max_running=stats.max_running,
+        rate_limit=stats.rate_limit,
     )
+
+
+# --- bulk operations -----------------------------------------------------------------------
+
+
+def cancel_counts_from_proto(message: task_service_pb2.CancelTasksResponse) -> CancelCounts:
+    """Model of a ``dtq.v1.CancelTasksResponse``."""
+    return CancelCounts(cancelled=message.cancelled, cancel_requested=message.cancel_requested)
+
+
+def cancel_counts_to_proto(counts: CancelCounts) -> task_service_pb2.CancelTasksResponse:
+    """``dtq.v1.CancelTasksResponse`` of a model."""
+    return task_service_pb2.CancelTasksResponse(
+        cancelled=counts.cancelled, cancel_requested=counts.cancel_requested
+    )
+
+
+def retried_to_json(retried: int) -> dict[str, Any]:
+    """The proto3 JSON mapping of a ``dtq.v1.RetryTasksResponse``."""
+    return _message_json(task_service_pb2.RetryTasksResponse(retried=retried))
+
+
+def deleted_to_json(deleted: int) -> dict[str, Any]:
+    """The proto3 JSON mapping of a ``dtq.v1.PurgeTasksResponse``."""
+    return _message_json(task_service_pb2.PurgeTasksResponse(deleted=deleted))
 
 
 # --- JSON view -----------------------------------------------------------------------------
@@ -323,6 +385,8 @@ def to_message(model: Model) -> Message:
             return lease_to_proto(model)
         case QueueStats():
             return queue_stats_to_proto(model)
+        case CancelCounts():
+            return cancel_counts_to_proto(model)
 
 
 def to_json(model: Model) -> dict[str, Any]:
@@ -333,7 +397,10 @@ def to_json(model: Model) -> dict[str, Any]:
     empty) also gets a ``"json"`` key holding the decoded value next to
     ``data`` (base64) and ``contentType``.
     """
-    message = to_message(model)
+    return _message_json(to_message(model))
+
+
+def _message_json(message: Message) -> dict[str, Any]:
     data = MessageToDict(message, always_print_fields_with_no_presence=True)
     _add_decoded_payloads(message, data)
     return data

@@ -1,8 +1,10 @@
 """The plain objects the client returns and accepts; no protobuf beyond this edge.
 
-Every model is a frozen dataclass; states are ``StrEnum`` s whose values are
-the lower-case state names (``TaskState.RUNNING == "running"``). Timestamps
-are timezone-aware UTC ``datetime`` s, or None when the coordinator did not set them.
+Every model is a frozen dataclass (:class:`CancelCounts`, a pair of counts, is a
+named tuple); states are ``StrEnum`` s whose values are the lower-case state
+names (``TaskState.RUNNING == "running"``). Timestamps are timezone-aware UTC
+``datetime`` s, or None when the coordinator did not set them; durations are
+float seconds named ``*_s``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 from dtq_client import payloads
 
@@ -102,6 +105,16 @@ class Task:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
+    priority: int = 0
+    """Higher runs first within a queue."""
+    scheduled_at: datetime | None = None
+    """The time before which the task is not dispatched (from ``run_at`` or ``delay_s``)."""
+    execution_timeout_s: float | None = None
+    """How long one attempt may run; None means no limit."""
+    expires_at: datetime | None = None
+    """When the finished task will be deleted by the coordinator's retention sweep."""
+    rate_key: str | None = None
+    """The rate key whose limit the task shares (see ``TaskSpec.rate_key``)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -125,7 +138,9 @@ class TaskSpec:
 
     ``payload`` is any JSON-serialisable value, or ``bytes`` sent as-is. None
     fields take the coordinator's defaults; a None ``idempotency_key`` gets a
-    generated one at submit time so retries never create a second task.
+    generated one at submit time so retries never create a second task. The
+    coordinator checks the values (ranges, ``run_at`` xor ``delay_s``) and
+    refuses a bad spec with :class:`~dtq_client.InvalidArgument` naming the field.
     """
 
     type: str
@@ -136,6 +151,20 @@ class TaskSpec:
     idempotency_key: str | None = None
     retry_backoff_s: float | None = None
     """First retry delay; later retries double it."""
+    priority: int = 0
+    """-1000 to 1000; higher runs first within a queue, equal ones in submission order."""
+    run_at: datetime | None = None
+    """Do not dispatch before this time; a naive ``datetime`` is local time. Not with delay_s."""
+    delay_s: float | None = None
+    """Do not dispatch before this many seconds from now. Not with ``run_at``."""
+    execution_timeout_s: float | None = None
+    """How long one attempt may run before it fails ``TIMED_OUT`` (retryable); None: no limit."""
+    schedule_to_start_timeout_s: float | None = None
+    """Fail the task (``SCHEDULE_TO_START_TIMEOUT``) unless a node starts it this soon once due."""
+    result_ttl_s: float | None = None
+    """How long the finished task and its result are kept; None: the coordinator's default."""
+    rate_key: str | None = None
+    """Tasks with the same key (e.g. a tenant) share that key's rate limit, if one is set."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,15 @@ class SubmitResult:
     task: Task
     created: bool
     """False when the idempotency key matched an existing task."""
+
+
+class CancelCounts(NamedTuple):
+    """What :meth:`dtq_client.Client.cancel_tasks` did: ``(cancelled, cancel_requested)``."""
+
+    cancelled: int
+    """Queued tasks cancelled at once."""
+    cancel_requested: int
+    """Dispatched tasks whose nodes were asked to stop them (they end CANCELLED later)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,7 +208,7 @@ class Node:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """Task counts of one queue."""
+    """Task counts and settings of one queue."""
 
     name: str
     queued: int = 0
@@ -179,6 +217,12 @@ class QueueStats:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+    paused: bool = False
+    """True while the queue is paused: it accepts submits but dispatches nothing."""
+    max_running: int = 0
+    """Most tasks of the queue leased or running at once across all nodes; 0 means no limit."""
+    rate_limit: float = 0.0
+    """Most tasks of the queue dispatched per second; 0 means no limit."""
 
     @property
     def total(self) -> int:

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dtq_client import convert, payloads
-from dtq_client.models import Node, NodeState, QueueStats, Task, TaskState
+from dtq_client.models import CancelCounts, Node, NodeState, QueueStats, Task, TaskState
 
 _PREVIEW_CHARS = 500
 
@@ -79,6 +79,38 @@ class Printer:
         """A list of queue statistics."""
         self._many(queues, queues_table)
 
+    def queue(self, stats: QueueStats) -> None:
+        """One queue: a one-row table, or one JSON object."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(queues_table([stats]))
+        else:
+            self._json(convert.to_json(stats))
+
+    def cancel_counts(self, counts: CancelCounts) -> None:
+        """What a bulk cancel did, shaped like ``dtq.v1.CancelTasksResponse`` in JSON."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(
+                counts_view(
+                    [("cancelled", counts.cancelled), ("cancel requested", counts.cancel_requested)]
+                )
+            )
+        else:
+            self._json(convert.to_json(counts))
+
+    def retried(self, retried: int) -> None:
+        """How many tasks a retry sent back, shaped like ``dtq.v1.RetryTasksResponse`` in JSON."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(counts_view([("retried", retried)]))
+        else:
+            self._json(convert.retried_to_json(retried))
+
+    def deleted(self, deleted: int) -> None:
+        """How many tasks a purge deleted, shaped like ``dtq.v1.PurgeTasksResponse`` in JSON."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(counts_view([("deleted", deleted)]))
+        else:
+            self._json(convert.deleted_to_json(deleted))
+
     def change(self, task: Task) -> None:
         """One state of a watched task: a line, or one JSON object (never an array)."""
         if self.fmt is OutputFormat.TABLE:
@@ -123,6 +155,8 @@ def task_view(task: Task) -> Table:
         ("queue", Text(task.queue)),
         ("state", state_text(task.state)),
         ("attempt", Text(f"{task.attempt} of {task.max_attempts}")),
+        ("priority", Text(str(task.priority)) if task.priority else None),
+        ("rate key", _optional(task.rate_key)),
         ("failures", Text(str(task.failures)) if task.failures else None),
         ("lease expiries", Text(str(task.lease_expiries)) if task.lease_expiries else None),
         ("cancel requested", Text("yes", style="magenta") if task.cancel_requested else None),
@@ -142,6 +176,14 @@ def task_view(task: Task) -> Table:
         ("started", _optional(format_time(task.started_at))),
         ("finished", _optional(format_time(task.finished_at))),
         ("next attempt", _optional(format_time(task.next_attempt_at))),
+        ("scheduled", _optional(format_time(task.scheduled_at))),
+        (
+            "execution timeout",
+            None
+            if task.execution_timeout_s is None
+            else Text(format_seconds(task.execution_timeout_s)),
+        ),
+        ("expires", _optional(format_time(task.expires_at))),
     ]
     for key, value in rows:
         if value is not None:
@@ -193,15 +235,32 @@ def nodes_table(nodes: Sequence[Node]) -> Table:
 
 
 def queues_table(queues: Sequence[QueueStats]) -> Table:
-    """One row per queue."""
+    """One row per queue: its task counts, whether it is paused, and its concurrency limit."""
     table = Table(box=None, header_style="bold")
     table.add_column("QUEUE")
     for name in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"):
         table.add_column(name, justify="right")
+    table.add_column("PAUSED")
+    table.add_column("MAX RUNNING", justify="right")
     for stats in queues:
         counts = (stats.queued, stats.running, stats.succeeded, stats.failed, stats.cancelled)
-        table.add_row(Text(stats.name), *(Text(str(count)) for count in counts))
+        table.add_row(
+            Text(stats.name),
+            *(Text(str(count)) for count in counts),
+            Text("yes", style="yellow") if stats.paused else Text("no"),
+            Text(str(stats.max_running) if stats.max_running else "-"),
+        )
     return table
+
+
+def counts_view(counts: Sequence[tuple[str, int]]) -> Table:
+    """A two-column view of named counts (what a bulk operation did)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(justify="right")
+    for name, count in counts:
+        grid.add_row(name, Text(str(count)))
+    return grid
 
 
 def change_line(task: Task) -> Text:
@@ -234,6 +293,11 @@ def format_time(value: datetime | None) -> str:
     if value is None:
         return ""
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration in seconds to the millisecond, without trailing zeros: ``2.5 s``, ``90 s``."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + " s"
 
 
 def payload_preview(data: bytes, content_type: str) -> str:

@@ -75,11 +75,22 @@ def wait_for_node(address: str, node: Proc, node_id: str, timeout_s: float = 20.
 
 
 @contextmanager
-def demo_node(address: str, log_dir: Path) -> Iterator[Proc]:
-    """A registered ``dtq-worker`` process running the demo handlers, killed at the end."""
-    node = start_node(address, log_dir, NODE_ID, module=DEMO_REGISTRY, threads=NODE_THREADS)
+def demo_node(
+    address: str,
+    log_dir: Path,
+    node_id: str = NODE_ID,
+    *,
+    queues: str | None = None,
+    threads: int = NODE_THREADS,
+) -> Iterator[Proc]:
+    """A registered ``dtq-worker`` process running the demo handlers, killed at the end.
+
+    ``queues`` (comma-separated) replaces the ``default`` queue the node serves.
+    """
+    extra = ("--queues", queues) if queues else ()
+    node = start_node(address, log_dir, node_id, *extra, module=DEMO_REGISTRY, threads=threads)
     try:
-        wait_for_node(address, node, NODE_ID)
+        wait_for_node(address, node, node_id)
         yield node
     finally:
         node.stop()
@@ -151,4 +162,9 @@ def full_task() -> Task:
         started_at=datetime(2024, 5, 1, 12, 0, 1, tzinfo=UTC),
         finished_at=datetime(2024, 5, 1, 12, 0, 5, tzinfo=UTC),
         next_attempt_at=datetime(2024, 5, 1, 12, 0, 3, tzinfo=UTC),
+        priority=-7,
+        scheduled_at=datetime(2024, 5, 1, 12, 0, 0, 500000, tzinfo=UTC),
+        execution_timeout_s=2.5,
+        expires_at=datetime(2024, 5, 8, 12, 0, 5, tzinfo=UTC),
+        rate_key="tenant-7",
     )

@@ -50,8 +50,11 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert result.exit_code == 0
     for command in ("submit", "get", "wait", "watch", "cancel", "list", "nodes", "drain"):
         assert command in result.stdout
+    for command in ("retry", "purge", "queues", "health"):
+        assert command in result.stdout
     assert "Exit codes:" in result.stdout
     assert "4    wait timed out" in result.stdout
+    assert "5    purge not confirmed" in result.stdout
 
 
 def test_version() -> None:
@@ -92,7 +95,24 @@ def test_invalid_payload_file_is_a_usage_error(tmp_path: Any) -> None:
     "args",
     [
         ("submit", "echo", "--payload", "1", "--payload-file", "-"),
-        ("submit", "echo", "--timeout", "5"),
+        ("submit", "echo", "--wait-timeout", "5"),
+        ("submit", "echo", "--timeout", "0"),
+        ("submit", "echo", "--delay", "1", "--at", "2030-01-01T00:00:00Z"),
+        ("submit", "echo", "--at", "next tuesday"),
+        ("submit", "echo", "--priority", "1001"),
+        ("submit", "echo", "--delay", "-1"),
+        ("cancel",),
+        ("cancel", "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10", "--queue", "q"),
+        ("cancel", "--state", "queued"),
+        ("cancel", "--queue", "q", "--state", "failed"),
+        ("retry",),
+        ("retry", "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10", "--type", "t"),
+        ("retry", "--queue", "q", "--state", "succeeded"),
+        ("purge", "--queue", "q"),
+        ("purge", "--state", "queued", "--yes"),
+        ("queues", "limit", "q", "-1"),
+        ("queues", "limit", "q"),
+        ("queues", "drain", "q"),
         ("list", "--state", "sleeping"),
         ("list", "--limit", "0"),
         ("-o", "yaml", "queues"),
@@ -276,7 +296,9 @@ def test_wait_timeout_exits_4(address: str, client: Client, queue: str) -> None:
     assert "timed out" in result.stderr
     assert "last seen queued" in result.stderr
     assert result.stdout == ""
-    result = run("--address", address, "submit", NOBODY, "-q", queue, "--wait", "--timeout", "0.2")
+    result = run(
+        *("--address", address, "submit", NOBODY, "-q", queue, "--wait", "--wait-timeout", "0.2")
+    )
     assert result.exit_code == 4
     assert result.stdout == ""
 
@@ -383,14 +405,11 @@ def test_queues_as_table_and_json(address: str, client: Client, queue: str) -> N
     table = run("--address", address, "queues")
     assert table.exit_code == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == [
-        "QUEUE",
-        "QUEUED",
-        "RUNNING",
-        "SUCCEEDED",
-        "FAILED",
-        "CANCELLED",
+        *("QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"),
+        *("PAUSED", "MAX", "RUNNING"),
     ]
-    assert [queue, "2", "0", "0", "0", "1"] in [line.split() for line in table.stdout.splitlines()]
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert [queue, "2", "0", "0", "0", "1", "no", "-"] in rows
 
 
 def test_health_as_table_and_json(address: str) -> None:

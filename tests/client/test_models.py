@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from dtq_client.errors import PayloadError
-from dtq_client.models import QueueStats, Task, TaskState
+from dtq_client.models import CancelCounts, QueueStats, Task, TaskState
 
 
 def test_state_values_are_lower_case_names() -> None:
@@ -44,3 +44,13 @@ def test_invalid_json_payload_raises_payload_error() -> None:
 
 def test_queue_total() -> None:
     assert QueueStats("q", 1, 2, 3, 4, 5).total == 15
+
+
+def test_queue_settings_default_to_running_without_a_limit() -> None:
+    stats = QueueStats("q")
+    assert (stats.paused, stats.max_running) == (False, 0)
+
+
+def test_cancel_counts_unpack_as_a_pair() -> None:
+    cancelled, cancel_requested = CancelCounts(cancelled=2, cancel_requested=1)
+    assert (cancelled, cancel_requested) == (2, 1)

@@ -5,6 +5,7 @@ import dtq_client
 EXPECTED = {
     "DEFAULT_ADDRESS",
     "AlreadyExists",
+    "CancelCounts",
     "Client",
     "ClientConfig",
     "DeadlineExceeded",
@@ -57,5 +58,7 @@ def test_client_methods_are_documented() -> None:
     public = [name for name in vars(dtq_client.Client) if not name.startswith("_")]
     assert {"submit", "submit_many", "get", "wait", "watch", "cancel", "list_tasks"} <= set(public)
     assert {"iter_tasks", "nodes", "drain", "queues", "health", "close"} <= set(public)
+    assert {"cancel_tasks", "retry", "purge"} <= set(public)
+    assert {"pause_queue", "resume_queue", "set_queue_limit"} <= set(public)
     for name in public:
         assert getattr(dtq_client.Client, name).__doc__, name

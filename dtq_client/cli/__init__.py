@@ -1,0 +1,36 @@
+"""``dtq-client``: submit, inspect, cancel, retry and purge tasks; look at nodes; run queues.
+
+The CLI only parses arguments, calls :class:`dtq_client.Client` and prints the
+result: data on stdout (``-o table|json|jsonl``), messages and errors on stderr.
+:mod:`~dtq_client.cli.app` holds the group and what commands share; the
+commands live in :mod:`~dtq_client.cli.tasks` (one task, and listing),
+:mod:`~dtq_client.cli.bulk` (retry and purge) and :mod:`~dtq_client.cli.cluster`
+(nodes, queues, health).
+
+Exit codes:
+
+* 0 - success
+* 1 - a waited or watched task ended FAILED or CANCELLED
+* 2 - usage error (bad option or argument, invalid ``--payload`` JSON)
+* 3 - RPC error: the coordinator answered with an error or could not be reached
+  (the message shows the status code, reason and field violations)
+* 4 - ``--wait``/``wait`` timed out before the task finished
+* 5 - ``purge`` was not confirmed at its prompt (nothing was deleted)
+* 130 - interrupted (Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import dtq.logs
+
+# Imported for their side effect: each module registers its commands on the group.
+from dtq_client.cli import bulk, cluster, tasks  # noqa: F401
+from dtq_client.cli.app import ExitCode, cli, describe_rpc_error
+
+__all__ = ["ExitCode", "cli", "describe_rpc_error", "main"]
+
+
+def main() -> None:
+    """The ``dtq-client`` console script."""
+    dtq.logs.configure("warning")
+    cli.main(prog_name="dtq-client")
