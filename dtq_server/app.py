@@ -30,6 +30,7 @@ from dtq.v1 import (
 from dtq_server.config import MiB, ServerConfig
 from dtq_server.coordinator import Coordinator
 from dtq_server.servicers.admin_service import AdminServicer
+from dtq_server.servicers.malformed import MalformedRequests
 from dtq_server.servicers.schedule_service import ScheduleServicer
 from dtq_server.servicers.task_service import TaskServicer
 from dtq_server.servicers.worker_service import WorkerServicer
@@ -65,6 +66,9 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.so_reuseport", 0),
+        # A peer that connects and never completes the HTTP/2 handshake (acks our
+        # SETTINGS) is dropped after 10 s instead of gRPC's default of 60 s (B3).
+        ("grpc.http2.settings_timeout", 10_000),
     ]
 
 
@@ -93,7 +97,9 @@ class CoordinatorServer:
         """Open the store, load unfinished work and start serving."""
         self._loop = asyncio.get_running_loop()
         # Created here, not in __init__: a grpc.aio server binds to the running loop.
-        self.server = server = grpc.aio.server(options=server_options(self.config))
+        self.server = server = grpc.aio.server(
+            options=server_options(self.config), interceptors=[MalformedRequests()]
+        )
         await self.store.open()
         await self.coordinator.start()
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]

@@ -76,6 +76,17 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    """What RetryTasks did."""
+
+    retried: int
+    skipped: list[str]
+    """Requested ids that were not FAILED or CANCELLED (or unknown)."""
+    truncated: bool
+    """A filter matched more than one call retries."""
+
+
 class Coordinator:
     """The queue's domain core (no gRPC in here)."""
 
@@ -158,7 +169,17 @@ class Coordinator:
         return self._shutting_down
 
     def store_result(self, ok: bool) -> None:
-        """Called by the store after each commit attempt (from its thread)."""
+        """Called (on the loop) when the store's commits start failing or work again.
+
+        A failed commit turns health NOT_SERVING at once. A small commit that
+        works again is no proof of recovery (a full disk still takes a page or
+        two), so health comes back only when the reaper's probe, a full-size
+        write, commits (:meth:`_set_store_ok`).
+        """
+        if not ok:
+            self._set_store_ok(False)
+
+    def _set_store_ok(self, ok: bool) -> None:
         if ok != self._store_ok:
             self._store_ok = ok
             log.warning("store.health", writable=ok)
@@ -190,6 +211,7 @@ class Coordinator:
                 last_probe = now
                 with contextlib.suppress(StoreUnavailable):
                     await self.store.check_writable()
+                    self._set_store_ok(True)
 
     def _dependencies_settled(self, events: DependencyEvents) -> None:
         """A commit unblocked waiting tasks (now QUEUED) or cascaded a failure to them."""
@@ -494,27 +516,36 @@ class Coordinator:
         log.info("tasks.cancel_many", cancelled=cancelled, cancel_requested=len(running))
         return cancelled, len(running)
 
-    async def retry(self, task_ids: list[str], task_filter: TaskFilter) -> int:
+    async def retry(self, task_ids: list[str], task_filter: TaskFilter) -> RetryOutcome:
         """Send FAILED (or CANCELLED) tasks back to their queue with a fresh attempt budget."""
+        has_filter = task_filter.queue is not None or task_filter.type is not None
+        if task_ids and (has_filter or task_filter.state is not None):
+            raise InvalidArgument([("task_ids", "give task ids or a filter, not both")])
+        truncated = False
         if task_ids:
             if len(task_ids) > MAX_BULK:
                 raise InvalidArgument([("task_ids", f"at most {MAX_BULK}")])
             ids = [validate_task_id(t, f"task_ids[{i}]") for i, t in enumerate(task_ids)]
         else:
-            if task_filter.queue is None and task_filter.type is None:
+            if not has_filter:
                 raise InvalidArgument([("queue", "give task ids, a queue or a type")])
             state = task_filter.state or TaskState.FAILED
             if state not in (TaskState.FAILED, TaskState.CANCELLED):
                 raise InvalidArgument([("state", "must be failed or cancelled")])
-            ids = await self.store.find_ids(dataclasses.replace(task_filter, state=state), MAX_BULK)
+            ids = await self.store.find_ids(
+                dataclasses.replace(task_filter, state=state), MAX_BULK + 1
+            )
+            truncated = len(ids) > MAX_BULK
+            ids = ids[:MAX_BULK]
         revived = await self.store.retry(ids)
         now = time.monotonic()
         for task in revived:
             self.board.track(task, now)
         self.watchers.notify(t.id for t in revived)
         self.dispatcher.kick()
-        log.info("tasks.retried", count=len(revived))
-        return len(revived)
+        done = {t.id for t in revived}
+        log.info("tasks.retried", count=len(revived), truncated=truncated)
+        return RetryOutcome(len(revived), [i for i in ids if i not in done], truncated)
 
     async def purge(self, task_filter: TaskFilter) -> int:
         """Delete finished tasks matching a filter (state required)."""

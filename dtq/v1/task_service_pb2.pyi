@@ -140,10 +140,14 @@ class RetryTasksRequest(_message.Message):
     def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., queue: _Optional[str] = ..., type: _Optional[str] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
 
 class RetryTasksResponse(_message.Message):
-    __slots__ = ("retried",)
+    __slots__ = ("retried", "skipped_task_ids", "truncated")
     RETRIED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     retried: int
-    def __init__(self, retried: _Optional[int] = ...) -> None: ...
+    skipped_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    truncated: bool
+    def __init__(self, retried: _Optional[int] = ..., skipped_task_ids: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class PurgeTasksRequest(_message.Message):
     __slots__ = ("queue", "type", "state")

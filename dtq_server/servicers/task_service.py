@@ -91,8 +91,12 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self, request: pb.RetryTasksRequest, context: Context
     ) -> pb.RetryTasksResponse:
         task_filter = _filter(request.queue, request.type, request.state)
-        retried = await self._coordinator.retry(list(request.task_ids), task_filter)
-        return pb.RetryTasksResponse(retried=retried)
+        outcome = await self._coordinator.retry(list(request.task_ids), task_filter)
+        return pb.RetryTasksResponse(
+            retried=outcome.retried,
+            skipped_task_ids=outcome.skipped,
+            truncated=outcome.truncated,
+        )
 
     @unary_boundary
     async def PurgeTasks(

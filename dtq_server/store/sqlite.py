@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -41,6 +42,16 @@ from dtq_server.updates import LeaseGrant, Transition
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 BUSY_TIMEOUT_MS = 2000
+PROBE_BYTES = 1024 * 1024
+"""Size of the write-health probe: the default largest payload."""
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class StoreCorrupt(RuntimeError):
@@ -112,7 +123,11 @@ class SqliteStore:
         self._result_ttl_s = result_ttl_s
         self._on_dependencies: Callable[[DependencyEvents], None] | None = None
         self._synchronous = synchronous
-        self._writer = GroupCommitWriter(self._connect_writer, on_commit_result)
+        self._writer = GroupCommitWriter(
+            self._connect_writer, on_commit_result, precheck=self._still_there
+        )
+        self._identity: tuple[int, int] | None = None
+        """(st_dev, st_ino) of the database file the writer opened."""
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
         self._local = threading.local()
 
@@ -126,9 +141,22 @@ class SqliteStore:
 
     def _connect_writer(self) -> sqlite3.Connection:
         try:
-            return self._open_checked()
+            conn = self._open_checked()
         except sqlite3.DatabaseError as exc:
             raise StoreCorrupt(f"{self._path} is not a usable database: {exc}") from exc
+        self._identity = _file_identity(self._path)
+        return conn
+
+    def _still_there(self) -> None:
+        """Refuse to commit when the database file was removed, moved or replaced.
+
+        SQLite keeps writing to an open file after its path is gone: everything
+        acknowledged from then on would be missing at the next start
+        (RELIABILITY D3). One ``stat`` per group commit; the store recovers on its
+        own once the file is back where it was.
+        """
+        if _file_identity(self._path) != self._identity:
+            raise sqlite3.OperationalError(f"{self._path} was removed or replaced")
 
     def _open_checked(self) -> sqlite3.Connection:
         """Open the write connection; create the schema only in a new, empty file."""
@@ -336,9 +364,15 @@ class SqliteStore:
         return await self._read(find)
 
     async def check_writable(self) -> None:
-        await self._writer.run(
-            lambda conn: conn.execute("UPDATE tasks SET seq = seq WHERE seq = -1")
-        )
+        # A commit that changes nothing writes nothing, and succeeds on a full disk.
+        # The probe writes (and drops again, in the same transaction) a largest-payload
+        # blob, so it commits only when a full-size submit could (RELIABILITY D1).
+        def probe(conn: sqlite3.Connection) -> None:
+            conn.execute("CREATE TABLE dtq_store_probe (data BLOB)")
+            conn.execute("INSERT INTO dtq_store_probe VALUES (zeroblob(?))", (PROBE_BYTES,))
+            conn.execute("DROP TABLE dtq_store_probe")
+
+        await self._writer.run(probe)
 
     # -- reads -------------------------------------------------------------
 

@@ -50,10 +50,13 @@ class GroupCommitWriter:
         self,
         connect: Callable[[], sqlite3.Connection],
         on_commit_result: Callable[[bool], None] | None = None,
+        precheck: Callable[[], None] | None = None,
     ) -> None:
-        """``on_commit_result(ok)`` is called on this thread when commit health changes."""
+        """``on_commit_result(ok)`` is called on this thread when commit health changes;
+        ``precheck()`` runs before each batch and fails it by raising ``sqlite3.Error``."""
         self._connect = connect
         self._on_commit_result = on_commit_result
+        self._precheck = precheck
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="dtq-store-writer", daemon=True)
         self._ready = threading.Event()
@@ -116,6 +119,8 @@ class GroupCommitWriter:
     def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
+            if self._precheck is not None:
+                self._precheck()
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
                 conn.execute("SAVEPOINT op")

@@ -176,12 +176,20 @@ def test_retry_by_id_and_by_filter(dtq: Dtq, client: Client, queue: str) -> None
     assert client.get(dropped[0].id).state is TaskState.QUEUED
     # Not failed or cancelled (any more): skipped, and said so on stderr.
     again = dtq("-o", "json", "retry", dropped[0].id, dropped[1].id)
-    assert json.loads(again.stdout) == {"retried": "1"}
+    assert json.loads(again.stdout) == {"retried": "1", "skippedTaskIds": [], "truncated": False}
     assert "1 of the given tasks were not failed or cancelled" in again.stderr
     none_failed = dtq("-o", "json", "retry", "-q", queue)
-    assert json.loads(none_failed.stdout) == {"retried": "0"}
+    assert json.loads(none_failed.stdout) == {
+        "retried": "0",
+        "skippedTaskIds": [],
+        "truncated": False,
+    }
     by_filter = dtq("-o", "json", "retry", "-q", queue, "--type", NOBODY, "--state", "cancelled")
-    assert json.loads(by_filter.stdout) == {"retried": "1"}
+    assert json.loads(by_filter.stdout) == {
+        "retried": "1",
+        "skippedTaskIds": [],
+        "truncated": False,
+    }
     assert {client.get(t.id).state for t in dropped} == {TaskState.QUEUED}
     bad = dtq("retry", "abc")
     assert bad.exit_code == 3

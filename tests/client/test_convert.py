@@ -288,5 +288,5 @@ def test_bulk_results_as_proto3_json() -> None:
     assert convert.to_json(counts) == {"cancelled": "3", "cancelRequested": "1"}
     message = task_service_pb2.CancelTasksResponse(cancelled=3, cancel_requested=1)
     assert convert.cancel_counts_from_proto(message) == counts == (3, 1)
-    assert convert.retried_to_json(2) == {"retried": "2"}
+    assert convert.retried_to_json(2) == {"retried": "2", "skippedTaskIds": [], "truncated": False}
     assert convert.deleted_to_json(0) == {"deleted": "0"}

@@ -213,9 +213,16 @@ def test_bulk_cancel_retry_and_purge(
     wait_until(lambda: get(tasks, doomed).state == SUCCEEDED, 5)
     assert get(tasks, doomed).failures == 0
     node.close()
-    by_id = tasks.RetryTasks(task_service_pb2.RetryTasksRequest(task_ids=queued[:1]), timeout=10)
-    assert by_id.retried == 1
+    by_id = tasks.RetryTasks(
+        task_service_pb2.RetryTasksRequest(task_ids=[queued[0], doomed]), timeout=10
+    )
+    assert (by_id.retried, list(by_id.skipped_task_ids)) == (1, [doomed])  # doomed succeeded
     assert get(tasks, queued[0]).state == QUEUED
+    with pytest.raises(grpc.RpcError) as info:
+        tasks.RetryTasks(
+            task_service_pb2.RetryTasksRequest(task_ids=[doomed], queue="dlq"), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     with pytest.raises(grpc.RpcError) as info:
         tasks.PurgeTasks(task_service_pb2.PurgeTasksRequest(queue="bulk"), timeout=10)

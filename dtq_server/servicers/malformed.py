@@ -1,0 +1,127 @@
+"""Request bytes that are not a valid message get INVALID_ARGUMENT, quietly.
+
+grpcio decodes each request before any servicer code runs. When the bytes do
+not parse (random bytes, a truncated message, a wrong wire type, invalid UTF-8
+in a string field, nesting past the parser's limit) it fails the call with
+UNKNOWN, puts the parser's exception text in the status details, and logs a
+full traceback per call: a peer sending garbage could fill the log and read
+our internals (RELIABILITY B2, R13).
+
+:class:`MalformedRequests` wraps every method's request deserializer so that
+a message that does not parse becomes a :class:`Malformed` marker instead; the
+method then ends with INVALID_ARGUMENT (``BadRequest`` field ``request``) and
+one log line without a traceback. For streaming requests (the worker stream)
+the marker fails the stream the same way, whether it is the first message or
+a later one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+import structlog
+
+from dtq_server.errors import InvalidArgument
+from dtq_server.servicers.errors import Context, abort, to_status
+
+log = structlog.get_logger(__name__)
+Deserializer = Callable[[bytes], Any]
+if TYPE_CHECKING:  # the stubs make these generic; at run time they are plain classes
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    Interceptor = grpc.aio.ServerInterceptor
+
+
+class Malformed:
+    """Stands in for a request message that did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _error(method: str) -> InvalidArgument:
+    return InvalidArgument([("request", f"is not a valid request message for {method}")])
+
+
+def _safe(deserializer: Deserializer, method: str) -> Deserializer:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, and anything a parser may raise on garbage
+            log.info("rpc.malformed_request", method=method, error=type(exc).__name__)
+            return Malformed(type(exc).__name__)
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Malformed):
+            raise _error(method)
+        yield request
+
+
+def _guard(handler: Handler, method: str) -> Handler:
+    """The same handler, with malformed requests answered INVALID_ARGUMENT."""
+    assert handler.request_deserializer is not None
+    parse = _safe(handler.request_deserializer, method)
+    serialize = handler.response_serializer
+    if handler.unary_unary is not None:
+        unary_unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.unary_unary)
+
+        async def unary(request: Any, context: Context) -> Any:
+            if isinstance(request, Malformed):
+                await abort(context, to_status(_error(method)))
+            return await unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(cast(Any, unary), parse, serialize)
+    if handler.unary_stream is not None:
+        unary_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.unary_stream)
+
+        async def server_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            if isinstance(request, Malformed):
+                await abort(context, to_status(_error(method)))
+            async for response in unary_stream(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(cast(Any, server_stream), parse, serialize)
+    if handler.stream_unary is not None:
+        stream_unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.stream_unary)
+
+        async def client_stream(requests: AsyncIterator[Any], context: Context) -> Any:
+            try:
+                return await stream_unary(_checked(requests, method), context)
+            except InvalidArgument as exc:
+                await abort(context, to_status(exc))
+
+        return grpc.stream_unary_rpc_method_handler(cast(Any, client_stream), parse, serialize)
+    stream_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.stream_stream)
+
+    async def bidi(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        try:
+            async for response in stream_stream(_checked(requests, method), context):
+                yield response
+        except InvalidArgument as exc:  # a malformed first message; later ones end the
+            await abort(context, to_status(exc))  # worker stream through its reader
+
+    return grpc.stream_stream_rpc_method_handler(cast(Any, bidi), parse, serialize)
+
+
+class MalformedRequests(Interceptor):
+    """Answers undecodable requests with INVALID_ARGUMENT; see the module docstring."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _guard(handler, handler_call_details.method)
