@@ -44,6 +44,14 @@ def _queues(value: str) -> tuple[str, ...]:
     help="Worker threads (= slots: tasks run at once).",
 )
 @option(
+    "--prefetch",
+    envvar="DTQ_PREFETCH",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    help="Tasks to hold beyond the slots, so a freed thread starts its next task at once "
+    "(0: never hold more than can run).",
+)
+@option(
     "--queues",
     envvar="DTQ_QUEUES",
     default="default",
@@ -112,6 +120,7 @@ def main(
     target: str,
     coordinator: str,
     threads: int,
+    prefetch: int,
     queues: str,
     node_id: str | None,
     max_restarts: int,
@@ -132,6 +141,7 @@ def main(
         config = WorkerConfig(
             coordinator=coordinator,
             threads=threads,
+            prefetch=prefetch,
             queues=_queues(queues),
             node_id=node_id or default_node_id(),
             max_restarts=max_restarts,

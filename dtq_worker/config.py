@@ -35,6 +35,9 @@ class WorkerConfig:
     """The coordinator's ``host:port``."""
     threads: int = 4
     """Worker threads, which is also the number of slots the node declares."""
+    prefetch: int = 0
+    """Tasks the node may hold beyond its slots, buffered so a freed thread has its next
+    task at hand (``RegisterNode.prefetch``). 0 holds no more than the node can run."""
     queues: tuple[str, ...] = ("default",)
     """Queues to take tasks from."""
     node_id: str = field(default_factory=default_node_id)
@@ -71,6 +74,8 @@ class WorkerConfig:
             problems.append("coordinator address must not be empty")
         if not 1 <= self.threads <= MAX_SLOTS:
             problems.append(f"threads must be 1-{MAX_SLOTS}, got {self.threads}")
+        if not 0 <= self.prefetch <= MAX_SLOTS:
+            problems.append(f"prefetch must be 0-{MAX_SLOTS}, got {self.prefetch}")
         if not self.queues:
             problems.append("at least one queue is needed")
         problems += [

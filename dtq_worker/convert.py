@@ -56,6 +56,7 @@ def register_request(registration: Registration) -> worker_service_pb2.ConnectRe
             slots=registration.slots,
             resume_session_id=registration.resume_session_id,
             leases=[_lease_pb(lease) for lease in registration.leases],
+            prefetch=registration.prefetch,
         )
     )
 

@@ -145,6 +145,7 @@ class Registration:
     slots: int
     resume_session_id: str = ""
     leases: tuple[Lease, ...] = ()
+    prefetch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

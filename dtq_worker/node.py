@@ -259,6 +259,7 @@ class Node:
             task_types=self.registry.task_types,
             queues=self.config.queues,
             slots=self.config.threads,
+            prefetch=self.config.prefetch,
             resume_session_id=resume_session_id,
             leases=self._ledger.held_leases() if resume_session_id else (),
         )
