@@ -58,7 +58,7 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> Non
 
 
 @contextmanager
-def cluster(nodes: int, threads: int = 4) -> Iterator[str]:
+def cluster(nodes: int, threads: int = 4, prefetch: int = 0) -> Iterator[str]:
     """A coordinator process and ``nodes`` worker processes; yields the address."""
     with tempfile.TemporaryDirectory(prefix="dtq-bench-") as tmp:
         port_file = Path(tmp) / "port"
@@ -95,6 +95,8 @@ def cluster(nodes: int, threads: int = 4) -> Iterator[str]:
                             address,
                             "--threads",
                             str(threads),
+                            "--prefetch",
+                            str(prefetch),
                             "--node-id",
                             f"bench-{n}",
                             "--log-level",
@@ -120,9 +122,13 @@ def cluster(nodes: int, threads: int = 4) -> Iterator[str]:
                     proc.kill()
 
 
+PREFETCH = 16
+"""P1's nodes hold this many tasks beyond their 4 threads (dtq-worker --prefetch)."""
+
+
 def throughput(size: Size) -> float:
-    """P1: end-to-end tasks/s."""
-    with cluster(nodes=2) as address, Client(address) as client:
+    """P1: end-to-end tasks/s (nodes with --prefetch 16)."""
+    with cluster(nodes=2, prefetch=PREFETCH) as address, Client(address) as client:
         started = time.perf_counter()
         client.submit_many([TaskSpec("echo", i) for i in range(size.tasks)])
         _wait_for(lambda: client.queues()[0].succeeded == size.tasks, 600, "all tasks to succeed")
@@ -174,7 +180,7 @@ def main() -> int:
     args = parser.parse_args()
     size = SIZES[args.size]
     figures: dict[str, list[float]] = {
-        "P1 end-to-end tasks/s (2 nodes x 4 threads)": [],
+        f"P1 end-to-end tasks/s (2 nodes x 4 threads, prefetch {PREFETCH})": [],
         "P2 round trip p50 ms": [],
         "P2 round trip p99 ms": [],
         "P3 batched enqueue tasks/s": [],
