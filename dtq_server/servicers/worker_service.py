@@ -39,6 +39,7 @@ from dtq_server.servicers.convert import (
     update_from_proto,
 )
 from dtq_server.servicers.errors import Context, abort, internal_status, to_status
+from dtq_server.servicers.update_pipeline import UpdatePipeline
 from dtq_server.sessions import NodeSessions
 
 log = structlog.get_logger(__name__)
@@ -105,6 +106,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         session: Session,
         outbox: asyncio.Queue[Outbound],
     ) -> None:
+        pipeline = UpdatePipeline(self._sessions, session, outbox)
         try:
             async for message in requests:
                 kind = message.WhichOneof("message")
@@ -118,16 +120,14 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                     )
                 elif kind == "updates":
                     updates = [update_from_proto(u) for u in message.updates.updates]
-                    acks = await self._sessions.apply_updates(
-                        session, [u for u in updates if u is not None]
-                    )
-                    if acks:
-                        outbox.put_nowait(SendAcks(acks))
+                    pipeline.add([u for u in updates if u is not None])
                 elif kind == "leave":
+                    await pipeline.flush()  # the node's last outcomes first, then the rest
                     await self._sessions.leave(session, message.leave.reason[:200])
                     break
                 elif kind == "register":
                     raise InvalidArgument([("register", "sent twice on one stream")])
+            await pipeline.flush()
             outbox.put_nowait(CloseStream())
         except CoordinatorError as exc:
             outbox.put_nowait(EndStream(exc))
@@ -136,6 +136,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         except Exception:
             log.exception("stream.reader_failed", node_id=session.node.node_id)
             outbox.put_nowait(EndStream(CoordinatorError("internal error")))
+        finally:
+            await pipeline.close()
 
 
 async def _drain(outbox: asyncio.Queue[Outbound]) -> list[Outbound]:
