@@ -2,11 +2,13 @@
 
 ::
 
-    from dtq_client import Client
+    from dtq_client import Client, TaskSpec
 
     with Client("127.0.0.1:50051") as client:
         task = client.submit("echo", {"x": 1})
+        client.submit("report.build", {}, depends_on=[task.id])  # runs once the echo succeeded
         print(client.wait(task.id).result_value())
+        client.create_schedule("nightly", TaskSpec("report.build"), cron="0 3 * * *")
 
 Everything here is plain Python: models are frozen dataclasses, errors derive
 from :class:`DtqError`, and no protobuf or ``grpc.RpcError`` reaches the caller.
@@ -24,6 +26,7 @@ from dtq_client.errors import (
     DeadlineExceeded,
     DtqError,
     FailedPrecondition,
+    GroupNotFound,
     InvalidArgument,
     NodeNotFound,
     NotFound,
@@ -32,6 +35,8 @@ from dtq_client.errors import (
     ProtocolError,
     ResourceExhausted,
     RpcError,
+    ScheduleExists,
+    ScheduleNotFound,
     SubmitManyError,
     TaskNotFound,
     TaskTerminal,
@@ -41,12 +46,20 @@ from dtq_client.errors import (
 )
 from dtq_client.models import (
     CancelCounts,
+    DependencyFailure,
+    Group,
+    GroupState,
     Lease,
+    MissedTicks,
     Node,
     NodeState,
     Progress,
     QueueStats,
+    RateLimit,
+    RetryResult,
+    Schedule,
     SubmitResult,
+    SubmittedGroup,
     Task,
     TaskError,
     TaskSpec,
@@ -60,10 +73,15 @@ __all__ = [
     "Client",
     "ClientConfig",
     "DeadlineExceeded",
+    "DependencyFailure",
     "DtqError",
     "FailedPrecondition",
+    "Group",
+    "GroupNotFound",
+    "GroupState",
     "InvalidArgument",
     "Lease",
+    "MissedTicks",
     "Node",
     "NodeNotFound",
     "NodeState",
@@ -73,11 +91,17 @@ __all__ = [
     "Progress",
     "ProtocolError",
     "QueueStats",
+    "RateLimit",
     "ResourceExhausted",
     "RetryPolicy",
+    "RetryResult",
     "RpcError",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "SubmitManyError",
     "SubmitResult",
+    "SubmittedGroup",
     "Task",
     "TaskError",
     "TaskNotFound",

@@ -24,23 +24,17 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
-from typing import Self, TypeVar
+from typing import Self
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dtq.v1 import (
-    admin_service_pb2,
-    admin_service_pb2_grpc,
-    task_pb2,
-    task_service_pb2,
-    task_service_pb2_grpc,
-)
+from dtq.v1 import task_pb2, task_service_pb2
 from dtq_client import convert, retry
 from dtq_client.batching import batches
+from dtq_client.cluster import ClusterCalls
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.connection import create_channel
 from dtq_client.errors import (
@@ -54,15 +48,16 @@ from dtq_client.errors import (
 )
 from dtq_client.models import (
     CancelCounts,
-    Node,
-    QueueStats,
+    DependencyFailure,
+    Group,
+    RetryResult,
     SubmitResult,
+    SubmittedGroup,
     Task,
     TaskSpec,
     TaskState,
 )
-
-_R = TypeVar("_R")
+from dtq_client.schedules import ScheduleCalls
 
 # Bytes a spec adds to a SubmitTasks request beyond its own size (tag and length).
 _SPEC_FRAMING_BYTES = 6
@@ -71,11 +66,14 @@ _DEADLINE_SLACK_S = 0.05
 _MAX_PAGE_SIZE = 1_000
 
 
-class Client:
+class Client(ScheduleCalls, ClusterCalls):
     """A connection to a DTQ coordinator; use it as a context manager or call :meth:`close`.
 
     ``channel`` lets the caller supply (and keep ownership of) an open channel;
     otherwise the client opens one with :func:`dtq_client.create_channel`.
+    Task calls are defined here; those about the cluster (nodes, queues, rate
+    limits) and schedules come from :class:`~dtq_client.cluster.ClusterCalls`
+    and :class:`~dtq_client.schedules.ScheduleCalls`.
     """
 
     def __init__(
@@ -100,10 +98,7 @@ class Client:
         self.config = config
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else create_channel(config.address)
-        # The generated stubs are untyped; each call below annotates its response.
-        self._tasks = task_service_pb2_grpc.TaskServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)  # type: ignore[no-untyped-call]
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._open_stubs(self._channel)
         self._closed = threading.Event()
 
     def close(self) -> None:
@@ -139,14 +134,23 @@ class Client:
         schedule_to_start_timeout_s: float | None = None,
         result_ttl_s: float | None = None,
         rate_key: str | None = None,
+        depends_on: Iterable[str] = (),
+        on_dependency_failure: DependencyFailure | str | None = None,
     ) -> Task:
         """Submit one task and return it as stored (see :class:`TaskSpec` for the arguments).
+
+        With ``depends_on`` (ids of existing tasks) the task is WAITING until
+        they all succeed; if one fails or is cancelled, the task fails
+        (``DEPENDENCY_FAILED``) or, with ``on_dependency_failure="cancel"``, is
+        cancelled, and so on down the tasks depending on it.
 
         With an ``idempotency_key`` that an earlier task used, that task is
         returned; :class:`AlreadyExists` if its spec differs. ``run_at`` and
         ``delay_s`` are not part of that comparison (``delay_s`` counts from
         each submit, so a retried submit could never match otherwise).
         """
+        if isinstance(depends_on, str):
+            raise TypeError("depends_on must be a collection of task ids, not one string")
         spec = _with_key(
             TaskSpec(
                 type=type,
@@ -163,6 +167,12 @@ class Client:
                 schedule_to_start_timeout_s=schedule_to_start_timeout_s,
                 result_ttl_s=result_ttl_s,
                 rate_key=rate_key,
+                depends_on=tuple(depends_on),
+                on_dependency_failure=(
+                    None
+                    if on_dependency_failure is None
+                    else DependencyFailure(on_dependency_failure)
+                ),
             )
         )
         request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
@@ -209,6 +219,38 @@ class Client:
             results += [convert.submit_result_from_proto(r) for r in response.results]
         return results
 
+    def submit_group(self, specs: Iterable[TaskSpec]) -> SubmittedGroup:
+        """Submit tasks as one group, whose aggregate status :meth:`get_group` reports.
+
+        Unlike :meth:`submit_many` the specs go in ONE request (so at most
+        10,000 of them, within the transport's message size): all are stored,
+        in one group, or none is. Specs may depend on tasks submitted before,
+        not on each other (their ids are not known yet).
+        """
+        keyed = [_with_key(spec) for spec in specs]
+        request = task_service_pb2.SubmitTasksRequest(
+            tasks=[convert.spec_to_proto(spec) for spec in keyed], group=True
+        )
+        response: task_service_pb2.SubmitTasksResponse = self._unary(
+            self._tasks.SubmitTasks, request, retry.SUBMIT_CODES
+        )
+        if len(response.results) != len(keyed):
+            raise ProtocolError(
+                f"SubmitTasks answered {len(response.results)} results for {len(keyed)} tasks"
+            )
+        results = tuple(convert.submit_result_from_proto(r) for r in response.results)
+        return SubmittedGroup(
+            group_id=_stored_group_id(response.group_id, results), results=results
+        )
+
+    def get_group(self, group_id: str) -> Group:
+        """The aggregate status of a group; :class:`GroupNotFound` if no task is in it."""
+        request = task_service_pb2.GetGroupRequest(group_id=group_id)
+        response: task_service_pb2.GetGroupResponse = self._unary(
+            self._tasks.GetGroup, request, retry.READ_CODES
+        )
+        return convert.group_from_proto(response)
+
     # --- reading and cancelling ----------------------------------------------------------
 
     def get(self, task_id: str) -> Task:
@@ -242,9 +284,11 @@ class Client:
 
         At least one of ``queue`` and ``type`` is required (:class:`InvalidArgument`
         otherwise), so that no call cancels everything by accident. ``state``
-        narrows it to queued, leased or running tasks. Returns
-        ``(cancelled, cancel_requested)``: queued tasks cancelled at once, and
-        dispatched ones whose nodes were asked to stop them.
+        narrows it to waiting, queued, leased or running tasks. Returns
+        ``(cancelled, cancel_requested)``: waiting and queued tasks cancelled at
+        once, and dispatched ones whose nodes were asked to stop them. Waiting
+        tasks are cancelled before their dependencies, so they end CANCELLED
+        whatever their ``on_dependency_failure``.
         """
         request = task_service_pb2.CancelTasksRequest(
             queue=queue or "", type=type or "", state=_state_filter(state)
@@ -261,13 +305,14 @@ class Client:
         queue: str | None = None,
         type: str | None = None,
         state: TaskState | str | None = None,
-    ) -> int:
-        """Send failed (dead-lettered) or cancelled tasks back to their queue; return how many.
+    ) -> RetryResult:
+        """Send failed (dead-lettered) or cancelled tasks back to their queue.
 
-        Either ``task_ids`` (tasks in another state, or unknown, are skipped and
-        not counted) or a filter: every task of ``queue`` and/or ``type`` in
-        ``state``, FAILED by default or CANCELLED; the coordinator retries at
-        most 10,000 per call. A retried task gets a fresh attempt budget; its
+        Either ``task_ids`` (tasks in another state, or unknown, are skipped
+        and listed in ``skipped_task_ids``) or a filter: every task of
+        ``queue`` and/or ``type`` in ``state``, FAILED by default or CANCELLED;
+        the coordinator retries at most 10,000 per call and says ``truncated``
+        when more remain. A retried task gets a fresh attempt budget; its
         attempt number keeps counting, so the next dispatch is a new attempt.
         """
         if isinstance(task_ids, str):
@@ -281,7 +326,7 @@ class Client:
         response: task_service_pb2.RetryTasksResponse = self._unary(
             self._tasks.RetryTasks, request, retry.READ_CODES
         )
-        return response.retried
+        return convert.retry_result_from_proto(response)
 
     def purge(
         self,
@@ -424,87 +469,6 @@ class Client:
             call.cancel()  # ends the call when the consumer stops early; a no-op otherwise
         raise Unavailable(grpc.StatusCode.UNAVAILABLE, "watch stream ended early")
 
-    # --- cluster -------------------------------------------------------------------------
-
-    def nodes(self, include_gone: bool = False) -> list[Node]:
-        """Worker nodes ordered by id; ``include_gone`` adds recently dead or departed ones."""
-        request = admin_service_pb2.ListNodesRequest(include_gone=include_gone)
-        response: admin_service_pb2.ListNodesResponse = self._unary(
-            self._admin.ListNodes, request, retry.READ_CODES
-        )
-        return [convert.node_from_proto(node) for node in response.nodes]
-
-    def drain(self, node_id: str) -> Node:
-        """Stop dispatching to a node and ask it to finish its tasks and exit.
-
-        :class:`NodeNotFound` if no live node has that id.
-        """
-        request = admin_service_pb2.DrainNodeRequest(node_id=node_id)
-        response: admin_service_pb2.DrainNodeResponse = self._unary(
-            self._admin.DrainNode, request, retry.READ_CODES
-        )
-        return convert.node_from_proto(response.node)
-
-    def queues(self) -> list[QueueStats]:
-        """Task counts and settings of every queue that has tasks or settings, ordered by name."""
-        request = admin_service_pb2.ListQueuesRequest()
-        response: admin_service_pb2.ListQueuesResponse = self._unary(
-            self._admin.ListQueues, request, retry.READ_CODES
-        )
-        return [convert.queue_stats_from_proto(stats) for stats in response.queues]
-
-    def pause_queue(self, name: str) -> QueueStats:
-        """Pause a queue: it keeps accepting submits but dispatches nothing. Durable.
-
-        Tasks already running carry on. Returns the queue with its new settings.
-        """
-        return self._update_queue(admin_service_pb2.UpdateQueueRequest(name=name, paused=True))
-
-    def resume_queue(self, name: str) -> QueueStats:
-        """Resume a paused queue; returns the queue with its new settings."""
-        return self._update_queue(admin_service_pb2.UpdateQueueRequest(name=name, paused=False))
-
-    def set_queue_limit(self, name: str, max_running: int) -> QueueStats:
-        """Cap the tasks of a queue leased or running at once, across all nodes; 0 removes the cap.
-
-        Durable. Lowering it below what is running stops nothing: it holds
-        back new dispatches until the queue is under it. Returns the queue.
-        """
-        request = admin_service_pb2.UpdateQueueRequest(name=name, max_running=max_running)
-        return self._update_queue(request)
-
-    def _update_queue(self, request: admin_service_pb2.UpdateQueueRequest) -> QueueStats:
-        # Every field set is an absolute value, so a retried update is harmless.
-        response: admin_service_pb2.UpdateQueueResponse = self._unary(
-            self._admin.UpdateQueue, request, retry.READ_CODES
-        )
-        return convert.queue_stats_from_proto(response.queue)
-
-    def health(self, service: str = "") -> str:
-        """The standard gRPC health status: ``SERVING``, ``NOT_SERVING``, ...
-
-        ``service`` "" asks about the coordinator as a whole.
-        """
-        request = health_pb2.HealthCheckRequest(service=service)
-        response = self._unary(self._health.Check, request, retry.READ_CODES)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
-
-    # --- plumbing ------------------------------------------------------------------------
-
-    def _unary(
-        self,
-        method: Callable[..., _R],
-        request: object,
-        codes: frozenset[grpc.StatusCode],
-    ) -> _R:
-        """Call ``method`` with a deadline, translating errors and retrying ``codes``."""
-
-        def attempt() -> _R:
-            with translate_rpc_errors():
-                return method(request, timeout=self.config.timeout_s)
-
-        return retry.retrying(self.config.retry, codes)(attempt)
-
 
 def _raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: WaitTimeout) -> None:
     """Raise ``timeout`` if a watch's DEADLINE_EXCEEDED means the whole wait ran out.
@@ -519,6 +483,20 @@ def _raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: Wa
 def _state_filter(state: TaskState | str | None) -> task_pb2.TaskState:
     """The wire value of a state filter given as a model enum or its name; None is any state."""
     return convert.task_state_to_proto(None if state is None else TaskState(state))
+
+
+def _stored_group_id(answered: str, results: Iterable[SubmitResult]) -> str:
+    """The group the stored tasks are in: normally the one SubmitTasks answered.
+
+    When a retried submit found every task already stored (the first attempt
+    committed but its answer was lost), the coordinator answers a fresh group
+    id that no task has; the tasks' own group id is then the right one.
+    """
+    groups = {result.task.group_id for result in results}
+    if answered in groups or len(groups) != 1:
+        return answered
+    [stored] = groups
+    return stored or answered
 
 
 def _with_key(spec: TaskSpec) -> TaskSpec:

@@ -11,8 +11,11 @@ Every error the client raises derives from :class:`DtqError`::
         ├── InvalidArgument         a request field is malformed (see field_violations)
         ├── NotFound                no such object
         │   ├── TaskNotFound            reason TASK_NOT_FOUND
-        │   └── NodeNotFound            reason NODE_NOT_FOUND
+        │   ├── NodeNotFound            reason NODE_NOT_FOUND
+        │   ├── GroupNotFound           reason GROUP_NOT_FOUND
+        │   └── ScheduleNotFound        reason SCHEDULE_NOT_FOUND
         ├── AlreadyExists           idempotency key reused with a different spec
+        │   └── ScheduleExists          reason SCHEDULE_EXISTS: another schedule has the name
         ├── FailedPrecondition      the object is in the wrong state
         │   └── TaskTerminal            reason TASK_TERMINAL: cancelling a finished task
         ├── Unavailable             coordinator down, unreachable or shutting down; retry
@@ -126,8 +129,20 @@ class NodeNotFound(NotFound):
     """No live node has the given id."""
 
 
+class GroupNotFound(NotFound):
+    """No group has the given id."""
+
+
+class ScheduleNotFound(NotFound):
+    """No schedule has the given name."""
+
+
 class AlreadyExists(RpcError):
-    """An idempotency key was reused with a different task spec."""
+    """An idempotency key was reused with a different task spec, or a name is taken."""
+
+
+class ScheduleExists(AlreadyExists):
+    """A different schedule already has the name (creating the same one again is fine)."""
 
 
 class FailedPrecondition(RpcError):
@@ -197,6 +212,9 @@ _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
 _BY_REASON: dict[str, type[RpcError]] = {
     "TASK_NOT_FOUND": TaskNotFound,
     "NODE_NOT_FOUND": NodeNotFound,
+    "GROUP_NOT_FOUND": GroupNotFound,
+    "SCHEDULE_NOT_FOUND": ScheduleNotFound,
+    "SCHEDULE_EXISTS": ScheduleExists,
     "TASK_TERMINAL": TaskTerminal,
 }
 

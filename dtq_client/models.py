@@ -1,14 +1,15 @@
 """The plain objects the client returns and accepts; no protobuf beyond this edge.
 
 Every model is a frozen dataclass (:class:`CancelCounts`, a pair of counts, is a
-named tuple); states are ``StrEnum`` s whose values are the lower-case state
-names (``TaskState.RUNNING == "running"``). Timestamps are timezone-aware UTC
+named tuple); states and policies are ``StrEnum`` s whose values are the
+lower-case names (``TaskState.RUNNING == "running"``). Timestamps are timezone-aware UTC
 ``datetime`` s, or None when the coordinator did not set them; durations are
 float seconds named ``*_s``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -18,8 +19,12 @@ from dtq_client import payloads
 
 
 class TaskState(StrEnum):
-    """Where a task is in its lifecycle: queued -> leased -> running -> terminal."""
+    """Where a task is in its lifecycle: (waiting ->) queued -> leased -> running -> terminal.
 
+    A task with dependencies is WAITING until the last of them succeeds.
+    """
+
+    WAITING = "waiting"
     QUEUED = "queued"
     LEASED = "leased"
     RUNNING = "running"
@@ -34,6 +39,44 @@ class TaskState(StrEnum):
 
 
 _TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class DependencyFailure(StrEnum):
+    """What happens to a task when a task it depends on fails or is cancelled."""
+
+    FAIL = "fail"
+    """The task fails too (error type ``DEPENDENCY_FAILED``); the coordinator's default."""
+    CANCEL = "cancel"
+    """The task is cancelled."""
+
+
+class GroupState(StrEnum):
+    """The aggregate state of a group of tasks (see :meth:`dtq_client.Client.submit_group`)."""
+
+    RUNNING = "running"
+    """At least one member is not finished."""
+    SUCCEEDED = "succeeded"
+    """Every member succeeded."""
+    FAILED = "failed"
+    """Every member finished and at least one failed."""
+    CANCELLED = "cancelled"
+    """Every member finished, none failed, at least one was cancelled."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once every member is finished."""
+        return self is not GroupState.RUNNING
+
+
+class MissedTicks(StrEnum):
+    """What a schedule does with ticks that passed while the coordinator was down."""
+
+    SKIP = "skip"
+    """Fire nothing for them; continue with the next tick."""
+    RUN_ONCE = "run_once"
+    """Fire one task, for the latest missed tick (the coordinator's default)."""
+    RUN_ALL = "run_all"
+    """Fire one task for every missed tick (at most 1,000)."""
 
 
 class NodeState(StrEnum):
@@ -115,6 +158,10 @@ class Task:
     """When the finished task will be deleted by the coordinator's retention sweep."""
     rate_key: str | None = None
     """The rate key whose limit the task shares (see ``TaskSpec.rate_key``)."""
+    depends_on: tuple[str, ...] = ()
+    """Ids of the tasks that must succeed before this one runs (see ``TaskSpec.depends_on``)."""
+    group_id: str | None = None
+    """The group the task was submitted in (see :meth:`dtq_client.Client.submit_group`)."""
 
     @property
     def is_terminal(self) -> bool:
@@ -165,6 +212,22 @@ class TaskSpec:
     """How long the finished task and its result are kept; None: the coordinator's default."""
     rate_key: str | None = None
     """Tasks with the same key (e.g. a tenant) share that key's rate limit, if one is set."""
+    depends_on: Sequence[str] = ()
+    """Ids of existing tasks (at most 100) that must succeed first; until then it is WAITING.
+
+    Any sequence of ids is accepted; the spec keeps them as a tuple.
+    """
+    on_dependency_failure: DependencyFailure | None = None
+    """If a dependency fails or is cancelled: fail this task (None: the default) or cancel it."""
+
+    def __post_init__(self) -> None:
+        # A tuple, so that equal specs compare equal whatever sequence they were given.
+        if isinstance(self.depends_on, str):
+            raise TypeError("depends_on must be a collection of task ids, not one string")
+        object.__setattr__(self, "depends_on", tuple(self.depends_on))
+        if self.on_dependency_failure is not None:
+            policy = DependencyFailure(self.on_dependency_failure)
+            object.__setattr__(self, "on_dependency_failure", policy)
 
 
 @dataclass(frozen=True)
@@ -176,6 +239,42 @@ class SubmitResult:
     """False when the idempotency key matched an existing task."""
 
 
+@dataclass(frozen=True)
+class SubmittedGroup:
+    """What :meth:`dtq_client.Client.submit_group` stored: the group id and one result per spec."""
+
+    group_id: str
+    results: tuple[SubmitResult, ...]
+
+    @property
+    def tasks(self) -> list[Task]:
+        """The stored tasks, in the order of the specs."""
+        return [result.task for result in self.results]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Group:
+    """The aggregate status of a group of tasks."""
+
+    id: str
+    state: GroupState
+    total: int = 0
+    pending: int = 0
+    """Members waiting or queued."""
+    running: int = 0
+    """Members leased or running."""
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    task_ids: tuple[str, ...] = ()
+    """Member task ids, in submission order."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once every member is finished."""
+        return self.state.is_terminal
+
+
 class CancelCounts(NamedTuple):
     """What :meth:`dtq_client.Client.cancel_tasks` did: ``(cancelled, cancel_requested)``."""
 
@@ -183,6 +282,18 @@ class CancelCounts(NamedTuple):
     """Queued tasks cancelled at once."""
     cancel_requested: int
     """Dispatched tasks whose nodes were asked to stop them (they end CANCELLED later)."""
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    """What :meth:`dtq_client.Client.retry` did."""
+
+    retried: int
+    """Tasks sent back to their queue."""
+    skipped_task_ids: tuple[str, ...] = ()
+    """Given ids that were not retried: not failed or cancelled, or unknown."""
+    truncated: bool = False
+    """With a filter: more matching tasks remain (at most 10,000 per call); call again."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +310,9 @@ class Node:
     queues: tuple[str, ...] = ()
     slots: int = 0
     busy_slots: int = 0
+    """Leases held: tasks running, or buffered under ``prefetch``."""
+    prefetch: int = 0
+    """Leases the node may buffer beyond its slots, so a freed slot has its next task at hand."""
     leases: tuple[Lease, ...] = ()
     supervisor_restarts: int = 0
     connected_at: datetime | None = None
@@ -228,3 +342,42 @@ class QueueStats:
     def total(self) -> int:
         """All tasks of the queue, whatever their state."""
         return self.queued + self.running + self.succeeded + self.failed + self.cancelled
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket on a rate key (``TaskSpec.rate_key``), applied across all queues and nodes."""
+
+    key: str
+    per_second: float
+    """Tasks dispatched per second, on average."""
+    burst: int
+    """Tokens the bucket holds at most: tasks dispatched at once after a quiet period."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Schedule:
+    """A periodic task the coordinator submits at every tick of a cron expression or interval.
+
+    Exactly one of ``cron`` and ``interval_s`` is set. Every tick submits one
+    task from ``task`` with the idempotency key ``schedule:NAME:TICK``, so a
+    tick fires exactly once even across coordinator crashes.
+    """
+
+    name: str
+    task: TaskSpec
+    """The task each tick submits (its ``idempotency_key``, ``run_at`` and ``delay_s`` unused)."""
+    cron: str | None = None
+    """5 fields (minute resolution) or 6 with seconds last, e.g. ``"* * * * * */10"``."""
+    interval_s: float | None = None
+    """A fixed period from the schedule's creation, 1 s to 366 days."""
+    time_zone: str | None = None
+    """IANA time zone the cron expression is read in; None means UTC."""
+    paused: bool = False
+    missed_ticks: MissedTicks | None = None
+    """What to do with ticks missed while the coordinator was down; None: ``RUN_ONCE``."""
+    next_fire_at: datetime | None = None
+    last_fire_at: datetime | None = None
+    fired_count: int = 0
+    """Tasks submitted so far."""
+    created_at: datetime | None = None

@@ -18,11 +18,24 @@ from rich.table import Table
 from rich.text import Text
 
 from dtq_client import convert, payloads
-from dtq_client.models import CancelCounts, Node, NodeState, QueueStats, Task, TaskState
+from dtq_client.models import (
+    CancelCounts,
+    Group,
+    GroupState,
+    Node,
+    NodeState,
+    QueueStats,
+    RateLimit,
+    RetryResult,
+    Schedule,
+    Task,
+    TaskState,
+)
 
 _PREVIEW_CHARS = 500
 
 STATE_STYLES: dict[str, str] = {
+    TaskState.WAITING: "dim cyan",
     TaskState.QUEUED: "cyan",
     TaskState.LEASED: "yellow",
     TaskState.RUNNING: "blue",
@@ -35,7 +48,10 @@ STATE_STYLES: dict[str, str] = {
     NodeState.DEAD: "bold red",
     NodeState.LEFT: "dim",
 }
-"""Rich style of each task and node state (the two enums share no value)."""
+"""Rich style of each task and node state (the two enums share no value).
+
+A group state has the style of the task state of the same name.
+"""
 
 
 class OutputFormat(StrEnum):
@@ -97,12 +113,13 @@ class Printer:
         else:
             self._json(convert.to_json(counts))
 
-    def retried(self, retried: int) -> None:
-        """How many tasks a retry sent back, shaped like ``dtq.v1.RetryTasksResponse`` in JSON."""
+    def retried(self, result: RetryResult) -> None:
+        """What a retry did, shaped like ``dtq.v1.RetryTasksResponse`` in JSON."""
         if self.fmt is OutputFormat.TABLE:
-            self.console.print(counts_view([("retried", retried)]))
+            counts = [("retried", result.retried), ("skipped", len(result.skipped_task_ids))]
+            self.console.print(counts_view(counts))
         else:
-            self._json(convert.retried_to_json(retried))
+            self._json(convert.to_json(result))
 
     def deleted(self, deleted: int) -> None:
         """How many tasks a purge deleted, shaped like ``dtq.v1.PurgeTasksResponse`` in JSON."""
@@ -110,6 +127,40 @@ class Printer:
             self.console.print(counts_view([("deleted", deleted)]))
         else:
             self._json(convert.deleted_to_json(deleted))
+
+    def group(self, group: Group) -> None:
+        """A group's status: a key-value view with its member ids, or one JSON object."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(group_view(group))
+        else:
+            self._json(convert.to_json(group))
+
+    def schedules(self, schedules: Sequence[Schedule]) -> None:
+        """A list of schedules."""
+        self._many(schedules, schedules_table)
+
+    def schedule(self, schedule: Schedule) -> None:
+        """One schedule: a key-value view, or one JSON object."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(schedule_view(schedule))
+        else:
+            self._json(convert.to_json(schedule))
+
+    def rate_limits(self, limits: Sequence[RateLimit]) -> None:
+        """A list of rate-key limits."""
+        self._many(limits, rate_limits_table)
+
+    def rate_limit(self, limit: RateLimit) -> None:
+        """One rate-key limit: a one-row table, or one JSON object."""
+        if self.fmt is OutputFormat.TABLE:
+            self.console.print(rate_limits_table([limit]))
+        else:
+            self._json(convert.to_json(limit))
+
+    def empty(self) -> None:
+        """An empty response (a delete): nothing in a table, ``{}`` in JSON."""
+        if self.fmt is not OutputFormat.TABLE:
+            self._json({})
 
     def change(self, task: Task) -> None:
         """One state of a watched task: a line, or one JSON object (never an array)."""
@@ -157,6 +208,8 @@ def task_view(task: Task) -> Table:
         ("attempt", Text(f"{task.attempt} of {task.max_attempts}")),
         ("priority", Text(str(task.priority)) if task.priority else None),
         ("rate key", _optional(task.rate_key)),
+        ("depends on", Text("\n".join(task.depends_on)) if task.depends_on else None),
+        ("group", _optional(task.group_id)),
         ("failures", Text(str(task.failures)) if task.failures else None),
         ("lease expiries", Text(str(task.lease_expiries)) if task.lease_expiries else None),
         ("cancel requested", Text("yes", style="magenta") if task.cancel_requested else None),
@@ -214,7 +267,7 @@ def tasks_table(tasks: Sequence[Task]) -> Table:
 def nodes_table(nodes: Sequence[Node]) -> Table:
     """One row per node."""
     table = Table(box=None, header_style="bold")
-    for name in ("NODE", "STATE", "HOST", "PID", "VERSION", "BUSY", "QUEUES", "TYPES"):
+    for name in ("NODE", "STATE", "HOST", "PID", "VERSION", "BUSY", "PREFETCH", "QUEUES", "TYPES"):
         table.add_column(name)
     table.add_column("RESTARTS", justify="right")
     table.add_column("LAST SEEN")
@@ -226,6 +279,7 @@ def nodes_table(nodes: Sequence[Node]) -> Table:
             Text(str(node.pid)),
             Text(node.version),
             Text(f"{node.busy_slots}/{node.slots}"),
+            Text(str(node.prefetch)),
             Text(",".join(node.queues)),
             Text(",".join(node.task_types)),
             Text(str(node.supervisor_restarts)),
@@ -235,13 +289,14 @@ def nodes_table(nodes: Sequence[Node]) -> Table:
 
 
 def queues_table(queues: Sequence[QueueStats]) -> Table:
-    """One row per queue: its task counts, whether it is paused, and its concurrency limit."""
+    """One row per queue: its task counts, whether it is paused, its concurrency and rate limits."""
     table = Table(box=None, header_style="bold")
     table.add_column("QUEUE")
     for name in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"):
         table.add_column(name, justify="right")
     table.add_column("PAUSED")
     table.add_column("MAX RUNNING", justify="right")
+    table.add_column("RATE/S", justify="right")
     for stats in queues:
         counts = (stats.queued, stats.running, stats.succeeded, stats.failed, stats.cancelled)
         table.add_row(
@@ -249,7 +304,106 @@ def queues_table(queues: Sequence[QueueStats]) -> Table:
             *(Text(str(count)) for count in counts),
             Text("yes", style="yellow") if stats.paused else Text("no"),
             Text(str(stats.max_running) if stats.max_running else "-"),
+            Text(format_rate(stats.rate_limit) if stats.rate_limit else "-"),
         )
+    return table
+
+
+def group_view(group: Group) -> Table:
+    """A two-column view of a group: its state, member counts and member ids."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("id", Text(group.id))
+    grid.add_row("state", state_text(group.state))
+    for name in ("total", "pending", "running", "succeeded", "failed", "cancelled"):
+        grid.add_row(name, Text(str(getattr(group, name))))
+    grid.add_row("tasks", Text("\n".join(group.task_ids)))
+    return grid
+
+
+def schedule_timing(schedule: Schedule) -> str:
+    """``cron 0 3 * * *`` or ``every 30 s``."""
+    if schedule.cron is not None:
+        return f"cron {schedule.cron}"
+    if schedule.interval_s is not None:
+        return f"every {format_seconds(schedule.interval_s)}"
+    return "-"
+
+
+def _missed_ticks(schedule: Schedule) -> str:
+    """The missed-ticks policy as the CLI spells it (``run-once``), the default spelled out."""
+    return str(schedule.missed_ticks or "run_once").replace("_", "-")
+
+
+def schedules_table(schedules: Sequence[Schedule]) -> Table:
+    """One row per schedule: timing, task, state and its next and last ticks."""
+    table = Table(box=None, header_style="bold")
+    for name in ("NAME", "TIMING", "ZONE", "TYPE", "QUEUE", "PAUSED", "MISSED"):
+        table.add_column(name)
+    table.add_column("FIRED", justify="right")
+    table.add_column("NEXT", no_wrap=True)
+    table.add_column("LAST", no_wrap=True)
+    for schedule in schedules:
+        table.add_row(
+            Text(schedule.name),
+            Text(schedule_timing(schedule)),
+            Text(schedule.time_zone or "UTC"),
+            Text(schedule.task.type),
+            Text(schedule.task.queue or "default"),
+            Text("yes", style="yellow") if schedule.paused else Text("no"),
+            Text(_missed_ticks(schedule)),
+            Text(str(schedule.fired_count)),
+            Text(format_time(schedule.next_fire_at) or "-"),
+            Text(format_time(schedule.last_fire_at) or "-"),
+        )
+    return table
+
+
+def schedule_view(schedule: Schedule) -> Table:
+    """A two-column view of a schedule and its task template."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    spec = schedule.task
+    data, content_type = payloads.encode(spec.payload, spec.content_type)
+    rows: list[tuple[str, RenderableType | None]] = [
+        ("name", Text(schedule.name)),
+        ("timing", Text(schedule_timing(schedule))),
+        ("time zone", Text(schedule.time_zone or "UTC")),
+        ("paused", Text("yes", style="yellow") if schedule.paused else Text("no")),
+        ("missed ticks", Text(_missed_ticks(schedule))),
+        ("fired", Text(str(schedule.fired_count))),
+        ("next fire", _optional(format_time(schedule.next_fire_at))),
+        ("last fire", _optional(format_time(schedule.last_fire_at))),
+        ("created", _optional(format_time(schedule.created_at))),
+        ("type", Text(spec.type)),
+        ("queue", Text(spec.queue or "default")),
+        ("payload", Text(payload_preview(data, content_type))),
+        ("priority", Text(str(spec.priority)) if spec.priority else None),
+        ("max attempts", Text(str(spec.max_attempts)) if spec.max_attempts else None),
+        ("rate key", _optional(spec.rate_key)),
+        (
+            "execution timeout",
+            None
+            if spec.execution_timeout_s is None
+            else Text(format_seconds(spec.execution_timeout_s)),
+        ),
+    ]
+    for key, value in rows:
+        if value is not None:
+            grid.add_row(key, value)
+    return grid
+
+
+def rate_limits_table(limits: Sequence[RateLimit]) -> Table:
+    """One row per rate key: tasks per second and burst."""
+    table = Table(box=None, header_style="bold")
+    table.add_column("KEY")
+    table.add_column("PER SECOND", justify="right")
+    table.add_column("BURST", justify="right")
+    for limit in limits:
+        table.add_row(Text(limit.key), Text(format_rate(limit.per_second)), Text(str(limit.burst)))
     return table
 
 
@@ -283,7 +437,7 @@ def change_line(task: Task) -> Text:
 # --- pieces --------------------------------------------------------------------------------
 
 
-def state_text(state: TaskState | NodeState) -> Text:
+def state_text(state: TaskState | NodeState | GroupState) -> Text:
     """A state name in its colour."""
     return Text(str(state), style=STATE_STYLES.get(state, ""))
 
@@ -298,6 +452,11 @@ def format_time(value: datetime | None) -> str:
 def format_seconds(seconds: float) -> str:
     """A duration in seconds to the millisecond, without trailing zeros: ``2.5 s``, ``90 s``."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".") + " s"
+
+
+def format_rate(per_second: float) -> str:
+    """A rate without trailing zeros: ``2.5``, ``100``."""
+    return f"{per_second:.3f}".rstrip("0").rstrip(".")
 
 
 def payload_preview(data: bytes, content_type: str) -> str:

@@ -1,11 +1,12 @@
-"""``dtq-client``: submit, inspect, cancel, retry and purge tasks; look at nodes; run queues.
+"""``dtq-client``: submit, inspect, cancel, retry and purge tasks; run schedules, queues, limits.
 
 The CLI only parses arguments, calls :class:`dtq_client.Client` and prints the
 result: data on stdout (``-o table|json|jsonl``), messages and errors on stderr.
-:mod:`~dtq_client.cli.app` holds the group and what commands share; the
-commands live in :mod:`~dtq_client.cli.tasks` (one task, and listing),
-:mod:`~dtq_client.cli.bulk` (retry and purge) and :mod:`~dtq_client.cli.cluster`
-(nodes, queues, health).
+:mod:`~dtq_client.cli.app` holds the group and what commands share, and
+:mod:`~dtq_client.cli.specs` the options describing a task; the commands live
+in :mod:`~dtq_client.cli.tasks` (one task, listing, groups),
+:mod:`~dtq_client.cli.bulk` (retry and purge), :mod:`~dtq_client.cli.cluster`
+(nodes, queues, rate limits, health) and :mod:`~dtq_client.cli.schedules`.
 
 Exit codes:
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import dtq.logs
 
 # Imported for their side effect: each module registers its commands on the group.
-from dtq_client.cli import bulk, cluster, tasks  # noqa: F401
+from dtq_client.cli import bulk, cluster, schedules, tasks  # noqa: F401
 from dtq_client.cli.app import ExitCode, cli, describe_rpc_error
 
 __all__ = ["ExitCode", "cli", "describe_rpc_error", "main"]

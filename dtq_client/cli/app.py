@@ -54,7 +54,7 @@ Exit codes:
 
 POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
 SECONDS = click.FloatRange(min=0)
-UNFINISHED = [TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING]
+UNFINISHED = [TaskState.WAITING, TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING]
 TERMINAL = [TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED]
 
 
@@ -201,7 +201,7 @@ class _Cli(click.Group):
 @click.version_option(__version__, "--version", prog_name="dtq-client")
 @click.pass_context
 def cli(ctx: click.Context, address: str, output: str, timeout_s: float, retries: int) -> None:
-    """Submit, inspect, cancel, retry and purge DTQ tasks; list nodes; pause and limit queues."""
+    """Submit, inspect, cancel, retry and purge DTQ tasks; run schedules, queues and rate limits."""
     config = ClientConfig(
         address=address, timeout_s=timeout_s, retry=RetryPolicy(attempts=retries + 1)
     )

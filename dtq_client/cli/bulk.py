@@ -49,7 +49,9 @@ def retry(
     Retry the tasks ID... (each must be failed or cancelled), or every failed
     (dead-lettered) task of --queue and/or --type, or with --state cancelled
     every cancelled one, at most 10,000 per call. Each gets a fresh attempt
-    budget. Prints how many were retried.
+    budget. Prints how many were retried and skipped; the skipped IDs (not
+    failed or cancelled, or unknown) are listed on stderr, and so is a note
+    when more matching tasks remain past the 10,000.
     """
     if task_ids and (queue or task_type or state):
         raise click.UsageError("give task IDs or --queue/--type/--state, not both")
@@ -57,14 +59,19 @@ def retry(
         raise click.UsageError("give task IDs, or --queue and/or --type")
     client = client_for(ctx)
     if task_ids:
-        retried = client.retry(task_ids)
+        result = client.retry(task_ids)
     else:
-        retried = client.retry(queue=queue, type=task_type, state=lower(state))
-    printer_for(ctx).retried(retried)
-    skipped = len(set(task_ids)) - retried
-    if task_ids and skipped > 0:
-        stderr_console().print(
-            Text(f"{skipped} of the given tasks were not failed or cancelled, or do not exist"),
+        result = client.retry(queue=queue, type=task_type, state=lower(state))
+    printer_for(ctx).retried(result)
+    stderr = stderr_console()
+    if result.skipped_task_ids:
+        skipped = " ".join(result.skipped_task_ids)
+        stderr.print(
+            Text(f"skipped (not failed or cancelled, or unknown): {skipped}"), style="yellow"
+        )
+    if result.truncated:
+        stderr.print(
+            Text("more matching tasks remain (at most 10,000 per call): run retry again"),
             style="yellow",
         )
 

@@ -1,10 +1,14 @@
-"""The commands about the cluster: nodes, drain, queues (pause, resume, limit) and health."""
+"""The commands about the cluster: nodes, drain, queues, rate limits and health."""
 
 from __future__ import annotations
 
 import click
+from rich.text import Text
 
-from dtq_client.cli.app import cli, client_for, output_option, printer_for
+from dtq_client.cli.app import cli, client_for, output_option, printer_for, stderr_console
+
+# UpdateQueue and SetRateLimit take at most this many tasks per second.
+_MAX_RATE = 100_000
 
 
 @cli.command()
@@ -29,10 +33,11 @@ def drain(ctx: click.Context, node_id: str) -> None:
 @output_option
 @click.pass_context
 def queues(ctx: click.Context) -> None:
-    """List queues (the default), or pause, resume or limit one.
+    """List queues (the default), or pause, resume, limit or rate-limit one.
 
-    The list shows each queue's task counts, whether it is paused, and its
-    concurrency limit (MAX RUNNING, "-" when none).
+    The list shows each queue's task counts, whether it is paused, its
+    concurrency limit (MAX RUNNING) and its rate limit in tasks per second
+    (RATE/S), "-" when none.
     """
     if ctx.invoked_subcommand is None:
         printer_for(ctx).queues(client_for(ctx).queues())
@@ -71,6 +76,72 @@ def limit(ctx: click.Context, name: str, max_running: int) -> None:
     nothing already running; it holds back new dispatches. Durable.
     """
     printer_for(ctx).queue(client_for(ctx).set_queue_limit(name, max_running))
+
+
+@queues.command()
+@click.argument("name", metavar="QUEUE")
+@click.argument("per_second", metavar="PER_SECOND", type=click.FloatRange(0, _MAX_RATE))
+@output_option
+@click.pass_context
+def rate(ctx: click.Context, name: str, per_second: float) -> None:
+    """Dispatch at most PER_SECOND tasks of QUEUE per second (0: no limit).
+
+    A token bucket across all nodes, holding one second's worth of tokens (at
+    least one). Durable. Per-tenant limits are rate keys: see rate-limits.
+    """
+    printer_for(ctx).queue(client_for(ctx).set_queue_rate_limit(name, per_second))
+
+
+@cli.group("rate-limits", invoke_without_command=True)
+@output_option
+@click.pass_context
+def rate_limits(ctx: click.Context) -> None:
+    """List rate-key limits (the default), or set or delete one.
+
+    Tasks submitted with --rate-key K share K's token bucket, across every
+    queue and node: at most PER SECOND of them start per second on average,
+    and at most BURST at once after a quiet period. A key without a limit
+    does not throttle.
+    """
+    if ctx.invoked_subcommand is None:
+        printer_for(ctx).rate_limits(client_for(ctx).rate_limits())
+
+
+@rate_limits.command("list")
+@output_option
+@click.pass_context
+def list_rate_limits(ctx: click.Context) -> None:
+    """List rate-key limits."""
+    printer_for(ctx).rate_limits(client_for(ctx).rate_limits())
+
+
+@rate_limits.command("set")
+@click.argument("key", metavar="KEY")
+@click.argument(
+    "per_second", metavar="PER_SECOND", type=click.FloatRange(0, _MAX_RATE, min_open=True)
+)
+@click.option(
+    "--burst",
+    type=click.IntRange(1, _MAX_RATE),
+    metavar="N",
+    help="Bucket size: tasks started at once after a quiet period [default: one second's worth].",
+)
+@output_option
+@click.pass_context
+def set_rate_limit(ctx: click.Context, key: str, per_second: float, burst: int | None) -> None:
+    """Limit the tasks with rate key KEY to PER_SECOND per second (replaces its limit). Durable."""
+    printer_for(ctx).rate_limit(client_for(ctx).set_rate_limit(key, per_second, burst=burst))
+
+
+@rate_limits.command("delete")
+@click.argument("key", metavar="KEY")
+@output_option
+@click.pass_context
+def delete_rate_limit(ctx: click.Context, key: str) -> None:
+    """Remove the limit of rate key KEY: its tasks are no longer throttled."""
+    client_for(ctx).delete_rate_limit(key)
+    stderr_console().print(Text(f"rate limit of {key!r} removed"), style="dim")
+    printer_for(ctx).empty()
 
 
 @cli.command()

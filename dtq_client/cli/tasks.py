@@ -1,11 +1,8 @@
-"""The commands about tasks: submit, get, wait, watch, cancel and list."""
+"""The commands about tasks: submit, get, wait, watch, cancel, list, and group."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime
-from typing import IO
 
 import click
 from rich.text import Text
@@ -24,54 +21,16 @@ from dtq_client.cli.app import (
     state_choice,
     stderr_console,
 )
+from dtq_client.cli.specs import JsonValue, payload_of, task_options
 from dtq_client.errors import ProtocolError
-from dtq_client.models import Task, TaskState
+from dtq_client.models import DependencyFailure, Task, TaskState
 from dtq_client.output import change_line
-
-
-@dataclass(frozen=True)
-class JsonValue:
-    """A JSON option's decoded value (a wrapper, so that ``null`` differs from "not given")."""
-
-    value: object
-
-
-def _parse_json(ctx: click.Context, param: click.Parameter, text: str | None) -> JsonValue | None:
-    """Click callback: decode a JSON option, or fail as a usage error naming it."""
-    if text is None:
-        return None
-    try:
-        return JsonValue(json.loads(text))
-    except ValueError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", ctx=ctx, param=param) from exc
-
-
-def _read_json_file(
-    ctx: click.Context, param: click.Parameter, file: IO[str] | None
-) -> JsonValue | None:
-    """Click callback: decode a JSON file option, or fail as a usage error naming it."""
-    return None if file is None else _parse_json(ctx, param, file.read())
 
 
 @cli.command()
 @click.argument("task_type", metavar="TYPE")
-@click.option("--payload", callback=_parse_json, metavar="JSON", help="The input, as JSON text.")
-@click.option(
-    "--payload-file",
-    type=click.File("r"),
-    callback=_read_json_file,
-    help="Read the JSON input from a file ('-' for stdin).",
-)
-@click.option("--queue", "-q", metavar="Q", help="Queue [default: default].")
-@click.option("--max-attempts", type=click.IntRange(1, 100), metavar="N", help="Attempt budget.")
+@task_options
 @click.option("--idempotency-key", metavar="K", help="Submit at most once per key.")
-@click.option(
-    "--priority",
-    type=click.IntRange(-1000, 1000),
-    default=0,
-    metavar="N",
-    help="Higher runs first within the queue, -1000 to 1000 [default: 0].",
-)
 @click.option(
     "--delay",
     "delay_s",
@@ -87,25 +46,16 @@ def _read_json_file(
     help="Do not run before this time (a time without offset is local time).",
 )
 @click.option(
-    "--timeout",
-    "execution_timeout_s",
-    type=POSITIVE_SECONDS,
-    metavar="S",
-    help="Execution timeout: an attempt running longer fails TIMED_OUT (and is retried).",
+    "--depends-on",
+    "depends_on",
+    multiple=True,
+    metavar="ID",
+    help="Run only after task ID succeeded (repeatable); the task waits until then.",
 )
 @click.option(
-    "--schedule-to-start-timeout",
-    "schedule_to_start_timeout_s",
-    type=POSITIVE_SECONDS,
-    metavar="S",
-    help="Fail the task if no node starts it within S seconds of it being due.",
-)
-@click.option(
-    "--result-ttl",
-    "result_ttl_s",
-    type=POSITIVE_SECONDS,
-    metavar="S",
-    help="Keep the finished task S seconds [default: the coordinator's, 7 days].",
+    "--on-dependency-failure",
+    type=click.Choice([p.value for p in DependencyFailure], case_sensitive=False),
+    help="If a dependency fails or is cancelled: fail this task too, or cancel it [default: fail].",
 )
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the task to finish.")
 @click.option(
@@ -125,32 +75,36 @@ def submit(
     payload_file: JsonValue | None,
     queue: str | None,
     max_attempts: int | None,
-    idempotency_key: str | None,
     priority: int,
-    delay_s: float | None,
-    run_at: datetime | None,
     execution_timeout_s: float | None,
     schedule_to_start_timeout_s: float | None,
     result_ttl_s: float | None,
+    rate_key: str | None,
+    idempotency_key: str | None,
+    delay_s: float | None,
+    run_at: datetime | None,
+    depends_on: tuple[str, ...],
+    on_dependency_failure: str | None,
     wait_: bool,
     wait_timeout_s: float | None,
 ) -> None:
     """Submit a task of TYPE and print it.
 
-    With --wait, wait for it to finish and print it then; exit 1 if it failed
-    or was cancelled, 4 if --wait-timeout passed first.
+    With --depends-on the task is "waiting" until every task it names has
+    succeeded. With --wait, wait for it to finish and print it then; exit 1 if
+    it failed or was cancelled, 4 if --wait-timeout passed first.
     """
-    if payload is not None and payload_file is not None:
-        raise click.UsageError("give --payload or --payload-file, not both")
+    value = payload_of(payload, payload_file)
     if delay_s is not None and run_at is not None:
         raise click.UsageError("give --delay or --at, not both")
     if wait_timeout_s is not None and not wait_:
         raise click.UsageError("--wait-timeout only applies with --wait")
-    value = payload or payload_file
+    if on_dependency_failure is not None and not depends_on:
+        raise click.UsageError("--on-dependency-failure only applies with --depends-on")
     client = client_for(ctx)
     task = client.submit(
         task_type,
-        None if value is None else value.value,
+        value,
         queue=queue,
         max_attempts=max_attempts,
         idempotency_key=idempotency_key,
@@ -160,6 +114,9 @@ def submit(
         execution_timeout_s=execution_timeout_s,
         schedule_to_start_timeout_s=schedule_to_start_timeout_s,
         result_ttl_s=result_ttl_s,
+        rate_key=rate_key,
+        depends_on=depends_on,
+        on_dependency_failure=lower(on_dependency_failure),
     )
     if not wait_:
         printer_for(ctx).task(task)
@@ -256,9 +213,9 @@ def cancel(
     """Cancel a task, or every unfinished task of a queue and/or type.
 
     Cancel the task ID and print it, or every unfinished task of --queue
-    and/or --type (with --state, only those in that state). A queued task is
-    cancelled at once; a leased or running one is marked "cancel requested"
-    and ends CANCELLED when its node stops it. The bulk form prints how many
+    and/or --type (with --state, only those in that state). A waiting or
+    queued task is cancelled at once; a leased or running one is marked
+    "cancel requested" and ends CANCELLED when its node stops it. The bulk form prints how many
     tasks were cancelled and how many were asked to stop.
     """
     if task_id is not None:
@@ -285,3 +242,16 @@ def list_(
     """List tasks, newest first."""
     tasks = client_for(ctx).list_tasks(queue=queue, state=lower(state), type=task_type, limit=limit)
     printer_for(ctx).tasks(tasks)
+
+
+@cli.command()
+@click.argument("group_id", metavar="ID")
+@output_option
+@click.pass_context
+def group(ctx: click.Context, group_id: str) -> None:
+    """Print the status of a group of tasks: its state, member counts and member ids.
+
+    The state is "running" while a member is unfinished, then "succeeded" if
+    all succeeded, "failed" if one failed, else "cancelled".
+    """
+    printer_for(ctx).group(client_for(ctx).get_group(group_id))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +135,19 @@ def queue() -> str:
 
 
 @pytest.fixture
+def served(cluster: Cluster, queue: str, tmp_path: Path) -> Iterator[Callable[[int], None]]:
+    """Start a registered demo node serving only ``queue``, with so many threads."""
+    with ExitStack() as nodes:
+
+        def start(threads: int) -> None:
+            nodes.enter_context(
+                demo_node(cluster.address, tmp_path, f"node-{queue}", queues=queue, threads=threads)
+            )
+
+        yield start
+
+
+@pytest.fixture
 def full_task() -> Task:
     """A task with every field set to a non-default value."""
     return Task(
@@ -167,4 +180,6 @@ def full_task() -> Task:
         execution_timeout_s=2.5,
         expires_at=datetime(2024, 5, 8, 12, 0, 5, tzinfo=UTC),
         rate_key="tenant-7",
+        depends_on=("5d1e8c1a-7b9f-4c3e-8a2d-1f0e9b8c7d6a", "6e2f9d2b-8c0a-4d4f-9b3e-2a1f0c9d8e7b"),
+        group_id="3f2a9c0d4e5b6a7c8d9e0f1a2b3c4d5e",
     )

@@ -50,7 +50,7 @@ def test_help_lists_commands_and_exit_codes() -> None:
     assert result.exit_code == 0
     for command in ("submit", "get", "wait", "watch", "cancel", "list", "nodes", "drain"):
         assert command in result.stdout
-    for command in ("retry", "purge", "queues", "health"):
+    for command in ("retry", "purge", "queues", "health", "group", "schedules", "rate-limits"):
         assert command in result.stdout
     assert "Exit codes:" in result.stdout
     assert "4    wait timed out" in result.stdout
@@ -389,8 +389,10 @@ def test_nodes_as_table_and_json(address: str, cluster: Cluster) -> None:
     assert node["pid"] == cluster.node.pid
     table = run("--address", address, "nodes")
     assert table.exit_code == 0, table.stderr
-    [row] = [line.split() for line in table.stdout.splitlines() if NODE_ID in line]
-    assert row[1] == "active"
+    header, *rows = [line.split() for line in table.stdout.splitlines()]
+    assert header[:8] == ["NODE", "STATE", "HOST", "PID", "VERSION", "BUSY", "PREFETCH", "QUEUES"]
+    [row] = [row for row in rows if row[0] == NODE_ID]
+    assert (row[1], row[6]) == ("active", "0")
     assert "add,echo,fail,sleep" in row
 
 
@@ -406,10 +408,10 @@ def test_queues_as_table_and_json(address: str, client: Client, queue: str) -> N
     assert table.exit_code == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == [
         *("QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"),
-        *("PAUSED", "MAX", "RUNNING"),
+        *("PAUSED", "MAX", "RUNNING", "RATE/S"),
     ]
     rows = [line.split() for line in table.stdout.splitlines()]
-    assert [queue, "2", "0", "0", "0", "1", "no", "-"] in rows
+    assert [queue, "2", "0", "0", "0", "1", "no", "-", "-"] in rows
 
 
 def test_health_as_table_and_json(address: str) -> None:

@@ -174,10 +174,20 @@ def test_retry_by_id_and_by_filter(dtq: Dtq, client: Client, queue: str) -> None
     assert by_id.exit_code == 0, by_id.stderr
     assert field("retried", "1").search(by_id.stdout)
     assert client.get(dropped[0].id).state is TaskState.QUEUED
-    # Not failed or cancelled (any more): skipped, and said so on stderr.
-    again = dtq("-o", "json", "retry", dropped[0].id, dropped[1].id)
-    assert json.loads(again.stdout) == {"retried": "1", "skippedTaskIds": [], "truncated": False}
-    assert "1 of the given tasks were not failed or cancelled" in again.stderr
+    # Not failed or cancelled (any more), or unknown: skipped, and listed on stderr.
+    unknown = "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10"
+    again = dtq("-o", "json", "retry", dropped[0].id, dropped[1].id, unknown)
+    assert json.loads(again.stdout) == {
+        "retried": "1",
+        "skippedTaskIds": [dropped[0].id, unknown],
+        "truncated": False,
+    }
+    assert f"skipped (not failed or cancelled, or unknown): {dropped[0].id} {unknown}" in (
+        again.stderr
+    )
+    table = dtq("retry", dropped[0].id)
+    assert field("retried", "0").search(table.stdout)
+    assert field("skipped", "1").search(table.stdout)
     none_failed = dtq("-o", "json", "retry", "-q", queue)
     assert json.loads(none_failed.stdout) == {
         "retried": "0",
@@ -296,8 +306,8 @@ def test_queues_pause_resume_and_limit(dtq: Dtq, client: Client, queue: str) -> 
     paused = dtq("queues", "pause", queue)
     assert paused.exit_code == 0, paused.stderr
     header, row = paused.stdout.splitlines()
-    assert header.split()[-3:] == ["PAUSED", "MAX", "RUNNING"]
-    assert row.split() == [queue, "1", "0", "0", "0", "0", "yes", "-"]
+    assert header.split()[-4:] == ["PAUSED", "MAX", "RUNNING", "RATE/S"]
+    assert row.split() == [queue, "1", "0", "0", "0", "0", "yes", "-", "-"]
     limited = dtq("-o", "json", "queues", "limit", queue, "3")
     assert limited.exit_code == 0, limited.stderr
     data = json.loads(limited.stdout)
@@ -306,13 +316,13 @@ def test_queues_pause_resume_and_limit(dtq: Dtq, client: Client, queue: str) -> 
     [mine] = [json.loads(line) for line in listed.stdout.splitlines() if queue in line]
     assert (mine["paused"], mine["maxRunning"], mine["queued"]) == (True, 3, "1")
     table = dtq("queues")
-    assert [queue, "1", "0", "0", "0", "0", "yes", "3"] in [
+    assert [queue, "1", "0", "0", "0", "0", "yes", "3", "-"] in [
         line.split() for line in table.stdout.splitlines()
     ]
     resumed = dtq("queues", "resume", queue, "-o", "json")
     assert json.loads(resumed.stdout)["paused"] is False
     unlimited = dtq("queues", "limit", queue, "0")
-    assert unlimited.stdout.splitlines()[1].split()[-2:] == ["no", "-"]
+    assert unlimited.stdout.splitlines()[1].split()[-3:] == ["no", "-", "-"]
     [stats] = [q for q in client.queues() if q.name == queue]
     assert (stats.paused, stats.max_running) == (False, 0)
     bad = dtq("queues", "pause", "bad queue")

@@ -7,30 +7,34 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from google.protobuf.message import Message
 
-from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
+from dtq.v1 import admin_service_pb2, schedule_service_pb2, task_pb2, task_service_pb2
 from dtq_client import convert
 from dtq_client.errors import PayloadError, ProtocolError
 from dtq_client.models import (
     CancelCounts,
+    DependencyFailure,
+    Group,
+    GroupState,
     Lease,
+    MissedTicks,
     Node,
     NodeState,
     Progress,
     QueueStats,
+    RateLimit,
+    RetryResult,
+    Schedule,
     SubmitResult,
+    SubmittedGroup,
     Task,
     TaskSpec,
     TaskState,
 )
 
-NOT_MAPPED_YET = frozenset({"depends_on", "on_dependency_failure", "group_id"})
-"""Contract fields this client does not map yet: task dependencies and groups, still in
-progress. Every other field must be mapped; drop a name here once the client maps it."""
-
 
 def contract_fields(message_type: type[Message]) -> set[str]:
-    """The fields of a message type that conversion must carry."""
-    return {field.name for field in message_type.DESCRIPTOR.fields} - NOT_MAPPED_YET
+    """The fields of a message type that conversion must carry: every one of them."""
+    return {field.name for field in message_type.DESCRIPTOR.fields}
 
 
 def written_fields(message: Message) -> set[str]:
@@ -121,6 +125,7 @@ def test_unknown_progress_percent_is_none() -> None:
 
 def test_node_round_trip() -> None:
     node = Node(
+        prefetch=8,
         node_id="host-1",
         session_id="s-1",
         state=NodeState.DRAINING,
@@ -136,7 +141,9 @@ def test_node_round_trip() -> None:
         connected_at=datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
         last_seen_at=datetime(2024, 5, 1, 12, 1, tzinfo=UTC),
     )
-    assert convert.node_from_proto(convert.node_to_proto(node)) == node
+    message = convert.node_to_proto(node)
+    assert convert.node_from_proto(message) == node
+    assert written_fields(message) == contract_fields(admin_service_pb2.Node)
 
 
 @pytest.mark.parametrize("state", list(NodeState))
@@ -183,6 +190,8 @@ def test_spec_with_every_field() -> None:
         schedule_to_start_timeout_s=0.001,
         result_ttl_s=86_400,
         rate_key="tenant-7",
+        depends_on=["5d1e8c1a-7b9f-4c3e-8a2d-1f0e9b8c7d6a"],
+        on_dependency_failure=DependencyFailure.CANCEL,
     )
     message = convert.spec_to_proto(spec)
     assert message.payload == task_pb2.Payload(data=b"\x89PNG", content_type="image/png")
@@ -197,7 +206,11 @@ def test_spec_with_every_field() -> None:
     assert message.schedule_to_start_timeout.ToNanoseconds() == 1_000_000
     assert message.result_ttl.ToSeconds() == 86_400
     assert message.rate_key == "tenant-7"
+    assert list(message.depends_on) == ["5d1e8c1a-7b9f-4c3e-8a2d-1f0e9b8c7d6a"]
+    assert message.on_dependency_failure == task_pb2.DEPENDENCY_FAILURE_CANCEL
     assert written_fields(message) == contract_fields(task_pb2.TaskSpec)
+    # A spec read back (a schedule's template) is the spec, its bytes payload included.
+    assert convert.spec_from_proto(message) == spec
 
 
 def test_a_naive_run_at_is_local_time() -> None:
@@ -288,5 +301,132 @@ def test_bulk_results_as_proto3_json() -> None:
     assert convert.to_json(counts) == {"cancelled": "3", "cancelRequested": "1"}
     message = task_service_pb2.CancelTasksResponse(cancelled=3, cancel_requested=1)
     assert convert.cancel_counts_from_proto(message) == counts == (3, 1)
-    assert convert.retried_to_json(2) == {"retried": "2", "skippedTaskIds": [], "truncated": False}
     assert convert.deleted_to_json(0) == {"deleted": "0"}
+    retried = RetryResult(retried=2, skipped_task_ids=("t9",), truncated=True)
+    assert convert.to_json(retried) == {"retried": "2", "skippedTaskIds": ["t9"], "truncated": True}
+    assert convert.to_json(RetryResult(0)) == {
+        "retried": "0",
+        "skippedTaskIds": [],
+        "truncated": False,
+    }
+    response = convert.retry_result_to_proto(retried)
+    assert convert.retry_result_from_proto(response) == retried
+    assert written_fields(response) == contract_fields(task_service_pb2.RetryTasksResponse)
+
+
+# --- dependencies, groups, schedules, rate limits ------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [*DependencyFailure, None])
+def test_dependency_failure_policies_map_both_ways(policy: DependencyFailure | None) -> None:
+    number = convert.dependency_failure_to_proto(policy)
+    name = "UNSPECIFIED" if policy is None else policy.name
+    assert task_pb2.DependencyFailure.Name(number) == f"DEPENDENCY_FAILURE_{name}"
+    assert convert.dependency_failure_from_proto(number) is policy
+    with pytest.raises(ProtocolError):
+        convert.dependency_failure_from_proto(99)
+
+
+def test_a_spec_without_dependencies_sends_none() -> None:
+    message = convert.spec_to_proto(TaskSpec(type="echo"))
+    assert not message.depends_on
+    assert message.on_dependency_failure == task_pb2.DEPENDENCY_FAILURE_UNSPECIFIED
+
+
+def test_a_template_payload_decodes_when_it_is_json() -> None:
+    plain = task_pb2.TaskSpec(type="x", payload=task_pb2.Payload(data=b'{"a":[1]}'))
+    assert convert.spec_from_proto(plain) == TaskSpec(type="x", payload={"a": [1]})
+    typed = task_pb2.Payload(data=b'{"a":1}', content_type="application/vnd.x+json")
+    spec = convert.spec_from_proto(task_pb2.TaskSpec(type="x", payload=typed))
+    assert (spec.payload, spec.content_type) == ({"a": 1}, "application/vnd.x+json")
+    broken = task_pb2.Payload(data=b"{", content_type="application/json")
+    spec = convert.spec_from_proto(task_pb2.TaskSpec(type="x", payload=broken))
+    assert (spec.payload, spec.content_type) == (b"{", "application/json")
+    assert convert.spec_to_proto(spec).payload == broken  # the same bytes go back
+
+
+@pytest.mark.parametrize("state", list(GroupState))
+def test_groups_round_trip_in_every_state(state: GroupState) -> None:
+    group = Group(
+        id="g1",
+        state=state,
+        total=6,
+        pending=1,
+        running=1,
+        succeeded=1,
+        failed=2,
+        cancelled=1,
+        task_ids=tuple(f"t{i}" for i in range(6)),
+    )
+    message = convert.group_to_proto(group)
+    assert task_service_pb2.GroupState.Name(message.state) == f"GROUP_STATE_{state.name}"
+    assert convert.group_from_proto(message) == group
+    assert written_fields(message) == contract_fields(task_service_pb2.GetGroupResponse)
+    with pytest.raises(ProtocolError):
+        convert.group_state_from_proto(task_service_pb2.GROUP_STATE_UNSPECIFIED)
+
+
+def test_a_submitted_group_as_proto3_json(full_task: Task) -> None:
+    group = SubmittedGroup(group_id="g1", results=(SubmitResult(task=full_task, created=True),))
+    data = convert.to_json(group)
+    assert data["groupId"] == "g1"
+    assert data["results"][0]["task"]["payload"]["json"] == {"to": "ada@example.com"}
+    assert data["results"][0]["task"]["groupId"] == full_task.group_id
+    assert data["results"][0]["task"]["dependsOn"] == list(full_task.depends_on)
+    assert group.tasks == [full_task]
+
+
+def full_schedule(**fields: object) -> Schedule:
+    values: dict[str, object] = {
+        "name": "nightly",
+        "task": TaskSpec(type="report.build", payload={"kind": "daily"}, queue="reports"),
+        "cron": "0 3 * * *",
+        "time_zone": "Europe/Paris",
+        "paused": True,
+        "missed_ticks": MissedTicks.RUN_ALL,
+        "next_fire_at": datetime(2024, 5, 2, 1, 0, tzinfo=UTC),
+        "last_fire_at": datetime(2024, 5, 1, 1, 0, tzinfo=UTC),
+        "fired_count": 12,
+        "created_at": datetime(2024, 4, 20, 9, 30, tzinfo=UTC),
+    }
+    values.update(fields)
+    return Schedule(**values)  # type: ignore[arg-type]
+
+
+def test_a_cron_schedule_round_trips_with_every_field() -> None:
+    schedule = full_schedule()
+    message = convert.schedule_to_proto(schedule)
+    assert message.WhichOneof("timing") == "cron"
+    # Every field but the other half of the timing oneof.
+    assert written_fields(message) == contract_fields(schedule_service_pb2.Schedule) - {"interval"}
+    assert convert.schedule_from_proto(message) == schedule
+
+
+def test_an_interval_schedule_round_trips() -> None:
+    schedule = full_schedule(cron=None, interval_s=90.5, time_zone=None, missed_ticks=None)
+    message = convert.schedule_to_proto(schedule)
+    assert message.WhichOneof("timing") == "interval"
+    assert message.interval.ToNanoseconds() == 90_500_000_000
+    assert message.missed_ticks_policy == schedule_service_pb2.MISSED_TICKS_POLICY_UNSPECIFIED
+    assert convert.schedule_from_proto(message) == schedule
+    data = convert.to_json(schedule)
+    assert (data["interval"], data["timeZone"], data["paused"]) == ("90.500s", "", True)
+    assert data["task"]["payload"]["json"] == {"kind": "daily"}
+
+
+@pytest.mark.parametrize("policy", [*MissedTicks, None])
+def test_missed_ticks_policies_map_both_ways(policy: MissedTicks | None) -> None:
+    number = convert.missed_ticks_to_proto(policy)
+    name = "UNSPECIFIED" if policy is None else policy.name
+    assert schedule_service_pb2.MissedTicksPolicy.Name(number) == f"MISSED_TICKS_POLICY_{name}"
+    assert convert.missed_ticks_from_proto(number) is policy
+    with pytest.raises(ProtocolError):
+        convert.missed_ticks_from_proto(99)
+
+
+def test_rate_limits_round_trip() -> None:
+    limit = RateLimit(key="tenant-7", per_second=2.5, burst=3)
+    message = convert.rate_limit_to_proto(limit)
+    assert convert.rate_limit_from_proto(message) == limit
+    assert written_fields(message) == contract_fields(admin_service_pb2.RateLimit)
+    assert convert.to_json(limit) == {"key": "tenant-7", "perSecond": 2.5, "burst": 3}

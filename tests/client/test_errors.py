@@ -19,10 +19,13 @@ from dtq_client.errors import (
     DeadlineExceeded,
     DtqError,
     FailedPrecondition,
+    GroupNotFound,
     InvalidArgument,
     NodeNotFound,
     NotFound,
     RpcError,
+    ScheduleExists,
+    ScheduleNotFound,
     TaskNotFound,
     TaskTerminal,
     Unavailable,
@@ -131,6 +134,9 @@ def test_invalid_argument_carries_reason_and_field_violations() -> None:
     [
         (grpc.StatusCode.NOT_FOUND, "TASK_NOT_FOUND", TaskNotFound),
         (grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND", NodeNotFound),
+        (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND", GroupNotFound),
+        (grpc.StatusCode.NOT_FOUND, "SCHEDULE_NOT_FOUND", ScheduleNotFound),
+        (grpc.StatusCode.ALREADY_EXISTS, "SCHEDULE_EXISTS", ScheduleExists),
         (grpc.StatusCode.NOT_FOUND, None, NotFound),
         (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED", AlreadyExists),
         (grpc.StatusCode.FAILED_PRECONDITION, "TASK_TERMINAL", TaskTerminal),
@@ -205,7 +211,7 @@ def test_every_error_class_is_in_the_docstring_tree() -> None:
         for value in vars(errors).values()
         if isinstance(value, type) and issubclass(value, DtqError)
     ]
-    assert len(classes) == 18
+    assert len(classes) == 21
     for cls in classes:
         assert cls.__name__ in doc, cls
         assert cls.__doc__, cls

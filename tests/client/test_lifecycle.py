@@ -11,9 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +21,15 @@ from dtq_client import (
     ClientConfig,
     InvalidArgument,
     RetryPolicy,
+    RetryResult,
     Task,
     TaskNotFound,
+    TaskSpec,
     TaskState,
 )
 from tests.harness import InProcessCoordinator, wait_until
 
-from .conftest import NOBODY, Cluster, demo_node
+from .conftest import NOBODY, Cluster
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02, total_s=10.0)
 # Timestamps cross the wire to the nanosecond; computed ones may be off by float rounding.
@@ -41,19 +41,6 @@ def client(cluster: Cluster) -> Iterator[Client]:
     config = ClientConfig(address=cluster.address, timeout_s=5.0, retry=FAST_RETRY)
     with Client.from_config(config) as client:
         yield client
-
-
-@pytest.fixture
-def served(cluster: Cluster, queue: str, tmp_path: Path) -> Iterator[Callable[[int], None]]:
-    """Start a registered demo node serving only ``queue``, with so many threads."""
-    with ExitStack() as nodes:
-
-        def start(threads: int) -> None:
-            nodes.enter_context(
-                demo_node(cluster.address, tmp_path, f"node-{queue}", queues=queue, threads=threads)
-            )
-
-        yield start
 
 
 def state_is(client: Client, task_id: str, state: TaskState) -> Callable[[], Task | None]:
@@ -257,7 +244,7 @@ def test_cancel_tasks_needs_a_queue_or_type_and_an_unfinished_state(client: Clie
 def test_retry_sends_a_dead_letter_back_with_a_fresh_budget(client: Client) -> None:
     failed = client.wait(client.submit("fail", {"message": "x"}, max_attempts=1).id, 10)
     assert (failed.state, failed.attempt, failed.failures) == (TaskState.FAILED, 1, 1)
-    assert client.retry([failed.id]) == 1
+    assert client.retry([failed.id]) == RetryResult(retried=1)
 
     def failed_again() -> Task | None:
         task = client.get(failed.id)
@@ -267,9 +254,10 @@ def test_retry_sends_a_dead_letter_back_with_a_fresh_budget(client: Client) -> N
     again = wait_until(failed_again, 10, what="the second attempt to fail")
     assert again is not None
     assert (again.failures, again.max_attempts) == (1, 1)
-    # Not failed or cancelled, or unknown: skipped and not counted.
+    # Not failed or cancelled, or unknown: skipped, not counted, and listed.
     done = client.wait(client.submit("echo", 1).id, 10)
-    assert client.retry([done.id, "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10"]) == 0
+    unknown = "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10"
+    assert client.retry([done.id, unknown]) == RetryResult(0, (done.id, unknown), False)
 
 
 def test_retry_by_filter_takes_failed_tasks_or_cancelled_ones(client: Client, queue: str) -> None:
@@ -277,11 +265,23 @@ def test_retry_by_filter_takes_failed_tasks_or_cancelled_ones(client: Client, qu
     wait_until(state_is(client, dead.id, TaskState.FAILED), 10, what="the dead letter")
     dropped = [client.submit(NOBODY, queue=queue) for _ in range(2)]
     assert client.cancel_tasks(queue=queue, state="queued") == (2, 0)
-    assert client.retry(queue=queue) == 1  # FAILED by default
+    assert client.retry(queue=queue) == RetryResult(retried=1)  # FAILED by default
     assert client.get(dead.id).state is TaskState.QUEUED
-    assert client.retry(type=NOBODY, queue=queue, state=TaskState.CANCELLED) == 2
+    assert client.retry(type=NOBODY, queue=queue, state=TaskState.CANCELLED).retried == 2
     assert {client.get(t.id).state for t in dropped} == {TaskState.QUEUED}
-    assert client.retry(queue=queue, state="cancelled") == 0
+    assert client.retry(queue=queue, state="cancelled") == RetryResult(retried=0)
+
+
+def test_retry_by_filter_says_when_more_tasks_remain(
+    make_coordinator: Callable[..., InProcessCoordinator],
+) -> None:
+    coordinator = make_coordinator()  # of its own: 10,001 tasks
+    with Client(coordinator.address, retry=FAST_RETRY) as client:
+        client.submit_many([TaskSpec(NOBODY, queue="many") for _ in range(10_001)])
+        assert client.cancel_tasks(queue="many") == (10_001, 0)
+        first = client.retry(queue="many", state=TaskState.CANCELLED)
+        assert first == RetryResult(retried=10_000, truncated=True)  # at most 10,000 a call
+        assert client.retry(queue="many", state="cancelled") == RetryResult(retried=1)
 
 
 def test_retry_takes_ids_or_a_filter(client: Client, queue: str) -> None:

@@ -1,14 +1,43 @@
 from __future__ import annotations
 
+from enum import StrEnum
+
 import pytest
 
 from dtq_client.errors import PayloadError
-from dtq_client.models import CancelCounts, QueueStats, Task, TaskState
+from dtq_client.models import (
+    CancelCounts,
+    DependencyFailure,
+    GroupState,
+    MissedTicks,
+    QueueStats,
+    Task,
+    TaskSpec,
+    TaskState,
+)
 
 
-def test_state_values_are_lower_case_names() -> None:
-    assert [s.value for s in TaskState] == [s.name.lower() for s in TaskState]
+@pytest.mark.parametrize("enum", [TaskState, GroupState, DependencyFailure, MissedTicks])
+def test_enum_values_are_lower_case_names(enum: type[StrEnum]) -> None:
+    assert [s.value for s in enum] == [s.name.lower() for s in enum]
     assert TaskState("running") is TaskState.RUNNING
+
+
+def test_only_a_running_group_is_unfinished() -> None:
+    assert [s for s in GroupState if not s.is_terminal] == [GroupState.RUNNING]
+
+
+def test_a_spec_keeps_its_dependencies_as_a_tuple() -> None:
+    spec = TaskSpec("echo", depends_on=["a", "b"], on_dependency_failure="cancel")  # type: ignore[arg-type]
+    assert spec.depends_on == ("a", "b")
+    assert spec.on_dependency_failure is DependencyFailure.CANCEL
+    assert spec == TaskSpec(
+        "echo", depends_on=("a", "b"), on_dependency_failure=DependencyFailure.CANCEL
+    )
+    with pytest.raises(TypeError):
+        TaskSpec("echo", depends_on="a")
+    with pytest.raises(ValueError):
+        TaskSpec("echo", on_dependency_failure="retry")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("state", list(TaskState))

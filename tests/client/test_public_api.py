@@ -9,10 +9,15 @@ EXPECTED = {
     "Client",
     "ClientConfig",
     "DeadlineExceeded",
+    "DependencyFailure",
     "DtqError",
     "FailedPrecondition",
+    "Group",
+    "GroupNotFound",
+    "GroupState",
     "InvalidArgument",
     "Lease",
+    "MissedTicks",
     "Node",
     "NodeNotFound",
     "NodeState",
@@ -22,11 +27,17 @@ EXPECTED = {
     "Progress",
     "ProtocolError",
     "QueueStats",
+    "RateLimit",
     "ResourceExhausted",
     "RetryPolicy",
+    "RetryResult",
     "RpcError",
+    "Schedule",
+    "ScheduleExists",
+    "ScheduleNotFound",
     "SubmitManyError",
     "SubmitResult",
+    "SubmittedGroup",
     "Task",
     "TaskError",
     "TaskNotFound",
@@ -55,10 +66,14 @@ def test_every_public_name_exists_and_is_documented() -> None:
 
 
 def test_client_methods_are_documented() -> None:
-    public = [name for name in vars(dtq_client.Client) if not name.startswith("_")]
+    # The methods come from Client and its call groups (ClusterCalls, ScheduleCalls).
+    public = [name for name in dir(dtq_client.Client) if not name.startswith("_")]
     assert {"submit", "submit_many", "get", "wait", "watch", "cancel", "list_tasks"} <= set(public)
     assert {"iter_tasks", "nodes", "drain", "queues", "health", "close"} <= set(public)
-    assert {"cancel_tasks", "retry", "purge"} <= set(public)
-    assert {"pause_queue", "resume_queue", "set_queue_limit"} <= set(public)
+    assert {"cancel_tasks", "retry", "purge", "submit_group", "get_group"} <= set(public)
+    assert {"pause_queue", "resume_queue", "set_queue_limit", "set_queue_rate_limit"} <= set(public)
+    assert {"set_rate_limit", "delete_rate_limit", "rate_limits"} <= set(public)
+    schedules = {"create_schedule", "get_schedule", "list_schedules", "delete_schedule"}
+    assert schedules | {"pause_schedule", "resume_schedule"} <= set(public)
     for name in public:
         assert getattr(dtq_client.Client, name).__doc__, name
