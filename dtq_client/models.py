@@ -337,11 +337,16 @@ class QueueStats:
     """Most tasks of the queue leased or running at once across all nodes; 0 means no limit."""
     rate_limit: float = 0.0
     """Most tasks of the queue dispatched per second; 0 means no limit."""
+    waiting: int = 0
+    """Tasks waiting for their dependencies."""
 
     @property
     def total(self) -> int:
         """All tasks of the queue, whatever their state."""
-        return self.queued + self.running + self.succeeded + self.failed + self.cancelled
+        return (
+            self.waiting + self.queued + self.running + self.succeeded + self.failed
+            + self.cancelled
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -469,7 +469,7 @@ class Coordinator:
         if task_filter.queue is None and task_filter.type is None:
             raise InvalidArgument([("queue", "give a queue or a type (or both)")])
         if task_filter.state is not None and task_filter.state.is_terminal:
-            raise InvalidArgument([("state", "must be queued, leased or running")])
+            raise InvalidArgument([("state", "must be waiting, queued, leased or running")])
         matching = [
             t
             for t in self.board.active.values()

@@ -213,6 +213,7 @@ class QueueStats:
     paused: bool = False
     max_running: int = 0
     rate_limit: float = 0.0
+    waiting: int = 0
 
 
 @dataclass(frozen=True, slots=True)

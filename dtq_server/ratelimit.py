@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-_FRACTION = 0.999_999
+_SLACK = 0.1
+"""A tenth of a token a bucket may save beyond its burst (see TokenBucket.refill)."""
 
 
 @dataclass(slots=True)
@@ -28,12 +29,13 @@ class TokenBucket:
     def refill(self, now: float) -> None:
         """Add the tokens earned since the last refill.
 
-        The cap keeps the fraction of a token beyond ``burst``: at most ``burst``
-        whole tokens can be spent at once, but a dispatcher that wakes a little
-        late does not lose the time it overslept.
+        The cap is ``burst`` plus a tenth of a token: a dispatcher that wakes a
+        little late (up to a tenth of a token's time) does not lose the time it
+        overslept, while at most ``burst`` tasks can start at once and the
+        long-run rate never exceeds ``per_second``.
         """
         if now > self.stamp:
-            cap = self.burst + _FRACTION
+            cap = self.burst + _SLACK
             self.tokens = min(cap, self.tokens + (now - self.stamp) * self.per_second)
             self.stamp = now
 

@@ -116,10 +116,12 @@ class Scheduler:
         """Fire due ticks until cancelled."""
         while True:
             now = time.time()
-            for schedule in list(self._schedules.values()):
+            for name in list(self._schedules):
                 if self.stopped:
                     break
-                if not schedule.paused and schedule.next_fire_at <= now:
+                # Read it again: a pause or delete may have landed while another fired.
+                schedule = self._schedules.get(name)
+                if schedule is not None and not schedule.paused and schedule.next_fire_at <= now:
                     try:
                         await self._fire(schedule, now)
                     except StoreUnavailable as exc:

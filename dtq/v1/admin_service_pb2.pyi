@@ -89,7 +89,7 @@ class ListQueuesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("name", "queued", "running", "succeeded", "failed", "cancelled", "paused", "max_running", "rate_limit")
+    __slots__ = ("name", "queued", "running", "succeeded", "failed", "cancelled", "paused", "max_running", "rate_limit", "waiting")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class QueueStats(_message.Message):
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     name: str
     queued: int
     running: int
@@ -108,7 +109,8 @@ class QueueStats(_message.Message):
     paused: bool
     max_running: int
     rate_limit: float
-    def __init__(self, name: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ...) -> None: ...
+    waiting: int
+    def __init__(self, name: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ..., waiting: _Optional[int] = ...) -> None: ...
 
 class ListQueuesResponse(_message.Message):
     __slots__ = ("queues",)

@@ -89,6 +89,7 @@ def queue_stats_from_proto(message: admin_service_pb2.QueueStats) -> QueueStats:
         paused=message.paused,
         max_running=message.max_running,
         rate_limit=message.rate_limit,
+        waiting=message.waiting,
     )
 
 
@@ -104,6 +105,7 @@ def queue_stats_to_proto(stats: QueueStats) -> admin_service_pb2.QueueStats:
         paused=stats.paused,
         max_running=stats.max_running,
         rate_limit=stats.rate_limit,
+        waiting=stats.waiting,
     )
 
 

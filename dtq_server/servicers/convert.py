@@ -282,6 +282,7 @@ def queue_to_proto(q: QueueStats) -> admin_pb.QueueStats:
         paused=q.paused,
         max_running=q.max_running,
         rate_limit=q.rate_limit,
+        waiting=q.waiting,
     )
 
 

@@ -10,9 +10,9 @@ our internals (RELIABILITY B2, R13).
 :class:`MalformedRequests` wraps every method's request deserializer so that
 a message that does not parse becomes a :class:`Malformed` marker instead; the
 method then ends with INVALID_ARGUMENT (``BadRequest`` field ``request``) and
-one log line without a traceback. For streaming requests (the worker stream)
-the marker fails the stream the same way, whether it is the first message or
-a later one.
+one debug log line, without a traceback (a flood of garbage must not flood the
+log either). For streaming requests (the worker stream) the marker fails the
+stream the same way, whether it is the first message or a later one.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _safe(deserializer: Deserializer, method: str) -> Deserializer:
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError, and anything a parser may raise on garbage
-            log.info("rpc.malformed_request", method=method, error=type(exc).__name__)
+            log.debug("rpc.malformed_request", method=method, error=type(exc).__name__)
             return Malformed(type(exc).__name__)
 
     return parse

@@ -39,6 +39,9 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         results = await self._coordinator.submit(
             [spec_from_proto(s) for s in request.tasks], batch=True, group_id=group_id
         )
+        if group_id is not None and results and not any(created for _, created in results):
+            # A retried group submit (every key matched): the group is the stored one.
+            group_id = results[0][0].group_id or group_id
         return pb.SubmitTasksResponse(
             results=[
                 pb.SubmitTaskResponse(task=task_to_proto(record), created=created)

@@ -423,6 +423,7 @@ class SqliteStore:
                     succeeded=c.get(TaskState.SUCCEEDED, 0),
                     failed=c.get(TaskState.FAILED, 0),
                     cancelled=c.get(TaskState.CANCELLED, 0),
+                    waiting=c.get(TaskState.WAITING, 0),
                 )
                 for name, c in sorted(counts.items())
             ]

@@ -138,3 +138,17 @@ def test_waiting_tasks_survive_a_restart(
         assert run_one(node) == parent
         assert run_one(node) == child
         node.close()
+
+
+def test_a_retried_group_submit_answers_the_stored_group(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    specs = [
+        task_pb2.TaskSpec(type="echo", queue="retried", idempotency_key=f"g-{i}") for i in range(3)
+    ]
+    first = tasks.SubmitTasks(ts.SubmitTasksRequest(tasks=specs, group=True), timeout=10)
+    again = tasks.SubmitTasks(ts.SubmitTasksRequest(tasks=specs, group=True), timeout=10)
+    assert not any(r.created for r in again.results)
+    assert again.group_id == first.group_id
+    group = tasks.GetGroup(ts.GetGroupRequest(group_id=again.group_id), timeout=10)
+    assert group.total == 3

@@ -140,3 +140,11 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     assert wait == pytest.approx(0.2)
     limiter.configure_key("tenant-a", per_second=0, burst=0, now=0.0)
     assert limiter.blocked(0.0) == (set(), set(), None)
+
+
+def test_a_full_bucket_never_starts_more_than_its_burst_at_once() -> None:
+    bucket = TokenBucket(per_second=1, burst=1, stamp=0.0)
+    bucket.refill(100.0)  # a long quiet period
+    bucket.take(100.0)
+    assert not bucket.available(100.05), "a second task must wait most of a period"
+    assert bucket.available(100.9)  # the saved tenth of a token makes up for a late wake
