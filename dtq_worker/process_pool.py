@@ -62,6 +62,8 @@ log = structlog.get_logger(__name__)
 
 POLL_S = 0.05
 """How often a waiting worker thread checks the deadline and the cancel event."""
+CANCEL_GRACE_S = 2.0
+"""How long a cancelled handler may keep running before its process is killed."""
 STARTUP_ALLOWANCE_S = 30.0
 """How long a fresh child may take to import the handlers before its task fails."""
 _PR_SET_PDEATHSIG = 1
@@ -148,7 +150,12 @@ class ProcessPool:
                 cancel_sent = True
                 with contextlib.suppress(OSError):
                     child.conn.send(("cancel",))
+                # Enforced, not only cooperative: a handler that ignores the cancel
+                # loses its process after a grace period.
+                deadline = min(deadline, time.monotonic() + CANCEL_GRACE_S)
             if time.monotonic() >= deadline:
+                if cancel_sent:
+                    return self._killed_for_cancel(child, job)
                 return self._timed_out(child, job, timeout_s)
 
     def _child(self) -> _Child:
@@ -211,6 +218,20 @@ class ProcessPool:
                 f"the handler ran past its {timeout_s} s timeout; its process was killed",
                 retryable=True,
             )
+        )
+
+    def _killed_for_cancel(self, child: _Child, job: Job) -> Outcome:
+        self._forget(child)
+        child.kill()
+        log.info("task.cancel_enforced", task_id=job.lease.task_id, pid=child.process.pid)
+        return Failed(
+            Failure(
+                "CANCELLED",
+                f"cancelled; the handler ignored it for {CANCEL_GRACE_S} s, so its process "
+                "was killed",
+                retryable=False,
+            ),
+            cancelled=True,
         )
 
     def close(self) -> None:

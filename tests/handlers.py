@@ -77,3 +77,9 @@ def kill_thread(payload: Any, ctx: TaskContext) -> None:
     """Kills the worker thread running it: SystemExit is not a task failure but a crash."""
     _witness(ctx)
     raise SystemExit("worker thread crash on purpose")
+
+
+@registry.task("stubborn")
+def stubborn(payload: Any, ctx: TaskContext) -> None:
+    """Sleeps ``payload["sleep"]`` s and ignores cancellation (the worst-behaved handler)."""
+    time.sleep(float((payload or {}).get("sleep", 30)))
