@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,15 @@ def _ignore(_: TaskContext) -> None:
     """Progress sink of a context nobody listens to (tests, direct calls)."""
 
 
+class Deadline:
+    """A mutable slot for a context's deadline (the context itself is frozen)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float | None = None) -> None:
+        self.at = at
+
+
 @dataclass(frozen=True, eq=False)
 class TaskContext:
     """The running attempt, as its handler sees it. Safe to share with threads it starts."""
@@ -73,12 +83,27 @@ class TaskContext:
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
     """Set when the task is cancelled or no longer ours; ``cancel_event.wait(s)`` sleeps
     interruptibly."""
-    deadline: float | None = None
-    """A ``time.monotonic()`` by which the handler should finish; None (no deadline) for now."""
+    deadline_cell: Deadline = field(default_factory=Deadline, repr=False)
+    """Holds the deadline, which is known only once the handler starts."""
     on_progress: Callable[[TaskContext], None] = field(default=_ignore, repr=False)
     """Told (once per collected value) that new progress is waiting; set by the node."""
     progress_cell: ProgressCell = field(default_factory=ProgressCell, repr=False)
     """Where reports wait for the node."""
+
+    @property
+    def deadline(self) -> float | None:
+        """A ``time.monotonic()`` by which the handler must finish, or None (no limit).
+
+        Set when the handler starts, from the task's execution timeout (or the
+        node's ``--task-timeout``). When it passes, the context is cancelled and
+        the attempt fails TIMED_OUT.
+        """
+        return self.deadline_cell.at
+
+    def seconds_left(self) -> float | None:
+        """Time until the deadline (never negative), or None without one."""
+        at = self.deadline_cell.at
+        return None if at is None else max(0.0, at - time.monotonic())
 
     @property
     def lease(self) -> Lease:

@@ -52,7 +52,7 @@ from typing import Any
 
 import structlog
 
-from dtq_worker.context import TaskContext
+from dtq_worker.context import Deadline, TaskContext
 from dtq_worker.errors import ConfigError
 from dtq_worker.models import ErrorType, Failed, Failure, Outcome, Progress
 from dtq_worker.registry import Registry
@@ -310,7 +310,7 @@ def _child_main(registry_bytes: bytes, conn: Connection) -> None:
             type=assignment.type,
             queue=assignment.queue,
             content_type=assignment.payload.content_type,
-            deadline=None if timeout_s is None else time.monotonic() + timeout_s,
+            deadline_cell=Deadline(None if timeout_s is None else time.monotonic() + timeout_s),
             on_progress=on_progress,
         )
         done = threading.Event()

@@ -25,6 +25,9 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # never closes the connection with too_many_pings.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # gRPC 1.85 waits for a ping's ack for ping_timeout (default 60 s), not for
+    # keepalive_timeout: without this a black-holed connection lived for 60 s.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", MAX_SEND_BYTES),

@@ -157,6 +157,9 @@ class Supervisor:
                     continue
                 worker.started_at = self._clock()
                 worker.current = job
+                limit = job.assignment.execution_timeout_s or self._task_timeout_s
+                if limit:  # the handler sees its deadline (the monitor enforces it)
+                    job.context.deadline_cell.at = time.monotonic() + limit
                 self._runner.run(job)
                 worker.current = None
                 if worker.poisoned:

@@ -83,3 +83,10 @@ def kill_thread(payload: Any, ctx: TaskContext) -> None:
 def stubborn(payload: Any, ctx: TaskContext) -> None:
     """Sleeps ``payload["sleep"]`` s and ignores cancellation (the worst-behaved handler)."""
     time.sleep(float((payload or {}).get("sleep", 30)))
+
+
+@registry.task("deadline")
+def deadline(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """Returns how long it had left when it started (the context's deadline)."""
+    left = ctx.seconds_left()
+    return {"left": left}

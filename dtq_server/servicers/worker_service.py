@@ -131,8 +131,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             outbox.put_nowait(CloseStream())
         except CoordinatorError as exc:
             outbox.put_nowait(EndStream(exc))
-        except (asyncio.CancelledError, grpc.aio.AbortError):
-            raise  # the stream is over; the sending side cleans up
+        except grpc.aio.AbortError:
+            return  # the sending side ended the stream; nothing left to read
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("stream.reader_failed", node_id=session.node.node_id)
             outbox.put_nowait(EndStream(CoordinatorError("internal error")))

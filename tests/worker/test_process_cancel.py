@@ -32,3 +32,21 @@ def test_cancel_kills_a_handler_that_ignores_it(tmp_path: Path) -> None:
     finally:
         node.stop()
         server.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_the_handler_sees_its_execution_deadline(tmp_path: Path, isolation: str) -> None:
+    server = start_server(tmp_path / "data")
+    node = start_node(server.address, tmp_path, "timed", "--isolation", isolation, threads=1)
+    try:
+        with Client(server.address) as client:
+            wait_until(lambda: any(n.state is NodeState.ACTIVE for n in client.nodes()), 20)
+            timed = client.submit("deadline", {}, execution_timeout_s=30)
+            untimed = client.submit("deadline", {})
+            left = client.wait(timed.id, timeout_s=20).result_value()
+            assert isinstance(left, dict) and 25 < left["left"] <= 30
+            assert client.wait(untimed.id, timeout_s=20).result_value() == {"left": None}
+    finally:
+        node.stop()
+        server.stop()
