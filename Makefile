@@ -60,3 +60,18 @@ clean:
 BENCH_SIZE ?= full
 bench: install
 	$(PY) -m bench.run --size $(BENCH_SIZE)
+
+## bench-peers: P1, P2 and one-call enqueue on Huey, Dramatiq and Celery (their own venv, a Redis
+## this starts on loopback) and DTQ, interleaved; one table of DTQ / best-peer ratios.
+## Installs Debian's redis-server when missing (apt-get: run as root). BENCH_SIZE=small: quick.
+PEERS_VENV ?= .bench/peers-venv
+.PHONY: bench-peers
+bench-peers: install $(PEERS_VENV)/.installed
+	@command -v redis-server >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	$(PY) -m bench.compare --size $(BENCH_SIZE) --peers-python $(PEERS_VENV)/bin/python
+
+$(PEERS_VENV)/.installed: bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/peers/requirements.txt
+	@touch $@

@@ -1,36 +1,36 @@
-"""``make bench``: DTQ's speed, measured on this machine, printed as one table.
+"""``make bench``: DTQ's speed on this machine, P1-P5 of issue 5, printed as one table.
 
-Brings up its own coordinator and worker nodes (real processes on loopback,
-SQLite with synchronous=FULL) for each round, and reports the median and spread
-of several rounds:
+Brings up its own coordinators and worker nodes (real processes on loopback,
+SQLite with synchronous=FULL) and reports each figure's median and spread over
+several rounds, next to its target:
 
-- P1 throughput: N no-op tasks (``echo`` of an int), one client submitting in
-  batches, two worker nodes; tasks/s from the first submit to the last success.
-- P2 latency: one task at a time on an idle system, submit -> result at the
-  client (``Client.submit`` + ``Client.wait``), p50 and p99.
-- P3 enqueue: batched submits (``submit_many``) and one-call-per-task submits,
-  acknowledged (committed) tasks/s.
+- P1 throughput, P2 round trip, P3 enqueue: see :mod:`bench.basics`.
+- P4 depth (dispatch rate with a deep queue, RSS, restart time): :mod:`bench.depth`.
+- P5 fleet (coordinator CPU with hundreds of heartbeating nodes, dead-node
+  detection): :mod:`bench.fleet`.
 
-Speed is never asserted here; the numbers go to stdout and a JSON file.
+Targets relative to the peers (Huey, Dramatiq, Celery) are judged by
+``make bench-peers``. Speed is never asserted: the numbers go to stdout and a
+JSON file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dtq_client import Client, NodeState, TaskSpec
+from bench import basics, concurrent
+from bench.cluster import ROOT
+from bench.depth import DepthPlan, depth
+from bench.fleet import FleetPlan, fleet
+from bench.report import Figure, Target, figures_table, write_json
 
-ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("P1", "P2", "P3", "P4", "P5")
 
 
 @dataclass(frozen=True)
@@ -41,168 +41,159 @@ class Size:
     latency_samples: int
     enqueue_tasks: int
     rounds: int
+    depth: DepthPlan
+    fleet: FleetPlan
 
 
 SIZES = {
-    "full": Size(tasks=10_000, latency_samples=500, enqueue_tasks=20_000, rounds=3),
-    "small": Size(tasks=300, latency_samples=30, enqueue_tasks=500, rounds=1),
-}
+    "full": Size(
+        tasks=10_000, latency_samples=500, enqueue_tasks=20_000, rounds=3,
+        depth=DepthPlan(depth=1_000_000, window=10_000, rounds=3),
+        fleet=FleetPlan(nodes=500, victims=3, window_s=20.0, rounds=3, heartbeat_timeout_s=10.0),
+    ),
+    "small": Size(
+        tasks=300, latency_samples=30, enqueue_tasks=500, rounds=1,
+        depth=DepthPlan(depth=20_000, window=2_000, rounds=1),
+        fleet=FleetPlan(nodes=50, victims=1, window_s=5.0, rounds=1, heartbeat_timeout_s=3.0),
+    ),
+}  # fmt: skip
 
 
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
+    """P1-P3, each round on fresh clusters."""
+    p1 = Figure(
+        f"P1 end-to-end tasks/s (2 nodes x 4 threads, prefetch {basics.PREFETCH})",
+        Target.relative(">= 3 x best peer: see bench-peers"),
+    )
+    p50 = Figure("P2 round trip p50 ms", Target.relative("<= best peer's p50: see bench-peers"))
+    p99 = Figure("P2 round trip p99 ms", Target.at_most(3.0, "<= 3 ms"))
+    batched = Figure("P3 batched enqueue tasks/s", Target.at_least(50_000, ">= 50,000/s"))
+    single = Figure(
+        "P3 one-call-per-task enqueue tasks/s",
+        Target.relative(">= best peer's one-call rate: see bench-peers"),
+    )
+    raw = Figure(
+        f"P3 raw grpc.aio unary calls/s ({concurrent.CONCURRENCY} in flight)",
+        Target.relative("reference for the next row"),
+    )
+    in_flight = Figure(
+        f"P3 single submits/s, {concurrent.CONCURRENCY} in flight", Target.relative("")
+    )
+    for _ in range(size.rounds):
+        if "P1" in parts:
+            p1.values.append(basics.throughput(size.tasks))
+        if "P2" in parts:
+            median, tail = basics.latency(size.latency_samples)
+            p50.values.append(median)
+            p99.values.append(tail)
+        if "P3" in parts:
+            rate, one_by_one = basics.enqueue(size.enqueue_tasks)
+            batched.values.append(rate)
+            single.values.append(one_by_one)
+            concurrent_tasks = max(10 * concurrent.CONCURRENCY, size.enqueue_tasks // 4)
+            raw.values.append(concurrent.raw_rate(concurrent_tasks))
+            in_flight.values.append(concurrent.submit_rate(concurrent_tasks))
+    if raw.values:
+        floor = 0.8 * statistics.median(raw.values)
+        in_flight.target = Target.at_least(floor, f">= 80% of raw = {floor:,.0f}")
+    figures = (p1, p50, p99, batched, single, raw, in_flight)
+    return [f for f in figures if f.name[:2] in parts]
 
 
-@contextmanager
-def cluster(nodes: int, threads: int = 4, prefetch: int = 0) -> Iterator[str]:
-    """A coordinator process and ``nodes`` worker processes; yields the address."""
-    with tempfile.TemporaryDirectory(prefix="dtq-bench-") as tmp:
-        port_file = Path(tmp) / "port"
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dtq_server",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--data-dir",
-                    tmp,
-                    "--port-file",
-                    str(port_file),
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=ROOT,
-            )
-        ]
-        try:
-            _wait_for(port_file.exists, 20, "the coordinator")
-            address = port_file.read_text().strip()
-            for n in range(nodes):
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "dtq_worker",
-                            "dtq_worker.demo:registry",
-                            "--coordinator",
-                            address,
-                            "--threads",
-                            str(threads),
-                            "--prefetch",
-                            str(prefetch),
-                            "--node-id",
-                            f"bench-{n}",
-                            "--log-level",
-                            "warning",
-                        ],
-                        cwd=ROOT,
-                    )
-                )
-            with Client(address) as client:
-                _wait_for(
-                    lambda: sum(n.state is NodeState.ACTIVE for n in client.nodes()) == nodes,
-                    20,
-                    "the nodes",
-                )
-            yield address
-        finally:
-            # Nodes first (they leave cleanly), then the coordinator.
-            for proc in reversed(procs):
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+def depth_figures(plan: DepthPlan) -> tuple[list[Figure], dict[str, object]]:
+    """P4 rows and its raw numbers."""
+    result = depth(plan)
+    empty = Figure(
+        "P4 dispatch tasks/s, empty queue", Target.relative("reference for the next row")
+    )
+    empty.values = result.empty_rates
+    floor = 0.8 * statistics.median(result.empty_rates)
+    deep = Figure(
+        f"P4 dispatch tasks/s, {plan.depth:,} queued",
+        Target.at_least(floor, f">= 80% of empty = {floor:,.0f}"),
+        values=result.deep_rates,
+    )
+    rss = Figure(
+        "P4 coordinator peak RSS MiB (worst)",
+        Target.at_most(1024, "<= 1,024 MiB"),
+        values=result.peak_rss_mib,
+        judge=max,
+    )
+    restart = Figure(
+        "P4 kill -9 + restart to acked submit s (worst)",
+        Target.at_most(10, "<= 10 s"),
+        values=result.restart_s,
+        judge=max,
+    )
+    fill = Figure(
+        f"P4 fill {plan.depth:,} tasks (batched) tasks/s",
+        Target.relative("- (information)"),
+        values=[result.fill_rate],
+    )
+    return [empty, deep, rss, restart, fill], asdict(result)
 
 
-PREFETCH = 16
-"""P1's nodes hold this many tasks beyond their 4 threads (dtq-worker --prefetch)."""
-
-
-def throughput(size: Size) -> float:
-    """P1: end-to-end tasks/s (nodes with --prefetch 16)."""
-    with cluster(nodes=2, prefetch=PREFETCH) as address, Client(address) as client:
-        started = time.perf_counter()
-        client.submit_many([TaskSpec("echo", i) for i in range(size.tasks)])
-        _wait_for(lambda: client.queues()[0].succeeded == size.tasks, 600, "all tasks to succeed")
-        return size.tasks / (time.perf_counter() - started)
-
-
-def latency(size: Size) -> tuple[float, float]:
-    """P2: submit -> result round trip, (p50, p99) in milliseconds."""
-    with cluster(nodes=2) as address, Client(address) as client:
-        samples = []
-        for i in range(size.latency_samples):
-            started = time.perf_counter()
-            task = client.submit("echo", i)
-            client.wait(task.id, timeout_s=30)
-            samples.append((time.perf_counter() - started) * 1000)
-        samples.sort()
-        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-        return statistics.median(samples), p99
-
-
-def enqueue(size: Size) -> tuple[float, float]:
-    """P3: acknowledged submits/s, batched and one call per task (no nodes running)."""
-    with cluster(nodes=0) as address, Client(address) as client:
-        started = time.perf_counter()
-        client.submit_many([TaskSpec("echo", i) for i in range(size.enqueue_tasks)])
-        batched = size.enqueue_tasks / (time.perf_counter() - started)
-        single_n = max(1, size.enqueue_tasks // 10)
-        started = time.perf_counter()
-        for i in range(single_n):
-            client.submit("echo", i)
-        single = single_n / (time.perf_counter() - started)
-        return batched, single
-
-
-def summarise(values: list[float]) -> dict[str, float]:
-    """Median and spread of a figure's rounds."""
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "rounds": len(values),
-    }
+def fleet_figures(plan: FleetPlan) -> tuple[list[Figure], dict[str, object]]:
+    """P5 rows and its raw numbers."""
+    result = fleet(plan)
+    bound = plan.heartbeat_timeout_s + 1
+    rows = [
+        Figure(
+            f"P5 coordinator CPU % of one core ({plan.nodes} nodes, 1 s heartbeats)",
+            Target.at_most(25, "<= 25%"),
+            values=result.cpu_percent,
+        ),
+        Figure(
+            f"P5 dead-node detection s (timeout {plan.heartbeat_timeout_s:g} s, worst)",
+            Target.at_most(bound, f"<= {bound:g} s"),
+            values=result.detection_s,
+            judge=max,
+        ),
+        Figure(
+            "P5 live nodes not ACTIVE at the end",
+            Target.at_most(0, "0"),
+            values=[float(result.false_deaths)],
+        ),
+    ]
+    return rows, asdict(result)
 
 
 def main() -> int:
+    """Run the selected parts, print the table, write the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "results.json")
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help="comma-separated parts to run (default: all)"
+    )
     args = parser.parse_args()
     size = SIZES[args.size]
-    figures: dict[str, list[float]] = {
-        f"P1 end-to-end tasks/s (2 nodes x 4 threads, prefetch {PREFETCH})": [],
-        "P2 round trip p50 ms": [],
-        "P2 round trip p99 ms": [],
-        "P3 batched enqueue tasks/s": [],
-        "P3 one-call-per-task enqueue tasks/s": [],
-    }
-    keys = list(figures)
-    for _ in range(size.rounds):
-        figures[keys[0]].append(throughput(size))
-        p50, p99 = latency(size)
-        figures[keys[1]].append(p50)
-        figures[keys[2]].append(p99)
-        batched, single = enqueue(size)
-        figures[keys[3]].append(batched)
-        figures[keys[4]].append(single)
-    results = {name: summarise(values) for name, values in figures.items()}
-    width = max(len(name) for name in results)
-    print(f"\nDTQ benchmark ({args.size}: {size.tasks} tasks, {size.rounds} round(s))")
-    print(f"{'figure'.ljust(width)}  {'median':>10}  {'min':>10}  {'max':>10}")
-    for name, r in results.items():
-        print(f"{name.ljust(width)}  {r['median']:>10.1f}  {r['min']:>10.1f}  {r['max']:>10.1f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"size": args.size, "results": results}, indent=2))
+    parts = {p.strip().upper() for p in args.only.split(",")}
+    started = time.perf_counter()
+    figures = basic_figures(size, parts)
+    raw: dict[str, object] = {}
+    if "P4" in parts:
+        rows, raw["P4"] = depth_figures(size.depth)
+        figures += rows
+    if "P5" in parts:
+        rows, raw["P5"] = fleet_figures(size.fleet)
+        figures += rows
+    elapsed_s = time.perf_counter() - started
+    print(
+        f"\nDTQ benchmark ({args.size}: {size.tasks:,} tasks, {size.rounds} round(s);"
+        f" {os.cpu_count()} CPUs; {elapsed_s:.0f} s)"
+    )
+    print(figures_table(figures))
+    write_json(
+        args.json,
+        {
+            "size": args.size,
+            "cpus": os.cpu_count(),
+            "elapsed_s": elapsed_s,
+            "results": {f.name: f.summary() for f in figures},
+            "raw": raw,
+        },
+    )
     print(f"raw numbers: {args.json}")
     return 0
 

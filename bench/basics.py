@@ -1,0 +1,73 @@
+"""P1-P3: throughput, round trip and enqueue rate, each on a fresh cluster.
+
+- P1 throughput: N no-op tasks (``echo`` of an int), one client submitting in
+  batches, two worker nodes; tasks/s from the first submit to the last success.
+- P2 latency: one task at a time on an idle system, submit -> result at the
+  client (``Client.submit`` + ``Client.wait``), p50 and p99.
+- P3 enqueue: batched submits (``submit_many``) and one-call-per-task submits,
+  acknowledged (committed) tasks/s, with no node running.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.cluster import cluster, wait_for
+from dtq_client import Client, TaskSpec
+
+PREFETCH = 16
+"""P1's nodes hold this many tasks beyond their 4 threads (dtq-worker --prefetch)."""
+
+
+def throughput(tasks: int) -> float:
+    """P1: end-to-end tasks/s (2 nodes x 4 threads, --prefetch 16)."""
+    with cluster(nodes=2, prefetch=PREFETCH) as address, Client(address) as client:
+        started = time.perf_counter()
+        client.submit_many([TaskSpec("echo", i) for i in range(tasks)])
+        wait_for(lambda: client.queues()[0].succeeded == tasks, 600, "all tasks to succeed")
+        return tasks / (time.perf_counter() - started)
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``samples`` (``fraction`` 0.99 for p99)."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def latency(samples: int) -> tuple[float, float]:
+    """P2: submit -> result round trip, (p50, p99) in milliseconds."""
+    with cluster(nodes=2) as address, Client(address) as client:
+        times = []
+        for i in range(samples):
+            started = time.perf_counter()
+            task = client.submit("echo", i)
+            client.wait(task.id, timeout_s=30)
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times), percentile(times, 0.99)
+
+
+def enqueue_single(client: Client, tasks: int) -> float:
+    """Acknowledged submits/s, one ``Client.submit`` call per task, one after the other."""
+    started = time.perf_counter()
+    for i in range(tasks):
+        client.submit("echo", i)
+    return tasks / (time.perf_counter() - started)
+
+
+def enqueue(tasks: int) -> tuple[float, float]:
+    """P3: acknowledged submits/s, batched and one call per task (no nodes running).
+
+    The one-call-per-task figure submits a tenth as many tasks: it is the slow one.
+    """
+    with cluster(nodes=0) as address, Client(address) as client:
+        started = time.perf_counter()
+        client.submit_many([TaskSpec("echo", i) for i in range(tasks)])  # the client batches
+        batched = tasks / (time.perf_counter() - started)
+        return batched, enqueue_single(client, max(1, tasks // 10))
+
+
+def single_enqueue(tasks: int) -> float:
+    """P3's one-call-per-task figure alone (``make bench-peers`` compares it with the peers)."""
+    with cluster(nodes=0) as address, Client(address) as client:
+        return enqueue_single(client, tasks)

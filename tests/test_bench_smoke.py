@@ -1,0 +1,37 @@
+"""``make bench`` at small size still runs end to end and reports numbers (never speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = ("P1", "P2", "P3", "P4", "P5")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_small_runs_and_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--size", "small", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pass/fail" in proc.stdout  # the table was printed
+    results = json.loads(out.read_text())["results"]
+    assert {name[:2] for name in results} == set(PARTS)
+    for name, figure in results.items():
+        assert figure["values"], name
+        assert all(math.isfinite(v) for v in figure["values"]), name
+        assert math.isfinite(figure["median"]), name
+        assert figure["target"], name
