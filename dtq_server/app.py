@@ -62,6 +62,9 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.max_concurrent_streams", 256),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # gRPC 1.85 waits for a ping's ack for ping_timeout (default 60 s), not for
+        # keepalive_timeout: without this a black-holed node's connection lived ~90 s.
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.http2.max_ping_strikes", 2),

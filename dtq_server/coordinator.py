@@ -66,6 +66,7 @@ from dtq_server.watchers import TaskWatchers
 
 log = structlog.get_logger(__name__)
 WATCH_RECHECK_S = 5.0
+LOAD_CHUNK = 20_000
 SWEEP_BATCH = 1000
 MAX_BULK = 10_000
 MAX_QUEUE_LIMIT = 100_000
@@ -111,6 +112,8 @@ class Coordinator:
         self._store_ok = True
         self._shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._loaded = asyncio.Event()
+        """Set once every queued task is on the board (start-up loads them in chunks)."""
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -123,23 +126,39 @@ class Coordinator:
         for limit in await self.store.load_rate_limits():
             self.dispatcher.limiter.configure_key(limit.key, limit.per_second, limit.burst, now)
         await self.scheduler.load()
-        tasks = await self.store.load_active()
+        # Leased tasks first and at once: nodes may resume their sessions right away.
+        leased = await self.store.load_active((TaskState.LEASED, TaskState.RUNNING))
         now = time.monotonic()
-        for task in tasks:
+        for task in leased:
             self.board.track(task, now)
-        self.sessions.recover(tasks)
-        log.info(
-            "coordinator.loaded",
-            unfinished=len(tasks),
-            leased=sum(1 for t in tasks if t.state.is_leased),
-            sessions=len(self.registry.sessions),
-        )
+        self.sessions.recover(leased)
+        log.info("coordinator.recovered", leased=len(leased), sessions=len(self.registry.sessions))
+        # Queued tasks load in the background, so a deep queue does not delay serving;
+        # dispatch waits until they are all in, so priority and FIFO order hold.
+        self.dispatcher.loading = True
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dtq-dispatcher"),
             asyncio.create_task(self._reap_forever(), name="dtq-reaper"),
             asyncio.create_task(self.scheduler.run(), name="dtq-scheduler"),
+            asyncio.create_task(self._load_queued(), name="dtq-loader"),
         ]
+
+    async def _load_queued(self) -> None:
+        started, after, total = time.monotonic(), 0, 0
+        while True:
+            chunk = await self.store.load_active((TaskState.QUEUED,), after, LOAD_CHUNK)
+            now = time.monotonic()
+            for task in chunk:
+                if task.id not in self.board.active:  # a retry may have tracked it already
+                    self.board.track(task, now)
+            total += len(chunk)
+            if len(chunk) < LOAD_CHUNK:
+                break
+            after = chunk[-1].seq
+        self.dispatcher.loading = False
+        self._loaded.set()
         self.dispatcher.kick()
+        log.info("coordinator.loaded", queued=total, seconds=round(time.monotonic() - started, 2))
 
     def begin_shutdown(self) -> None:
         """Refuse new submits and sessions; lease nothing more. Results are still applied."""
@@ -319,6 +338,7 @@ class Coordinator:
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued task at once; ask the node of a running one to stop it."""
         task_id = validate_task_id(task_id)
+        await self._loaded.wait()  # a queued task not yet loaded would look finished
         task = self.board.active.get(task_id)
         if task is None:
             record = await self.get(task_id)
@@ -470,6 +490,7 @@ class Coordinator:
             raise InvalidArgument([("queue", "give a queue or a type (or both)")])
         if task_filter.state is not None and task_filter.state.is_terminal:
             raise InvalidArgument([("state", "must be waiting, queued, leased or running")])
+        await self._loaded.wait()
         matching = [
             t
             for t in self.board.active.values()
@@ -537,6 +558,7 @@ class Coordinator:
             )
             truncated = len(ids) > MAX_BULK
             ids = ids[:MAX_BULK]
+        await self._loaded.wait()
         revived = await self.store.retry(ids)
         now = time.monotonic()
         for task in revived:

@@ -44,6 +44,8 @@ class Dispatcher:
         self.limiter = RateLimiter()
         """Token buckets of rate-limited queues and rate keys."""
         self._timer: asyncio.TimerHandle | None = None
+        self.loading = False
+        """While True (start-up, queued tasks still loading) nothing is leased."""
         self.paused = False
         """While True (shutting down) nothing new is leased."""
 
@@ -56,7 +58,7 @@ class Dispatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.paused:
+            if self.paused or self.loading:
                 continue
             plan = self._plan()
             if plan:

@@ -23,6 +23,7 @@ from dtq_server.models import (
     TaskFilter,
     TaskPage,
     TaskRecord,
+    TaskState,
 )
 from dtq_server.schedules import Schedule
 from dtq_server.updates import LeaseGrant, Transition
@@ -37,8 +38,14 @@ class Store(Protocol):
     async def close(self) -> None:
         """Finish pending writes and close."""
 
-    async def load_active(self) -> list[ActiveTask]:
-        """Every task that is not terminal, in submission order (for start-up)."""
+    async def load_active(
+        self,
+        states: tuple[TaskState, ...] = ...,
+        after_seq: int = 0,
+        limit: int = -1,
+    ) -> list[ActiveTask]:
+        """Tasks in ``states`` (default: queued, leased, running) with ``seq > after_seq``,
+        in submission order, at most ``limit`` (-1: all). For start-up, in chunks."""
 
     async def insert(
         self, tasks: list[NewTask], batch: bool = False

@@ -42,6 +42,7 @@ from dtq_server.updates import LeaseGrant, Transition
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
 BUSY_TIMEOUT_MS = 2000
+ACTIVE_STATES = (TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING)
 PROBE_BYTES = 1024 * 1024
 """Size of the write-health probe: the default largest payload."""
 
@@ -376,11 +377,17 @@ class SqliteStore:
 
     # -- reads -------------------------------------------------------------
 
-    async def load_active(self) -> list[ActiveTask]:
+    async def load_active(
+        self, states: tuple[TaskState, ...] = ACTIVE_STATES, after_seq: int = 0, limit: int = -1
+    ) -> list[ActiveTask]:
+        marks = ", ".join(str(int(state)) for state in states)
+        sql = (
+            f"SELECT {dependencies.ACTIVE_COLUMNS} FROM tasks "
+            f"WHERE state IN ({marks}) AND seq > ? ORDER BY seq LIMIT ?"
+        )
+
         def load(conn: sqlite3.Connection) -> list[ActiveTask]:
-            rows = conn.execute(
-                f"SELECT {dependencies.ACTIVE_COLUMNS} FROM tasks WHERE state < 4 ORDER BY seq"
-            )
+            rows = conn.execute(sql, (after_seq, limit))
             now_wall, now_mono = time.time(), time.monotonic()
             return [dependencies.active_from_row(r, now_wall, now_mono) for r in rows]
 
