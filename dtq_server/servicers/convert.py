@@ -35,9 +35,9 @@ def timestamp(seconds: float | None) -> Timestamp | None:
     """Wall-clock seconds as a Timestamp (None stays unset)."""
     if seconds is None:
         return None
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
+    nanos = int(seconds * 1e9)
+    # Direct fields: FromNanoseconds goes through a slow pure-Python path (hot on submits).
+    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 def duration(seconds: float) -> Duration:
