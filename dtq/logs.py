@@ -12,6 +12,7 @@ once from its ``main``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from typing import Literal
@@ -20,6 +21,24 @@ import structlog
 
 LogFormat = Literal["console", "json"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _LossyStderr:
+    """stderr that drops what it cannot write (a full disk, a closed pipe) instead of raising.
+
+    A log call must never be what fails a request, or kills the coordinator's
+    store writer thread while the disk its log shares with the database is full.
+    """
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
 
 
 def configure(level: str = "info", fmt: LogFormat = "console") -> None:
@@ -45,7 +64,7 @@ def configure(level: str = "info", fmt: LogFormat = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_LossyStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # grpc and other libraries log through the stdlib; give them the same look.
