@@ -55,7 +55,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     client pings every 5 s: our nodes and clients ping every 10 s, so they never
     earn a GOAWAY ``too_many_pings``.
     """
-    return [
+    options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", 2 * config.max_message_bytes),
         ("grpc.max_metadata_size", 16 * 1024),
@@ -73,6 +73,14 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
         # SETTINGS) is dropped after 10 s instead of gRPC's default of 60 s (B3).
         ("grpc.http2.settings_timeout", 10_000),
     ]
+    if config.max_connection_age_s is not None:
+        # Rotating connections spreads clients over coordinators behind a balancer;
+        # nodes reconnect and resume their sessions, so no lease is lost (N8).
+        options += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
+        ]
+    return options
 
 
 class CoordinatorServer:

@@ -114,6 +114,22 @@ from dtq_server.store.sqlite import StoreCorrupt
     help="Largest result accepted. [env: DTQ_MAX_RESULT_BYTES]",
 )
 @click.option(
+    "--max-connection-age",
+    envvar="DTQ_MAX_CONNECTION_AGE",
+    default=None,
+    type=click.FloatRange(min=1.0),
+    help="Rotate client connections after this many seconds (GOAWAY; nodes resume their "
+    "sessions). Default: never. [env: DTQ_MAX_CONNECTION_AGE]",
+)
+@click.option(
+    "--max-connection-age-grace",
+    envvar="DTQ_MAX_CONNECTION_AGE_GRACE",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Seconds calls on a rotated connection may still run. [env: DTQ_MAX_CONNECTION_AGE_GRACE]",
+)
+@click.option(
     "--result-ttl",
     envvar="DTQ_RESULT_TTL",
     default=7 * 86400.0,
@@ -158,6 +174,8 @@ def main(
     retry_backoff_max: float,
     max_payload_bytes: int,
     max_result_bytes: int,
+    max_connection_age: float | None,
+    max_connection_age_grace: float,
     result_ttl: float,
     port_file: Path | None,
     log_level: str,
@@ -184,6 +202,8 @@ def main(
             retry_backoff_max_s=retry_backoff_max,
             max_payload_bytes=max_payload_bytes,
             max_result_bytes=max_result_bytes,
+            max_connection_age_s=max_connection_age,
+            max_connection_age_grace_s=max_connection_age_grace,
             result_ttl_s=result_ttl,
             port_file=port_file,
             # Fault injection for tests only, so an environment variable and no flag.

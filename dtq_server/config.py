@@ -41,6 +41,10 @@ class ServerConfig:
     """Largest result accepted; a larger one fails the task with RESULT_TOO_LARGE."""
     max_message_bytes: int = 4 * MiB
     """gRPC receive limit per message (the gRPC default)."""
+    max_connection_age_s: float | None = None
+    """Rotate client connections after this long (GOAWAY; streams resume); None: never."""
+    max_connection_age_grace_s: float = 30.0
+    """How long calls on a rotated connection may still run."""
     result_ttl_s: float = 7 * 86_400.0
     """How long finished tasks are kept when they do not say (then swept)."""
     sweep_interval_s: float = 60.0
