@@ -61,6 +61,12 @@ BENCH_SIZE ?= full
 bench: install
 	$(PY) -m bench.run --size $(BENCH_SIZE)
 
+## chaos: every fault scenario at full size (10,000-task F1 seeds, 10-minute soak; ~20 min),
+## then one table row per scenario and a summary line. DTQ_CHAOS_SEED=N replays a soak.
+.PHONY: chaos
+chaos: install
+	DTQ_CHAOS_SIZE=full $(PY) -m pytest -m chaos tests/chaos -p no:randomly -p no:cacheprovider
+
 ## bench-peers: P1, P2 and one-call enqueue on Huey, Dramatiq and Celery (their own venv, a Redis
 ## this starts on loopback) and DTQ, interleaved; one table of DTQ / best-peer ratios.
 ## Installs Debian's redis-server when missing (apt-get: run as root). BENCH_SIZE=small: quick.

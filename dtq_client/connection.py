@@ -25,6 +25,9 @@ MAX_RECEIVE_BYTES = 8 * 1024 * 1024
 DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # gRPC 1.85 waits for a ping's ack for ping_timeout (default 60 s), not for
+    # keepalive_timeout: without this a call through a black hole hung for 60 s.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     # Idle channels (a client blocked in wait()) must notice a dead peer too.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
