@@ -7,33 +7,30 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
-from dtq_server.errors import IdempotencyKeyReused, StoreUnavailable
+from dtq_server.errors import StoreUnavailable
 from dtq_server.models import (
     ActiveTask,
     Assignment,
     DependencyEvents,
     GroupStatus,
-    Lease,
     NewTask,
-    Progress,
     QueueSettings,
     QueueStats,
     RateLimit,
-    TaskError,
     TaskFilter,
     TaskPage,
     TaskRecord,
     TaskState,
 )
 from dtq_server.schedules import Schedule
-from dtq_server.store import dependencies
+from dtq_server.store import dependencies, tasks_sql
 from dtq_server.store import schedules as schedules_sql
 from dtq_server.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, TASK_COLUMNS
 from dtq_server.store.writer import GroupCommitWriter
@@ -57,52 +54,6 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 class StoreCorrupt(RuntimeError):
     """The database file exists but is not a usable DTQ database."""
-
-
-def _row_to_record(row: Sequence[Any]) -> TaskRecord:
-    (
-        task_id, seq, type_, queue, payload, content_type, state, attempt, max_attempts,
-        failures, key, backoff, result, result_ct, err_type, err_msg, err_tb, err_retry,
-        node_id, session_id, expiries, cancel_requested, p_percent, p_message, created_at,
-        updated_at, started_at, finished_at, next_attempt_at, priority, run_at,
-        execution_timeout_s, expires_at, rate_key, depends_on, group_id,
-    ) = row  # fmt: skip
-    return TaskRecord(
-        id=task_id,
-        seq=seq,
-        type=type_,
-        queue=queue,
-        payload=bytes(payload),
-        content_type=content_type,
-        state=TaskState(state),
-        attempt=attempt,
-        max_attempts=max_attempts,
-        failures=failures,
-        idempotency_key=key,
-        retry_backoff_s=backoff,
-        result=None if result is None else bytes(result),
-        result_content_type=result_ct or "",
-        last_error=None
-        if err_type is None
-        else TaskError(err_type, err_msg or "", err_tb or "", bool(err_retry)),
-        node_id=node_id,
-        session_id=session_id,
-        lease_expiries=expiries,
-        cancel_requested=bool(cancel_requested),
-        progress=None if p_percent is None else Progress(p_percent, p_message or ""),
-        created_at=created_at,
-        updated_at=updated_at,
-        started_at=started_at,
-        finished_at=finished_at,
-        next_attempt_at=next_attempt_at,
-        priority=priority,
-        run_at=run_at,
-        execution_timeout_s=execution_timeout_s,
-        expires_at=expires_at,
-        rate_key=rate_key,
-        depends_on=tuple(depends_on.split(",")) if depends_on else (),
-        group_id=group_id,
-    )
 
 
 class SqliteStore:
@@ -228,15 +179,17 @@ class SqliteStore:
         self, tasks: list[NewTask], batch: bool = False
     ) -> list[tuple[TaskRecord, bool]]:
         ttl = self._result_ttl_s
-        return await self._writer.run(lambda conn: _insert(conn, tasks, batch, ttl))
+        return await self._writer.run(lambda conn: tasks_sql.insert(conn, tasks, batch, ttl))
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
-        return await self._writer.run(lambda conn: _lease(conn, grants))
+        return await self._writer.run(lambda conn: tasks_sql.lease(conn, grants))
 
     async def apply(self, transitions: list[Transition]) -> list[bool]:
         ttl = self._result_ttl_s
         events = DependencyEvents()
-        applied = await self._writer.run(lambda conn: _apply(conn, transitions, ttl, events))
+        applied = await self._writer.run(
+            lambda conn: tasks_sql.apply(conn, transitions, ttl, events)
+        )
         if events and self._on_dependencies is not None:
             self._on_dependencies(events)  # committed: memory may follow
         return applied
@@ -259,10 +212,10 @@ class SqliteStore:
         return await self._read(status)
 
     async def retry(self, task_ids: list[str]) -> list[ActiveTask]:
-        return await self._writer.run(lambda conn: _retry(conn, task_ids))
+        return await self._writer.run(lambda conn: tasks_sql.retry(conn, task_ids))
 
     async def delete(self, task_filter: TaskFilter) -> int:
-        where, params = _where(task_filter)
+        where, params = tasks_sql.where(task_filter)
 
         def delete(conn: sqlite3.Connection) -> int:
             return conn.execute(f"DELETE FROM tasks {where}", params).rowcount
@@ -320,7 +273,7 @@ class SqliteStore:
             # never fired twice, nor lost, whatever moment the process dies.
             if not schedules_sql.advance(conn, name, expected_next, next_at, ticks):
                 return None
-            return _insert(conn, tasks, False, self._result_ttl_s)
+            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s)
 
         return await self._writer.run(fire)
 
@@ -354,7 +307,7 @@ class SqliteStore:
         return await self._read(load)
 
     async def find_ids(self, task_filter: TaskFilter, limit: int) -> list[str]:
-        where, params = _where(task_filter)
+        where, params = tasks_sql.where(task_filter)
 
         def find(conn: sqlite3.Connection) -> list[str]:
             rows = conn.execute(
@@ -397,19 +350,19 @@ class SqliteStore:
         def get(conn: sqlite3.Connection) -> TaskRecord | None:
             row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
             found = row.fetchone()
-            return None if found is None else _row_to_record(found)
+            return None if found is None else tasks_sql.row_to_record(found)
 
         return await self._read(get)
 
     async def list_tasks(
         self, task_filter: TaskFilter, limit: int, before_seq: int | None
     ) -> TaskPage:
-        where, params = _where(task_filter, before_seq)
+        where, params = tasks_sql.where(task_filter, before_seq)
         sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY seq DESC LIMIT ?"
 
         def list_(conn: sqlite3.Connection) -> TaskPage:
             rows = conn.execute(sql, (*params, limit + 1)).fetchall()
-            records = [_row_to_record(r) for r in rows[:limit]]
+            records = [tasks_sql.row_to_record(r) for r in rows[:limit]]
             more = len(rows) > limit
             return TaskPage(records, records[-1].seq if more and records else None)
 
@@ -436,219 +389,3 @@ class SqliteStore:
             ]
 
         return await self._read(stats)
-
-
-# -- write functions (run on the writer thread, inside a transaction) ---------
-
-
-def _insert(
-    conn: sqlite3.Connection, tasks: list[NewTask], batch: bool, default_ttl_s: float
-) -> list[tuple[TaskRecord, bool]]:
-    now = time.time()
-    out: list[tuple[TaskRecord, bool]] = []
-    for index, t in enumerate(tasks):
-        start_by = None
-        if t.schedule_to_start_s is not None:
-            start_by = (t.run_at or now) + t.schedule_to_start_s
-        if t.idempotency_key is not None:
-            found = conn.execute(
-                f"SELECT {TASK_COLUMNS}, spec_hash FROM tasks WHERE idempotency_key = ?",
-                (t.idempotency_key,),
-            ).fetchone()
-            if found is not None:
-                existing = _row_to_record(found[:-1])
-                if bytes(found[-1]) != t.spec_hash:
-                    raise IdempotencyKeyReused(t.idempotency_key, existing.id)
-                out.append((existing, False))
-                continue
-        state = dependencies.initial_state(conn, t, f"tasks[{index}]" if batch else "task")
-        error = None
-        finished_at = expires_at = None
-        if state.is_terminal:  # a dependency already failed
-            error = TaskError("DEPENDENCY_FAILED", "a dependency had already failed", "", False)
-            finished_at = now
-            expires_at = now + (t.result_ttl_s or default_ttl_s)
-        cur = conn.execute(
-            "INSERT INTO tasks (id, type, queue, payload, content_type, state, max_attempts, "
-            "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
-            "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
-            "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
-            "error_message, error_traceback, error_retryable) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?)",
-            (
-                t.id, t.type, t.queue, t.payload, t.content_type, int(state),
-                t.max_attempts, t.idempotency_key, t.spec_hash, t.retry_backoff_s, now, now,
-                t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
-                t.rate_key, t.group_id, ",".join(t.depends_on), int(t.on_dependency_failure),
-                finished_at, expires_at, error and error.type, error and error.message,
-                error and "", error and 0,
-            ),
-        )  # fmt: skip
-        if state is TaskState.WAITING:
-            dependencies.add_edges(conn, t)
-        seq = cur.lastrowid
-        assert seq is not None
-        record = TaskRecord(
-            id=t.id, seq=seq, type=t.type, queue=t.queue, payload=t.payload,
-            content_type=t.content_type, state=state, attempt=0, max_attempts=t.max_attempts,
-            failures=0, idempotency_key=t.idempotency_key, retry_backoff_s=t.retry_backoff_s,
-            result=None, result_content_type="", last_error=error, node_id=None,
-            session_id=None, lease_expiries=0, cancel_requested=False, progress=None,
-            created_at=now, updated_at=now, started_at=None, finished_at=finished_at,
-            next_attempt_at=t.run_at, priority=t.priority, run_at=t.run_at,
-            execution_timeout_s=t.execution_timeout_s, expires_at=expires_at,
-            rate_key=t.rate_key, depends_on=t.depends_on, group_id=t.group_id,
-        )  # fmt: skip
-        out.append((record, True))
-    return out
-
-
-def _lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignment]:
-    now = time.time()
-    out: list[Assignment] = []
-    for g in grants:
-        row = conn.execute(
-            "UPDATE tasks SET state = ?, attempt = ?, node_id = ?, session_id = ?, "
-            "updated_at = ?, started_at = NULL, next_attempt_at = NULL, "
-            "progress_percent = NULL, progress_message = NULL "
-            "WHERE id = ? AND state = ? AND attempt = ? "
-            "RETURNING type, queue, payload, content_type, max_attempts, created_at, "
-            "execution_timeout_s, priority",
-            (
-                int(TaskState.LEASED),
-                g.attempt,
-                g.node_id,
-                g.session_id,
-                now,
-                g.task_id,
-                int(TaskState.QUEUED),
-                g.attempt - 1,
-            ),
-        ).fetchone()
-        if row is not None:
-            out.append(
-                Assignment(
-                    lease=Lease(g.task_id, g.attempt),
-                    type=row[0],
-                    queue=row[1],
-                    payload=bytes(row[2]),
-                    content_type=row[3],
-                    max_attempts=row[4],
-                    created_at=row[5],
-                    execution_timeout_s=row[6],
-                    priority=row[7],
-                )
-            )
-    return out
-
-
-def _apply(
-    conn: sqlite3.Connection,
-    transitions: list[Transition],
-    default_ttl_s: float,
-    events: DependencyEvents,
-) -> list[bool]:
-    now = time.time()
-    applied: list[bool] = []
-    for t in transitions:
-        sets, params = _assignments(t, now)
-        if t.state is not None and t.state.is_terminal:
-            # Finished tasks are kept for their result TTL, then swept.
-            sets.append("expires_at = ? + COALESCE(result_ttl_s, ?)")
-            params += [now, default_ttl_s]
-        states = ", ".join(str(int(s)) for s in t.from_states)
-        cur = conn.execute(
-            f"UPDATE tasks SET {', '.join(sets)} "
-            f"WHERE id = ? AND attempt = ? AND state IN ({states})",
-            (*params, t.task_id, t.attempt),
-        )
-        applied.append(cur.rowcount == 1)
-        if cur.rowcount == 1 and t.state is not None and t.state.is_terminal:
-            dependencies.resolve(conn, t.task_id, t.state, default_ttl_s, events)
-    return applied
-
-
-def _assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
-    """The SET clause of a transition: only the fields it changes."""
-    changes: dict[str, Any] = {"updated_at": now}
-    if t.state is not None:
-        changes["state"] = int(t.state)
-        if t.state.is_terminal:
-            changes["finished_at"] = now
-    if t.failures is not None:
-        changes["failures"] = t.failures
-    if t.lease_expiries is not None:
-        changes["lease_expiries"] = t.lease_expiries
-    if t.result is not None:
-        changes["result"] = t.result
-        changes["result_content_type"] = t.result_content_type or ""
-    if t.error is not None:
-        changes["error_type"] = t.error.type
-        changes["error_message"] = t.error.message
-        changes["error_traceback"] = t.error.traceback
-        changes["error_retryable"] = int(t.error.retryable)
-    if t.progress is not None:
-        changes["progress_percent"] = t.progress.percent
-        changes["progress_message"] = t.progress.message
-    if t.cancel_requested is not None:
-        changes["cancel_requested"] = int(t.cancel_requested)
-    if t.clear_lease:
-        changes["session_id"] = None
-    if t.started:
-        changes["started_at"] = now
-    if t.next_attempt_at is not None:
-        changes["next_attempt_at"] = t.next_attempt_at
-    return [f"{column} = ?" for column in changes], list(changes.values())
-
-
-def _where(task_filter: TaskFilter, before_seq: int | None = None) -> tuple[str, list[Any]]:
-    """A WHERE clause for a filter (empty when nothing is filtered)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, value in (
-        ("queue", task_filter.queue),
-        ("type", task_filter.type),
-        ("state", None if task_filter.state is None else int(task_filter.state)),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if before_seq is not None:
-        clauses.append("seq < ?")
-        params.append(before_seq)
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-def _retry(conn: sqlite3.Connection, task_ids: list[str]) -> list[ActiveTask]:
-    """Send finished-unsuccessfully tasks back to the queue with a fresh budget."""
-    now = time.time()
-    out: list[ActiveTask] = []
-    for task_id in task_ids:
-        row = conn.execute(
-            "UPDATE tasks SET state = ?, failures = 0, lease_expiries = 0, cancel_requested = 0, "
-            "session_id = NULL, finished_at = NULL, expires_at = NULL, next_attempt_at = NULL, "
-            "run_at = NULL, start_by = NULL, updated_at = ? WHERE id = ? AND state IN (?, ?) "
-            "RETURNING id, seq, type, queue, attempt, max_attempts, retry_backoff_s, priority, "
-            "node_id, rate_key",
-            (int(TaskState.QUEUED), now, task_id, int(TaskState.FAILED), int(TaskState.CANCELLED)),
-        ).fetchone()
-        if row is not None:
-            out.append(
-                ActiveTask(
-                    id=row[0],
-                    seq=row[1],
-                    type=row[2],
-                    queue=row[3],
-                    state=TaskState.QUEUED,
-                    attempt=row[4],
-                    max_attempts=row[5],
-                    failures=0,
-                    lease_expiries=0,
-                    retry_backoff_s=row[6],
-                    priority=row[7],
-                    node_id=row[8],
-                    rate_key=row[9],
-                )
-            )
-    return out
