@@ -1,4 +1,5 @@
 from dtq.v1 import task_pb2 as _task_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -50,6 +51,46 @@ class SubmitTasksResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[SubmitTaskResponse]
     group_id: str
     def __init__(self, results: _Optional[_Iterable[_Union[SubmitTaskResponse, _Mapping]]] = ..., group_id: _Optional[str] = ...) -> None: ...
+
+class SubmitTaskStreamRequest(_message.Message):
+    __slots__ = ("submits",)
+    SUBMITS_FIELD_NUMBER: _ClassVar[int]
+    submits: _containers.RepeatedCompositeFieldContainer[StreamedSubmit]
+    def __init__(self, submits: _Optional[_Iterable[_Union[StreamedSubmit, _Mapping]]] = ...) -> None: ...
+
+class StreamedSubmit(_message.Message):
+    __slots__ = ("ref", "task")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    task: _task_pb2.TaskSpec
+    def __init__(self, ref: _Optional[int] = ..., task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
+
+class SubmitTaskStreamResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[StreamedSubmitResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[StreamedSubmitResult, _Mapping]]] = ...) -> None: ...
+
+class StreamedSubmitResult(_message.Message):
+    __slots__ = ("ref", "submitted", "error")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ref: int
+    submitted: SubmittedTask
+    error: _status_pb2.Status
+    def __init__(self, ref: _Optional[int] = ..., submitted: _Optional[_Union[SubmittedTask, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class SubmittedTask(_message.Message):
+    __slots__ = ("task_id", "created", "state")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    created: bool
+    state: _task_pb2.TaskState
+    def __init__(self, task_id: _Optional[str] = ..., created: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id",)

@@ -56,6 +56,11 @@ class TaskServiceStub:
                 request_serializer=dtq_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
                 response_deserializer=dtq_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
                 _registered_method=True)
+        self.SubmitTaskStream = channel.stream_stream(
+                '/dtq.v1.TaskService/SubmitTaskStream',
+                request_serializer=dtq_dot_v1_dot_task__service__pb2.SubmitTaskStreamRequest.SerializeToString,
+                response_deserializer=dtq_dot_v1_dot_task__service__pb2.SubmitTaskStreamResponse.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/dtq.v1.TaskService/GetTask',
                 request_serializer=dtq_dot_v1_dot_task__service__pb2.GetTaskRequest.SerializeToString,
@@ -122,6 +127,36 @@ class TaskServiceServicer:
 
     def SubmitTasks(self, request, context):
         """Submits many tasks in one commit: all are stored or none is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitTaskStream(self, request_iterator, context):
+        """Submits tasks one after another over one stream, each answered on its own
+        once committed, so a client can keep many submits in flight instead of
+        waiting a round trip per task. Submits that arrive while a commit is in
+        progress share the next commit.
+
+        - Each submit carries a `ref` chosen by the client; its answer echoes it.
+        - Answers come in the order the submits were sent (several may share a
+        response frame; response frames do not mirror request frames).
+        - A submit is answered only after its task is committed to disk, the same
+        promise as SubmitTask.
+        - A bad submit fails alone: its answer carries the error (the same code,
+        ErrorInfo reason and BadRequest field paths, `task.<field>`, that
+        SubmitTask would end with) and the stream goes on.
+        - After the client half-closes, the stream ends (OK) once every submit
+        it sent has been answered.
+        - The stream itself ends with an error only for the call as a whole:
+        UNAVAILABLE while shutting down or when the store cannot commit,
+        INVALID_ARGUMENT for a frame that does not parse or holds more than
+        10,000 submits. Submits not answered by then may or may not be stored:
+        resend them on a new stream. Give every submit an idempotency key, and
+        resending is always safe (an already stored task is answered with
+        `created` false and its id).
+        - The coordinator stops reading while 20,000 submits of a stream are
+        unanswered (flow control then holds the sender back).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +237,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SubmitTasks,
                     request_deserializer=dtq_dot_v1_dot_task__service__pb2.SubmitTasksRequest.FromString,
                     response_serializer=dtq_dot_v1_dot_task__service__pb2.SubmitTasksResponse.SerializeToString,
+            ),
+            'SubmitTaskStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitTaskStream,
+                    request_deserializer=dtq_dot_v1_dot_task__service__pb2.SubmitTaskStreamRequest.FromString,
+                    response_serializer=dtq_dot_v1_dot_task__service__pb2.SubmitTaskStreamResponse.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -310,6 +350,33 @@ class TaskService:
             '/dtq.v1.TaskService/SubmitTasks',
             dtq_dot_v1_dot_task__service__pb2.SubmitTasksRequest.SerializeToString,
             dtq_dot_v1_dot_task__service__pb2.SubmitTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTaskStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dtq.v1.TaskService/SubmitTaskStream',
+            dtq_dot_v1_dot_task__service__pb2.SubmitTaskStreamRequest.SerializeToString,
+            dtq_dot_v1_dot_task__service__pb2.SubmitTaskStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,8 +64,12 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: CoordinatorError) -> grpc.Status:
-    """The rich gRPC status for a coordinator error."""
+def rich_status(error: CoordinatorError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` for a coordinator error: code, message, ErrorInfo, BadRequest.
+
+    SubmitTaskStream sends it as is, inside the answer of the one submit it
+    refuses; :func:`to_status` makes it the status of a whole call.
+    """
     code, reason = _MAPPING.get(type(error), (grpc.StatusCode.INTERNAL, "INTERNAL"))
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
     if isinstance(error, InvalidArgument):
@@ -74,10 +78,12 @@ def to_status(error: CoordinatorError) -> grpc.Status:
             for field, why in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
-    status = status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=str(error), details=details
-    )
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
+
+
+def to_status(error: CoordinatorError) -> grpc.Status:
+    """The rich gRPC status for a coordinator error."""
+    return rpc_status.to_status(rich_status(error))
 
 
 def internal_status(correlation_id: str) -> grpc.Status:

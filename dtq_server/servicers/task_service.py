@@ -12,6 +12,7 @@ from dtq_server.errors import InvalidArgument
 from dtq_server.models import TaskFilter, TaskState
 from dtq_server.servicers.convert import spec_from_proto, task_to_proto
 from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
+from dtq_server.servicers.submit_stream import answer_submits
 
 
 class TaskServicer(pb_grpc.TaskServiceServicer):
@@ -49,6 +50,13 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             ],
             group_id=group_id or "",
         )
+
+    @stream_boundary
+    async def SubmitTaskStream(
+        self, request_iterator: AsyncIterator[pb.SubmitTaskStreamRequest], context: Context
+    ) -> AsyncIterator[pb.SubmitTaskStreamResponse]:
+        async for response in answer_submits(self._coordinator, request_iterator):
+            yield response
 
     @unary_boundary
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:

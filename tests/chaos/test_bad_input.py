@@ -350,11 +350,13 @@ class Fuzzer:
             tally.problems.append(f"{code.name} for undecodable bytes to {where}")
         if parsed and code is grpc.StatusCode.INTERNAL:
             tally.problems.append(f"INTERNAL for a valid request to {where}: {details}")
-        if code is grpc.StatusCode.OK:
+        if code is grpc.StatusCode.OK or rpc.client_streaming:
+            # A stream that failed may have answered (and stored) submits before.
             self._account(rpc, responses)
 
     def _call(self, rpc: Rpc, data: bytes) -> tuple[grpc.StatusCode, str, list[bytes]]:
         timeout = 10
+        streamed: list[bytes] = []
         try:
             if not rpc.client_streaming and not rpc.server_streaming:
                 call = self._channel.unary_unary(rpc.path, None, None)
@@ -363,9 +365,10 @@ class Fuzzer:
                 stream = self._channel.unary_stream(rpc.path, None, None)
                 return grpc.StatusCode.OK, "", list(stream(data, timeout=timeout))
             bidi = self._channel.stream_stream(rpc.path, None, None)
-            return grpc.StatusCode.OK, "", list(bidi(iter([data]), timeout=timeout))
+            streamed.extend(bidi(iter([data]), timeout=timeout))
+            return grpc.StatusCode.OK, "", streamed
         except grpc.RpcError as exc:
-            return exc.code(), exc.details() or "", []
+            return exc.code(), exc.details() or "", streamed
 
     def _account(self, rpc: Rpc, responses: list[bytes]) -> None:
         tally = self._tally
@@ -375,6 +378,10 @@ class Fuzzer:
         elif name == "SubmitTasks":
             results = task_service_pb2.SubmitTasksResponse.FromString(responses[0]).results
             tally.created += sum(r.created for r in results)
+        elif name == "SubmitTaskStream":
+            for data in responses:
+                answers = task_service_pb2.SubmitTaskStreamResponse.FromString(data).results
+                tally.created += sum(a.submitted.created for a in answers)
         elif name == "PurgeTasks":
             tally.deleted += task_service_pb2.PurgeTasksResponse.FromString(responses[0]).deleted
         elif name == "CreateSchedule":

@@ -1,0 +1,207 @@
+"""TaskService.SubmitTaskStream: pipelined submits, each answered once committed.
+
+A unary SubmitTask costs the client a full round trip per task. On this
+stream the client keeps sending while earlier submits commit: a reader task
+piles up the submits that arrive, and the answering loop commits the whole
+pile at once (one ``Coordinator.submit(batch=True)``, so one writer op and
+one fsync however many arrived), answers it, then takes the next pile. The
+deeper the client's window, the bigger the piles, the fewer commits per task.
+
+A bad submit must fail alone, but a batch is all or nothing, so a pile that
+the batch refuses is taken apart (:func:`_settle`): each spec is validated on
+its own, the valid ones are tried as a batch again, and if that still fails
+(an idempotency clash, a missing dependency, a key repeated within the pile)
+each goes in its own submit. The group-commit writer still gathers those into
+few commits, one savepoint each, in pile order.
+
+Errors that are not about one submit (shutting down, the store failing) end
+the stream; the client resends what was not answered, which idempotency keys
+make safe. Reading stops while :data:`MAX_UNANSWERED` submits wait, so a
+client that sends faster than the store commits is held back by HTTP/2 flow
+control instead of growing this process's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from dtq.v1 import task_service_pb2 as pb
+from dtq_server.coordinator import Coordinator
+from dtq_server.errors import (
+    CoordinatorError,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    ShuttingDown,
+)
+from dtq_server.models import TaskRecord
+from dtq_server.servicers.convert import spec_from_proto
+from dtq_server.servicers.errors import rich_status
+from dtq_server.validation import MAX_BATCH, SpecInput, Violations, validate_spec
+
+MAX_PILE = MAX_BATCH
+"""Most submits committed together (a batch submit's limit)."""
+MAX_FRAME = MAX_BATCH
+"""Most submits one request frame may carry; more ends the stream INVALID_ARGUMENT."""
+MAX_UNANSWERED = 2 * MAX_PILE
+"""Reading pauses while this many submits wait for a commit."""
+IDLE_CHECK_S = 0.25
+"""How often an idle stream looks whether shutdown began (it then ends UNAVAILABLE)."""
+
+Outcome = tuple[TaskRecord, bool] | CoordinatorError
+"""What one submit came to: the stored task and whether it is new, or why it was refused."""
+_PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused)
+"""Errors about one spec; every other error is about the stream (see the module docstring)."""
+
+
+async def answer_submits(
+    coordinator: Coordinator, frames: AsyncIterator[pb.SubmitTaskStreamRequest]
+) -> AsyncIterator[pb.SubmitTaskStreamResponse]:
+    """Serve one stream: commit what arrived, answer it in order, repeat until half-close."""
+    pile = _Pile()
+    reader = asyncio.create_task(pile.fill(frames), name="dtq-submit-stream-reader")
+    try:
+        while True:
+            submits = pile.take(MAX_PILE)
+            if not submits:
+                if reader.done():
+                    break
+                if coordinator.shutting_down:
+                    raise ShuttingDown()  # UNAVAILABLE: the client moves on at once
+                await pile.wait(IDLE_CHECK_S)
+                continue
+            # Shielded: a client that goes away mid-commit must not cancel the commit
+            # half-way through its bookkeeping (committed tasks must reach the board).
+            outcomes = await asyncio.shield(_settle(coordinator, submits))
+            yield _response(submits, outcomes)
+        reader.result()  # a malformed or oversized frame ends the stream after the answers
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, CoordinatorError):
+            await reader
+
+
+class _Pile:
+    """Submits read from the stream and not yet taken for a commit."""
+
+    def __init__(self) -> None:
+        self.submits: list[pb.StreamedSubmit] = []
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def fill(self, frames: AsyncIterator[pb.SubmitTaskStreamRequest]) -> None:
+        """Read frames until the client half-closes (the reader task's whole job)."""
+        try:
+            async for frame in frames:
+                if len(frame.submits) > MAX_FRAME:
+                    raise InvalidArgument([("submits", f"at most {MAX_FRAME:,} per frame")])
+                self.submits.extend(frame.submits)
+                self._arrived.set()
+                while len(self.submits) >= MAX_UNANSWERED:
+                    self._room.clear()
+                    await self._room.wait()
+        finally:
+            self._arrived.set()  # wake the answering loop: it checks whether reading ended
+
+    def take(self, limit: int) -> list[pb.StreamedSubmit]:
+        """The oldest ``limit`` submits at most, removed from the pile."""
+        taken, self.submits = self.submits[:limit], self.submits[limit:]
+        if len(self.submits) < MAX_UNANSWERED:
+            self._room.set()
+        return taken
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until submits arrive, reading ends, or ``timeout_s`` passes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        self._arrived.clear()
+
+
+async def _settle(coordinator: Coordinator, submits: Sequence[pb.StreamedSubmit]) -> list[Outcome]:
+    """Commit a pile; one outcome per submit, in order (see the module docstring)."""
+    outcomes: list[Outcome | None] = [None] * len(submits)
+    specs: list[SpecInput] = []
+    where: list[int] = []
+    for i, submit in enumerate(submits):
+        if submit.HasField("task"):
+            specs.append(spec_from_proto(submit.task))
+            where.append(i)
+        else:
+            outcomes[i] = InvalidArgument([("task", "is required")])
+    if specs:
+        try:
+            results: Sequence[Outcome] = await coordinator.submit(specs, batch=True)
+        except _PER_SUBMIT:
+            results = await _apart(coordinator, specs)
+        for i, outcome in zip(where, results, strict=True):
+            outcomes[i] = outcome
+    return _filled(outcomes)
+
+
+async def _apart(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
+    """Outcomes of specs a batch refused: bad ones named alone, good ones stored."""
+    now = time.time()
+    outcomes: list[Outcome | None] = []
+    valid: list[int] = []
+    for i, spec in enumerate(specs):
+        v = Violations()
+        validate_spec(spec, "task", coordinator.config, v, now)
+        outcomes.append(InvalidArgument(v.items) if v.items else None)
+        if not v.items:
+            valid.append(i)
+    if not valid:
+        return _filled(outcomes)
+    batch = [specs[i] for i in valid]
+    try:
+        stored: list[Outcome] = list(await coordinator.submit(batch, batch=True))
+    except _PER_SUBMIT:
+        stored = await _singly(coordinator, batch)
+    for i, outcome in zip(valid, stored, strict=True):
+        outcomes[i] = outcome
+    return _filled(outcomes)
+
+
+async def _singly(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
+    """One submit per spec, so one refusal each for what only the store sees (a key
+    clash, a missing dependency, a key repeated in the pile). They are queued at once
+    and share the writer's commits, one savepoint each, in order."""
+    singles = await asyncio.gather(
+        *(coordinator.submit([spec], batch=False) for spec in specs), return_exceptions=True
+    )
+    outcomes: list[Outcome] = []
+    for single in singles:
+        if isinstance(single, _PER_SUBMIT):
+            outcomes.append(single)
+        elif isinstance(single, BaseException):
+            raise single  # about the stream (shutting down, the store failing)
+        else:
+            outcomes.append(single[0])
+    return outcomes
+
+
+def _filled(outcomes: list[Outcome | None]) -> list[Outcome]:
+    """``outcomes`` once every slot is set."""
+    assert all(o is not None for o in outcomes), "a submit was left unanswered"
+    return [o for o in outcomes if o is not None]
+
+
+def _response(
+    submits: Sequence[pb.StreamedSubmit], outcomes: Sequence[Outcome]
+) -> pb.SubmitTaskStreamResponse:
+    """One response frame answering ``submits``."""
+    response = pb.SubmitTaskStreamResponse()
+    results = response.results
+    for submit, outcome in zip(submits, outcomes, strict=True):
+        result = results.add(ref=submit.ref)
+        if isinstance(outcome, CoordinatorError):
+            result.error.CopyFrom(rich_status(outcome))
+        else:
+            record, created = outcome
+            submitted = result.submitted
+            submitted.task_id = record.id
+            submitted.created = created
+            submitted.state = int(record.state)  # type: ignore[assignment]
+    return response
