@@ -65,7 +65,8 @@ def configure(level: str = "info", fmt: LogFormat = "console") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=_LossyStderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
+        # The loggers are module globals used on every task: bind each once.
+        cache_logger_on_first_use=True,
     )
     # grpc and other libraries log through the stdlib; give them the same look.
     handler = logging.StreamHandler(sys.stderr)

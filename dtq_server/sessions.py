@@ -10,6 +10,7 @@ late result and an expiry can never leave the two disagreeing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -247,8 +248,11 @@ class NodeSessions:
         session.touch()
         acks: list[UpdateAck] = []
         planned: list[tuple[TaskUpdate, ActiveTask, Transition]] = []
+        finishing = {u.lease for u in updates if isinstance(u, TERMINAL_UPDATES)}
         for update in updates:
             lease = update.lease
+            if isinstance(update, Started) and lease in finishing:
+                continue  # the outcome in this frame records the start too
             task = self._board.active.get(lease.task_id)
             if session.leases.get(lease.task_id) != lease.attempt or task is None:
                 ack = await self._reject(session, update, task)
@@ -335,9 +339,13 @@ class NodeSessions:
                     state=TaskState.SUCCEEDED,
                     result=result,
                     result_content_type=content_type,
+                    started=task.state is TaskState.LEASED,  # no separate start was reported
                 )
             case Failed(error=error, cancelled=cancelled):
-                return self._failure(task, attempt, error, cancelled)
+                transition = self._failure(task, attempt, error, cancelled)
+                if task.state is TaskState.LEASED:
+                    return dataclasses.replace(transition, started=True)
+                return transition
             case Released(reason=reason) if reason in CRASH_REASONS:
                 return self._lost(task, attempt, TaskError(reason, "the worker running it died"))
             case Released():

@@ -34,6 +34,7 @@ DAY_S = 86_400.0
 MAX_SCHEDULE_AHEAD_S = 365 * DAY_S
 DEFAULT_QUEUE = "default"
 JSON = "application/json"
+_DEPENDENCY_FAILURES = frozenset({0, *DependencyFailure})
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +92,12 @@ def validate_spec(
     """Validate one spec, recording violations under ``field``; None if it is bad."""
     before = len(v.items)
     now = time.time() if now is None else now
-    check_name(v, f"{field}.type", spec.type, TYPE_RE, "type")
+    # Field paths are only formatted for a violation: this runs once per submitted task.
+    if not _matches(TYPE_RE, spec.type):
+        check_name(v, f"{field}.type", spec.type, TYPE_RE, "type")
     queue = spec.queue or DEFAULT_QUEUE
-    check_name(v, f"{field}.queue", queue, QUEUE_RE, "queue")
+    if not _matches(QUEUE_RE, queue):
+        check_name(v, f"{field}.queue", queue, QUEUE_RE, "queue")
     if len(spec.payload) > config.max_payload_bytes:
         v.add(
             f"{field}.payload.data",
@@ -126,7 +130,7 @@ def validate_spec(
     if len(v.items) > before:
         return None
     digest = hashlib.blake2b(digest_size=16)
-    for part in (
+    parts = (
         spec.type,
         queue,
         content_type,
@@ -139,9 +143,9 @@ def validate_spec(
         spec.rate_key,
         ",".join(depends_on),
         str(spec.on_dependency_failure),
-    ):
-        digest.update(part.encode())
-        digest.update(b"\0")
+        "",  # every part ends with a NUL, as stored digests were made
+    )
+    digest.update("\0".join(parts).encode())
     digest.update(spec.payload)
     return NewTask(
         id=str(uuid.uuid4()),
@@ -166,11 +170,13 @@ def validate_spec(
 
 def _check_dependencies(spec: SpecInput, field: str, v: Violations) -> tuple[str, ...]:
     """Normalised, de-duplicated dependency ids (violations recorded)."""
+    if spec.on_dependency_failure not in _DEPENDENCY_FAILURES:
+        v.add(f"{field}.on_dependency_failure", "unknown value")
+    if not spec.depends_on:
+        return ()
     if len(spec.depends_on) > MAX_DEPENDENCIES:
         v.add(f"{field}.depends_on", f"at most {MAX_DEPENDENCIES} dependencies")
         return ()
-    if spec.on_dependency_failure not in (0, *DependencyFailure):
-        v.add(f"{field}.on_dependency_failure", "unknown value")
     ids: list[str] = []
     for i, task_id in enumerate(spec.depends_on):
         try:

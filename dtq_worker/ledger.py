@@ -227,8 +227,18 @@ class Ledger:
     # --- for the stream -----------------------------------------------------------------
 
     def take_pending(self) -> list[Update]:
-        """Every update not yet handed to the stream, oldest first."""
+        """Every update not yet handed to the stream, oldest first.
+
+        A start whose outcome goes in the same frame is left out: the
+        coordinator records the start with the outcome, and short tasks cost
+        one commit instead of two.
+        """
         pending, self._pending = self._pending, []
+        finished = {u.lease for u in pending if u.terminal}
+        if finished:
+            pending = [
+                u for u in pending if not (isinstance(u.change, Started) and u.lease in finished)
+            ]
         return pending
 
     def resend(self) -> None:

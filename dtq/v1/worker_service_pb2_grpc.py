@@ -38,7 +38,9 @@ class WorkerServiceStub:
     holds more than it can run.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
-    TaskUpdateAck. Until then the node keeps the update and resends it after
+    TaskUpdateAck. A node may leave out `started` when the outcome goes in
+    the same frame (a short task): the coordinator then records the start
+    at the outcome. Until then the node keeps the update and resends it after
     a reconnect; a result for the same lease is applied at most once.
     5. Fencing: an update or heartbeat lease whose attempt is no longer the
     task's current attempt, or that belongs to another session, is rejected
@@ -84,7 +86,9 @@ class WorkerServiceServicer:
     holds more than it can run.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
-    TaskUpdateAck. Until then the node keeps the update and resends it after
+    TaskUpdateAck. A node may leave out `started` when the outcome goes in
+    the same frame (a short task): the coordinator then records the start
+    at the outcome. Until then the node keeps the update and resends it after
     a reconnect; a result for the same lease is applied at most once.
     5. Fencing: an update or heartbeat lease whose attempt is no longer the
     task's current attempt, or that belongs to another session, is rejected
@@ -142,7 +146,9 @@ class WorkerService:
     holds more than it can run.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
-    TaskUpdateAck. Until then the node keeps the update and resends it after
+    TaskUpdateAck. A node may leave out `started` when the outcome goes in
+    the same frame (a short task): the coordinator then records the start
+    at the outcome. Until then the node keeps the update and resends it after
     a reconnect; a result for the same lease is applied at most once.
     5. Fencing: an update or heartbeat lease whose attempt is no longer the
     task's current attempt, or that belongs to another session, is rejected

@@ -71,6 +71,30 @@ def test_dispatch_only_against_free_slots(
     node.close()
 
 
+def test_an_outcome_without_a_start_records_the_start_too(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """Nodes fold a start into an outcome sent in the same frame (short tasks)."""
+    first, second = submit(tasks), submit(tasks)
+    node = RawNode(coordinator.address, slots=2)
+    leases = assigned(node)
+    while len(leases) < 2:
+        leases += assigned(node)
+    started = worker_service_pb2.TaskUpdate(
+        lease=task_pb2.Lease(task_id=second, attempt=1),
+        started=worker_service_pb2.TaskStarted(),
+    )
+    node.report(succeeded(first, 1, b'"a"'), started, succeeded(second, 1, b'"b"'))
+    acks = node.next("update_acks").update_acks.acks
+    assert [(a.lease.task_id, a.accepted) for a in acks] == [(first, True), (second, True)]
+    for task_id in (first, second):
+        task = get(tasks, task_id)
+        assert task.state == SUCCEEDED
+        assert task.HasField("start_time")
+        assert task.start_time.ToNanoseconds() <= task.finish_time.ToNanoseconds()
+    node.close()
+
+
 def test_prefetch_adds_credits_beyond_slots(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
 ):

@@ -74,7 +74,8 @@ def test_outbox_only_keeps_terminal_updates() -> None:
 
 def test_updates_are_pending_in_order_and_outcomes_wait_in_the_outbox(ledger) -> None:
     job = _run(ledger, "t1")
-    assert ledger.take_pending() == [Update(job.lease, Started()), Update(job.lease, RESULT)]
+    # The start is folded into the outcome that goes in the same frame.
+    assert ledger.take_pending() == [Update(job.lease, RESULT)]
     assert ledger.take_pending() == []
     assert ledger.outbox.entries() == [Update(job.lease, RESULT)]
     # Held (and in heartbeats) until the ack.
@@ -201,3 +202,14 @@ def test_progress_is_throttled_and_the_latest_value_wins(ledger) -> None:
         Update(job.lease, Progress(10.0)),
         Update(job.lease, Progress(30.0, "later")),
     ]
+
+
+def test_a_start_already_taken_stays_sent_and_a_pending_one_goes_alone(ledger) -> None:
+    first = ledger.accept(_assignment("t1"))
+    ledger.started(first.lease)
+    assert ledger.take_pending() == [Update(first.lease, Started())]
+    second = ledger.accept(_assignment("t2"))
+    ledger.started(second.lease)
+    ledger.finished(first.lease, RESULT)
+    # t1's start went out before; t2 has no outcome yet, so its start is kept.
+    assert ledger.take_pending() == [Update(second.lease, Started()), Update(first.lease, RESULT)]
