@@ -15,7 +15,8 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from dtq.v1 import (
     admin_service_pb2,
@@ -30,7 +31,7 @@ from dtq.v1 import (
 from dtq_server.config import MiB, ServerConfig
 from dtq_server.coordinator import Coordinator
 from dtq_server.servicers.admin_service import AdminServicer
-from dtq_server.servicers.malformed import MalformedRequests
+from dtq_server.servicers.malformed import GuardedRegistrar
 from dtq_server.servicers.schedule_service import ScheduleServicer
 from dtq_server.servicers.task_service import TaskServicer
 from dtq_server.servicers.worker_service import WorkerServicer
@@ -108,32 +109,36 @@ class CoordinatorServer:
         """Open the store, load unfinished work and start serving."""
         self._loop = asyncio.get_running_loop()
         # Created here, not in __init__: a grpc.aio server binds to the running loop.
-        self.server = server = grpc.aio.server(
-            options=server_options(self.config), interceptors=[MalformedRequests()]
-        )
+        self.server = server = grpc.aio.server(options=server_options(self.config))
         await self.store.open()
         await self.coordinator.start()
+        # Every service is registered through the guard (malformed.py), never directly.
+        guarded = GuardedRegistrar(server)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            TaskServicer(self.coordinator), server
+            TaskServicer(self.coordinator), guarded
         )
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            WorkerServicer(self.coordinator.sessions, self.config), server
+            WorkerServicer(self.coordinator.sessions, self.config), guarded
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            AdminServicer(self.coordinator), server
+            AdminServicer(self.coordinator), guarded
         )
         schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            ScheduleServicer(self.coordinator.scheduler), server
+            ScheduleServicer(self.coordinator.scheduler), guarded
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                *SERVICE_NAMES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+        # enable_server_reflection picks its servicer by the server's class: register by hand.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            ReflectionServicer(
+                (
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                )
             ),
-            server,
+            guarded,
         )
+        guarded.check()
         self.port = server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")

@@ -34,13 +34,17 @@ class _Op:
     loop: asyncio.AbstractEventLoop
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():  # the caller gave up; the commit stands regardless
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():  # the caller gave up; the commit stands regardless
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class GroupCommitWriter:
@@ -146,7 +150,12 @@ class GroupCommitWriter:
             self._report(ok=False)
         else:
             self._report(ok=True)
+        # One wake-up per event loop for the whole batch, not one per op: each
+        # call_soon_threadsafe is a write to the loop's self-pipe and a read there.
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for op, (result, error) in zip(batch, outcomes, strict=True):
             if error is not None and not isinstance(error, CoordinatorError | StoreUnavailable):
                 log.error("store.op_failed", error=repr(error))
-            op.loop.call_soon_threadsafe(_settle, op.future, result, error)
+            by_loop.setdefault(op.loop, []).append((op.future, result, error))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle, settled)
