@@ -6,13 +6,18 @@ piles up the submits that arrive, and the answering loop commits the whole
 pile at once (one ``Coordinator.submit(batch=True)``, so one writer op and
 one fsync however many arrived), answers it, then takes the next pile. The
 deeper the client's window, the bigger the piles, the fewer commits per task.
+Two piles may be committing at once (:data:`COMMITS_IN_FLIGHT`), so the event
+loop converts and validates the next one while the writer thread stores the
+previous one; answers still go out in submit order.
 
 A bad submit must fail alone, but a batch is all or nothing, so a pile that
 the batch refuses is taken apart (:func:`_settle`): each spec is validated on
 its own, the valid ones are tried as a batch again, and if that still fails
 (an idempotency clash, a missing dependency, a key repeated within the pile)
 each goes in its own submit. The group-commit writer still gathers those into
-few commits, one savepoint each, in pile order.
+few commits, one savepoint each, in pile order. (A pile taken apart is stored
+after the pile behind it; so if both repeat one idempotency key, the later
+submit may be the one answered ``created``. Either way one task, one id.)
 
 Errors that are not about one submit (shutting down, the store failing) end
 the stream; the client resends what was not answered, which idempotency keys
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from dtq.v1 import task_service_pb2 as pb
@@ -47,6 +53,9 @@ MAX_FRAME = MAX_BATCH
 """Most submits one request frame may carry; more ends the stream INVALID_ARGUMENT."""
 MAX_UNANSWERED = 2 * MAX_PILE
 """Reading pauses while this many submits wait for a commit."""
+COMMITS_IN_FLIGHT = 2
+"""Piles committing at once: the next pile is converted and validated on the event loop
+while the previous one is in the store's writer thread. Answers still go out in order."""
 IDLE_CHECK_S = 0.25
 """How often an idle stream looks whether shutdown began (it then ends UNAVAILABLE)."""
 
@@ -62,25 +71,37 @@ async def answer_submits(
     """Serve one stream: commit what arrived, answer it in order, repeat until half-close."""
     pile = _Pile()
     reader = asyncio.create_task(pile.fill(frames), name="dtq-submit-stream-reader")
+    # Commits are tasks of their own: a client that goes away mid-commit must not
+    # cancel one half-way through its bookkeeping (committed tasks must reach the board).
+    commits: deque[tuple[list[pb.StreamedSubmit], asyncio.Task[list[Outcome]]]] = deque()
     try:
         while True:
-            submits = pile.take(MAX_PILE)
-            if not submits:
-                if reader.done():
-                    break
-                if coordinator.shutting_down:
-                    raise ShuttingDown()  # UNAVAILABLE: the client moves on at once
-                await pile.wait(IDLE_CHECK_S)
+            while len(commits) < COMMITS_IN_FLIGHT and (submits := pile.take(MAX_PILE)):
+                commits.append((submits, asyncio.create_task(_settle(coordinator, submits))))
+            if commits:
+                submits, commit = commits[0]
+                outcomes = await asyncio.shield(commit)
+                commits.popleft()
+                yield _response(submits, outcomes)
                 continue
-            # Shielded: a client that goes away mid-commit must not cancel the commit
-            # half-way through its bookkeeping (committed tasks must reach the board).
-            outcomes = await asyncio.shield(_settle(coordinator, submits))
-            yield _response(submits, outcomes)
+            if reader.done():
+                break
+            if coordinator.shutting_down:
+                raise ShuttingDown()  # UNAVAILABLE: the client moves on at once
+            await pile.wait(IDLE_CHECK_S)
         reader.result()  # a malformed or oversized frame ends the stream after the answers
     finally:
         reader.cancel()
+        for _, commit in commits:  # they finish unobserved; their errors were the stream's
+            commit.add_done_callback(_observe)
         with contextlib.suppress(asyncio.CancelledError, CoordinatorError):
             await reader
+
+
+def _observe(commit: asyncio.Task[list[Outcome]]) -> None:
+    """Mark an abandoned commit's error as seen (asyncio would log it as lost)."""
+    if not commit.cancelled():
+        commit.exception()
 
 
 class _Pile:
