@@ -58,6 +58,7 @@ from dtq_client.models import (
     RateLimit,
     RetryResult,
     Schedule,
+    SubmitAck,
     SubmitResult,
     SubmittedGroup,
     Task,
@@ -65,6 +66,7 @@ from dtq_client.models import (
     TaskSpec,
     TaskState,
 )
+from dtq_client.submitter import Submitter
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -99,9 +101,11 @@ __all__ = [
     "Schedule",
     "ScheduleExists",
     "ScheduleNotFound",
+    "SubmitAck",
     "SubmitManyError",
     "SubmitResult",
     "SubmittedGroup",
+    "Submitter",
     "Task",
     "TaskError",
     "TaskNotFound",

@@ -58,6 +58,7 @@ from dtq_client.models import (
     TaskState,
 )
 from dtq_client.schedules import ScheduleCalls
+from dtq_client.submitter import DEFAULT_WINDOW, Submitter
 
 # Bytes a spec adds to a SubmitTasks request beyond its own size (tag and length).
 _SPEC_FRAMING_BYTES = 6
@@ -218,6 +219,18 @@ class Client(ScheduleCalls, ClusterCalls):
                 )
             results += [convert.submit_result_from_proto(r) for r in response.results]
         return results
+
+    def submitter(self, window: int = DEFAULT_WINDOW) -> Submitter:
+        """A :class:`Submitter`: submit task after task without a round trip each.
+
+        Each :meth:`Submitter.submit` returns a future at once; it resolves to a
+        :class:`SubmitAck` once the task is committed (or to the error
+        :meth:`submit` would raise). At most ``window`` submits are unanswered
+        at a time; a further submit blocks until one is answered. A stream that
+        breaks is reopened and what was unanswered resent, safely (idempotency
+        keys). Use it as a context manager: leaving waits for every answer.
+        """
+        return Submitter(self._tasks, self.config, window)
 
     def submit_group(self, specs: Iterable[TaskSpec]) -> SubmittedGroup:
         """Submit tasks as one group, whose aggregate status :meth:`get_group` reports.

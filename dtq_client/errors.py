@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, cast
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 if TYPE_CHECKING:
@@ -235,10 +235,28 @@ def from_grpc(exc: grpc.RpcError) -> RpcError:
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details_fn = getattr(exc, "details", None)
     message = (details_fn() if callable(details_fn) else None) or ""
+    return _typed(code, message, _status_details(exc))
+
+
+def from_status(status: status_pb2.Status) -> RpcError:
+    """Build the typed error for a ``google.rpc.Status`` sent inside a message.
+
+    SubmitTaskStream answers a refused submit with the status SubmitTask would
+    have ended with, so it becomes the same error class as a refused ``submit``.
+    """
+    code = _CODES_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _typed(code, status.message, list(status.details))
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _typed(code: grpc.StatusCode, message: str, details: Sequence[any_pb2.Any]) -> RpcError:
+    """The error for a status code, its message and its ``google.rpc.Status`` details."""
     reason: str | None = None
     metadata: dict[str, str] = {}
     violations: list[tuple[str, str]] = []
-    for detail in _status_details(exc):
+    for detail in details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)

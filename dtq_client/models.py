@@ -240,6 +240,23 @@ class SubmitResult:
 
 
 @dataclass(frozen=True)
+class SubmitAck:
+    """A pipelined submit's answer (:class:`~dtq_client.Submitter`): the task is committed.
+
+    Lighter than :class:`SubmitResult` on purpose: the coordinator does not
+    send the whole task (payload and all) back for every submit; :meth:`Client.get
+    <dtq_client.Client.get>` reads it.
+    """
+
+    task_id: str
+    created: bool
+    """False when the idempotency key matched an existing task."""
+    state: TaskState
+    """The task's state when it was answered: QUEUED, WAITING (it has dependencies), FAILED
+    or CANCELLED (a dependency had already failed), or, for an existing task, its state now."""
+
+
+@dataclass(frozen=True)
 class SubmittedGroup:
     """What :meth:`dtq_client.Client.submit_group` stored: the group id and one result per spec."""
 

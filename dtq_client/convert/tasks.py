@@ -8,6 +8,7 @@ from dtq.v1 import task_pb2, task_service_pb2
 from dtq_client import payloads
 from dtq_client.convert.scalars import (
     duration_from_proto,
+    duration_to_proto,
     optional_duration,
     time_from_proto,
     time_to_proto,
@@ -20,6 +21,7 @@ from dtq_client.models import (
     GroupState,
     Progress,
     RetryResult,
+    SubmitAck,
     SubmitResult,
     SubmittedGroup,
     Task,
@@ -211,23 +213,31 @@ def task_to_proto(task: Task) -> task_pb2.Task:
 def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
     """``dtq.v1.TaskSpec`` of a spec, encoding its payload (see :mod:`dtq_client.payloads`)."""
     data, content_type = payloads.encode(spec.payload, spec.content_type)
-    return task_pb2.TaskSpec(
+    message = task_pb2.TaskSpec(
         type=spec.type,
         queue=spec.queue or "",
         payload=task_pb2.Payload(data=data, content_type=content_type),
         max_attempts=spec.max_attempts or 0,
         idempotency_key=spec.idempotency_key or "",
-        retry_backoff=optional_duration(spec.retry_backoff_s),
         priority=spec.priority,
-        run_at=time_to_proto(spec.run_at),
-        delay=optional_duration(spec.delay_s),
-        execution_timeout=optional_duration(spec.execution_timeout_s),
-        schedule_to_start_timeout=optional_duration(spec.schedule_to_start_timeout_s),
-        result_ttl=optional_duration(spec.result_ttl_s),
         rate_key=spec.rate_key or "",
         depends_on=spec.depends_on,
         on_dependency_failure=dependency_failure_to_proto(spec.on_dependency_failure),
     )
+    # Only the options that are set: most specs set none, and this runs once per submit.
+    run_at = time_to_proto(spec.run_at)
+    if run_at is not None:
+        message.run_at.CopyFrom(run_at)
+    for name, seconds in (
+        ("retry_backoff", spec.retry_backoff_s),
+        ("delay", spec.delay_s),
+        ("execution_timeout", spec.execution_timeout_s),
+        ("schedule_to_start_timeout", spec.schedule_to_start_timeout_s),
+        ("result_ttl", spec.result_ttl_s),
+    ):
+        if seconds is not None:
+            getattr(message, name).CopyFrom(duration_to_proto(seconds))
+    return message
 
 
 def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:
@@ -278,6 +288,22 @@ def submit_result_to_proto(result: SubmitResult) -> task_service_pb2.SubmitTaskR
     """``dtq.v1.SubmitTaskResponse`` of a model."""
     return task_service_pb2.SubmitTaskResponse(
         task=task_to_proto(result.task), created=result.created
+    )
+
+
+def submit_ack_from_proto(message: task_service_pb2.SubmittedTask) -> SubmitAck:
+    """Model of a ``dtq.v1.SubmittedTask`` (a SubmitTaskStream answer)."""
+    return SubmitAck(
+        task_id=message.task_id,
+        created=message.created,
+        state=task_state_from_proto(message.state),
+    )
+
+
+def submit_ack_to_proto(ack: SubmitAck) -> task_service_pb2.SubmittedTask:
+    """``dtq.v1.SubmittedTask`` of a model."""
+    return task_service_pb2.SubmittedTask(
+        task_id=ack.task_id, created=ack.created, state=task_state_to_proto(ack.state)
     )
 
 

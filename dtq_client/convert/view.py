@@ -23,6 +23,7 @@ from dtq_client.convert.tasks import (
     group_to_proto,
     retry_result_to_proto,
     spec_to_proto,
+    submit_ack_to_proto,
     submit_result_to_proto,
     submitted_group_to_proto,
     task_to_proto,
@@ -36,6 +37,7 @@ from dtq_client.models import (
     RateLimit,
     RetryResult,
     Schedule,
+    SubmitAck,
     SubmitResult,
     SubmittedGroup,
     Task,
@@ -46,6 +48,7 @@ Model = (
     Task
     | TaskSpec
     | SubmitResult
+    | SubmitAck
     | SubmittedGroup
     | Group
     | Node
@@ -68,6 +71,8 @@ def to_message(model: Model) -> Message:
             return spec_to_proto(model)
         case SubmitResult():
             return submit_result_to_proto(model)
+        case SubmitAck():
+            return submit_ack_to_proto(model)
         case SubmittedGroup():
             return submitted_group_to_proto(model)
         case Group():

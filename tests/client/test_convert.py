@@ -24,6 +24,7 @@ from dtq_client.models import (
     RateLimit,
     RetryResult,
     Schedule,
+    SubmitAck,
     SubmitResult,
     SubmittedGroup,
     Task,
@@ -163,6 +164,15 @@ def test_queue_stats_and_submit_result_round_trip(full_task: Task) -> None:
     assert written_fields(message) == contract_fields(admin_service_pb2.QueueStats)
     result = SubmitResult(task=full_task, created=False)
     assert convert.submit_result_from_proto(convert.submit_result_to_proto(result)) == result
+
+
+@pytest.mark.parametrize("state", list(TaskState))
+def test_submit_acks_round_trip(state: TaskState) -> None:
+    ack = SubmitAck(task_id="0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10", created=True, state=state)
+    message = convert.submit_ack_to_proto(ack)
+    assert written_fields(message) == contract_fields(task_service_pb2.SubmittedTask)
+    assert convert.submit_ack_from_proto(message) == ack
+    assert convert.to_json(ack)["taskId"] == ack.task_id
 
 
 def test_spec_defaults_leave_the_coordinator_to_decide() -> None:

@@ -156,6 +156,24 @@ def test_classes_follow_code_then_reason(
     assert error.reason == reason
 
 
+def test_a_status_inside_a_message_maps_like_a_call_status() -> None:
+    # SubmitTaskStream answers a refused submit with the status SubmitTask would end with.
+    status = rich_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "task.type: bad",
+        reason="INVALID_FIELD",
+        violations=(("task.type", "bad"),),
+    )
+    error = errors.from_status(status)
+    assert type(error) is InvalidArgument
+    assert (error.reason, error.field_violations) == ("INVALID_FIELD", [("task.type", "bad")])
+    assert error.message == "task.type: bad"
+    reused = rich_status(grpc.StatusCode.ALREADY_EXISTS, "x", reason="IDEMPOTENCY_KEY_REUSED")
+    assert type(errors.from_status(reused)) is AlreadyExists
+    unknown = errors.from_status(status_pb2.Status(code=999, message="?"))
+    assert (type(unknown), unknown.code) == (RpcError, grpc.StatusCode.UNKNOWN)
+
+
 def test_without_details_the_status_code_decides() -> None:
     error = errors.from_grpc(FakeRpcError(grpc.StatusCode.NOT_FOUND, "no such task"))
     assert type(error) is NotFound

@@ -35,9 +35,11 @@ EXPECTED = {
     "Schedule",
     "ScheduleExists",
     "ScheduleNotFound",
+    "SubmitAck",
     "SubmitManyError",
     "SubmitResult",
     "SubmittedGroup",
+    "Submitter",
     "Task",
     "TaskError",
     "TaskNotFound",
@@ -71,6 +73,7 @@ def test_client_methods_are_documented() -> None:
     assert {"submit", "submit_many", "get", "wait", "watch", "cancel", "list_tasks"} <= set(public)
     assert {"iter_tasks", "nodes", "drain", "queues", "health", "close"} <= set(public)
     assert {"cancel_tasks", "retry", "purge", "submit_group", "get_group"} <= set(public)
+    assert "submitter" in public
     assert {"pause_queue", "resume_queue", "set_queue_limit", "set_queue_rate_limit"} <= set(public)
     assert {"set_rate_limit", "delete_rate_limit", "rate_limits"} <= set(public)
     schedules = {"create_schedule", "get_schedule", "list_schedules", "delete_schedule"}
