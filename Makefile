@@ -68,7 +68,8 @@ chaos: install
 	DTQ_CHAOS_SIZE=full $(PY) -m pytest -m chaos tests/chaos -p no:randomly -p no:cacheprovider
 
 ## bench-peers: P1, P2 and one-call enqueue on Huey, Dramatiq and Celery (their own venv, a Redis
-## this starts on loopback) and DTQ, interleaved; one table of DTQ / best-peer ratios.
+## this starts on loopback) and DTQ, interleaved, plus DTQ's pipelined enqueue against the peers'
+## one-call rate; one table of DTQ / best-peer ratios.
 ## Installs Debian's redis-server when missing (apt-get: run as root). BENCH_SIZE=small: quick.
 PEERS_VENV ?= .bench/peers-venv
 .PHONY: bench-peers

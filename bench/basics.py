@@ -4,7 +4,8 @@
   batches, two worker nodes; tasks/s from the first submit to the last success.
 - P2 latency: one task at a time on an idle system, submit -> result at the
   client (``Client.submit`` + ``Client.wait``), p50 and p99.
-- P3 enqueue: batched submits (``submit_many``) and one-call-per-task submits,
+- P3 enqueue: batched submits (``submit_many``), one-call-per-task submits, and
+  one-at-a-time submits pipelined over one stream (``Client.submitter``),
   acknowledged (committed) tasks/s, with no node running.
 """
 
@@ -71,3 +72,21 @@ def single_enqueue(tasks: int) -> float:
     """P3's one-call-per-task figure alone (``make bench-peers`` compares it with the peers)."""
     with cluster(nodes=0) as address, Client(address) as client:
         return enqueue_single(client, tasks)
+
+
+def pipelined_enqueue(tasks: int) -> float:
+    """P3 pipelined: acknowledged submits/s from one thread, one ``Submitter``, one task per
+    ``submit`` call, on a fresh coordinator (no nodes).
+
+    The clock stops when the submitter is closed, i.e. when every future is resolved: each
+    task is committed and acknowledged, exactly the promise of a unary ``submit``.
+    """
+    with cluster(nodes=0) as address, Client(address) as client:
+        started = time.perf_counter()
+        with client.submitter() as submitter:
+            futures = [submitter.submit("echo", i) for i in range(tasks)]
+        elapsed = time.perf_counter() - started
+        created = sum(future.result().created for future in futures)  # raises a failed one
+        if created != tasks:
+            raise RuntimeError(f"{tasks - created} of {tasks} pipelined submits were not new")
+        return tasks / elapsed

@@ -8,6 +8,9 @@ round, so drift in a shared machine's speed hits every system alike):
   processes; tasks/s from the first submit to the last success.
 - P2: one task at a time, submit -> result at the client; p50 and p99 ms.
 - P3 one-call-per-task enqueue, no worker running; acknowledged submits/s.
+- P3 pipelined (DTQ only): one thread submitting one task per call through a
+  ``Client.submitter()`` (SubmitTaskStream), each acknowledged after its commit;
+  its row compares it with the peers' one-call-per-task rates above.
 
 DTQ runs in this process's venv (``bench.basics``); each peer runs in the peers'
 venv (``bench.peers.driver`` as a subprocess), so DTQ never imports a peer.
@@ -38,7 +41,8 @@ DRIVER_TIMEOUT_S = 1800
 DTQ_CONFIG = (
     "coordinator SQLite WAL synchronous=FULL (every task durable); P1 2 nodes x 4 threads"
     f" --prefetch {basics.PREFETCH}, client submit_many, completion from queue counts;"
-    " P2 2 nodes x 4 threads, Client.submit + Client.wait; P3 Client.submit per task"
+    " P2 2 nodes x 4 threads, Client.submit + Client.wait; P3 Client.submit per task;"
+    " P3 pipelined: one thread, one Client.submitter(), Submitter.submit per task"
 )
 
 
@@ -50,11 +54,13 @@ class Size:
     samples: int
     enqueue: int
     rounds: int
+    pipelined: int
+    """DTQ's pipelined submits (as in ``make bench``: long enough to reach a steady rate)."""
 
 
 SIZES = {
-    "full": Size(tasks=10_000, samples=500, enqueue=2_000, rounds=3),
-    "small": Size(tasks=1_000, samples=50, enqueue=300, rounds=1),
+    "full": Size(tasks=10_000, samples=500, enqueue=2_000, rounds=3, pipelined=20_000),
+    "small": Size(tasks=1_000, samples=50, enqueue=300, rounds=1, pipelined=1_000),
 }
 
 
@@ -70,6 +76,13 @@ class Metric:
     """DTQ / best peer must be at least (higher is better) or at most this; None: absolute."""
     absolute_bound: float | None = None
     """DTQ's own value must be at most this."""
+    peer_key: str | None = None
+    """The peers' figure DTQ's is compared with, when it is another one (None: ``key``)."""
+
+    def of(self, system: str, numbers: dict[str, dict[str, float]]) -> float:
+        """This row's value for ``system`` in one round's numbers."""
+        key = self.key if system == "dtq" else self.peer_key or self.key
+        return numbers[system][key]
 
 
 METRICS = (
@@ -77,7 +90,17 @@ METRICS = (
     Metric("p2_p50_ms", "P2 round trip p50 ms", False, "DTQ <= best", ratio_bound=1.0),
     Metric("p2_p99_ms", "P2 round trip p99 ms", False, "DTQ <= 3 ms", absolute_bound=3.0),
     Metric("p3_single_per_s", "P3 one-call-per-task enqueue/s", True, "DTQ >= best", 1.0),
+    Metric(
+        "p3_pipelined_per_s",
+        "P3 pipelined enqueue/s (DTQ SubmitTaskStream; peers: one call per task)",
+        True,
+        "DTQ >= best's one-call",
+        1.0,
+        peer_key="p3_single_per_s",
+    ),
 )
+PEER_KEYS = tuple(dict.fromkeys(m.peer_key or m.key for m in METRICS))
+"""The figures each peer's driver reports."""
 
 
 def run_dtq(size: Size) -> dict[str, float]:
@@ -85,7 +108,14 @@ def run_dtq(size: Size) -> dict[str, float]:
     p1 = basics.throughput(size.tasks)
     p50, p99 = basics.latency(size.samples)
     p3 = basics.single_enqueue(size.enqueue)
-    return {"p1_tasks_per_s": p1, "p2_p50_ms": p50, "p2_p99_ms": p99, "p3_single_per_s": p3}
+    pipelined = basics.pipelined_enqueue(size.pipelined)
+    return {
+        "p1_tasks_per_s": p1,
+        "p2_p50_ms": p50,
+        "p2_p99_ms": p99,
+        "p3_single_per_s": p3,
+        "p3_pipelined_per_s": pipelined,
+    }
 
 
 def run_peer(peer: str, size: Size, python: Path, redis_url: str) -> dict[str, Any]:
@@ -116,10 +146,10 @@ def comparison(
     rows = []
     summary: dict[str, object] = {}
     for m in METRICS:
-        medians = {s: statistics.median(r[s][m.key] for r in rounds) for s in systems}
+        medians = {s: statistics.median(m.of(s, r) for r in rounds) for s in systems}
         best_name, best = _best({p: medians[p] for p in peers}, m.higher_is_better)
         ratios = [
-            r["dtq"][m.key] / _best({p: r[p][m.key] for p in peers}, m.higher_is_better)[1]
+            m.of("dtq", r) / _best({p: m.of(p, r) for p in peers}, m.higher_is_better)[1]
             for r in rounds
         ]
         ratio = statistics.median(ratios)
@@ -135,7 +165,7 @@ def comparison(
         )  # fmt: skip
         summary[m.key] = {
             "medians": medians,
-            "per_round": {s: [r[s][m.key] for r in rounds] for s in systems},
+            "per_round": {s: [m.of(s, r) for r in rounds] for s in systems},
             "best_peer": best_name,
             "best_peer_median": best,
             "dtq_over_best_per_round": ratios,
@@ -173,13 +203,14 @@ def main() -> int:
                 else:
                     raw = run_peer(system, size, args.peers_python, url)
                     configs[system] = f"P1: {raw['config_p1']} | P2: {raw['config_p2']}"
-                    numbers[system] = {m.key: float(raw[m.key]) for m in METRICS}
+                    numbers[system] = {key: float(raw[key]) for key in PEER_KEYS}
             rounds.append(numbers)
     elapsed_s = time.perf_counter() - started
     text, summary = comparison(rounds, peers)
     print(
         f"\nDTQ vs peers ({args.size}: {size.tasks:,} tasks, {size.samples} round-trip samples,"
-        f" {size.enqueue:,} one-call submits; {size.rounds} round(s), interleaved;"
+        f" {size.enqueue:,} one-call submits, {size.pipelined:,} DTQ pipelined submits;"
+        f" {size.rounds} round(s), interleaved;"
         f" {os.cpu_count()} CPUs; {elapsed_s:.0f} s)"
     )
     print(text)

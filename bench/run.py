@@ -72,6 +72,10 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
         "P3 one-call-per-task enqueue tasks/s",
         Target.relative(">= best peer's one-call rate: see bench-peers"),
     )
+    pipelined = Figure(
+        "P3 pipelined one-at-a-time enqueue tasks/s (SubmitTaskStream)",
+        Target.relative(">= best peer's one-call rate: see bench-peers"),
+    )
     raw = Figure(
         f"P3 raw grpc.aio unary calls/s ({concurrent.CONCURRENCY} in flight)",
         Target.relative("reference for the next row"),
@@ -90,13 +94,14 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
             rate, one_by_one = basics.enqueue(size.enqueue_tasks)
             batched.values.append(rate)
             single.values.append(one_by_one)
+            pipelined.values.append(basics.pipelined_enqueue(size.enqueue_tasks))
             concurrent_tasks = max(10 * concurrent.CONCURRENCY, size.enqueue_tasks // 4)
             raw.values.append(concurrent.raw_rate(concurrent_tasks))
             in_flight.values.append(concurrent.submit_rate(concurrent_tasks))
     if raw.values:
         floor = 0.8 * statistics.median(raw.values)
         in_flight.target = Target.at_least(floor, f">= 80% of raw = {floor:,.0f}")
-    figures = (p1, p50, p99, batched, single, raw, in_flight)
+    figures = (p1, p50, p99, batched, single, pipelined, raw, in_flight)
     return [f for f in figures if f.name[:2] in parts]
 
 
