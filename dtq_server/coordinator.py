@@ -319,11 +319,12 @@ class Coordinator:
     async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
         """The task now, then after every change, until it is terminal."""
         task_id = validate_task_id(task_id)
-        with self.watchers.subscribe(task_id) as changed:
+        with self.watchers.subscribe(task_id) as subscription:
+            changed = subscription.changed
             last: TaskRecord | None = None
             while True:
                 changed.clear()
-                record = await self.store.get(task_id)
+                record = subscription.take() or await self.store.get(task_id)
                 if record is None:
                     raise TaskNotFound(task_id)
                 if record != last:

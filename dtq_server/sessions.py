@@ -272,7 +272,10 @@ class NodeSessions:
         outcomes = any(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned)
         if outcomes:
             self._config.failpoints.hit("result.before_commit")
-        applied = await self._store.apply([t for _, _, t in planned])
+        transitions = [t for _, _, t in planned]
+        # A watched task is read back in the same commit: its stream needs no store read.
+        watched = self._watchers.watched(t.task_id for t in transitions)
+        applied, records = await self._store.apply_and_read(transitions, watched)
         if outcomes:
             self._config.failpoints.hit("result.after_commit_before_reply")
         now = time.monotonic()
@@ -299,7 +302,7 @@ class NodeSessions:
                 continue
             if isinstance(update, Succeeded | Failed | Released):
                 acks.append(UpdateAck(lease, ok, "" if ok else "STALE_ATTEMPT"))
-        self._watchers.notify(changed)
+        self._watchers.notify(changed, records)
         self._dispatcher.kick()
         return acks
 

@@ -8,7 +8,7 @@ attempt can never overwrite a newer one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from dtq_server.models import (
@@ -62,6 +62,11 @@ class Store(Protocol):
 
     async def apply(self, transitions: list[Transition]) -> list[bool]:
         """Apply fenced transitions in one commit; says which applied."""
+
+    async def apply_and_read(
+        self, transitions: list[Transition], read: Collection[str]
+    ) -> tuple[list[bool], dict[str, TaskRecord]]:
+        """:meth:`apply`, and the tasks ``read`` as that commit left them (for watchers)."""
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """One task, or None."""

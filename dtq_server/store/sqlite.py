@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -185,14 +185,23 @@ class SqliteStore:
         return await self._writer.run(lambda conn: tasks_sql.lease(conn, grants))
 
     async def apply(self, transitions: list[Transition]) -> list[bool]:
+        applied, _ = await self.apply_and_read(transitions, ())
+        return applied
+
+    async def apply_and_read(
+        self, transitions: list[Transition], read: Collection[str]
+    ) -> tuple[list[bool], dict[str, TaskRecord]]:
         ttl = self._result_ttl_s
         events = DependencyEvents()
-        applied = await self._writer.run(
-            lambda conn: tasks_sql.apply(conn, transitions, ttl, events)
-        )
+
+        def apply(conn: sqlite3.Connection) -> tuple[list[bool], dict[str, TaskRecord]]:
+            applied = tasks_sql.apply(conn, transitions, ttl, events)
+            return applied, tasks_sql.read(conn, read) if read else {}
+
+        applied, records = await self._writer.run(apply)
         if events and self._on_dependencies is not None:
             self._on_dependencies(events)  # committed: memory may follow
-        return applied
+        return applied, records
 
     def set_dependency_listener(self, listener: Callable[[DependencyEvents], None]) -> None:
         self._on_dependencies = listener

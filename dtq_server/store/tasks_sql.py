@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from dtq_server.errors import IdempotencyKeyReused
@@ -133,6 +133,13 @@ def insert(
         )  # fmt: skip
         out.append((record, True))
     return out
+
+
+def read(conn: sqlite3.Connection, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+    """The tasks with these ids, by id (missing ones left out)."""
+    marks = ", ".join("?" * len(task_ids))
+    rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({marks})", [*task_ids])
+    return {record.id: record for record in map(row_to_record, rows)}
 
 
 def lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignment]:

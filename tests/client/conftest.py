@@ -51,7 +51,7 @@ class Cluster:
         coordinator = self.coordinator
         assert coordinator is not None, "only an in-process coordinator can be looked into"
         watchers = coordinator.server.coordinator.watchers
-        return coordinator.run(lambda: task_id in watchers._events)
+        return coordinator.run(lambda: bool(watchers.watched([task_id])))
 
 
 def node_is_active(address: str, node_id: str) -> bool:

@@ -95,6 +95,31 @@ def test_an_outcome_without_a_start_records_the_start_too(
     node.close()
 
 
+def test_a_watch_sees_the_result_as_the_node_update_committed_it(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, slots=1)
+    [lease] = assigned(node)
+    stream = tasks.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task_id), timeout=10)
+    first = next(stream).task
+    assert first.state != SUCCEEDED
+    wait_until(
+        lambda: coordinator.run(
+            lambda: bool(coordinator.server.coordinator.watchers.watched([task_id]))
+        ),
+        10,
+        what="the watch to subscribe",
+    )
+    node.report(succeeded(task_id, lease.attempt, b'"done"'))
+    last = [m.task for m in stream][-1]
+    assert last.state == SUCCEEDED
+    assert last.result.data == b'"done"'
+    assert last.HasField("start_time") and last.HasField("finish_time")
+    assert last == get(tasks, task_id)  # what the commit left is what a read sees
+    node.close()
+
+
 def test_prefetch_adds_credits_beyond_slots(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
 ):
