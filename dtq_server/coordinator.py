@@ -19,9 +19,11 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import structlog
 
+from dtq_server import offload
 from dtq_server.board import TaskBoard
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
@@ -287,9 +289,16 @@ class Coordinator:
         """Validate and durably store tasks; returns (task, created) per spec."""
         if self._shutting_down:
             raise ShuttingDown()
-        new = validate_specs(specs, self.config, batch)
+        new = await offload.run(lambda: validate_specs(specs, self.config, batch), len(specs))
         if group_id is not None:
             new = [dataclasses.replace(t, group_id=group_id) for t in new]
+        # A client that gives up (deadline, cancelled call) must not stop this half-way:
+        # the tasks would be committed but never queued in memory until a restart.
+        storing = asyncio.ensure_future(self._store_new(new, batch))
+        storing.add_done_callback(_retrieve)
+        return await asyncio.shield(storing)
+
+    async def _store_new(self, new: list[NewTask], batch: bool) -> list[tuple[TaskRecord, bool]]:
         self.config.failpoints.hit("submit.before_commit")
         results = await self.store.insert(new, batch)
         self.config.failpoints.hit("submit.after_commit_before_reply")
@@ -577,6 +586,12 @@ class Coordinator:
         deleted = await self.store.delete(task_filter)
         log.info("tasks.purged", deleted=deleted, queue=task_filter.queue, type=task_filter.type)
         return deleted
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shielded job's error as seen: its caller may have left (it answers it if not)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _active(record: TaskRecord) -> ActiveTask:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from dtq.v1 import task_service_pb2 as pb
 from dtq.v1 import task_service_pb2_grpc as pb_grpc
+from dtq_server import offload
 from dtq_server.coordinator import Coordinator
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import TaskFilter, TaskState
@@ -37,19 +38,20 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self, request: pb.SubmitTasksRequest, context: Context
     ) -> pb.SubmitTasksResponse:
         group_id = uuid.uuid4().hex if request.group else None
-        results = await self._coordinator.submit(
-            [spec_from_proto(s) for s in request.tasks], batch=True, group_id=group_id
-        )
+        count = len(request.tasks)
+        specs = await offload.run(lambda: [spec_from_proto(s) for s in request.tasks], count)
+        results = await self._coordinator.submit(specs, batch=True, group_id=group_id)
         if group_id is not None and results and not any(created for _, created in results):
             # A retried group submit (every key matched): the group is the stored one.
             group_id = results[0][0].group_id or group_id
-        return pb.SubmitTasksResponse(
-            results=[
+        answers = await offload.run(
+            lambda: [
                 pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
                 for record, created in results
             ],
-            group_id=group_id or "",
+            count,
         )
+        return pb.SubmitTasksResponse(results=answers, group_id=group_id or "")
 
     @stream_boundary
     async def SubmitTaskStream(

@@ -6,6 +6,8 @@ node sends (or fails to send).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,7 @@ from dtq.v1 import (
 )
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
+from dtq_server.validation import SpecInput
 from tests.harness import (
     HEARTBEAT_TIMEOUT_S,
     InProcessCoordinator,
@@ -411,3 +414,32 @@ def test_first_message_must_register(coordinator: InProcessCoordinator):
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "register.slots" in (exc.details() or "")
+
+
+def test_a_submit_whose_caller_gives_up_during_the_commit_still_queues_the_task(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """A cancelled call (deadline, client gone) must not leave a stored task off the queue."""
+    server = coordinator.server.coordinator
+    spec = SpecInput(
+        type="echo",
+        queue="",
+        payload=b"{}",
+        content_type="",
+        max_attempts=0,
+        idempotency_key="",
+        retry_backoff_s=None,
+    )
+
+    async def submit_then_give_up() -> None:
+        call = asyncio.ensure_future(server.submit([spec], batch=False))
+        await asyncio.sleep(0)  # the submit now waits for its commit
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+    coordinator.call(submit_then_give_up())
+    node = RawNode(coordinator.address, slots=1)
+    [lease] = assigned(node)  # stored AND queued: dispatched without a restart
+    assert get(tasks, lease.task_id).state != QUEUED
+    node.close()
