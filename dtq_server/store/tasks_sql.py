@@ -72,26 +72,43 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
     )
 
 
+_INSERT = (
+    "INSERT INTO tasks (seq, id, type, queue, payload, content_type, state, max_attempts, "
+    "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
+    "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
+    "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
+    "error_message, error_traceback, error_retryable) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?)"
+)
+_KEYS_PER_QUERY = 500
+
+
 def insert(
     conn: sqlite3.Connection, tasks: list[NewTask], batch: bool, default_ttl_s: float
 ) -> list[tuple[TaskRecord, bool]]:
+    """Store new tasks (one ``executemany``); a known idempotency key returns its task.
+
+    Rows get explicit, consecutive ``seq`` values after the current largest:
+    what SQLite would pick, but known up front, so the whole batch goes to
+    SQLite in one call instead of one ``execute`` (and one key lookup) per task.
+    """
     now = time.time()
+    known = _by_key(conn, [t.idempotency_key for t in tasks if t.idempotency_key is not None])
+    seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
+    rows: list[tuple[Any, ...]] = []
+    waiting: list[NewTask] = []
     out: list[tuple[TaskRecord, bool]] = []
     for index, t in enumerate(tasks):
+        if t.idempotency_key is not None and t.idempotency_key in known:
+            existing, spec_hash = known[t.idempotency_key]
+            if spec_hash != t.spec_hash:
+                raise IdempotencyKeyReused(t.idempotency_key, existing.id)
+            out.append((existing, False))
+            continue
         start_by = None
         if t.schedule_to_start_s is not None:
             start_by = (t.run_at or now) + t.schedule_to_start_s
-        if t.idempotency_key is not None:
-            found = conn.execute(
-                f"SELECT {TASK_COLUMNS}, spec_hash FROM tasks WHERE idempotency_key = ?",
-                (t.idempotency_key,),
-            ).fetchone()
-            if found is not None:
-                existing = row_to_record(found[:-1])
-                if bytes(found[-1]) != t.spec_hash:
-                    raise IdempotencyKeyReused(t.idempotency_key, existing.id)
-                out.append((existing, False))
-                continue
         state = dependencies.initial_state(conn, t, f"tasks[{index}]" if batch else "task")
         error = None
         finished_at = expires_at = None
@@ -99,27 +116,19 @@ def insert(
             error = TaskError("DEPENDENCY_FAILED", "a dependency had already failed", "", False)
             finished_at = now
             expires_at = now + (t.result_ttl_s or default_ttl_s)
-        cur = conn.execute(
-            "INSERT INTO tasks (id, type, queue, payload, content_type, state, max_attempts, "
-            "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
-            "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
-            "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
-            "error_message, error_traceback, error_retryable) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?)",
+        elif state is TaskState.WAITING:
+            waiting.append(t)
+        seq += 1
+        rows.append(
             (
-                t.id, t.type, t.queue, t.payload, t.content_type, int(state),
+                seq, t.id, t.type, t.queue, t.payload, t.content_type, int(state),
                 t.max_attempts, t.idempotency_key, t.spec_hash, t.retry_backoff_s, now, now,
                 t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
                 t.rate_key, t.group_id, ",".join(t.depends_on), int(t.on_dependency_failure),
                 finished_at, expires_at, error and error.type, error and error.message,
                 error and "", error and 0,
-            ),
+            )
         )  # fmt: skip
-        if state is TaskState.WAITING:
-            dependencies.add_edges(conn, t)
-        seq = cur.lastrowid
-        assert seq is not None
         record = TaskRecord(
             id=t.id, seq=seq, type=t.type, queue=t.queue, payload=t.payload,
             content_type=t.content_type, state=state, attempt=0, max_attempts=t.max_attempts,
@@ -132,7 +141,26 @@ def insert(
             rate_key=t.rate_key, depends_on=t.depends_on, group_id=t.group_id,
         )  # fmt: skip
         out.append((record, True))
+    conn.executemany(_INSERT, rows)
+    for t in waiting:
+        dependencies.add_edges(conn, t)
     return out
+
+
+def _by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[TaskRecord, bytes]]:
+    """Stored tasks (and their spec hashes) by idempotency key, for the keys that exist."""
+    found: dict[str, tuple[TaskRecord, bytes]] = {}
+    for i in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = keys[i : i + _KEYS_PER_QUERY]
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {TASK_COLUMNS}, spec_hash FROM tasks WHERE idempotency_key IN ({marks})",
+            chunk,
+        ):
+            record = row_to_record(row[:-1])
+            assert record.idempotency_key is not None
+            found[record.idempotency_key] = (record, bytes(row[-1]))
+    return found
 
 
 def read(conn: sqlite3.Connection, task_ids: Collection[str]) -> dict[str, TaskRecord]:
