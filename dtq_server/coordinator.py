@@ -1,6 +1,8 @@
 """The coordinator: the durable queue, the node registry and dispatch, behind one object.
 
-Servicers call it with plain domain values. It owns the background work:
+Servicers call it with plain domain values (queue settings and rate limits
+through ``queue_admin``, operations on many tasks through ``bulk``). It owns
+the background work:
 the dispatcher (leases ready tasks to free slots) and the reaper (ends silent
 node sessions, wakes retries whose backoff ended, probes a failing store).
 
@@ -25,6 +27,7 @@ import structlog
 
 from dtq_server import offload
 from dtq_server.board import TaskBoard
+from dtq_server.bulk import BulkOperations
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import (
@@ -42,25 +45,19 @@ from dtq_server.models import (
     GroupStatus,
     NewTask,
     NodeState,
-    QueueSettings,
-    QueueStats,
-    RateLimit,
     TaskError,
     TaskFilter,
     TaskRecord,
     TaskState,
 )
-from dtq_server.ratelimit import default_burst
+from dtq_server.queue_admin import QueueAdmin
 from dtq_server.registry import EndStream, NodeRegistry, Session
 from dtq_server.scheduler import Scheduler
 from dtq_server.sessions import NodeSessions
 from dtq_server.store.base import Store
 from dtq_server.updates import Transition
 from dtq_server.validation import (
-    QUEUE_RE,
     SpecInput,
-    Violations,
-    check_name,
     validate_specs,
     validate_task_id,
 )
@@ -70,24 +67,9 @@ log = structlog.get_logger(__name__)
 WATCH_RECHECK_S = 5.0
 LOAD_CHUNK = 20_000
 SWEEP_BATCH = 1000
-MAX_BULK = 10_000
-MAX_QUEUE_LIMIT = 100_000
-MAX_RATE = 100_000.0
-MAX_RATE_KEY = 200
 STORE_PROBE_S = 1.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RetryOutcome:
-    """What RetryTasks did."""
-
-    retried: int
-    skipped: list[str]
-    """Requested ids that were not FAILED or CANCELLED (or unknown)."""
-    truncated: bool
-    """A filter matched more than one call retries."""
 
 
 class Coordinator:
@@ -116,6 +98,10 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded = asyncio.Event()
         """Set once every queued task is on the board (start-up loads them in chunks)."""
+        self.queue_admin = QueueAdmin(store, self.dispatcher)
+        self.bulk = BulkOperations(
+            store, self.board, self.dispatcher, self.sessions, self.watchers, self._loaded
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -425,167 +411,6 @@ class Coordinator:
         for session in live:
             self.sessions.drain(session)
         return live[0]
-
-    async def queues(self) -> list[QueueStats]:
-        """Task counts and settings per queue (queues with tasks or settings)."""
-        counts = {q.name: q for q in await self.store.queue_stats()}
-        settings = self.dispatcher.queue_settings
-        return [
-            dataclasses.replace(
-                counts.get(name, QueueStats(name)),
-                paused=settings.get(name, QueueSettings()).paused,
-                max_running=settings.get(name, QueueSettings()).max_running,
-                rate_limit=settings.get(name, QueueSettings()).rate_limit,
-            )
-            for name in sorted(counts.keys() | settings.keys())
-        ]
-
-    async def update_queue(
-        self,
-        name: str,
-        paused: bool | None,
-        max_running: int | None,
-        rate_limit: float | None = None,
-    ) -> QueueStats:
-        """Pause/resume a queue, set its global concurrency or rate limit (durably)."""
-        v = Violations()
-        check_name(v, "name", name, QUEUE_RE, "queue")
-        if max_running is not None and not 0 <= max_running <= MAX_QUEUE_LIMIT:
-            v.add("max_running", f"must be 0-{MAX_QUEUE_LIMIT}")
-        if rate_limit is not None and not 0 <= rate_limit <= MAX_RATE:
-            v.add("rate_limit", f"must be 0-{MAX_RATE:g} tasks per second")
-        v.raise_if_any()
-        current = self.dispatcher.queue_settings.get(name, QueueSettings())
-        updated = QueueSettings(
-            paused=current.paused if paused is None else paused,
-            max_running=current.max_running if max_running is None else max_running,
-            rate_limit=current.rate_limit if rate_limit is None else rate_limit,
-        )
-        await self.store.save_queue(name, updated)
-        self.dispatcher.queue_settings[name] = updated
-        if updated.rate_limit != current.rate_limit:
-            self.dispatcher.limiter.configure_queue(name, updated.rate_limit, time.monotonic())
-        self.dispatcher.kick()
-        log.info(
-            "queue.updated", queue=name, paused=updated.paused, max_running=updated.max_running
-        )
-        return next(q for q in await self.queues() if q.name == name)
-
-    async def set_rate_limit(self, key: str, per_second: float, burst: int) -> RateLimit | None:
-        """Set (or with 0 remove) a rate key's token bucket, durably."""
-        v = Violations()
-        if not 1 <= len(key) <= MAX_RATE_KEY or not key.isprintable():
-            v.add("key", f"must be 1-{MAX_RATE_KEY} printable characters")
-        if not 0 <= per_second <= MAX_RATE:
-            v.add("per_second", f"must be 0-{MAX_RATE:g}")
-        if not 0 <= burst <= MAX_RATE:
-            v.add("burst", f"must be 0-{MAX_RATE:g}")
-        v.raise_if_any()
-        limit = RateLimit(key, per_second, float(burst) if burst else default_burst(per_second))
-        await self.store.save_rate_limit(limit)
-        self.dispatcher.limiter.configure_key(key, per_second, limit.burst, time.monotonic())
-        self.dispatcher.kick()
-        log.info("rate_limit.set", key=key, per_second=per_second, burst=limit.burst)
-        return limit if per_second > 0 else None
-
-    async def rate_limits(self) -> list[RateLimit]:
-        """Every configured rate-key limit."""
-        return await self.store.load_rate_limits()
-
-    # -- bulk operations ----------------------------------------------------
-
-    async def cancel_many(self, task_filter: TaskFilter) -> tuple[int, int]:
-        """Cancel unfinished tasks matching a filter: (cancelled, cancel_requested)."""
-        if task_filter.queue is None and task_filter.type is None:
-            raise InvalidArgument([("queue", "give a queue or a type (or both)")])
-        if task_filter.state is not None and task_filter.state.is_terminal:
-            raise InvalidArgument([("state", "must be waiting, queued, leased or running")])
-        await self._loaded.wait()
-        matching = [
-            t
-            for t in self.board.active.values()
-            if (task_filter.queue is None or t.queue == task_filter.queue)
-            and (task_filter.type is None or t.type == task_filter.type)
-            and (task_filter.state is None or t.state is task_filter.state)
-        ]
-        queued = [t for t in matching if t.state is TaskState.QUEUED]
-        running = [t for t in matching if t.state.is_leased and not t.cancel_requested]
-        waiting: list[str] = []
-        if task_filter.state in (None, TaskState.WAITING):  # waiting tasks live in the store
-            waiting_filter = dataclasses.replace(task_filter, state=TaskState.WAITING)
-            waiting = await self.store.find_ids(waiting_filter, MAX_BULK)
-        for task in queued:  # off the board first: no dispatch round may lease them now
-            self.board.forget(task, TaskState.CANCELLED)
-        # Waiting tasks go first: cancelling a queued dependency first would cascade to
-        # them by their failure policy instead of cancelling them.
-        cancels = [
-            Transition(task_id, 0, (TaskState.WAITING,), state=TaskState.CANCELLED)
-            for task_id in waiting
-        ] + [
-            Transition(t.id, t.attempt, (TaskState.QUEUED,), state=TaskState.CANCELLED)
-            for t in queued
-        ]
-        requests = [
-            Transition(
-                t.id, t.attempt, (TaskState.LEASED, TaskState.RUNNING), cancel_requested=True
-            )
-            for t in running
-        ]
-        try:
-            applied = await self.store.apply(cancels + requests)
-        except StoreUnavailable:
-            now = time.monotonic()
-            for task in queued:
-                self.board.track(task, now)
-            raise
-        for task, ok in zip(running, applied[len(cancels) :], strict=True):
-            if ok:
-                task.cancel_requested = True
-                self.sessions.request_cancel(task)
-        cancelled = sum(applied[: len(cancels)])
-        self.watchers.notify([t.id for t in matching] + waiting)
-        log.info("tasks.cancel_many", cancelled=cancelled, cancel_requested=len(running))
-        return cancelled, len(running)
-
-    async def retry(self, task_ids: list[str], task_filter: TaskFilter) -> RetryOutcome:
-        """Send FAILED (or CANCELLED) tasks back to their queue with a fresh attempt budget."""
-        has_filter = task_filter.queue is not None or task_filter.type is not None
-        if task_ids and (has_filter or task_filter.state is not None):
-            raise InvalidArgument([("task_ids", "give task ids or a filter, not both")])
-        truncated = False
-        if task_ids:
-            if len(task_ids) > MAX_BULK:
-                raise InvalidArgument([("task_ids", f"at most {MAX_BULK}")])
-            ids = [validate_task_id(t, f"task_ids[{i}]") for i, t in enumerate(task_ids)]
-        else:
-            if not has_filter:
-                raise InvalidArgument([("queue", "give task ids, a queue or a type")])
-            state = task_filter.state or TaskState.FAILED
-            if state not in (TaskState.FAILED, TaskState.CANCELLED):
-                raise InvalidArgument([("state", "must be failed or cancelled")])
-            ids = await self.store.find_ids(
-                dataclasses.replace(task_filter, state=state), MAX_BULK + 1
-            )
-            truncated = len(ids) > MAX_BULK
-            ids = ids[:MAX_BULK]
-        await self._loaded.wait()
-        revived = await self.store.retry(ids)
-        now = time.monotonic()
-        for task in revived:
-            self.board.track(task, now)
-        self.watchers.notify(t.id for t in revived)
-        self.dispatcher.kick()
-        done = {t.id for t in revived}
-        log.info("tasks.retried", count=len(revived), truncated=truncated)
-        return RetryOutcome(len(revived), [i for i in ids if i not in done], truncated)
-
-    async def purge(self, task_filter: TaskFilter) -> int:
-        """Delete finished tasks matching a filter (state required)."""
-        if task_filter.state is None or not task_filter.state.is_terminal:
-            raise InvalidArgument([("state", "must be succeeded, failed or cancelled")])
-        deleted = await self.store.delete(task_filter)
-        log.info("tasks.purged", deleted=deleted, queue=task_filter.queue, type=task_filter.type)
-        return deleted
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

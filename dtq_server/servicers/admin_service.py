@@ -33,14 +33,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListQueues(
         self, request: pb.ListQueuesRequest, context: Context
     ) -> pb.ListQueuesResponse:
-        queues = await self._coordinator.queues()
+        queues = await self._coordinator.queue_admin.queues()
         return pb.ListQueuesResponse(queues=[queue_to_proto(q) for q in queues])
 
     @unary_boundary
     async def UpdateQueue(
         self, request: pb.UpdateQueueRequest, context: Context
     ) -> pb.UpdateQueueResponse:
-        queue = await self._coordinator.update_queue(
+        queue = await self._coordinator.queue_admin.update_queue(
             request.name,
             paused=request.paused if request.HasField("paused") else None,
             max_running=request.max_running if request.HasField("max_running") else None,
@@ -52,7 +52,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def SetRateLimit(
         self, request: pb.SetRateLimitRequest, context: Context
     ) -> pb.SetRateLimitResponse:
-        limit = await self._coordinator.set_rate_limit(
+        limit = await self._coordinator.queue_admin.set_rate_limit(
             request.key, request.per_second, request.burst
         )
         if limit is None:
@@ -63,5 +63,5 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListRateLimits(
         self, request: pb.ListRateLimitsRequest, context: Context
     ) -> pb.ListRateLimitsResponse:
-        limits = await self._coordinator.rate_limits()
+        limits = await self._coordinator.queue_admin.rate_limits()
         return pb.ListRateLimitsResponse(rate_limits=[rate_limit_to_proto(x) for x in limits])

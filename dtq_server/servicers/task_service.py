@@ -96,7 +96,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self, request: pb.CancelTasksRequest, context: Context
     ) -> pb.CancelTasksResponse:
         task_filter = _filter(request.queue, request.type, request.state)
-        cancelled, requested = await self._coordinator.cancel_many(task_filter)
+        cancelled, requested = await self._coordinator.bulk.cancel_many(task_filter)
         return pb.CancelTasksResponse(cancelled=cancelled, cancel_requested=requested)
 
     @unary_boundary
@@ -104,7 +104,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self, request: pb.RetryTasksRequest, context: Context
     ) -> pb.RetryTasksResponse:
         task_filter = _filter(request.queue, request.type, request.state)
-        outcome = await self._coordinator.retry(list(request.task_ids), task_filter)
+        outcome = await self._coordinator.bulk.retry(list(request.task_ids), task_filter)
         return pb.RetryTasksResponse(
             retried=outcome.retried,
             skipped_task_ids=outcome.skipped,
@@ -116,7 +116,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self, request: pb.PurgeTasksRequest, context: Context
     ) -> pb.PurgeTasksResponse:
         task_filter = _filter(request.queue, request.type, request.state)
-        return pb.PurgeTasksResponse(deleted=await self._coordinator.purge(task_filter))
+        return pb.PurgeTasksResponse(deleted=await self._coordinator.bulk.purge(task_filter))
 
     @unary_boundary
     async def GetGroup(self, request: pb.GetGroupRequest, context: Context) -> pb.GetGroupResponse:
