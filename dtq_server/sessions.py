@@ -10,11 +10,9 @@ late result and an expiry can never leave the two disagreeing.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
@@ -22,7 +20,8 @@ from dtq_server.board import TaskBoard
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import SessionExpired, ShuttingDown, StoreUnavailable
-from dtq_server.models import ActiveTask, Lease, NodeState, Registration, TaskError, TaskState
+from dtq_server.models import ActiveTask, Lease, NodeState, Registration, TaskState
+from dtq_server.outcomes import OutcomeRules
 from dtq_server.registry import (
     EndStream,
     NodeRegistry,
@@ -33,7 +32,6 @@ from dtq_server.registry import (
     Session,
     session_keys,
 )
-from dtq_server.retry import retry_delay_s
 from dtq_server.store.base import Store
 from dtq_server.updates import (
     TERMINAL_UPDATES,
@@ -50,9 +48,6 @@ from dtq_server.validation import validate_registration
 from dtq_server.watchers import TaskWatchers
 
 log = structlog.get_logger(__name__)
-HELD = (TaskState.LEASED, TaskState.RUNNING)
-CRASH_REASONS = frozenset({"WORKER_DIED"})
-"""Release reasons that mean the task's runner crashed: they count as lost leases."""
 UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
 """Release reason of a node that declared a task type it has no handler for."""
 
@@ -76,11 +71,6 @@ class _Orphan:
     """True when the node died with it (counts against max_lease_expiries)."""
 
 
-def _held(task_id: str, attempt: int, **changes: Any) -> Transition:
-    """A transition fenced on the lease: it applies only while the task is still held."""
-    return Transition(task_id=task_id, attempt=attempt, from_states=HELD, **changes)
-
-
 class NodeSessions:
     """Everything the WorkerService stream asks of the coordinator."""
 
@@ -94,6 +84,7 @@ class NodeSessions:
         watchers: TaskWatchers,
     ) -> None:
         self._config = config
+        self._rules = OutcomeRules(config)
         self._store = store
         self._board = board
         self._registry = registry
@@ -259,7 +250,7 @@ class NodeSessions:
                 if ack is not None:
                     acks.append(ack)
                 continue
-            planned.append((update, task, self._transition(update, task)))
+            planned.append((update, task, self._rules.for_update(update, task)))
         if not planned:
             return acks
         if not any(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned):
@@ -318,68 +309,6 @@ class NodeSessions:
             if ok and session.leases.get(update.lease.task_id) == update.lease.attempt:
                 self._after(session, task, transition, now)
         self._watchers.notify(task.id for _, task, _ in planned)
-
-    def _transition(self, update: TaskUpdate, task: ActiveTask) -> Transition:
-        """The store change an (already fenced) update asks for."""
-        attempt = update.lease.attempt
-        match update:
-            case Started():
-                return _held(task.id, attempt, state=TaskState.RUNNING, started=True)
-            case Progressed(progress=progress):
-                return _held(task.id, attempt, progress=progress)
-            case Succeeded(result=result, content_type=content_type):
-                if len(result) > self._config.max_result_bytes:
-                    error = TaskError(
-                        "RESULT_TOO_LARGE",
-                        f"result is {len(result)} bytes; the limit is "
-                        f"{self._config.max_result_bytes}",
-                        retryable=False,
-                    )
-                    return self._failure(task, attempt, error, cancelled=False)
-                return _held(
-                    task.id,
-                    attempt,
-                    state=TaskState.SUCCEEDED,
-                    result=result,
-                    result_content_type=content_type,
-                    started=task.state is TaskState.LEASED,  # no separate start was reported
-                )
-            case Failed(error=error, cancelled=cancelled):
-                transition = self._failure(task, attempt, error, cancelled)
-                if task.state is TaskState.LEASED:
-                    return dataclasses.replace(transition, started=True)
-                return transition
-            case Released(reason=reason) if reason in CRASH_REASONS:
-                return self._lost(task, attempt, TaskError(reason, "the worker running it died"))
-            case Released():
-                return _held(task.id, attempt, state=TaskState.QUEUED, clear_lease=True)
-        raise AssertionError(f"unknown update {update!r}")
-
-    def _failure(
-        self, task: ActiveTask, attempt: int, error: TaskError, cancelled: bool
-    ) -> Transition:
-        failures = task.failures + 1
-        if cancelled or task.cancel_requested:
-            state = TaskState.CANCELLED
-        elif error.retryable and failures < task.max_attempts:
-            state = TaskState.QUEUED
-        else:
-            state = TaskState.FAILED
-        next_at = None
-        if state is TaskState.QUEUED:
-            base_s = task.retry_backoff_s or self._config.retry_backoff_s
-            next_at = time.time() + retry_delay_s(
-                failures, base_s, self._config.retry_backoff_max_s
-            )
-        return _held(
-            task.id,
-            attempt,
-            state=state,
-            failures=failures,
-            error=error,
-            clear_lease=state is TaskState.QUEUED,
-            next_attempt_at=next_at,
-        )
 
     def _after(self, session: Session, task: ActiveTask, t: Transition, now: float) -> None:
         """Bring memory in line with a transition the store applied."""
@@ -494,7 +423,7 @@ class NodeSessions:
         orphans = list(self._orphans.values())
         if not orphans:
             return
-        transitions = [self._orphan_transition(o) for o in orphans]
+        transitions = [self._rules.orphaned(o.task, o.attempt, o.expired) for o in orphans]
         try:
             applied = await self._store.apply(transitions)
         except StoreUnavailable:
@@ -526,33 +455,3 @@ class NodeSessions:
             changed.append(task.id)
         self._watchers.notify(changed)
         self._dispatcher.kick()
-
-    def _orphan_transition(self, orphan: _Orphan) -> Transition:
-        task = orphan.task
-        if not orphan.expired:
-            state = TaskState.CANCELLED if task.cancel_requested else TaskState.QUEUED
-            return _held(task.id, orphan.attempt, state=state, clear_lease=True)
-        error = TaskError("LEASE_EXPIRED", "the node running it died or went silent")
-        return self._lost(task, orphan.attempt, error)
-
-    def _lost(self, task: ActiveTask, attempt: int, error: TaskError) -> Transition:
-        """A lease lost to a crash (node death, worker-thread death).
-
-        It counts against ``max_lease_expiries`` so that a task that kills
-        whatever runs it is dead-lettered instead of crashing nodes forever.
-        """
-        expiries = task.lease_expiries + 1
-        if task.cancel_requested:
-            return _held(task.id, attempt, state=TaskState.CANCELLED, lease_expiries=expiries)
-        if expiries >= self._config.max_lease_expiries:
-            final = TaskError(
-                error.type,
-                f"{error.message}; lease lost {expiries} times, giving up",
-                retryable=False,
-            )
-            return _held(
-                task.id, attempt, state=TaskState.FAILED, lease_expiries=expiries, error=final
-            )
-        return _held(
-            task.id, attempt, state=TaskState.QUEUED, lease_expiries=expiries, clear_lease=True
-        )
