@@ -21,13 +21,13 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import structlog
 
 from dtq_server import offload
 from dtq_server.board import TaskBoard
 from dtq_server.bulk import BulkOperations
+from dtq_server.completion import run_to_completion
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import (
@@ -39,6 +39,7 @@ from dtq_server.errors import (
     TaskNotFound,
     TaskTerminal,
 )
+from dtq_server.handoff import Handoff
 from dtq_server.models import (
     ActiveTask,
     DependencyEvents,
@@ -98,6 +99,7 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded = asyncio.Event()
         """Set once every queued task is on the board (start-up loads them in chunks)."""
+        self.handoff = Handoff(self.board, self.registry, self.dispatcher, config.failpoints)
         self.queue_admin = QueueAdmin(store, self.dispatcher)
         self.bulk = BulkOperations(
             store, self.board, self.dispatcher, self.sessions, self.watchers, self._loaded
@@ -280,15 +282,21 @@ class Coordinator:
             new = [dataclasses.replace(t, group_id=group_id) for t in new]
         # A client that gives up (deadline, cancelled call) must not stop this half-way:
         # the tasks would be committed but never queued in memory until a restart.
-        storing = asyncio.ensure_future(self._store_new(new, batch))
-        storing.add_done_callback(_retrieve)
-        return await asyncio.shield(storing)
+        return await run_to_completion(self._store_new(new, batch))
 
     async def _store_new(self, new: list[NewTask], batch: bool) -> list[tuple[TaskRecord, bool]]:
         self.config.failpoints.hit("submit.before_commit")
-        results = await self.store.insert(new, batch)
+        # Reserved and queued for the writer with no await in between: anything that
+        # touches these leases meanwhile (a session ending) commits after the insert.
+        direct = self.handoff.reserve(new, time.monotonic())
+        try:
+            results = await self.store.insert(new, batch, {d.task.id: d.grant for d in direct})
+        except BaseException:
+            self.handoff.undo(direct)
+            raise
         self.config.failpoints.hit("submit.after_commit_before_reply")
         self._track_created(new, results)
+        self.handoff.settle(direct, new, results)
         return results
 
     def _track_created(self, new: list[NewTask], results: list[tuple[TaskRecord, bool]]) -> None:
@@ -411,12 +419,6 @@ class Coordinator:
         for session in live:
             self.sessions.drain(session)
         return live[0]
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a shielded job's error as seen: its caller may have left (it answers it if not)."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _active(record: TaskRecord) -> ActiveTask:

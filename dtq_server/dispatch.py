@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 
 import structlog
 
 from dtq_server.board import TaskBoard
 from dtq_server.errors import StoreUnavailable
 from dtq_server.failpoints import Failpoints
-from dtq_server.models import ActiveTask, QueueSettings, TaskState
+from dtq_server.models import ActiveTask, Assignment, QueueSettings, TaskState
 from dtq_server.ratelimit import RateLimiter
 from dtq_server.registry import NodeRegistry, SendAssignments, Session
 from dtq_server.store.base import Store
@@ -163,22 +164,10 @@ class Dispatcher:
                 by_session[session.id].append(i)
                 sessions[session.id] = session
         index = {a.lease.task_id: a for a in assignments}
-        now = time.monotonic()
-        for session_id, positions in by_session.items():
-            session = sessions[session_id]
-            batch = [index[plan[i][1].id] for i in positions]
-            for assignment in batch:  # the lease event log (RELIABILITY.md 2.0)
-                log.debug(
-                    "lease.granted",
-                    task_id=assignment.lease.task_id,
-                    attempt=assignment.lease.attempt,
-                    node_id=session.node.node_id,
-                    session_id=session.id,
-                    mono=now,
-                )
-            # A session that lost its stream meanwhile keeps the leases: it may
-            # resume and reconcile them, or they expire with it.
-            session.send(SendAssignments(batch))
+        deliver(
+            (sessions[session_id], [index[plan[i][1].id] for i in positions])
+            for session_id, positions in by_session.items()
+        )
         log.debug("dispatch.round", leased=len(assignments), nodes=len(by_session))
 
     def _room_per_limited_queue(self) -> dict[str, int]:
@@ -202,3 +191,21 @@ class Dispatcher:
             task.attempt -= 1
             task.session_id = None
             self._board.make_ready(task, now)
+
+
+def deliver(batches: Iterable[tuple[Session, list[Assignment]]]) -> None:
+    """Send committed leases to their sessions, logging each (RELIABILITY.md 2.0)."""
+    now = time.monotonic()
+    for session, batch in batches:
+        for assignment in batch:  # the lease event log
+            log.debug(
+                "lease.granted",
+                task_id=assignment.lease.task_id,
+                attempt=assignment.lease.attempt,
+                node_id=session.node.node_id,
+                session_id=session.id,
+                mono=now,
+            )
+        # A session that lost its stream meanwhile keeps the leases: it may
+        # resume and reconcile them, or they expire with it.
+        session.send(SendAssignments(batch))

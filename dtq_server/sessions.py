@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from dtq_server.board import TaskBoard
+from dtq_server.completion import run_to_completion
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import SessionExpired, ShuttingDown, StoreUnavailable
@@ -260,15 +261,23 @@ class NodeSessions:
             self._background.add(soft)
             soft.add_done_callback(self._background.discard)
             return acks
-        outcomes = any(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned)
-        if outcomes:
-            self._config.failpoints.hit("result.before_commit")
+        # Commit and memory follow-up to the end, even if the stream that carried the
+        # updates is torn down meanwhile (completion.py): else a committed outcome
+        # would leave its lease held in memory, unlogged, and its resend rejected.
+        return await run_to_completion(self._commit_outcomes(session, planned, acks))
+
+    async def _commit_outcomes(
+        self,
+        session: Session,
+        planned: list[tuple[TaskUpdate, ActiveTask, Transition]],
+        acks: list[UpdateAck],
+    ) -> list[UpdateAck]:
+        self._config.failpoints.hit("result.before_commit")
         transitions = [t for _, _, t in planned]
         # A watched task is read back in the same commit: its stream needs no store read.
         watched = self._watchers.watched(t.task_id for t in transitions)
         applied, records = await self._store.apply_and_read(transitions, watched)
-        if outcomes:
-            self._config.failpoints.hit("result.after_commit_before_reply")
+        self._config.failpoints.hit("result.after_commit_before_reply")
         now = time.monotonic()
         changed: list[str] = []
         for (update, task, transition), ok in zip(planned, applied, strict=True):

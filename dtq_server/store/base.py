@@ -8,7 +8,7 @@ attempt can never overwrite a newer one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
 from dtq_server.models import (
@@ -48,13 +48,17 @@ class Store(Protocol):
         in submission order, at most ``limit`` (-1: all). For start-up, in chunks."""
 
     async def insert(
-        self, tasks: list[NewTask], batch: bool = False
+        self,
+        tasks: list[NewTask],
+        batch: bool = False,
+        leased: Mapping[str, LeaseGrant] | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in one commit: all or none.
 
         A task whose idempotency key exists returns the existing task with
         ``created=False``; raises IdempotencyKeyReused if that task's spec differs.
-        A task with unfinished dependencies is stored WAITING.
+        A task with unfinished dependencies is stored WAITING. A task with a
+        grant in ``leased`` (by task id) is stored already leased as attempt 1.
         """
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:

@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -176,10 +176,16 @@ class SqliteStore:
     # -- writes ------------------------------------------------------------
 
     async def insert(
-        self, tasks: list[NewTask], batch: bool = False
+        self,
+        tasks: list[NewTask],
+        batch: bool = False,
+        leased: Mapping[str, LeaseGrant] | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         ttl = self._result_ttl_s
-        return await self._writer.run(lambda conn: tasks_sql.insert(conn, tasks, batch, ttl))
+        grants = leased or {}
+        return await self._writer.run(
+            lambda conn: tasks_sql.insert(conn, tasks, batch, ttl, grants)
+        )
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
         return await self._writer.run(lambda conn: tasks_sql.lease(conn, grants))
@@ -282,7 +288,7 @@ class SqliteStore:
             # never fired twice, nor lost, whatever moment the process dies.
             if not schedules_sql.advance(conn, name, expected_next, next_at, ticks):
                 return None
-            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s)
+            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s, {})
 
         return await self._writer.run(fire)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from dtq_server.errors import IdempotencyKeyReused
@@ -73,21 +73,29 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
 
 
 _INSERT = (
-    "INSERT INTO tasks (seq, id, type, queue, payload, content_type, state, max_attempts, "
+    "INSERT INTO tasks (seq, id, type, queue, payload, content_type, state, attempt, "
+    "node_id, session_id, max_attempts, "
     "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
     "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
     "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
     "error_message, error_traceback, error_retryable) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-    "?, ?, ?)"
+    "?, ?, ?, ?, ?, ?)"
 )
 _KEYS_PER_QUERY = 500
 
 
 def insert(
-    conn: sqlite3.Connection, tasks: list[NewTask], batch: bool, default_ttl_s: float
+    conn: sqlite3.Connection,
+    tasks: list[NewTask],
+    batch: bool,
+    default_ttl_s: float,
+    leased: Mapping[str, LeaseGrant],
 ) -> list[tuple[TaskRecord, bool]]:
     """Store new tasks (one ``executemany``); a known idempotency key returns its task.
+
+    A task granted in ``leased`` is stored leased (attempt 1, its node and
+    session): it goes straight to an idle node, one commit instead of two.
 
     Rows get explicit, consecutive ``seq`` values after the current largest:
     what SQLite would pick, but known up front, so the whole batch goes to
@@ -118,11 +126,17 @@ def insert(
             expires_at = now + (t.result_ttl_s or default_ttl_s)
         elif state is TaskState.WAITING:
             waiting.append(t)
+        grant = leased.get(t.id)
+        attempt, node_id, session_id = 0, None, None
+        if grant is not None and state is TaskState.QUEUED:
+            state, attempt = TaskState.LEASED, grant.attempt
+            node_id, session_id = grant.node_id, grant.session_id
         seq += 1
         rows.append(
             (
-                seq, t.id, t.type, t.queue, t.payload, t.content_type, int(state),
-                t.max_attempts, t.idempotency_key, t.spec_hash, t.retry_backoff_s, now, now,
+                seq, t.id, t.type, t.queue, t.payload, t.content_type, int(state), attempt,
+                node_id, session_id, t.max_attempts, t.idempotency_key, t.spec_hash,
+                t.retry_backoff_s, now, now,
                 t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
                 t.rate_key, t.group_id, ",".join(t.depends_on), int(t.on_dependency_failure),
                 finished_at, expires_at, error and error.type, error and error.message,
@@ -131,10 +145,11 @@ def insert(
         )  # fmt: skip
         record = TaskRecord(
             id=t.id, seq=seq, type=t.type, queue=t.queue, payload=t.payload,
-            content_type=t.content_type, state=state, attempt=0, max_attempts=t.max_attempts,
-            failures=0, idempotency_key=t.idempotency_key, retry_backoff_s=t.retry_backoff_s,
-            result=None, result_content_type="", last_error=error, node_id=None,
-            session_id=None, lease_expiries=0, cancel_requested=False, progress=None,
+            content_type=t.content_type, state=state, attempt=attempt,
+            max_attempts=t.max_attempts, failures=0, idempotency_key=t.idempotency_key,
+            retry_backoff_s=t.retry_backoff_s, result=None, result_content_type="",
+            last_error=error, node_id=node_id, session_id=session_id, lease_expiries=0,
+            cancel_requested=False, progress=None,
             created_at=now, updated_at=now, started_at=None, finished_at=finished_at,
             next_attempt_at=t.run_at, priority=t.priority, run_at=t.run_at,
             execution_timeout_s=t.execution_timeout_s, expires_at=expires_at,

@@ -22,6 +22,8 @@ from dtq.v1 import (
 )
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
+from dtq_server.models import Lease
+from dtq_server.updates import Succeeded
 from dtq_server.validation import SpecInput
 from tests.harness import (
     HEARTBEAT_TIMEOUT_S,
@@ -442,4 +444,33 @@ def test_a_submit_whose_caller_gives_up_during_the_commit_still_queues_the_task(
     node = RawNode(coordinator.address, slots=1)
     [lease] = assigned(node)  # stored AND queued: dispatched without a restart
     assert get(tasks, lease.task_id).state != QUEUED
+    node.close()
+
+
+def test_an_outcome_whose_stream_is_torn_down_during_the_commit_still_ends_the_lease(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """A connection rotation can cancel the stream's reader while its commit runs (N8)."""
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, slots=1)
+    [lease] = assigned(node)
+    server = coordinator.server.coordinator
+    outcome = Succeeded(Lease(task_id, lease.attempt), b'"ok"', "application/json")
+
+    async def apply_then_tear_down() -> bool:
+        session = server.registry.sessions[node.session_id]
+        call = asyncio.ensure_future(server.sessions.apply_updates(session, [outcome]))
+        await asyncio.sleep(0)  # the commit is queued; the stream goes away now
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(0.2)  # the commit and its follow-up finish on their own
+        return task_id in session.leases
+
+    assert coordinator.call(apply_then_tear_down()) is False, "the lease is still held"
+    assert get(tasks, task_id).state == SUCCEEDED
+    # The node never saw an ack and resends its result: it is the same one, accepted.
+    node.report(succeeded(task_id, lease.attempt, b'"ok"'))
+    [ack] = node.next("update_acks").update_acks.acks
+    assert ack.accepted, ack
     node.close()

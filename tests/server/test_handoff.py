@@ -1,0 +1,132 @@
+"""New tasks handed straight to an idle node, leased in the commit that stores them.
+
+Against a real in-process coordinator; RawNode speaks the worker protocol by
+hand so each test sees exactly what the node is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
+from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
+from dtq.v1.task_service_pb2_grpc import TaskServiceStub
+from dtq_server.validation import SpecInput
+from tests.harness import InProcessCoordinator, RawNode, succeeded, wait_until
+
+QUEUED, LEASED = task_pb2.TASK_STATE_QUEUED, task_pb2.TASK_STATE_LEASED
+
+
+def submit(tasks: TaskServiceStub, **fields: object) -> task_pb2.Task:
+    spec = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"{}"), **fields)  # type: ignore[arg-type]
+    return tasks.SubmitTask(task_service_pb2.SubmitTaskRequest(task=spec), timeout=10).task
+
+
+def get(tasks: TaskServiceStub, task_id: str) -> task_pb2.Task:
+    return tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=task_id), timeout=10).task
+
+
+def assigned_ids(node: RawNode) -> list[str]:
+    message = node.next("assignments")
+    return [a.lease.task_id for a in message.assignments.assignments]
+
+
+def test_a_task_for_an_idle_node_is_stored_leased_and_sent_at_once(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    node = RawNode(coordinator.address, slots=1)
+    task = submit(tasks)
+    # The submit's own commit leased it: the answer already says so.
+    assert (task.state, task.attempt, task.node_id) == (LEASED, 1, "raw")
+    assert assigned_ids(node) == [task.id]
+    stored = get(tasks, task.id)
+    assert (stored.state, stored.attempt, stored.node_id) == (LEASED, 1, "raw")
+    node.report(succeeded(task.id, 1, b'"ok"'))
+    [ack] = node.next("update_acks").update_acks.acks
+    assert ack.accepted
+    node.close()
+
+
+def test_a_task_behind_waiting_work_keeps_its_place_in_the_queue(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    node = RawNode(coordinator.address, slots=1)
+    first = submit(tasks)
+    assert assigned_ids(node) == [first.id]
+    second = submit(tasks)  # the node is busy: queued, not leased
+    assert second.state == QUEUED
+    node.report(succeeded(first.id, 1, b'"ok"'))
+    node.next("update_acks")
+    assert assigned_ids(node) == [second.id]
+    third = submit(tasks)  # the node is busy again: FIFO through the queue
+    assert third.state == QUEUED
+    node.close()
+
+
+def test_a_paused_queue_gets_no_direct_leases(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
+) -> None:
+    admin.UpdateQueue(admin_service_pb2.UpdateQueueRequest(name="default", paused=True), timeout=10)
+    node = RawNode(coordinator.address, slots=1)
+    task = submit(tasks)
+    assert task.state == QUEUED
+    node.heartbeat(1)
+    node.next("heartbeat_ack")
+    assert node.received.empty(), "a paused queue must not hand out work"
+    node.close()
+
+
+def test_a_node_leaving_before_the_commit_returns_its_direct_lease_to_the_queue(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    leaving = RawNode(coordinator.address, node_id="leaving", slots=1)
+    server = coordinator.server.coordinator
+    spec = SpecInput(
+        type="echo",
+        queue="",
+        payload=b"{}",
+        content_type="",
+        max_attempts=0,
+        idempotency_key="",
+        retry_backoff_s=None,
+    )
+
+    async def submit_while_the_node_leaves() -> str:
+        # Keep the writer busy so the insert is still waiting when the node leaves.
+        busy = asyncio.ensure_future(server.store._writer.run(lambda conn: time.sleep(0.5)))  # type: ignore[attr-defined]
+        [session] = server.registry.live_for_node("leaving")
+        call = asyncio.ensure_future(server.submit([spec], batch=False))
+        for _ in range(100):  # a few loop turns: validated, reserved, insert queued
+            if session.leases:
+                break
+            await asyncio.sleep(0)
+        assert session.leases, "the idle node's slot was reserved"
+        assert not busy.done() and not call.done()
+        await server.sessions.leave(session, "test")
+        [(record, created)] = await call
+        assert created
+        return record.id
+
+    task_id = coordinator.call(submit_while_the_node_leaves())
+    wait_until(lambda: get(tasks, task_id).state == QUEUED, 10, what="the task requeued")
+    other = RawNode(coordinator.address, node_id="other", slots=1)
+    assert assigned_ids(other) == [task_id]
+    assert get(tasks, task_id).attempt == 2  # the direct lease was attempt 1: fenced off
+    other.close()
+    leaving.channel.close()
+
+
+def test_direct_leases_are_spread_across_idle_nodes_in_turn(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    a = RawNode(coordinator.address, node_id="a", slots=4)
+    b = RawNode(coordinator.address, node_id="b", slots=4)
+    spec = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"{}"))
+    response = tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=[spec] * 4), timeout=10)
+    nodes = [r.task.node_id for r in response.results]
+    assert all(r.task.state == LEASED for r in response.results)
+    assert sorted(nodes) == ["a", "a", "b", "b"], nodes
+    assert len(assigned_ids(a)) == 2 and len(assigned_ids(b)) == 2
+    a.close()
+    b.close()
