@@ -475,12 +475,23 @@ class Client(ScheduleCalls, ClusterCalls):
             with translate_rpc_errors():
                 for response in call:
                     task = convert.task_from_proto(response.task)
-                    yield task
                     if task.is_terminal:
+                        _finish(call)
+                        yield task
                         return
+                    yield task
         finally:
             call.cancel()  # ends the call when the consumer stops early; a no-op otherwise
         raise Unavailable(grpc.StatusCode.UNAVAILABLE, "watch stream ended early")
+
+
+def _finish(call: Iterator[object]) -> None:
+    """Read a watch call to its end after the terminal state, which the coordinator follows
+    at once with its status: cancelling instead races that status, and grpc then logs an
+    error on the coordinator for a stream that ended normally."""
+    with contextlib.suppress(grpc.RpcError):
+        for _ in call:
+            pass
 
 
 def _raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: WaitTimeout) -> None:

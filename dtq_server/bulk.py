@@ -15,6 +15,7 @@ import time
 import structlog
 
 from dtq_server.board import TaskBoard
+from dtq_server.completion import run_to_completion
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import InvalidArgument, StoreUnavailable
 from dtq_server.models import TaskFilter, TaskState
@@ -61,6 +62,9 @@ class BulkOperations:
 
     async def cancel_many(self, task_filter: TaskFilter) -> tuple[int, int]:
         """Cancel unfinished tasks matching a filter: (cancelled, cancel_requested)."""
+        return await run_to_completion(self._cancel_many(task_filter))
+
+    async def _cancel_many(self, task_filter: TaskFilter) -> tuple[int, int]:
         if task_filter.queue is None and task_filter.type is None:
             raise InvalidArgument([("queue", "give a queue or a type (or both)")])
         if task_filter.state is not None and task_filter.state.is_terminal:
@@ -114,6 +118,9 @@ class BulkOperations:
 
     async def retry(self, task_ids: list[str], task_filter: TaskFilter) -> RetryOutcome:
         """Send FAILED (or CANCELLED) tasks back to their queue with a fresh attempt budget."""
+        return await run_to_completion(self._retry(task_ids, task_filter))
+
+    async def _retry(self, task_ids: list[str], task_filter: TaskFilter) -> RetryOutcome:
         has_filter = task_filter.queue is not None or task_filter.type is not None
         if task_ids and (has_filter or task_filter.state is not None):
             raise InvalidArgument([("task_ids", "give task ids or a filter, not both")])

@@ -6,7 +6,9 @@ connection rotation) stopped that coroutine between the commit and the memory
 update that follows it, memory and store would disagree for good: a stored
 task missing from the queue, a finished task whose lease memory still holds.
 So the commit and its follow-up run as a task of their own; the caller's
-cancellation stops only the caller's wait.
+cancellation stops only the caller's wait. Used by every call that commits and
+then changes memory: submits, node outcomes, cancels, retries, and the requeue
+of a session's leases when it ends.
 """
 
 from __future__ import annotations

@@ -341,6 +341,9 @@ class Coordinator:
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued task at once; ask the node of a running one to stop it."""
+        return await run_to_completion(self._cancel(task_id))
+
+    async def _cancel(self, task_id: str) -> TaskRecord:
         task_id = validate_task_id(task_id)
         await self._loaded.wait()  # a queued task not yet loaded would look finished
         task = self.board.active.get(task_id)

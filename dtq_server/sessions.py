@@ -429,6 +429,9 @@ class NodeSessions:
 
     async def requeue_orphans(self) -> None:
         """Commit the requeue (or dead-lettering) of leases whose session ended."""
+        await run_to_completion(self._requeue_orphans())
+
+    async def _requeue_orphans(self) -> None:
         orphans = list(self._orphans.values())
         if not orphans:
             return

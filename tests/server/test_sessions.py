@@ -22,7 +22,7 @@ from dtq.v1 import (
 )
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
-from dtq_server.models import Lease
+from dtq_server.models import Lease, TaskFilter
 from dtq_server.updates import Succeeded
 from dtq_server.validation import SpecInput
 from tests.harness import (
@@ -473,4 +473,27 @@ def test_an_outcome_whose_stream_is_torn_down_during_the_commit_still_ends_the_l
     node.report(succeeded(task_id, lease.attempt, b'"ok"'))
     [ack] = node.next("update_acks").update_acks.acks
     assert ack.accepted, ack
+    node.close()
+
+
+def test_a_retry_whose_caller_gives_up_during_the_commit_still_queues_the_task(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    task_id = submit(tasks)
+    tasks.CancelTask(task_service_pb2.CancelTaskRequest(task_id=task_id), timeout=10)
+    server = coordinator.server.coordinator
+
+    async def retry_then_give_up() -> None:
+        call = asyncio.ensure_future(server.bulk.retry([task_id], TaskFilter()))
+        for _ in range(100):  # until the retry's commit is queued
+            if server.store._writer._queue.qsize():  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0)
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+    coordinator.call(retry_then_give_up())
+    node = RawNode(coordinator.address, slots=1)
+    assert [lease.task_id for lease in assigned(node)] == [task_id]  # back on the queue
     node.close()
