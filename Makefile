@@ -48,7 +48,7 @@ protos-check: install
 	@$(PY) -m grpc_tools.protoc -Iprotos --python_out=.protos-check --pyi_out=.protos-check \
 		--grpc_python_out=.protos-check $(PROTO_FILES)
 	@touch .protos-check/dtq/v1/__init__.py
-	@diff -r .protos-check/dtq/v1 dtq/v1 >/dev/null || \
+	@diff -r -x __pycache__ .protos-check/dtq/v1 dtq/v1 >/dev/null || \
 		{ echo "dtq/v1 is out of date with protos/: run 'make protos'" >&2; rm -rf .protos-check; exit 1; }
 	@rm -rf .protos-check
 	@echo "protos: generated code matches protos/"
