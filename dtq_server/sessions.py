@@ -21,12 +21,13 @@ from dtq_server.completion import run_to_completion
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import SessionExpired, ShuttingDown, StoreUnavailable
-from dtq_server.models import ActiveTask, Lease, NodeState, Registration, TaskState
+from dtq_server.models import ActiveTask, Assignment, Lease, NodeState, Registration, TaskState
 from dtq_server.outcomes import OutcomeRules
 from dtq_server.registry import (
     EndStream,
     NodeRegistry,
     Outbound,
+    SendAssignments,
     SendCancel,
     SendDrain,
     SendHeartbeatAck,
@@ -177,12 +178,47 @@ class NodeSessions:
         stale = [
             lease for lease in node.leases if session.leases.get(lease.task_id) != lease.attempt
         ]
-        lost = [tid for tid, attempt in session.leases.items() if held.get(tid) != attempt]
-        for task_id in lost:  # assigned, but the assignment never reached the node
-            self._orphan(task_id, session.leases.pop(task_id), expired=False)
+        # Assigned, but the assignment never reached the node (it was in flight when
+        # the stream broke): the lease is still this session's, so send it again on
+        # the new stream, same attempt, instead of requeuing it as a new one.
+        lost = {tid: attempt for tid, attempt in session.leases.items() if held.get(tid) != attempt}
         if lost:
-            asyncio.get_running_loop().create_task(self.requeue_orphans())
+            resend = asyncio.get_running_loop().create_task(self._resend(session, lost))
+            self._background.add(resend)
+            resend.add_done_callback(self._background.discard)
         return Registered(session, resumed=True, stale=stale)
+
+    async def _resend(self, session: Session, lost: dict[str, int]) -> None:
+        """Send a resumed session the assignments it never got (requeue them if unreadable)."""
+        again: list[Assignment] = []
+        for task_id, attempt in lost.items():
+            try:
+                record = await self._store.get(task_id)
+            except StoreUnavailable:
+                record = None
+            if session.leases.get(task_id) != attempt:
+                continue  # ended meanwhile (cancelled, the session gone): nothing to send
+            if record is None or record.attempt != attempt or not record.state.is_leased:
+                self._orphan(task_id, session.leases.pop(task_id), expired=False)
+                continue
+            again.append(
+                Assignment(
+                    lease=Lease(task_id, attempt),
+                    type=record.type,
+                    queue=record.queue,
+                    payload=record.payload,
+                    content_type=record.content_type,
+                    max_attempts=record.max_attempts,
+                    created_at=record.created_at,
+                    execution_timeout_s=record.execution_timeout_s,
+                    priority=record.priority,
+                )
+            )
+        if again:
+            log.info("node.assignments_resent", session_id=session.id, count=len(again))
+            session.send(SendAssignments(again))
+        if self._orphans:
+            await self.requeue_orphans()
 
     def detach(self, session: Session, outbox: asyncio.Queue[Outbound]) -> None:
         """The stream that carried ``outbox`` ended without Leave.

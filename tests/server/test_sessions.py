@@ -234,18 +234,23 @@ def test_resumed_session_keeps_its_lease(coordinator: InProcessCoordinator, task
     again.close()
 
 
-def test_resume_requeues_assignments_the_node_never_got(
+def test_resume_resends_assignments_the_node_never_got(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub
 ):
+    """An assignment in flight when the stream broke is sent again, same lease (N8)."""
     task_id = submit(tasks)
     node = RawNode(coordinator.address, node_id="lossy")
     assigned(node)
     node.abort()
     again = RawNode(coordinator.address, node_id="lossy", resume_session_id=node.session_id)
     assert again.registered.resumed
-    (lease,) = assigned(again)  # requeued at once and dispatched again
-    assert (lease.task_id, lease.attempt) == (task_id, 2)
-    assert get(tasks, task_id).lease_expiries == 0
+    (lease,) = assigned(again)  # the same lease: not requeued as a new attempt
+    assert (lease.task_id, lease.attempt) == (task_id, 1)
+    stored = get(tasks, task_id)
+    assert (stored.attempt, stored.lease_expiries) == (1, 0)
+    again.report(succeeded(task_id, 1, b'"ok"'))
+    [ack] = again.next("update_acks").update_acks.acks
+    assert ack.accepted
     again.close()
 
 
