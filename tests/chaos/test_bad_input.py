@@ -99,7 +99,9 @@ def spec(type_: str = "ok", data: bytes = b"{}", **fields: Any) -> task_pb2.Task
 def test_b1_oversized_payloads_and_results(
     make_cluster: MakeCluster, row: BRow, size: Size
 ) -> None:
-    cluster = make_cluster()
+    # The raw node below resumes its session after its 100 MiB (full size) stream was
+    # refused; moving that many bytes can take longer than the usual 2 s timeout.
+    cluster = make_cluster("--heartbeat-timeout", "15")
     server = cluster.server
     huge = size.pick(20, 100) * MiB
     with grpc.insecure_channel(server.address) as channel:
