@@ -204,7 +204,13 @@ def test_f2_crash_at_commit_point(scenarios: Scenarios, size: Size, failpoint: s
         worst = max(ts - restarted_at for ts in ran_after_restart().values())
         run.row.redelivery_s, run.row.redelivery_limit_s = worst, REDELIVERY_LIMIT_S
         not_first = [e for e in cluster.executions() if e.task_id in in_flight and e.attempt != 1]
-        if not_first:
+        registrations = [e for e in cluster.node_events("a") if e["event"] == "node.registered"]
+        if len(registrations) < 2:
+            # The crash beat the registration answer: the node never knew the session that
+            # holds the leases, so it could not resume it and they expire and run again as
+            # attempt 2. Rare (the first dispatch races the answer) but correct.
+            run.note(f"a never learned its first session; {len(not_first)} ran as attempt 2")
+        elif not_first:
             extra.append(f"unsent leases ran under a new attempt: {not_first[:3]}")
     done_before = {
         t.id for t in evidence.read_tasks(snapshot).values() if t.state is TaskState.SUCCEEDED
