@@ -1,11 +1,13 @@
-"""Splitting a stream of items into batches bounded by count and size."""
+"""Splitting a stream of items into batches, and sending them one step ahead."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def batches(
@@ -32,3 +34,26 @@ def batches(
         batch_bytes += size
     if batch:
         yield batch
+
+
+def send_ahead(call: Callable[[T], R], requests: Sequence[T]) -> Iterator[tuple[T, R]]:
+    """Yield ``(request, call(request))`` in order, with the next call already under way.
+
+    The calls run one at a time, in order, on a helper thread; the next one starts
+    before its predecessor's answer is yielded, so the caller's work on an answer
+    (converting thousands of tasks) overlaps the coordinator's work on the next
+    batch. A call that raises stops everything after it: nothing later is sent.
+    One request (or none) needs no thread.
+    """
+    if len(requests) <= 1:
+        for request in requests:
+            yield request, call(request)
+        return
+    # Leaving early (the caller stops iterating) waits for the call under way.
+    with ThreadPoolExecutor(1, thread_name_prefix="dtq-send-ahead") as pool:
+        future = pool.submit(call, requests[0])
+        for index, request in enumerate(requests):
+            response = future.result()
+            if index + 1 < len(requests):
+                future = pool.submit(call, requests[index + 1])
+            yield request, response

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def time_from_proto(message: Message, name: str) -> datetime | None:
@@ -13,7 +15,10 @@ def time_from_proto(message: Message, name: str) -> datetime | None:
     if not message.HasField(name):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, name)
-    return stamp.ToDatetime(tzinfo=UTC)
+    # What ``ToDatetime(tzinfo=UTC)`` computes (nanoseconds truncated to microseconds),
+    # without its range check and time zone conversion: a task carries up to eight
+    # timestamps and a submit_many answer thousands of tasks.
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def time_to_proto(value: datetime | None) -> timestamp_pb2.Timestamp | None:
