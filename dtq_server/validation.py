@@ -13,6 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import uuid6
+
 from dtq_server.config import ServerConfig
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import DependencyFailure, Lease, NewTask, Registration
@@ -148,7 +150,11 @@ def validate_spec(
     digest.update("\0".join(parts).encode())
     digest.update(spec.payload)
     return NewTask(
-        id=str(uuid.uuid4()),
+        # Time-ordered (UUIDv7): each new id lands at the end of the tasks.id index
+        # instead of at a random page. With random ids (uuid4) an insert cost grew
+        # from 17 to 50 us per row as the table grew to 80,000 rows; with these it
+        # stays at 15 (see the commit adding it).
+        id=str(uuid6.uuid7()),
         type=spec.type,
         queue=queue,
         payload=spec.payload,
