@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
-from typing import Self
+from typing import Protocol, Self
 
 import grpc
 
@@ -65,6 +65,18 @@ _SPEC_FRAMING_BYTES = 6
 # A watch slice ending this close to the wait's deadline counts as the wait timing out.
 _DEADLINE_SLACK_S = 0.05
 _MAX_PAGE_SIZE = 1_000
+
+
+class _TaskStreamCall(Protocol):
+    """A WatchTask or SubmitAndWatchTask call: messages that carry a task, and cancel()."""
+
+    def __iter__(
+        self,
+    ) -> Iterator[
+        task_service_pb2.WatchTaskResponse | task_service_pb2.SubmitAndWatchTaskResponse
+    ]: ...
+
+    def cancel(self) -> bool: ...
 
 
 class Client(ScheduleCalls, ClusterCalls):
@@ -177,6 +189,44 @@ class Client(ScheduleCalls, ClusterCalls):
             self._tasks.SubmitTask, request, retry.SUBMIT_CODES
         )
         return convert.task_from_proto(response.task)
+
+    def submit_and_wait(self, spec: TaskSpec, timeout_s: float | None = None) -> Task:
+        """Submit one task, block until it is terminal and return it, whatever its outcome.
+
+        What :meth:`submit` then :meth:`wait` do, in one call: the coordinator
+        streams the task from its commit to its end, so the result arrives
+        without the round trip of opening a watch after the submit's answer
+        (a large part of the time to the result of a short task). Submitting
+        follows :meth:`submit`'s rules: a generated idempotency key if the spec
+        has none, retries on UNAVAILABLE and DEADLINE_EXCEEDED, its errors
+        before the task is stored. Waiting follows :meth:`wait`'s:
+        :class:`WaitTimeout` if ``timeout_s`` passes first (None waits for
+        ever). The call itself lasts at most ``config.timeout_s``; a task still
+        running then (or a stream that breaks after the submit) is followed
+        with :meth:`wait`.
+        """
+        if not spec.idempotency_key:
+            spec = replace(spec, idempotency_key=uuid.uuid4().hex)
+        request = task_service_pb2.SubmitAndWatchTaskRequest(task=convert.spec_to_proto(spec))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def attempt() -> tuple[Task, Generator[Task, None, None]]:
+            call_s = self.config.timeout_s
+            if deadline is not None:
+                call_s = max(0.0, min(call_s, deadline - time.monotonic()))
+            stream = _follow(self._tasks.SubmitAndWatchTask(request, timeout=call_s))
+            return next(stream), stream
+
+        retrying = retry.retrying(self.config.retry, retry.SUBMIT_CODES, deadline=deadline)
+        stored, rest = retrying(attempt)  # from here on, only waiting is left
+        task = stored
+        with contextlib.closing(rest), contextlib.suppress(Unavailable, DeadlineExceeded):
+            for task in itertools.chain([stored], rest):
+                if task.is_terminal:
+                    return task
+        if deadline is not None and deadline - time.monotonic() < _DEADLINE_SLACK_S:
+            raise WaitTimeout(task.id, timeout_s, task)
+        return self.wait(task.id, None if deadline is None else deadline - time.monotonic())
 
     def submit_many(self, specs: Iterable[TaskSpec]) -> list[SubmitResult]:
         """Submit many tasks, returning one result per spec in order.
@@ -476,22 +526,27 @@ class Client(ScheduleCalls, ClusterCalls):
     def _watch_stream(self, task_id: str, timeout_s: float) -> Generator[Task, None, None]:
         """One WatchTask call; Unavailable if it ends before a terminal state."""
         request = task_service_pb2.WatchTaskRequest(task_id=task_id)
-        call = self._tasks.WatchTask(request, timeout=timeout_s)
-        try:
-            with translate_rpc_errors():
-                for response in call:
-                    task = convert.task_from_proto(response.task)
-                    if task.is_terminal:
-                        _finish(call)
-                        yield task
-                        return
+        return _follow(self._tasks.WatchTask(request, timeout=timeout_s))
+
+
+def _follow(call: _TaskStreamCall) -> Generator[Task, None, None]:
+    """The tasks a WatchTask or SubmitAndWatchTask call streams, ending after a terminal
+    one; Unavailable if the call ends before that."""
+    try:
+        with translate_rpc_errors():
+            for response in call:
+                task = convert.task_from_proto(response.task)
+                if task.is_terminal:
+                    _finish(call)
                     yield task
-        finally:
-            call.cancel()  # ends the call when the consumer stops early; a no-op otherwise
-        raise Unavailable(grpc.StatusCode.UNAVAILABLE, "watch stream ended early")
+                    return
+                yield task
+    finally:
+        call.cancel()  # ends the call when the consumer stops early; a no-op otherwise
+    raise Unavailable(grpc.StatusCode.UNAVAILABLE, "watch stream ended early")
 
 
-def _finish(call: Iterator[object]) -> None:
+def _finish(call: Iterable[object]) -> None:
     """Read a watch call to its end after the terminal state, which the coordinator follows
     at once with its status: cancelling instead races that status, and grpc then logs an
     error on the coordinator for a stream that ended normally."""

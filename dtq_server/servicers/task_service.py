@@ -72,6 +72,23 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         async for record in self._coordinator.watch(request.task_id):
             yield pb.WatchTaskResponse(task=task_to_proto(record))
 
+    @stream_boundary
+    async def SubmitAndWatchTask(
+        self, request: pb.SubmitAndWatchTaskRequest, context: Context
+    ) -> AsyncIterator[pb.SubmitAndWatchTaskResponse]:
+        if not request.HasField("task"):
+            raise InvalidArgument([("task", "is required")])
+        [(record, created)] = await self._coordinator.submit(
+            [spec_from_proto(request.task)], batch=False
+        )
+        yield pb.SubmitAndWatchTaskResponse(task=task_to_proto(record), created=created)
+        if record.state.is_terminal:  # a known key's task, already finished
+            return
+        # The watch starts with the task as it is now: no change can fall in between.
+        async for change in self._coordinator.watch(record.id):
+            if change != record:
+                yield pb.SubmitAndWatchTaskResponse(task=task_to_proto(change), created=created)
+
     @unary_boundary
     async def CancelTask(
         self, request: pb.CancelTaskRequest, context: Context

@@ -384,6 +384,61 @@ def test_long_watches_are_renewed(cluster: Cluster) -> None:
         assert time.monotonic() - started > 0.8
 
 
+# --- submit and wait in one call ------------------------------------------------------------
+
+
+def test_submit_and_wait_returns_the_finished_task(cluster: Cluster, client: Client) -> None:
+    done = client.submit_and_wait(TaskSpec("echo", {"x": 2}), timeout_s=10)
+    assert done.state is TaskState.SUCCEEDED
+    assert done.result_value() == {"x": 2}
+    assert (done.node_id, done.attempt) == (cluster.node_id, 1)
+    assert client.get(done.id) == done
+
+
+def test_submit_and_wait_returns_a_failed_task(client: Client) -> None:
+    done = client.submit_and_wait(TaskSpec("fail", {"message": "no"}, max_attempts=1), 10)
+    assert done.state is TaskState.FAILED
+    assert done.last_error is not None and done.last_error.message == "no"
+
+
+def test_submit_and_wait_refuses_a_bad_spec_before_storing_it(client: Client, queue: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        client.submit_and_wait(TaskSpec("echo", queue=queue, priority=5000), timeout_s=5)
+    assert [f for f, _ in info.value.field_violations] == ["task.priority"]
+    assert client.list_tasks(queue=queue) == []
+
+
+def test_submit_and_wait_times_out_with_the_stored_task(client: Client, queue: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as info:
+        client.submit_and_wait(TaskSpec(NOBODY, queue=queue), timeout_s=0.3)
+    assert 0.25 < time.monotonic() - started < 3
+    last = info.value.last
+    assert last is not None and last.state is TaskState.QUEUED
+    assert [t.id for t in client.list_tasks(queue=queue)] == [info.value.task_id] == [last.id]
+
+
+def test_submit_and_wait_with_a_known_key_returns_that_task(client: Client) -> None:
+    key = f"saw-{uuid.uuid4().hex}"
+    first = client.submit_and_wait(TaskSpec("echo", 7, idempotency_key=key), timeout_s=10)
+    again = client.submit_and_wait(TaskSpec("echo", 7, idempotency_key=key), timeout_s=10)
+    assert again == first and first.state is TaskState.SUCCEEDED
+    with pytest.raises(AlreadyExists):
+        client.submit_and_wait(TaskSpec("echo", 8, idempotency_key=key), timeout_s=10)
+
+
+def test_submit_and_wait_follows_a_task_longer_than_one_call(cluster: Cluster) -> None:
+    # The call lasts at most timeout_s (0.3 s); the task runs 1 s, so wait() finishes it.
+    config = ClientConfig(address=cluster.address, retry=FAST_RETRY, timeout_s=0.3)
+    with Client.from_config(config) as client:
+        started = time.monotonic()
+        done = client.submit_and_wait(TaskSpec("sleep", {"seconds": 1}), timeout_s=20)
+        assert done.state is TaskState.SUCCEEDED
+        assert done.result_value() == {"slept": 1.0}
+        assert time.monotonic() - started > 0.9
+        assert client.get(done.id) == done
+
+
 def test_wait_on_a_missing_task_raises(client: Client) -> None:
     with pytest.raises(TaskNotFound):
         client.wait(str(uuid.uuid4()), timeout_s=5)
@@ -490,5 +545,27 @@ def test_a_watch_rides_out_a_restart(
             watch.result(15)
             # The reopened stream's first state (still queued) is not repeated.
             assert seen == [TaskState.QUEUED, TaskState.CANCELLED]
+        finally:
+            restarted.stop()
+
+
+def test_submit_and_wait_rides_out_a_restart_after_the_submit(
+    server: ServerProcess, queue: str, retries: Callable[[], list[logging.LogRecord]]
+) -> None:
+    with Client(server.address, timeout_s=5.0, retry=RESTART_RETRY) as client:
+        spec = TaskSpec(NOBODY, queue=queue)
+        waited = Background(lambda: client.submit_and_wait(spec, timeout_s=20))
+        wait_until(lambda: client.list_tasks(queue=queue), 10, what="the task to be stored")
+        [stored] = client.list_tasks(queue=queue)
+        server.kill9()
+        # The broken call is followed by wait() (or, if the answer was lost, resubmitted).
+        wait_until(retries, 10, what="the call to reconnect")
+        restarted = restart(server)
+        try:
+            with Client(restarted.address, retry=RESTART_RETRY) as other:
+                assert other.cancel(stored.id).state is TaskState.CANCELLED
+            done = waited.result(15)
+            assert isinstance(done, Task)
+            assert (done.id, done.state) == (stored.id, TaskState.CANCELLED)
         finally:
             restarted.stop()

@@ -164,3 +164,24 @@ def test_watch_sends_current_state_then_ends_at_terminal(tasks: TaskServiceStub)
         for m in tasks.WatchTask(task_service_pb2.WatchTaskRequest(task_id=task.id), timeout=10)
     ]
     assert states == [task_pb2.TASK_STATE_CANCELLED]
+
+
+def test_submit_and_watch_acks_the_commit_then_streams_to_the_end(tasks: TaskServiceStub) -> None:
+    request = task_service_pb2.SubmitAndWatchTaskRequest(task=SPEC)
+    call = tasks.SubmitAndWatchTask(request, timeout=10)
+    first = next(call)
+    assert first.created and first.task.state == task_pb2.TASK_STATE_QUEUED
+    # Acknowledged means committed: another call reads it.
+    got = tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=first.task.id), timeout=10)
+    assert got.task == first.task
+    tasks.CancelTask(task_service_pb2.CancelTaskRequest(task_id=first.task.id), timeout=10)
+    rest = list(call)
+    assert [(m.task.state, m.created) for m in rest] == [(task_pb2.TASK_STATE_CANCELLED, True)]
+
+
+def test_submit_and_watch_without_a_task_is_invalid(tasks: TaskServiceStub) -> None:
+    request = task_service_pb2.SubmitAndWatchTaskRequest()
+    with pytest.raises(grpc.RpcError) as info:
+        list(tasks.SubmitAndWatchTask(request, timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(info.value)[1] == ["task"]
