@@ -11,13 +11,8 @@ loop converts and validates the next one while the writer thread stores the
 previous one; answers still go out in submit order.
 
 A bad submit must fail alone, but a batch is all or nothing, so a pile that
-the batch refuses is taken apart (:func:`_settle`): each spec is validated on
-its own, the valid ones are tried as a batch again, and if that still fails
-(an idempotency clash, a missing dependency, a key repeated within the pile)
-each goes in its own submit. The group-commit writer still gathers those into
-few commits, one savepoint each, in pile order. (A pile taken apart is stored
-after the pile behind it; so if both repeat one idempotency key, the later
-submit may be the one answered ``created``. Either way one task, one id.)
+the batch refuses is taken apart (:func:`dtq_server.piles.settle`, shared
+with concurrent unary submits).
 
 Errors that are not about one submit (shutting down, the store failing) end
 the stream; the client resends what was not answered, which idempotency keys
@@ -30,39 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from dtq.v1 import task_service_pb2 as pb
+from dtq_server import piles
 from dtq_server.coordinator import Coordinator
-from dtq_server.errors import (
-    CoordinatorError,
-    IdempotencyKeyReused,
-    InvalidArgument,
-    ShuttingDown,
-)
-from dtq_server.models import TaskRecord
+from dtq_server.errors import CoordinatorError, InvalidArgument, ShuttingDown
+from dtq_server.piles import COMMITS_IN_FLIGHT, MAX_PILE, Outcome
 from dtq_server.servicers.convert import spec_from_proto
 from dtq_server.servicers.errors import rich_status
-from dtq_server.validation import MAX_BATCH, SpecInput, Violations, validate_spec
+from dtq_server.validation import MAX_BATCH, SpecInput
 
-MAX_PILE = MAX_BATCH
-"""Most submits committed together (a batch submit's limit)."""
 MAX_FRAME = MAX_BATCH
 """Most submits one request frame may carry; more ends the stream INVALID_ARGUMENT."""
 MAX_UNANSWERED = 2 * MAX_PILE
 """Reading pauses while this many submits wait for a commit."""
-COMMITS_IN_FLIGHT = 2
-"""Piles committing at once: the next pile is converted and validated on the event loop
-while the previous one is in the store's writer thread. Answers still go out in order."""
 IDLE_CHECK_S = 0.25
 """How often an idle stream looks whether shutdown began (it then ends UNAVAILABLE)."""
-
-Outcome = tuple[TaskRecord, bool] | CoordinatorError
-"""What one submit came to: the stored task and whether it is new, or why it was refused."""
-_PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused)
-"""Errors about one spec; every other error is about the stream (see the module docstring)."""
 
 
 async def answer_submits(
@@ -142,7 +122,7 @@ class _Pile:
 
 
 async def _settle(coordinator: Coordinator, submits: Sequence[pb.StreamedSubmit]) -> list[Outcome]:
-    """Commit a pile; one outcome per submit, in order (see the module docstring)."""
+    """Commit a pile; one outcome per submit, in order (see :mod:`dtq_server.piles`)."""
     outcomes: list[Outcome | None] = [None] * len(submits)
     specs: list[SpecInput] = []
     where: list[int] = []
@@ -153,60 +133,9 @@ async def _settle(coordinator: Coordinator, submits: Sequence[pb.StreamedSubmit]
         else:
             outcomes[i] = InvalidArgument([("task", "is required")])
     if specs:
-        try:
-            results: Sequence[Outcome] = await coordinator.submit(specs, batch=True)
-        except _PER_SUBMIT:
-            results = await _apart(coordinator, specs)
-        for i, outcome in zip(where, results, strict=True):
+        for i, outcome in zip(where, await piles.settle(coordinator, specs), strict=True):
             outcomes[i] = outcome
-    return _filled(outcomes)
-
-
-async def _apart(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
-    """Outcomes of specs a batch refused: bad ones named alone, good ones stored."""
-    now = time.time()
-    outcomes: list[Outcome | None] = []
-    valid: list[int] = []
-    for i, spec in enumerate(specs):
-        v = Violations()
-        validate_spec(spec, "task", coordinator.config, v, now)
-        outcomes.append(InvalidArgument(v.items) if v.items else None)
-        if not v.items:
-            valid.append(i)
-    if not valid:
-        return _filled(outcomes)
-    batch = [specs[i] for i in valid]
-    try:
-        stored: list[Outcome] = list(await coordinator.submit(batch, batch=True))
-    except _PER_SUBMIT:
-        stored = await _singly(coordinator, batch)
-    for i, outcome in zip(valid, stored, strict=True):
-        outcomes[i] = outcome
-    return _filled(outcomes)
-
-
-async def _singly(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
-    """One submit per spec, so one refusal each for what only the store sees (a key
-    clash, a missing dependency, a key repeated in the pile). They are queued at once
-    and share the writer's commits, one savepoint each, in order."""
-    singles = await asyncio.gather(
-        *(coordinator.submit([spec], batch=False) for spec in specs), return_exceptions=True
-    )
-    outcomes: list[Outcome] = []
-    for single in singles:
-        if isinstance(single, _PER_SUBMIT):
-            outcomes.append(single)
-        elif isinstance(single, BaseException):
-            raise single  # about the stream (shutting down, the store failing)
-        else:
-            outcomes.append(single[0])
-    return outcomes
-
-
-def _filled(outcomes: list[Outcome | None]) -> list[Outcome]:
-    """``outcomes`` once every slot is set."""
-    assert all(o is not None for o in outcomes), "a submit was left unanswered"
-    return [o for o in outcomes if o is not None]
+    return piles.filled(outcomes)
 
 
 def _response(

@@ -11,6 +11,7 @@ from dtq_server import offload
 from dtq_server.coordinator import Coordinator
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import TaskFilter, TaskState
+from dtq_server.piles import UnaryPiles
 from dtq_server.servicers.convert import spec_from_proto, task_to_proto
 from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
 from dtq_server.servicers.submit_stream import answer_submits
@@ -21,6 +22,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
 
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
+        # Concurrent single submits share one batch insert (see dtq_server.piles).
+        self._singles = UnaryPiles(coordinator)
 
     @unary_boundary
     async def SubmitTask(
@@ -28,9 +31,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> pb.SubmitTaskResponse:
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
-        [(record, created)] = await self._coordinator.submit(
-            [spec_from_proto(request.task)], batch=False
-        )
+        record, created = await self._singles.submit(spec_from_proto(request.task))
         return pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
 
     @unary_boundary
@@ -78,9 +79,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> AsyncIterator[pb.SubmitAndWatchTaskResponse]:
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
-        [(record, created)] = await self._coordinator.submit(
-            [spec_from_proto(request.task)], batch=False
-        )
+        record, created = await self._singles.submit(spec_from_proto(request.task))
         yield pb.SubmitAndWatchTaskResponse(task=task_to_proto(record), created=created)
         if record.state.is_terminal:  # a known key's task, already finished
             return

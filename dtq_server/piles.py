@@ -1,0 +1,150 @@
+"""Many single submits committed as one batch, each still answered on its own.
+
+A batch submit is all or nothing; single submits are not: each one that
+fails must fail alone, with the error it would get on its own. Committing a
+pile of them one writer operation each (a savepoint, a key lookup, a
+one-row insert) costs the store thread about as much again as the rest of
+the submit, so both the submit stream and concurrent unary SubmitTask calls
+commit their pile as ONE batch (:func:`settle`) and take it apart only when
+the batch is refused: each spec is validated on its own, the valid ones are
+tried as a batch again, and if that still fails (an idempotency clash, a
+missing dependency, a key repeated within the pile) each goes in its own
+submit. The group-commit writer gathers those into few commits, one
+savepoint each, in pile order. (A pile taken apart is stored after the pile
+behind it; so if both repeat one idempotency key, the later submit may be
+the one answered ``created``. Either way one task, one id.)
+
+:class:`UnaryPiles` gathers unary submits: a submit arriving while fewer
+than :data:`COMMITS_IN_FLIGHT` piles commit starts a pile at once (a lone
+submit waits for nothing), and whatever arrives meanwhile forms the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from dtq_server.coordinator import Coordinator
+from dtq_server.errors import CoordinatorError, IdempotencyKeyReused, InvalidArgument
+from dtq_server.models import TaskRecord
+from dtq_server.validation import MAX_BATCH, SpecInput, Violations, validate_spec
+
+MAX_PILE = MAX_BATCH
+"""Most submits committed together (a batch submit's limit)."""
+COMMITS_IN_FLIGHT = 2
+"""Piles committing at once: the next pile is converted and validated on the event loop
+while the previous one is in the store's writer thread."""
+
+Outcome = tuple[TaskRecord, bool] | CoordinatorError
+"""What one submit came to: the stored task and whether it is new, or why it was refused."""
+PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused)
+"""Errors about one spec. Any other error (shutting down, the store failing) is about
+the whole pile and is raised."""
+
+
+async def settle(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
+    """Commit a pile of single submits; one outcome per spec, in order."""
+    try:
+        return list(await coordinator.submit(specs, batch=True))
+    except PER_SUBMIT:
+        return await _apart(coordinator, specs)
+
+
+async def _apart(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
+    """Outcomes of specs a batch refused: bad ones named alone, good ones stored."""
+    now = time.time()
+    outcomes: list[Outcome | None] = []
+    valid: list[int] = []
+    for i, spec in enumerate(specs):
+        v = Violations()
+        validate_spec(spec, "task", coordinator.config, v, now)
+        outcomes.append(InvalidArgument(v.items) if v.items else None)
+        if not v.items:
+            valid.append(i)
+    if not valid:
+        return filled(outcomes)
+    batch = [specs[i] for i in valid]
+    try:
+        stored: list[Outcome] = list(await coordinator.submit(batch, batch=True))
+    except PER_SUBMIT:
+        stored = await _singly(coordinator, batch)
+    for i, outcome in zip(valid, stored, strict=True):
+        outcomes[i] = outcome
+    return filled(outcomes)
+
+
+async def _singly(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
+    """One submit per spec, so one refusal each for what only the store sees (a key
+    clash, a missing dependency, a key repeated in the pile). They are queued at once
+    and share the writer's commits, one savepoint each, in order."""
+    singles = await asyncio.gather(
+        *(coordinator.submit([spec], batch=False) for spec in specs), return_exceptions=True
+    )
+    outcomes: list[Outcome] = []
+    for single in singles:
+        if isinstance(single, PER_SUBMIT):
+            outcomes.append(single)
+        elif isinstance(single, BaseException):
+            raise single  # about the pile (shutting down, the store failing)
+        else:
+            outcomes.append(single[0])
+    return outcomes
+
+
+def filled(outcomes: Sequence[Outcome | None]) -> list[Outcome]:
+    """``outcomes`` once every slot is set."""
+    assert all(o is not None for o in outcomes), "a submit was left unanswered"
+    return [o for o in outcomes if o is not None]
+
+
+class UnaryPiles:
+    """Concurrent unary submits, committed in piles (see the module docstring)."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        self._waiting: list[tuple[SpecInput, asyncio.Future[tuple[TaskRecord, bool]]]] = []
+        self._commits: set[asyncio.Task[None]] = set()
+
+    async def submit(self, spec: SpecInput) -> tuple[TaskRecord, bool]:
+        """Store one task (or find it by its key): what ``Coordinator.submit`` of one spec
+        returns or raises, with the same field paths (``task.*``)."""
+        future: asyncio.Future[tuple[TaskRecord, bool]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((spec, future))
+        self._start()
+        # A caller that gives up cancels only its own wait: the pile's commit is a task
+        # of its own and still stores (and puts on the board) what it took.
+        return await future
+
+    def _start(self) -> None:
+        while len(self._commits) < COMMITS_IN_FLIGHT and self._waiting:
+            taken, self._waiting = self._waiting[:MAX_PILE], self._waiting[MAX_PILE:]
+            commit = asyncio.create_task(self._commit(taken), name="dtq-submit-pile")
+            self._commits.add(commit)
+            commit.add_done_callback(self._finished)
+
+    def _finished(self, commit: asyncio.Task[None]) -> None:
+        self._commits.discard(commit)
+        self._start()
+
+    async def _commit(
+        self, taken: list[tuple[SpecInput, asyncio.Future[tuple[TaskRecord, bool]]]]
+    ) -> None:
+        try:
+            outcomes = await settle(self._coordinator, [spec for spec, _ in taken])
+        except Exception as exc:  # about the whole pile: every submit in it fails with it
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except BaseException:  # the server is being torn down
+            for _, future in taken:
+                future.cancel()
+            raise
+        for (_, future), outcome in zip(taken, outcomes, strict=True):
+            if future.done():  # its caller gave up
+                continue
+            if isinstance(outcome, CoordinatorError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
