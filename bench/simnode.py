@@ -91,7 +91,11 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
-    asyncio.run(main_async(args.address, args.prefix, args.count))
+    try:
+        asyncio.run(main_async(args.address, args.prefix, args.count))
+    except grpc.aio.AioRpcError as exc:
+        # The P5 victims end here on purpose: frozen, declared dead, then cut off.
+        raise SystemExit(f"simnode {args.prefix}: stream ended {exc.code().name}") from None
 
 
 if __name__ == "__main__":
