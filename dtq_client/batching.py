@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -36,7 +36,7 @@ def batches(
         yield batch
 
 
-def send_ahead(call: Callable[[T], R], requests: Sequence[T]) -> Iterator[tuple[T, R]]:
+def send_ahead(call: Callable[[T], R], requests: Sequence[T]) -> Generator[tuple[T, R], None, None]:
     """Yield ``(request, call(request))`` in order, with the next call already under way.
 
     The calls run one at a time, in order, on a helper thread; the next one starts

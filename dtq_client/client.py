@@ -250,14 +250,17 @@ class Client(ScheduleCalls, ClusterCalls):
             )
         ]
         results: list[SubmitResult] = []
+        # closing(): leaving early (an error) waits for the batch under way, there and then.
+        answers = contextlib.closing(send_ahead(self._send_batch, requests))
         try:
-            for request, response in send_ahead(self._send_batch, requests):
-                if len(response.results) != len(request.tasks):
-                    raise ProtocolError(
-                        f"SubmitTasks answered {len(response.results)} results "
-                        f"for {len(request.tasks)} tasks"
-                    )
-                results += [convert.submit_result_from_proto(r) for r in response.results]
+            with answers as pairs:
+                for request, response in pairs:
+                    if len(response.results) != len(request.tasks):
+                        raise ProtocolError(
+                            f"SubmitTasks answered {len(response.results)} results "
+                            f"for {len(request.tasks)} tasks"
+                        )
+                    results += [convert.submit_result_from_proto(r) for r in response.results]
         except RpcError as exc:
             if not results:
                 raise
