@@ -6,9 +6,12 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf.message import Message
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dtq.v1 import admin_service_pb2, schedule_service_pb2, task_pb2, task_service_pb2
 from dtq_client import convert
+from dtq_client.convert.scalars import time_from_proto
 from dtq_client.errors import PayloadError, ProtocolError
 from dtq_client.models import (
     CancelCounts,
@@ -442,3 +445,17 @@ def test_rate_limits_round_trip() -> None:
     assert convert.rate_limit_from_proto(message) == limit
     assert written_fields(message) == contract_fields(admin_service_pb2.RateLimit)
     assert convert.to_json(limit) == {"key": "tenant-7", "perSecond": 2.5, "burst": 3}
+
+
+@given(
+    seconds=st.integers(min_value=-62_135_596_800, max_value=253_402_300_799),
+    nanos=st.integers(min_value=0, max_value=999_999_999),
+)
+def test_time_from_proto_equals_the_protobuf_conversion(seconds: int, nanos: int) -> None:
+    # time_from_proto skips Timestamp.ToDatetime for speed; it must agree with it.
+    message = task_pb2.Task()
+    message.create_time.seconds = seconds
+    message.create_time.nanos = nanos
+    expected = message.create_time.ToDatetime(tzinfo=UTC)
+    assert time_from_proto(message, "create_time") == expected
+    assert time_from_proto(message, "finish_time") is None
