@@ -13,12 +13,14 @@ the node's asyncio loop, each with one job:
 
 When the stream ends, the connection reconnects: after a break it resumes the
 session (``resume_session_id`` and the held leases) with exponential backoff
-and jitter (tenacity); after SESSION_EXPIRED the leases are gone, the node drops
-them and registers a new session. INVALID_ARGUMENT (a registration the
-coordinator refuses) is fatal. :meth:`Connection.close` writes everything
-pending, then Leave (which ends the session at once; any other stream end
-leaves it resumable until the heartbeat timeout), then half-closes, and waits
-for the coordinator to end the stream with OK.
+and jitter (tenacity), pausing at most a quarter of the session's heartbeat
+timeout so that several attempts fall within the coordinator's grace; after
+SESSION_EXPIRED the leases are gone, the node drops them and registers a new
+session. INVALID_ARGUMENT (a registration the coordinator refuses) is fatal.
+:meth:`Connection.close` writes everything pending, then Leave (which ends the
+session at once; any other stream end leaves it resumable until the heartbeat
+timeout), then half-closes, and waits for the coordinator to end the stream
+with OK.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ Call = grpc.aio.StreamStreamCall[
 ]
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
+RESUME_ATTEMPTS = 4
+"""While a session is resumable, reconnect pauses stay within its timeout / this."""
 """Used if NodeRegistered carries no interval."""
 FAILED_WRITE_GRACE_S = 1.0
 """After a failed write, how long the reader gets to learn how the stream ended."""
@@ -129,6 +133,9 @@ class Connection:
         """Stop signal: write what is pending, leave, half-close, do not reconnect."""
         self._leave_reason = ""
         self._session_id = ""
+        self._session_timeout_s = 0.0
+        """The heartbeat timeout of the session held: how long the coordinator waits
+        for this node to resume it after the stream breaks."""
         self._stream: _Stream | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -204,12 +211,25 @@ class Connection:
         """Open and register a stream, retrying breaks with backoff (not expiry or rejection)."""
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(StreamBroken),
-            wait=reconnect_backoff(self._config.reconnect_backoff_max_s),
+            wait=reconnect_backoff(self._pause_cap_s()),
             before_sleep=_log_retry,
             reraise=True,
         )
         stream: _Stream = await retrying(self._register, stub)
         return stream
+
+    def _pause_cap_s(self) -> float:
+        """The longest pause between reconnect attempts.
+
+        While the node holds a session, several attempts must land inside the
+        coordinator's grace for it (the heartbeat timeout, counted again from a
+        coordinator restart): otherwise a coordinator that is back in a second
+        still sees the node too late, and every task it held runs again.
+        """
+        cap = self._config.reconnect_backoff_max_s
+        if self._session_id and self._session_timeout_s > 0:
+            cap = min(cap, self._session_timeout_s / RESUME_ATTEMPTS)
+        return cap
 
     async def _register(self, stub: worker_service_pb2_grpc.WorkerServiceStub) -> _Stream:
         registration = self._handler.registration(self._session_id)
@@ -248,6 +268,7 @@ class Connection:
         timeout = message.heartbeat_timeout_s
         if timeout <= interval:
             timeout = 5 * interval
+        self._session_timeout_s = timeout
         loop_time = asyncio.get_running_loop().time()
         stream = _Stream(call, HeartbeatTracker(timeout, started_at=loop_time), interval)
         log.info(

@@ -37,23 +37,28 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 """Channel arguments of the node's channel."""
 
 
-INITIAL_RECONNECT_BACKOFF_MS = 1_000
-"""gRPC's own first pause after a failed connection attempt (its default)."""
+INITIAL_RECONNECT_BACKOFF_MS = 100
+"""gRPC's own first pause after a failed connection attempt (its default is 1 s)."""
+MAX_RECONNECT_BACKOFF_MS = 1_000
+"""gRPC's own longest pause between connection attempts (its default is 120 s)."""
 
 
 def reconnect_options(reconnect_backoff_max_s: float) -> list[tuple[str, int]]:
-    """Channel arguments capping gRPC's own pause between connection attempts.
+    """Channel arguments keeping gRPC's own pause between connection attempts short.
 
     A channel whose connection attempt failed fails calls at once until its
-    backoff (by default 1 s growing to 120 s) ends. Uncapped, a node would
-    come back minutes after a long coordinator outage, well after the
-    restarted coordinator expired its session; capped, the node's own backoff
-    (:func:`dtq_worker.connection.reconnect_backoff`) decides.
+    backoff (by default 1 s growing to 120 s) ends. Left alone, a node's
+    reconnect attempts after a coordinator restart fail against that timer,
+    and the node comes back seconds (after a long outage, minutes) later than
+    its own backoff says, after the restarted coordinator expired its session.
+    Kept at 0.1-1 s (within ``reconnect_backoff_max_s``), each of the node's
+    attempts (:func:`dtq_worker.connection.reconnect_backoff`) is a real one:
+    a node trying its coordinator once a second costs nothing.
     """
     max_ms = max(1, round(reconnect_backoff_max_s * 1000))
     return [
         ("grpc.initial_reconnect_backoff_ms", min(INITIAL_RECONNECT_BACKOFF_MS, max_ms)),
-        ("grpc.max_reconnect_backoff_ms", max_ms),
+        ("grpc.max_reconnect_backoff_ms", min(MAX_RECONNECT_BACKOFF_MS, max_ms)),
     ]
 
 

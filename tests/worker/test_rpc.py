@@ -85,14 +85,14 @@ def test_keepalive_never_trips_the_servers_ping_limit() -> None:
     assert options["grpc.max_receive_message_length"] == 8 * 1024 * 1024
 
 
-def test_grpc_reconnect_pauses_are_capped_by_the_nodes_backoff() -> None:
-    # Uncapped, gRPC waits up to 120 s between connection attempts (failing calls
-    # meanwhile), so a node would miss its session after a coordinator restart.
-    assert dict(reconnect_options(0.2)) == {
-        "grpc.initial_reconnect_backoff_ms": 200,
-        "grpc.max_reconnect_backoff_ms": 200,
+def test_grpc_reconnect_pauses_are_short_and_within_the_nodes_backoff() -> None:
+    # Left at its defaults, gRPC waits 1 s growing to 120 s between connection attempts
+    # (failing calls meanwhile), so a node would miss its session after a restart.
+    assert dict(reconnect_options(0.05)) == {
+        "grpc.initial_reconnect_backoff_ms": 50,
+        "grpc.max_reconnect_backoff_ms": 50,
     }
     assert dict(reconnect_options(5.0)) == {
-        "grpc.initial_reconnect_backoff_ms": 1000,
-        "grpc.max_reconnect_backoff_ms": 5000,
+        "grpc.initial_reconnect_backoff_ms": 100,
+        "grpc.max_reconnect_backoff_ms": 1000,
     }
