@@ -102,6 +102,37 @@ def _queues(value: str) -> tuple[str, ...]:
     help="Seconds one handler may run before its attempt fails TIMED_OUT (retryable).",
 )
 @option(
+    "--reconnect-backoff-max",
+    envvar="DTQ_RECONNECT_BACKOFF_MAX",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    help="Longest pause, seconds, between attempts to reach the coordinator (while the "
+    "node holds a session, at most a quarter of its heartbeat timeout).",
+)
+@option(
+    "--rpc-timeout",
+    envvar="DTQ_RPC_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    help="Seconds to wait for the coordinator's answer to a registration, the last acks "
+    "and the close.",
+)
+@option(
+    "--progress-interval",
+    envvar="DTQ_PROGRESS_INTERVAL",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.5,
+    help="At most one progress update per task per this many seconds (the latest wins).",
+)
+@option(
+    "--max-result-bytes",
+    envvar="DTQ_MAX_RESULT_BYTES",
+    type=click.IntRange(min=1),
+    default=1024 * 1024,
+    help="Largest encoded result; a larger one fails RESULT_TOO_LARGE. The coordinator's "
+    "smaller limit wins once registered.",
+)
+@option(
     "--log-level",
     envvar="DTQ_LOG_LEVEL",
     type=click.Choice(logs.LOG_LEVELS),
@@ -128,6 +159,10 @@ def main(
     shutdown_grace: float,
     isolation: str,
     task_timeout: float | None,
+    reconnect_backoff_max: float,
+    rpc_timeout: float,
+    progress_interval: float,
+    max_result_bytes: int,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -149,6 +184,10 @@ def main(
             shutdown_grace_s=shutdown_grace,
             isolation=cast(Isolation, isolation),
             task_timeout_s=task_timeout,
+            reconnect_backoff_max_s=reconnect_backoff_max,
+            rpc_timeout_s=rpc_timeout,
+            progress_interval_s=progress_interval,
+            max_result_bytes=max_result_bytes,
             log_level=log_level,
             log_format=cast(logs.LogFormat, log_format),
         )

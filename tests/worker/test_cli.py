@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dtq
@@ -39,9 +42,14 @@ def test_help_lists_the_options() -> None:
         "--max-restarts",
         "--restart-period",
         "--shutdown-grace",
+        "--reconnect-backoff-max",
+        "--rpc-timeout",
+        "--progress-interval",
+        "--max-result-bytes",
         "--log-level",
         "--log-format",
         "DTQ_COORDINATOR",
+        "DTQ_RECONNECT_BACKOFF_MAX",
     ):
         assert option in result.stdout, option
 
@@ -75,3 +83,44 @@ def test_bad_settings_from_the_environment_exit_2() -> None:
     result = _run("dtq_worker.demo", DTQ_THREADS="0")
     assert result.returncode == 2
     assert "--threads" in result.stderr
+
+
+def test_bad_transport_settings_exit_2_naming_the_option() -> None:
+    for option, value in (
+        ("--reconnect-backoff-max", "0"),
+        ("--rpc-timeout", "-1"),
+        ("--progress-interval", "0"),
+        ("--max-result-bytes", "0"),
+    ):
+        result = _run("dtq_worker.demo", option, value)
+        assert result.returncode == 2, (option, result.stderr)
+        assert option in result.stderr, (option, result.stderr)
+
+
+def test_reconnect_backoff_max_bounds_the_pauses_between_attempts() -> None:
+    # Nothing listens on this port: the node keeps trying, never pausing longer.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{reserved.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dtq_worker", "dtq_worker.demo", "--coordinator", address,
+             "--reconnect-backoff-max", "0.2", "--log-format", "json"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("DTQ_")},
+                 "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        pauses: list[float] = []
+        try:
+            assert proc.stderr is not None
+            deadline = time.monotonic() + 20
+            while len(pauses) < 8 and time.monotonic() < deadline:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                if line.startswith("{") and '"coordinator.unreachable"' in line:
+                    pauses.append(json.loads(line)["retry_in_s"])
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert len(pauses) == 8, pauses
+    assert max(pauses) <= 0.2, pauses
