@@ -57,9 +57,9 @@ Call = grpc.aio.StreamStreamCall[
 ]
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
+"""Used if NodeRegistered carries no interval."""
 RESUME_ATTEMPTS = 4
 """While a session is resumable, reconnect pauses stay within its timeout / this."""
-"""Used if NodeRegistered carries no interval."""
 FAILED_WRITE_GRACE_S = 1.0
 """After a failed write, how long the reader gets to learn how the stream ended."""
 
