@@ -30,10 +30,14 @@ def events(node: Proc, name: str) -> list[dict[str, Any]]:
     """The node's JSON log events called ``name``, oldest first."""
     found = []
     for line in node.log().splitlines():
-        if line.startswith("{"):
+        if not line.startswith("{"):
+            continue
+        try:
             event = json.loads(line)
-            if event.get("event") == name:
-                found.append(event)
+        except json.JSONDecodeError:
+            continue  # the last line, still being written
+        if event.get("event") == name:
+            found.append(event)
     return found
 
 
