@@ -190,12 +190,13 @@ class NodeSessions:
 
     async def _resend(self, session: Session, lost: dict[str, int]) -> None:
         """Send a resumed session the assignments it never got (requeue them if unreadable)."""
+        try:
+            records = await self._store.get_many(lost)
+        except StoreUnavailable:
+            records = {}
         again: list[Assignment] = []
         for task_id, attempt in lost.items():
-            try:
-                record = await self._store.get(task_id)
-            except StoreUnavailable:
-                record = None
+            record = records.get(task_id)
             if session.leases.get(task_id) != attempt:
                 continue  # ended meanwhile (cancelled, the session gone): nothing to send
             if record is None or record.attempt != attempt or not record.state.is_leased:

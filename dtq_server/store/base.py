@@ -75,6 +75,9 @@ class Store(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None:
         """One task, or None."""
 
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+        """These tasks by id, in one read (missing ones left out)."""
+
     async def list_tasks(
         self, task_filter: TaskFilter, limit: int, before_seq: int | None
     ) -> TaskPage:

@@ -369,6 +369,10 @@ class SqliteStore:
 
         return await self._read(get)
 
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+        ids = list(task_ids)
+        return await self._read(lambda conn: tasks_sql.read(conn, ids)) if ids else {}
+
     async def list_tasks(
         self, task_filter: TaskFilter, limit: int, before_seq: int | None
     ) -> TaskPage:
