@@ -89,6 +89,13 @@ class Session:
     supervisor_restarts: int = 0
     outbox: asyncio.Queue[Outbound] | None = None
     """The attached stream's send queue; None while disconnected."""
+    finishing: int = 0
+    """Leases whose outcome the node has reported and the store is committing.
+
+    The node freed those slots when it sent the outcomes, so they count as credit
+    at once: their replacements are leased in the same group commit as the
+    outcomes instead of in the commit after it (one commit per round trip, not
+    two). The leases stay held, and fenced, until the commit lands."""
 
     @property
     def live(self) -> bool:
@@ -97,11 +104,12 @@ class Session:
 
     @property
     def free_slots(self) -> int:
-        """Credits: tasks that may be leased now (slots + prefetch - leases held; only an
-        attached, active session gets work)."""
+        """Credits: tasks that may be leased now (slots + prefetch - leases held, not
+        counting those finishing; only an attached, active session gets work)."""
         if self.state is not NodeState.ACTIVE or self.outbox is None:
             return 0
-        return max(0, self.node.slots + self.node.prefetch - len(self.leases))
+        held = len(self.leases) - self.finishing
+        return max(0, self.node.slots + self.node.prefetch - held)
 
     def touch(self) -> None:
         """Record that the node was heard from (coordinator clock)."""

@@ -301,7 +301,22 @@ class NodeSessions:
         # Commit and memory follow-up to the end, even if the stream that carried the
         # updates is torn down meanwhile (completion.py): else a committed outcome
         # would leave its lease held in memory, unlogged, and its resend rejected.
-        return await run_to_completion(self._commit_outcomes(session, planned, acks))
+        return await run_to_completion(self._finish(session, planned, acks))
+
+    async def _finish(
+        self,
+        session: Session,
+        planned: list[tuple[TaskUpdate, ActiveTask, Transition]],
+        acks: list[UpdateAck],
+    ) -> list[UpdateAck]:
+        """Commit outcomes, lending their slots to the dispatcher meanwhile."""
+        finishing = sum(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned)
+        session.finishing += finishing
+        self._dispatcher.kick()
+        try:
+            return await self._commit_outcomes(session, planned, acks)
+        finally:
+            session.finishing -= finishing
 
     async def _commit_outcomes(
         self,

@@ -244,6 +244,8 @@ class RawNode:
             queue.SimpleQueue()
         )
         self.received: queue.SimpleQueue[worker_service_pb2.ConnectResponse] = queue.SimpleQueue()
+        self._skipped: list[worker_service_pb2.ConnectResponse] = []
+        """Messages ``next`` passed over while looking for another kind, in order."""
         self.error: grpc.RpcError | None = None
         self.closed = threading.Event()
         register = worker_service_pb2.RegisterNode(
@@ -290,7 +292,15 @@ class RawNode:
         self._outgoing.put(message)
 
     def next(self, kind: str, timeout_s: float = 10) -> worker_service_pb2.ConnectResponse:
-        """The next message of ``kind`` (others are skipped)."""
+        """The next message of ``kind``; others are kept for a later ``next`` of their kind.
+
+        The coordinator may send a frame's assignments before the acks of the
+        results that freed their slots (see ``Session.finishing``), so a test that
+        waits for acks must still find the assignments that overtook them.
+        """
+        for i, message in enumerate(self._skipped):
+            if message.WhichOneof("message") == kind:
+                return self._skipped.pop(i)
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -304,6 +314,18 @@ class RawNode:
                 continue
             if message.WhichOneof("message") == kind:
                 return message
+            self._skipped.append(message)
+
+    def unread(self) -> list[str]:
+        """Kinds of the messages received and not yet taken by ``next``, in order."""
+        waiting = list(self._skipped)
+        while True:
+            try:
+                waiting.append(self.received.get_nowait())
+            except queue.Empty:
+                break
+        self._skipped = waiting
+        return [str(m.WhichOneof("message")) for m in waiting]
 
     def heartbeat(self, sequence: int, leases: tuple[tuple[str, int], ...] = ()) -> None:
         self.send(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -186,42 +187,51 @@ def read(conn: sqlite3.Connection, task_ids: Collection[str]) -> dict[str, TaskR
 
 
 def lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignment]:
+    """Lease queued tasks (each only from the attempt before its grant's) and read
+    what their nodes need.
+
+    One UPDATE ... FROM VALUES per 500 grants, not one per grant: every statement
+    gives up and retakes the interpreter lock, and with the event loop busy each
+    retake waits for it. Per grant, a round of 67 leases took 5-7 ms under load
+    instead of ~1 ms alone; as one statement it takes ~1-2 ms (see the commit).
+    """
     now = time.time()
     out: list[Assignment] = []
-    for g in grants:
-        row = conn.execute(
-            "UPDATE tasks SET state = ?, attempt = ?, node_id = ?, session_id = ?, "
-            "updated_at = ?, started_at = NULL, next_attempt_at = NULL, "
-            "progress_percent = NULL, progress_message = NULL "
-            "WHERE id = ? AND state = ? AND attempt = ? "
-            "RETURNING type, queue, payload, content_type, max_attempts, created_at, "
-            "execution_timeout_s, priority",
-            (
-                int(TaskState.LEASED),
-                g.attempt,
-                g.node_id,
-                g.session_id,
-                now,
-                g.task_id,
-                int(TaskState.QUEUED),
-                g.attempt - 1,
-            ),
-        ).fetchone()
-        if row is not None:
-            out.append(
-                Assignment(
-                    lease=Lease(g.task_id, g.attempt),
-                    type=row[0],
-                    queue=row[1],
-                    payload=bytes(row[2]),
-                    content_type=row[3],
-                    max_attempts=row[4],
-                    created_at=row[5],
-                    execution_timeout_s=row[6],
-                    priority=row[7],
-                )
+    for i in range(0, len(grants), _GRANTS_PER_STATEMENT):
+        chunk = grants[i : i + _GRANTS_PER_STATEMENT]
+        values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+        params: list[Any] = [int(TaskState.LEASED), now]
+        for g in chunk:
+            params += (g.task_id, g.attempt, g.node_id, g.session_id)
+        params.append(int(TaskState.QUEUED))
+        rows = conn.execute(
+            "UPDATE tasks SET state = ?, attempt = g.column2, node_id = g.column3, "
+            "session_id = g.column4, updated_at = ?, started_at = NULL, "
+            "next_attempt_at = NULL, progress_percent = NULL, progress_message = NULL "
+            f"FROM (VALUES {values}) AS g "
+            "WHERE tasks.id = g.column1 AND tasks.state = ? AND tasks.attempt = g.column2 - 1 "
+            "RETURNING tasks.id, tasks.attempt, type, queue, payload, content_type, "
+            "max_attempts, created_at, execution_timeout_s, priority",
+            params,
+        ).fetchall()
+        out += [
+            Assignment(
+                lease=Lease(row[0], row[1]),
+                type=row[2],
+                queue=row[3],
+                payload=bytes(row[4]),
+                content_type=row[5],
+                max_attempts=row[6],
+                created_at=row[7],
+                execution_timeout_s=row[8],
+                priority=row[9],
             )
+            for row in rows
+        ]
     return out
+
+
+_GRANTS_PER_STATEMENT = 500
 
 
 def apply(
@@ -231,30 +241,86 @@ def apply(
     events: DependencyEvents,
 ) -> list[bool]:
     now = time.time()
-    applied: list[bool] = []
     # Most queues use no dependencies: one look at the table spares every
     # finished task the three statements that settle its dependants.
     waiting = conn.execute("SELECT 1 FROM dependencies LIMIT 1").fetchone() is not None
+    if waiting or len({t.task_id for t in transitions}) < len(transitions):
+        # Dependants settle after each finish, and a task changed twice needs its
+        # changes in order: one statement per transition.
+        return [_apply_one(conn, t, now, default_ttl_s, waiting, events) for t in transitions]
+    # One statement per shape of change (a frame of results is one shape), not per
+    # task, for the reason given in lease().
+    shapes: dict[tuple[Any, ...], list[tuple[str, int, list[Any]]]] = defaultdict(list)
     for t in transitions:
-        sets, params = assignments(t, now)
-        if t.state is not None and t.state.is_terminal:
-            # Finished tasks are kept for their result TTL, then swept.
-            sets.append("expires_at = ? + COALESCE(result_ttl_s, ?)")
-            params += [now, default_ttl_s]
-        states = ", ".join(str(int(s)) for s in t.from_states)
-        cur = conn.execute(
-            f"UPDATE tasks SET {', '.join(sets)} "
-            f"WHERE id = ? AND attempt = ? AND state IN ({states})",
-            (*params, t.task_id, t.attempt),
+        changes = _changes(t, now)
+        key = (
+            tuple(changes),
+            t.from_states,
+            t.state is not None and t.state.is_terminal,
+            t.started,
         )
-        applied.append(cur.rowcount == 1)
-        if waiting and cur.rowcount == 1 and t.state is not None and t.state.is_terminal:
-            dependencies.resolve(conn, t.task_id, t.state, default_ttl_s, events)
-    return applied
+        shapes[key].append((t.task_id, t.attempt, list(changes.values())))
+    applied: set[str] = set()
+    for (columns, from_states, terminal, started), rows in shapes.items():
+        sets = [f"{column} = g.column{i}" for i, column in enumerate(columns, start=3)]
+        extra: list[Any] = []
+        if terminal:
+            sets.append("expires_at = ? + COALESCE(result_ttl_s, ?)")
+            extra += [now, default_ttl_s]
+        if started:
+            sets.append("started_at = COALESCE(started_at, ?)")
+            extra.append(now)
+        states = ", ".join(str(int(s)) for s in from_states)
+        width = 2 + len(columns)
+        per_statement = _MAX_PARAMETERS // width
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i : i + per_statement]
+            values = ", ".join([f"({', '.join('?' * width)})"] * len(chunk))
+            params = [*extra]
+            for task_id, attempt, changed in chunk:
+                params += (task_id, attempt, *changed)
+            applied.update(
+                row[0]
+                for row in conn.execute(
+                    f"UPDATE tasks SET {', '.join(sets)} FROM (VALUES {values}) AS g "
+                    f"WHERE tasks.id = g.column1 AND tasks.attempt = g.column2 "
+                    f"AND tasks.state IN ({states}) RETURNING tasks.id",
+                    params,
+                )
+            )
+    return [t.task_id in applied for t in transitions]
 
 
-def assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
-    """The SET clause of a transition: only the fields it changes."""
+_MAX_PARAMETERS = 30_000
+"""Host parameters per statement (SQLite's limit is 32,766)."""
+
+
+def _apply_one(
+    conn: sqlite3.Connection,
+    t: Transition,
+    now: float,
+    default_ttl_s: float,
+    waiting: bool,
+    events: DependencyEvents,
+) -> bool:
+    sets, params = assignments(t, now)
+    if t.state is not None and t.state.is_terminal:
+        # Finished tasks are kept for their result TTL, then swept.
+        sets.append("expires_at = ? + COALESCE(result_ttl_s, ?)")
+        params += [now, default_ttl_s]
+    states = ", ".join(str(int(s)) for s in t.from_states)
+    cur = conn.execute(
+        f"UPDATE tasks SET {', '.join(sets)} WHERE id = ? AND attempt = ? AND state IN ({states})",
+        (*params, t.task_id, t.attempt),
+    )
+    ok = cur.rowcount == 1
+    if waiting and ok and t.state is not None and t.state.is_terminal:
+        dependencies.resolve(conn, t.task_id, t.state, default_ttl_s, events)
+    return ok
+
+
+def _changes(t: Transition, now: float) -> dict[str, Any]:
+    """The columns a transition sets (besides started_at and expires_at)."""
     changes: dict[str, Any] = {"updated_at": now}
     if t.state is not None:
         changes["state"] = int(t.state)
@@ -281,6 +347,12 @@ def assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
         changes["session_id"] = None
     if t.next_attempt_at is not None:
         changes["next_attempt_at"] = t.next_attempt_at
+    return changes
+
+
+def assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
+    """The SET clause of a transition: only the fields it changes."""
+    changes = _changes(t, now)
     sets = [f"{column} = ?" for column in changes]
     values = list(changes.values())
     if t.started:

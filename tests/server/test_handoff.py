@@ -73,7 +73,7 @@ def test_a_paused_queue_gets_no_direct_leases(
     assert task.state == QUEUED
     node.heartbeat(1)
     node.next("heartbeat_ack")
-    assert node.received.empty(), "a paused queue must not hand out work"
+    assert node.unread() == [], "a paused queue must not hand out work"
     node.close()
 
 

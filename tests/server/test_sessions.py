@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -69,10 +70,43 @@ def test_dispatch_only_against_free_slots(
     assert all(lease.attempt == 1 for lease in leases)
     node.heartbeat(1)
     node.next("heartbeat_ack")
-    assert node.received.empty(), "no work beyond the node's slots"
+    assert node.unread() == [], "no work beyond the node's slots"
     node.report(succeeded(leases[0].task_id, 1, b'"ok"'))
     node.next("update_acks")
     assert [lease.task_id for lease in assigned(node)] == [ids[2]]
+    node.close()
+
+
+def test_a_reported_outcome_lends_its_slot_while_it_commits(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """The node freed the slot when it reported: the next task is leased in the same
+    group commit as the outcome, not in the commit after it."""
+    first, second = submit(tasks), submit(tasks)
+    node = RawNode(coordinator.address, node_id="lender", slots=1)
+    assert [lease.task_id for lease in assigned(node)] == [first]
+    server = coordinator.server.coordinator
+    [session] = coordinator.run(lambda: server.registry.live_for_node("lender"))
+    release = threading.Event()
+
+    async def block_the_writer() -> asyncio.Future[bool]:
+        return asyncio.ensure_future(server.store._writer.run(lambda conn: release.wait(10)))  # type: ignore[attr-defined]
+
+    blocker = coordinator.call(block_the_writer())
+    try:
+        node.report(succeeded(first, 1, b'"ok"'))
+        wait_until(
+            lambda: coordinator.run(lambda: dict(session.leases)) == {first: 1, second: 1},
+            10,
+            what="the second task planned while the first one's outcome waits for the store",
+        )
+    finally:
+        release.set()
+    wait_until(blocker.done, 10, what="the writer released")
+    assert [lease.task_id for lease in assigned(node)] == [second]
+    [ack] = node.next("update_acks").update_acks.acks
+    assert ack.accepted and ack.lease.task_id == first
+    assert coordinator.run(lambda: (dict(session.leases), session.finishing)) == ({second: 1}, 0)
     node.close()
 
 
@@ -136,7 +170,7 @@ def test_prefetch_adds_credits_beyond_slots(
         leases += assigned(node)
     node.heartbeat(1)
     node.next("heartbeat_ack")
-    assert node.received.empty(), "slots + prefetch, no more"
+    assert node.unread() == [], "slots + prefetch, no more"
     (listed,) = admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
     assert (listed.slots, listed.prefetch, listed.busy_slots) == (1, 2, 3)
     node.close()
@@ -376,7 +410,7 @@ def test_drain_stops_dispatch_and_tells_the_node(
     task_id = submit(tasks)
     node.heartbeat(1)
     node.next("heartbeat_ack")
-    assert node.received.empty()
+    assert node.unread() == []
     assert get(tasks, task_id).state == QUEUED
     try:
         admin.DrainNode(admin_service_pb2.DrainNodeRequest(node_id="ghost"), timeout=10)

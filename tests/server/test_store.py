@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dtq_server.errors import IdempotencyKeyReused
-from dtq_server.models import TaskState
+from dtq_server.models import TaskError, TaskState
 from dtq_server.store.sqlite import SqliteStore, StoreCorrupt
 from dtq_server.updates import LeaseGrant, Transition
 from dtq_server.validation import SpecInput, Violations, validate_spec
@@ -88,6 +88,74 @@ def test_transitions_are_fenced_by_attempt_and_state(tmp_path: Path) -> None:
         assert record is not None
         assert (record.state, record.result, record.session_id) == (TaskState.SUCCEEDED, b"y", "s1")
         assert record.finished_at is not None
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_batch_of_mixed_transitions_applies_each_as_if_alone(tmp_path: Path) -> None:
+    """Leases and transitions go to SQLite a statement per shape, not per task: each
+    row must still be fenced on its own attempt and state."""
+
+    async def scenario() -> None:
+        store = await opened(tmp_path / "db.sqlite3")
+        ids = [record.id for record, _ in await store.insert([new_task() for _ in range(6)])]
+        stale_grant = LeaseGrant(ids[5], 2, "n1", "s1")  # stored attempt is 0, not 1
+        grants = [LeaseGrant(i, 1, "n1", "s1") for i in ids[:5]] + [stale_grant]
+        leased = await store.lease(grants)
+        assert sorted((a.lease.task_id, a.lease.attempt) for a in leased) == sorted(
+            (i, 1) for i in ids[:5]
+        )
+        assert {a.payload for a in leased} == {b"{}"}
+        held = (TaskState.LEASED, TaskState.RUNNING)
+        error = TaskError("Boom", "it broke", "tb", retryable=False)
+        transitions = [
+            Transition(ids[0], 1, held, state=TaskState.SUCCEEDED, result=b"a", started=True),
+            Transition(ids[1], 1, held, state=TaskState.SUCCEEDED, result=b"b", started=True),
+            Transition(ids[2], 1, held, state=TaskState.FAILED, error=error, failures=1),
+            Transition(
+                ids[3],
+                1,
+                held,
+                state=TaskState.QUEUED,
+                failures=1,
+                clear_lease=True,
+                next_attempt_at=1e10,
+            ),
+            Transition(ids[4], 2, held, state=TaskState.SUCCEEDED, result=b"stale"),
+            Transition(ids[5], 0, held, state=TaskState.SUCCEEDED, result=b"not leased"),
+        ]
+        assert await store.apply(transitions) == [True, True, True, True, False, False]
+        records = await store.get_many(ids)
+        done = [records[i] for i in ids]
+        assert [r.state for r in done] == [
+            TaskState.SUCCEEDED, TaskState.SUCCEEDED, TaskState.FAILED, TaskState.QUEUED,
+            TaskState.LEASED, TaskState.QUEUED,
+        ]  # fmt: skip
+        assert (done[0].result, done[1].result) == (b"a", b"b")
+        assert done[0].started_at is not None and done[0].finished_at is not None
+        assert done[2].last_error == error and done[2].failures == 1
+        assert done[2].started_at is None and done[2].expires_at is not None
+        assert (done[3].session_id, done[3].failures, done[3].next_attempt_at) == (None, 1, 1e10)
+        assert done[3].expires_at is None and done[3].finished_at is None
+        assert (done[4].result, done[4].session_id) == (None, "s1")
+        assert (done[5].result, done[5].attempt) == (None, 0)
+        await store.close()
+
+    run(scenario())
+
+
+def test_leases_and_results_larger_than_one_statement(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "db.sqlite3")
+        ids = [r.id for r, _ in await store.insert([new_task() for _ in range(5_000)], batch=True)]
+        leased = await store.lease([LeaseGrant(i, 1, "n1", "s1") for i in ids])
+        assert sorted(a.lease.task_id for a in leased) == sorted(ids)
+        held = (TaskState.LEASED,)
+        results = [Transition(i, 1, held, state=TaskState.SUCCEEDED, result=b"1") for i in ids]
+        assert await store.apply(results) == [True] * len(ids)
+        records = await store.get_many(ids)
+        assert {r.state for r in records.values()} == {TaskState.SUCCEEDED}
         await store.close()
 
     run(scenario())
