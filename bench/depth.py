@@ -7,7 +7,7 @@ Procedure (one coordinator data directory, SQLite ``synchronous=FULL``):
 2. Restart: SIGKILL the coordinator, start a new one on the same
    ``--data-dir`` and time until it is serving (port file written, health
    SERVING) and a submit is acknowledged. Repeated ``rounds`` times.
-3. Dispatch: start two nodes (4 threads, ``--prefetch`` 16) serving the queue
+3. Dispatch: start two nodes (4 threads, ``--prefetch`` as P1) serving the queue
    and time how long consecutive windows of ``window`` tasks take to finish,
    from the successes of the tasks at the window boundaries (the queue is FIFO
    at equal priority; each boundary is watched with ``Client.wait``, so nothing

@@ -190,7 +190,11 @@ class Ledger:
             held.job.context.cancel_event.set()
             self.outbox.discard(lease)
             dropped.add(lease)
-            log.warning("task.dropped", task_id=lease.task_id, attempt=lease.attempt, why=why)
+            # A reported task is done here either way: a heartbeat that crossed its
+            # ack on the wire finds it stale once the outcome is committed. Only a
+            # task dropped before its outcome was reported is worth a warning.
+            report = log.debug if held.state is HeldState.REPORTED else log.warning
+            report("task.dropped", task_id=lease.task_id, attempt=lease.attempt, why=why)
         if dropped:
             self._pending = [u for u in self._pending if u.lease not in dropped]
         return len(dropped)

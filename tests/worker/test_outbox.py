@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import structlog
+import structlog.testing
 
 from dtq_worker.context import TaskContext
 from dtq_worker.ledger import Ledger
@@ -213,3 +215,15 @@ def test_a_start_already_taken_stays_sent_and_a_pending_one_goes_alone(ledger) -
     ledger.finished(first.lease, RESULT)
     # t1's start went out before; t2 has no outcome yet, so its start is kept.
     assert ledger.take_pending() == [Update(second.lease, Started()), Update(first.lease, RESULT)]
+
+
+def test_dropping_a_reported_task_is_quiet_and_an_unreported_one_warns(ledger) -> None:
+    reported = _run(ledger, "reported")
+    running = ledger.accept(_assignment("running"))
+    assert running is not None
+    ledger.started(running.lease)
+    with structlog.testing.capture_logs() as logs:
+        assert ledger.drop([reported.lease, running.lease], "stale lease") == 2
+    levels = {entry["task_id"]: entry["log_level"] for entry in logs}
+    assert levels == {"reported": "debug", "running": "warning"}
+    assert ledger.outbox.entries() == [] and len(ledger) == 0
