@@ -301,22 +301,7 @@ class NodeSessions:
         # Commit and memory follow-up to the end, even if the stream that carried the
         # updates is torn down meanwhile (completion.py): else a committed outcome
         # would leave its lease held in memory, unlogged, and its resend rejected.
-        return await run_to_completion(self._finish(session, planned, acks))
-
-    async def _finish(
-        self,
-        session: Session,
-        planned: list[tuple[TaskUpdate, ActiveTask, Transition]],
-        acks: list[UpdateAck],
-    ) -> list[UpdateAck]:
-        """Commit outcomes, lending their slots to the dispatcher meanwhile."""
-        finishing = sum(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned)
-        session.finishing += finishing
-        self._dispatcher.kick()
-        try:
-            return await self._commit_outcomes(session, planned, acks)
-        finally:
-            session.finishing -= finishing
+        return await run_to_completion(self._commit_outcomes(session, planned, acks))
 
     async def _commit_outcomes(
         self,
@@ -328,7 +313,15 @@ class NodeSessions:
         transitions = [t for _, _, t in planned]
         # A watched task is read back in the same commit: its stream needs no store read.
         watched = self._watchers.watched(t.task_id for t in transitions)
-        applied, records = await self._store.apply_and_read(transitions, watched)
+        # The node freed these slots when it reported: lend them to the dispatcher
+        # while the outcomes commit (see Session.finishing).
+        finishing = sum(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned)
+        session.finishing += finishing
+        self._dispatcher.kick()
+        try:
+            applied, records = await self._store.apply_and_read(transitions, watched)
+        finally:
+            session.finishing -= finishing
         self._config.failpoints.hit("result.after_commit_before_reply")
         now = time.monotonic()
         changed: list[str] = []

@@ -265,10 +265,10 @@ def apply(
         sets = [f"{column} = g.column{i}" for i, column in enumerate(columns, start=3)]
         extra: list[Any] = []
         if terminal:
-            sets.append("expires_at = ? + COALESCE(result_ttl_s, ?)")
+            sets.append(_SET_EXPIRY)
             extra += [now, default_ttl_s]
         if started:
-            sets.append("started_at = COALESCE(started_at, ?)")
+            sets.append(_SET_STARTED)
             extra.append(now)
         states = ", ".join(str(int(s)) for s in from_states)
         width = 2 + len(columns)
@@ -293,6 +293,11 @@ def apply(
 
 _MAX_PARAMETERS = 30_000
 """Host parameters per statement (SQLite's limit is 32,766)."""
+_SET_EXPIRY = "expires_at = ? + COALESCE(result_ttl_s, ?)"
+"""Finished tasks are kept for their result TTL, then swept (params: now, default TTL)."""
+_SET_STARTED = "started_at = COALESCE(started_at, ?)"
+"""An outcome may carry the start (the node folded it in); a start committed just
+before it is the truer time (param: now)."""
 
 
 def _apply_one(
@@ -305,8 +310,7 @@ def _apply_one(
 ) -> bool:
     sets, params = assignments(t, now)
     if t.state is not None and t.state.is_terminal:
-        # Finished tasks are kept for their result TTL, then swept.
-        sets.append("expires_at = ? + COALESCE(result_ttl_s, ?)")
+        sets.append(_SET_EXPIRY)
         params += [now, default_ttl_s]
     states = ", ".join(str(int(s)) for s in t.from_states)
     cur = conn.execute(
@@ -356,9 +360,7 @@ def assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
     sets = [f"{column} = ?" for column in changes]
     values = list(changes.values())
     if t.started:
-        # An outcome may carry the start (the node folded it in); a start
-        # committed just before it is the truer time.
-        sets.append("started_at = COALESCE(started_at, ?)")
+        sets.append(_SET_STARTED)
         values.append(now)
     return sets, values
 
