@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
+from dtq import loops
 from dtq.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -152,6 +153,7 @@ class CoordinatorServer:
             db=str(self.config.db_path),
             synchronous=self.config.synchronous,
             heartbeat_timeout_s=self.config.heartbeat_timeout_s,
+            event_loop=loops.running(),
         )
 
     async def stop(self, grace_s: float | None = None) -> None:

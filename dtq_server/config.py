@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from dtq import loops
+from dtq.loops import EventLoop
 from dtq_server.failpoints import Failpoints
 
 MiB = 1024 * 1024
@@ -51,6 +53,8 @@ class ServerConfig:
     """How often expired finished tasks are deleted."""
     port_file: Path | None = None
     """If set, the bound address is written here once serving (for scripts and tests)."""
+    event_loop: EventLoop = "auto"
+    """``auto`` (uvloop when installed), ``uvloop`` or ``asyncio`` (see :mod:`dtq.loops`)."""
     failpoints: Failpoints = field(default_factory=Failpoints)
     """Crash points for fault-injection tests (``DTQ_FAILPOINT``); none by default."""
 
@@ -69,5 +73,6 @@ class ServerConfig:
             raise ValueError("heartbeat timeout must exceed the (positive) heartbeat interval")
         if not 1 <= self.default_max_attempts <= 100:
             raise ValueError("default max attempts must be 1-100")
+        loops.resolve(self.event_loop)  # ValueError if it asks for a loop that is missing
         if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:
             raise ValueError("max payload must leave 64 KiB of room under the message limit")

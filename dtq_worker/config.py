@@ -8,7 +8,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dtq import loops
 from dtq.logs import LOG_LEVELS, LogFormat
+from dtq.loops import EventLoop
 from dtq_worker.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -63,6 +65,8 @@ class WorkerConfig:
     """How long one handler may run; None means no limit. Past it the attempt fails
     ``TIMED_OUT`` (retryable): in ``process`` isolation the child is killed, in ``thread``
     isolation the thread is abandoned and replaced."""
+    event_loop: EventLoop = "auto"
+    """``auto`` (uvloop when installed), ``uvloop`` or ``asyncio`` (see :mod:`dtq.loops`)."""
     log_level: str = "info"
     """One of ``dtq.logs.LOG_LEVELS``."""
     log_format: LogFormat = "console"
@@ -103,6 +107,10 @@ class WorkerConfig:
             problems.append("task_timeout_s must be positive")
         if self.max_result_bytes < 1:
             problems.append("max_result_bytes must be positive")
+        try:
+            loops.resolve(self.event_loop)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.log_level not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}")
         if problems:

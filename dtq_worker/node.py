@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import structlog
 
-from dtq import __version__
+from dtq import __version__, loops
 from dtq_worker.bridge import Event, EventKind, LoopBridge
 from dtq_worker.config import WorkerConfig
 from dtq_worker.connection import Connection
@@ -113,7 +113,7 @@ class Node:
 
     def run(self) -> int:
         """Run until shut down (once per Node); return the process exit code."""
-        return asyncio.run(self._main())
+        return loops.run(self._main(), self.config.event_loop)
 
     def stop(self) -> None:
         """Begin a graceful shutdown. Thread-safe; repeated calls cut the grace short."""
@@ -132,6 +132,7 @@ class Node:
             threads=self.config.threads,
             queues=list(self.config.queues),
             task_types=list(self.registry.task_types),
+            event_loop=loops.running(),
         )
         self._supervisor.start()
         connection = self._connection.start()
