@@ -1,21 +1,30 @@
 """P4 depth: dispatch rate, memory and restart time with a deep queue.
 
-Procedure (one coordinator data directory, SQLite ``synchronous=FULL``):
+Procedure (SQLite ``synchronous=FULL``). Two coordinators, each over its own
+data directory, differ only in how deep their queue is:
 
-1. Fill ``depth`` tasks (``echo`` of an int) into a queue no node serves, with
-   ``submit_many`` batches; the first ones are the measured ones.
-2. Restart: SIGKILL the coordinator, start a new one on the same
+1. Fill: the *shallow* one gets just the measured tasks, the *deep* one
+   ``depth`` tasks (``echo`` of an int, ``submit_many`` batches) whose first
+   ones are the measured ones. Both queues are paused first (a durable queue
+   setting), so nothing runs until a window opens.
+2. Restart: SIGKILL the deep coordinator, start a new one on the same
    ``--data-dir`` and time until it is serving (port file written, health
-   SERVING) and a submit is acknowledged. Repeated ``rounds`` times.
-3. Dispatch: start two nodes (4 threads, ``--prefetch`` as P1) serving the queue
-   and time how long consecutive windows of ``window`` tasks take to finish,
-   from the successes of the tasks at the window boundaries (the queue is FIFO
-   at equal priority; each boundary is watched with ``Client.wait``, so nothing
-   polls the coordinator's counters, which scan the task table).
+   SERVING) and a submit is acknowledged; ``rounds`` times. The shallow one is
+   killed and restarted once, so both dispatch from a restarted process (the
+   board rebuilt from the store, SQLite's cache cold): depth is the only
+   difference between them.
+3. Dispatch: two nodes (4 threads, ``--prefetch`` as P1) serve each
+   coordinator. Windows alternate between the two (shallow, deep, shallow,
+   deep, ...), so a change in the machine's speed during the run touches both
+   figures alike: the window's queue is resumed, the tasks/s between the
+   successes of the window's two boundary tasks is its rate, and the queue is
+   paused again. Each window starts a fifth of a window after the resume
+   point (the queue is FIFO at equal priority), so ramp-up is not measured;
+   each boundary is watched with ``Client.wait``, so nothing polls the
+   coordinator's counters, which scan the task table.
 
-The empty-queue figure is step 3 on a fresh coordinator holding only the
-measured windows. Coordinator RSS is read from /proc after the fill, after each
-restart and after the dispatch windows.
+Coordinator RSS is read from /proc after the fill, after each restart and
+after the dispatch windows.
 """
 
 from __future__ import annotations
@@ -23,14 +32,13 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 from bench.basics import PREFETCH
-from bench.cluster import Coordinator, start_node, stop_processes, wait_for
+from bench.cluster import Coordinator, start_node, stop_processes, wait_active, wait_for
 from bench.procfs import peak_rss_mib, rss_mib
 from dtq_client import Client, DtqError, TaskSpec
 
@@ -46,22 +54,31 @@ class DepthPlan:
 
     depth: int
     window: int
-    """Tasks per measured window; one window is one round of the dispatch figure."""
+    """Tasks per measured window; one window per coordinator is one round."""
     rounds: int
 
     @property
-    def boundaries(self) -> list[int]:
-        """Indices of the tasks whose successes bound the windows.
+    def lead(self) -> int:
+        """Tasks between a window's resume point and its first boundary (ramp-up)."""
+        return self.window // 5
 
-        The first window starts a fifth of a window in, so node start-up is not measured.
-        """
-        first = self.window // 5
-        return [first + r * self.window for r in range(self.rounds + 1)]
+    @property
+    def windows(self) -> list[tuple[int, int]]:
+        """(first, last) boundary task index of each round's window."""
+        return [
+            (self.lead + r * (self.window + self.lead), (r + 1) * (self.window + self.lead))
+            for r in range(self.rounds)
+        ]
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Every boundary task index, in order."""
+        return [i for window in self.windows for i in window]
 
     @property
     def measured(self) -> int:
-        """Tasks the empty-queue run holds: the windows and a fifth of a window either side."""
-        return self.boundaries[-1] + self.window // 5
+        """Tasks the shallow queue holds: the windows, their lead-ins, and one lead after."""
+        return self.windows[-1][1] + self.lead
 
 
 @dataclass
@@ -98,24 +115,36 @@ def _finished_at(address: str, task_id: str) -> float:
     return time.perf_counter()
 
 
-def dispatch_rates(address: str, ids: list[str], window: int) -> list[float]:
-    """Start two nodes on the queue; tasks/s between each pair of boundary successes."""
-    nodes: list[subprocess.Popen[bytes]] = []
-    with ThreadPoolExecutor(len(ids)) as pool:
+@dataclass
+class _Side:
+    """One of the two coordinators, its measured task ids and its two nodes."""
+
+    coordinator: Coordinator
+    ids: dict[int, str]
+    """Task id per boundary index."""
+    rates: list[float]
+    """Where this side's window rates go."""
+    nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return self.coordinator.wait_address(timeout_s=WAIT_TIMEOUT_S)
+
+
+def _window(side: _Side, pool: ThreadPoolExecutor, first: int, last: int, size: int) -> None:
+    """Resume the side's queue; its rate between boundaries ``first`` and ``last``; pause."""
+    address = side.address
+    # The watches open before the resume, so neither boundary can finish unseen.
+    start, end = (pool.submit(_finished_at, address, side.ids[i]) for i in (first, last))
+    with Client(address) as client:
+        client.resume_queue(QUEUE)
         try:
-            # The watches open in milliseconds; a node process needs far longer to start
-            # and the first boundary is a fifth of a window in, so no watch misses its task.
-            finished = [pool.submit(_finished_at, address, task_id) for task_id in ids]
-            nodes = [
-                start_node(address, f"depth-{n}", prefetch=PREFETCH, queues=[QUEUE])
-                for n in range(2)
-            ]
-            times = [f.result() for f in finished]
+            began, ended = start.result(), end.result()
         finally:
-            stop_processes(nodes)
-    if any(b <= a for a, b in pairwise(times)):
-        raise RuntimeError(f"window boundaries finished out of order: {times}")
-    return [window / (b - a) for a, b in pairwise(times)]
+            client.pause_queue(QUEUE)
+    if ended <= began:
+        raise RuntimeError(f"window boundaries finished out of order: {began}, {ended}")
+    side.rates.append(size / (ended - began))
 
 
 def restart(coordinator: Coordinator) -> tuple[Coordinator, float]:
@@ -139,45 +168,68 @@ def _serving(client: Client) -> bool:
     return True
 
 
-def _run_on_fresh(
-    plan: DepthPlan, total: int, result: DepthResult, body: Callable[[Coordinator, list[str]], None]
-) -> None:
-    """Fill ``total`` tasks into a fresh coordinator and hand it to ``body`` with the ids."""
-    with tempfile.TemporaryDirectory(prefix="dtq-bench-depth-") as tmp:
-        coordinator = Coordinator(Path(tmp))
-        try:
-            with Client(coordinator.wait_address()) as client:
-                started = time.perf_counter()
-                ids = fill(client, total, plan.boundaries)
-                if total == plan.depth:
-                    result.fill_rate = total / (time.perf_counter() - started)
-            body(coordinator, [ids[i] for i in plan.boundaries])
-        finally:
-            coordinator.stop()  # a no-op once ``body`` has killed it
+def _filled(
+    data_dir: Path, total: int, plan: DepthPlan
+) -> tuple[Coordinator, dict[int, str], float]:
+    """A coordinator holding ``total`` tasks on the paused queue; its boundary ids; the
+    acknowledged tasks/s of the fill."""
+    coordinator = Coordinator(data_dir)
+    try:
+        with Client(coordinator.wait_address()) as client:
+            client.pause_queue(QUEUE)
+            started = time.perf_counter()
+            ids = fill(client, total, plan.boundaries)
+            rate = total / (time.perf_counter() - started)
+    except BaseException:
+        coordinator.stop()
+        raise
+    return coordinator, ids, rate
+
+
+def _stop(sides: list[_Side]) -> None:
+    """Nodes first, so they leave instead of being declared dead; then the coordinators."""
+    stop_processes(node for side in sides for node in side.nodes)
+    for side in sides:
+        side.coordinator.stop()
 
 
 def depth(plan: DepthPlan) -> DepthResult:
-    """P4: the empty-queue windows, then the deep queue's fill, restarts and windows."""
+    """P4: fill both coordinators, restart them, then alternate their dispatch windows."""
     result = DepthResult()
+    with ExitStack() as cleanup:
+        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dtq-bench-depth-")))
+        shallow_dir, deep_dir = tmp / "shallow", tmp / "deep"
+        shallow_dir.mkdir()
+        deep_dir.mkdir()
+        sides: list[_Side] = []
+        cleanup.callback(_stop, sides)
 
-    def shallow(coordinator: Coordinator, ids: list[str]) -> None:
-        result.empty_rates = dispatch_rates(coordinator.wait_address(), ids, plan.window)
+        coordinator, ids, _ = _filled(shallow_dir, plan.measured, plan)
+        shallow = _Side(coordinator, ids, result.empty_rates)
+        sides.append(shallow)
+        coordinator, ids, result.fill_rate = _filled(deep_dir, plan.depth, plan)
+        deep = _Side(coordinator, ids, result.deep_rates)
+        sides.append(deep)
 
-    def deep(coordinator: Coordinator, ids: list[str]) -> None:
-        current = coordinator
-        result.rss_mib.append(rss_mib(current.pid))
-        try:
-            for _ in range(plan.rounds):
-                result.peak_rss_mib.append(peak_rss_mib(current.pid))
-                current, seconds = restart(current)
-                result.restart_s.append(seconds)
-                result.rss_mib.append(rss_mib(current.pid))
-            result.deep_rates = dispatch_rates(current.wait_address(), ids, plan.window)
-            result.rss_mib.append(rss_mib(current.pid))
-            result.peak_rss_mib.append(peak_rss_mib(current.pid))
-        finally:
-            current.stop()
+        result.rss_mib.append(rss_mib(deep.coordinator.pid))
+        for _ in range(plan.rounds):
+            result.peak_rss_mib.append(peak_rss_mib(deep.coordinator.pid))
+            deep.coordinator, seconds = restart(deep.coordinator)
+            result.restart_s.append(seconds)
+            result.rss_mib.append(rss_mib(deep.coordinator.pid))
+        shallow.coordinator, _ = restart(shallow.coordinator)
 
-    _run_on_fresh(plan, plan.measured, result, shallow)
-    _run_on_fresh(plan, plan.depth, result, deep)
+        for side, name in ((shallow, "shallow"), (deep, "deep")):
+            side.nodes = [
+                start_node(side.address, f"{name}-{n}", prefetch=PREFETCH, queues=[QUEUE])
+                for n in range(2)
+            ]
+            with Client(side.address) as client:
+                wait_active(client, 2)
+        with ThreadPoolExecutor(2) as pool:
+            for first, last in plan.windows:
+                for side in (shallow, deep):
+                    _window(side, pool, first, last, last - first)
+        result.rss_mib.append(rss_mib(deep.coordinator.pid))
+        result.peak_rss_mib.append(peak_rss_mib(deep.coordinator.pid))
     return result
