@@ -19,6 +19,7 @@ from dtq.v1 import worker_service_pb2 as pb
 from dtq.v1 import worker_service_pb2_grpc as pb_grpc
 from dtq_server.config import ServerConfig
 from dtq_server.errors import CoordinatorError, InvalidArgument
+from dtq_server.models import Assignment
 from dtq_server.registry import (
     CloseStream,
     EndStream,
@@ -31,8 +32,8 @@ from dtq_server.registry import (
     Session,
 )
 from dtq_server.servicers.convert import (
-    assignment_to_proto,
     duration,
+    fill_assignment,
     lease_from_proto,
     lease_to_proto,
     registration_from_proto,
@@ -41,6 +42,7 @@ from dtq_server.servicers.convert import (
 from dtq_server.servicers.errors import Context, abort, internal_status, to_status
 from dtq_server.servicers.update_pipeline import UpdatePipeline
 from dtq_server.sessions import NodeSessions
+from dtq_server.updates import UpdateAck
 
 log = structlog.get_logger(__name__)
 REGISTER_TIMEOUT_S = 10.0
@@ -168,14 +170,32 @@ def _coalesce(items: list[Outbound]) -> list[Outbound]:
     return merged
 
 
+def _assignments_frame(assignments: list[Assignment]) -> pb.ConnectResponse:
+    response = pb.ConnectResponse()
+    frame = response.assignments.assignments
+    for a in assignments:
+        fill_assignment(frame.add(), a)
+    return response
+
+
+def _acks_frame(acks: list[UpdateAck]) -> pb.ConnectResponse:
+    """Acks written in place, as assignments are (one per outcome, on the event loop)."""
+    response = pb.ConnectResponse()
+    frame = response.update_acks.acks
+    for a in acks:
+        m = frame.add()
+        m.lease.task_id = a.lease.task_id
+        m.lease.attempt = a.lease.attempt
+        m.accepted = a.accepted
+        m.reason = a.reason
+        m.message = a.message
+    return response
+
+
 def _to_proto(item: Outbound) -> pb.ConnectResponse:
     match item:
         case SendAssignments(assignments=assignments):
-            return pb.ConnectResponse(
-                assignments=pb.TaskAssignments(
-                    assignments=[assignment_to_proto(a) for a in assignments]
-                )
-            )
+            return _assignments_frame(assignments)
         case SendHeartbeatAck(sequence=sequence, stale=stale):
             return pb.ConnectResponse(
                 heartbeat_ack=pb.HeartbeatAck(
@@ -183,19 +203,7 @@ def _to_proto(item: Outbound) -> pb.ConnectResponse:
                 )
             )
         case SendAcks(acks=acks):
-            return pb.ConnectResponse(
-                update_acks=pb.TaskUpdateAcks(
-                    acks=[
-                        pb.TaskUpdateAck(
-                            lease=lease_to_proto(a.lease),
-                            accepted=a.accepted,
-                            reason=a.reason,
-                            message=a.message,
-                        )
-                        for a in acks
-                    ]
-                )
-            )
+            return _acks_frame(acks)
         case SendCancel(leases=leases):
             return pb.ConnectResponse(
                 cancel=pb.CancelTasks(leases=[lease_to_proto(x) for x in leases])
