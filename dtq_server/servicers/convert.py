@@ -35,9 +35,18 @@ def timestamp(seconds: float | None) -> Timestamp | None:
     """Wall-clock seconds as a Timestamp (None stays unset)."""
     if seconds is None:
         return None
-    nanos = int(seconds * 1e9)
-    # Direct fields: FromNanoseconds goes through a slow pure-Python path (hot on submits).
-    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
+    msg = Timestamp()
+    set_time(msg, seconds)
+    return msg
+
+
+def set_time(msg: Timestamp, seconds: float) -> None:
+    """Write wall-clock seconds into ``msg``.
+
+    Direct fields: FromNanoseconds goes through a slow pure-Python path (hot on
+    submits and assignments).
+    """
+    msg.seconds, msg.nanos = divmod(int(seconds * 1e9), 1_000_000_000)
 
 
 def duration(seconds: float) -> Duration:
@@ -237,9 +246,7 @@ def fill_assignment(m: worker_pb.TaskAssignment, a: Assignment) -> None:
     m.payload.data = a.payload
     m.payload.content_type = a.content_type
     m.max_attempts = a.max_attempts
-    nanos = int(a.created_at * 1e9)
-    m.create_time.seconds = nanos // 1_000_000_000
-    m.create_time.nanos = nanos % 1_000_000_000
+    set_time(m.create_time, a.created_at)
     if a.execution_timeout_s is not None:
         m.execution_timeout.FromNanoseconds(int(a.execution_timeout_s * 1e9))
     m.priority = a.priority
