@@ -131,7 +131,7 @@ class _Side:
         return self.coordinator.wait_address(timeout_s=WAIT_TIMEOUT_S)
 
 
-def _window(side: _Side, pool: ThreadPoolExecutor, first: int, last: int, size: int) -> None:
+def _window(side: _Side, pool: ThreadPoolExecutor, first: int, last: int) -> None:
     """Resume the side's queue; its rate between boundaries ``first`` and ``last``; pause."""
     address = side.address
     # The watches open before the resume, so neither boundary can finish unseen.
@@ -144,7 +144,7 @@ def _window(side: _Side, pool: ThreadPoolExecutor, first: int, last: int, size: 
             client.pause_queue(QUEUE)
     if ended <= began:
         raise RuntimeError(f"window boundaries finished out of order: {began}, {ended}")
-    side.rates.append(size / (ended - began))
+    side.rates.append((last - first) / (ended - began))
 
 
 def restart(coordinator: Coordinator) -> tuple[Coordinator, float]:
@@ -229,7 +229,7 @@ def depth(plan: DepthPlan) -> DepthResult:
         with ThreadPoolExecutor(2) as pool:
             for first, last in plan.windows:
                 for side in (shallow, deep):
-                    _window(side, pool, first, last, last - first)
+                    _window(side, pool, first, last)
         result.rss_mib.append(rss_mib(deep.coordinator.pid))
         result.peak_rss_mib.append(peak_rss_mib(deep.coordinator.pid))
     return result

@@ -5,9 +5,9 @@ Most of a coordinator's time under load is the event loop's own work
 uvloop (libuv, in Cython) does that work for less CPU: on the 2-core bench
 machine, 6 % more end-to-end tasks/s (median of 9 runs each) and 2-14 % more
 concurrent unary submits (three interleaved pairs), A/B in the commit that
-brought it. It is used where it is installed (it is a
-dependency everywhere but Windows); ``asyncio`` is the escape hatch if a
-deployment ever meets a uvloop bug. Nothing in DTQ depends on which loop runs.
+brought it. It is used where it is installed (it is a dependency everywhere
+but Windows); ``asyncio`` is the escape hatch if a deployment ever meets a
+uvloop bug. Nothing in DTQ depends on which loop runs.
 """
 
 from __future__ import annotations
