@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from dtq.v1 import task_pb2, task_service_pb2
 from dtq_client import payloads
@@ -137,39 +138,63 @@ def progress_to_proto(progress: Progress) -> task_pb2.TaskProgress:
 def task_from_proto(message: task_pb2.Task) -> Task:
     """Model of a ``dtq.v1.Task``."""
     has_result = message.HasField("result")
-    return Task(
-        id=message.id,
-        type=message.type,
-        queue=message.queue,
-        state=task_state_from_proto(message.state),
-        attempt=message.attempt,
-        max_attempts=message.max_attempts,
-        failures=message.failures,
-        idempotency_key=message.idempotency_key or None,
-        payload=message.payload.data,
-        content_type=message.payload.content_type or payloads.JSON,
-        result=message.result.data if has_result else None,
-        result_content_type=(message.result.content_type or payloads.JSON) if has_result else "",
-        last_error=(
-            task_error_from_proto(message.last_error) if message.HasField("last_error") else None
-        ),
-        node_id=message.node_id or None,
-        lease_expiries=message.lease_expiries,
-        cancel_requested=message.cancel_requested,
-        progress=progress_from_proto(message.progress) if message.HasField("progress") else None,
-        created_at=time_from_proto(message, "create_time"),
-        updated_at=time_from_proto(message, "update_time"),
-        started_at=time_from_proto(message, "start_time"),
-        finished_at=time_from_proto(message, "finish_time"),
-        next_attempt_at=time_from_proto(message, "next_attempt_time"),
-        priority=message.priority,
-        scheduled_at=time_from_proto(message, "scheduled_time"),
-        execution_timeout_s=duration_from_proto(message, "execution_timeout"),
-        expires_at=time_from_proto(message, "expire_time"),
-        rate_key=message.rate_key or None,
-        depends_on=tuple(message.depends_on),
-        group_id=message.group_id or None,
+    return _task(
+        {
+            "id": message.id,
+            "type": message.type,
+            "queue": message.queue,
+            "state": task_state_from_proto(message.state),
+            "attempt": message.attempt,
+            "max_attempts": message.max_attempts,
+            "failures": message.failures,
+            "idempotency_key": message.idempotency_key or None,
+            "payload": message.payload.data,
+            "content_type": message.payload.content_type or payloads.JSON,
+            "result": message.result.data if has_result else None,
+            "result_content_type": (
+                (message.result.content_type or payloads.JSON) if has_result else ""
+            ),
+            "last_error": (
+                task_error_from_proto(message.last_error)
+                if message.HasField("last_error")
+                else None
+            ),
+            "node_id": message.node_id or None,
+            "lease_expiries": message.lease_expiries,
+            "cancel_requested": message.cancel_requested,
+            "progress": (
+                progress_from_proto(message.progress) if message.HasField("progress") else None
+            ),
+            "created_at": time_from_proto(message, "create_time"),
+            "updated_at": time_from_proto(message, "update_time"),
+            "started_at": time_from_proto(message, "start_time"),
+            "finished_at": time_from_proto(message, "finish_time"),
+            "next_attempt_at": time_from_proto(message, "next_attempt_time"),
+            "priority": message.priority,
+            "scheduled_at": time_from_proto(message, "scheduled_time"),
+            "execution_timeout_s": duration_from_proto(message, "execution_timeout"),
+            "expires_at": time_from_proto(message, "expire_time"),
+            "rate_key": message.rate_key or None,
+            "depends_on": tuple(message.depends_on),
+            "group_id": message.group_id or None,
+        },
     )
+
+
+def _task(fields: dict[str, Any]) -> Task:
+    """A :class:`Task` of ``fields`` (every one of its fields, none left to a default).
+
+    The dataclass's own ``__init__`` takes 29 keyword arguments and, being
+    frozen, sets each through ``object.__setattr__``: 7.5 µs a task, a third of
+    converting one, on paths that convert thousands (``submit_many``'s answers,
+    the submitter's stream, listings). Filling the new instance's ``__dict__``
+    at once gives the same object (``__eq__``, ``__hash__``, ``repr`` and
+    ``replace`` only read attributes) in under 1 µs. ``tests/client/test_convert``
+    checks that every field is set.
+    """
+    task = object.__new__(Task)
+    task.__dict__.update(fields)
+    return task
 
 
 def task_to_proto(task: Task) -> task_pb2.Task:

@@ -22,7 +22,7 @@ from dtq_server.models import (
     TaskRecord,
     TaskState,
 )
-from dtq_server.store import dependencies
+from dtq_server.store import binding, dependencies
 from dtq_server.store.schema import TASK_COLUMNS
 from dtq_server.updates import LeaseGrant, Transition
 
@@ -80,9 +80,8 @@ _INSERT = (
     "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
     "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
     "error_message, error_traceback, error_retryable) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-    "?, ?, ?, ?, ?, ?)"
 )
+"""Followed by a VALUES clause with each row's NULLs written in (see binding)."""
 _KEYS_PER_QUERY = 500
 
 
@@ -135,8 +134,9 @@ def insert(
         seq += 1
         rows.append(
             (
-                seq, t.id, t.type, t.queue, t.payload, t.content_type, int(state), attempt,
-                node_id, session_id, t.max_attempts, t.idempotency_key, t.spec_hash,
+                seq, t.id, t.type, t.queue, binding.blob(t.payload), t.content_type, int(state),
+                attempt, node_id, session_id, t.max_attempts, t.idempotency_key,
+                binding.blob(t.spec_hash),
                 t.retry_backoff_s, now, now,
                 t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
                 t.rate_key, t.group_id, ",".join(t.depends_on), int(t.on_dependency_failure),
@@ -157,7 +157,8 @@ def insert(
             rate_key=t.rate_key, depends_on=t.depends_on, group_id=t.group_id,
         )  # fmt: skip
         out.append((record, True))
-    conn.executemany(_INSERT, rows)
+    for nulls, values in binding.by_nulls(rows).items():
+        conn.executemany(_INSERT + binding.values_clause(nulls), values)
     for t in waiting:
         dependencies.add_edges(conn, t)
     return out
@@ -335,7 +336,7 @@ def _changes(t: Transition, now: float) -> dict[str, Any]:
     if t.lease_expiries is not None:
         changes["lease_expiries"] = t.lease_expiries
     if t.result is not None:
-        changes["result"] = t.result
+        changes["result"] = binding.blob(t.result)
         changes["result_content_type"] = t.result_content_type or ""
     if t.error is not None:
         changes["error_type"] = t.error.type

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -54,6 +54,15 @@ def test_every_task_field_survives_a_round_trip(full_task: Task) -> None:
     ]
     assert unset == ["content_type"]
     assert convert.task_from_proto(convert.task_to_proto(full_task)) == full_task
+
+
+def test_a_converted_task_has_every_model_field_set() -> None:
+    # The conversion fills the instance's __dict__ itself (no __init__, so no
+    # defaults): a field added to Task but not to the conversion would be missing.
+    message = task_pb2.Task(id="t", type="x", queue="q", state=task_pb2.TASK_STATE_QUEUED)
+    task = convert.task_from_proto(message)
+    assert set(vars(task)) == {f.name for f in fields(Task)}
+    assert hash(task) == hash(replace(task)) and task == replace(task)
 
 
 def test_every_proto_task_field_is_written(full_task: Task) -> None:
