@@ -201,7 +201,8 @@ class Submitter:
         """Queue one :class:`TaskSpec`; like :meth:`submit`."""
         if not spec.idempotency_key:
             spec = replace(spec, idempotency_key=self._new_key())
-        message = task_service_pb2.StreamedSubmit(task=convert.spec_to_proto(spec))
+        message = task_service_pb2.StreamedSubmit()
+        convert.fill_spec(message.task, spec)
         future: Future[SubmitAck] = Future()
         future.set_running_or_notify_cancel()  # a queued submit cannot be called back
         with self._changed:

@@ -237,19 +237,35 @@ def task_to_proto(task: Task) -> task_pb2.Task:
 
 def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
     """``dtq.v1.TaskSpec`` of a spec, encoding its payload (see :mod:`dtq_client.payloads`)."""
+    message = task_pb2.TaskSpec()
+    fill_spec(message, spec)
+    return message
+
+
+def fill_spec(message: task_pb2.TaskSpec, spec: TaskSpec) -> None:
+    """Write ``spec`` into an empty ``message``, such as the ``task`` of a frame's submit.
+
+    Field by field and only what is set (most specs set no option): this runs
+    once per submit, and building sub-messages to copy them in cost as much again.
+    """
     data, content_type = payloads.encode(spec.payload, spec.content_type)
-    message = task_pb2.TaskSpec(
-        type=spec.type,
-        queue=spec.queue or "",
-        payload=task_pb2.Payload(data=data, content_type=content_type),
-        max_attempts=spec.max_attempts or 0,
-        idempotency_key=spec.idempotency_key or "",
-        priority=spec.priority,
-        rate_key=spec.rate_key or "",
-        depends_on=spec.depends_on,
-        on_dependency_failure=dependency_failure_to_proto(spec.on_dependency_failure),
-    )
-    # Only the options that are set: most specs set none, and this runs once per submit.
+    message.type = spec.type
+    payload = message.payload
+    payload.data, payload.content_type = data, content_type
+    if spec.queue:
+        message.queue = spec.queue
+    if spec.max_attempts:
+        message.max_attempts = spec.max_attempts
+    if spec.idempotency_key:
+        message.idempotency_key = spec.idempotency_key
+    if spec.priority:
+        message.priority = spec.priority
+    if spec.rate_key:
+        message.rate_key = spec.rate_key
+    if spec.depends_on:
+        message.depends_on.extend(spec.depends_on)
+    if spec.on_dependency_failure is not None:
+        message.on_dependency_failure = dependency_failure_to_proto(spec.on_dependency_failure)
     run_at = time_to_proto(spec.run_at)
     if run_at is not None:
         message.run_at.CopyFrom(run_at)
@@ -262,7 +278,6 @@ def spec_to_proto(spec: TaskSpec) -> task_pb2.TaskSpec:
     ):
         if seconds is not None:
             getattr(message, name).CopyFrom(duration_to_proto(seconds))
-    return message
 
 
 def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:
