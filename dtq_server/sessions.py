@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -46,7 +46,7 @@ from dtq_server.updates import (
     Transition,
     UpdateAck,
 )
-from dtq_server.validation import validate_registration
+from dtq_server.validation import validate_prefetch, validate_registration
 from dtq_server.watchers import TaskWatchers
 
 log = structlog.get_logger(__name__)
@@ -260,10 +260,22 @@ class NodeSessions:
     # -- heartbeats and updates ---------------------------------------------
 
     def heartbeat(
-        self, session: Session, sequence: int, leases: list[Lease], restarts: int
+        self,
+        session: Session,
+        sequence: int,
+        leases: list[Lease],
+        restarts: int,
+        prefetch: int | None = None,
     ) -> None:
-        """Record liveness; tell the node which of its leases are no longer its own."""
+        """Record liveness; tell the node which of its leases are no longer its own.
+
+        ``prefetch``, when given, replaces the node's registered one (a node that
+        sizes its buffer to how long its tasks run reports it here).
+        """
         self._require_live(session)
+        if prefetch is not None and prefetch != session.node.prefetch:
+            session.node = replace(session.node, prefetch=validate_prefetch(prefetch))
+            self._dispatcher.kick()  # more credit is more work to lease now
         session.touch()
         session.supervisor_restarts = restarts
         stale = [lease for lease in leases if session.leases.get(lease.task_id) != lease.attempt]

@@ -276,6 +276,13 @@ def validate_registration(reg: Registration) -> Registration:
     )
 
 
+def validate_prefetch(prefetch: int) -> int:
+    """A prefetch a node reports in a heartbeat (the range RegisterNode allows)."""
+    if not 0 <= prefetch <= MAX_SLOTS:
+        raise InvalidArgument([("heartbeat.prefetch", f"must be 0-{MAX_SLOTS}, got {prefetch}")])
+    return prefetch
+
+
 def lease_is_wellformed(lease: Lease) -> bool:
     """A lease from a node: a plausible id and a positive attempt."""
     return 0 < len(lease.task_id) <= 64 and lease.attempt > 0

@@ -15,7 +15,14 @@ from typing import cast
 import click
 
 from dtq import __version__, logs, loops
-from dtq_worker.config import DEFAULT_COORDINATOR, Isolation, WorkerConfig, default_node_id
+from dtq_worker.config import (
+    DEFAULT_COORDINATOR,
+    MAX_SLOTS,
+    Isolation,
+    Prefetch,
+    WorkerConfig,
+    default_node_id,
+)
 from dtq_worker.errors import ConfigError, RegistryLoadError
 from dtq_worker.node import Node
 from dtq_worker.registry import load_registry
@@ -26,6 +33,19 @@ option = functools.partial(click.option, show_envvar=True)
 
 def _queues(value: str) -> tuple[str, ...]:
     return tuple(q.strip() for q in value.split(",") if q.strip())
+
+
+def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetch:
+    """``--prefetch``: ``auto`` or a count."""
+    if value == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if not 0 <= count <= MAX_SLOTS:
+        raise click.BadParameter(f"{value!r} is not 'auto' or a number 0-{MAX_SLOTS}")
+    return count
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -46,10 +66,11 @@ def _queues(value: str) -> tuple[str, ...]:
 @option(
     "--prefetch",
     envvar="DTQ_PREFETCH",
-    type=click.IntRange(0, 10_000),
-    default=0,
-    help="Tasks to hold beyond the slots, so a freed thread starts its next task at once "
-    "(0: never hold more than can run).",
+    default="auto",
+    callback=_prefetch,
+    help="Tasks to hold beyond the slots, so a freed thread starts its next task at once: "
+    "0-10000, or auto (what the threads finish in a round trip to the coordinator: "
+    "short tasks are held, long ones not). 0 never holds more than can run.",
 )
 @option(
     "--queues",
@@ -158,7 +179,7 @@ def main(
     target: str,
     coordinator: str,
     threads: int,
-    prefetch: int,
+    prefetch: Prefetch,
     queues: str,
     node_id: str | None,
     max_restarts: int,

@@ -20,6 +20,9 @@ MAX_SLOTS = 10_000
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
+Prefetch = int | Literal["auto"]
+"""A fixed number of tasks held beyond the slots, or ``auto`` (sized to the tasks)."""
+
 Isolation = Literal["thread", "process"]
 """Where handlers run: on the worker threads, or in a child process per worker thread."""
 
@@ -37,9 +40,11 @@ class WorkerConfig:
     """The coordinator's ``host:port``."""
     threads: int = 4
     """Worker threads, which is also the number of slots the node declares."""
-    prefetch: int = 0
+    prefetch: Prefetch = "auto"
     """Tasks the node may hold beyond its slots, buffered so a freed thread has its next
-    task at hand (``RegisterNode.prefetch``). 0 holds no more than the node can run."""
+    task at hand (``RegisterNode.prefetch``). 0 holds no more than the node can run;
+    ``auto`` holds what the threads finish in a round trip to the coordinator, so short
+    tasks are buffered and long ones are not (see :mod:`dtq_worker.prefetch`)."""
     queues: tuple[str, ...] = ("default",)
     """Queues to take tasks from."""
     node_id: str = field(default_factory=default_node_id)
@@ -78,8 +83,10 @@ class WorkerConfig:
             problems.append("coordinator address must not be empty")
         if not 1 <= self.threads <= MAX_SLOTS:
             problems.append(f"threads must be 1-{MAX_SLOTS}, got {self.threads}")
-        if not 0 <= self.prefetch <= MAX_SLOTS:
-            problems.append(f"prefetch must be 0-{MAX_SLOTS}, got {self.prefetch}")
+        if self.prefetch != "auto" and not (
+            isinstance(self.prefetch, int) and 0 <= self.prefetch <= MAX_SLOTS
+        ):
+            problems.append(f"prefetch must be 'auto' or 0-{MAX_SLOTS}, got {self.prefetch!r}")
         if not self.queues:
             problems.append("at least one queue is needed")
         problems += [

@@ -76,8 +76,8 @@ class SessionHandler(Protocol):
     def received(self, message: Inbound) -> None:
         """A message from the coordinator."""
 
-    def heartbeat_info(self) -> HeartbeatInfo:
-        """What the next heartbeat reports."""
+    def heartbeat_info(self, round_trip_s: float | None) -> HeartbeatInfo:
+        """What the next heartbeat reports; ``round_trip_s`` is the last one's send to ack."""
 
     def take_updates(self) -> list[Update]:
         """Every update waiting to be written."""
@@ -344,7 +344,7 @@ class Connection:
             self._wake.clear()
             if stream.heartbeat_due is not None:
                 sequence, stream.heartbeat_due = stream.heartbeat_due, None
-                info = self._handler.heartbeat_info()
+                info = self._handler.heartbeat_info(stream.tracker.round_trip_s)
                 await call.write(convert.heartbeat_request(sequence, info, time.time()))
             for frame in convert.update_frames(self._handler.take_updates()):
                 await call.write(frame)

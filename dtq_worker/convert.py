@@ -73,6 +73,7 @@ def heartbeat_request(
             leases=[_lease_pb(lease) for lease in info.leases],
             supervisor_restarts=info.supervisor_restarts,
             node_time=node_time,
+            prefetch=info.prefetch,
         )
     )
 

@@ -23,6 +23,8 @@ class HeartbeatTracker:
         self._unacked: deque[tuple[int, float]] = deque()
         self._heard_at = started_at
         """When the last ack arrived (or the stream started); None if unknown."""
+        self.round_trip_s: float | None = None
+        """Send to ack of the latest heartbeat answered; None before the first."""
 
     def sent(self, now: float) -> int:
         """Record a heartbeat sent at ``now``; return its sequence number (1, 2, ...)."""
@@ -34,7 +36,9 @@ class HeartbeatTracker:
     def acked(self, sequence: int, now: float | None = None) -> None:
         """An ack for ``sequence`` arrived (at ``now``); it also answers every earlier one."""
         while self._unacked and self._unacked[0][0] <= sequence:
-            self._unacked.popleft()
+            answered, sent_at = self._unacked.popleft()
+            if answered == sequence and now is not None:
+                self.round_trip_s = now - sent_at
         if now is not None:
             self._heard_at = now
 

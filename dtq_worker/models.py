@@ -154,6 +154,8 @@ class HeartbeatInfo:
 
     leases: tuple[Lease, ...]
     supervisor_restarts: int
+    prefetch: int | None = None
+    """The node's prefetch from now on (``--prefetch auto``); None leaves it as registered."""
 
 
 # --- messages from the coordinator -------------------------------------------------------

@@ -54,6 +54,7 @@ from dtq_worker.models import (
     Update,
     UpdatesAcked,
 )
+from dtq_worker.prefetch import AutoPrefetch
 from dtq_worker.process_pool import ProcessPool
 from dtq_worker.registry import Registry
 from dtq_worker.runner import Runner
@@ -96,6 +97,7 @@ class Node:
             # The pool enforces the timeout itself, by killing the child.
             task_timeout_s=None if self._pool is not None else config.task_timeout_s,
         )
+        self._auto_prefetch = AutoPrefetch(config.threads) if config.prefetch == "auto" else None
         self._connection = Connection(config, self)
         self._stop = asyncio.Event()
         """Stop signal: begin the shutdown."""
@@ -105,6 +107,14 @@ class Node:
         """Pulsed whenever the ledger changed, for the shutdown waits."""
         self._exit_code = EXIT_OK
         self._leave_reason = LeaveReason.SHUTDOWN
+
+    @property
+    def prefetch(self) -> int:
+        """Tasks the node holds beyond its slots now (``--prefetch auto`` changes it)."""
+        if self._auto_prefetch is not None:
+            return self._auto_prefetch.value
+        assert self.config.prefetch != "auto"
+        return self.config.prefetch
 
     @property
     def restarts(self) -> int:
@@ -260,7 +270,7 @@ class Node:
             task_types=self.registry.task_types,
             queues=self.config.queues,
             slots=self.config.threads,
-            prefetch=self.config.prefetch,
+            prefetch=self.prefetch,
             resume_session_id=resume_session_id,
             leases=self._ledger.held_leases() if resume_session_id else (),
         )
@@ -302,9 +312,13 @@ class Node:
                 pass  # only ever the first message; the connection handles it
         self._changed()
 
-    def heartbeat_info(self) -> HeartbeatInfo:
-        """Every held lease and the restart count."""
-        return HeartbeatInfo(self._ledger.held_leases(), self._supervisor.restarts)
+    def heartbeat_info(self, round_trip_s: float | None) -> HeartbeatInfo:
+        """Every held lease, the restart count and, with ``--prefetch auto``, the prefetch
+        sized to the tasks run since the last heartbeat."""
+        prefetch = None
+        if self._auto_prefetch is not None:
+            prefetch = self._auto_prefetch.update(self._supervisor.work_done(), round_trip_s)
+        return HeartbeatInfo(self._ledger.held_leases(), self._supervisor.restarts, prefetch)
 
     def take_updates(self) -> list[Update]:
         """Every update waiting to be written."""

@@ -35,6 +35,7 @@ import structlog
 from dtq_worker.errors import RestartIntensityExceeded
 from dtq_worker.intensity import RestartIntensity
 from dtq_worker.models import ErrorType, Failed, Failure, Released, ReleaseReason
+from dtq_worker.prefetch import WorkDone
 from dtq_worker.runner import Job, Reporter, Runner
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,16 @@ WATCH_S = 0.1
 class _Worker:
     """One worker thread, the job it holds, and why it died."""
 
-    __slots__ = ("current", "death", "exited", "poisoned", "started_at", "thread")
+    __slots__ = (
+        "busy_s",
+        "current",
+        "death",
+        "exited",
+        "finished",
+        "poisoned",
+        "started_at",
+        "thread",
+    )
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
@@ -62,6 +72,10 @@ class _Worker:
         """When the thread took ``current`` (written before ``current``)."""
         self.poisoned = False
         """Its handler timed out: the thread exits once the handler returns."""
+        self.finished = 0
+        """Jobs this thread ran to the end (written only by the thread)."""
+        self.busy_s = 0.0
+        """Seconds it spent running them."""
 
 
 class Supervisor:
@@ -90,6 +104,8 @@ class Supervisor:
         self._clock = clock
         self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
+        self._retired = (0, 0.0)
+        """Jobs finished and seconds busy of the workers no longer in the pool."""
         self._lock = threading.Lock()
         self._names = itertools.count(1)
         self._stopping = threading.Event()
@@ -142,6 +158,22 @@ class Supervisor:
         """Queue a job for the next free worker. Thread-safe."""
         self._jobs.put(job)
 
+    def work_done(self) -> WorkDone:
+        """Jobs run so far, the time they took, and the jobs running now (for ``--prefetch
+        auto``). Read without stopping the workers: each total may be one job behind."""
+        now = self._clock()
+        with self._lock:
+            workers = list(self._workers)
+            finished, busy_s = self._retired
+        running, running_s = 0, 0.0
+        for worker in workers:
+            finished += worker.finished
+            busy_s += worker.busy_s
+            if worker.current is not None:
+                running += 1
+                running_s += now - worker.started_at
+        return WorkDone(finished, busy_s, running, running_s)
+
     @property
     def alive(self) -> int:
         """Worker threads currently alive."""
@@ -161,6 +193,8 @@ class Supervisor:
                 if limit:  # the handler sees its deadline (the monitor enforces it)
                     job.context.deadline_cell.at = time.monotonic() + limit
                 self._runner.run(job)
+                worker.busy_s += self._clock() - worker.started_at
+                worker.finished += 1
                 worker.current = None
                 if worker.poisoned:
                     return  # its slot already has a fresh thread
@@ -181,12 +215,18 @@ class Supervisor:
         with self._lock:
             restarted = 0
             for worker in [w for w in self._workers if w.exited]:
-                self._workers.remove(worker)
+                self._retire(worker)
                 if self._reap(worker):
                     restarted += 1
             while len(self._workers) < self.slots and not self._stopping.is_set():
                 self._spawn()
             return restarted
+
+    def _retire(self, worker: _Worker) -> None:
+        """Take a worker out of the pool (lock held), keeping its counts in the totals."""
+        self._workers.remove(worker)
+        finished, busy_s = self._retired
+        self._retired = (finished + worker.finished, busy_s + worker.busy_s)
 
     def _reap(self, worker: _Worker) -> bool:
         """Account for one dead worker; True if it is to be replaced."""
@@ -247,7 +287,7 @@ class Supervisor:
                 if limit is None or now - worker.started_at < limit:
                     continue
                 worker.poisoned = True
-                self._workers.remove(worker)
+                self._retire(worker)
                 job.context.cancel_event.set()
                 self._reporter.finished(
                     job,

@@ -327,12 +327,18 @@ class RawNode:
         self._skipped = waiting
         return [str(m.WhichOneof("message")) for m in waiting]
 
-    def heartbeat(self, sequence: int, leases: tuple[tuple[str, int], ...] = ()) -> None:
+    def heartbeat(
+        self,
+        sequence: int,
+        leases: tuple[tuple[str, int], ...] = (),
+        prefetch: int | None = None,
+    ) -> None:
         self.send(
             worker_service_pb2.ConnectRequest(
                 heartbeat=worker_service_pb2.Heartbeat(
                     sequence=sequence,
                     leases=[task_pb2.Lease(task_id=t, attempt=a) for t, a in leases],
+                    prefetch=prefetch,
                 )
             )
         )

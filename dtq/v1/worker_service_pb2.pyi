@@ -54,16 +54,18 @@ class RegisterNode(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ..., prefetch: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sequence", "leases", "supervisor_restarts", "node_time")
+    __slots__ = ("sequence", "leases", "supervisor_restarts", "node_time", "prefetch")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
     SUPERVISOR_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     NODE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     leases: _containers.RepeatedCompositeFieldContainer[_task_pb2.Lease]
     supervisor_restarts: int
     node_time: _timestamp_pb2.Timestamp
-    def __init__(self, sequence: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ..., supervisor_restarts: _Optional[int] = ..., node_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    prefetch: int
+    def __init__(self, sequence: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ..., supervisor_restarts: _Optional[int] = ..., node_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prefetch: _Optional[int] = ...) -> None: ...
 
 class TaskUpdates(_message.Message):
     __slots__ = ("updates",)

@@ -35,7 +35,7 @@ class WorkerServiceStub:
     `heartbeat_timeout` treats the stream as dead and reconnects.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
-    holds more than it can run. A lease whose outcome the node has reported
+    holds more than it can run. A heartbeat may change the prefetch. A lease whose outcome the node has reported
     no longer counts, so the next TaskAssignments may arrive before the
     TaskUpdateAck of the outcome that freed its slot.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
@@ -85,7 +85,7 @@ class WorkerServiceServicer:
     `heartbeat_timeout` treats the stream as dead and reconnects.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
-    holds more than it can run. A lease whose outcome the node has reported
+    holds more than it can run. A heartbeat may change the prefetch. A lease whose outcome the node has reported
     no longer counts, so the next TaskAssignments may arrive before the
     TaskUpdateAck of the outcome that freed its slot.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
@@ -147,7 +147,7 @@ class WorkerService:
     `heartbeat_timeout` treats the stream as dead and reconnects.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
-    holds more than it can run. A lease whose outcome the node has reported
+    holds more than it can run. A heartbeat may change the prefetch. A lease whose outcome the node has reported
     no longer counts, so the next TaskAssignments may arrive before the
     TaskUpdateAck of the outcome that freed its slot.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,

@@ -119,6 +119,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                         hb.sequence,
                         [lease_from_proto(lease) for lease in hb.leases],
                         hb.supervisor_restarts,
+                        hb.prefetch if hb.HasField("prefetch") else None,
                     )
                 elif kind == "updates":
                     updates = [update_from_proto(u) for u in message.updates.updates]

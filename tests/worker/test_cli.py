@@ -85,6 +85,16 @@ def test_bad_settings_from_the_environment_exit_2() -> None:
     assert "--threads" in result.stderr
 
 
+def test_prefetch_is_auto_or_a_count() -> None:
+    for value in ("lots", "-1", "10001"):
+        result = _run("dtq_worker.demo", "--prefetch", value)
+        assert result.returncode == 2, (value, result.stderr)
+        assert "'auto' or a number 0-10000" in result.stderr, (value, result.stderr)
+    result = _run("dtq_worker.demo", DTQ_PREFETCH="many")
+    assert result.returncode == 2
+    assert "DTQ_PREFETCH" in result.stderr
+
+
 def test_bad_transport_settings_exit_2_naming_the_option() -> None:
     for option, value in (
         ("--reconnect-backoff-max", "0"),

@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert config.node_id == f"{socket.gethostname()}-{os.getpid()}"
     assert (config.max_restarts, config.restart_period_s, config.shutdown_grace_s) == (3, 5.0, 30.0)
     assert config.max_result_bytes == 1024 * 1024
+    assert config.prefetch == "auto"
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,9 @@ def test_defaults() -> None:
         {"restart_period_s": 0},
         {"rpc_timeout_s": -1},
         {"log_level": "loud"},
+        {"prefetch": -1},
+        {"prefetch": 10_001},
+        {"prefetch": "some"},
     ],
 )
 def test_invalid_settings_are_rejected(overrides: dict[str, object]) -> None:

@@ -53,3 +53,14 @@ def test_no_ack_yet_counts_from_the_stream_start() -> None:
     tracker = HeartbeatTracker(timeout_s=2.0, started_at=5.0)
     tracker.sent(5.5)
     assert tracker.overdue_at() == 5.0 + 2.0
+
+
+def test_the_round_trip_is_that_of_the_heartbeat_an_ack_names() -> None:
+    tracker = HeartbeatTracker(timeout_s=3.0)
+    assert tracker.round_trip_s is None
+    tracker.sent(10.0)
+    tracker.sent(11.0)
+    tracker.acked(2, now=11.25)  # answers 1 too, but names 2
+    assert tracker.round_trip_s == 0.25
+    tracker.acked(2, now=12.0)  # a repeated ack finds nothing left to time
+    assert tracker.round_trip_s == 0.25

@@ -1,4 +1,8 @@
-"""A node with prefetch holds tasks beyond its threads, and still runs only as many at once."""
+"""A node with prefetch holds tasks beyond its threads, and still runs only as many at once.
+
+``--prefetch auto`` (the default) holds extra tasks only while they are short:
+real nodes, real coordinator, the node's own heartbeats.
+"""
 
 from __future__ import annotations
 
@@ -43,4 +47,64 @@ def test_prefetch_buffers_leases_beyond_threads(tmp_path: Path) -> None:
             assert running() == 2, "prefetched tasks wait; only the threads run"
     finally:
         node.stop()
+        server.stop()
+
+
+def _nodes(admin: AdminServiceStub) -> dict[str, admin_service_pb2.Node]:
+    listed = admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
+    return {node.node_id: node for node in listed}
+
+
+@pytest.mark.timeout(60)
+def test_auto_prefetch_buffers_short_tasks(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data")
+    node = start_node(server.address, tmp_path, "quick", threads=2)  # --prefetch auto
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
+            wait_until(lambda: "quick" in _nodes(admin), 15, what="the node to register")
+            assert _nodes(admin)["quick"].prefetch == 0, "it starts holding nothing extra"
+            specs = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * 3000
+            tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=specs), timeout=10)
+            # Echo runs in well under the 2 ms round-trip floor: the cap, 4 per slot.
+            wait_until(lambda: _nodes(admin)["quick"].prefetch == 8, 20, what="prefetch 8")
+    finally:
+        node.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_auto_prefetch_leaves_long_tasks_for_an_idle_node(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data")
+    first = start_node(server.address, tmp_path, "first", threads=1)  # --prefetch auto
+    second = None
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
+            wait_until(lambda: "first" in _nodes(admin), 15, what="the first node")
+            long = task_pb2.TaskSpec(type="witness", payload=task_pb2.Payload(data=b'{"sleep": 1}'))
+            ids = [
+                result.task.id
+                for result in tasks.SubmitTasks(
+                    task_service_pb2.SubmitTasksRequest(tasks=[long] * 4), timeout=10
+                ).results
+            ]
+            wait_until(lambda: _nodes(admin)["first"].busy_slots == 1, 15, what="one running")
+            second = start_node(server.address, tmp_path, "second", threads=1)
+
+            def done() -> list[task_pb2.Task]:
+                found = [
+                    tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=i), timeout=10).task
+                    for i in ids
+                ]
+                return found if all(t.state == task_pb2.TASK_STATE_SUCCEEDED for t in found) else []
+
+            wait_until(lambda: bool(done()), 30, what="the four tasks")
+            ran_on = [task.node_id for task in done()]
+            assert ran_on.count("second") >= 1, f"queued long tasks waited on a busy node: {ran_on}"
+            assert _nodes(admin)["first"].prefetch == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
         server.stop()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from dtq_worker import RestartIntensityExceeded
+from dtq_worker import RestartIntensityExceeded, TaskContext
 from dtq_worker.intensity import RestartIntensity
 from dtq_worker.models import Released, Succeeded
+from dtq_worker.prefetch import WorkDone
 from dtq_worker.runner import Runner
 from dtq_worker.supervisor import Supervisor
 from tests.harness import wait_until
@@ -102,3 +105,41 @@ def test_stop_taking_work_returns_the_jobs_nobody_took(harness) -> None:
         supervisor.submit(job)
     assert supervisor.stop_taking_work() == jobs
     assert supervisor.stop_taking_work() == []
+
+
+def test_work_done_counts_finished_and_running_jobs_and_survives_a_restart() -> None:
+    release = threading.Event()
+    registry = crash_registry()
+
+    @registry.task("wait")
+    def wait(payload: Any, ctx: TaskContext) -> None:
+        release.wait(10)
+
+    now = [10.0]
+    reporter = RecordingReporter()
+    supervisor = Supervisor(
+        SLOTS, Runner(registry, reporter, 1024), reporter, RestartIntensity(3, period_s=5.0),
+        on_escalate=lambda exc: None, clock=lambda: now[0],
+    )  # fmt: skip
+    supervisor.start(monitor=False)
+    try:
+        assert supervisor.work_done() == WorkDone(0, 0.0)
+        job = make_job("wait", task_id="w1")
+        supervisor.submit(job)
+        wait_until(lambda: supervisor.work_done().running == 1, 5, what="the job to start")
+        now[0] = 12.5
+        assert supervisor.work_done() == WorkDone(0, 0.0, running=1, running_s=2.5)
+        release.set()
+        wait_until(lambda: job.lease in reporter.outcomes(), 5, what="the job to finish")
+        wait_until(lambda: supervisor.work_done().running == 0, 5, what="the slot to free")
+        assert supervisor.work_done() == WorkDone(1, 2.5)
+
+        # A dead thread's count stays in the totals.
+        crash = make_job("crash", task_id="c1")
+        supervisor.submit(crash)
+        wait_until(lambda: supervisor.alive == SLOTS - 1, 5, what="the worker to die")
+        assert supervisor.check_workers() == 1
+        assert supervisor.work_done() == WorkDone(1, 2.5)
+    finally:
+        release.set()
+        supervisor.close()

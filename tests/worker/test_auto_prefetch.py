@@ -1,0 +1,65 @@
+"""``--prefetch auto``: slots x round trip / mean run time, from what the threads did."""
+
+from __future__ import annotations
+
+from dtq_worker.prefetch import CAP_PER_SLOT, MIN_ROUND_TRIP_S, AutoPrefetch, WorkDone
+
+SLOTS = 4
+
+
+def test_it_starts_at_zero_and_stays_there_while_idle() -> None:
+    auto = AutoPrefetch(SLOTS)
+    assert auto.value == 0
+    assert auto.update(WorkDone(0, 0.0), round_trip_s=0.001) == 0
+    assert auto.update(WorkDone(0, 0.0), round_trip_s=None) == 0
+
+
+def test_short_tasks_fill_the_buffer_up_to_its_cap() -> None:
+    auto = AutoPrefetch(SLOTS)
+    # 2,000 tasks of 50 us against a 2 ms round trip: 4 x 2 / 0.05 = 160, capped.
+    assert auto.update(WorkDone(2000, 0.1), round_trip_s=0.002) == CAP_PER_SLOT * SLOTS
+
+
+def test_tasks_as_long_as_the_round_trip_get_one_per_slot() -> None:
+    auto = AutoPrefetch(SLOTS)
+    assert auto.update(WorkDone(100, 100 * 0.004), round_trip_s=0.004) == SLOTS
+
+
+def test_long_tasks_are_not_buffered() -> None:
+    auto = AutoPrefetch(SLOTS)
+    assert auto.update(WorkDone(8, 8 * 0.5), round_trip_s=0.002) == 0
+
+
+def test_running_tasks_count_before_they_finish() -> None:
+    auto = AutoPrefetch(SLOTS)
+    assert auto.update(WorkDone(5000, 0.25), round_trip_s=0.002) == 16
+    # The next tasks are long: none finished yet, four have run 0.9 s each.
+    assert auto.update(WorkDone(5000, 0.25, running=4, running_s=3.6), round_trip_s=0.002) == 0
+
+
+def test_one_long_task_among_short_ones_lowers_it_in_proportion() -> None:
+    auto = AutoPrefetch(SLOTS)
+    # 3,000 short tasks (0.15 s) and one that has run 5 s: 5.15 s / 3,001 = 1.7 ms a task.
+    work = WorkDone(3000, 0.15, running=1, running_s=5.0)
+    assert auto.update(work, round_trip_s=0.002) == round(SLOTS * 0.002 / (5.15 / 3001))
+
+
+def test_only_the_work_since_the_last_update_counts() -> None:
+    auto = AutoPrefetch(SLOTS)
+    auto.update(WorkDone(1000, 0.05), round_trip_s=0.002)  # short: capped
+    # Then 10 tasks of 100 ms: totals grow by 10 and 1 s.
+    assert auto.update(WorkDone(1010, 1.05), round_trip_s=0.002) == 0
+
+
+def test_a_slow_round_trip_buffers_more() -> None:
+    near, far = AutoPrefetch(SLOTS), AutoPrefetch(SLOTS)
+    work = WorkDone(100, 100 * 0.01)  # 10 ms tasks
+    assert near.update(work, round_trip_s=0.001) == round(SLOTS * MIN_ROUND_TRIP_S / 0.01)
+    assert far.update(work, round_trip_s=0.02) == SLOTS * 2  # 4 x 20 / 10
+
+
+def test_the_round_trip_is_smoothed() -> None:
+    auto = AutoPrefetch(SLOTS)
+    auto.update(WorkDone(100, 1.0), round_trip_s=0.02)  # 10 ms tasks, 20 ms: 8
+    # One fast ack halves the estimate's distance to it, not all of it: 11 ms -> 4.4.
+    assert auto.update(WorkDone(200, 2.0), round_trip_s=0.002) == 4
