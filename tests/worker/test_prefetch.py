@@ -66,8 +66,10 @@ def test_auto_prefetch_buffers_short_tasks(tmp_path: Path) -> None:
             assert _nodes(admin)["quick"].prefetch == 0, "it starts holding nothing extra"
             specs = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * 3000
             tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=specs), timeout=10)
-            # Echo runs in well under the 2 ms round-trip floor: the cap, 4 per slot.
-            wait_until(lambda: _nodes(admin)["quick"].prefetch == 8, 20, what="prefetch 8")
+            # Echo runs in well under the 2 ms round-trip floor: towards the cap of 4 per
+            # slot (at least 2 per slot even if the machine is slow enough to stretch jobs).
+            wait_until(lambda: _nodes(admin)["quick"].prefetch >= 4, 20, what="prefetch >= 4")
+            assert _nodes(admin)["quick"].prefetch <= 8
     finally:
         node.stop()
         server.stop()
