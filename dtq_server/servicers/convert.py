@@ -134,7 +134,7 @@ def task_to_proto(t: TaskRecord) -> pb.Task:
 
     Sub-messages are written in place (not built and copied in): every submit
     is answered with its task, and this is half the cost of building them as
-    keyword arguments (3.4 against 7.2 µs for a new task).
+    keyword arguments (3.5 against 6.5 µs for a new task).
     """
     msg = pb.Task(
         id=t.id,
