@@ -140,6 +140,7 @@ class Node:
             node_id=self.config.node_id,
             coordinator=self.config.coordinator,
             threads=self.config.threads,
+            prefetch=self.config.prefetch,
             queues=list(self.config.queues),
             task_types=list(self.registry.task_types),
             event_loop=loops.running(),
@@ -317,7 +318,10 @@ class Node:
         sized to the tasks run since the last heartbeat."""
         prefetch = None
         if self._auto_prefetch is not None:
+            before = self._auto_prefetch.value
             prefetch = self._auto_prefetch.update(self._supervisor.work_done(), round_trip_s)
+            if prefetch != before:
+                log.debug("node.prefetch", prefetch=prefetch, was=before)
         return HeartbeatInfo(self._ledger.held_leases(), self._supervisor.restarts, prefetch)
 
     def take_updates(self) -> list[Update]:
