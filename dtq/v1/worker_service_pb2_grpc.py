@@ -35,9 +35,10 @@ class WorkerServiceStub:
     `heartbeat_timeout` treats the stream as dead and reconnects.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
-    holds more than it can run. A heartbeat may change the prefetch. A lease whose outcome the node has reported
-    no longer counts, so the next TaskAssignments may arrive before the
-    TaskUpdateAck of the outcome that freed its slot.
+    holds more than it can run, and a heartbeat may change the prefetch. A
+    lease whose outcome the node has reported no longer counts, so the next
+    TaskAssignments may arrive before the TaskUpdateAck of the outcome that
+    freed its slot.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
     TaskUpdateAck. A node may leave out `started` when the outcome goes in
@@ -85,9 +86,10 @@ class WorkerServiceServicer:
     `heartbeat_timeout` treats the stream as dead and reconnects.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
-    holds more than it can run. A heartbeat may change the prefetch. A lease whose outcome the node has reported
-    no longer counts, so the next TaskAssignments may arrive before the
-    TaskUpdateAck of the outcome that freed its slot.
+    holds more than it can run, and a heartbeat may change the prefetch. A
+    lease whose outcome the node has reported no longer counts, so the next
+    TaskAssignments may arrive before the TaskUpdateAck of the outcome that
+    freed its slot.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
     TaskUpdateAck. A node may leave out `started` when the outcome goes in
@@ -147,9 +149,10 @@ class WorkerService:
     `heartbeat_timeout` treats the stream as dead and reconnects.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
-    holds more than it can run. A heartbeat may change the prefetch. A lease whose outcome the node has reported
-    no longer counts, so the next TaskAssignments may arrive before the
-    TaskUpdateAck of the outcome that freed its slot.
+    holds more than it can run, and a heartbeat may change the prefetch. A
+    lease whose outcome the node has reported no longer counts, so the next
+    TaskAssignments may arrive before the TaskUpdateAck of the outcome that
+    freed its slot.
     4. The node reports TaskUpdates (started, progress, succeeded, failed,
     released); every succeeded/failed/released update is answered by a
     TaskUpdateAck. A node may leave out `started` when the outcome goes in

@@ -57,6 +57,14 @@ def test_heartbeat_request() -> None:
     assert (heartbeat.sequence, heartbeat.supervisor_restarts) == (7, 2)
     assert heartbeat.leases[0].task_id == "t1"
     assert heartbeat.node_time.seconds == 1_700_000_000
+    assert not heartbeat.HasField("prefetch"), "a fixed prefetch is left as registered"
+
+
+def test_an_auto_node_heartbeat_carries_its_prefetch_even_when_zero() -> None:
+    for prefetch in (0, 16):
+        request = convert.heartbeat_request(1, HeartbeatInfo((), 0, prefetch), 1_700_000_000.0)
+        assert request.heartbeat.HasField("prefetch")
+        assert request.heartbeat.prefetch == prefetch
 
 
 def test_every_update_kind_converts() -> None:
