@@ -17,6 +17,7 @@ import time
 
 from bench.cluster import cluster, wait_for
 from dtq_client import Client, TaskSpec
+from dtq_worker.config import Prefetch
 
 PREFETCH = 64
 """P1's nodes hold this many tasks beyond their 4 threads (dtq-worker --prefetch).
@@ -26,14 +27,14 @@ work to stay busy while its results travel back and new leases travel out
 (16 gave ~3,000 tasks/s on the 2-core machine, 64 ~4,000)."""
 
 
-def throughput(tasks: int) -> float:
-    """P1: end-to-end tasks/s (2 nodes x 4 threads, --prefetch 64).
+def throughput(tasks: int, prefetch: Prefetch = PREFETCH) -> float:
+    """P1: end-to-end tasks/s (2 nodes x 4 threads, --prefetch 64 unless told).
 
     The client submits task after task with one call each, as the peers do,
     through :meth:`Client.submitter` (pipelined, each acknowledged once
     committed); the clock stops when the last task has succeeded.
     """
-    with cluster(nodes=2, prefetch=PREFETCH) as address, Client(address) as client:
+    with cluster(nodes=2, prefetch=prefetch) as address, Client(address) as client:
         started = time.perf_counter()
         with client.submitter() as submitter:
             futures = [submitter.submit("echo", i) for i in range(tasks)]

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dtq_client import Client, NodeState
+from dtq_worker.config import Prefetch
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: every process starts here so ``python -m`` finds the packages."""
@@ -108,7 +109,7 @@ def start_node(
     address: str,
     node_id: str,
     threads: int = 4,
-    prefetch: int = 0,
+    prefetch: Prefetch = 0,
     queues: Sequence[str] = ("default",),
 ) -> subprocess.Popen[bytes]:
     """A ``dtq_worker`` process running the demo registry (``echo`` and friends)."""
@@ -146,7 +147,7 @@ def wait_active(client: Client, count: int, timeout_s: float = 30.0) -> None:
 
 
 @contextmanager
-def cluster(nodes: int, threads: int = 4, prefetch: int = 0) -> Iterator[str]:
+def cluster(nodes: int, threads: int = 4, prefetch: Prefetch = 0) -> Iterator[str]:
     """A fresh coordinator and ``nodes`` worker processes; yields the address."""
     with tempfile.TemporaryDirectory(prefix="dtq-bench-") as tmp:
         coordinator = Coordinator(Path(tmp))

@@ -148,6 +148,14 @@ class Connection:
         """Updates are pending: have the writer send them (loop thread only)."""
         self._wake.set()
 
+    def heartbeat_soon(self) -> None:
+        """Send a heartbeat now instead of at the next interval (loop thread only): it
+        carries news, such as a prefetch ``--prefetch auto`` has just resized."""
+        stream = self._stream
+        if stream is not None and stream.heartbeat_due is None:
+            stream.heartbeat_due = stream.tracker.sent(asyncio.get_running_loop().time())
+            self._wake.set()
+
     def start(self) -> asyncio.Task[None]:
         """Run the connection in a task; it ends on close, or raises a fatal StreamError."""
         self._task = asyncio.create_task(self.run(), name="dtq-connection")

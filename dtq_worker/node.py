@@ -23,6 +23,7 @@ and exits 70.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -54,7 +55,7 @@ from dtq_worker.models import (
     Update,
     UpdatesAcked,
 )
-from dtq_worker.prefetch import AutoPrefetch
+from dtq_worker.prefetch import RESIZE_EVERY_S, AutoPrefetch, worth_telling
 from dtq_worker.process_pool import ProcessPool
 from dtq_worker.registry import Registry
 from dtq_worker.runner import Runner
@@ -98,6 +99,8 @@ class Node:
             task_timeout_s=None if self._pool is not None else config.task_timeout_s,
         )
         self._auto_prefetch = AutoPrefetch(config.threads) if config.prefetch == "auto" else None
+        self._resized_at = -math.inf
+        """Loop time of the last re-size of the auto prefetch."""
         self._connection = Connection(config, self)
         self._stop = asyncio.Event()
         """Stop signal: begin the shutdown."""
@@ -249,6 +252,10 @@ class Node:
                 due = ledger.progress(lease, loop.time())
                 if due is not None:
                     loop.call_at(due, self._flush_progress, lease)
+        if self._auto_prefetch is not None and loop.time() - self._resized_at >= RESIZE_EVERY_S:
+            before = self._auto_prefetch.value
+            if worth_telling(before, self._resize_prefetch(None)):
+                self._connection.heartbeat_soon()
         self._changed()
 
     def _flush_progress(self, lease: Lease) -> None:
@@ -316,13 +323,18 @@ class Node:
     def heartbeat_info(self, round_trip_s: float | None) -> HeartbeatInfo:
         """Every held lease, the restart count and, with ``--prefetch auto``, the prefetch
         sized to the tasks run since the last heartbeat."""
-        prefetch = None
-        if self._auto_prefetch is not None:
-            before = self._auto_prefetch.value
-            prefetch = self._auto_prefetch.update(self._supervisor.work_done(), round_trip_s)
-            if prefetch != before:
-                log.debug("node.prefetch", prefetch=prefetch, was=before)
+        prefetch = None if self._auto_prefetch is None else self._resize_prefetch(round_trip_s)
         return HeartbeatInfo(self._ledger.held_leases(), self._supervisor.restarts, prefetch)
+
+    def _resize_prefetch(self, round_trip_s: float | None) -> int:
+        """Re-size the auto prefetch from the work done since the last re-size."""
+        assert self._auto_prefetch is not None
+        self._resized_at = asyncio.get_running_loop().time()
+        before = self._auto_prefetch.value
+        after = self._auto_prefetch.update(self._supervisor.work_done(), round_trip_s)
+        if after != before:
+            log.debug("node.prefetch", prefetch=after, was=before)
+        return after
 
     def take_updates(self) -> list[Update]:
         """Every update waiting to be written."""

@@ -11,12 +11,14 @@ third of the throughput on no-op tasks in DTQ's P1 benchmark).
 
 So the node buffers what its threads would finish during one round trip:
 ``slots x round trip / mean run time``, rounded, at most ``CAP_PER_SLOT`` per
-slot. It starts at 0 and is recomputed at every heartbeat from the tasks that
-finished since the last one and the heartbeat's own round trip (at least
+slot. It starts at 0 and is recomputed at every heartbeat (and, as tasks
+finish, every ``RESIZE_EVERY_S`` in between) from the tasks that finished
+since the last time and the heartbeat's own round trip (at least
 ``MIN_ROUND_TRIP_S``, for the lease commit a heartbeat does not wait for). Tasks
-still running count with their run time so far, so long tasks lower the
-prefetch before any of them finishes, and one long task among many short ones
-lowers it in proportion. Pure: the node feeds it.
+still running count at their run time so far once they have outlasted the
+others, so long tasks lower the prefetch before any of them finishes and one
+long task among many short ones lowers it in proportion; a task that has just
+started counts for nothing yet. Pure: the node feeds it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,22 @@ MIN_ROUND_TRIP_S = 0.002
 """The round trip assumed at least: a heartbeat ack skips the commit a lease needs."""
 SMOOTHING = 0.5
 """Weight of the newest heartbeat's round trip in the running estimate."""
+RESIZE_EVERY_S = 0.1
+"""Between heartbeats, how often the node re-sizes its prefetch as tasks finish; a
+big change is sent at once (:func:`worth_telling`) rather than at the next heartbeat."""
+
+
+def worth_telling(before: int, after: int) -> bool:
+    """A change big enough to send its own heartbeat for: from or to 0, or by half.
+
+    A node that has just started on short tasks buffers them within a fraction of
+    a second instead of a heartbeat interval, and one that turns to long tasks
+    stops taking more as soon as it sees them; small drifts wait for the next
+    heartbeat, so a fleet's steady state costs no extra messages.
+    """
+    if before == after:
+        return False
+    return before == 0 or after == 0 or abs(after - before) * 2 >= before
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +59,8 @@ class WorkDone:
     """Jobs finished."""
     busy_s: float
     """Seconds spent running the finished jobs."""
-    running: int = 0
-    """Jobs running now."""
-    running_s: float = 0.0
-    """How long the jobs running now have run, together."""
+    running: tuple[float, ...] = ()
+    """How long each job running now has run so far."""
 
 
 class AutoPrefetch:
@@ -59,7 +75,13 @@ class AutoPrefetch:
         """The prefetch to report now."""
 
     def update(self, work: WorkDone, round_trip_s: float | None) -> int:
-        """Recompute from the work done since the last update and the latest round trip."""
+        """Re-size from the work done since the last update and the latest round trip.
+
+        A running job has run at least as long as it has so far: one that has
+        already outlasted the finished jobs' mean counts at its time so far, and
+        with nothing finished the longest running job can only lower the value.
+        One that has just started tells nothing yet.
+        """
         if round_trip_s is not None:
             previous = self._round_trip_s
             self._round_trip_s = (
@@ -70,11 +92,17 @@ class AutoPrefetch:
         finished = work.finished - self._last.finished
         busy_s = work.busy_s - self._last.busy_s
         self._last = work
-        seen = finished + work.running
-        if seen == 0:
-            return self.value  # idle: nothing learnt
-        run_s = (busy_s + work.running_s) / seen
+        if finished > 0:
+            mean_s = busy_s / finished
+            longer = [elapsed for elapsed in work.running if elapsed > mean_s]
+            self.value = self._size((busy_s + sum(longer)) / (finished + len(longer)))
+        elif work.running:
+            self.value = min(self.value, self._size(max(work.running)))
+        return self.value  # unchanged while idle: nothing learnt
+
+    def _size(self, run_s: float) -> int:
+        """The prefetch for tasks of ``run_s`` each."""
+        if run_s <= 0:
+            return self._cap
         round_trip = max(self._round_trip_s or 0.0, MIN_ROUND_TRIP_S)
-        wanted = self._slots * round_trip / run_s if run_s > 0 else float(self._cap)
-        self.value = min(self._cap, int(wanted + 0.5))
-        return self.value
+        return min(self._cap, int(self._slots * round_trip / run_s + 0.5))

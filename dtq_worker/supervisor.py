@@ -165,14 +165,13 @@ class Supervisor:
         with self._lock:
             workers = list(self._workers)
             finished, busy_s = self._retired
-        running, running_s = 0, 0.0
+        running: list[float] = []
         for worker in workers:
             finished += worker.finished
             busy_s += worker.busy_s
             if worker.current is not None:
-                running += 1
-                running_s += now - worker.started_at
-        return WorkDone(finished, busy_s, running, running_s)
+                running.append(now - worker.started_at)
+        return WorkDone(finished, busy_s, tuple(running))
 
     @property
     def alive(self) -> int:

@@ -82,12 +82,16 @@ def demo_node(
     *,
     queues: str | None = None,
     threads: int = NODE_THREADS,
+    prefetch: int | None = None,
 ) -> Iterator[Proc]:
     """A registered ``dtq-worker`` process running the demo handlers, killed at the end.
 
-    ``queues`` (comma-separated) replaces the ``default`` queue the node serves.
+    ``queues`` (comma-separated) replaces the ``default`` queue the node serves;
+    ``prefetch`` replaces its default (``auto``).
     """
     extra = ("--queues", queues) if queues else ()
+    if prefetch is not None:
+        extra += ("--prefetch", str(prefetch))
     node = start_node(address, log_dir, node_id, *extra, module=DEMO_REGISTRY, threads=threads)
     try:
         wait_for_node(address, node, node_id)
@@ -140,8 +144,13 @@ def served(cluster: Cluster, queue: str, tmp_path: Path) -> Iterator[Callable[[i
     with ExitStack() as nodes:
 
         def start(threads: int) -> None:
+            # No prefetch: each task is leased only when a thread is free for it, so
+            # tasks start in dispatch order, each reported in a frame of its own.
+            node_id = f"node-{queue}"
             nodes.enter_context(
-                demo_node(cluster.address, tmp_path, f"node-{queue}", queues=queue, threads=threads)
+                demo_node(
+                    cluster.address, tmp_path, node_id, queues=queue, threads=threads, prefetch=0
+                )
             )
 
         yield start

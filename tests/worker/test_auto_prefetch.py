@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from dtq_worker.prefetch import CAP_PER_SLOT, MIN_ROUND_TRIP_S, AutoPrefetch, WorkDone
+from dtq_worker.prefetch import (
+    CAP_PER_SLOT,
+    MIN_ROUND_TRIP_S,
+    AutoPrefetch,
+    WorkDone,
+    worth_telling,
+)
 
 SLOTS = 4
 
@@ -30,17 +36,35 @@ def test_long_tasks_are_not_buffered() -> None:
     assert auto.update(WorkDone(8, 8 * 0.5), round_trip_s=0.002) == 0
 
 
-def test_running_tasks_count_before_they_finish() -> None:
+def test_tasks_that_just_started_tell_nothing() -> None:
+    # An idle node whose first tasks have just begun must not read them as short.
+    auto = AutoPrefetch(SLOTS)
+    assert auto.update(WorkDone(0, 0.0, running=(0.0001,) * 4), round_trip_s=0.002) == 0
+    short = AutoPrefetch(SLOTS)
+    short.update(WorkDone(1000, 1000 * 0.001), round_trip_s=0.002)  # 1 ms tasks: 8
+    # Tasks that started after the mean run time was measured, still under it: no change.
+    assert short.update(WorkDone(2000, 2.0, running=(0.0005,)), round_trip_s=0.002) == 8
+
+
+def test_long_running_tasks_lower_it_before_they_finish() -> None:
     auto = AutoPrefetch(SLOTS)
     assert auto.update(WorkDone(5000, 0.25), round_trip_s=0.002) == 16
     # The next tasks are long: none finished yet, four have run 0.9 s each.
-    assert auto.update(WorkDone(5000, 0.25, running=4, running_s=3.6), round_trip_s=0.002) == 0
+    assert auto.update(WorkDone(5000, 0.25, running=(0.9,) * 4), round_trip_s=0.002) == 0
+
+
+def test_with_nothing_finished_running_tasks_only_lower_it() -> None:
+    auto = AutoPrefetch(SLOTS)
+    auto.update(WorkDone(1000, 1000 * 0.001), round_trip_s=0.002)  # 8
+    # One task at 4 ms so far: at most 4 x 2 / 4 = 2, never more than before.
+    assert auto.update(WorkDone(1000, 1.0, running=(0.004,)), round_trip_s=0.002) == 2
+    assert auto.update(WorkDone(1000, 1.0, running=(0.0001,)), round_trip_s=0.002) == 2
 
 
 def test_one_long_task_among_short_ones_lowers_it_in_proportion() -> None:
     auto = AutoPrefetch(SLOTS)
     # 3,000 short tasks (0.15 s) and one that has run 5 s: 5.15 s / 3,001 = 1.7 ms a task.
-    work = WorkDone(3000, 0.15, running=1, running_s=5.0)
+    work = WorkDone(3000, 0.15, running=(5.0, 0.00001))  # the second just started
     assert auto.update(work, round_trip_s=0.002) == round(SLOTS * 0.002 / (5.15 / 3001))
 
 
@@ -63,3 +87,10 @@ def test_the_round_trip_is_smoothed() -> None:
     auto.update(WorkDone(100, 1.0), round_trip_s=0.02)  # 10 ms tasks, 20 ms: 8
     # One fast ack halves the estimate's distance to it, not all of it: 11 ms -> 4.4.
     assert auto.update(WorkDone(200, 2.0), round_trip_s=0.002) == 4
+
+
+def test_only_big_changes_are_worth_a_heartbeat_of_their_own() -> None:
+    assert worth_telling(0, 16) and worth_telling(16, 0)  # starting, and long tasks
+    assert worth_telling(16, 8) and worth_telling(4, 9)  # by half or more
+    assert not worth_telling(16, 15) and not worth_telling(16, 10)  # drift
+    assert not worth_telling(7, 7)

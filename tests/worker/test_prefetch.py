@@ -6,6 +6,7 @@ real nodes, real coordinator, the node's own heartbeats.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,9 @@ import pytest
 from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
-from tests.harness import start_node, start_server, wait_until
+from dtq_client import Client, TaskSpec
+from tests.harness import InProcessCoordinator, start_node, start_server, wait_until
+from tests.worker.nodes import RunningNode, node_info
 
 
 @pytest.mark.timeout(60)
@@ -110,3 +113,24 @@ def test_auto_prefetch_leaves_long_tasks_for_an_idle_node(tmp_path: Path) -> Non
         if second is not None:
             second.stop()
         server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_auto_prefetch_is_sent_as_soon_as_it_grows_not_at_the_next_heartbeat(
+    make_coordinator: Callable[..., InProcessCoordinator],
+    run_node: Callable[..., RunningNode],
+) -> None:
+    # Heartbeats every 30 s: none is due during the test, so a prefetch the
+    # coordinator learns came in the heartbeat the node sent of its own accord.
+    coordinator = make_coordinator(heartbeat_interval_s=30.0, heartbeat_timeout_s=60.0)
+    node = run_node(coordinator.address, node_id="eager", threads=2)
+    with Client(coordinator.address) as client:
+        wait_until(lambda: node_info(client, "eager") is not None, 10, what="registered")
+        client.submit_many([TaskSpec("echo", i) for i in range(2000)])
+
+        def prefetch() -> int:
+            info = node_info(client, "eager")
+            return 0 if info is None else info.prefetch
+
+        wait_until(lambda: prefetch() > 0, 20, what="the node's prefetch to reach the coordinator")
+    assert node.node.prefetch > 0

@@ -126,12 +126,12 @@ def test_work_done_counts_finished_and_running_jobs_and_survives_a_restart() -> 
         assert supervisor.work_done() == WorkDone(0, 0.0)
         job = make_job("wait", task_id="w1")
         supervisor.submit(job)
-        wait_until(lambda: supervisor.work_done().running == 1, 5, what="the job to start")
+        wait_until(lambda: len(supervisor.work_done().running) == 1, 5, what="the job to start")
         now[0] = 12.5
-        assert supervisor.work_done() == WorkDone(0, 0.0, running=1, running_s=2.5)
+        assert supervisor.work_done() == WorkDone(0, 0.0, running=(2.5,))
         release.set()
         wait_until(lambda: job.lease in reporter.outcomes(), 5, what="the job to finish")
-        wait_until(lambda: supervisor.work_done().running == 0, 5, what="the slot to free")
+        wait_until(lambda: not supervisor.work_done().running, 5, what="the slot to free")
         assert supervisor.work_done() == WorkDone(1, 2.5)
 
         # A dead thread's count stays in the totals.
