@@ -89,7 +89,7 @@ def demo_node(
     ``queues`` (comma-separated) replaces the ``default`` queue the node serves;
     ``prefetch`` replaces its default (``auto``).
     """
-    extra = ("--queues", queues) if queues else ()
+    extra: tuple[str, ...] = ("--queues", queues) if queues else ()
     if prefetch is not None:
         extra += ("--prefetch", str(prefetch))
     node = start_node(address, log_dir, node_id, *extra, module=DEMO_REGISTRY, threads=threads)
