@@ -322,7 +322,7 @@ class Node:
 
     def heartbeat_info(self, round_trip_s: float | None) -> HeartbeatInfo:
         """Every held lease, the restart count and, with ``--prefetch auto``, the prefetch
-        sized to the tasks run since the last heartbeat."""
+        re-sized to the tasks run since the last re-size."""
         prefetch = None if self._auto_prefetch is None else self._resize_prefetch(round_trip_s)
         return HeartbeatInfo(self._ledger.held_leases(), self._supervisor.restarts, prefetch)
 
