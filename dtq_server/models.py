@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from dtq_server.frozen import frozen
+
 
 class TaskState(IntEnum):
     """Task states; the values match ``dtq.v1.TaskState`` and are stored as integers."""
@@ -49,7 +51,7 @@ class NodeState(IntEnum):
     LEFT = 5
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Lease:
     """One dispatch of a task: the fencing token every node message carries."""
 
@@ -57,7 +59,7 @@ class Lease:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskError:
     """Why an attempt failed."""
 
@@ -67,7 +69,7 @@ class TaskError:
     retryable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Progress:
     """Progress a handler reported."""
 
@@ -75,7 +77,7 @@ class Progress:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NewTask:
     """A validated submission, ready to be stored."""
 
@@ -101,7 +103,7 @@ class NewTask:
     group_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskRecord:
     """A task as stored: what GetTask, ListTasks and WatchTask return."""
 
@@ -169,7 +171,7 @@ class ActiveTask:
     rate_key: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Assignment:
     """A leased task as sent to its node."""
 
@@ -184,7 +186,7 @@ class Assignment:
     priority: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Registration:
     """A node's RegisterNode, validated."""
 
@@ -200,7 +202,7 @@ class Registration:
     prefetch: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class QueueStats:
     """Task counts of one queue."""
 
@@ -216,7 +218,7 @@ class QueueStats:
     waiting: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class QueueSettings:
     """A queue's durable settings (defaults for queues never configured)."""
 
@@ -227,7 +229,7 @@ class QueueSettings:
     """Dispatch rate limit in tasks per second; 0 means none."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RateLimit:
     """A rate key's durable token-bucket settings."""
 
@@ -236,7 +238,7 @@ class RateLimit:
     burst: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskFilter:
     """ListTasks filters; None matches everything."""
 
@@ -245,7 +247,7 @@ class TaskFilter:
     type: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GroupStatus:
     """Counts of a group's members by state."""
 
@@ -267,7 +269,7 @@ class DependencyEvents:
         return bool(self.unblocked or self.finished)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskPage:
     """One page of ListTasks."""
 

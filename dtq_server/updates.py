@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from dtq_server.frozen import frozen
 from dtq_server.models import Lease, Progress, TaskError, TaskState
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Started:
     """A handler started running the task."""
 
     lease: Lease
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Progressed:
     """A handler reported progress."""
 
@@ -22,7 +21,7 @@ class Progressed:
     progress: Progress
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Succeeded:
     """A handler returned a result."""
 
@@ -31,7 +30,7 @@ class Succeeded:
     content_type: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Failed:
     """A handler failed, or stopped because the task was cancelled."""
 
@@ -40,7 +39,7 @@ class Failed:
     cancelled: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Released:
     """The node handed the task back without an outcome."""
 
@@ -52,7 +51,7 @@ TaskUpdate = Started | Progressed | Succeeded | Failed | Released
 TERMINAL_UPDATES = (Succeeded, Failed, Released)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UpdateAck:
     """The coordinator's answer to one update."""
 
@@ -62,7 +61,7 @@ class UpdateAck:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeaseGrant:
     """Lease a queued task to a node session as attempt ``attempt``."""
 
@@ -72,7 +71,7 @@ class LeaseGrant:
     session_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Transition:
     """A fenced change of one task's row.
 

@@ -11,12 +11,12 @@ import hashlib
 import re
 import time
 import uuid
-from dataclasses import dataclass
 
 import uuid_utils
 
 from dtq_server.config import ServerConfig
 from dtq_server.errors import InvalidArgument
+from dtq_server.frozen import frozen
 from dtq_server.models import DependencyFailure, Lease, NewTask, Registration
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
@@ -39,7 +39,7 @@ JSON = "application/json"
 _DEPENDENCY_FAILURES = frozenset({0, *DependencyFailure})
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpecInput:
     """A TaskSpec as received, before validation (0 and "" mean unset)."""
 
