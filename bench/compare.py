@@ -40,8 +40,8 @@ PEERS = ("huey", "dramatiq", "celery")
 DRIVER_TIMEOUT_S = 1800
 DTQ_CONFIG = (
     "coordinator SQLite WAL synchronous=FULL (every task durable); P1 2 nodes x 4 threads"
-    f" --prefetch {basics.PREFETCH}, one Submitter.submit per task (pipelined), completion"
-    " when the last task succeeded and the queue counts agree;"
+    f" --prefetch {basics.PREFETCH} (the default), one Submitter.submit per task (pipelined),"
+    " completion when the last task succeeded and the queue counts agree;"
     " P2 2 nodes x 4 threads, Client.submit_and_wait (one call); P3 Client.submit per task;"
     " P3 pipelined: one thread, one Client.submitter(), Submitter.submit per task"
 )

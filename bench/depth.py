@@ -13,7 +13,7 @@ data directory, differ only in how deep their queue is:
    killed and restarted once, so both dispatch from a restarted process (the
    board rebuilt from the store, SQLite's cache cold): depth is the only
    difference between them.
-3. Dispatch: two nodes (4 threads, ``--prefetch`` as P1) serve each
+3. Dispatch: two nodes (4 threads, a fixed ``--prefetch 64``) serve each
    coordinator. Windows alternate between the two (shallow, deep, shallow,
    deep, ...), so a change in the machine's speed during the run touches both
    figures alike: the window's queue is resumed, the tasks/s between the
@@ -37,7 +37,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.basics import PREFETCH
+from bench.basics import FIXED_PREFETCH
 from bench.cluster import Coordinator, start_node, stop_processes, wait_active, wait_for
 from bench.procfs import peak_rss_mib, rss_mib
 from dtq_client import Client, DtqError, TaskSpec
@@ -221,7 +221,7 @@ def depth(plan: DepthPlan) -> DepthResult:
 
         for side, name in ((shallow, "shallow"), (deep, "deep")):
             side.nodes = [
-                start_node(side.address, f"{name}-{n}", prefetch=PREFETCH, queues=[QUEUE])
+                start_node(side.address, f"{name}-{n}", prefetch=FIXED_PREFETCH, queues=[QUEUE])
                 for n in range(2)
             ]
             with Client(side.address) as client:

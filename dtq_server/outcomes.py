@@ -73,8 +73,9 @@ class OutcomeRules:
                 return transition
             case Released(reason=reason) if reason in CRASH_REASONS:
                 return self.lost(task, attempt, TaskError(reason, "the worker running it died"))
-            case Released():
-                return held(task.id, attempt, state=TaskState.QUEUED, clear_lease=True)
+            case Released():  # handed back unfinished: a requested cancel now takes effect
+                state = TaskState.CANCELLED if task.cancel_requested else TaskState.QUEUED
+                return held(task.id, attempt, state=state, clear_lease=True)
         raise AssertionError(f"unknown update {update!r}")
 
     def failure(

@@ -45,6 +45,8 @@ class ReleaseReason(StrEnum):
     SHUTDOWN = "SHUTDOWN"
     WORKER_DIED = "WORKER_DIED"
     UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
+    PREFETCH_LOWERED = "PREFETCH_LOWERED"
+    """``--prefetch auto`` found the queued tasks long: others may run them sooner."""
 
 
 class LeaveReason(StrEnum):

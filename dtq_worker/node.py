@@ -322,9 +322,27 @@ class Node:
 
     def heartbeat_info(self, round_trip_s: float | None) -> HeartbeatInfo:
         """Every held lease, the restart count and, with ``--prefetch auto``, the prefetch
-        re-sized to the tasks run since the last re-size."""
-        prefetch = None if self._auto_prefetch is None else self._resize_prefetch(round_trip_s)
+        re-sized to the tasks run since the last re-size.
+
+        Queued tasks the new prefetch no longer wants are handed back here: their
+        releases go out after this heartbeat, so the coordinator lowers the
+        node's credit before it sees the freed slots (it would refill them).
+        """
+        prefetch = None
+        if self._auto_prefetch is not None:
+            prefetch = self._resize_prefetch(round_trip_s)
+            self._hand_back(self._auto_prefetch.surplus(self._supervisor.queued))
         return HeartbeatInfo(self._ledger.held_leases(), self._supervisor.restarts, prefetch)
+
+    def _hand_back(self, count: int) -> None:
+        """Release ``count`` queued tasks (oldest first) so that other nodes can run them."""
+        if count <= 0:
+            return
+        jobs = self._supervisor.take_back(count)
+        for job in jobs:
+            self._ledger.finished(job.lease, Released(ReleaseReason.PREFETCH_LOWERED))
+        if jobs:
+            log.info("tasks.handed_back", count=len(jobs), prefetch=self.prefetch)
 
     def _resize_prefetch(self, round_trip_s: float | None) -> int:
         """Re-size the auto prefetch from the work done since the last re-size."""

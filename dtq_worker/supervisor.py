@@ -136,12 +136,7 @@ class Supervisor:
     def stop_taking_work(self) -> list[Job]:
         """Let workers exit after their current job; return the jobs nobody took."""
         self._stopping.set()
-        left: list[Job] = []
-        while True:
-            try:
-                left.append(self._jobs.get_nowait())
-            except queue.Empty:
-                return left
+        return self.take_back()
 
     def close(self) -> None:
         """Stop taking work and stop the monitor. Threads still running a handler are
@@ -157,6 +152,23 @@ class Supervisor:
     def submit(self, job: Job) -> None:
         """Queue a job for the next free worker. Thread-safe."""
         self._jobs.put(job)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a worker (approximate while workers take them)."""
+        return self._jobs.qsize()
+
+    def take_back(self, count: int | None = None) -> list[Job]:
+        """Up to ``count`` (default: all) waiting jobs, oldest first, that no worker will
+        now run. Thread-safe: each job leaves the queue once, to a worker or to the caller.
+        """
+        taken: list[Job] = []
+        while count is None or len(taken) < count:
+            try:
+                taken.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        return taken
 
     def work_done(self) -> WorkDone:
         """Jobs run so far, the time they took, and the jobs running now (for ``--prefetch

@@ -21,6 +21,7 @@ from dtq_client import (
     TaskSpec,
     TaskState,
 )
+from dtq_worker.prefetch import CAP_PER_SLOT
 from tests.harness import RawNode, wait_until
 
 from .conftest import Cluster
@@ -131,7 +132,7 @@ def test_nodes_report_their_prefetch(client: Client, cluster: Cluster, queue: st
         wait_until(lambda: leased() == 5, 10, what="five leases")
         assert len(client.list_tasks(queue=queue, state=TaskState.QUEUED)) == 1
         shared = next(n for n in client.nodes() if n.node_id == cluster.node_id)
-        # The default, auto: sized to the tasks the node ran, at most 4 per slot.
-        assert 0 <= shared.prefetch <= 4 * shared.slots
+        # The default, auto: sized to the tasks the node ran, within its cap per slot.
+        assert 0 <= shared.prefetch <= CAP_PER_SLOT * shared.slots
     finally:
         node.close()

@@ -65,6 +65,15 @@ def test_a_requested_cancel_wins_over_a_retryable_failure() -> None:
     assert t.state is TaskState.CANCELLED
 
 
+def test_a_task_handed_back_goes_back_to_its_queue_unless_a_cancel_was_requested() -> None:
+    for reason in ("SHUTDOWN", "PREFETCH_LOWERED", "UNKNOWN_TASK_TYPE"):
+        released = Released(Lease("t1", 1), reason)
+        back = RULES.for_update(released, _task(TaskState.LEASED))
+        assert (back.state, back.clear_lease, back.failures) == (TaskState.QUEUED, True, None)
+        cancelled = RULES.for_update(released, _task(TaskState.LEASED, cancel_requested=True))
+        assert cancelled.state is TaskState.CANCELLED
+
+
 def test_a_result_over_the_limit_fails_the_task_for_good() -> None:
     t = RULES.for_update(Succeeded(Lease("t1", 1), b"x" * 11, "text/plain"), _task())
     assert t.state is TaskState.FAILED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dtq_worker.prefetch import (
     CAP_PER_SLOT,
+    HAND_BACK_AFTER_S,
     MIN_ROUND_TRIP_S,
     AutoPrefetch,
     WorkDone,
@@ -22,8 +23,10 @@ def test_it_starts_at_zero_and_stays_there_while_idle() -> None:
 
 def test_short_tasks_fill_the_buffer_up_to_its_cap() -> None:
     auto = AutoPrefetch(SLOTS)
-    # 2,000 tasks of 50 us against a 2 ms round trip: 4 x 2 / 0.05 = 160, capped.
-    assert auto.update(WorkDone(2000, 0.1), round_trip_s=0.002) == CAP_PER_SLOT * SLOTS
+    # 2,000 tasks of 50 us against a 2 ms round trip: 4 x 2 / 0.05 = 160.
+    assert auto.update(WorkDone(2000, 0.1), round_trip_s=0.002) == 160
+    # 5 us tasks: 1,600, capped.
+    assert auto.update(WorkDone(4000, 0.11), round_trip_s=0.002) == CAP_PER_SLOT * SLOTS
 
 
 def test_tasks_as_long_as_the_round_trip_get_one_per_slot() -> None:
@@ -48,7 +51,7 @@ def test_tasks_that_just_started_tell_nothing() -> None:
 
 def test_long_running_tasks_lower_it_before_they_finish() -> None:
     auto = AutoPrefetch(SLOTS)
-    assert auto.update(WorkDone(5000, 0.25), round_trip_s=0.002) == 16
+    assert auto.update(WorkDone(5000, 0.25), round_trip_s=0.002) == 160
     # The next tasks are long: none finished yet, four have run 0.9 s each.
     assert auto.update(WorkDone(5000, 0.25, running=(0.9,) * 4), round_trip_s=0.002) == 0
 
@@ -94,3 +97,35 @@ def test_only_big_changes_are_worth_a_heartbeat_of_their_own() -> None:
     assert worth_telling(16, 8) and worth_telling(4, 9)  # by half or more
     assert not worth_telling(16, 15) and not worth_telling(16, 10)  # drift
     assert not worth_telling(7, 7)
+
+
+def test_nothing_is_handed_back_before_anything_is_known_or_within_the_prefetch() -> None:
+    auto = AutoPrefetch(SLOTS)
+    assert auto.surplus(1000) == 0  # nothing learnt yet: no grounds to give work away
+    auto.update(WorkDone(2000, 0.1), round_trip_s=0.002)  # 160
+    assert auto.surplus(160) == 0
+
+
+def test_short_queued_tasks_are_kept_even_beyond_a_lower_prefetch() -> None:
+    # A drift down (jobs a little slower) stops new work but hands nothing back:
+    # 300 queued 60 us tasks wait 4.5 ms at most, well under the hand-back bound.
+    auto = AutoPrefetch(SLOTS)
+    auto.update(WorkDone(2000, 2000 * 60e-6), round_trip_s=0.002)  # 133
+    assert 300 * 60e-6 / SLOTS < HAND_BACK_AFTER_S
+    assert auto.surplus(300) == 0
+
+
+def test_queued_tasks_that_turned_long_are_handed_back() -> None:
+    auto = AutoPrefetch(SLOTS)
+    auto.update(WorkDone(5000, 0.25), round_trip_s=0.002)  # short: 160 queued
+    # The four running tasks have taken 0.9 s so far: the 156 behind them would
+    # wait ~35 s; all of them go back (the prefetch is now 0).
+    assert auto.update(WorkDone(5000, 0.25, running=(0.9,) * 4), round_trip_s=0.002) == 0
+    assert auto.surplus(156) == 156
+
+
+def test_beyond_a_small_prefetch_only_the_surplus_goes_back() -> None:
+    auto = AutoPrefetch(SLOTS)
+    auto.update(WorkDone(100, 100 * 0.004), round_trip_s=0.004)  # 4 ms tasks: 4
+    # 150 queued 4 ms tasks would wait 150 ms; 4 of them are still wanted.
+    assert auto.surplus(150) == 146

@@ -16,6 +16,7 @@ from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_client import Client, TaskSpec
+from dtq_worker.prefetch import CAP_PER_SLOT
 from tests.harness import InProcessCoordinator, start_node, start_server, wait_until
 from tests.worker.nodes import RunningNode, node_info
 
@@ -69,10 +70,10 @@ def test_auto_prefetch_buffers_short_tasks(tmp_path: Path) -> None:
             assert _nodes(admin)["quick"].prefetch == 0, "it starts holding nothing extra"
             specs = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * 3000
             tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=specs), timeout=10)
-            # Echo runs in well under the 2 ms round-trip floor: towards the cap of 4 per
-            # slot (at least 2 per slot even if the machine is slow enough to stretch jobs).
+            # Echo runs in well under the 2 ms round-trip floor: a deep buffer (at least 2
+            # per slot even if the machine is slow enough to stretch jobs), within the cap.
             wait_until(lambda: _nodes(admin)["quick"].prefetch >= 4, 20, what="prefetch >= 4")
-            assert _nodes(admin)["quick"].prefetch <= 8
+            assert _nodes(admin)["quick"].prefetch <= 2 * CAP_PER_SLOT
     finally:
         node.stop()
         server.stop()
@@ -134,3 +135,56 @@ def test_auto_prefetch_is_sent_as_soon_as_it_grows_not_at_the_next_heartbeat(
 
         wait_until(lambda: prefetch() > 0, 20, what="the node's prefetch to reach the coordinator")
     assert node.node.prefetch > 0
+
+
+@pytest.mark.timeout(90)
+def test_auto_prefetch_hands_back_queued_tasks_that_turned_long(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data")
+    first = start_node(server.address, tmp_path, "first", threads=2)  # --prefetch auto
+    second = None
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
+            wait_until(lambda: "first" in _nodes(admin), 15, what="the first node")
+            echo = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * 3000
+            tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=echo), timeout=10)
+
+            queue = admin_service_pb2.ListQueuesRequest()
+            wait_until(
+                lambda: admin.ListQueues(queue, timeout=10).queues[0].succeeded == 3000,
+                30,
+                what="the short tasks",
+            )
+            assert _nodes(admin)["first"].prefetch >= 10, "short tasks: a deep buffer"
+            # Now long tasks: the node takes all ten (two run, eight wait in its buffer).
+            long = task_pb2.TaskSpec(
+                type="witness", payload=task_pb2.Payload(data=b'{"sleep": 1.5}')
+            )
+            ids = [
+                result.task.id
+                for result in tasks.SubmitTasks(
+                    task_service_pb2.SubmitTasksRequest(tasks=[long] * 10), timeout=10
+                ).results
+            ]
+            # Within about one run time the node sees they are long and hands back
+            # the queued ones; a node started now can run them.
+            wait_until(lambda: _nodes(admin)["first"].prefetch == 0, 20, what="prefetch 0")
+            second = start_node(server.address, tmp_path, "second", "--prefetch", "0", threads=2)
+
+            def done() -> list[task_pb2.Task]:
+                found = [
+                    tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=i), timeout=10).task
+                    for i in ids
+                ]
+                return found if all(t.state == task_pb2.TASK_STATE_SUCCEEDED for t in found) else []
+
+            wait_until(lambda: bool(done()), 60, what="the ten long tasks")
+            ran_on = [(task.node_id, task.attempt) for task in done()]
+            assert any(node == "second" for node, _ in ran_on), f"kept on a busy node: {ran_on}"
+            assert any(attempt == 2 for _, attempt in ran_on), ran_on  # handed back, leased again
+        assert "tasks.handed_back" in first.log_path.read_text()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        server.stop()

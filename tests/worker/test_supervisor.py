@@ -107,6 +107,21 @@ def test_stop_taking_work_returns_the_jobs_nobody_took(harness) -> None:
     assert supervisor.stop_taking_work() == []
 
 
+def test_jobs_taken_back_are_the_oldest_waiting_and_never_run(harness) -> None:
+    supervisor = harness.supervisor
+    jobs = [make_job("echo", b'"hi"', task_id=f"e{i}") for i in range(5)]
+    for job in jobs:
+        supervisor.submit(job)
+    assert supervisor.queued == 5
+    assert supervisor.take_back(2) == jobs[:2]
+    assert supervisor.queued == 3
+    supervisor.start(monitor=False)
+    wait_until(lambda: len(harness.reporter.outcomes()) == 3, 5, what="the rest to run")
+    assert set(harness.reporter.outcomes()) == {job.lease for job in jobs[2:]}
+    assert supervisor.queued == 0
+    assert supervisor.take_back(4) == []
+
+
 def test_work_done_counts_finished_and_running_jobs_and_survives_a_restart() -> None:
     release = threading.Event()
     registry = crash_registry()
