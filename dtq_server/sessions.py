@@ -337,6 +337,7 @@ class NodeSessions:
         self._config.failpoints.hit("result.after_commit_before_reply")
         now = time.monotonic()
         changed: list[str] = []
+        debug = log.debug  # once, not per task (see dispatch.deliver)
         for (update, task, transition), ok in zip(planned, applied, strict=True):
             lease = update.lease
             if ok and session.leases.get(lease.task_id) == lease.attempt:
@@ -346,7 +347,7 @@ class NodeSessions:
                     self._refuse_type(session, task)
                 if transition.state is not None and transition.state is not TaskState.RUNNING:
                     # The lease event log (RELIABILITY.md 2.0): how each lease ended.
-                    log.debug(
+                    debug(
                         "lease.ended",
                         task_id=task.id,
                         attempt=lease.attempt,

@@ -70,7 +70,8 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
     callback=_prefetch,
     help="Tasks to hold beyond the slots, so a freed thread starts its next task at once: "
     "0-10000, or auto (what the threads finish in a round trip to the coordinator: "
-    "short tasks are held, long ones not). 0 never holds more than can run.",
+    "short tasks are held, long ones not, and held ones that turn out long are handed "
+    "back). 0 never holds more than can run.",
 )
 @option(
     "--queues",
