@@ -331,7 +331,8 @@ class Node:
         prefetch = None
         if self._auto_prefetch is not None:
             prefetch = self._resize_prefetch(round_trip_s)
-            self._hand_back(self._auto_prefetch.surplus(self._supervisor.queued))
+            supervisor = self._supervisor
+            self._hand_back(self._auto_prefetch.surplus(supervisor.queued, supervisor.idle))
         return HeartbeatInfo(self._ledger.held_leases(), self._supervisor.restarts, prefetch)
 
     def _hand_back(self, count: int) -> None:

@@ -119,14 +119,19 @@ class AutoPrefetch:
             self.value = min(self.value, self._size(longest))
         return self.value  # unchanged while idle: nothing learnt
 
-    def surplus(self, queued: int) -> int:
+    def surplus(self, queued: int, idle: int) -> int:
         """How many of ``queued`` tasks (not started yet) to hand back: those beyond the
-        prefetch, once all of them would wait more than ``HAND_BACK_AFTER_S`` to start."""
-        if queued <= self.value or self._run_s is None:
+        prefetch, once they would wait more than ``HAND_BACK_AFTER_S`` to start.
+
+        The ``idle`` threads take a queued task each at once: a task that has just
+        arrived for a thread that has just finished does not wait.
+        """
+        waiting = queued - idle
+        if waiting <= self.value or self._run_s is None:
             return 0
-        if queued * self._run_s / self._slots <= HAND_BACK_AFTER_S:
+        if waiting * self._run_s / self._slots <= HAND_BACK_AFTER_S:
             return 0
-        return queued - self.value
+        return waiting - self.value
 
     def _size(self, run_s: float) -> int:
         """The prefetch for tasks of ``run_s`` each."""

@@ -158,6 +158,13 @@ class Supervisor:
         """Jobs waiting for a worker (approximate while workers take them)."""
         return self._jobs.qsize()
 
+    @property
+    def idle(self) -> int:
+        """Worker threads free to take a waiting job now."""
+        with self._lock:
+            workers = list(self._workers)
+        return sum(1 for w in workers if w.current is None and not (w.exited or w.poisoned))
+
     def take_back(self, count: int | None = None) -> list[Job]:
         """Up to ``count`` (default: all) waiting jobs, oldest first, that no worker will
         now run. Thread-safe: each job leaves the queue once, to a worker or to the caller.

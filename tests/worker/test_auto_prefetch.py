@@ -101,9 +101,9 @@ def test_only_big_changes_are_worth_a_heartbeat_of_their_own() -> None:
 
 def test_nothing_is_handed_back_before_anything_is_known_or_within_the_prefetch() -> None:
     auto = AutoPrefetch(SLOTS)
-    assert auto.surplus(1000) == 0  # nothing learnt yet: no grounds to give work away
+    assert auto.surplus(1000, idle=0) == 0  # nothing learnt yet: no grounds to give work away
     auto.update(WorkDone(2000, 0.1), round_trip_s=0.002)  # 160
-    assert auto.surplus(160) == 0
+    assert auto.surplus(160, idle=0) == 0
 
 
 def test_short_queued_tasks_are_kept_even_beyond_a_lower_prefetch() -> None:
@@ -112,7 +112,7 @@ def test_short_queued_tasks_are_kept_even_beyond_a_lower_prefetch() -> None:
     auto = AutoPrefetch(SLOTS)
     auto.update(WorkDone(2000, 2000 * 60e-6), round_trip_s=0.002)  # 133
     assert 300 * 60e-6 / SLOTS < HAND_BACK_AFTER_S
-    assert auto.surplus(300) == 0
+    assert auto.surplus(300, idle=0) == 0
 
 
 def test_queued_tasks_that_turned_long_are_handed_back() -> None:
@@ -121,11 +121,21 @@ def test_queued_tasks_that_turned_long_are_handed_back() -> None:
     # The four running tasks have taken 0.9 s so far: the 156 behind them would
     # wait ~35 s; all of them go back (the prefetch is now 0).
     assert auto.update(WorkDone(5000, 0.25, running=(0.9,) * 4), round_trip_s=0.002) == 0
-    assert auto.surplus(156) == 156
+    assert auto.surplus(156, idle=0) == 156
 
 
 def test_beyond_a_small_prefetch_only_the_surplus_goes_back() -> None:
     auto = AutoPrefetch(SLOTS)
     auto.update(WorkDone(100, 100 * 0.004), round_trip_s=0.004)  # 4 ms tasks: 4
     # 150 queued 4 ms tasks would wait 150 ms; 4 of them are still wanted.
-    assert auto.surplus(150) == 146
+    assert auto.surplus(150, idle=0) == 146
+
+
+def test_a_task_an_idle_thread_takes_at_once_is_not_handed_back() -> None:
+    # Long tasks, prefetch 0: a thread has just finished and its next task has just
+    # arrived (the slot was lent while the outcome committed). It does not wait.
+    auto = AutoPrefetch(SLOTS)
+    auto.update(WorkDone(8, 8 * 0.5), round_trip_s=0.002)  # 0.5 s tasks: 0
+    assert auto.surplus(1, idle=1) == 0
+    assert auto.surplus(1, idle=0) == 1  # all four threads busy: it would wait
+    assert auto.surplus(3, idle=1) == 2

@@ -113,12 +113,14 @@ def test_jobs_taken_back_are_the_oldest_waiting_and_never_run(harness) -> None:
     for job in jobs:
         supervisor.submit(job)
     assert supervisor.queued == 5
+    assert supervisor.idle == 0  # not started: no threads
     assert supervisor.take_back(2) == jobs[:2]
     assert supervisor.queued == 3
     supervisor.start(monitor=False)
     wait_until(lambda: len(harness.reporter.outcomes()) == 3, 5, what="the rest to run")
     assert set(harness.reporter.outcomes()) == {job.lease for job in jobs[2:]}
     assert supervisor.queued == 0
+    wait_until(lambda: supervisor.idle == SLOTS, 5, what="the threads to be idle")
     assert supervisor.take_back(4) == []
 
 
