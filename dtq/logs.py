@@ -64,7 +64,9 @@ def configure(level: str = "info", fmt: LogFormat = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=_LossyStderr()),  # type: ignore[arg-type]
+        # One write per line (message and newline together): stderr writes through,
+        # so print()'s two writes let lines of processes sharing a stderr interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=_LossyStderr()),  # type: ignore[arg-type]
         # The loggers are module globals used on every task: bind each once.
         cache_logger_on_first_use=True,
     )
