@@ -6,6 +6,7 @@ real nodes, real coordinator, the node's own heartbeats.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,22 @@ def _nodes(admin: AdminServiceStub) -> dict[str, admin_service_pb2.Node]:
     return {node.node_id: node for node in listed}
 
 
+def _sleeps(tasks: TaskServiceStub, seconds: float, count: int) -> list[str]:
+    """Submit ``count`` witness tasks of ``seconds`` each; their ids."""
+    data = json.dumps({"sleep": seconds}).encode()
+    spec = task_pb2.TaskSpec(type="witness", payload=task_pb2.Payload(data=data))
+    request = task_service_pb2.SubmitTasksRequest(tasks=[spec] * count)
+    return [result.task.id for result in tasks.SubmitTasks(request, timeout=10).results]
+
+
+def _succeeded(tasks: TaskServiceStub, ids: list[str]) -> list[task_pb2.Task]:
+    """The tasks once every one of them has succeeded, else []."""
+    found = [
+        tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=i), timeout=10).task for i in ids
+    ]
+    return found if all(t.state == task_pb2.TASK_STATE_SUCCEEDED for t in found) else []
+
+
 @pytest.mark.timeout(60)
 def test_auto_prefetch_buffers_short_tasks(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data")
@@ -88,25 +105,11 @@ def test_auto_prefetch_leaves_long_tasks_for_an_idle_node(tmp_path: Path) -> Non
         with grpc.insecure_channel(server.address) as channel:
             admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
             wait_until(lambda: "first" in _nodes(admin), 15, what="the first node")
-            long = task_pb2.TaskSpec(type="witness", payload=task_pb2.Payload(data=b'{"sleep": 1}'))
-            ids = [
-                result.task.id
-                for result in tasks.SubmitTasks(
-                    task_service_pb2.SubmitTasksRequest(tasks=[long] * 4), timeout=10
-                ).results
-            ]
+            ids = _sleeps(tasks, 1, 4)
             wait_until(lambda: _nodes(admin)["first"].busy_slots == 1, 15, what="one running")
             second = start_node(server.address, tmp_path, "second", threads=1)
-
-            def done() -> list[task_pb2.Task]:
-                found = [
-                    tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=i), timeout=10).task
-                    for i in ids
-                ]
-                return found if all(t.state == task_pb2.TASK_STATE_SUCCEEDED for t in found) else []
-
-            wait_until(lambda: bool(done()), 30, what="the four tasks")
-            ran_on = [task.node_id for task in done()]
+            wait_until(lambda: bool(_succeeded(tasks, ids)), 30, what="the four tasks")
+            ran_on = [task.node_id for task in _succeeded(tasks, ids)]
             assert ran_on.count("second") >= 1, f"queued long tasks waited on a busy node: {ran_on}"
             assert _nodes(admin)["first"].prefetch == 0
     finally:
@@ -157,29 +160,13 @@ def test_auto_prefetch_hands_back_queued_tasks_that_turned_long(tmp_path: Path) 
             )
             assert _nodes(admin)["first"].prefetch >= 10, "short tasks: a deep buffer"
             # Now long tasks: the node takes all ten (two run, eight wait in its buffer).
-            long = task_pb2.TaskSpec(
-                type="witness", payload=task_pb2.Payload(data=b'{"sleep": 1.5}')
-            )
-            ids = [
-                result.task.id
-                for result in tasks.SubmitTasks(
-                    task_service_pb2.SubmitTasksRequest(tasks=[long] * 10), timeout=10
-                ).results
-            ]
+            ids = _sleeps(tasks, 1.5, 10)
             # Within about one run time the node sees they are long and hands back
             # the queued ones; a node started now can run them.
             wait_until(lambda: _nodes(admin)["first"].prefetch == 0, 20, what="prefetch 0")
             second = start_node(server.address, tmp_path, "second", "--prefetch", "0", threads=2)
-
-            def done() -> list[task_pb2.Task]:
-                found = [
-                    tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=i), timeout=10).task
-                    for i in ids
-                ]
-                return found if all(t.state == task_pb2.TASK_STATE_SUCCEEDED for t in found) else []
-
-            wait_until(lambda: bool(done()), 60, what="the ten long tasks")
-            ran_on = [(task.node_id, task.attempt) for task in done()]
+            wait_until(lambda: bool(_succeeded(tasks, ids)), 60, what="the ten long tasks")
+            ran_on = [(task.node_id, task.attempt) for task in _succeeded(tasks, ids)]
             assert any(node == "second" for node, _ in ran_on), f"kept on a busy node: {ran_on}"
             assert any(attempt == 2 for _, attempt in ran_on), ran_on  # handed back, leased again
         assert "tasks.handed_back" in first.log_path.read_text()
