@@ -73,9 +73,8 @@ class OutcomeRules:
                 return transition
             case Released(reason=reason) if reason in CRASH_REASONS:
                 return self.lost(task, attempt, TaskError(reason, "the worker running it died"))
-            case Released():  # handed back unfinished: a requested cancel now takes effect
-                state = TaskState.CANCELLED if task.cancel_requested else TaskState.QUEUED
-                return held(task.id, attempt, state=state, clear_lease=True)
+            case Released():
+                return self.returned(task, attempt)
         raise AssertionError(f"unknown update {update!r}")
 
     def failure(
@@ -104,11 +103,16 @@ class OutcomeRules:
             next_attempt_at=next_at,
         )
 
+    def returned(self, task: ActiveTask, attempt: int) -> Transition:
+        """A lease given up unfinished (released, or its session left): back to the
+        queue, or cancelled if a cancel was requested meanwhile."""
+        state = TaskState.CANCELLED if task.cancel_requested else TaskState.QUEUED
+        return held(task.id, attempt, state=state, clear_lease=True)
+
     def orphaned(self, task: ActiveTask, attempt: int, expired: bool) -> Transition:
         """A lease whose session ended: back to the queue, or lost if the node died with it."""
         if not expired:
-            state = TaskState.CANCELLED if task.cancel_requested else TaskState.QUEUED
-            return held(task.id, attempt, state=state, clear_lease=True)
+            return self.returned(task, attempt)
         error = TaskError("LEASE_EXPIRED", "the node running it died or went silent")
         return self.lost(task, attempt, error)
 
