@@ -7,7 +7,7 @@ real nodes, real coordinator, the node's own heartbeats.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -18,105 +18,115 @@ from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_client import Client, TaskSpec
 from dtq_worker.prefetch import CAP_PER_SLOT
-from tests.harness import InProcessCoordinator, start_node, start_server, wait_until
+from tests.harness import (
+    InProcessCoordinator,
+    Proc,
+    ServerProcess,
+    start_node,
+    start_server,
+    wait_until,
+)
 from tests.worker.nodes import RunningNode, node_info
 
 
-@pytest.mark.timeout(60)
-def test_prefetch_buffers_leases_beyond_threads(tmp_path: Path) -> None:
+class _Cluster:
+    """A coordinator process, the worker node processes started on it, and stubs."""
+
+    def __init__(self, tmp_path: Path, channel: grpc.Channel, server: ServerProcess) -> None:
+        self._tmp_path = tmp_path
+        self.server = server
+        self.nodes: list[Proc] = []
+        self.admin = AdminServiceStub(channel)
+        self.tasks = TaskServiceStub(channel)
+
+    def start_node(self, node_id: str, *extra_args: str, threads: int) -> Proc:
+        node = start_node(
+            self.server.address, self._tmp_path, node_id, *extra_args, threads=threads
+        )
+        self.nodes.append(node)
+        return node
+
+    def listed(self) -> dict[str, admin_service_pb2.Node]:
+        """The coordinator's nodes by id."""
+        nodes = self.admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
+        return {node.node_id: node for node in nodes}
+
+    def sleeps(self, seconds: float, count: int) -> list[str]:
+        """Submit ``count`` witness tasks of ``seconds`` each; their ids."""
+        data = json.dumps({"sleep": seconds}).encode()
+        spec = task_pb2.TaskSpec(type="witness", payload=task_pb2.Payload(data=data))
+        request = task_service_pb2.SubmitTasksRequest(tasks=[spec] * count)
+        return [result.task.id for result in self.tasks.SubmitTasks(request, timeout=10).results]
+
+    def echoes(self, count: int) -> None:
+        """Submit ``count`` echo tasks."""
+        specs = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * count
+        self.tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=specs), timeout=10)
+
+    def succeeded(self, ids: list[str]) -> list[task_pb2.Task]:
+        """The tasks once every one of them has succeeded, else []."""
+        get = self.tasks.GetTask
+        found = [get(task_service_pb2.GetTaskRequest(task_id=i), timeout=10).task for i in ids]
+        return found if all(t.state == task_pb2.TASK_STATE_SUCCEEDED for t in found) else []
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[_Cluster]:
+    """A real coordinator process; tests start the nodes. Everything stops afterwards."""
     server = start_server(tmp_path / "data")
-    node = start_node(server.address, tmp_path, "buffered", "--prefetch", "3", threads=2)
     try:
         with grpc.insecure_channel(server.address) as channel:
-            admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
-            specs = [
-                task_pb2.TaskSpec(type="witness", payload=task_pb2.Payload(data=b'{"sleep": 3}'))
-                for _ in range(10)
-            ]
-            tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=specs), timeout=10)
-
-            def listed() -> admin_service_pb2.Node | None:
-                nodes = admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
-                return nodes[0] if nodes else None
-
-            wait_until(lambda: (n := listed()) is not None and n.busy_slots == 5, 15)
-            node_info = listed()
-            assert node_info is not None
-            assert (node_info.slots, node_info.prefetch) == (2, 3)
-
-            def running() -> int:
-                request = task_service_pb2.ListTasksRequest(state=task_pb2.TASK_STATE_RUNNING)
-                return len(tasks.ListTasks(request, timeout=10).tasks)
-
-            wait_until(lambda: running() == 2, 10, what="two running")
-            assert running() == 2, "prefetched tasks wait; only the threads run"
+            running = _Cluster(tmp_path, channel, server)
+            try:
+                yield running
+            finally:
+                for node in running.nodes:
+                    node.stop()
     finally:
-        node.stop()
-        server.stop()
-
-
-def _nodes(admin: AdminServiceStub) -> dict[str, admin_service_pb2.Node]:
-    listed = admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
-    return {node.node_id: node for node in listed}
-
-
-def _sleeps(tasks: TaskServiceStub, seconds: float, count: int) -> list[str]:
-    """Submit ``count`` witness tasks of ``seconds`` each; their ids."""
-    data = json.dumps({"sleep": seconds}).encode()
-    spec = task_pb2.TaskSpec(type="witness", payload=task_pb2.Payload(data=data))
-    request = task_service_pb2.SubmitTasksRequest(tasks=[spec] * count)
-    return [result.task.id for result in tasks.SubmitTasks(request, timeout=10).results]
-
-
-def _succeeded(tasks: TaskServiceStub, ids: list[str]) -> list[task_pb2.Task]:
-    """The tasks once every one of them has succeeded, else []."""
-    found = [
-        tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=i), timeout=10).task for i in ids
-    ]
-    return found if all(t.state == task_pb2.TASK_STATE_SUCCEEDED for t in found) else []
-
-
-@pytest.mark.timeout(60)
-def test_auto_prefetch_buffers_short_tasks(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "data")
-    node = start_node(server.address, tmp_path, "quick", threads=2)  # --prefetch auto
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
-            wait_until(lambda: "quick" in _nodes(admin), 15, what="the node to register")
-            assert _nodes(admin)["quick"].prefetch == 0, "it starts holding nothing extra"
-            specs = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * 3000
-            tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=specs), timeout=10)
-            # Echo runs in well under the 2 ms round-trip floor: a deep buffer (at least 2
-            # per slot even if the machine is slow enough to stretch jobs), within the cap.
-            wait_until(lambda: _nodes(admin)["quick"].prefetch >= 4, 20, what="prefetch >= 4")
-            assert _nodes(admin)["quick"].prefetch <= 2 * CAP_PER_SLOT
-    finally:
-        node.stop()
         server.stop()
 
 
 @pytest.mark.timeout(60)
-def test_auto_prefetch_leaves_long_tasks_for_an_idle_node(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "data")
-    first = start_node(server.address, tmp_path, "first", threads=1)  # --prefetch auto
-    second = None
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
-            wait_until(lambda: "first" in _nodes(admin), 15, what="the first node")
-            ids = _sleeps(tasks, 1, 4)
-            wait_until(lambda: _nodes(admin)["first"].busy_slots == 1, 15, what="one running")
-            second = start_node(server.address, tmp_path, "second", threads=1)
-            wait_until(lambda: bool(_succeeded(tasks, ids)), 30, what="the four tasks")
-            ran_on = [task.node_id for task in _succeeded(tasks, ids)]
-            assert ran_on.count("second") >= 1, f"queued long tasks waited on a busy node: {ran_on}"
-            assert _nodes(admin)["first"].prefetch == 0
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-        server.stop()
+def test_prefetch_buffers_leases_beyond_threads(cluster: _Cluster) -> None:
+    cluster.start_node("buffered", "--prefetch", "3", threads=2)
+    cluster.sleeps(3, 10)
+    wait_until(
+        lambda: (n := cluster.listed().get("buffered")) is not None and n.busy_slots == 5, 15
+    )
+    info = cluster.listed()["buffered"]
+    assert (info.slots, info.prefetch) == (2, 3)
+
+    def running() -> int:
+        request = task_service_pb2.ListTasksRequest(state=task_pb2.TASK_STATE_RUNNING)
+        return len(cluster.tasks.ListTasks(request, timeout=10).tasks)
+
+    wait_until(lambda: running() == 2, 10, what="two running")
+    assert running() == 2, "prefetched tasks wait; only the threads run"
+
+
+@pytest.mark.timeout(60)
+def test_auto_prefetch_buffers_short_tasks(cluster: _Cluster) -> None:
+    cluster.start_node("quick", threads=2)  # --prefetch auto
+    wait_until(lambda: "quick" in cluster.listed(), 15, what="the node to register")
+    assert cluster.listed()["quick"].prefetch == 0, "it starts holding nothing extra"
+    cluster.echoes(3000)
+    # Echo runs in well under the 2 ms round-trip floor: a deep buffer (at least 2
+    # per slot even if the machine is slow enough to stretch jobs), within the cap.
+    wait_until(lambda: cluster.listed()["quick"].prefetch >= 4, 20, what="prefetch >= 4")
+    assert cluster.listed()["quick"].prefetch <= 2 * CAP_PER_SLOT
+
+
+@pytest.mark.timeout(60)
+def test_auto_prefetch_leaves_long_tasks_for_an_idle_node(cluster: _Cluster) -> None:
+    cluster.start_node("first", threads=1)  # --prefetch auto
+    wait_until(lambda: "first" in cluster.listed(), 15, what="the first node")
+    ids = cluster.sleeps(1, 4)
+    wait_until(lambda: cluster.listed()["first"].busy_slots == 1, 15, what="one running")
+    cluster.start_node("second", threads=1)
+    wait_until(lambda: bool(cluster.succeeded(ids)), 30, what="the four tasks")
+    ran_on = [task.node_id for task in cluster.succeeded(ids)]
+    assert ran_on.count("second") >= 1, f"queued long tasks waited on a busy node: {ran_on}"
+    assert cluster.listed()["first"].prefetch == 0
 
 
 @pytest.mark.timeout(60)
@@ -141,37 +151,25 @@ def test_auto_prefetch_is_sent_as_soon_as_it_grows_not_at_the_next_heartbeat(
 
 
 @pytest.mark.timeout(90)
-def test_auto_prefetch_hands_back_queued_tasks_that_turned_long(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "data")
-    first = start_node(server.address, tmp_path, "first", threads=2)  # --prefetch auto
-    second = None
-    try:
-        with grpc.insecure_channel(server.address) as channel:
-            admin, tasks = AdminServiceStub(channel), TaskServiceStub(channel)
-            wait_until(lambda: "first" in _nodes(admin), 15, what="the first node")
-            echo = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * 3000
-            tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=echo), timeout=10)
-
-            queue = admin_service_pb2.ListQueuesRequest()
-            wait_until(
-                lambda: admin.ListQueues(queue, timeout=10).queues[0].succeeded == 3000,
-                30,
-                what="the short tasks",
-            )
-            assert _nodes(admin)["first"].prefetch >= 10, "short tasks: a deep buffer"
-            # Now long tasks: the node takes all ten (two run, eight wait in its buffer).
-            ids = _sleeps(tasks, 1.5, 10)
-            # Within about one run time the node sees they are long and hands back
-            # the queued ones; a node started now can run them.
-            wait_until(lambda: _nodes(admin)["first"].prefetch == 0, 20, what="prefetch 0")
-            second = start_node(server.address, tmp_path, "second", "--prefetch", "0", threads=2)
-            wait_until(lambda: bool(_succeeded(tasks, ids)), 60, what="the ten long tasks")
-            ran_on = [(task.node_id, task.attempt) for task in _succeeded(tasks, ids)]
-            assert any(node == "second" for node, _ in ran_on), f"kept on a busy node: {ran_on}"
-            assert any(attempt == 2 for _, attempt in ran_on), ran_on  # handed back, leased again
-        assert "tasks.handed_back" in first.log_path.read_text()
-    finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-        server.stop()
+def test_auto_prefetch_hands_back_queued_tasks_that_turned_long(cluster: _Cluster) -> None:
+    first = cluster.start_node("first", threads=2)  # --prefetch auto
+    wait_until(lambda: "first" in cluster.listed(), 15, what="the first node")
+    cluster.echoes(3000)
+    queue = admin_service_pb2.ListQueuesRequest()
+    wait_until(
+        lambda: cluster.admin.ListQueues(queue, timeout=10).queues[0].succeeded == 3000,
+        30,
+        what="the short tasks",
+    )
+    assert cluster.listed()["first"].prefetch >= 10, "short tasks: a deep buffer"
+    # Now long tasks: the node takes all ten (two run, eight wait in its buffer).
+    ids = cluster.sleeps(1.5, 10)
+    # Within about one run time the node sees they are long and hands back
+    # the queued ones; a node started now can run them.
+    wait_until(lambda: cluster.listed()["first"].prefetch == 0, 20, what="prefetch 0")
+    cluster.start_node("second", "--prefetch", "0", threads=2)
+    wait_until(lambda: bool(cluster.succeeded(ids)), 60, what="the ten long tasks")
+    ran_on = [(task.node_id, task.attempt) for task in cluster.succeeded(ids)]
+    assert any(node == "second" for node, _ in ran_on), f"kept on a busy node: {ran_on}"
+    assert any(attempt == 2 for _, attempt in ran_on), ran_on  # handed back, leased again
+    assert "tasks.handed_back" in first.log_path.read_text()
