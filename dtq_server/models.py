@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from dtq_server.frozen import frozen
+from dtq.frozen import frozen
 
 
 class TaskState(IntEnum):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dtq_server.frozen import frozen
+from dtq.frozen import frozen
 from dtq_server.models import Lease, Progress, TaskError, TaskState
 
 

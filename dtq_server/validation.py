@@ -14,9 +14,9 @@ import uuid
 
 import uuid_utils
 
+from dtq.frozen import frozen
 from dtq_server.config import ServerConfig
 from dtq_server.errors import InvalidArgument
-from dtq_server.frozen import frozen
 from dtq_server.models import DependencyFailure, Lease, NewTask, Registration
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")

@@ -6,8 +6,9 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from dtq.frozen import frozen
 from dtq_worker.errors import TaskCancelled
 from dtq_worker.models import Lease, Progress
 
@@ -64,7 +65,7 @@ class Deadline:
         self.at = at
 
 
-@dataclass(frozen=True, eq=False)
+@frozen(eq=False)
 class TaskContext:
     """The running attempt, as its handler sees it. Safe to share with threads it starts."""
 

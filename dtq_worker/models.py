@@ -5,11 +5,12 @@ Everything past the stream edge (ledger, supervisor, runner) sees only these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
+from dtq.frozen import frozen
 
-@dataclass(frozen=True, slots=True)
+
+@frozen
 class Lease:
     """One dispatch of a task: every message about the task quotes it (fencing)."""
 
@@ -17,7 +18,7 @@ class Lease:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Payload:
     """Opaque bytes with a media type; an empty content type means JSON."""
 
@@ -25,7 +26,7 @@ class Payload:
     content_type: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Assignment:
     """A task the coordinator leased to this node."""
 
@@ -70,7 +71,7 @@ class ErrorType(StrEnum):
     """The child process running the handler died, e.g. of a segfault (retryable)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Failure:
     """Why an attempt failed (``dtq.v1.TaskError``)."""
 
@@ -80,12 +81,12 @@ class Failure:
     retryable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Started:
     """A handler started running the task."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Progress:
     """The handler's latest progress: 0-100, or negative when unknown."""
 
@@ -93,14 +94,14 @@ class Progress:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Succeeded:
     """The handler returned a result. Terminal."""
 
     result: Payload
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Failed:
     """The handler failed; ``cancelled`` when it stopped because of a cancel. Terminal."""
 
@@ -108,7 +109,7 @@ class Failed:
     cancelled: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Released:
     """The node gives the task back without an outcome. Terminal."""
 
@@ -121,7 +122,7 @@ Outcome = Succeeded | Failed | Released
 Change = Started | Progress | Outcome
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Update:
     """One ``TaskUpdate``: a change to report about a lease."""
 
@@ -134,7 +135,7 @@ class Update:
         return isinstance(self.change, Succeeded | Failed | Released)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Registration:
     """What the node sends in ``RegisterNode``."""
 
@@ -150,7 +151,7 @@ class Registration:
     prefetch: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HeartbeatInfo:
     """What the node reports in a heartbeat besides the sequence number."""
 
@@ -163,7 +164,7 @@ class HeartbeatInfo:
 # --- messages from the coordinator -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Registered:
     """``NodeRegistered``: the session is open."""
 
@@ -176,26 +177,26 @@ class Registered:
     """0 when the coordinator did not say."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AssignmentsReceived:
     """``TaskAssignments``: new work."""
 
     assignments: tuple[Assignment, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CancelRequested:
     """``CancelTasks``: clients cancelled these tasks."""
 
     leases: tuple[Lease, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DrainRequested:
     """``DrainRequested``: take no more work, finish what runs, close."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HeartbeatAcked:
     """``HeartbeatAck``: the heartbeat arrived; ``stale_leases`` are no longer ours."""
 
@@ -203,7 +204,7 @@ class HeartbeatAcked:
     stale_leases: tuple[Lease, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UpdateAck:
     """``TaskUpdateAck``: the coordinator's verdict on one outcome."""
 
@@ -213,7 +214,7 @@ class UpdateAck:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UpdatesAcked:
     """``TaskUpdateAcks``."""
 

@@ -9,11 +9,11 @@ and the supervisor releases the task and restarts the thread.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
+from dtq.frozen import frozen
 from dtq_worker import codec
 from dtq_worker.context import TaskContext, truncate_utf8
 from dtq_worker.errors import CodecError, HandlerNotFound, NonRetryableError, TaskCancelled
@@ -38,7 +38,7 @@ MAX_TRACEBACK_BYTES = 8 * 1024
 _TRUNCATED = "...(truncated)\n"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@frozen(eq=False)
 class Job:
     """An assignment together with the context its handler will get."""
 
