@@ -25,8 +25,8 @@ PREFETCH: Prefetch = "auto"
 No-op tasks take microseconds: a node needs a deep window of leased work to
 stay busy while its results travel back and new leases travel out. Auto sizes
 it from the node's own run times and round trip; on P1 it settles at its cap,
-64 per thread (a fixed 16 gave ~3,000 tasks/s on the 2-core machine, 64
-~4,000-6,500, auto as P1's nodes reach it ~6,500)."""
+256 per thread (a fixed 16 gave ~3,000 tasks/s on the 2-core machine, 64
+~4,000-6,500, auto capped at 64 per thread ~6,500, at 256 ~7,500)."""
 FIXED_PREFETCH = 64
 """A fixed window, for P4's dispatch (shallow and deep must see the same one) and
 for P1's information row."""

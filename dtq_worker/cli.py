@@ -17,6 +17,7 @@ import click
 from dtq import __version__, logs, loops
 from dtq_worker.config import (
     DEFAULT_COORDINATOR,
+    DEFAULT_PREFETCH_BUFFER_BYTES,
     MAX_SLOTS,
     Isolation,
     Prefetch,
@@ -72,6 +73,14 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
     "0-10000, or auto (what the threads finish in a round trip to the coordinator: "
     "short tasks are held, long ones not, and held ones that turn out long are handed "
     "back). 0 never holds more than can run.",
+)
+@option(
+    "--prefetch-buffer-bytes",
+    envvar="DTQ_PREFETCH_BUFFER_BYTES",
+    type=click.IntRange(min=0),
+    default=DEFAULT_PREFETCH_BUFFER_BYTES,
+    help="With --prefetch auto: payload bytes the held tasks may take, at the mean size "
+    "of recent payloads (fewer large tasks are held).",
 )
 @option(
     "--queues",
@@ -181,6 +190,7 @@ def main(
     coordinator: str,
     threads: int,
     prefetch: Prefetch,
+    prefetch_buffer_bytes: int,
     queues: str,
     node_id: str | None,
     max_restarts: int,
@@ -207,6 +217,7 @@ def main(
             coordinator=coordinator,
             threads=threads,
             prefetch=prefetch,
+            prefetch_buffer_bytes=prefetch_buffer_bytes,
             queues=_queues(queues),
             node_id=node_id or default_node_id(),
             max_restarts=max_restarts,

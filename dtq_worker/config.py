@@ -32,6 +32,10 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+DEFAULT_PREFETCH_BUFFER_BYTES = 64 * MiB
+"""1,024 buffered tasks of 64 KiB, or 64 of 1 MiB."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """Everything a worker node needs; passed down, never read from globals."""
@@ -45,6 +49,9 @@ class WorkerConfig:
     task at hand (``RegisterNode.prefetch``). 0 holds no more than the node can run;
     ``auto`` holds what the threads finish in a round trip to the coordinator, so short
     tasks are buffered and long ones are not (see :mod:`dtq_worker.prefetch`)."""
+    prefetch_buffer_bytes: int = DEFAULT_PREFETCH_BUFFER_BYTES
+    """With ``auto``: about how many payload bytes buffered tasks may hold (measured at the
+    mean size of recent payloads), so large payloads are buffered fewer at a time."""
     queues: tuple[str, ...] = ("default",)
     """Queues to take tasks from."""
     node_id: str = field(default_factory=default_node_id)
@@ -87,6 +94,8 @@ class WorkerConfig:
             isinstance(self.prefetch, int) and 0 <= self.prefetch <= MAX_SLOTS
         ):
             problems.append(f"prefetch must be 'auto' or 0-{MAX_SLOTS}, got {self.prefetch!r}")
+        if self.prefetch_buffer_bytes < 0:
+            problems.append("prefetch_buffer_bytes must not be negative")
         if not self.queues:
             problems.append("at least one queue is needed")
         problems += [

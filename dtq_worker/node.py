@@ -98,7 +98,11 @@ class Node:
             # The pool enforces the timeout itself, by killing the child.
             task_timeout_s=None if self._pool is not None else config.task_timeout_s,
         )
-        self._auto_prefetch = AutoPrefetch(config.threads) if config.prefetch == "auto" else None
+        self._auto_prefetch = (
+            AutoPrefetch(config.threads, config.prefetch_buffer_bytes)
+            if config.prefetch == "auto"
+            else None
+        )
         self._resized_at = -math.inf
         """Loop time of the last re-size of the auto prefetch."""
         self._connection = Connection(config, self)
@@ -300,6 +304,10 @@ class Node:
         """Act on one coordinator message."""
         match message:
             case AssignmentsReceived(assignments):
+                if self._auto_prefetch is not None:
+                    self._auto_prefetch.received(
+                        len(assignments), sum(len(a.payload.data) for a in assignments)
+                    )
                 for assignment in assignments:
                     job = self._ledger.accept(assignment)
                     if job is not None:

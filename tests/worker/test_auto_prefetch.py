@@ -29,6 +29,16 @@ def test_short_tasks_fill_the_buffer_up_to_its_cap() -> None:
     assert auto.update(WorkDone(4000, 0.11), round_trip_s=0.002) == CAP_PER_SLOT * SLOTS
 
 
+def test_large_payloads_are_buffered_fewer_at_a_time() -> None:
+    auto = AutoPrefetch(SLOTS, buffer_bytes=1_000_000)
+    auto.received(100, 100 * 100_000)  # 100 kB payloads: 10 fit
+    assert auto.update(WorkDone(2000, 0.1), round_trip_s=0.002) == 10  # not 160
+    auto.received(50, 50 * 1_000)  # then 1 kB ones: 1,000 would fit, the rule's 160 holds
+    assert auto.update(WorkDone(4000, 0.2), round_trip_s=0.002) == 160
+    # Nothing received since: the last mean stands.
+    assert auto.update(WorkDone(6000, 0.3), round_trip_s=0.002) == 160
+
+
 def test_tasks_as_long_as_the_round_trip_get_one_per_slot() -> None:
     auto = AutoPrefetch(SLOTS)
     assert auto.update(WorkDone(100, 100 * 0.004), round_trip_s=0.004) == SLOTS

@@ -58,9 +58,9 @@ class _Cluster:
         request = task_service_pb2.SubmitTasksRequest(tasks=[spec] * count)
         return [result.task.id for result in self.tasks.SubmitTasks(request, timeout=10).results]
 
-    def echoes(self, count: int) -> None:
-        """Submit ``count`` echo tasks."""
-        specs = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))] * count
+    def echoes(self, count: int, data: bytes = b"1") -> None:
+        """Submit ``count`` echo tasks of payload ``data``."""
+        specs = [task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=data))] * count
         self.tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=specs), timeout=10)
 
     def succeeded(self, ids: list[str]) -> list[task_pb2.Task]:
@@ -114,6 +114,25 @@ def test_auto_prefetch_buffers_short_tasks(cluster: _Cluster) -> None:
     # per slot even if the machine is slow enough to stretch jobs), within the cap.
     wait_until(lambda: cluster.listed()["quick"].prefetch >= 4, 20, what="prefetch >= 4")
     assert cluster.listed()["quick"].prefetch <= 2 * CAP_PER_SLOT
+
+
+@pytest.mark.timeout(60)
+def test_auto_prefetch_holds_fewer_large_payloads(cluster: _Cluster) -> None:
+    # 2 kB payloads against a 20 kB budget: at most 10 held, where echo tasks this
+    # short would otherwise get dozens (the test above).
+    cluster.start_node("bounded", "--prefetch-buffer-bytes", "20000", threads=2)
+    wait_until(lambda: "bounded" in cluster.listed(), 15, what="the node to register")
+    seen: set[int] = set()
+
+    def prefetch() -> int:
+        seen.add(value := cluster.listed()["bounded"].prefetch)
+        return value
+
+    for _ in range(3):  # 2 MB a request, within the message limit
+        cluster.echoes(1000, json.dumps("x" * 1998).encode())
+    wait_until(lambda: prefetch() >= 4, 20, what="prefetch >= 4")
+    wait_until(lambda: cluster.listed()["bounded"].busy_slots == 0, 30, what="the echoes done")
+    assert max(seen) <= 10, f"the node held more than its byte budget: {sorted(seen)}"
 
 
 @pytest.mark.timeout(60)
