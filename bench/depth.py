@@ -104,8 +104,9 @@ def fill(client: Client, total: int, wanted: list[int]) -> dict[int, str]:
     ids: dict[int, str] = {}
     for start in range(0, total, FILL_BATCH):
         stop = min(total, start + FILL_BATCH)
-        results = client.submit_many([TaskSpec("echo", i, queue=QUEUE) for i in range(start, stop)])
-        ids |= {i: results[i - start].task.id for i in want.intersection(range(start, stop))}
+        specs = [TaskSpec("echo", i, queue=QUEUE) for i in range(start, stop)]
+        acks = client.submit_many(specs, answer="ack")
+        ids |= {i: acks[i - start].task_id for i in want.intersection(range(start, stop))}
     return ids
 
 

@@ -42,7 +42,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 if TYPE_CHECKING:
-    from dtq_client.models import SubmitResult, Task, TaskSpec
+    from dtq_client.models import SubmitAck, SubmitResult, Task, TaskSpec
 
 ERROR_DOMAIN = "dtq.dev"
 """The ``google.rpc.ErrorInfo.domain`` of the coordinator's errors."""
@@ -176,23 +176,27 @@ class PermissionDenied(RpcError):
 class SubmitManyError(DtqError):
     """A batch of ``submit_many`` failed after earlier batches were stored.
 
-    ``results`` holds what was stored; ``pending`` the specs from the failed
-    batch on, with their idempotency keys filled in, so that submitting
-    ``pending`` again can never create a task twice. Field paths in ``error``
-    (``tasks[i].type``) count from ``offset``, the input index of ``pending[0]``.
+    ``results`` holds what was stored (with ``answer="ack"``, ``acks`` does and
+    ``results`` is empty); ``pending`` the specs from the failed batch on, with
+    their idempotency keys filled in, so that submitting ``pending`` again can
+    never create a task twice. Field paths in ``error`` (``tasks[i].type``)
+    count from ``offset``, the input index of ``pending[0]``.
     """
 
     def __init__(
         self,
         error: RpcError,
         *,
-        results: Sequence[SubmitResult],
+        results: Sequence[SubmitResult] = (),
+        acks: Sequence[SubmitAck] = (),
         pending: Sequence[TaskSpec],
         offset: int,
     ) -> None:
-        super().__init__(f"{len(results)} tasks stored, {len(pending)} not: {error}")
+        stored = len(results) + len(acks)
+        super().__init__(f"{stored} tasks stored, {len(pending)} not: {error}")
         self.error = error
         self.results = list(results)
+        self.acks = list(acks)
         self.pending = list(pending)
         self.offset = offset
 

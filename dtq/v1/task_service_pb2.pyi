@@ -9,6 +9,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SubmitAnswer(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBMIT_ANSWER_UNSPECIFIED: _ClassVar[SubmitAnswer]
+    SUBMIT_ANSWER_TASK: _ClassVar[SubmitAnswer]
+    SUBMIT_ANSWER_ACK: _ClassVar[SubmitAnswer]
+
 class GroupState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GROUP_STATE_UNSPECIFIED: _ClassVar[GroupState]
@@ -16,6 +22,9 @@ class GroupState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_STATE_SUCCEEDED: _ClassVar[GroupState]
     GROUP_STATE_FAILED: _ClassVar[GroupState]
     GROUP_STATE_CANCELLED: _ClassVar[GroupState]
+SUBMIT_ANSWER_UNSPECIFIED: SubmitAnswer
+SUBMIT_ANSWER_TASK: SubmitAnswer
+SUBMIT_ANSWER_ACK: SubmitAnswer
 GROUP_STATE_UNSPECIFIED: GroupState
 GROUP_STATE_RUNNING: GroupState
 GROUP_STATE_SUCCEEDED: GroupState
@@ -37,20 +46,24 @@ class SubmitTaskResponse(_message.Message):
     def __init__(self, task: _Optional[_Union[_task_pb2.Task, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class SubmitTasksRequest(_message.Message):
-    __slots__ = ("tasks", "group")
+    __slots__ = ("tasks", "group", "answer")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskSpec]
     group: bool
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.TaskSpec, _Mapping]]] = ..., group: _Optional[bool] = ...) -> None: ...
+    answer: SubmitAnswer
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.TaskSpec, _Mapping]]] = ..., group: _Optional[bool] = ..., answer: _Optional[_Union[SubmitAnswer, str]] = ...) -> None: ...
 
 class SubmitTasksResponse(_message.Message):
-    __slots__ = ("results", "group_id")
+    __slots__ = ("results", "group_id", "acks")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[SubmitTaskResponse]
     group_id: str
-    def __init__(self, results: _Optional[_Iterable[_Union[SubmitTaskResponse, _Mapping]]] = ..., group_id: _Optional[str] = ...) -> None: ...
+    acks: _containers.RepeatedCompositeFieldContainer[SubmittedTask]
+    def __init__(self, results: _Optional[_Iterable[_Union[SubmitTaskResponse, _Mapping]]] = ..., group_id: _Optional[str] = ..., acks: _Optional[_Iterable[_Union[SubmittedTask, _Mapping]]] = ...) -> None: ...
 
 class SubmitTaskStreamRequest(_message.Message):
     __slots__ = ("submits",)

@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dtq.v1 import admin_service_pb2 as admin_pb
 from dtq.v1 import schedule_service_pb2 as schedule_pb
 from dtq.v1 import task_pb2 as pb
+from dtq.v1 import task_service_pb2 as task_service_pb
 from dtq.v1 import worker_service_pb2 as worker_pb
 from dtq_server.models import (
     Assignment,
@@ -185,6 +186,13 @@ def task_to_proto(t: TaskRecord) -> pb.Task:
     if t.next_attempt_at is not None and t.state is TaskState.QUEUED:
         msg.next_attempt_time.FromNanoseconds(int(t.next_attempt_at * 1e9))
     return msg
+
+
+def fill_submitted(msg: task_service_pb.SubmittedTask, record: TaskRecord, created: bool) -> None:
+    """Write the light answer to a submit (id, created, state) into ``msg``."""
+    msg.task_id = record.id
+    msg.created = created
+    msg.state = int(record.state)  # type: ignore[assignment]
 
 
 def error_to_proto(e: TaskError) -> pb.TaskError:

@@ -33,7 +33,7 @@ from dtq_server import piles
 from dtq_server.coordinator import Coordinator
 from dtq_server.errors import CoordinatorError, InvalidArgument, ShuttingDown
 from dtq_server.piles import COMMITS_IN_FLIGHT, MAX_PILE, Outcome
-from dtq_server.servicers.convert import spec_from_proto
+from dtq_server.servicers.convert import fill_submitted, spec_from_proto
 from dtq_server.servicers.errors import rich_status
 from dtq_server.validation import MAX_BATCH, SpecInput
 
@@ -149,9 +149,5 @@ def _response(
         if isinstance(outcome, CoordinatorError):
             result.error.CopyFrom(rich_status(outcome))
         else:
-            record, created = outcome
-            submitted = result.submitted
-            submitted.task_id = record.id
-            submitted.created = created
-            submitted.state = int(record.state)  # type: ignore[assignment]
+            fill_submitted(result.submitted, *outcome)
     return response

@@ -12,7 +12,7 @@ from dtq_server.coordinator import Coordinator
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import TaskFilter, TaskState
 from dtq_server.piles import UnaryPiles
-from dtq_server.servicers.convert import spec_from_proto, task_to_proto
+from dtq_server.servicers.convert import fill_submitted, spec_from_proto, task_to_proto
 from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
 from dtq_server.servicers.submit_stream import answer_submits
 
@@ -38,6 +38,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     async def SubmitTasks(
         self, request: pb.SubmitTasksRequest, context: Context
     ) -> pb.SubmitTasksResponse:
+        acks = _acks_wanted(request.answer)
         group_id = uuid.uuid4().hex if request.group else None
         count = len(request.tasks)
         specs = await offload.run(lambda: [spec_from_proto(s) for s in request.tasks], count)
@@ -45,6 +46,11 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         if group_id is not None and results and not any(created for _, created in results):
             # A retried group submit (every key matched): the group is the stored one.
             group_id = results[0][0].group_id or group_id
+        response = pb.SubmitTasksResponse(group_id=group_id or "")
+        if acks:
+            for record, created in results:
+                fill_submitted(response.acks.add(), record, created)
+            return response
         answers = await offload.run(
             lambda: [
                 pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
@@ -52,7 +58,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             ],
             count,
         )
-        return pb.SubmitTasksResponse(results=answers, group_id=group_id or "")
+        response.results.extend(answers)
+        return response
 
     @stream_boundary
     async def SubmitTaskStream(
@@ -156,6 +163,13 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             running=running, succeeded=succeeded, failed=failed, cancelled=cancelled,
             task_ids=status.task_ids,
         )  # fmt: skip
+
+
+def _acks_wanted(answer: int) -> bool:
+    """True for ``SUBMIT_ANSWER_ACK``; False for the whole task (the default)."""
+    if answer not in pb.SubmitAnswer.values():
+        raise InvalidArgument([("answer", f"unknown value {answer}")])
+    return answer == pb.SUBMIT_ANSWER_ACK
 
 
 def _filter(queue: str, type_: str, state: int) -> TaskFilter:

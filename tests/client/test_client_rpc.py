@@ -30,6 +30,7 @@ from dtq_client import (
     NodeState,
     ResourceExhausted,
     RetryPolicy,
+    SubmitAck,
     SubmitManyError,
     Task,
     TaskNotFound,
@@ -240,6 +241,24 @@ def test_a_failed_first_batch_is_raised_as_is(client: Client, queue: str) -> Non
         client.submit_many(specs)
     assert [f for f, _ in info.value.field_violations] == ["tasks[0].queue"]
     assert client.list_tasks(queue=queue) == []  # a batch is stored atomically
+
+
+def test_submit_many_can_answer_acks(cluster: Cluster, queue: str) -> None:
+    specs = [TaskSpec(type=NOBODY, payload=i, queue=queue) for i in range(5)]
+    config = ClientConfig(address=cluster.address, retry=FAST_RETRY, submit_batch_size=2)
+    with Client.from_config(config) as client:
+        acks = client.submit_many(specs, answer="ack")  # three SubmitTasks calls
+        assert all(isinstance(a, SubmitAck) and a.created for a in acks)
+        assert {a.state for a in acks} == {TaskState.QUEUED}
+        stored = [client.get(a.task_id).payload_value() for a in acks]
+        assert stored == [0, 1, 2, 3, 4]
+        specs[3] = replace(specs[3], queue="bad queue")
+        with pytest.raises(SubmitManyError) as info:
+            client.submit_many(specs, answer="ack")
+        assert [type(r) for r in info.value.acks] == [SubmitAck, SubmitAck]
+        assert info.value.results == []
+        with pytest.raises(ValueError, match="answer"):
+            client.submit_many(specs, answer="ids")  # type: ignore[call-overload]
 
 
 def test_submit_many_of_nothing_sends_nothing(client: Client) -> None:

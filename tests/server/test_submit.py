@@ -76,6 +76,40 @@ def test_batch_submit_is_all_or_nothing(tasks: TaskServiceStub) -> None:
     assert len(listed.tasks) == 5
 
 
+def test_batch_submit_answers_acks_when_asked(tasks: TaskServiceStub) -> None:
+    specs = [
+        task_pb2.TaskSpec(type="echo", queue="acked", idempotency_key=f"k{i}") for i in range(3)
+    ]
+    request = task_service_pb2.SubmitTasksRequest(
+        tasks=specs, answer=task_service_pb2.SUBMIT_ANSWER_ACK
+    )
+    first = tasks.SubmitTasks(request, timeout=10)
+    assert list(first.results) == []
+    assert [(a.created, a.state) for a in first.acks] == [(True, task_pb2.TASK_STATE_QUEUED)] * 3
+    listed = tasks.ListTasks(task_service_pb2.ListTasksRequest(queue="acked"), timeout=10)
+    assert sorted(t.id for t in listed.tasks) == sorted(a.task_id for a in first.acks)
+    again = tasks.SubmitTasks(request, timeout=10)  # the same keys: the same tasks
+    assert [(a.task_id, a.created) for a in again.acks] == [(a.task_id, False) for a in first.acks]
+    whole = tasks.SubmitTasks(
+        task_service_pb2.SubmitTasksRequest(
+            tasks=specs, answer=task_service_pb2.SUBMIT_ANSWER_TASK
+        ),
+        timeout=10,
+    )
+    assert [r.task.id for r in whole.results] == [a.task_id for a in first.acks]
+    assert list(whole.acks) == []
+
+
+def test_batch_submit_refuses_an_unknown_answer(tasks: TaskServiceStub) -> None:
+    request = task_service_pb2.SubmitTasksRequest(tasks=[SPEC])
+    request.answer = 7  # type: ignore[assignment]  # what a newer client might send
+    with pytest.raises(grpc.RpcError) as info:
+        tasks.SubmitTasks(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(info.value) == ("INVALID_FIELD", ["answer"])
+    assert list(tasks.ListTasks(task_service_pb2.ListTasksRequest(), timeout=10).tasks) == []
+
+
 @pytest.mark.parametrize(
     ("spec", "field"),
     [
