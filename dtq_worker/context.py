@@ -57,7 +57,7 @@ def _ignore(_: TaskContext) -> None:
 
 
 class Deadline:
-    """A mutable slot for a context's deadline (the context itself is frozen)."""
+    """A mutable slot for a context's deadline (the context itself is read-only)."""
 
     __slots__ = ("at",)
 
@@ -67,7 +67,11 @@ class Deadline:
 
 @frozen(eq=False)
 class TaskContext:
-    """The running attempt, as its handler sees it. Safe to share with threads it starts."""
+    """The running attempt, as its handler sees it. Safe to share with threads it starts.
+
+    Read-only: a type checker refuses assigning its fields (at run time it is a
+    plain slotted dataclass, built once per task on the node's busiest thread).
+    """
 
     task_id: str
     """The task's id."""
