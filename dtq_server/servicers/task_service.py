@@ -10,7 +10,7 @@ from dtq.v1 import task_service_pb2_grpc as pb_grpc
 from dtq_server import offload
 from dtq_server.coordinator import Coordinator
 from dtq_server.errors import InvalidArgument
-from dtq_server.models import TaskFilter, TaskState
+from dtq_server.models import TaskFilter, TaskRecord, TaskState
 from dtq_server.piles import UnaryPiles
 from dtq_server.servicers.convert import fill_submitted, spec_from_proto, task_to_proto
 from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
@@ -48,8 +48,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             group_id = results[0][0].group_id or group_id
         response = pb.SubmitTasksResponse(group_id=group_id or "")
         if acks:
-            for record, created in results:
-                fill_submitted(response.acks.add(), record, created)
+            await offload.run(lambda: _fill_acks(response, results), count)
             return response
         answers = await offload.run(
             lambda: [
@@ -163,6 +162,12 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             running=running, succeeded=succeeded, failed=failed, cancelled=cancelled,
             task_ids=status.task_ids,
         )  # fmt: skip
+
+
+def _fill_acks(response: pb.SubmitTasksResponse, results: list[tuple[TaskRecord, bool]]) -> None:
+    add = response.acks.add
+    for record, created in results:
+        fill_submitted(add(), record, created)
 
 
 def _acks_wanted(answer: int) -> bool:
