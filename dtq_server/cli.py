@@ -11,6 +11,7 @@ import click
 
 import dtq
 from dtq import logs, loops
+from dtq_server import collector
 from dtq_server.app import serve
 from dtq_server.config import ServerConfig
 from dtq_server.failpoints import Failpoints
@@ -222,6 +223,7 @@ def main(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    collector.tune()
     try:
         loops.run(serve(config), config.event_loop)
     except StoreCorrupt as exc:
