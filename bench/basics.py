@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Literal
 
 from bench.cluster import cluster, wait_for
 from dtq_client import Client, TaskSpec
@@ -86,15 +87,17 @@ def enqueue(tasks: int) -> tuple[float, float, float]:
     one-call-per-task figure submits a tenth as many tasks: it is the slow one.
     """
     with cluster(nodes=0) as address, Client(address) as client:
-        specs = [TaskSpec("echo", i) for i in range(tasks)]
-        started = time.perf_counter()
-        client.submit_many(specs, answer="ack")  # the client batches
-        acked = tasks / (time.perf_counter() - started)
-        specs = [TaskSpec("echo", i) for i in range(tasks)]
-        started = time.perf_counter()
-        client.submit_many(specs)
-        whole = tasks / (time.perf_counter() - started)
+        acked = _batched_rate(client, tasks, "ack")
+        whole = _batched_rate(client, tasks, "task")
         return acked, whole, enqueue_single(client, max(1, tasks // 10))
+
+
+def _batched_rate(client: Client, tasks: int, answer: Literal["task", "ack"]) -> float:
+    """Acknowledged tasks/s of one ``submit_many`` of ``tasks`` new specs (the client batches)."""
+    specs = [TaskSpec("echo", i) for i in range(tasks)]
+    started = time.perf_counter()
+    client.submit_many(specs, answer=answer)
+    return tasks / (time.perf_counter() - started)
 
 
 def single_enqueue(tasks: int) -> float:
