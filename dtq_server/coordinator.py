@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import structlog
 
@@ -319,15 +319,24 @@ class Coordinator:
             raise TaskNotFound(task_id)
         return record
 
-    async def watch(self, task_id: str) -> AsyncIterator[TaskRecord]:
-        """The task now, then after every change, until it is terminal."""
+    async def watch(
+        self, task_id: str, known: TaskRecord | None = None
+    ) -> AsyncGenerator[TaskRecord, None]:
+        """The task now, then after every change, until it is terminal.
+
+        ``known`` is the task as a commit just answered it (a new task from a
+        submit): the watch starts from it instead of reading the store, unless
+        memory shows that something changed the task since.
+        """
         task_id = validate_task_id(task_id)
         with self.watchers.subscribe(task_id) as subscription:
             changed = subscription.changed
             last: TaskRecord | None = None
+            start = known if known is not None and self._unchanged_since(known) else None
             while True:
                 changed.clear()
-                record = subscription.take() or await self.store.get(task_id)
+                record = start or subscription.take() or await self.store.get(task_id)
+                start = None
                 if record is None:
                     raise TaskNotFound(task_id)
                 if record != last:
@@ -338,6 +347,25 @@ class Coordinator:
                 # Re-read now and then anyway: a notification is only an optimisation.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), WATCH_RECHECK_S)
+
+    def _unchanged_since(self, record: TaskRecord) -> bool:
+        """True if the board holds the task as ``record`` left it.
+
+        Every committed change that watchers are told of (a start, an outcome, a
+        cancel, a lease expiry, a retry) shows in one of these fields of the
+        board's copy or takes the task off the board; a dispatch round's lease
+        shows before its commit. Progress would not, but it needs the task
+        RUNNING first, which does.
+        """
+        task = self.board.active.get(record.id)
+        return (
+            task is not None
+            and task.state is record.state
+            and task.attempt == record.attempt
+            and task.failures == record.failures
+            and task.lease_expiries == record.lease_expiries
+            and task.cancel_requested == record.cancel_requested
+        )
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a queued task at once; ask the node of a running one to stop it."""

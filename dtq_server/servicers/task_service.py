@@ -90,7 +90,10 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         if record.state.is_terminal:  # a known key's task, already finished
             return
         # The watch starts with the task as it is now: no change can fall in between.
-        async for change in self._coordinator.watch(record.id):
+        # A new task starts from the submit's answer (no store read) if memory shows
+        # no change since; a known key's task may have moved on, so it is read.
+        known = record if created else None
+        async for change in self._coordinator.watch(record.id, known):
             if change != record:
                 yield pb.SubmitAndWatchTaskResponse(task=task_to_proto(change), created=created)
 

@@ -393,6 +393,18 @@ def test_a_wait_on_a_task_nobody_runs_times_out_queued(client: Client, queue: st
     assert info.value.last == task
 
 
+def test_a_watch_is_read_on_the_callers_thread(client: Client, queue: str) -> None:
+    # Without SingleThreadedUnaryStream grpc starts a "channel_spin" thread for a
+    # streaming call on an idle channel and hands every message over from it.
+    task = client.submit(NOBODY, queue=queue)
+    before = set(threading.enumerate())
+    changes = client.watch(task.id, timeout_s=5)
+    assert next(changes) == task  # the call is open and has delivered a message
+    started = [t.name for t in set(threading.enumerate()) - before]
+    changes.close()
+    assert started == []
+
+
 def test_long_watches_are_renewed(cluster: Cluster) -> None:
     config = ClientConfig(address=cluster.address, retry=FAST_RETRY, watch_renew_s=0.2)
     with Client.from_config(config) as client:
