@@ -24,7 +24,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, Self, overload
@@ -272,6 +272,9 @@ class Client(ScheduleCalls, ClusterCalls):
             )
         ]
         results: list[Any] = []  # SubmitResult or SubmitAck, as asked
+        to_model: Callable[[Any], Any] = (
+            convert.submit_ack_from_proto if acks else convert.submit_result_from_proto
+        )
         # closing(): leaving early (an error) waits for the batch under way, there and then.
         answers = contextlib.closing(send_ahead(self._send_batch, requests))
         try:
@@ -283,10 +286,7 @@ class Client(ScheduleCalls, ClusterCalls):
                             f"SubmitTasks answered {len(entries)} {answer}s "
                             f"for {len(request.tasks)} tasks"
                         )
-                    if acks:
-                        results += [convert.submit_ack_from_proto(a) for a in response.acks]
-                    else:
-                        results += [convert.submit_result_from_proto(r) for r in response.results]
+                    results += [to_model(entry) for entry in entries]
         except RpcError as exc:
             if not results:
                 raise
