@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dtq_server.coordinator import Coordinator
 from dtq_server.errors import CoordinatorError, IdempotencyKeyReused, InvalidArgument
 from dtq_server.models import TaskRecord
+from dtq_server.turns import Turn
 from dtq_server.validation import MAX_BATCH, SpecInput, Violations, validate_spec
 
 MAX_PILE = MAX_BATCH
@@ -43,10 +44,15 @@ PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused)
 the whole pile and is raised."""
 
 
-async def settle(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
-    """Commit a pile of single submits; one outcome per spec, in order."""
+async def settle(
+    coordinator: Coordinator, specs: list[SpecInput], turn: Turn | None = None
+) -> list[Outcome]:
+    """Commit a pile of single submits; one outcome per spec, in order.
+
+    A ``turn`` puts the pile's store in line behind earlier piles (a pile taken
+    apart is not: see the module)."""
     try:
-        return list(await coordinator.submit(specs, batch=True))
+        return list(await coordinator.submit(specs, batch=True, turn=turn))
     except PER_SUBMIT:
         return await _apart(coordinator, specs)
 

@@ -8,7 +8,9 @@ one fsync however many arrived), answers it, then takes the next pile. The
 deeper the client's window, the bigger the piles, the fewer commits per task.
 Two piles may be committing at once (:data:`COMMITS_IN_FLIGHT`), so the event
 loop converts and validates the next one while the writer thread stores the
-previous one; answers still go out in submit order.
+previous one; each pile takes a turn (:mod:`dtq_server.turns`), so piles are
+stored in submit order whichever finishes validating first, and answers go
+out in submit order.
 
 A bad submit must fail alone, but a batch is all or nothing, so a pile that
 the batch refuses is taken apart (:func:`dtq_server.piles.settle`, shared
@@ -35,6 +37,7 @@ from dtq_server.errors import CoordinatorError, InvalidArgument, ShuttingDown
 from dtq_server.piles import COMMITS_IN_FLIGHT, MAX_PILE, Outcome
 from dtq_server.servicers.convert import fill_submitted, spec_from_proto
 from dtq_server.servicers.errors import rich_status
+from dtq_server.turns import Turn, Turns
 from dtq_server.validation import MAX_BATCH, SpecInput
 
 MAX_FRAME = MAX_BATCH
@@ -50,6 +53,7 @@ async def answer_submits(
 ) -> AsyncIterator[pb.SubmitTaskStreamResponse]:
     """Serve one stream: commit what arrived, answer it in order, repeat until half-close."""
     pile = _Pile()
+    turns = Turns()
     reader = asyncio.create_task(pile.fill(frames), name="dtq-submit-stream-reader")
     # Commits are tasks of their own: a client that goes away mid-commit must not
     # cancel one half-way through its bookkeeping (committed tasks must reach the board).
@@ -57,7 +61,8 @@ async def answer_submits(
     try:
         while True:
             while len(commits) < COMMITS_IN_FLIGHT and (submits := pile.take(MAX_PILE)):
-                commits.append((submits, asyncio.create_task(_settle(coordinator, submits))))
+                commit = asyncio.create_task(_settle(coordinator, submits, turns.take()))
+                commits.append((submits, commit))
             if commits:
                 submits, commit = commits[0]
                 outcomes = await asyncio.shield(commit)
@@ -121,20 +126,26 @@ class _Pile:
         self._arrived.clear()
 
 
-async def _settle(coordinator: Coordinator, submits: Sequence[pb.StreamedSubmit]) -> list[Outcome]:
-    """Commit a pile; one outcome per submit, in order (see :mod:`dtq_server.piles`)."""
+async def _settle(
+    coordinator: Coordinator, submits: Sequence[pb.StreamedSubmit], turn: Turn
+) -> list[Outcome]:
+    """Commit a pile in its turn; one outcome per submit, in order (see :mod:`dtq_server.piles`)."""
     outcomes: list[Outcome | None] = [None] * len(submits)
     specs: list[SpecInput] = []
     where: list[int] = []
-    for i, submit in enumerate(submits):
-        if submit.HasField("task"):
-            specs.append(spec_from_proto(submit.task))
-            where.append(i)
-        else:
-            outcomes[i] = InvalidArgument([("task", "is required")])
-    if specs:
-        for i, outcome in zip(where, await piles.settle(coordinator, specs), strict=True):
-            outcomes[i] = outcome
+    try:
+        for i, submit in enumerate(submits):
+            if submit.HasField("task"):
+                specs.append(spec_from_proto(submit.task))
+                where.append(i)
+            else:
+                outcomes[i] = InvalidArgument([("task", "is required")])
+        if specs:
+            stored = await piles.settle(coordinator, specs, turn)
+            for i, outcome in zip(where, stored, strict=True):
+                outcomes[i] = outcome
+    finally:
+        turn.end()  # a pile with nothing to store (or that failed) holds nobody up
     return piles.filled(outcomes)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
+import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -11,7 +14,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from dtq.v1 import task_pb2, task_service_pb2
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
-from tests.harness import InProcessCoordinator
+from dtq_server.models import TaskFilter
+from dtq_server.store import tasks_sql
+from tests.harness import InProcessCoordinator, wait_until
 
 Frame = task_service_pb2.SubmitTaskStreamRequest
 Result = task_service_pb2.StreamedSubmitResult
@@ -186,3 +191,41 @@ def test_shutdown_ends_an_open_stream_unavailable(
         next(responses)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     outgoing.put(None)
+
+
+def reading_a_stream() -> bool:
+    """Whether a submit stream's reader is still reading (on the loop thread)."""
+    return any(t.get_name() == "dtq-submit-stream-reader" for t in asyncio.all_tasks())
+
+
+def test_piles_committing_at_once_are_stored_in_submit_order(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More than a pile's worth waiting makes two piles commit at once: 10,000 then 300.
+    # Both are validated on worker threads and the small one is done first; it must
+    # still be stored after the big one, or its tasks would jump the queue.
+    writes_held, writes_open = threading.Event(), threading.Event()
+
+    def held_insert(*args: Any) -> Any:
+        writes_held.set()
+        writes_open.wait(30)
+        return real_insert(*args)
+
+    real_insert = tasks_sql.insert
+    monkeypatch.setattr(tasks_sql, "insert", held_insert)
+    refs = iter(range(10_301))
+    frames = [
+        frame(*((next(refs), spec(queue_="in-order")) for _ in range(size)))
+        for size in (1, 10_000, 300)
+    ]
+    responses = tasks.SubmitTaskStream(iter(frames), timeout=60)
+    # The first submit is taken alone and its insert held; the rest pile up behind it
+    # until the reader has read the half-close.
+    assert writes_held.wait(30)
+    wait_until(lambda: not coordinator.run(reading_a_stream), 30, what="every frame read")
+    writes_open.set()
+    answered = [result for response in responses for result in response.results]
+    assert [r.ref for r in answered] == list(range(10_301))
+    store = coordinator.server.coordinator.store
+    in_seq_order = coordinator.call(store.find_ids(TaskFilter(queue="in-order"), 20_000))
+    assert in_seq_order == [r.submitted.task_id for r in answered]
