@@ -281,42 +281,30 @@ class Coordinator:
     ) -> list[tuple[TaskRecord, bool]]:
         """Validate and durably store tasks; returns (task, created) per spec.
 
-        With a ``turn`` (see :mod:`dtq_server.turns`) the tasks are stored only
-        after the submits that took earlier turns of the same line.
+        With a ``turn`` (see :mod:`dtq_server.turns`) the tasks are validated at
+        once but stored only when the turn comes; the caller ends it.
         """
-        try:
-            if self._shutting_down:
-                raise ShuttingDown()
-            new = await offload.run(lambda: validate_specs(specs, self.config, batch), len(specs))
-            if group_id is not None:
-                new = [dataclasses.replace(t, group_id=group_id) for t in new]
-            if turn is not None:
-                await turn.wait()
-        except BaseException:
-            if turn is not None:
-                turn.end()
-            raise
+        if self._shutting_down:
+            raise ShuttingDown()
+        new = await offload.run(lambda: validate_specs(specs, self.config, batch), len(specs))
+        if group_id is not None:
+            new = [dataclasses.replace(t, group_id=group_id) for t in new]
+        if turn is not None:
+            await turn.wait()
         # A client that gives up (deadline, cancelled call) must not stop this half-way:
         # the tasks would be committed but never queued in memory until a restart.
-        return await run_to_completion(self._store_new(new, batch, turn))
+        return await run_to_completion(self._store_new(new, batch))
 
-    async def _store_new(
-        self, new: list[NewTask], batch: bool, turn: Turn | None = None
-    ) -> list[tuple[TaskRecord, bool]]:
+    async def _store_new(self, new: list[NewTask], batch: bool) -> list[tuple[TaskRecord, bool]]:
+        self.config.failpoints.hit("submit.before_commit")
+        # Reserved and queued for the writer with no await in between: anything that
+        # touches these leases meanwhile (a session ending) commits after the insert.
+        direct = self.handoff.reserve(new, time.monotonic())
         try:
-            self.config.failpoints.hit("submit.before_commit")
-            # Reserved and queued for the writer with no await in between: anything that
-            # touches these leases meanwhile (a session ending) commits after the insert.
-            direct = self.handoff.reserve(new, time.monotonic())
-            try:
-                leased = {d.task.id: d.grant for d in direct}
-                results = await self.store.insert(new, batch, leased)
-            except BaseException:
-                self.handoff.undo(direct)
-                raise
-        finally:
-            if turn is not None:
-                turn.end()
+            results = await self.store.insert(new, batch, {d.task.id: d.grant for d in direct})
+        except BaseException:
+            self.handoff.undo(direct)
+            raise
         self.config.failpoints.hit("submit.after_commit_before_reply")
         self._track_created(new, results)
         self.handoff.settle(direct, new, results)

@@ -10,9 +10,12 @@ the batch is refused: each spec is validated on its own, the valid ones are
 tried as a batch again, and if that still fails (an idempotency clash, a
 missing dependency, a key repeated within the pile) each goes in its own
 submit. The group-commit writer gathers those into few commits, one
-savepoint each, in pile order. (A pile taken apart is stored after the pile
-behind it; so if both repeat one idempotency key, the later submit may be
-the one answered ``created``. Either way one task, one id.)
+savepoint each, in pile order. A stream's piles keep their turns
+(:mod:`dtq_server.turns`) while taken apart, so the next pile waits for
+them. Unary piles have no turns: concurrent calls have no order. (A unary
+pile taken apart may be stored after the pile behind it; so if both repeat
+one idempotency key, the later submit may be the one answered ``created``.
+Either way one task, one id.)
 
 :class:`UnaryPiles` gathers unary submits: a submit arriving while fewer
 than :data:`COMMITS_IN_FLIGHT` piles commit starts a pile at once (a lone
@@ -49,15 +52,17 @@ async def settle(
 ) -> list[Outcome]:
     """Commit a pile of single submits; one outcome per spec, in order.
 
-    A ``turn`` puts the pile's store in line behind earlier piles (a pile taken
-    apart is not: see the module)."""
+    With a ``turn`` every store, taken apart or not, waits for it; the caller
+    ends it once this returns."""
     try:
         return list(await coordinator.submit(specs, batch=True, turn=turn))
     except PER_SUBMIT:
-        return await _apart(coordinator, specs)
+        return await _apart(coordinator, specs, turn)
 
 
-async def _apart(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
+async def _apart(
+    coordinator: Coordinator, specs: list[SpecInput], turn: Turn | None
+) -> list[Outcome]:
     """Outcomes of specs a batch refused: bad ones named alone, good ones stored."""
     now = time.time()
     outcomes: list[Outcome | None] = []
@@ -72,20 +77,23 @@ async def _apart(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outco
         return filled(outcomes)
     batch = [specs[i] for i in valid]
     try:
-        stored: list[Outcome] = list(await coordinator.submit(batch, batch=True))
+        stored: list[Outcome] = list(await coordinator.submit(batch, batch=True, turn=turn))
     except PER_SUBMIT:
-        stored = await _singly(coordinator, batch)
+        stored = await _singly(coordinator, batch, turn)
     for i, outcome in zip(valid, stored, strict=True):
         outcomes[i] = outcome
     return filled(outcomes)
 
 
-async def _singly(coordinator: Coordinator, specs: list[SpecInput]) -> list[Outcome]:
+async def _singly(
+    coordinator: Coordinator, specs: list[SpecInput], turn: Turn | None
+) -> list[Outcome]:
     """One submit per spec, so one refusal each for what only the store sees (a key
     clash, a missing dependency, a key repeated in the pile). They are queued at once
     and share the writer's commits, one savepoint each, in order."""
     singles = await asyncio.gather(
-        *(coordinator.submit([spec], batch=False) for spec in specs), return_exceptions=True
+        *(coordinator.submit([spec], batch=False, turn=turn) for spec in specs),
+        return_exceptions=True,
     )
     outcomes: list[Outcome] = []
     for single in singles:

@@ -6,8 +6,9 @@ once, the smaller one would finish first and be stored first: its tasks, sent
 later, would get earlier places in their queue than the pile before them.
 A caller whose submits must keep their order takes a turn for each one from
 its :class:`Turns`, in that order; each submit waits, once validated, for
-the turn before it to end (that submit stored, or failed) before it stores.
-Validation still overlaps: only the writes are put in line.
+the turn before it to end (that submit stored, or failed) before it stores,
+and ends its own turn when it is done. Validation still overlaps: only the
+writes are put in line.
 """
 
 from __future__ import annotations

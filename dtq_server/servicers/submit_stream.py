@@ -145,7 +145,7 @@ async def _settle(
             for i, outcome in zip(where, stored, strict=True):
                 outcomes[i] = outcome
     finally:
-        turn.end()  # a pile with nothing to store (or that failed) holds nobody up
+        turn.end()  # stored, refused or torn down: the next pile's turn
     return piles.filled(outcomes)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import grpc
@@ -198,12 +199,17 @@ def reading_a_stream() -> bool:
     return any(t.get_name() == "dtq-submit-stream-reader" for t in asyncio.all_tasks())
 
 
+@pytest.mark.parametrize("bad_ref", [None, 5_000], ids=["all-good", "first-pile-taken-apart"])
 def test_piles_committing_at_once_are_stored_in_submit_order(
-    coordinator: InProcessCoordinator, tasks: TaskServiceStub, monkeypatch: pytest.MonkeyPatch
+    coordinator: InProcessCoordinator,
+    tasks: TaskServiceStub,
+    monkeypatch: pytest.MonkeyPatch,
+    bad_ref: int | None,
 ) -> None:
     # More than a pile's worth waiting makes two piles commit at once: 10,000 then 300.
     # Both are validated on worker threads and the small one is done first; it must
-    # still be stored after the big one, or its tasks would jump the queue.
+    # still be stored after the big one, or its tasks would jump the queue. The same
+    # when the big pile holds a bad submit and is taken apart (validated one by one).
     writes_held, writes_open = threading.Event(), threading.Event()
 
     def held_insert(*args: Any) -> Any:
@@ -215,9 +221,11 @@ def test_piles_committing_at_once_are_stored_in_submit_order(
     monkeypatch.setattr(tasks_sql, "insert", held_insert)
     refs = iter(range(10_301))
     frames = [
-        frame(*((next(refs), spec(queue_="in-order")) for _ in range(size)))
+        frame(*((ref, spec(queue_="in-order")) for ref in islice(refs, size)))
         for size in (1, 10_000, 300)
     ]
+    if bad_ref is not None:
+        frames[1].submits[bad_ref - 1].task.type = "no spaces allowed"
     responses = tasks.SubmitTaskStream(iter(frames), timeout=60)
     # The first submit is taken alone and its insert held; the rest pile up behind it
     # until the reader has read the half-close.
@@ -226,6 +234,8 @@ def test_piles_committing_at_once_are_stored_in_submit_order(
     writes_open.set()
     answered = [result for response in responses for result in response.results]
     assert [r.ref for r in answered] == list(range(10_301))
+    refused = [r.ref for r in answered if r.WhichOneof("outcome") == "error"]
+    assert refused == ([] if bad_ref is None else [bad_ref])
     store = coordinator.server.coordinator.store
     in_seq_order = coordinator.call(store.find_ids(TaskFilter(queue="in-order"), 20_000))
-    assert in_seq_order == [r.submitted.task_id for r in answered]
+    assert in_seq_order == [r.submitted.task_id for r in answered if r.ref != bad_ref]
