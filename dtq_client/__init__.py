@@ -42,6 +42,7 @@ from dtq_client.errors import (
     TaskTerminal,
     Unauthenticated,
     Unavailable,
+    UnknownTaskType,
     WaitTimeout,
 )
 from dtq_client.models import (
@@ -114,6 +115,7 @@ __all__ = [
     "TaskTerminal",
     "Unauthenticated",
     "Unavailable",
+    "UnknownTaskType",
     "WaitTimeout",
     "__version__",
     "create_channel",

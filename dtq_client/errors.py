@@ -17,7 +17,8 @@ Every error the client raises derives from :class:`DtqError`::
         ├── AlreadyExists           idempotency key reused with a different spec
         │   └── ScheduleExists          reason SCHEDULE_EXISTS: another schedule has the name
         ├── FailedPrecondition      the object is in the wrong state
-        │   └── TaskTerminal            reason TASK_TERMINAL: cancelling a finished task
+        │   ├── TaskTerminal            reason TASK_TERMINAL: cancelling a finished task
+        │   └── UnknownTaskType         reason UNKNOWN_TASK_TYPE: strict mode, no node declared it
         ├── Unavailable             coordinator down, unreachable or shutting down; retry
         ├── DeadlineExceeded        the call's deadline passed
         ├── ResourceExhausted       a message over the size limit
@@ -153,6 +154,11 @@ class TaskTerminal(FailedPrecondition):
     """The task already succeeded or failed, so it cannot be cancelled."""
 
 
+class UnknownTaskType(FailedPrecondition):
+    """The coordinator runs ``--strict-task-types`` and no node has ever declared the
+    (queue, type) of a submitted task (the message names each one)."""
+
+
 class Unavailable(RpcError):
     """The coordinator cannot be reached, is shutting down, or cannot write; retry later."""
 
@@ -220,6 +226,7 @@ _BY_REASON: dict[str, type[RpcError]] = {
     "SCHEDULE_NOT_FOUND": ScheduleNotFound,
     "SCHEDULE_EXISTS": ScheduleExists,
     "TASK_TERMINAL": TaskTerminal,
+    "UNKNOWN_TASK_TYPE": UnknownTaskType,
 }
 
 

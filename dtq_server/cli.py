@@ -139,6 +139,15 @@ from dtq_server.store.sqlite import StoreCorrupt
     help="Seconds finished tasks are kept when they do not say. [env: DTQ_RESULT_TTL]",
 )
 @click.option(
+    "--strict-task-types/--no-strict-task-types",
+    envvar="DTQ_STRICT_TASK_TYPES",
+    default=False,
+    show_default=True,
+    help="Refuse submits of a (queue, type) no node has ever declared (FAILED_PRECONDITION "
+    "UNKNOWN_TASK_TYPE) instead of queuing them for a node that may never come. "
+    "[env: DTQ_STRICT_TASK_TYPES]",
+)
+@click.option(
     "--port-file",
     envvar="DTQ_PORT_FILE",
     default=None,
@@ -187,6 +196,7 @@ def main(
     max_connection_age: float | None,
     max_connection_age_grace: float,
     result_ttl: float,
+    strict_task_types: bool,
     port_file: Path | None,
     event_loop: str,
     log_level: str,
@@ -216,6 +226,7 @@ def main(
             max_connection_age_s=max_connection_age,
             max_connection_age_grace_s=max_connection_age_grace,
             result_ttl_s=result_ttl,
+            strict_task_types=strict_task_types,
             port_file=port_file,
             event_loop=cast(loops.EventLoop, event_loop),
             # Fault injection for tests only, so an environment variable and no flag.

@@ -51,6 +51,8 @@ class ServerConfig:
     """How long finished tasks are kept when they do not say (then swept)."""
     sweep_interval_s: float = 60.0
     """How often expired finished tasks are deleted."""
+    strict_task_types: bool = False
+    """Refuse submits (and schedules) of a (queue, type) no node has ever declared."""
     port_file: Path | None = None
     """If set, the bound address is written here once serving (for scripts and tests)."""
     event_loop: EventLoop = "auto"

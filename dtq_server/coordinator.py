@@ -56,6 +56,7 @@ from dtq_server.registry import EndStream, NodeRegistry, Session
 from dtq_server.scheduler import Scheduler
 from dtq_server.sessions import NodeSessions
 from dtq_server.store.base import Store
+from dtq_server.task_types import DeclaredTypes
 from dtq_server.turns import Turn
 from dtq_server.updates import Transition
 from dtq_server.validation import (
@@ -89,10 +90,12 @@ class Coordinator:
         self.registry = NodeRegistry()
         self.watchers = TaskWatchers()
         self.dispatcher = Dispatcher(self.board, self.registry, store, config.failpoints)
+        self.task_types = DeclaredTypes(store, config.strict_task_types)
         self.sessions = NodeSessions(
-            config, store, self.board, self.registry, self.dispatcher, self.watchers
-        )
-        self.scheduler = Scheduler(config, store, self._track_created)
+            config, store, self.board, self.registry, self.dispatcher, self.watchers,
+            self.task_types,
+        )  # fmt: skip
+        self.scheduler = Scheduler(config, store, self._track_created, self.task_types)
         store.set_dependency_listener(self._dependencies_settled)
         self._on_health = on_health
         self._store_ok = True
@@ -111,6 +114,7 @@ class Coordinator:
     async def start(self) -> None:
         """Load unfinished tasks from the store and start dispatching."""
         self.dispatcher.queue_settings = await self.store.load_queues()
+        await self.task_types.load()
         now = time.monotonic()
         for name, settings in self.dispatcher.queue_settings.items():
             self.dispatcher.limiter.configure_queue(name, settings.rate_limit, now)
@@ -287,6 +291,7 @@ class Coordinator:
         if self._shutting_down:
             raise ShuttingDown()
         new = await offload.run(lambda: validate_specs(specs, self.config, batch), len(specs))
+        self.task_types.check(new, _type_path if batch else _single_type_path)
         if group_id is not None:
             new = [dataclasses.replace(t, group_id=group_id) for t in new]
         if turn is not None:
@@ -461,6 +466,14 @@ class Coordinator:
         for session in live:
             self.sessions.drain(session)
         return live[0]
+
+
+def _type_path(index: int) -> str:
+    return f"tasks[{index}].type"
+
+
+def _single_type_path(index: int) -> str:
+    return "task.type"
 
 
 def _active(record: TaskRecord) -> ActiveTask:

@@ -11,6 +11,7 @@
     ├── ScheduleNotFound       no schedule with that name
     ├── ScheduleExists         a different schedule already has that name
     ├── TaskTerminal           the task already finished; the request cannot apply
+    ├── UnknownTaskType        strict mode: no node has ever declared a submitted (queue, type)
     ├── ShuttingDown           the coordinator is stopping; retry elsewhere or later
     ├── StoreUnavailable       the store cannot commit right now (disk full, locked, I/O)
     └── SessionExpired         a node's session is gone; it must register afresh
@@ -90,6 +91,23 @@ class TaskTerminal(CoordinatorError):
     def __init__(self, task_id: str, state: str) -> None:
         self.task_id = task_id
         super().__init__(f"task {task_id} is already {state}")
+
+
+class UnknownTaskType(CoordinatorError):
+    """Strict mode: no node has ever declared the (queue, type) of a submitted task."""
+
+    MAX_NAMED = 10
+    """Specs named in the message; a batch may hold thousands."""
+
+    def __init__(self, unknown: Sequence[tuple[str, str, str]]) -> None:
+        self.unknown = list(unknown)
+        """(field path, queue, type) of each refused spec."""
+        named = "; ".join(
+            f"{field}: no worker has declared type {type_!r} on queue {queue!r}"
+            for field, queue, type_ in self.unknown[: self.MAX_NAMED]
+        )
+        more = len(self.unknown) - self.MAX_NAMED
+        super().__init__(named + (f"; and {more} more" if more > 0 else ""))
 
 
 class ShuttingDown(CoordinatorError):

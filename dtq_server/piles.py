@@ -29,7 +29,12 @@ import time
 from collections.abc import Sequence
 
 from dtq_server.coordinator import Coordinator
-from dtq_server.errors import CoordinatorError, IdempotencyKeyReused, InvalidArgument
+from dtq_server.errors import (
+    CoordinatorError,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    UnknownTaskType,
+)
 from dtq_server.models import TaskRecord
 from dtq_server.turns import Turn
 from dtq_server.validation import MAX_BATCH, SpecInput, Violations, validate_spec
@@ -42,7 +47,7 @@ while the previous one is in the store's writer thread."""
 
 Outcome = tuple[TaskRecord, bool] | CoordinatorError
 """What one submit came to: the stored task and whether it is new, or why it was refused."""
-PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused)
+PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused, UnknownTaskType)
 """Errors about one spec. Any other error (shutting down, the store failing) is about
 the whole pile and is raised."""
 

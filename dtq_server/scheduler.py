@@ -29,6 +29,7 @@ from dtq_server.schedules import (
     tick_key,
 )
 from dtq_server.store.base import Store
+from dtq_server.task_types import DeclaredTypes
 from dtq_server.validation import SpecInput, Violations, check_name, validate_spec
 
 log = structlog.get_logger(__name__)
@@ -39,10 +40,17 @@ TasksCreated = Callable[[list[NewTask], list[tuple[TaskRecord, bool]]], None]
 class Scheduler:
     """The coordinator's schedules, in memory and in the store."""
 
-    def __init__(self, config: ServerConfig, store: Store, on_created: TasksCreated) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        on_created: TasksCreated,
+        task_types: DeclaredTypes,
+    ) -> None:
         self._config = config
         self._store = store
         self._on_created = on_created
+        self._task_types = task_types
         self._schedules: dict[str, Schedule] = {}
         self._changed = asyncio.Event()
         self.stopped = False
@@ -67,8 +75,10 @@ class Scheduler:
         check_name(v, "schedule.name", name, NAME_RE, "name")
         check_timing(v, cron, interval_s, time_zone)
         template = dataclasses.replace(template, idempotency_key="", run_at=None, delay_s=None)
-        validate_spec(template, "schedule.task", self._config, v)
+        task = validate_spec(template, "schedule.task", self._config, v)
         v.raise_if_any()
+        assert task is not None  # valid: no violation was raised
+        self._task_types.check([task], lambda _: "schedule.task.type")
         now = time.time()
         draft = Schedule(
             name=name, cron=cron, interval_s=interval_s, time_zone=time_zone,

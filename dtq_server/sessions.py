@@ -35,6 +35,7 @@ from dtq_server.registry import (
     session_keys,
 )
 from dtq_server.store.base import Store
+from dtq_server.task_types import DeclaredTypes
 from dtq_server.updates import (
     TERMINAL_UPDATES,
     Failed,
@@ -84,8 +85,10 @@ class NodeSessions:
         registry: NodeRegistry,
         dispatcher: Dispatcher,
         watchers: TaskWatchers,
+        task_types: DeclaredTypes,
     ) -> None:
         self._config = config
+        self._task_types = task_types
         self._rules = OutcomeRules(config)
         self._store = store
         self._board = board
@@ -158,6 +161,7 @@ class NodeSessions:
             session.send(EndStream(SessionExpired(session.id)))
         session.outbox = outbox
         session.touch()
+        self._task_types.declare(session.keys)
         log.info(
             "node.registered",
             node_id=node.node_id,

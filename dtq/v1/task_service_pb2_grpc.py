@@ -35,7 +35,11 @@ class TaskServiceStub:
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
     ALREADY_EXISTS     idempotency key reused with a different spec
     (reason IDEMPOTENCY_KEY_REUSED)
-    FAILED_PRECONDITION the task is already terminal (reason TASK_TERMINAL)
+    FAILED_PRECONDITION the task is already terminal (reason TASK_TERMINAL);
+    or, on a coordinator run with --strict-task-types, no
+    node has ever declared a submitted task's (queue, type)
+    (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
+    whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
     RESOURCE_EXHAUSTED a message over the size limit
     """
@@ -118,7 +122,11 @@ class TaskServiceServicer:
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
     ALREADY_EXISTS     idempotency key reused with a different spec
     (reason IDEMPOTENCY_KEY_REUSED)
-    FAILED_PRECONDITION the task is already terminal (reason TASK_TERMINAL)
+    FAILED_PRECONDITION the task is already terminal (reason TASK_TERMINAL);
+    or, on a coordinator run with --strict-task-types, no
+    node has ever declared a submitted task's (queue, type)
+    (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
+    whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
     RESOURCE_EXHAUSTED a message over the size limit
     """
@@ -325,7 +333,11 @@ class TaskService:
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
     ALREADY_EXISTS     idempotency key reused with a different spec
     (reason IDEMPOTENCY_KEY_REUSED)
-    FAILED_PRECONDITION the task is already terminal (reason TASK_TERMINAL)
+    FAILED_PRECONDITION the task is already terminal (reason TASK_TERMINAL);
+    or, on a coordinator run with --strict-task-types, no
+    node has ever declared a submitted task's (queue, type)
+    (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
+    whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
     RESOURCE_EXHAUSTED a message over the size limit
     """

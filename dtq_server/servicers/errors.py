@@ -33,6 +33,7 @@ from dtq_server.errors import (
     StoreUnavailable,
     TaskNotFound,
     TaskTerminal,
+    UnknownTaskType,
 )
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,7 @@ _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
     NodeNotFound: (grpc.StatusCode.NOT_FOUND, "NODE_NOT_FOUND"),
     IdempotencyKeyReused: (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED"),
     TaskTerminal: (grpc.StatusCode.FAILED_PRECONDITION, "TASK_TERMINAL"),
+    UnknownTaskType: (grpc.StatusCode.FAILED_PRECONDITION, "UNKNOWN_TASK_TYPE"),
     ScheduleNotFound: (grpc.StatusCode.NOT_FOUND, "SCHEDULE_NOT_FOUND"),
     GroupNotFound: (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND"),
     ScheduleExists: (grpc.StatusCode.ALREADY_EXISTS, "SCHEDULE_EXISTS"),
@@ -78,6 +80,16 @@ def rich_status(error: CoordinatorError) -> status_pb2.Status:
             for field, why in error.violations
         ]
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    elif isinstance(error, UnknownTaskType):
+        failures = [
+            error_details_pb2.PreconditionFailure.Violation(
+                type="UNKNOWN_TASK_TYPE",
+                subject=field,
+                description=f"no worker has declared type {type_!r} on queue {queue!r}",
+            )
+            for field, queue, type_ in error.unknown[: UnknownTaskType.MAX_NAMED]
+        ]  # trailers are small (8 KiB by default): a batch's first few, as in the message
+        details.append(_pack(error_details_pb2.PreconditionFailure(violations=failures)))
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
 
 

@@ -104,6 +104,12 @@ class Store(Protocol):
     async def load_queues(self) -> dict[str, QueueSettings]:
         """Every queue's stored settings."""
 
+    async def declare_task_types(self, keys: Collection[tuple[str, str]]) -> None:
+        """Record (queue, type) pairs a node declared (known ones are left as they are)."""
+
+    async def load_task_types(self) -> set[tuple[str, str]]:
+        """Every (queue, type) pair ever declared."""
+
     async def find_ids(self, task_filter: TaskFilter, limit: int) -> list[str]:
         """Ids of tasks matching the filter, oldest first."""
 

@@ -103,6 +103,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX IF EXISTS tasks_unfinished;
     """,
+    # 7: every (queue, type) a node has declared, kept for strict mode (task_types.py).
+    """
+    CREATE TABLE IF NOT EXISTS task_types (
+        queue       TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        declared_at REAL NOT NULL,                  -- first declared (wall clock)
+        PRIMARY KEY (queue, type)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

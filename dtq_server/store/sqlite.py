@@ -267,6 +267,25 @@ class SqliteStore:
 
         return await self._read(load)
 
+    async def declare_task_types(self, keys: Collection[tuple[str, str]]) -> None:
+        now = time.time()
+        rows = [(queue, type_, now) for queue, type_ in keys]
+
+        def declare(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR IGNORE INTO task_types (queue, type, declared_at) VALUES (?, ?, ?)",
+                rows,
+            )
+
+        await self._writer.run(declare)
+
+    async def load_task_types(self) -> set[tuple[str, str]]:
+        def load(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+            rows = conn.execute("SELECT queue, type FROM task_types")
+            return {(queue, type_) for queue, type_ in rows}
+
+        return await self._read(load)
+
     # -- schedules -----------------------------------------------------------
 
     async def create_schedule(self, schedule: Schedule) -> tuple[Schedule, bool]:

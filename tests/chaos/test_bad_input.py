@@ -33,8 +33,9 @@ from hypothesis import strategies as st
 
 import dtq.v1
 from dtq.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc, worker_service_pb2
-from dtq_client import TaskState
+from dtq_client import TaskState, UnknownTaskType
 from tests.chaos._b_helpers import (
+    NO_RETRY,
     BRow,
     Cluster,
     cancel_unfinished,
@@ -44,6 +45,7 @@ from tests.chaos._b_helpers import (
     open_fds,
     row_count,
     row_fixture,  # noqa: F401  (a fixture)
+    start_server_with,
     terminal,
     wait_nodes,
 )
@@ -568,8 +570,38 @@ def test_b4_unknown_task_type_is_never_dispatched_to_a_node_without_it(
         cluster,
         queued_attempts=0,
         schedule_to_start="SCHEDULE_TO_START_TIMEOUT",
-        strict_mode="not built (Submit has no strict unknown-type check)",
+        strict_mode="see B4 strict",
     )
+
+
+@pytest.mark.scenario_id("B4 strict")
+@pytest.mark.timeout(90)
+def test_b4_strict_mode_refuses_an_unknown_type_at_submit(
+    make_cluster: MakeCluster, row: BRow
+) -> None:
+    """``--strict-task-types``: FAILED_PRECONDITION at once, and declared types persist."""
+    cluster = make_cluster("--strict-task-types")
+    node = cluster.node("a", threads=1)
+    with cluster.client(retry=NO_RETRY) as client:
+        wait_nodes(client, "a")
+        with pytest.raises(UnknownTaskType) as refused:
+            client.submit("no.such.type", {})
+        assert refused.value.code is grpc.StatusCode.FAILED_PRECONDITION
+        ok = client.submit("ok", {})
+        wait_until(lambda: client.get(ok.id).state is TaskState.SUCCEEDED, 20)
+    assert row_count(cluster.db) == 1  # the refused submit stored nothing
+    # kill -9 with no node left: the types "a" declared are still known after the restart.
+    node.stop()
+    cluster.server.kill9()
+    cluster.server = start_server_with(cluster.server.data_dir, "--strict-task-types")
+    with cluster.client(retry=NO_RETRY) as client:
+        waiting = client.submit("ok", {})
+        assert waiting.state is TaskState.QUEUED
+        with pytest.raises(UnknownTaskType):
+            client.submit("no.such.type", {})
+        cluster.node("a2", threads=1)
+        wait_until(lambda: client.get(waiting.id).state is TaskState.SUCCEEDED, 30)
+    finish(row, cluster, refused="FAILED_PRECONDITION UNKNOWN_TASK_TYPE", after_restart="queued")
 
 
 @pytest.mark.scenario_id("B4 skew")

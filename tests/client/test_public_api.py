@@ -48,6 +48,7 @@ EXPECTED = {
     "TaskTerminal",
     "Unauthenticated",
     "Unavailable",
+    "UnknownTaskType",
     "WaitTimeout",
     "__version__",
     "create_channel",
