@@ -176,6 +176,7 @@ class Coordinator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.task_types.flush()
 
     @property
     def shutting_down(self) -> bool:

@@ -60,6 +60,10 @@ class DeclaredTypes:
         self._saving.add(saving)
         saving.add_done_callback(self._saving.discard)
 
+    async def flush(self) -> None:
+        """Wait for the declarations being stored (shutdown, before the store closes)."""
+        await asyncio.gather(*self._saving, return_exceptions=True)
+
     async def _save(self, keys: set[Key]) -> None:
         try:
             await self._store.declare_task_types(sorted(keys))
