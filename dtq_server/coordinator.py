@@ -61,6 +61,7 @@ from dtq_server.turns import Turn
 from dtq_server.updates import Transition
 from dtq_server.validation import (
     SpecInput,
+    spec_field,
     validate_specs,
     validate_task_id,
 )
@@ -292,7 +293,7 @@ class Coordinator:
         if self._shutting_down:
             raise ShuttingDown()
         new = await offload.run(lambda: validate_specs(specs, self.config, batch), len(specs))
-        self.task_types.check(new, _type_path if batch else _single_type_path)
+        self.task_types.check(new, lambda index: spec_field(index, batch))
         if group_id is not None:
             new = [dataclasses.replace(t, group_id=group_id) for t in new]
         if turn is not None:
@@ -467,14 +468,6 @@ class Coordinator:
         for session in live:
             self.sessions.drain(session)
         return live[0]
-
-
-def _type_path(index: int) -> str:
-    return f"tasks[{index}].type"
-
-
-def _single_type_path(index: int) -> str:
-    return "task.type"
 
 
 def _active(record: TaskRecord) -> ActiveTask:

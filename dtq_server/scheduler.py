@@ -78,7 +78,7 @@ class Scheduler:
         task = validate_spec(template, "schedule.task", self._config, v)
         v.raise_if_any()
         assert task is not None  # valid: no violation was raised
-        self._task_types.check([task], lambda _: "schedule.task.type")
+        self._task_types.check([task], lambda _: "schedule.task")
         now = time.time()
         draft = Schedule(
             name=name, cron=cron, interval_s=interval_s, time_zone=time_zone,

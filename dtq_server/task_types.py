@@ -73,14 +73,14 @@ class DeclaredTypes:
         else:
             log.info("task_types.declared", keys=sorted(f"{q}/{t}" for q, t in keys))
 
-    def check(self, specs: Sequence[Typed], path: Callable[[int], str]) -> None:
+    def check(self, specs: Sequence[Typed], field: Callable[[int], str]) -> None:
         """In strict mode, raise UnknownTaskType naming each spec whose pair is not
-        declared (``path(i)``: the field path of spec ``i``'s type)."""
+        declared (``field(i)``: the field path of spec ``i``, as validation names it)."""
         if not self.strict:
             return
         known = self._known
         unknown = [
-            (path(i), spec.queue, spec.type)
+            (f"{field(i)}.type", spec.queue, spec.type)
             for i, spec in enumerate(specs)
             if (spec.queue, spec.type) not in known
         ]

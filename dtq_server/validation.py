@@ -213,6 +213,11 @@ def _check_schedule(spec: SpecInput, field: str, now: float, v: Violations) -> f
     return None
 
 
+def spec_field(index: int, batch: bool) -> str:
+    """The field path of a submission's spec ``index``: ``tasks[i]`` in a batch, else ``task``."""
+    return f"tasks[{index}]" if batch else "task"
+
+
 def validate_specs(specs: list[SpecInput], config: ServerConfig, batch: bool) -> list[NewTask]:
     """Validate a submission (one spec, or a batch); raise InvalidArgument naming all bad fields."""
     v = Violations()
@@ -222,7 +227,7 @@ def validate_specs(specs: list[SpecInput], config: ServerConfig, batch: bool) ->
     tasks: list[NewTask] = []
     keys: dict[str, int] = {}
     for i, spec in enumerate(specs):
-        field = f"tasks[{i}]" if batch else "task"
+        field = spec_field(i, batch)
         task = validate_spec(spec, field, config, v)
         if task is None:
             continue

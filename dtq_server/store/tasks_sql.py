@@ -25,6 +25,7 @@ from dtq_server.models import (
 from dtq_server.store import binding, dependencies
 from dtq_server.store.schema import TASK_COLUMNS
 from dtq_server.updates import LeaseGrant, Transition
+from dtq_server.validation import spec_field
 
 
 def row_to_record(row: Sequence[Any]) -> TaskRecord:
@@ -117,7 +118,7 @@ def insert(
         start_by = None
         if t.schedule_to_start_s is not None:
             start_by = (t.run_at or now) + t.schedule_to_start_s
-        state = dependencies.initial_state(conn, t, f"tasks[{index}]" if batch else "task")
+        state = dependencies.initial_state(conn, t, spec_field(index, batch))
         error = None
         finished_at = expires_at = None
         if state.is_terminal:  # a dependency already failed
