@@ -298,6 +298,7 @@ class Coordinator:
             new = [dataclasses.replace(t, group_id=group_id) for t in new]
         if turn is not None:
             await turn.wait()
+        await self.config.failpoints.pause("submit.before_commit")  # a cancel still stops it
         # A client that gives up (deadline, cancelled call) must not stop this half-way:
         # the tasks would be committed but never queued in memory until a restart.
         return await run_to_completion(self._store_new(new, batch))
@@ -313,6 +314,7 @@ class Coordinator:
             self.handoff.undo(direct)
             raise
         self.config.failpoints.hit("submit.after_commit_before_reply")
+        await self.config.failpoints.pause("submit.after_commit_before_reply")  # no cancel
         self._track_created(new, results)
         self.handoff.settle(direct, new, results)
         return results

@@ -1,9 +1,11 @@
-"""Crash points for fault-injection tests.
+"""Crash and pause points for fault-injection tests.
 
 ``DTQ_FAILPOINT=submit.after_commit_before_reply`` (comma-separated names)
 makes the coordinator ``os._exit(137)`` - as abrupt as ``kill -9`` - the first
-time it reaches that point. Without the variable every ``hit`` is a single set
-lookup on an empty set. The names:
+time it reaches that point. ``NAME:sleep=SECONDS`` pauses there instead, once,
+the way a slow disk or a descheduled process would (RELIABILITY C5: a handler
+slower than its client's deadline); only the submit points can pause. Without
+the variable every ``hit`` is a single set lookup on an empty set. The names:
 
 - ``submit.before_commit`` / ``submit.after_commit_before_reply``
 - ``lease.after_commit_before_send``
@@ -12,6 +14,7 @@ lookup on an empty set. The names:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -24,21 +27,45 @@ NAMES = frozenset(
         "result.after_commit_before_reply",
     }
 )
+PAUSABLE = frozenset({"submit.before_commit", "submit.after_commit_before_reply"})
+"""The points whose code awaits :meth:`Failpoints.pause` (a pause anywhere else would
+silently do nothing, so it is refused)."""
 
 
 class Failpoints:
-    """The crash points enabled for this process."""
+    """The crash and pause points enabled for this process."""
 
-    def __init__(self, enabled: frozenset[str] = frozenset()) -> None:
-        unknown = enabled - NAMES
+    def __init__(
+        self, enabled: frozenset[str] = frozenset(), pauses: dict[str, float] | None = None
+    ) -> None:
+        pauses = dict(pauses or {})
+        unknown = (enabled | pauses.keys()) - NAMES
         if unknown:
             raise ValueError(f"unknown failpoints: {', '.join(sorted(unknown))}")
+        if pauses.keys() - PAUSABLE:
+            raise ValueError(f"only {', '.join(sorted(PAUSABLE))} can pause")
         self._enabled = enabled
+        self._pauses = pauses
 
     @classmethod
     def parse(cls, spec: str) -> Failpoints:
-        """From the ``DTQ_FAILPOINT`` syntax: comma-separated names."""
-        return cls(frozenset(name.strip() for name in spec.split(",") if name.strip()))
+        """From the ``DTQ_FAILPOINT`` syntax: comma-separated ``NAME`` or ``NAME:sleep=S``."""
+        crashes: set[str] = set()
+        pauses: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, _, action = item.partition(":")
+            if not action:
+                crashes.add(name)
+                continue
+            key, _, seconds = action.partition("=")
+            try:
+                pause_s = float(seconds) if key == "sleep" else -1.0
+            except ValueError:
+                pause_s = -1.0
+            if not 0 <= pause_s < float("inf"):
+                raise ValueError(f"failpoint {item!r}: the action must be sleep=SECONDS")
+            pauses[name] = pause_s
+        return cls(frozenset(crashes), pauses)
 
     def hit(self, name: str) -> None:
         """Crash here if ``name`` is enabled."""
@@ -46,3 +73,19 @@ class Failpoints:
             sys.stderr.write(f"dtq-server: failpoint {name} reached, exiting 137\n")
             sys.stderr.flush()
             os._exit(137)
+
+    async def pause(self, name: str) -> None:
+        """Sleep here, the first time only, if ``name`` pauses; a cancellation ends it early."""
+        seconds = self._pauses.pop(name, None)
+        if seconds is None:
+            return
+        sys.stderr.write(f"dtq-server: failpoint {name} pausing {seconds:g} s\n")
+        sys.stderr.flush()
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            sys.stderr.write(f"dtq-server: failpoint {name} pause cancelled\n")
+            sys.stderr.flush()
+            raise
+        sys.stderr.write(f"dtq-server: failpoint {name} pause over\n")
+        sys.stderr.flush()
