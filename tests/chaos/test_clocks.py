@@ -1,4 +1,5 @@
-"""C1-C3: wall-clock jumps and skew (RELIABILITY.md 2.7), with Debian's libfaketime.
+"""C1-C4: wall-clock jumps, skew and a restart across a clock change (RELIABILITY.md 2.7),
+with Debian's libfaketime.
 
 The fixture installs the ``faketime`` package (``apt-get``) when it is missing and
 the tests run as root; otherwise every scenario is skipped with the reason.
@@ -31,6 +32,7 @@ from tests.chaos._b_helpers import (
     finish,
     make_cluster_fixture,  # noqa: F401  (a fixture)
     row_fixture,  # noqa: F401  (a fixture)
+    start_server_with,
     terminal,
     wait_nodes,
 )
@@ -239,3 +241,68 @@ def test_c3_node_clock_skew_has_no_effect(
     log = cluster.server.log()
     assert "node.dead" not in log and "resume_refused" not in log
     finish(row, cluster, node_skews_s=skews, node_offsets_seen_s=offsets)
+
+
+def logged_at(log: str, event: str) -> float:
+    """The timestamp (epoch seconds, on the logging process's clock) of ``event``'s first line."""
+    for line in log.splitlines():
+        stamp, _, rest = line.partition(" ")
+        if rest.split("] ", 1)[-1].startswith(event + " "):
+            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    raise AssertionError(f"no {event} in the log")
+
+
+@pytest.mark.scenario_id("C4")
+@pytest.mark.timeout(120)
+def test_c4_coordinator_restarts_an_hour_ahead(
+    make_cluster: MakeCluster, row: BRow, libfaketime: str
+) -> None:
+    """kill -9 the coordinator, restart it with its wall clock 1 h ahead: the leases from
+    before get a fresh grace of T from the restart, then expire as usual.
+
+    n0 and n1 resume their sessions and keep their leases; n2 is killed with the
+    coordinator, so its lease can only expire. Its expiry is timed on the restarted
+    coordinator's own log (one clock, an hour ahead throughout), from the recovery
+    that starts the grace to the session's end.
+    """
+    cluster = make_cluster()
+    ids = hold_leases(cluster, 3, sleep_s=T + 4, first_only=True)
+    with cluster.client() as client:
+        on = {client.get(task_id).node_id: task_id for task_id in ids}
+    victim = next(p for p in cluster.procs if p.log_path.name == "node-n2.log")
+    victim.kill9()
+    cluster.server.kill9()
+    cluster.server = start_server_with(
+        cluster.server.data_dir,
+        listen=cluster.server.address,
+        env=faked_env(libfaketime, FAKETIME=f"+{JUMP_S}"),
+        log_path=cluster.server.data_dir / "server-restarted.log",
+    )
+    assert cluster.server.alive(), cluster.server.log()
+    cluster.node("spare", threads=1)
+    with cluster.client() as client:
+        moved = terminal(client, on["n2"], 30)
+        kept = [terminal(client, on[node_id], 30) for node_id in ("n0", "n1")]
+    offset = coordinator_offset_s(cluster)
+    assert offset > JUMP_S - 60, "the restarted coordinator runs an hour ahead"
+    assert all(t.state is TaskState.SUCCEEDED for t in (moved, *kept))
+    assert all((t.attempt, t.lease_expiries) == (1, 0) for t in kept), "resumed, not expired"
+    assert (moved.attempt, moved.lease_expiries, moved.node_id) == (2, 1, "spare")
+    log = cluster.server.log()
+    recovered = logged_at(log, "coordinator.recovered")
+    expired_s = logged_at(log, "node.dead") - recovered
+    released_s = logged_at(log, "lease.lost") - recovered
+    tick_s = min(0.25, T / 8)  # ServerConfig.reaper_tick_s
+    # (The grace starts as the sessions are rebuilt, a moment before the line is logged.)
+    assert expired_s >= T - 0.05, (
+        f"n2's session ended {expired_s:.2f} s after the restart: no grace"
+    )
+    finish(
+        row,
+        cluster,
+        redelivery_s=expired_s,
+        limit_s=T + tick_s + 0.5,
+        jump_s=JUMP_S,
+        wall_offset_seen_s=round(offset),
+        lease_requeued_after_s=round(released_s, 2),
+    )
