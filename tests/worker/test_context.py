@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 
@@ -46,6 +47,34 @@ def test_cancellation() -> None:
     assert ctx.cancelled
     with pytest.raises(TaskCancelled):
         ctx.raise_if_cancelled()
+
+
+def test_the_cancel_event_is_one_event_built_on_first_use() -> None:
+    ctx = _context()
+    assert not ctx.cancelled and ctx.cancel_cell._event is None  # checking builds nothing
+    events: list[threading.Event] = []
+    barrier = threading.Barrier(8)
+
+    def take() -> None:
+        barrier.wait()
+        events.append(ctx.cancel_event)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(events) == 8 and all(event is events[0] for event in events)
+
+
+def test_a_handler_waiting_on_the_cancel_event_wakes_when_cancelled() -> None:
+    ctx = _context()
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(ctx.cancel_event.wait(10)))
+    waiter.start()
+    ctx.cancel_event.set()  # what the node's ledger does on a cancel
+    waiter.join(10)
+    assert woke == [True] and ctx.cancelled
 
 
 def test_attempt_facts() -> None:
