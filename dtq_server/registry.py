@@ -83,6 +83,8 @@ class Session:
     state: NodeState = NodeState.ACTIVE
     leases: dict[str, int] = field(default_factory=dict)
     """task id -> attempt of every lease this session holds."""
+    resent: dict[str, int] = field(default_factory=dict)
+    """task id -> how often its assignment was sent again on a resume (see sessions)."""
     last_seen: float = field(default_factory=time.monotonic)
     last_seen_wall: float = field(default_factory=time.time)
     connected_at_wall: float = field(default_factory=time.time)

@@ -52,6 +52,12 @@ from dtq_server.watchers import TaskWatchers
 
 log = structlog.get_logger(__name__)
 UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
+RESENDS_PER_LEASE = 3
+"""Resumes in a row a session may make without an assignment it holds before that lease
+counts as lost (a lease expiry: requeued, dead-lettered at the cap). A node whose link
+cannot carry the assignment within the heartbeat timeout breaks the stream each time it
+is sent; without a bound it was sent again on every resume, forever (chaos N5 found a
+600 kB payload at 256 kB/s never run, never expired)."""
 """Release reason of a node that declared a task type it has no handler for."""
 
 
@@ -184,9 +190,23 @@ class NodeSessions:
         ]
         # Assigned, but the assignment never reached the node (it was in flight when
         # the stream broke): the lease is still this session's, so send it again on
-        # the new stream, same attempt, instead of requeuing it as a new one.
+        # the new stream, same attempt, instead of requeuing it as a new one. Not
+        # forever: see RESENDS_PER_LEASE.
         lost = {tid: attempt for tid, attempt in session.leases.items() if held.get(tid) != attempt}
-        if lost:
+        session.resent = {tid: n for tid, n in session.resent.items() if tid in lost}
+        for task_id in list(lost):
+            session.resent[task_id] = session.resent.get(task_id, 0) + 1
+            if session.resent[task_id] > RESENDS_PER_LEASE:
+                log.warning(
+                    "node.assignment_undelivered",
+                    node_id=node.node_id,
+                    session_id=session.id,
+                    task_id=task_id,
+                    resends=RESENDS_PER_LEASE,
+                )
+                del lost[task_id], session.resent[task_id]
+                self._orphan(task_id, session.leases.pop(task_id), expired=True)
+        if lost or self._orphans:
             resend = asyncio.get_running_loop().create_task(self._resend(session, lost))
             self._background.add(resend)
             resend.add_done_callback(self._background.discard)

@@ -338,8 +338,11 @@ class Connection:
                     return
                 raise StreamBroken("the coordinator ended the stream")
             message = convert.inbound(response)
+            now = asyncio.get_running_loop().time()
             if isinstance(message, HeartbeatAcked):
-                stream.tracker.acked(message.sequence, asyncio.get_running_loop().time())
+                stream.tracker.acked(message.sequence, now)
+            else:
+                stream.tracker.heard(now)
             if isinstance(message, Registered):
                 log.warning("stream.unexpected_registered", session_id=message.session_id)
             elif message is not None:

@@ -1,12 +1,19 @@
 """Heartbeat bookkeeping for one stream: sequence numbers and ack deadlines.
 
-The coordinator answers every heartbeat. If a heartbeat is unanswered and no
-ack at all has arrived for the heartbeat timeout (counted from the last ack,
-or from the start of the stream), the stream is treated as dead even if the
-transport looks fine: that covers one-way black holes where writes succeed
-and nothing comes back. Counting from the last ack, not from the oldest
-unanswered send, is what bounds detection by the timeout itself: the last ack
-came before the fault, while the next send may come an interval after it.
+The coordinator answers every heartbeat. If a heartbeat is unanswered and
+nothing at all has arrived for the heartbeat timeout (counted from the last
+message, or from the start of the stream), the stream is treated as dead even
+if the transport looks fine: that covers one-way black holes where writes
+succeed and nothing comes back. Counting from the last message, not from the
+oldest unanswered send, is what bounds detection by the timeout itself: the
+last message came before the fault, while the next send may come an interval
+after it.
+
+Any message counts, not only acks: on a slow link an ack waits behind the
+assignments queued before it, and a stream that keeps delivering them is
+alive. (Counting acks alone, a backlog that took longer than the timeout to
+cross the link broke the stream; the node resumed, the coordinator sent the
+backlog again, and the same tasks crossed the link forever: chaos N5 found it.)
 """
 
 from __future__ import annotations
@@ -42,16 +49,19 @@ class HeartbeatTracker:
         if now is not None:
             self._heard_at = now
 
+    def heard(self, now: float) -> None:
+        """Some other message from the coordinator arrived at ``now``."""
+        self._heard_at = now
+
     def overdue_at(self) -> float | None:
         """When the stream counts as dead; None while every heartbeat is answered.
 
-        The timeout runs from the earlier of the last ack (or the stream's
-        start, when known) and the oldest unanswered send.
+        The timeout runs from the last message (or the stream's start, when
+        known; else from the oldest unanswered send).
         """
         if not self._unacked:
             return None
-        oldest_sent = self._unacked[0][1]
-        base = oldest_sent if self._heard_at is None else min(self._heard_at, oldest_sent)
+        base = self._unacked[0][1] if self._heard_at is None else self._heard_at
         return base + self.timeout_s
 
     def overdue(self, now: float) -> bool:

@@ -24,6 +24,7 @@ from dtq.v1 import (
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_server.models import Lease, TaskFilter
+from dtq_server.sessions import RESENDS_PER_LEASE
 from dtq_server.updates import Succeeded
 from dtq_server.validation import SpecInput
 from tests.harness import (
@@ -286,6 +287,61 @@ def test_resume_resends_assignments_the_node_never_got(
     [ack] = again.next("update_acks").update_acks.acks
     assert ack.accepted
     again.close()
+
+
+def test_an_assignment_that_never_arrives_counts_as_lost_after_three_resends(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """A node whose link cannot carry an assignment within the heartbeat timeout breaks
+    its stream each time the assignment is sent. It is sent again on three resumes in a
+    row, then the lease counts as lost (requeued as attempt 2), not resent forever."""
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, node_id="narrow")
+    assigned(node)
+    session_id = node.session_id
+    for resend in range(1, RESENDS_PER_LEASE + 2):
+        node.abort()  # as if the assignment never got through: the node holds nothing
+        node = RawNode(coordinator.address, node_id="narrow", resume_session_id=session_id)
+        assert node.registered.resumed
+        if resend <= RESENDS_PER_LEASE:
+            (lease,) = assigned(node)  # sent again: same lease
+            assert (lease.task_id, lease.attempt) == (task_id, 1)
+    # The fourth resume gave up on it: a lost lease, leased anew (here, to the same node).
+    (lease,) = assigned(node)
+    assert (lease.task_id, lease.attempt) == (task_id, 2)
+    stored = get(tasks, task_id)
+    assert (stored.attempt, stored.lease_expiries) == (2, 1)
+    node.report(succeeded(task_id, 2, b'"ok"'))
+    assert node.next("update_acks").update_acks.acks[0].accepted
+    node.close()
+
+
+def test_a_resend_that_arrives_resets_the_count(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """Only resumes in a row without the lease count: a node that got it is back to zero."""
+    task_id = submit(tasks)
+    node = RawNode(coordinator.address, node_id="flappy")
+    assigned(node)
+    session_id = node.session_id
+    for _ in range(RESENDS_PER_LEASE):
+        node.abort()
+        node = RawNode(coordinator.address, node_id="flappy", resume_session_id=session_id)
+        assigned(node)
+    # This time the node kept it: it resumes holding the lease, twice.
+    for _ in range(2):
+        node.abort()
+        node = RawNode(
+            coordinator.address, node_id="flappy", resume_session_id=session_id,
+            leases=((task_id, 1),),
+        )  # fmt: skip
+        assert node.registered.resumed
+    node.abort()
+    node = RawNode(coordinator.address, node_id="flappy", resume_session_id=session_id)
+    (lease,) = assigned(node)  # lost once more: a first resend again, not an expiry
+    assert (lease.task_id, lease.attempt) == (task_id, 1)
+    assert get(tasks, task_id).lease_expiries == 0
+    node.close()
 
 
 def test_release_and_leave_requeue_at_once(

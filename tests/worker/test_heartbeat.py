@@ -41,12 +41,26 @@ def test_the_timeout_runs_from_the_last_ack_so_detection_is_bounded_by_it() -> N
 
 
 def test_slow_acks_still_get_the_full_timeout_from_their_send() -> None:
-    # The ack of #1 arrives after #2 left: #2 keeps its own full timeout.
+    # The ack of #1 arrives after #2 left: #2 gets at least its own full timeout
+    # (from the ack, the last thing heard).
     tracker = HeartbeatTracker(timeout_s=2.0, started_at=0.0)
     first = tracker.sent(0.0)
     tracker.sent(0.5)
     tracker.acked(first, now=0.7)
-    assert tracker.overdue_at() == 0.5 + 2.0
+    assert tracker.overdue_at() == 0.7 + 2.0
+
+
+def test_any_message_keeps_a_stream_alive_while_acks_wait_behind_a_backlog() -> None:
+    # A slow link: assignments queued before the acks keep arriving for longer than
+    # the timeout. The stream delivers, so it is alive; silence still ends it.
+    tracker = HeartbeatTracker(timeout_s=2.0, started_at=0.0)
+    tracker.sent(0.5)
+    for t in (1.0, 2.0, 3.0, 4.0):
+        tracker.sent(t)
+        tracker.heard(t + 0.4)  # an assignment, no ack
+        assert not tracker.overdue(t + 0.5)
+    assert tracker.overdue_at() == 4.4 + 2.0
+    assert tracker.overdue(6.4)
 
 
 def test_no_ack_yet_counts_from_the_stream_start() -> None:
