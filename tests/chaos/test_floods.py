@@ -29,7 +29,6 @@ that test must expect its RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from tests.chaos.conftest import Scenario, Size
 from tests.chaos.ledger import Entry, LoadClient
 from tests.chaos.resources import Usage, tcp_peers
 from tests.chaos.test_process_faults import sessions_of, witness
+from tests.chaos.test_steady_load import percentile
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.chaos
@@ -76,12 +76,6 @@ SUBMIT_RATE = 40.0
 """The other client's submits per second."""
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 """Channel option: a channel of its own connection (channels share one by default)."""
-
-
-def p99(values: list[float]) -> float:
-    """The 99th percentile (nearest rank) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 class PeakUsage:
@@ -150,7 +144,7 @@ class OtherClient:
             extra.append("the other client made no call during the flood")
             return "no calls"
         codes = {code for _, code in during}
-        worst = p99([d for d, _ in during])
+        worst = percentile([d for d, _ in during], 0.99)
         if codes != {"OK"}:
             extra.append(f"the other client's submits during the flood ended {sorted(codes)}")
         if worst >= P99_LIMIT_S:

@@ -1,4 +1,4 @@
-"""RELIABILITY.md 2.3: network faults through the fault proxy (N1-N4, N8).
+"""RELIABILITY.md 2.3: network faults through the fault proxy (N1-N5, N8).
 
 A node reaches the coordinator through its own :class:`~tests.chaos.proxy.FaultProxy`
 (``add_node(..., via_proxy=True)``); N4 puts one between a client and the
@@ -19,7 +19,7 @@ import pytest
 from tests.chaos import evidence
 from tests.chaos.checker import Expect
 from tests.chaos.cluster import ChaosCluster, Fault
-from tests.chaos.conftest import Scenario, Size
+from tests.chaos.conftest import Scenario, Scenarios, Size
 from tests.chaos.ledger import LoadClient
 from tests.chaos.proxy import Direction, FaultProxy
 from tests.chaos.resources import tcp_peers
@@ -31,6 +31,7 @@ from tests.chaos.test_process_faults import (
     submit_batch,
     witness,
 )
+from tests.chaos.test_steady_load import dispatch_times, percentile, redelivered, spread
 from tests.harness import ROOT, python_env, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -288,4 +289,92 @@ def test_n8_max_connection_age_rotation(scenario: Scenario, size: Size) -> None:
         extra.append("no rotation happened (GOAWAY never seen)")
     if granted(cluster, attempt=2):
         extra.append("a task was redelivered")
+    scenario.finish(Expect(dup_bound=0), extra)
+
+
+# --- N5 ---------------------------------------------------------------------------------
+
+N5_LATENCY_MS = 200.0
+N5_BANDWIDTH_KBPS = 256.0
+N5_PROCESSING_S = 0.05
+N5_PADS_KIB = {"light": 8, "saturated": 32}
+"""Padding in each payload, so the paced links carry real bytes: about a third of
+256 kB/s, and (saturated) more than the links carry, so assignments queue.
+
+A saturated link queues the heartbeat acks behind the assignments (one FIFO per
+connection, as TCP would), for longer than T. Nodes used to count only acks as
+signs of life: they declared such streams dead, resumed, got the backlog again,
+and some tasks crossed the link forever or were dead-lettered after five lost
+leases. Any message now counts (``dtq_worker.heartbeat``), and an assignment
+that still cannot get through is resent a bounded number of times
+(``dtq_server.sessions.RESENDS_PER_LEASE``)."""
+
+
+def stream_breaks(cluster: ChaosCluster, node_id: str) -> list[dict[str, Any]]:
+    """The ``stream.broken`` events of ``node_id`` (it saw no heartbeat ack within T)."""
+    return [e for e in cluster.node_events(node_id) if e.get("event") == "stream.broken"]
+
+
+@pytest.mark.scenario_id("N5")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("load_kind", sorted(N5_PADS_KIB))
+def test_n5_latency_and_bandwidth(scenarios: Scenarios, size: Size, load_kind: str) -> None:
+    """Both nodes' links at 200 ms each way and 256 kB/s under steady load: no redelivery."""
+    scenario = scenarios.new(load_kind)
+    round_trip_s = 2 * N5_LATENCY_MS / 1000
+    assert round_trip_s + N5_PROCESSING_S < T, "N5 holds only while RTT + processing < T"
+    duration_s = size.pick(10.0, 60.0)
+    total = size.pick(170, 1_000)  # the same rate at either size
+    cluster = scenario.start()
+    for node in ("a", "b"):
+        cluster.add_node(node, threads=4, via_proxy=True)
+    cluster.wait_nodes("a", "b")
+    cluster.mark_baseline()
+    for proxy in cluster.proxies.values():
+        proxy.latency(N5_LATENCY_MS)
+        proxy.bandwidth(N5_BANDWIDTH_KBPS)
+    slowed = time.monotonic()
+    payload = {"sleep": N5_PROCESSING_S, "pad": "x" * N5_PADS_KIB[load_kind] * 1024}
+    load = LoadClient(
+        cluster.address, scenario.ledger, lambda _: ("witness", payload), total=total,
+        prefix="n5", threads=2, rate=total / duration_s,
+    ).start()  # fmt: skip
+    load.join(duration_s + 60)  # paced over the scenario's duration
+    wait_until(
+        lambda: len(cluster.executions()) >= total, 30, interval_s=0.1, what="every task run"
+    )
+    held_s = time.monotonic() - slowed
+    for node in cluster.proxies:
+        cluster.heal(node)
+
+    task_ids = set(scenario.ledger.acknowledged().values())
+    dispatch = dispatch_times(cluster, task_ids)
+    down_kbps = {
+        n: p.forwarded[Direction.DOWN] / held_s / 1000 for n, p in cluster.proxies.items()
+    }  # fmt: skip
+    scenario.note(
+        f"{total} tasks in {held_s:.1f} s behind {N5_LATENCY_MS:.0f} ms + "
+        f"{N5_BANDWIDTH_KBPS:.0f} kB/s; coordinator -> node "
+        + ", ".join(f"{n} {kbps:.0f} kB/s" for n, kbps in sorted(down_kbps.items()))
+    )
+    scenario.note(
+        f"dispatch (submit commit -> start) p50/p99/max {spread(dispatch.total_s)} ms; "
+        f"commit -> lease {spread(dispatch.queued_s)} ms, lease -> start "
+        f"{spread(dispatch.delivered_s)} ms"
+    )
+    again = redelivered(cluster)
+    ended = cluster.events(frozenset({"lease.lost", "lease.returned"}))
+    breaks = {n: len(stream_breaks(cluster, n)) for n in ("a", "b")}
+    scenario.note(
+        f"redeliveries {len(again)}, leases lost or returned {len(ended)}, "
+        f"streams declared dead {breaks}, sessions a {len(sessions_of(cluster, 'a'))} "
+        f"b {len(sessions_of(cluster, 'b'))}"
+    )
+    extra = []
+    if percentile(dispatch.delivered_s, 0.5) < N5_LATENCY_MS / 1000:
+        extra.append("the proxies' latency did not apply (lease -> start below it)")
+    if again or ended:
+        extra.append(f"spurious redeliveries {again[:3]}, lost/returned leases {ended[:3]}")
+    if any(breaks.values()):
+        extra.append(f"a node declared a live stream dead (RTT + processing < T): {breaks}")
     scenario.finish(Expect(dup_bound=0), extra)
