@@ -52,13 +52,13 @@ from dtq_server.watchers import TaskWatchers
 
 log = structlog.get_logger(__name__)
 UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
+"""Release reason of a node that declared a task type it has no handler for."""
 RESENDS_PER_LEASE = 3
 """Resumes in a row a session may make without an assignment it holds before that lease
 counts as lost (a lease expiry: requeued, dead-lettered at the cap). A node whose link
 cannot carry the assignment within the heartbeat timeout breaks the stream each time it
 is sent; without a bound it was sent again on every resume, forever (chaos N5 found a
 600 kB payload at 256 kB/s never run, never expired)."""
-"""Release reason of a node that declared a task type it has no handler for."""
 
 
 @dataclass(frozen=True, slots=True)
