@@ -31,8 +31,10 @@ class WorkerServiceStub:
     1. The node opens Connect and sends RegisterNode first. The coordinator
     answers NodeRegistered with a session id and the heartbeat timing.
     2. The node sends a Heartbeat every `heartbeat_interval`; each one is
-    answered by a HeartbeatAck. A node that hears no ack within
-    `heartbeat_timeout` treats the stream as dead and reconnects.
+    answered by a HeartbeatAck. A node that hears nothing at all (no ack, no
+    other message) within `heartbeat_timeout` while a heartbeat is
+    unanswered treats the stream as dead and reconnects. Any message counts:
+    on a slow link an ack waits behind the assignments sent before it.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
     holds more than it can run, and a heartbeat may change the prefetch. A
@@ -54,7 +56,9 @@ class WorkerServiceStub:
     leases are requeued and its stream, if still open, ends with
     FAILED_PRECONDITION, reason SESSION_EXPIRED. A node whose stream broke
     may reconnect and resume its session (keeping its leases) before then by
-    sending `resume_session_id`.
+    sending `resume_session_id`; assignments it does not hold are sent again,
+    on three resumes in a row at most, after which that lease counts as lost
+    (requeued as a new attempt, like a lease of a dead node).
     7. A node that stops for good releases its unfinished tasks, waits for
     their acks, then sends Leave: the session ends at once (any lease still
     held is requeued) and the coordinator closes the stream with OK. A stream
@@ -82,8 +86,10 @@ class WorkerServiceServicer:
     1. The node opens Connect and sends RegisterNode first. The coordinator
     answers NodeRegistered with a session id and the heartbeat timing.
     2. The node sends a Heartbeat every `heartbeat_interval`; each one is
-    answered by a HeartbeatAck. A node that hears no ack within
-    `heartbeat_timeout` treats the stream as dead and reconnects.
+    answered by a HeartbeatAck. A node that hears nothing at all (no ack, no
+    other message) within `heartbeat_timeout` while a heartbeat is
+    unanswered treats the stream as dead and reconnects. Any message counts:
+    on a slow link an ack waits behind the assignments sent before it.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
     holds more than it can run, and a heartbeat may change the prefetch. A
@@ -105,7 +111,9 @@ class WorkerServiceServicer:
     leases are requeued and its stream, if still open, ends with
     FAILED_PRECONDITION, reason SESSION_EXPIRED. A node whose stream broke
     may reconnect and resume its session (keeping its leases) before then by
-    sending `resume_session_id`.
+    sending `resume_session_id`; assignments it does not hold are sent again,
+    on three resumes in a row at most, after which that lease counts as lost
+    (requeued as a new attempt, like a lease of a dead node).
     7. A node that stops for good releases its unfinished tasks, waits for
     their acks, then sends Leave: the session ends at once (any lease still
     held is requeued) and the coordinator closes the stream with OK. A stream
@@ -145,8 +153,10 @@ class WorkerService:
     1. The node opens Connect and sends RegisterNode first. The coordinator
     answers NodeRegistered with a session id and the heartbeat timing.
     2. The node sends a Heartbeat every `heartbeat_interval`; each one is
-    answered by a HeartbeatAck. A node that hears no ack within
-    `heartbeat_timeout` treats the stream as dead and reconnects.
+    answered by a HeartbeatAck. A node that hears nothing at all (no ack, no
+    other message) within `heartbeat_timeout` while a heartbeat is
+    unanswered treats the stream as dead and reconnects. Any message counts:
+    on a slow link an ack waits behind the assignments sent before it.
     3. The coordinator pushes TaskAssignments only against free credits
     (`slots` + `prefetch` minus leases held): with no prefetch a node never
     holds more than it can run, and a heartbeat may change the prefetch. A
@@ -168,7 +178,9 @@ class WorkerService:
     leases are requeued and its stream, if still open, ends with
     FAILED_PRECONDITION, reason SESSION_EXPIRED. A node whose stream broke
     may reconnect and resume its session (keeping its leases) before then by
-    sending `resume_session_id`.
+    sending `resume_session_id`; assignments it does not hold are sent again,
+    on three resumes in a row at most, after which that lease counts as lost
+    (requeued as a new attempt, like a lease of a dead node).
     7. A node that stops for good releases its unfinished tasks, waits for
     their acks, then sends Leave: the session ends at once (any lease still
     held is requeued) and the coordinator closes the stream with OK. A stream
