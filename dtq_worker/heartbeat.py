@@ -29,7 +29,7 @@ class HeartbeatTracker:
         self._next = 1
         self._unacked: deque[tuple[int, float]] = deque()
         self._heard_at = started_at
-        """When the last ack arrived (or the stream started); None if unknown."""
+        """When the last message arrived (or the stream started); None if unknown."""
         self.round_trip_s: float | None = None
         """Send to ack of the latest heartbeat answered; None before the first."""
 
