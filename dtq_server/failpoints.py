@@ -70,8 +70,7 @@ class Failpoints:
     def hit(self, name: str) -> None:
         """Crash here if ``name`` is enabled."""
         if name in self._enabled:
-            sys.stderr.write(f"dtq-server: failpoint {name} reached, exiting 137\n")
-            sys.stderr.flush()
+            _say(f"failpoint {name} reached, exiting 137")
             os._exit(137)
 
     async def pause(self, name: str) -> None:
@@ -79,13 +78,16 @@ class Failpoints:
         seconds = self._pauses.pop(name, None)
         if seconds is None:
             return
-        sys.stderr.write(f"dtq-server: failpoint {name} pausing {seconds:g} s\n")
-        sys.stderr.flush()
+        _say(f"failpoint {name} pausing {seconds:g} s")
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:
-            sys.stderr.write(f"dtq-server: failpoint {name} pause cancelled\n")
-            sys.stderr.flush()
+            _say(f"failpoint {name} pause cancelled")
             raise
-        sys.stderr.write(f"dtq-server: failpoint {name} pause over\n")
-        sys.stderr.flush()
+        _say(f"failpoint {name} pause over")
+
+
+def _say(line: str) -> None:
+    """One line on stderr at once (tests read the log while the coordinator runs)."""
+    sys.stderr.write(f"dtq-server: {line}\n")
+    sys.stderr.flush()
