@@ -30,11 +30,25 @@ buffered. That is what lets the cap be high (``CAP_PER_SLOT``). Memory is
 bounded apart: buffered tasks may hold about ``buffer_bytes`` of payload
 (``--prefetch-buffer-bytes``, 64 MiB by default) at the mean size of the
 payloads received since the last re-size, so a node fed large payloads buffers
-fewer of them. Pure: the node feeds it.
+fewer of them.
+
+The round trip must not feed on itself. On a link slower than the node's
+threads (chaos N5: 200 ms each way at 256 kB/s, 32 KiB payloads), the
+heartbeat's ack waits behind the assignments the prefetch itself asked for, so
+a larger prefetch measures a longer round trip, which asks for a larger
+prefetch: it grew to 339 tasks, 11 MB or 43 s of link, until gRPC's keepalive
+ping timed out behind them and broke the stream. So the node remembers the
+fastest of its last ``BASE_WINDOW`` round trips (the link without the node's
+own queue, as TCP Vegas and BBR do), and a round trip beyond that by more
+than ``QUEUEING_BUDGET_S`` counts as queueing: the estimate is then folded
+back below the ceiling (``ceiling**2 / round trip``), so the more the link
+queues, the less the node asks for. On a fast link the round trip is
+milliseconds and the ceiling never applies. Pure: the node feeds it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from dtq_worker.config import DEFAULT_PREFETCH_BUFFER_BYTES, MAX_SLOTS
@@ -47,6 +61,14 @@ MIN_ROUND_TRIP_S = 0.002
 """The round trip assumed at least: a heartbeat ack skips the commit a lease needs."""
 SMOOTHING = 0.5
 """Weight of the newest heartbeat's round trip in the running estimate."""
+BASE_WINDOW = 64
+"""Round trips the fastest one is taken from (about two minutes of 2 s heartbeats): long enough
+that a queue which only drains now and then still shows the link without it, short
+enough that a path which got slower for good is learnt."""
+QUEUEING_BUDGET_S = 0.25
+"""How far the round trip may exceed the fastest recent one before the excess counts as
+the node's own queue. It never bites at P1: the prefetch still climbs to its cap
+(0 -> 147 -> 805 -> 1,024 in the first 0.5 s)."""
 HAND_BACK_AFTER_S = 0.1
 """Queued tasks that would wait longer than this to start are handed back beyond the
 prefetch; below it a lower estimate only stops new work (no churn on small drifts)."""
@@ -88,6 +110,7 @@ class AutoPrefetch:
         self._cap = min(MAX_SLOTS, CAP_PER_SLOT * slots)
         self._buffer_bytes = buffer_bytes
         self._round_trip_s: float | None = None
+        self._recent_round_trips: deque[float] = deque(maxlen=BASE_WINDOW)
         self._last = WorkDone(0, 0.0)
         self._run_s: float | None = None
         """The run time a task is expected to take, from the last update that learnt one."""
@@ -112,6 +135,7 @@ class AutoPrefetch:
         One that has just started tells nothing yet.
         """
         if round_trip_s is not None:
+            self._recent_round_trips.append(round_trip_s)
             previous = self._round_trip_s
             self._round_trip_s = (
                 round_trip_s
@@ -156,4 +180,8 @@ class AutoPrefetch:
         if run_s <= 0:
             return self._byte_cap
         round_trip = max(self._round_trip_s or 0.0, MIN_ROUND_TRIP_S)
+        if self._recent_round_trips:
+            ceiling = max(min(self._recent_round_trips), MIN_ROUND_TRIP_S) + QUEUEING_BUDGET_S
+            if round_trip > ceiling:
+                round_trip = ceiling * ceiling / round_trip  # queueing: ask for less
         return min(self._byte_cap, int(self._slots * round_trip / run_s + 0.5))

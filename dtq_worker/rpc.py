@@ -24,10 +24,15 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # Ping every 10 s: twice the server's minimum interval (5 s), so the server
     # never closes the connection with too_many_pings.
     ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    # gRPC 1.85 waits for a ping's ack for ping_timeout (default 60 s), not for
-    # keepalive_timeout: without this a black-holed connection lived for 60 s.
-    ("grpc.http2.ping_timeout_ms", 5_000),
+    # The node's liveness check is its heartbeat (dtq_worker.heartbeat): any message
+    # from the coordinator counts, so a slow link that keeps delivering is alive. gRPC
+    # core counts only the ping's ack, which on such a link waits behind the
+    # assignments (grpc/grpc#22963): at 5 s it broke a live stream in chaos N5. The
+    # keepalive is only a backstop here, so it waits twice the default heartbeat
+    # timeout (10 s). gRPC waits ping_timeout (default 60 s), not
+    # keepalive_timeout, for the ack, so both are set.
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.ping_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", MAX_SEND_BYTES),

@@ -307,12 +307,26 @@ signs of life: they declared such streams dead, resumed, got the backlog again,
 and some tasks crossed the link forever or were dead-lettered after five lost
 leases. Any message now counts (``dtq_worker.heartbeat``), and an assignment
 that still cannot get through is resent a bounded number of times
-(``dtq_server.sessions.RESENDS_PER_LEASE``)."""
+(``dtq_server.sessions.RESENDS_PER_LEASE``).
+
+The auto prefetch then grew on such a link: the acks it sizes from waited behind
+the tasks it had asked for. It reached 339 tasks per node (43 s of link) within
+10 s, and gRPC's keepalive ping, whose ack waited behind them, broke a stream in
+one CI run of four. It now counts round trips beyond the link's own as its
+queue (``dtq_worker.prefetch.QUEUEING_BUDGET_S``): 45-57 at most."""
+N5_MAX_PREFETCH = 128
+"""Most tasks a node may ask to buffer on the saturated links (see above)."""
 
 
 def stream_breaks(cluster: ChaosCluster, node_id: str) -> list[dict[str, Any]]:
     """The ``stream.broken`` events of ``node_id`` (it saw no heartbeat ack within T)."""
     return [e for e in cluster.node_events(node_id) if e.get("event") == "stream.broken"]
+
+
+def most_prefetched(cluster: ChaosCluster, node_id: str) -> int:
+    """The largest prefetch ``node_id``'s ``--prefetch auto`` asked for."""
+    events = cluster.node_events(node_id)
+    return max((e["prefetch"] for e in events if e.get("event") == "node.prefetch"), default=0)
 
 
 @pytest.mark.scenario_id("N5")
@@ -367,10 +381,11 @@ def test_n5_latency_and_bandwidth(scenarios: Scenarios, size: Size, load_kind: s
     again = redelivered(cluster)
     ended = cluster.events(frozenset({"lease.lost", "lease.returned"}))
     breaks = {n: len(stream_breaks(cluster, n)) for n in ("a", "b")}
+    prefetch = {n: most_prefetched(cluster, n) for n in ("a", "b")}
     scenario.note(
         f"redeliveries {len(again)}, leases lost or returned {len(ended)}, "
         f"streams declared dead {breaks}, sessions a {len(sessions_of(cluster, 'a'))} "
-        f"b {len(sessions_of(cluster, 'b'))}"
+        f"b {len(sessions_of(cluster, 'b'))}, largest auto prefetch {prefetch}"
     )
     extra = []
     if percentile(dispatch.delivered_s, 0.5) < N5_LATENCY_MS / 1000:
@@ -379,4 +394,6 @@ def test_n5_latency_and_bandwidth(scenarios: Scenarios, size: Size, load_kind: s
         extra.append(f"spurious redeliveries {again[:3]}, lost/returned leases {ended[:3]}")
     if any(breaks.values()):
         extra.append(f"a node declared a live stream dead (RTT + processing < T): {breaks}")
+    if max(prefetch.values()) > N5_MAX_PREFETCH:
+        extra.append(f"the auto prefetch grew on its own queue: {prefetch}")
     scenario.finish(Expect(dup_bound=0), extra)

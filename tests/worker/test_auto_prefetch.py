@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dtq_worker.prefetch import (
+    BASE_WINDOW,
     CAP_PER_SLOT,
     HAND_BACK_AFTER_S,
     MIN_ROUND_TRIP_S,
+    QUEUEING_BUDGET_S,
     AutoPrefetch,
     WorkDone,
     worth_telling,
@@ -100,6 +102,48 @@ def test_the_round_trip_is_smoothed() -> None:
     auto.update(WorkDone(100, 1.0), round_trip_s=0.02)  # 10 ms tasks, 20 ms: 8
     # One fast ack halves the estimate's distance to it, not all of it: 11 ms -> 4.4.
     assert auto.update(WorkDone(200, 2.0), round_trip_s=0.002) == 4
+
+
+def test_a_far_link_that_does_not_queue_buffers_by_its_round_trip() -> None:
+    auto = AutoPrefetch(SLOTS)
+    work = WorkDone(0, 0.0)
+    for _ in range(5):  # 50 ms tasks, 400 ms away: 4 x 0.4 / 0.05 = 32, every time
+        work = WorkDone(work.finished + 40, work.busy_s + 40 * 0.05)
+        assert auto.update(work, round_trip_s=0.4) == 32
+
+
+def test_a_round_trip_that_grows_with_the_nodes_own_backlog_does_not_run_away() -> None:
+    # Chaos N5: 200 ms each way, and each 32 KiB assignment takes 0.128 s of a 256 kB/s
+    # link, so a heartbeat's ack waits behind every task asked for and not yet arrived.
+    base_s, per_task_s = 0.4, 0.128
+    auto, work, round_trip = AutoPrefetch(SLOTS), WorkDone(0, 0.0), base_s
+    seen = []
+    for _ in range(40):
+        work = WorkDone(work.finished + 8, work.busy_s + 8 * 0.05)
+        value = auto.update(work, round_trip_s=round_trip)
+        seen.append(value)
+        round_trip = base_s + (value + SLOTS) * per_task_s
+    # Counting the queue as round trip, it grew without bound (339 in the chaos run);
+    # folded back below the ceiling it settles where the link queues ~2 s, not 40.
+    assert seen[0] == 32  # the link's own round trip
+    assert max(seen[5:]) <= 20, seen
+    assert (max(seen[-10:]) + SLOTS) * per_task_s < 3.0, seen
+
+
+def test_the_ceiling_follows_a_path_that_got_slower_for_good() -> None:
+    auto, done = AutoPrefetch(SLOTS), 0
+
+    def update(round_trip_s: float) -> int:
+        nonlocal done
+        done += 100
+        return auto.update(WorkDone(done, done * 0.05), round_trip_s=round_trip_s)
+
+    update(0.002)
+    slower = 0.002 + 2 * QUEUEING_BUDGET_S  # then 0.5 s away, for good
+    # It looks like queueing at first (the smoothed estimate passes the ceiling and is
+    # folded back below it), until the fast sample leaves the window.
+    assert max(update(slower) for _ in range(BASE_WINDOW - 1)) <= 20  # 4 x 0.252 / 0.05
+    assert update(slower) == round(SLOTS * slower / 0.05)
 
 
 def test_only_big_changes_are_worth_a_heartbeat_of_their_own() -> None:

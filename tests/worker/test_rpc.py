@@ -7,6 +7,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from dtq_server.config import ServerConfig
 from dtq_worker import RegistrationRejected, SessionExpired, StreamBroken
 from dtq_worker.rpc import CHANNEL_OPTIONS, reconnect_options, stream_error
 
@@ -83,6 +84,15 @@ def test_keepalive_never_trips_the_servers_ping_limit() -> None:
     assert options["grpc.keepalive_time_ms"] >= 10_000
     assert options["grpc.http2.max_pings_without_data"] == 0
     assert options["grpc.max_receive_message_length"] == 8 * 1024 * 1024
+
+
+def test_the_transport_keepalive_leaves_liveness_to_the_heartbeat() -> None:
+    # A ping's ack waits behind the assignments on a slow link; the heartbeat counts
+    # any message, so the transport must not give up first (chaos N5).
+    options = dict(CHANNEL_OPTIONS)
+    default_timeout_ms = ServerConfig().heartbeat_timeout_s * 1000
+    assert options["grpc.keepalive_timeout_ms"] >= 2 * default_timeout_ms
+    assert options["grpc.http2.ping_timeout_ms"] == options["grpc.keepalive_timeout_ms"]
 
 
 def test_grpc_reconnect_pauses_are_short_and_within_the_nodes_backoff() -> None:
