@@ -18,6 +18,7 @@ The ``dtq-client`` command (:mod:`dtq_client.cli`) is built on the same client.
 from __future__ import annotations
 
 from dtq import __version__
+from dtq.tls import ClientTls
 from dtq_client.client import Client
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.connection import create_channel
@@ -75,6 +76,7 @@ __all__ = [
     "CancelCounts",
     "Client",
     "ClientConfig",
+    "ClientTls",
     "DeadlineExceeded",
     "DependencyFailure",
     "DtqError",

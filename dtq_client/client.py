@@ -31,12 +31,13 @@ from typing import Any, Literal, Protocol, Self, overload
 
 import grpc
 
+from dtq.tls import ClientTls
 from dtq.v1 import task_pb2, task_service_pb2
 from dtq_client import convert, retry
 from dtq_client.batching import batches, send_ahead
 from dtq_client.cluster import ClusterCalls
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
-from dtq_client.connection import create_channel
+from dtq_client.connection import open_channel
 from dtq_client.errors import (
     DeadlineExceeded,
     ProtocolError,
@@ -83,8 +84,10 @@ class _TaskStreamCall(Protocol):
 class Client(ScheduleCalls, ClusterCalls):
     """A connection to a DTQ coordinator; use it as a context manager or call :meth:`close`.
 
-    ``channel`` lets the caller supply (and keep ownership of) an open channel;
-    otherwise the client opens one with :func:`dtq_client.create_channel`.
+    ``tls`` connects over TLS (:class:`dtq.tls.ClientTls`: the CA to trust, and a
+    certificate to present for mTLS). ``channel`` lets the caller supply (and keep
+    ownership of) an open channel; otherwise the client opens one with
+    :func:`dtq_client.create_channel`.
     Task calls are defined here; those about the cluster (nodes, queues, rate
     limits) and schedules come from :class:`~dtq_client.cluster.ClusterCalls`
     and :class:`~dtq_client.schedules.ScheduleCalls`.
@@ -96,9 +99,12 @@ class Client(ScheduleCalls, ClusterCalls):
         *,
         timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
+        tls: ClientTls | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        config = ClientConfig(address=address, timeout_s=timeout_s, retry=retry or RetryPolicy())
+        config = ClientConfig(
+            address=address, timeout_s=timeout_s, retry=retry or RetryPolicy(), tls=tls
+        )
         self._setup(config, channel)
 
     @classmethod
@@ -111,7 +117,7 @@ class Client(ScheduleCalls, ClusterCalls):
     def _setup(self, config: ClientConfig, channel: grpc.Channel | None) -> None:
         self.config = config
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else create_channel(config.address)
+        self._channel = channel if channel is not None else open_channel(config)
         self._open_stubs(self._channel)
         self._closed = threading.Event()
 

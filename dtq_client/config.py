@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dtq.tls import ClientTls
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 """Where the coordinator listens by default."""
 
@@ -34,6 +36,8 @@ class ClientConfig:
 
     address: str = DEFAULT_ADDRESS
     """The coordinator, ``host:port``."""
+    tls: ClientTls | None = None
+    """Connect over TLS (presenting a certificate for mTLS); None: plaintext."""
     timeout_s: float = 10.0
     """Deadline of each unary call (each retry gets a fresh one)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -16,6 +16,7 @@ import grpc
 import grpc.experimental
 
 from dtq import __version__
+from dtq_client.config import ClientConfig
 
 MAX_SEND_BYTES = 4 * 1024 * 1024
 """Largest message a channel sends; submit batches stay well under it."""
@@ -91,3 +92,12 @@ def create_aio_channel(
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=args)
     return grpc.aio.secure_channel(address, credentials, options=args)
+
+
+def open_channel(config: ClientConfig) -> grpc.Channel:
+    """The blocking channel ``config`` describes: its address, over TLS if it says so."""
+    if config.tls is None:
+        return create_channel(config.address)
+    return create_channel(
+        config.address, credentials=config.tls.credentials(), options=config.tls.channel_options()
+    )

@@ -140,7 +140,10 @@ class CoordinatorServer:
             guarded,
         )
         guarded.check()
-        self.port = server.add_insecure_port(self.config.listen)
+        if self.config.tls is None:
+            self.port = server.add_insecure_port(self.config.listen)
+        else:
+            self.port = server.add_secure_port(self.config.listen, self.config.tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
@@ -152,6 +155,7 @@ class CoordinatorServer:
             address=self.address,
             db=str(self.config.db_path),
             synchronous=self.config.synchronous,
+            tls=_tls_mode(self.config),
             heartbeat_timeout_s=self.config.heartbeat_timeout_s,
             event_loop=loops.running(),
         )
@@ -191,6 +195,12 @@ class CoordinatorServer:
         # Called on the store's writer thread: hop onto the event loop.
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.coordinator.store_result, ok)
+
+
+def _tls_mode(config: ServerConfig) -> str:
+    if config.tls is None:
+        return "off"
+    return "mtls" if config.tls.client_ca is not None else "tls"
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -11,6 +11,7 @@ import click
 
 import dtq
 from dtq import logs, loops
+from dtq.tls import ServerTls, TlsConfigError
 from dtq_server import collector
 from dtq_server.app import serve
 from dtq_server.config import ServerConfig
@@ -25,6 +26,34 @@ from dtq_server.store.sqlite import StoreCorrupt
     default="127.0.0.1:50051",
     show_default=True,
     help="Address to serve on (port 0 picks a free port). [env: DTQ_LISTEN]",
+)
+@click.option(
+    "--tls-cert",
+    envvar="DTQ_TLS_CERT",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM certificate chain: serve TLS (with --tls-key). [env: DTQ_TLS_CERT]",
+)
+@click.option(
+    "--tls-key",
+    envvar="DTQ_TLS_KEY",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM private key of --tls-cert. [env: DTQ_TLS_KEY]",
+)
+@click.option(
+    "--tls-client-ca",
+    envvar="DTQ_TLS_CLIENT_CA",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="PEM CA bundle: require client certificates signed by it (mTLS). [env: DTQ_TLS_CLIENT_CA]",
+)
+@click.option(
+    "--insecure",
+    envvar="DTQ_INSECURE",
+    is_flag=True,
+    default=False,
+    help="Allow plaintext on a non-loopback --listen (refused otherwise). [env: DTQ_INSECURE]",
 )
 @click.option(
     "--data-dir",
@@ -182,6 +211,10 @@ from dtq_server.store.sqlite import StoreCorrupt
 @click.version_option(dtq.__version__, prog_name="dtq-server")
 def main(
     listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    insecure: bool,
     data_dir: Path,
     synchronous: str,
     heartbeat_interval: float,
@@ -212,6 +245,8 @@ def main(
     try:
         config = ServerConfig(
             listen=listen,
+            tls=server_tls(tls_cert, tls_key, tls_client_ca),
+            insecure=insecure,
             data_dir=data_dir,
             synchronous="NORMAL" if synchronous.upper() == "NORMAL" else "FULL",
             heartbeat_interval_s=heartbeat_interval,
@@ -232,14 +267,27 @@ def main(
             # Fault injection for tests only, so an environment variable and no flag.
             failpoints=Failpoints.parse(os.environ.get("DTQ_FAILPOINT", "")),
         )
-    except ValueError as exc:
+        if config.tls is not None:
+            config.tls.credentials()  # unusable files fail now, before the store opens
+    except ValueError as exc:  # TlsConfigError included
         raise click.UsageError(str(exc)) from exc
     collector.tune()
     try:
         loops.run(serve(config), config.event_loop)
-    except StoreCorrupt as exc:
+    except (StoreCorrupt, TlsConfigError) as exc:
         click.echo(f"dtq-server: refusing to start: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:
         click.echo(f"dtq-server: {exc}", err=True)
         sys.exit(1)
+
+
+def server_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> ServerTls | None:
+    """The TLS the flags ask for; ValueError when they do not go together."""
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    return ServerTls(cert, key, client_ca)

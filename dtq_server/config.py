@@ -8,6 +8,7 @@ from typing import Literal
 
 from dtq import loops
 from dtq.loops import EventLoop
+from dtq.tls import ServerTls, is_loopback
 from dtq_server.failpoints import Failpoints
 
 MiB = 1024 * 1024
@@ -19,6 +20,10 @@ class ServerConfig:
 
     listen: str = "127.0.0.1:50051"
     """Address to bind; port 0 picks a free port (tests)."""
+    tls: ServerTls | None = None
+    """Serve TLS (mTLS with a client CA); None: plaintext, on loopback unless ``insecure``."""
+    insecure: bool = False
+    """Allow plaintext on a non-loopback address (a network trusted by other means)."""
     data_dir: Path = Path("dtq-data")
     """Directory holding the SQLite database (created if missing)."""
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -76,5 +81,10 @@ class ServerConfig:
         if not 1 <= self.default_max_attempts <= 100:
             raise ValueError("default max attempts must be 1-100")
         loops.resolve(self.event_loop)  # ValueError if it asks for a loop that is missing
+        if self.tls is None and not self.insecure and not is_loopback(self.listen):
+            raise ValueError(
+                f"refusing to serve plaintext on {self.listen}, which is not loopback: "
+                "give --tls-cert and --tls-key, or --insecure on a network you trust"
+            )
         if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:
             raise ValueError("max payload must leave 64 KiB of room under the message limit")

@@ -10,11 +10,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import cast
 
 import click
 
 from dtq import __version__, logs, loops
+from dtq.tls import TlsConfigError
+from dtq.tls_flags import client_tls, client_tls_options
 from dtq_worker.config import (
     DEFAULT_COORDINATOR,
     DEFAULT_PREFETCH_BUFFER_BYTES,
@@ -57,6 +60,7 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
     default=DEFAULT_COORDINATOR,
     help="Coordinator address, host:port.",
 )
+@client_tls_options
 @option(
     "--threads",
     envvar="DTQ_THREADS",
@@ -188,6 +192,11 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
 def main(
     target: str,
     coordinator: str,
+    tls_on: bool,
+    tls_ca: Path | None,
+    tls_client_cert: Path | None,
+    tls_client_key: Path | None,
+    tls_server_name: str | None,
     threads: int,
     prefetch: Prefetch,
     prefetch_buffer_bytes: int,
@@ -215,6 +224,7 @@ def main(
     try:
         config = WorkerConfig(
             coordinator=coordinator,
+            tls=client_tls(tls_on, tls_ca, tls_client_cert, tls_client_key, tls_server_name),
             threads=threads,
             prefetch=prefetch,
             prefetch_buffer_bytes=prefetch_buffer_bytes,
@@ -233,7 +243,9 @@ def main(
             log_level=log_level,
             log_format=cast(logs.LogFormat, log_format),
         )
-    except ConfigError as exc:
+        if config.tls is not None:
+            config.tls.credentials()  # unreadable files fail now, not at the first connect
+    except (ConfigError, TlsConfigError) as exc:
         raise click.UsageError(str(exc)) from exc
     # Like `python -m`, find the user's modules in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:

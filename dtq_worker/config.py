@@ -11,6 +11,7 @@ from typing import Literal
 from dtq import loops
 from dtq.logs import LOG_LEVELS, LogFormat
 from dtq.loops import EventLoop
+from dtq.tls import ClientTls
 from dtq_worker.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -42,6 +43,8 @@ class WorkerConfig:
 
     coordinator: str = DEFAULT_COORDINATOR
     """The coordinator's ``host:port``."""
+    tls: ClientTls | None = None
+    """Connect over TLS (presenting a certificate for mTLS); None: plaintext."""
     threads: int = 4
     """Worker threads, which is also the number of slots the node declares."""
     prefetch: Prefetch = "auto"

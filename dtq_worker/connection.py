@@ -186,7 +186,8 @@ class Connection:
 
     async def run(self) -> None:
         """Register, serve, and reconnect until :meth:`close`."""
-        channel = create_channel(self._config.coordinator, self._config.reconnect_backoff_max_s)
+        config = self._config
+        channel = create_channel(config.coordinator, config.reconnect_backoff_max_s, config.tls)
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             while not self._closing.is_set():

@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from dtq import __version__
+from dtq.tls import ClientTls
 from dtq_worker.errors import RegistrationRejected, SessionExpired, StreamBroken, StreamError
 
 ERROR_DOMAIN = "dtq.dev"
@@ -67,10 +68,15 @@ def reconnect_options(reconnect_backoff_max_s: float) -> list[tuple[str, int]]:
     ]
 
 
-def create_channel(target: str, reconnect_backoff_max_s: float) -> grpc.aio.Channel:
-    """An asyncio channel to the coordinator at ``target`` (``host:port``)."""
+def create_channel(
+    target: str, reconnect_backoff_max_s: float, tls: ClientTls | None = None
+) -> grpc.aio.Channel:
+    """An asyncio channel to the coordinator at ``target`` (``host:port``), TLS if asked."""
     options = [*CHANNEL_OPTIONS, *reconnect_options(reconnect_backoff_max_s)]
-    return grpc.aio.insecure_channel(target, options=options)
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    options += tls.channel_options()
+    return grpc.aio.secure_channel(target, tls.credentials(), options=options)
 
 
 def stream_error(exc: grpc.aio.AioRpcError) -> StreamError:

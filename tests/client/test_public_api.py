@@ -8,6 +8,7 @@ EXPECTED = {
     "CancelCounts",
     "Client",
     "ClientConfig",
+    "ClientTls",
     "DeadlineExceeded",
     "DependencyFailure",
     "DtqError",

@@ -1,0 +1,129 @@
+"""TLS for DTQ's connections: which files, and the gRPC credentials made from them.
+
+The coordinator serves plaintext only on loopback unless told ``--insecure``
+(RELIABILITY R4): a queue reachable from the network carries task payloads and
+results, and anyone who can reach it can submit, cancel or pose as a node. With
+``--tls-cert`` and ``--tls-key`` it serves TLS (gRPC's minimum is TLS 1.2);
+with ``--tls-client-ca`` too, every client and node must present a certificate
+signed by that CA (mTLS), checked in the handshake before any call runs.
+
+Nodes and clients trust the CA in ``--tls-ca`` (or the system's roots when
+only client files are given), present ``--tls-client-cert``/``--tls-client-key``
+for mTLS, and may check the coordinator's certificate against another name than
+the address's host (``--tls-server-name``), as when connecting by IP to a
+certificate issued for a DNS name. Files are read once, at start-up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+
+class TlsConfigError(ValueError):
+    """TLS files that cannot be used together, or that cannot be read."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """How a node or client connects over TLS."""
+
+    ca: Path | None = None
+    """PEM bundle of the CAs to trust; None: the system's roots."""
+    cert: Path | None = None
+    """PEM certificate to present (mTLS), with ``key``."""
+    key: Path | None = None
+    """PEM private key of ``cert``."""
+    server_name: str | None = None
+    """The name to check the coordinator's certificate against, if not the address's host."""
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise TlsConfigError("a client certificate and its key go together")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials from the files (read and checked now)."""
+        _check(ssl.PROTOCOL_TLS_CLIENT, self.ca, self.cert, self.key)
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca),
+            private_key=_read(self.key),
+            certificate_chain=_read(self.cert),
+        )
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        """Channel arguments TLS adds (the name override)."""
+        if self.server_name is None:
+            return []
+        return [("grpc.ssl_target_name_override", self.server_name)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """How the coordinator serves TLS."""
+
+    cert: Path
+    """PEM certificate chain of the coordinator."""
+    key: Path
+    """PEM private key of ``cert``."""
+    client_ca: Path | None = None
+    """PEM bundle of the CAs client certificates must chain to; set, it requires them."""
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """gRPC server credentials from the files (read and checked now)."""
+        _check(ssl.PROTOCOL_TLS_SERVER, self.client_ca, self.cert, self.key)
+        key, cert = _read(self.key), _read(self.cert)
+        assert key is not None and cert is not None
+        return grpc.ssl_server_credentials(
+            [(key, cert)],
+            root_certificates=_read(self.client_ca),
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+def is_loopback(address: str) -> bool:
+    """True if ``host:port`` binds only loopback (127.0.0.0/8, ::1 or ``localhost``)."""
+    host = address.rpartition(":")[0] if ":" in address else address
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name, or "" / "0.0.0.0"-style wildcards resolved elsewhere
+
+
+def _check(protocol: int, ca: Path | None, cert: Path | None, key: Path | None) -> None:
+    """Load the files as OpenSSL would, so a bad one is named at start-up.
+
+    gRPC only says "Failed to bind" (or fails each handshake) for a PEM it
+    cannot use; Python's ``ssl`` says which file and why, and that the
+    certificate and the key belong together.
+    """
+    for path in (ca, cert, key):
+        _read(path)  # names a file that is missing or unreadable
+    context = ssl.SSLContext(protocol)
+    try:
+        if ca is not None:
+            context.load_verify_locations(cafile=ca)
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        files = ", ".join(str(p) for p in (ca, cert, key) if p is not None)
+        raise TlsConfigError(f"unusable TLS files ({files}): {exc}") from None
+
+
+def _read(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+__all__ = ["ClientTls", "ServerTls", "TlsConfigError", "is_loopback"]

@@ -1,0 +1,243 @@
+"""TLS and mTLS between a real coordinator, a real node and the client (RELIABILITY S5, R4).
+
+Certificates come from ``trustme`` (a throwaway CA per module). Two coordinator
+processes serve the whole module: one with TLS, one with mTLS (client
+certificates required). Each refusal is checked against a call that succeeds on
+the same coordinator, so none can pass because the coordinator is down.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from dtq.tls import ClientTls
+from dtq_client import Client, RetryPolicy, TaskSpec, TaskState, Unavailable
+from tests.harness import (
+    ROOT,
+    Proc,
+    ServerProcess,
+    python_env,
+    start_node,
+    start_server,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass(frozen=True)
+class Pems:
+    """A CA's certificate and one certificate it issued, as files."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _issue(ca: trustme.CA, directory: Path, *names: str, **dates: datetime.datetime) -> Pems:
+    directory.mkdir(parents=True, exist_ok=True)
+    leaf = ca.issue_cert(*names, **dates)  # type: ignore[arg-type]
+    pems = Pems(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(str(pems.ca))
+    leaf.cert_chain_pems[0].write_to_path(str(pems.cert))
+    leaf.private_key_pem.write_to_path(str(pems.key))
+    return pems
+
+
+@dataclass(frozen=True)
+class Pki:
+    server: Pems
+    """The coordinator's certificate, for 127.0.0.1 and localhost."""
+    client: Pems
+    """A client certificate from the same CA."""
+    expired: Pems
+    """A client certificate from the same CA that expired yesterday."""
+    other: Pems
+    """A CA of its own and a certificate for 127.0.0.1 from it."""
+    elsewhere: Pems
+    """A certificate from the right CA for another name only."""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca, other_ca = trustme.CA(), trustme.CA()
+    now = datetime.datetime.now(datetime.UTC)
+    return Pki(
+        server=_issue(ca, root / "server", "127.0.0.1", "localhost"),
+        client=_issue(ca, root / "client", "node-a"),
+        expired=_issue(
+            ca,
+            root / "expired",
+            "node-a",
+            not_before=now - datetime.timedelta(days=2),
+            not_after=now - datetime.timedelta(days=1),
+        ),
+        other=_issue(other_ca, root / "other", "127.0.0.1"),
+        elsewhere=_issue(ca, root / "elsewhere", "coordinator.example"),
+    )
+
+
+def _serve(directory: Path, cert: Pems, *extra: str) -> ServerProcess:
+    # At INFO gRPC core logs each failed handshake (the mTLS test reads those lines).
+    return start_server(
+        directory,
+        "--tls-cert", str(cert.cert), "--tls-key", str(cert.key), *extra,
+        env={"GRPC_VERBOSITY": "INFO"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[ServerProcess]:
+    server = _serve(tmp_path_factory.mktemp("tls"), pki.server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mtls_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[ServerProcess]:
+    server = _serve(
+        tmp_path_factory.mktemp("mtls"), pki.server, "--tls-client-ca", str(pki.server.ca)
+    )
+    yield server
+    server.stop()
+
+
+def _client(address: str, tls: ClientTls | None) -> Client:
+    # One attempt and a short deadline: a refused handshake fails at once.
+    return Client(address, tls=tls, timeout_s=5.0, retry=RetryPolicy(attempts=1))
+
+
+def _answers(address: str, tls: ClientTls | None) -> bool:
+    """True if a call through a client with ``tls`` gets an answer; False on UNAVAILABLE."""
+    with _client(address, tls) as client:
+        try:
+            client.queues()
+        except Unavailable:
+            return False
+        return True
+
+
+def test_a_node_and_a_client_run_a_task_over_mtls(
+    mtls_server: ServerProcess, pki: Pki, tmp_path: Path
+) -> None:
+    node: Proc = start_node(
+        mtls_server.address,
+        tmp_path,
+        "tls-node",
+        "--tls-ca",
+        str(pki.server.ca),
+        "--tls-client-cert",
+        str(pki.client.cert),
+        "--tls-client-key",
+        str(pki.client.key),
+    )
+    try:
+        tls = ClientTls(ca=pki.server.ca, cert=pki.client.cert, key=pki.client.key)
+        with _client(mtls_server.address, tls) as client:
+            done = client.submit_and_wait(TaskSpec("echo", {"over": "mtls"}), timeout_s=30)
+        assert done.state is TaskState.SUCCEEDED
+        assert done.result_value() == {"over": "mtls"}
+    finally:
+        node.stop()
+
+
+def test_the_cli_connects_over_tls(tls_server: ServerProcess, pki: Pki) -> None:
+    args = [sys.executable, "-m", "dtq_client", "--address", tls_server.address, "--retries", "0"]
+    trusted = subprocess.run(
+        [*args, "--tls-ca", str(pki.server.ca), "queues"],
+        capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert trusted.returncode == 0, trusted.stderr
+    plaintext = subprocess.run(
+        [*args, "queues"],
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert plaintext.returncode == 3  # RPC error
+    assert "UNAVAILABLE" in plaintext.stderr
+
+
+def test_a_plaintext_client_is_refused_by_a_tls_coordinator(
+    tls_server: ServerProcess, pki: Pki
+) -> None:
+    assert _answers(tls_server.address, ClientTls(ca=pki.server.ca))
+    assert not _answers(tls_server.address, None)
+
+
+def test_a_client_trusting_another_ca_is_refused(tls_server: ServerProcess, pki: Pki) -> None:
+    assert not _answers(tls_server.address, ClientTls(ca=pki.other.ca))
+
+
+def test_a_certificate_for_another_name_is_refused_unless_that_name_is_expected(
+    tmp_path: Path, pki: Pki
+) -> None:
+    server = _serve(tmp_path / "data", pki.elsewhere)
+    try:
+        assert not _answers(server.address, ClientTls(ca=pki.elsewhere.ca))
+        assert _answers(
+            server.address, ClientTls(ca=pki.elsewhere.ca, server_name="coordinator.example")
+        )
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("presented", ["none", "other_ca", "expired"])
+def test_mtls_refuses_a_client_without_a_good_certificate(
+    mtls_server: ServerProcess, pki: Pki, presented: str
+) -> None:
+    good = ClientTls(ca=pki.server.ca, cert=pki.client.cert, key=pki.client.key)
+    bad = {
+        "none": ClientTls(ca=pki.server.ca),
+        "other_ca": ClientTls(ca=pki.server.ca, cert=pki.other.cert, key=pki.other.key),
+        "expired": ClientTls(ca=pki.server.ca, cert=pki.expired.cert, key=pki.expired.key),
+    }[presented]
+    assert _answers(mtls_server.address, good)
+    assert not _answers(mtls_server.address, bad)
+    # gRPC logs each failed handshake on one line, with the reason and no stack trace.
+    reason = {
+        "none": "PEER_DID_NOT_RETURN_A_CERTIFICATE",
+        "other_ca": "unable to get local issuer certificate",
+        "expired": "certificate has expired",
+    }[presented]
+    wait_until(lambda: reason in mtls_server.log(), 5, what=f"the server to log {reason!r}")
+    line = next(x for x in mtls_server.log().splitlines() if reason in x)
+    assert "Handshake failed" in line
+    assert "Traceback" not in mtls_server.log()
+
+
+def test_plaintext_on_a_network_address_is_refused_unless_insecure(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "dtq_server", "--listen", "0.0.0.0:0",
+        "--data-dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    refused = subprocess.run(
+        command, capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=60, check=False
+    )
+    assert refused.returncode == 2
+    assert "refusing to serve plaintext on 0.0.0.0:0" in refused.stderr
+    assert not (tmp_path / "data").exists()  # refused before touching anything
+
+
+def test_half_a_client_certificate_is_a_usage_error(pki: Pki, tmp_path: Path) -> None:
+    node = subprocess.run(
+        [
+            sys.executable, "-m", "dtq_worker", "tests.handlers:registry",
+            "--tls-client-cert", str(pki.client.cert),
+        ],
+        capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert node.returncode == 2
+    assert "a client certificate and its key go together" in node.stderr
