@@ -11,18 +11,24 @@ Nodes and clients trust the CA in ``--tls-ca`` (or the system's roots when
 only client files are given), present ``--tls-client-cert``/``--tls-client-key``
 for mTLS, and may check the coordinator's certificate against another name than
 the address's host (``--tls-server-name``), as when connecting by IP to a
-certificate issued for a DNS name. Files are read once, at start-up.
+certificate issued for a DNS name. A node or client reads its files when it
+starts; the coordinator also reads its own again when they change (a renewed
+certificate is served from the next connection on, see :class:`_Reloader`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import structlog
+
+log = structlog.get_logger(__name__)
 
 
 class TlsConfigError(ValueError):
@@ -74,15 +80,72 @@ class ServerTls:
     """PEM bundle of the CAs client certificates must chain to; set, it requires them."""
 
     def credentials(self) -> grpc.ServerCredentials:
-        """gRPC server credentials from the files (read and checked now)."""
+        """gRPC server credentials from the files (read and checked now), which follow
+        the files when they change (see :class:`_Reloader`)."""
+        reloader = _Reloader(self)
+        return grpc.dynamic_ssl_server_credentials(
+            reloader.initial,
+            # grpc-stubs types the fetcher without its documented None ("no change").
+            reloader,  # type: ignore[arg-type]
+            require_client_authentication=self.client_ca is not None,
+        )
+
+    def certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
+        """The files as gRPC's certificate configuration (read and checked now)."""
         _check(ssl.PROTOCOL_TLS_SERVER, self.client_ca, self.cert, self.key)
         key, cert = _read(self.key), _read(self.cert)
         assert key is not None and cert is not None
-        return grpc.ssl_server_credentials(
-            [(key, cert)],
-            root_certificates=_read(self.client_ca),
-            require_client_auth=self.client_ca is not None,
+        return grpc.ssl_server_certificate_configuration(
+            [(key, cert)], root_certificates=_read(self.client_ca)
         )
+
+    def files(self) -> tuple[Path, ...]:
+        """The files this configuration reads."""
+        return (
+            (self.cert, self.key)
+            if self.client_ca is None
+            else (self.cert, self.key, self.client_ca)
+        )
+
+
+class _Reloader:
+    """Serves renewed certificates without a restart (R4's "should").
+
+    gRPC calls it before every TLS handshake. It compares the files' stat
+    (inode, size, modification time) with those of the files it loaded, so an
+    unchanged set costs a few ``stat`` calls, and a renewal (an atomic rename,
+    or a rewrite in place) is served from the next connection on. A set that
+    does not load (half written, or a key that does not match) is logged once
+    and the current one stays; a later change is tried again. Connections
+    already open keep the certificate they were made with.
+    """
+
+    def __init__(self, tls: ServerTls) -> None:
+        self._tls = tls
+        self._lock = threading.Lock()
+        self._loaded = self._stamp()
+        self.initial = tls.certificate_configuration()
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            stamp = self._stamp()
+            if stamp == self._loaded:
+                return None
+            self._loaded = stamp
+            try:
+                configuration = self._tls.certificate_configuration()
+            except TlsConfigError as exc:
+                log.warning("tls.reload_failed", error=str(exc))
+                return None
+            log.info("tls.reloaded", files=[str(f) for f in self._tls.files()])
+            return configuration
+
+    def _stamp(self) -> tuple[tuple[int, int, int], ...] | None:
+        try:
+            stats = [f.stat() for f in self._tls.files()]
+        except OSError:
+            return None  # mid-rotation: try again at the next handshake
+        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
 def is_loopback(address: str) -> bool:

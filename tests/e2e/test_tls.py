@@ -241,3 +241,44 @@ def test_half_a_client_certificate_is_a_usage_error(pki: Pki, tmp_path: Path) ->
     )  # fmt: skip
     assert node.returncode == 2
     assert "a client certificate and its key go together" in node.stderr
+
+
+def _replace(target: Path, source: Path) -> None:
+    """Swap ``target``'s content for ``source``'s at once, as renewal tools do (rename)."""
+    staging = target.with_name(target.name + ".new")
+    staging.write_bytes(source.read_bytes())
+    staging.replace(target)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path, pki: Pki) -> None:
+    live = Pems(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    for name in ("ca", "cert", "key"):
+        _replace(getattr(live, name), getattr(pki.server, name))
+    server = _serve(tmp_path / "data", live)
+    try:
+        assert _answers(server.address, ClientTls(ca=pki.server.ca))
+        assert not _answers(server.address, ClientTls(ca=pki.other.ca))
+        # A file that does not load is logged, and the current certificate stays. (gRPC
+        # asks for the files before each handshake, so each check opens a connection.)
+        _replace(live.cert, tmp_path / "ca.pem")  # a CA certificate: not the key's
+        wait_until(
+            lambda: (
+                _answers(server.address, ClientTls(ca=pki.server.ca))
+                and "tls.reload_failed" in server.log()
+            ),
+            10,
+            what="the failed reload, with the current certificate still served",
+        )
+        # The renewal (another CA's, to tell them apart): served from the next connection.
+        _replace(live.key, pki.other.key)
+        _replace(live.cert, pki.other.cert)
+        wait_until(
+            lambda: _answers(server.address, ClientTls(ca=pki.other.ca)),
+            10,
+            what="the renewed certificate to be served",
+        )
+        assert not _answers(server.address, ClientTls(ca=pki.server.ca))
+        assert "tls.reloaded" in server.log()
+        assert server.alive()
+    finally:
+        server.stop()
