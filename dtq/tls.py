@@ -160,6 +160,21 @@ def is_loopback(address: str) -> bool:
         return False  # a name, or "" / "0.0.0.0"-style wildcards resolved elsewhere
 
 
+def check_token_transport(
+    token: str | None, tls: ClientTls | None, address: str, allow_insecure: bool
+) -> None:
+    """Refuse to send a token in plaintext beyond loopback (RELIABILITY R5, S6).
+
+    On a network a plaintext token can be read, and then used, by anyone on the
+    path; ``allow_insecure`` is for networks protected by other means.
+    """
+    if token is not None and tls is None and not allow_insecure and not is_loopback(address):
+        raise TlsConfigError(
+            f"refusing to send a token in plaintext to {address}: use TLS, "
+            "or allow it explicitly on a network you trust"
+        )
+
+
 def _check(protocol: int, ca: Path | None, cert: Path | None, key: Path | None) -> None:
     """Load the files as OpenSSL would, so a bad one is named at start-up.
 
@@ -189,4 +204,4 @@ def _read(path: Path | None) -> bytes | None:
         raise TlsConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-__all__ = ["ClientTls", "ServerTls", "TlsConfigError", "is_loopback"]
+__all__ = ["ClientTls", "ServerTls", "TlsConfigError", "check_token_transport", "is_loopback"]

@@ -85,7 +85,9 @@ class Client(ScheduleCalls, ClusterCalls):
     """A connection to a DTQ coordinator; use it as a context manager or call :meth:`close`.
 
     ``tls`` connects over TLS (:class:`dtq.tls.ClientTls`: the CA to trust, and a
-    certificate to present for mTLS). ``channel`` lets the caller supply (and keep
+    certificate to present for mTLS); ``token`` is sent with every call, to a
+    coordinator that checks tokens (never in plaintext beyond loopback unless
+    :attr:`ClientConfig.allow_insecure_token`). ``channel`` lets the caller supply (and keep
     ownership of) an open channel; otherwise the client opens one with
     :func:`dtq_client.create_channel`.
     Task calls are defined here; those about the cluster (nodes, queues, rate
@@ -100,10 +102,15 @@ class Client(ScheduleCalls, ClusterCalls):
         timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
         tls: ClientTls | None = None,
+        token: str | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
         config = ClientConfig(
-            address=address, timeout_s=timeout_s, retry=retry or RetryPolicy(), tls=tls
+            address=address,
+            timeout_s=timeout_s,
+            retry=retry or RetryPolicy(),
+            tls=tls,
+            token=token,
         )
         self._setup(config, channel)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dtq.tls import ClientTls
+from dtq.tls import ClientTls, check_token_transport
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 """Where the coordinator listens by default."""
@@ -38,6 +38,10 @@ class ClientConfig:
     """The coordinator, ``host:port``."""
     tls: ClientTls | None = None
     """Connect over TLS (presenting a certificate for mTLS); None: plaintext."""
+    token: str | None = field(default=None, repr=False)
+    """Bearer token sent with every call, for a coordinator that checks tokens."""
+    allow_insecure_token: bool = False
+    """Send the token in plaintext to a non-loopback address (refused otherwise)."""
     timeout_s: float = 10.0
     """Deadline of each unary call (each retry gets a fresh one)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -54,3 +58,4 @@ class ClientConfig:
             raise ValueError("timeout_s and watch_renew_s must be positive")
         if self.submit_batch_size < 1 or self.submit_batch_bytes < 1:
             raise ValueError("submit batch limits must be positive")
+        check_token_transport(self.token, self.tls, self.address, self.allow_insecure_token)

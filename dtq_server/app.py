@@ -29,6 +29,7 @@ from dtq.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
+from dtq_server.auth import Gate, load_policy
 from dtq_server.config import MiB, ServerConfig
 from dtq_server.coordinator import Coordinator
 from dtq_server.servicers.admin_service import AdminServicer
@@ -37,6 +38,7 @@ from dtq_server.servicers.schedule_service import ScheduleServicer
 from dtq_server.servicers.task_service import TaskServicer
 from dtq_server.servicers.worker_service import WorkerServicer
 from dtq_server.store import SqliteStore
+from dtq_server.tokens import TokenBook
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +116,10 @@ class CoordinatorServer:
         await self.store.open()
         await self.coordinator.start()
         # Every service is registered through the guard (malformed.py), never directly.
-        guarded = GuardedRegistrar(server)
+        gate = None
+        if self.config.tokens_file is not None:
+            gate = Gate(TokenBook(self.config.tokens_file), load_policy())
+        guarded = GuardedRegistrar(server, gate)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             TaskServicer(self.coordinator), guarded
         )
@@ -156,6 +161,7 @@ class CoordinatorServer:
             db=str(self.config.db_path),
             synchronous=self.config.synchronous,
             tls=_tls_mode(self.config),
+            tokens=self.config.tokens_file is not None,
             heartbeat_timeout_s=self.config.heartbeat_timeout_s,
             event_loop=loops.running(),
         )

@@ -17,6 +17,7 @@ from dtq_server.app import serve
 from dtq_server.config import ServerConfig
 from dtq_server.failpoints import Failpoints
 from dtq_server.store.sqlite import StoreCorrupt
+from dtq_server.tokens import TokenBook
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,6 +48,14 @@ from dtq_server.store.sqlite import StoreCorrupt
     default=None,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="PEM CA bundle: require client certificates signed by it (mTLS). [env: DTQ_TLS_CLIENT_CA]",
+)
+@click.option(
+    "--tokens-file",
+    envvar="DTQ_TOKENS_FILE",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="TOML file of token hashes and roles (make entries with dtq-token): every call "
+    "must then carry a token its role allows. [env: DTQ_TOKENS_FILE]",
 )
 @click.option(
     "--insecure",
@@ -214,6 +223,7 @@ def main(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    tokens_file: Path | None,
     insecure: bool,
     data_dir: Path,
     synchronous: str,
@@ -247,6 +257,7 @@ def main(
             listen=listen,
             tls=server_tls(tls_cert, tls_key, tls_client_ca),
             insecure=insecure,
+            tokens_file=tokens_file,
             data_dir=data_dir,
             synchronous="NORMAL" if synchronous.upper() == "NORMAL" else "FULL",
             heartbeat_interval_s=heartbeat_interval,
@@ -269,6 +280,8 @@ def main(
         )
         if config.tls is not None:
             config.tls.credentials()  # unusable files fail now, before the store opens
+        if config.tokens_file is not None:
+            TokenBook(config.tokens_file)  # likewise a tokens file that does not parse
     except ValueError as exc:  # TlsConfigError included
         raise click.UsageError(str(exc)) from exc
     collector.tune()

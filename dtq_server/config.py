@@ -24,6 +24,9 @@ class ServerConfig:
     """Serve TLS (mTLS with a client CA); None: plaintext, on loopback unless ``insecure``."""
     insecure: bool = False
     """Allow plaintext on a non-loopback address (a network trusted by other means)."""
+    tokens_file: Path | None = None
+    """Check every call's bearer token against this file (see :mod:`dtq_server.tokens`)
+    and the role policy (:mod:`dtq_server.auth`); None: every caller may call anything."""
     data_dir: Path = Path("dtq-data")
     """Directory holding the SQLite database (created if missing)."""
     synchronous: Literal["FULL", "NORMAL"] = "FULL"

@@ -14,7 +14,9 @@
     ├── UnknownTaskType        strict mode: no node has ever declared a submitted (queue, type)
     ├── ShuttingDown           the coordinator is stopping; retry elsewhere or later
     ├── StoreUnavailable       the store cannot commit right now (disk full, locked, I/O)
-    └── SessionExpired         a node's session is gone; it must register afresh
+    ├── SessionExpired         a node's session is gone; it must register afresh
+    ├── Unauthenticated        no valid token (one message, whatever was wrong)
+    └── PermissionDenied       a valid token whose role may not do this
 """
 
 from __future__ import annotations
@@ -127,3 +129,14 @@ class SessionExpired(CoordinatorError):
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         super().__init__(f"session {session_id} expired; register again")
+
+
+class Unauthenticated(CoordinatorError):
+    """The call carries no valid token. One message for every cause (RELIABILITY S2)."""
+
+    def __init__(self) -> None:
+        super().__init__("missing or invalid credentials")
+
+
+class PermissionDenied(CoordinatorError):
+    """The caller is known, and not allowed this."""

@@ -16,8 +16,8 @@ from typing import cast
 import click
 
 from dtq import __version__, logs, loops
+from dtq.connect_flags import client_tls, connect_options
 from dtq.tls import TlsConfigError
-from dtq.tls_flags import client_tls, client_tls_options
 from dtq_worker.config import (
     DEFAULT_COORDINATOR,
     DEFAULT_PREFETCH_BUFFER_BYTES,
@@ -60,7 +60,7 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
     default=DEFAULT_COORDINATOR,
     help="Coordinator address, host:port.",
 )
-@client_tls_options
+@connect_options
 @option(
     "--threads",
     envvar="DTQ_THREADS",
@@ -196,6 +196,7 @@ def main(
     tls_ca: Path | None,
     tls_client_cert: Path | None,
     tls_client_key: Path | None,
+    token: str | None,
     tls_server_name: str | None,
     threads: int,
     prefetch: Prefetch,
@@ -225,6 +226,7 @@ def main(
         config = WorkerConfig(
             coordinator=coordinator,
             tls=client_tls(tls_on, tls_ca, tls_client_cert, tls_client_key, tls_server_name),
+            token=token,
             threads=threads,
             prefetch=prefetch,
             prefetch_buffer_bytes=prefetch_buffer_bytes,

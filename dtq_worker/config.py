@@ -11,7 +11,7 @@ from typing import Literal
 from dtq import loops
 from dtq.logs import LOG_LEVELS, LogFormat
 from dtq.loops import EventLoop
-from dtq.tls import ClientTls
+from dtq.tls import ClientTls, check_token_transport
 from dtq_worker.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -45,6 +45,10 @@ class WorkerConfig:
     """The coordinator's ``host:port``."""
     tls: ClientTls | None = None
     """Connect over TLS (presenting a certificate for mTLS); None: plaintext."""
+    token: str | None = field(default=None, repr=False)
+    """Bearer token of a worker role, for a coordinator that checks tokens."""
+    allow_insecure_token: bool = False
+    """Send the token in plaintext to a non-loopback coordinator (refused otherwise)."""
     threads: int = 4
     """Worker threads, which is also the number of slots the node declares."""
     prefetch: Prefetch = "auto"
@@ -132,5 +136,9 @@ class WorkerConfig:
             problems.append(str(exc))
         if self.log_level not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        try:
+            check_token_transport(self.token, self.tls, self.coordinator, self.allow_insecure_token)
+        except ValueError as exc:
+            problems.append(str(exc))
         if problems:
             raise ConfigError("; ".join(problems))

@@ -138,6 +138,10 @@ class Connection:
         for this node to resume it after the stream breaks."""
         self._stream: _Stream | None = None
         self._task: asyncio.Task[None] | None = None
+        self._metadata = (
+            None if config.token is None else (("authorization", f"Bearer {config.token}"),)
+        )
+        """What the stream carries besides its messages: the token, if any."""
 
     @property
     def connected(self) -> bool:
@@ -242,7 +246,7 @@ class Connection:
 
     async def _register(self, stub: worker_service_pb2_grpc.WorkerServiceStub) -> _Stream:
         registration = self._handler.registration(self._session_id)
-        call: Call = stub.Connect()
+        call: Call = stub.Connect(metadata=self._metadata)
 
         async def handshake() -> object:
             await call.write(convert.register_request(registration))

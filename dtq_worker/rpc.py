@@ -79,6 +79,17 @@ def create_channel(
     return grpc.aio.secure_channel(target, tls.credentials(), options=options)
 
 
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        # A token the coordinator does not take, or one for another role or node:
+        # retrying cannot help, so the node stops (exit 1) and says why.
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
 def stream_error(exc: grpc.aio.AioRpcError) -> StreamError:
     """How the stream ended, from its status and ``google.rpc`` details (when present)."""
     code = exc.code()
@@ -89,7 +100,7 @@ def stream_error(exc: grpc.aio.AioRpcError) -> StreamError:
     # decides when the details are missing.
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return SessionExpired(message, **kwargs)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if code in _REFUSED:
         return RegistrationRejected(message, **kwargs)
     return StreamBroken(message, **kwargs)
 

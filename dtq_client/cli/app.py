@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.text import Text
 
 from dtq import __version__
+from dtq.connect_flags import client_tls, connect_options
 from dtq.tls import TlsConfigError
-from dtq.tls_flags import client_tls, client_tls_options
 from dtq_client.client import Client
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.errors import DtqError, RpcError, WaitTimeout
@@ -201,7 +201,7 @@ class _Cli(click.Group):
     metavar="N",
     help="Retries of a call that found the coordinator unavailable [env DTQ_RETRIES].",
 )
-@client_tls_options
+@connect_options
 @click.version_option(__version__, "--version", prog_name="dtq-client")
 @click.pass_context
 def cli(
@@ -214,16 +214,21 @@ def cli(
     tls_ca: Path | None,
     tls_client_cert: Path | None,
     tls_client_key: Path | None,
+    token: str | None,
     tls_server_name: str | None,
 ) -> None:
     """Submit, inspect, cancel, retry and purge DTQ tasks; run schedules, queues and rate limits."""
     try:
         tls = client_tls(tls_on, tls_ca, tls_client_cert, tls_client_key, tls_server_name)
+        config = ClientConfig(
+            address=address,
+            timeout_s=timeout_s,
+            retry=RetryPolicy(attempts=retries + 1),
+            tls=tls,
+            token=token,
+        )
     except TlsConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    config = ClientConfig(
-        address=address, timeout_s=timeout_s, retry=RetryPolicy(attempts=retries + 1), tls=tls
-    )
     ctx.obj = _Settings(config=config, output=OutputFormat(output))
 
 

@@ -26,6 +26,7 @@ from dtq_server.errors import (
     IdempotencyKeyReused,
     InvalidArgument,
     NodeNotFound,
+    PermissionDenied,
     ScheduleExists,
     ScheduleNotFound,
     SessionExpired,
@@ -33,6 +34,7 @@ from dtq_server.errors import (
     StoreUnavailable,
     TaskNotFound,
     TaskTerminal,
+    Unauthenticated,
     UnknownTaskType,
 )
 
@@ -57,6 +59,8 @@ _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
     ShuttingDown: (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN"),
     StoreUnavailable: (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"),
     SessionExpired: (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_EXPIRED"),
+    Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
 }
 
 

@@ -13,6 +13,10 @@ method then ends with INVALID_ARGUMENT (``BadRequest`` field ``request``) and
 one debug log line, without a traceback (a flood of garbage must not flood the
 log either). For streaming requests (the worker stream) the marker fails the
 stream the same way, whether it is the first message or a later one.
+
+The same guard is where callers are checked when the coordinator has a tokens
+file (:mod:`dtq_server.auth`): first, so a stranger learns nothing from how its
+bytes parse, and once per call or stream, registered with the method.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import structlog
 
-from dtq_server.errors import InvalidArgument
+from dtq_server.auth import CALLER, Gate
+from dtq_server.errors import CoordinatorError, InvalidArgument
 from dtq_server.servicers.errors import Context, abort, to_status
 
 log = structlog.get_logger(__name__)
@@ -65,8 +70,18 @@ async def _checked(requests: AsyncIterator[Any], method: str) -> AsyncIterator[A
         yield request
 
 
-def _guard(handler: Handler, method: str) -> Handler:
-    """The same handler, with malformed requests answered INVALID_ARGUMENT."""
+async def _admit(gate: Gate, method: str, context: Context) -> None:
+    """Let the call in (and remember who made it), or end it UNAUTHENTICATED /
+    PERMISSION_DENIED before its handler runs."""
+    try:
+        CALLER.set(gate.admit(method, context.invocation_metadata() or ()))
+    except CoordinatorError as exc:
+        await abort(context, to_status(exc))
+
+
+def _guard(handler: Handler, method: str, gate: Gate | None = None) -> Handler:
+    """The same handler, with malformed requests answered INVALID_ARGUMENT and, with a
+    ``gate``, callers checked first (so a stranger's garbage says nothing about parsing)."""
     assert handler.request_deserializer is not None
     parse = _safe(handler.request_deserializer, method)
     serialize = handler.response_serializer
@@ -74,6 +89,8 @@ def _guard(handler: Handler, method: str) -> Handler:
         unary_unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.unary_unary)
 
         async def unary(request: Any, context: Context) -> Any:
+            if gate is not None:
+                await _admit(gate, method, context)
             if isinstance(request, Malformed):
                 await abort(context, to_status(_error(method)))
             return await unary_unary(request, context)
@@ -83,6 +100,8 @@ def _guard(handler: Handler, method: str) -> Handler:
         unary_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.unary_stream)
 
         async def server_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            if gate is not None:
+                await _admit(gate, method, context)
             if isinstance(request, Malformed):
                 await abort(context, to_status(_error(method)))
             async for response in unary_stream(request, context):
@@ -93,6 +112,8 @@ def _guard(handler: Handler, method: str) -> Handler:
         stream_unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.stream_unary)
 
         async def client_stream(requests: AsyncIterator[Any], context: Context) -> Any:
+            if gate is not None:
+                await _admit(gate, method, context)
             try:
                 return await stream_unary(_checked(requests, method), context)
             except InvalidArgument as exc:
@@ -102,6 +123,8 @@ def _guard(handler: Handler, method: str) -> Handler:
     stream_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.stream_stream)
 
     async def bidi(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        if gate is not None:
+            await _admit(gate, method, context)
         try:
             async for response in stream_stream(_checked(requests, method), context):
                 yield response
@@ -119,9 +142,11 @@ class GuardedRegistrar:
     than the servicer's own work.)
     """
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, gate: Gate | None = None) -> None:
         self._server = server
+        self._gate = gate
         self._unregistered: set[str] = set()
+        self._methods: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: tuple[Any, ...]) -> None:
         """The generated code's first call; its dictionary follows in the next one."""
@@ -130,12 +155,17 @@ class GuardedRegistrar:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         """Register every method of ``service`` with its guard."""
+        if self._gate is not None and any(
+            h.request_deserializer is None for h in handlers.values()
+        ):  # such a method would skip the guard, and with it the token check
+            raise RuntimeError(f"{service} has a method the guard cannot wrap")
         guarded = {
             name: handler
             if handler.request_deserializer is None
-            else _guard(handler, f"/{service}/{name}")
+            else _guard(handler, f"/{service}/{name}", self._gate)
             for name, handler in handlers.items()
         }
+        self._methods += [f"/{service}/{name}" for name in handlers]
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, guarded),)
         )
@@ -147,3 +177,5 @@ class GuardedRegistrar:
         """Fail start-up if a service came only as a generic handler (it would be missing)."""
         if self._unregistered:
             raise RuntimeError(f"services registered without their methods: {self._unregistered}")
+        if self._gate is not None:
+            self._gate.require(self._methods)

@@ -17,8 +17,9 @@ import structlog
 
 from dtq.v1 import worker_service_pb2 as pb
 from dtq.v1 import worker_service_pb2_grpc as pb_grpc
+from dtq_server.auth import CALLER
 from dtq_server.config import ServerConfig
-from dtq_server.errors import CoordinatorError, InvalidArgument
+from dtq_server.errors import CoordinatorError, InvalidArgument, PermissionDenied
 from dtq_server.models import Assignment
 from dtq_server.registry import (
     CloseStream,
@@ -68,6 +69,11 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if first.WhichOneof("message") != "register":
             error = InvalidArgument([("register", "the first message must be RegisterNode")])
             await abort(context, to_status(error))
+        caller = CALLER.get()
+        if caller is not None and caller.node_id not in (None, first.register.node_id):
+            # A node-bound token registers (and so resumes and reports for) its node only.
+            denied = PermissionDenied(f"this token may only register node {caller.node_id!r}")
+            await abort(context, to_status(denied))
         outbox: asyncio.Queue[Outbound] = asyncio.Queue()
         try:
             registered = self._sessions.register(

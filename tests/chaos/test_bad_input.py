@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 import dtq.v1
 from dtq.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc, worker_service_pb2
 from dtq_client import TaskState, UnknownTaskType
+from dtq_server.tokens import hash_token, new_token
 from tests.chaos._b_helpers import (
     NO_RETRY,
     BRow,
@@ -710,6 +711,25 @@ def test_b5_deeply_nested_json_payload_fails_its_task_not_the_node(
 # --- B6 ---------------------------------------------------------------------------------
 
 
+def _get_task_with(
+    stub: task_service_pb2_grpc.TaskServiceStub,
+    request: task_service_pb2.GetTaskRequest,
+    abuses: Mapping[str, Sequence[tuple[str, str]]],
+) -> dict[str, str]:
+    """GetTask with each abusive metadata: the status code name, "OK", or how the client
+    library refused to send it."""
+    outcomes = {}
+    for name, metadata in abuses.items():
+        try:
+            stub.GetTask(request, metadata=tuple(metadata), timeout=10)
+            outcomes[name] = "OK"
+        except grpc.RpcError as exc:
+            outcomes[name] = exc.code().name
+        except ValueError as exc:  # refused by the client library before sending
+            outcomes[name] = f"client refused ({type(exc).__name__})"
+    return outcomes
+
+
 @pytest.mark.scenario_id("B6")
 @pytest.mark.timeout(60)
 def test_b6_metadata_abuse(make_cluster: MakeCluster, row: BRow) -> None:
@@ -725,14 +745,7 @@ def test_b6_metadata_abuse(make_cluster: MakeCluster, row: BRow) -> None:
             "non_ascii_key": [("schlüssel", "v")],
             "non_ascii_value": [("key", "wert\u00e9")],
         }
-        for name, metadata in abuses.items():
-            try:
-                stub.GetTask(request, metadata=metadata, timeout=10)
-                outcomes[name] = "OK"
-            except grpc.RpcError as exc:
-                outcomes[name] = exc.code().name
-            except ValueError as exc:  # refused by the client library before sending
-                outcomes[name] = f"client refused ({type(exc).__name__})"
+        outcomes.update(_get_task_with(stub, request, abuses))
         assert outcomes["authorization_64kib"] != "OK"
         assert outcomes["10000_keys"] != "OK"
         assert outcomes["non_ascii_key"] != "OK"
@@ -741,13 +754,44 @@ def test_b6_metadata_abuse(make_cluster: MakeCluster, row: BRow) -> None:
             stub.GetTask(request, timeout=10)
         assert normal.value.code() == grpc.StatusCode.NOT_FOUND
     assert server.alive() and health(server.address) == "SERVING"
-    finish(row, cluster, outcomes=outcomes, auth="skipped: no authentication yet")
+    finish(row, cluster, outcomes=outcomes, auth="see B6 auth")
 
 
 @pytest.mark.scenario_id("B6 auth")
-@pytest.mark.skip(reason="no authentication yet: B6's UNAUTHENTICATED path and the token parser")
-def test_b6_oversized_token_is_unauthenticated() -> None:
-    """Placeholder for the auth-dependent half of B6 (RELIABILITY.md 3)."""
+@pytest.mark.timeout(60)
+def test_b6_oversized_token_is_unauthenticated(
+    make_cluster: MakeCluster, row: BRow, tmp_path: Path
+) -> None:
+    """The half of B6 that needs tokens: a coordinator checking them (--tokens-file)."""
+    token = new_token()
+    tokens_file = tmp_path / "tokens.toml"
+    tokens_file.write_text(
+        f'[[tokens]]\nname = "app"\nrole = "submitter"\nsha256 = "{hash_token(token)}"\n'
+    )
+    cluster = make_cluster("--tokens-file", str(tokens_file))
+    server = cluster.server
+    outcomes: dict[str, str] = {}
+    request = task_service_pb2.GetTaskRequest(task_id="00000000-0000-0000-0000-000000000000")
+    with grpc.insecure_channel(server.address) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        abuses: dict[str, tuple[tuple[str, str], ...]] = {
+            # Under the transport's metadata limit: the token parser sees it, unhashed.
+            "authorization_8kib": (("authorization", "Bearer " + "a" * 8192),),
+            # Over it: refused by the transport before the parser.
+            "authorization_64kib": (("authorization", "Bearer " + "a" * 65536),),
+            "token_not_ascii_printable": (("authorization", "Bearer \u00e9t\u00e9"),),
+        }
+        outcomes.update(_get_task_with(stub, request, abuses))
+        assert outcomes["authorization_8kib"] == "UNAUTHENTICATED"
+        assert outcomes["authorization_64kib"] in {"UNAUTHENTICATED", "RESOURCE_EXHAUSTED"}
+        assert outcomes["token_not_ascii_printable"] != "OK"
+        # The same channel, with the real token: answered (the task does not exist).
+        with pytest.raises(grpc.RpcError) as normal:
+            stub.GetTask(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+        assert normal.value.code() == grpc.StatusCode.NOT_FOUND
+    assert server.alive() and health(server.address) == "SERVING"
+    assert "Traceback" not in server.log()
+    finish(row, cluster, outcomes=outcomes)
 
 
 # --- B7 ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The TLS flags ``dtq-worker`` and ``dtq-client`` share (see :mod:`dtq.tls`)."""
+"""The flags ``dtq-worker`` and ``dtq-client`` share to reach a coordinator: TLS (see
+:mod:`dtq.tls`) and the bearer token (see ``dtq_server.tokens``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 
 
-def client_tls_options(command: F) -> F:
-    """Add ``--tls``, ``--tls-ca``, ``--tls-client-cert``, ``--tls-client-key`` and
-    ``--tls-server-name`` (each with its ``DTQ_*`` variable) to ``command``."""
+def connect_options(command: F) -> F:
+    """Add ``--tls``, ``--tls-ca``, ``--tls-client-cert``, ``--tls-client-key``, ``--token``
+    and ``--tls-server-name`` (each with its ``DTQ_*`` variable) to ``command``."""
     options = [
         click.option(
             "--tls",
@@ -50,6 +51,13 @@ def client_tls_options(command: F) -> F:
             help="PEM private key of --tls-client-cert. [env: DTQ_TLS_CLIENT_KEY]",
         ),
         click.option(
+            "--token",
+            envvar="DTQ_TOKEN",
+            default=None,
+            help="Bearer token, for a coordinator that checks tokens (prefer the "
+            "variable: arguments show in process lists). [env: DTQ_TOKEN]",
+        ),
+        click.option(
             "--tls-server-name",
             envvar="DTQ_TLS_SERVER_NAME",
             default=None,
@@ -75,4 +83,4 @@ def client_tls(
     return ClientTls(tls_ca, tls_client_cert, tls_client_key, tls_server_name)
 
 
-__all__ = ["client_tls", "client_tls_options"]
+__all__ = ["client_tls", "connect_options"]

@@ -1,0 +1,178 @@
+"""Bearer tokens: who a caller is (RELIABILITY R1, R3).
+
+The coordinator reads ``--tokens-file``, a TOML file of entries::
+
+    [[tokens]]
+    name = "billing-app"        # who it is, for logs and errors
+    role = "submitter"          # submitter | worker | admin (see policy.toml)
+    sha256 = "9f86d081..."      # hex SHA-256 of the token; the token itself is never stored
+    node_id = "node-a"          # workers only, optional: the one node id it may register
+
+``dtq-token NAME --role ROLE`` makes a token (256 random bits) and prints the
+entry for it. A caller sends ``authorization: Bearer <token>``; the token is
+hashed and compared with every entry in constant time (``hmac.compare_digest``),
+so neither a timing nor a log line tells anything about the tokens. The file is
+read again when it changes (checked at most once a second), so adding or
+revoking a token needs no restart; a file that no longer parses is logged and
+the tokens read before stay in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+
+log = structlog.get_logger(__name__)
+
+ROLES = ("submitter", "worker", "admin")
+RELOAD_CHECK_S = 1.0
+"""How often, at most, the file's stat is compared with the one read."""
+MAX_TOKEN_CHARS = 512
+"""Longer bearer values are refused unhashed (RELIABILITY B6)."""
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class TokenFileError(ValueError):
+    """The tokens file cannot be read or does not describe tokens."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated caller."""
+
+    name: str
+    role: str
+    node_id: str | None = None
+    """For a worker token bound to one node: the only node id it may register."""
+
+
+def hash_token(token: str) -> str:
+    """The hex SHA-256 stored for ``token``."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """A fresh token: 256 random bits, URL-safe."""
+    return "dtq_" + secrets.token_urlsafe(32)
+
+
+def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Identity]]:
+    """The (digest, identity) entries of a tokens file; TokenFileError naming the problem."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TokenFileError(f"{source}: not TOML: {exc}") from None
+    entries: list[tuple[bytes, Identity]] = []
+    names: set[str] = set()
+    for index, raw in enumerate(document.get("tokens", [])):
+        where = f"{source}: tokens[{index}]"
+        if not isinstance(raw, dict):
+            raise TokenFileError(f"{where} is not a table")
+        entry: dict[str, Any] = raw
+        unknown = set(entry) - {"name", "role", "sha256", "node_id"}
+        if unknown:
+            raise TokenFileError(f"{where}: unknown keys {sorted(unknown)}")
+        name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
+        node_id = entry.get("node_id")
+        if not isinstance(name, str) or not name or name in names:
+            raise TokenFileError(f"{where}: name must be a unique non-empty string")
+        if role not in ROLES:
+            raise TokenFileError(f"{where}: role must be one of {', '.join(ROLES)}")
+        if not isinstance(digest, str) or not _HEX_SHA256.fullmatch(digest):
+            raise TokenFileError(f"{where}: sha256 must be 64 lower-case hex digits")
+        if node_id is not None and (role != "worker" or not isinstance(node_id, str)):
+            raise TokenFileError(f"{where}: node_id is a string, for worker tokens only")
+        names.add(name)
+        entries.append((bytes.fromhex(digest), Identity(name, role, node_id)))
+    return entries
+
+
+class TokenBook:
+    """The tokens of a file, re-read when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        try:
+            self._stamp = self._stat()
+            self._entries = parse_tokens(path.read_text(), str(path))
+        except OSError as exc:
+            raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+        self._checked_at = time.monotonic()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, token: str) -> Identity | None:
+        """The identity ``token`` belongs to, or None."""
+        if len(token) > MAX_TOKEN_CHARS:
+            return None
+        self._maybe_reload()
+        digest = hashlib.sha256(token.encode()).digest()
+        found = None
+        for stored, identity in self._entries:  # every entry: the time says nothing
+            if hmac.compare_digest(digest, stored):
+                found = identity
+        return found
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < RELOAD_CHECK_S:
+            return
+        with self._lock:
+            self._checked_at = now
+            try:
+                stamp = self._stat()
+                if stamp == self._stamp:
+                    return
+                self._stamp = stamp
+                self._entries = parse_tokens(self._path.read_text(), str(self._path))
+            except (OSError, TokenFileError) as exc:
+                log.warning("tokens.reload_failed", error=str(exc))
+                return
+            log.info("tokens.reloaded", tokens=len(self._entries))
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = self._path.stat()
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True, help="What the token may do.")
+@click.option("--node-id", default=None, help="Workers: the only node id the token may register.")
+def main(name: str, role: str, node_id: str | None) -> None:
+    """Make a token for NAME: the token on stdout, its tokens-file entry on stderr.
+
+    Give the token to the caller (DTQ_TOKEN) and append the entry to the
+    coordinator's --tokens-file; the file never holds the token itself.
+    """
+    if node_id is not None and role != "worker":
+        raise click.UsageError("--node-id is for worker tokens")
+    token = new_token()
+    # JSON strings are valid TOML basic strings: quotes in a name stay quoted.
+    entry = f"[[tokens]]\nname = {json.dumps(name)}\nrole = {json.dumps(role)}\n"
+    entry += f"sha256 = {json.dumps(hash_token(token))}\n"
+    if node_id is not None:
+        entry += f"node_id = {json.dumps(node_id)}\n"
+    parse_tokens(entry)  # the entry it prints is one the coordinator reads
+    click.echo(token)
+    click.echo(entry, err=True, nl=False)
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["ROLES", "Identity", "TokenBook", "TokenFileError", "hash_token", "new_token"]

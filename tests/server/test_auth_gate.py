@@ -1,0 +1,75 @@
+"""``dtq_server.auth`` and ``dtq_server.tokens`` as pure logic: the file, the header, the roles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dtq_server.auth import Gate, load_policy
+from dtq_server.errors import PermissionDenied, Unauthenticated
+from dtq_server.tokens import Identity, TokenBook, TokenFileError, hash_token, parse_tokens
+
+SUBMIT = "/dtq.v1.TaskService/SubmitTask"
+
+
+def _entry(name: str, role: str, token: str, extra: str = "") -> str:
+    return f'[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n{extra}'
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Gate:
+    path = tmp_path / "tokens.toml"
+    path.write_text(_entry("app", "submitter", "s3cret") + _entry("n", "worker", "w0rker"))
+    return Gate(TokenBook(path), load_policy())
+
+
+def test_a_known_token_is_its_identity(gate: Gate) -> None:
+    assert gate.admit(SUBMIT, [("authorization", "Bearer s3cret")]) == Identity("app", "submitter")
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        [],
+        [("authorization", "Bearer nope")],
+        [("authorization", "bearer s3cret")],
+        [("authorization", "Bearer ")],
+        [("authorization", "Bearer s3cret"), ("authorization", "Bearer s3cret")],
+        [("authorization", b"Bearer s3cret")],
+    ],
+)
+def test_anything_else_is_unauthenticated(gate: Gate, metadata: list[tuple[str, str]]) -> None:
+    with pytest.raises(Unauthenticated, match=r"^missing or invalid credentials$"):
+        gate.admit(SUBMIT, metadata)
+
+
+def test_a_role_the_method_does_not_list_is_denied(gate: Gate) -> None:
+    with pytest.raises(PermissionDenied, match="a worker token may not call"):
+        gate.admit(SUBMIT, [("authorization", "Bearer w0rker")])
+
+
+def test_health_needs_no_token(gate: Gate) -> None:
+    assert gate.admit("/grpc.health.v1.Health/Check", []) is None
+
+
+def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> None:
+    gate.require(load_policy())  # every entry is fine
+    with pytest.raises(RuntimeError, match="without an entry"):
+        gate.require(["/dtq.v1.TaskService/SomethingNew"])
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[[tokens]]\nname = 'a'\nrole = 'root'\nsha256 = '" + "0" * 64 + "'\n", "role"),
+        ("[[tokens]]\nname = 'a'\nrole = 'admin'\nsha256 = 'abc'\n", "sha256"),
+        (_entry("a", "admin", "x") + _entry("a", "admin", "y"), "unique"),
+        (_entry("a", "submitter", "x", 'node_id = "n"\n'), "node_id"),
+        (_entry("a", "admin", "x", 'token = "x"\n'), "unknown keys"),
+        ("tokens = [", "not TOML"),
+    ],
+)
+def test_a_bad_tokens_file_names_the_problem(text: str, problem: str) -> None:
+    with pytest.raises(TokenFileError, match=problem):
+        parse_tokens(text)
