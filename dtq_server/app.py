@@ -101,6 +101,8 @@ class CoordinatorServer:
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
+        self._revocations: asyncio.Task[None] | None = None
+        """With tokens: the sweep that ends streams of revoked tokens."""
 
     @property
     def address(self) -> str:
@@ -119,6 +121,7 @@ class CoordinatorServer:
         gate = None
         if self.config.tokens_file is not None:
             gate = Gate(TokenBook(self.config.tokens_file), load_policy())
+            self._revocations = asyncio.get_running_loop().create_task(gate.watch_revocations())
         guarded = GuardedRegistrar(server, gate)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             TaskServicer(self.coordinator), guarded
@@ -177,6 +180,8 @@ class CoordinatorServer:
         if self._stopped:
             return
         self._stopped = True
+        if self._revocations is not None:
+            self._revocations.cancel()
         self.coordinator.begin_shutdown()
         await self.health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s

@@ -11,20 +11,33 @@ PERMISSION_DENIED. The policy is ``policy.toml`` beside this module, checked
 in; a served method it does not name stops the coordinator from starting.
 
 The caller's identity is kept in :data:`CALLER` for the rest of the call, which
-is how the worker stream binds a node-bound token to its node id (S4).
+is how the worker stream binds a node-bound token to its node id (S4). Streams
+are tracked with the token that opened them: when a sweep (every
+``REVOCATION_CHECK_S``) finds the file changed and a token gone, the streams it
+opened end UNAUTHENTICATED, so a revoked node or watcher is cut off within
+about a second, not at its next reconnect (S2).
 """
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 from dtq_server.errors import PermissionDenied, Unauthenticated
 from dtq_server.tokens import ROLES, Identity, TokenBook
 
+log = structlog.get_logger(__name__)
+
 POLICY_PATH = Path(__file__).with_name("policy.toml")
+REVOCATION_CHECK_S = 1.0
+"""How often the tokens file is looked at for revocations that end open streams."""
 ANYONE = "anyone"
 """The policy's word for callers without a token."""
 CALLER: ContextVar[Identity | None] = ContextVar("dtq_caller", default=None)
@@ -49,6 +62,47 @@ class Gate:
     def __init__(self, tokens: TokenBook, policy: Mapping[str, frozenset[str]]) -> None:
         self._tokens = tokens
         self._policy = policy
+        self._streams: dict[asyncio.Task[Any], bytes] = {}
+        """Tasks serving a stream, and the digest of the token that opened each."""
+        self._revoked: set[asyncio.Task[Any]] = set()
+
+    @contextmanager
+    def revocable(self, identity: Identity | None) -> Iterator[None]:
+        """While in it, revoking ``identity``'s token cancels the current task (a stream)."""
+        task = asyncio.current_task()
+        if identity is None or task is None:
+            yield
+            return
+        self._streams[task] = identity.digest
+        try:
+            yield
+        finally:
+            self._streams.pop(task, None)
+            self._revoked.discard(task)
+
+    def was_revoked(self) -> bool:
+        """True if the current task was cancelled because its token was revoked."""
+        return asyncio.current_task() in self._revoked
+
+    def sweep(self) -> int:
+        """Re-read the tokens if they changed, and cancel the streams of revoked ones."""
+        if not self._tokens.refresh():
+            return 0
+        ended = 0
+        for task, digest in list(self._streams.items()):
+            if not self._tokens.holds(digest) and task not in self._revoked:
+                self._revoked.add(task)
+                task.cancel()
+                ended += 1
+        if ended:
+            log.info("tokens.streams_ended", streams=ended)
+        return ended
+
+    async def watch_revocations(self) -> None:
+        """Sweep every ``REVOCATION_CHECK_S`` until cancelled."""
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_S)
+            self.sweep()
 
     def require(self, methods: Iterable[str]) -> None:
         """Fail start-up if a served method has no policy entry (deny by default)."""

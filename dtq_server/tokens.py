@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class Identity:
     role: str
     node_id: str | None = None
     """For a worker token bound to one node: the only node id it may register."""
+    digest: bytes = field(default=b"", compare=False, repr=False)
+    """The SHA-256 of the token it came from: revoking that token ends its streams."""
 
 
 def hash_token(token: str) -> str:
@@ -95,7 +97,8 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
         if node_id is not None and (role != "worker" or not isinstance(node_id, str)):
             raise TokenFileError(f"{where}: node_id is a string, for worker tokens only")
         names.add(name)
-        entries.append((bytes.fromhex(digest), Identity(name, role, node_id)))
+        stored = bytes.fromhex(digest)
+        entries.append((stored, Identity(name, role, node_id, stored)))
     return entries
 
 
@@ -119,30 +122,39 @@ class TokenBook:
         """The identity ``token`` belongs to, or None."""
         if len(token) > MAX_TOKEN_CHARS:
             return None
-        self._maybe_reload()
-        digest = hashlib.sha256(token.encode()).digest()
+        self.refresh()
+        return self._find(hashlib.sha256(token.encode()).digest())
+
+    def holds(self, digest: bytes) -> bool:
+        """True while the token with this SHA-256 is in the file."""
+        return self._find(digest) is not None
+
+    def _find(self, digest: bytes) -> Identity | None:
         found = None
         for stored, identity in self._entries:  # every entry: the time says nothing
             if hmac.compare_digest(digest, stored):
                 found = identity
         return found
 
-    def _maybe_reload(self) -> None:
+    def refresh(self) -> bool:
+        """Read the file again if it changed (checked at most every ``RELOAD_CHECK_S``);
+        True if the tokens changed."""
         now = time.monotonic()
         if now - self._checked_at < RELOAD_CHECK_S:
-            return
+            return False
         with self._lock:
             self._checked_at = now
             try:
                 stamp = self._stat()
                 if stamp == self._stamp:
-                    return
+                    return False
                 self._stamp = stamp
                 self._entries = parse_tokens(self._path.read_text(), str(self._path))
             except (OSError, TokenFileError) as exc:
                 log.warning("tokens.reload_failed", error=str(exc))
-                return
+                return False
             log.info("tokens.reloaded", tokens=len(self._entries))
+            return True
 
     def _stat(self) -> tuple[int, int, int]:
         st = self._path.stat()

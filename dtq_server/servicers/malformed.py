@@ -21,6 +21,7 @@ bytes parse, and once per call or stream, registered with the method.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -28,8 +29,9 @@ import grpc
 import structlog
 
 from dtq_server.auth import CALLER, Gate
-from dtq_server.errors import CoordinatorError, InvalidArgument
+from dtq_server.errors import CoordinatorError, InvalidArgument, Unauthenticated
 from dtq_server.servicers.errors import Context, abort, to_status
+from dtq_server.tokens import Identity
 
 log = structlog.get_logger(__name__)
 Deserializer = Callable[[bytes], Any]
@@ -70,13 +72,31 @@ async def _checked(requests: AsyncIterator[Any], method: str) -> AsyncIterator[A
         yield request
 
 
-async def _admit(gate: Gate, method: str, context: Context) -> None:
+async def _admit(gate: Gate, method: str, context: Context) -> Identity | None:
     """Let the call in (and remember who made it), or end it UNAUTHENTICATED /
     PERMISSION_DENIED before its handler runs."""
     try:
-        CALLER.set(gate.admit(method, context.invocation_metadata() or ()))
+        identity = gate.admit(method, context.invocation_metadata() or ())
     except CoordinatorError as exc:
         await abort(context, to_status(exc))
+    CALLER.set(identity)
+    return identity
+
+
+async def _revocable(
+    gate: Gate, identity: Identity | None, context: Context, responses: AsyncIterator[Any]
+) -> AsyncIterator[Any]:
+    """``responses``, ended UNAUTHENTICATED if the token that opened the stream is revoked."""
+    with gate.revocable(identity):
+        try:
+            async for response in responses:
+                yield response
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or not gate.was_revoked():
+                raise
+            task.uncancel()  # the cancel was the revocation's: end with a status instead
+            await abort(context, to_status(Unauthenticated()))
 
 
 def _guard(handler: Handler, method: str, gate: Gate | None = None) -> Handler:
@@ -100,11 +120,13 @@ def _guard(handler: Handler, method: str, gate: Gate | None = None) -> Handler:
         unary_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.unary_stream)
 
         async def server_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            responses = None
             if gate is not None:
-                await _admit(gate, method, context)
+                identity = await _admit(gate, method, context)
+                responses = _revocable(gate, identity, context, unary_stream(request, context))
             if isinstance(request, Malformed):
                 await abort(context, to_status(_error(method)))
-            async for response in unary_stream(request, context):
+            async for response in responses or unary_stream(request, context):
                 yield response
 
         return grpc.unary_stream_rpc_method_handler(cast(Any, server_stream), parse, serialize)
@@ -123,10 +145,12 @@ def _guard(handler: Handler, method: str, gate: Gate | None = None) -> Handler:
     stream_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.stream_stream)
 
     async def bidi(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        responses = stream_stream(_checked(requests, method), context)
         if gate is not None:
-            await _admit(gate, method, context)
+            identity = await _admit(gate, method, context)
+            responses = _revocable(gate, identity, context, responses)
         try:
-            async for response in stream_stream(_checked(requests, method), context):
+            async for response in responses:
                 yield response
         except InvalidArgument as exc:  # a malformed first message; later ones end the
             await abort(context, to_status(exc))  # worker stream through its reader

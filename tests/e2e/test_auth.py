@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -37,8 +38,8 @@ from dtq_client import (
     TaskState,
     Unauthenticated,
 )
-from dtq_server.auth import ANYONE, load_policy
-from dtq_server.tokens import hash_token, new_token
+from dtq_server.auth import ANYONE, REVOCATION_CHECK_S, load_policy
+from dtq_server.tokens import RELOAD_CHECK_S, hash_token, new_token
 from tests.harness import ROOT, ServerProcess, python_env, start_node, start_server, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,12 +76,13 @@ def _entry(name: str, role: str, token: str, node_id: str | None = None) -> str:
 @pytest.fixture(scope="module")
 def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auth]:
     root = tmp_path_factory.mktemp("auth")
-    tokens = {role: new_token() for role in (*ROLES, "node-a", "revoked")}
+    revocable = {"revoked": "submitter", "revoked-watch": "submitter", "revoked-node": "worker"}
+    tokens = {role: new_token() for role in (*ROLES, "node-a", *revocable)}
     tokens_file = root / "tokens.toml"
     tokens_file.write_text(
         "".join(_entry(role, role, tokens[role]) for role in ROLES)
         + _entry("node-a", "worker", tokens["node-a"], node_id="node-a")
-        + _entry("revoked", "submitter", tokens["revoked"])
+        + "".join(_entry(name, role, tokens[name]) for name, role in revocable.items())
     )
     server = start_server(root / "data", "--tokens-file", str(tokens_file))
     yield Auth(server, tokens, tokens_file)
@@ -208,15 +210,22 @@ def test_s2_every_bad_token_gets_the_same_answer(auth: Auth, header: str) -> Non
     assert error.details() == "missing or invalid credentials"
 
 
+def _revoke(auth: Auth, name: str) -> float:
+    """Take ``name``'s entry out of the tokens file (by rename); returns when."""
+    entries = auth.tokens_file.read_text().split("[[tokens]]\n")
+    kept = [e for e in entries if e and not e.startswith(f'name = "{name}"\n')]
+    assert len(kept) == len(entries) - 2  # the empty head, and the revoked entry
+    staging = auth.tokens_file.with_suffix(".new")
+    staging.write_text("".join(f"[[tokens]]\n{e}" for e in kept))
+    staging.replace(auth.tokens_file)
+    return time.monotonic()
+
+
 def test_s2_a_revoked_token_stops_working_without_a_restart(auth: Auth) -> None:
     revoked = auth.tokens["revoked"]
     with Client(auth.server.address, token=revoked) as client:
         client.submit("echo", 1)
-        text = auth.tokens_file.read_text()
-        start = text.index('[[tokens]]\nname = "revoked"')
-        staging = auth.tokens_file.with_suffix(".new")
-        staging.write_text(text[:start])
-        staging.replace(auth.tokens_file)
+        _revoke(auth, "revoked")
 
         def refused() -> bool:
             try:
@@ -286,3 +295,41 @@ def test_a_client_gets_permission_denied_as_its_own_error(auth: Auth) -> None:
     client = Client(auth.server.address, token=auth.tokens["submitter"])
     with client, pytest.raises(PermissionDenied):
         client.queues()
+
+
+def test_s2_revoking_a_token_ends_the_streams_it_opened(auth: Auth, tmp_path: Path) -> None:
+    node = start_node(
+        auth.server.address, tmp_path, "revocable", env={"DTQ_TOKEN": auth.tokens["revoked-node"]}
+    )
+    try:
+        with Client(auth.server.address, token=auth.tokens["admin"]) as admin:
+            wait_until(
+                lambda: any(n.node_id == "revocable" for n in admin.nodes()), 20, what="the node"
+            )
+            # A task no node runs: a watch on it stays open until something ends it.
+            task = admin.submit("nobody-runs-this", None, queue="revocation")
+        with grpc.insecure_channel(auth.server.address) as channel:
+            watch = channel.unary_stream(
+                "/dtq.v1.TaskService/WatchTask",
+                request_serializer=task_service_pb2.WatchTaskRequest.SerializeToString,
+                response_deserializer=task_service_pb2.WatchTaskResponse.FromString,
+            )(
+                task_service_pb2.WatchTaskRequest(task_id=task.id),
+                metadata=tuple(_bearer(auth.tokens["revoked-watch"])),
+                timeout=30,
+            )
+            responses: Iterator[Any] = iter(cast(Any, watch))
+            assert next(responses).task.id == task.id  # the stream is open
+            revoked_at = _revoke(auth, "revoked-watch")
+            _revoke(auth, "revoked-node")
+            with pytest.raises(grpc.RpcError) as ended:
+                next(responses)
+            ended_s = time.monotonic() - revoked_at
+        error: Any = ended.value
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED, error
+        # Within the file check (1 s) + the sweep (1 s) + 1 s (RELIABILITY S2).
+        assert ended_s < RELOAD_CHECK_S + REVOCATION_CHECK_S + 1.0, ended_s
+        assert node.wait(20) == 1  # its stream ended, its reconnect was refused: it stops
+        assert "tokens.streams_ended" in auth.server.log()
+    finally:
+        node.stop()
