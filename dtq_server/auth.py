@@ -21,6 +21,7 @@ about a second, not at its next reconnect (S2).
 from __future__ import annotations
 
 import asyncio
+import time
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +31,8 @@ from typing import Any
 
 import structlog
 
-from dtq_server.errors import PermissionDenied, Unauthenticated
+from dtq_server.errors import CallRateExceeded, PermissionDenied, Unauthenticated
+from dtq_server.ratelimit import TokenBucket, default_burst
 from dtq_server.tokens import ROLES, Identity, TokenBook
 
 log = structlog.get_logger(__name__)
@@ -65,6 +67,8 @@ class Gate:
         self._streams: dict[asyncio.Task[Any], bytes] = {}
         """Tasks serving a stream, and the digest of the token that opened each."""
         self._revoked: set[asyncio.Task[Any]] = set()
+        self._buckets: dict[str, TokenBucket] = {}
+        """Call-rate buckets by identity name, for identities with a limit."""
 
     @contextmanager
     def revocable(self, identity: Identity | None) -> Iterator[None]:
@@ -121,7 +125,20 @@ class Gate:
             raise Unauthenticated()
         if identity.role not in roles:
             raise PermissionDenied(f"a {identity.role} token may not call {method}")
+        if identity.calls_per_second is not None:
+            self._spend(identity, identity.calls_per_second)
         return identity
+
+    def _spend(self, identity: Identity, per_second: float) -> None:
+        """One call from ``identity``'s bucket, or CallRateExceeded (RELIABILITY S8)."""
+        bucket = self._buckets.get(identity.name)
+        if bucket is None or bucket.per_second != per_second:  # new, or its limit changed
+            burst = identity.burst or default_burst(per_second)
+            bucket = self._buckets[identity.name] = TokenBucket(per_second, burst)
+        now = time.monotonic()
+        if not bucket.available(now):
+            raise CallRateExceeded(identity.name, bucket.seconds_until_token(now))
+        bucket.take(now)
 
     def _identify(self, metadata: Iterable[tuple[str, str | bytes]]) -> Identity | None:
         values = [v for k, v in metadata if k == "authorization"]

@@ -16,7 +16,8 @@
     ├── StoreUnavailable       the store cannot commit right now (disk full, locked, I/O)
     ├── SessionExpired         a node's session is gone; it must register afresh
     ├── Unauthenticated        no valid token (one message, whatever was wrong)
-    └── PermissionDenied       a valid token whose role may not do this
+    ├── PermissionDenied       a valid token whose role may not do this
+    └── CallRateExceeded       an identity called faster than its tokens-file limit
 """
 
 from __future__ import annotations
@@ -140,3 +141,11 @@ class Unauthenticated(CoordinatorError):
 
 class PermissionDenied(CoordinatorError):
     """The caller is known, and not allowed this."""
+
+
+class CallRateExceeded(CoordinatorError):
+    """An identity made more calls than its ``calls_per_second`` allows."""
+
+    def __init__(self, name: str, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{name} is over its call rate; retry in {retry_after_s:.3f} s")

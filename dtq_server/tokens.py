@@ -7,6 +7,7 @@ The coordinator reads ``--tokens-file``, a TOML file of entries::
     role = "submitter"          # submitter | worker | admin (see policy.toml)
     sha256 = "9f86d081..."      # hex SHA-256 of the token; the token itself is never stored
     node_id = "node-a"          # workers only, optional: the one node id it may register
+    calls_per_second = 1000     # optional: RESOURCE_EXHAUSTED beyond it (burst = ... too)
 
 ``dtq-token NAME --role ROLE`` makes a token (256 random bits) and prints the
 entry for it. A caller sends ``authorization: Bearer <token>``; the token is
@@ -58,6 +59,10 @@ class Identity:
     """For a worker token bound to one node: the only node id it may register."""
     digest: bytes = field(default=b"", compare=False, repr=False)
     """The SHA-256 of the token it came from: revoking that token ends its streams."""
+    calls_per_second: float | None = field(default=None, compare=False)
+    """Most calls a second this identity may make (streams count once); None: no limit."""
+    burst: float | None = field(default=None, compare=False)
+    """Calls it may make at once after a quiet spell (default: one second's worth)."""
 
 
 def hash_token(token: str) -> str:
@@ -83,7 +88,7 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
         if not isinstance(raw, dict):
             raise TokenFileError(f"{where} is not a table")
         entry: dict[str, Any] = raw
-        unknown = set(entry) - {"name", "role", "sha256", "node_id"}
+        unknown = set(entry) - {"name", "role", "sha256", "node_id", "calls_per_second", "burst"}
         if unknown:
             raise TokenFileError(f"{where}: unknown keys {sorted(unknown)}")
         name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
@@ -96,10 +101,20 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
             raise TokenFileError(f"{where}: sha256 must be 64 lower-case hex digits")
         if node_id is not None and (role != "worker" or not isinstance(node_id, str)):
             raise TokenFileError(f"{where}: node_id is a string, for worker tokens only")
+        rate, burst = entry.get("calls_per_second"), entry.get("burst")
+        for key, value in (("calls_per_second", rate), ("burst", burst)):
+            if value is not None and (not isinstance(value, int | float) or value <= 0):
+                raise TokenFileError(f"{where}: {key} must be a positive number")
+        if burst is not None and rate is None:
+            raise TokenFileError(f"{where}: burst needs calls_per_second")
         names.add(name)
         stored = bytes.fromhex(digest)
-        entries.append((stored, Identity(name, role, node_id, stored)))
+        entries.append((stored, Identity(name, role, node_id, stored, _float(rate), _float(burst))))
     return entries
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 class TokenBook:

@@ -12,15 +12,17 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from dtq_server.errors import (
+    CallRateExceeded,
     CoordinatorError,
     GroupNotFound,
     IdempotencyKeyReused,
@@ -61,6 +63,7 @@ _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
     SessionExpired: (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_EXPIRED"),
     Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
+    CallRateExceeded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALL_RATE_EXCEEDED"),
 }
 
 
@@ -94,6 +97,10 @@ def rich_status(error: CoordinatorError) -> status_pb2.Status:
             for field, queue, type_ in error.unknown[: UnknownTaskType.MAX_NAMED]
         ]  # trailers are small (8 KiB by default): a batch's first few, as in the message
         details.append(_pack(error_details_pb2.PreconditionFailure(violations=failures)))
+    elif isinstance(error, CallRateExceeded):
+        delay = duration_pb2.Duration()
+        delay.FromTimedelta(timedelta(seconds=error.retry_after_s))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
 
 

@@ -20,8 +20,10 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
+from grpc_status import rpc_status
 
 from dtq.v1 import (
     admin_service_pb2,
@@ -77,12 +79,14 @@ def _entry(name: str, role: str, token: str, node_id: str | None = None) -> str:
 def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auth]:
     root = tmp_path_factory.mktemp("auth")
     revocable = {"revoked": "submitter", "revoked-watch": "submitter", "revoked-node": "worker"}
-    tokens = {role: new_token() for role in (*ROLES, "node-a", *revocable)}
+    tokens = {role: new_token() for role in (*ROLES, "node-a", "limited", *revocable)}
     tokens_file = root / "tokens.toml"
     tokens_file.write_text(
         "".join(_entry(role, role, tokens[role]) for role in ROLES)
         + _entry("node-a", "worker", tokens["node-a"], node_id="node-a")
         + "".join(_entry(name, role, tokens[name]) for name, role in revocable.items())
+        + _entry("limited", "submitter", tokens["limited"]).rstrip("\n")
+        + "\ncalls_per_second = 5\nburst = 5\n"
     )
     server = start_server(root / "data", "--tokens-file", str(tokens_file))
     yield Auth(server, tokens, tokens_file)
@@ -333,3 +337,38 @@ def test_s2_revoking_a_token_ends_the_streams_it_opened(auth: Auth, tmp_path: Pa
         assert "tokens.streams_ended" in auth.server.log()
     finally:
         node.stop()
+
+
+def _get_task_25_times(address: str, token: str) -> list[Any]:
+    """25 GetTask calls as fast as they go: "answered", or the RpcError."""
+    outcomes: list[Any] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = channel.unary_unary(
+            "/dtq.v1.TaskService/GetTask",
+            request_serializer=task_service_pb2.GetTaskRequest.SerializeToString,
+            response_deserializer=task_pb2.Task.FromString,
+        )
+        for _ in range(25):
+            try:
+                stub(task_service_pb2.GetTaskRequest(task_id="x"), metadata=tuple(_bearer(token)))
+                outcomes.append("answered")
+            except grpc.RpcError as exc:
+                outcomes.append(exc)
+    return outcomes
+
+
+def test_s8_an_identity_over_its_call_rate_is_refused_and_no_one_else(auth: Auth) -> None:
+    limited = _get_task_25_times(auth.server.address, auth.tokens["limited"])
+    others = _get_task_25_times(auth.server.address, auth.tokens["submitter"])
+    refused = [e for e in limited if isinstance(e, grpc.RpcError) and e.code() is _EXHAUSTED]
+    # 5 a second with a burst of 5: 25 calls in well under 3 s leave at least 10 over.
+    assert len(refused) >= 10, limited
+    status = rpc_status.from_call(cast(grpc.Call, refused[0]))
+    assert status is not None
+    retry = error_details_pb2.RetryInfo()
+    assert any(d.Unpack(retry) for d in status.details if d.Is(retry.DESCRIPTOR))
+    assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 0.2  # one call's wait
+    assert not [e for e in others if isinstance(e, grpc.RpcError) and e.code() is _EXHAUSTED]
+
+
+_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

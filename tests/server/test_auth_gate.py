@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dtq_server.auth import Gate, load_policy
-from dtq_server.errors import PermissionDenied, Unauthenticated
+from dtq_server.errors import CallRateExceeded, PermissionDenied, Unauthenticated
 from dtq_server.tokens import Identity, TokenBook, TokenFileError, hash_token, parse_tokens
 
 SUBMIT = "/dtq.v1.TaskService/SubmitTask"
@@ -68,8 +68,22 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
         (_entry("a", "submitter", "x", 'node_id = "n"\n'), "node_id"),
         (_entry("a", "admin", "x", 'token = "x"\n'), "unknown keys"),
         ("tokens = [", "not TOML"),
+        (_entry("a", "admin", "x", "calls_per_second = 0\n"), "positive"),
+        (_entry("a", "admin", "x", "burst = 3\n"), "burst needs calls_per_second"),
     ],
 )
 def test_a_bad_tokens_file_names_the_problem(text: str, problem: str) -> None:
     with pytest.raises(TokenFileError, match=problem):
         parse_tokens(text)
+
+
+def test_an_identity_over_its_call_rate_gets_a_retry_delay(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(_entry("slow", "submitter", "t", "calls_per_second = 2\nburst = 2\n"))
+    gate = Gate(TokenBook(path), load_policy())
+    header = [("authorization", "Bearer t")]
+    gate.admit(SUBMIT, header)
+    gate.admit(SUBMIT, header)
+    with pytest.raises(CallRateExceeded) as over:
+        gate.admit(SUBMIT, header)
+    assert 0 < over.value.retry_after_s <= 0.5
