@@ -69,6 +69,8 @@ class Gate:
         self._revoked: set[asyncio.Task[Any]] = set()
         self._buckets: dict[str, TokenBucket] = {}
         """Call-rate buckets by identity name, for identities with a limit."""
+        self._swept = 0
+        """The tokens' generation the open streams were last checked against."""
 
     @contextmanager
     def revocable(self, identity: Identity | None) -> Iterator[None]:
@@ -89,9 +91,15 @@ class Gate:
         return asyncio.current_task() in self._revoked
 
     def sweep(self) -> int:
-        """Re-read the tokens if they changed, and cancel the streams of revoked ones."""
-        if not self._tokens.refresh():
+        """Re-read the tokens if they changed, and cancel the streams of revoked ones.
+
+        By generation, not by this refresh's answer: a call may have read the new
+        file first (its lookup refreshes too), and its streams must still end.
+        """
+        self._tokens.refresh()
+        if self._tokens.generation == self._swept:
             return 0
+        self._swept = self._tokens.generation
         ended = 0
         for task, digest in list(self._streams.items()):
             if not self._tokens.holds(digest) and task not in self._revoked:
@@ -116,7 +124,7 @@ class Gate:
 
     def admit(self, method: str, metadata: Iterable[tuple[str, str | bytes]]) -> Identity | None:
         """The caller's identity (None for an ``anyone`` method); raises
-        Unauthenticated or PermissionDenied."""
+        Unauthenticated, PermissionDenied or CallRateExceeded."""
         roles = self._policy.get(method, frozenset())
         if ANYONE in roles:
             return None

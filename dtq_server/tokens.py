@@ -129,6 +129,8 @@ class TokenBook:
         except OSError as exc:
             raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
         self._checked_at = time.monotonic()
+        self.generation = 0
+        """How many times the file was read again since start-up."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -168,6 +170,7 @@ class TokenBook:
             except (OSError, TokenFileError) as exc:
                 log.warning("tokens.reload_failed", error=str(exc))
                 return False
+            self.generation += 1
             log.info("tokens.reloaded", tokens=len(self._entries))
             return True
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from dtq_server.auth import Gate, load_policy
 from dtq_server.errors import CallRateExceeded, PermissionDenied, Unauthenticated
-from dtq_server.tokens import Identity, TokenBook, TokenFileError, hash_token, parse_tokens
+from dtq_server.tokens import (
+    RELOAD_CHECK_S,
+    Identity,
+    TokenBook,
+    TokenFileError,
+    hash_token,
+    parse_tokens,
+)
 
 SUBMIT = "/dtq.v1.TaskService/SubmitTask"
 
@@ -87,3 +95,32 @@ def test_an_identity_over_its_call_rate_gets_a_retry_delay(tmp_path: Path) -> No
     with pytest.raises(CallRateExceeded) as over:
         gate.admit(SUBMIT, header)
     assert 0 < over.value.retry_after_s <= 0.5
+
+
+def test_a_revocation_a_call_read_first_still_ends_the_streams(tmp_path: Path) -> None:
+    asyncio.run(_revocation_read_first(tmp_path))
+
+
+async def _revocation_read_first(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(_entry("app", "submitter", "s3cret") + _entry("other", "admin", "0ther"))
+    book = TokenBook(path)
+    gate = Gate(book, load_policy())
+    identity = gate.admit(SUBMIT, [("authorization", "Bearer s3cret")])
+    stream = asyncio.get_running_loop().create_future()
+
+    async def serve() -> None:
+        with gate.revocable(identity):
+            await stream  # cancelled by the sweep
+
+    task = asyncio.create_task(serve())
+    await asyncio.sleep(0)  # one turn of the loop: the task enters revocable()
+    staging = tmp_path / "tokens.new"
+    staging.write_text(_entry("other", "admin", "0ther"))
+    staging.replace(path)
+    book._checked_at -= RELOAD_CHECK_S  # as if a second passed (no waiting in tests)
+    with pytest.raises(Unauthenticated):  # a new call reads the new file first
+        gate.admit(SUBMIT, [("authorization", "Bearer s3cret")])
+    assert gate.sweep() == 1
+    with pytest.raises(asyncio.CancelledError):
+        await task
