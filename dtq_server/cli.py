@@ -17,7 +17,7 @@ from dtq_server.app import serve
 from dtq_server.config import ServerConfig
 from dtq_server.failpoints import Failpoints
 from dtq_server.store.sqlite import StoreCorrupt
-from dtq_server.tokens import TokenBook
+from dtq_server.tokens import TokenBook, TokenFileError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -287,7 +287,7 @@ def main(
     collector.tune()
     try:
         loops.run(serve(config), config.event_loop)
-    except (StoreCorrupt, TlsConfigError) as exc:
+    except (StoreCorrupt, TlsConfigError, TokenFileError) as exc:
         click.echo(f"dtq-server: refusing to start: {exc}", err=True)
         sys.exit(1)
     except OSError as exc:

@@ -248,8 +248,14 @@ def test_a_node_and_a_client_with_tokens_run_a_task(auth: Auth, tmp_path: Path) 
     try:
         with Client(auth.server.address, token=auth.tokens["submitter"]) as client:
             done = client.submit_and_wait(TaskSpec("echo", "with tokens"), timeout_s=30)
+            # The token rides on every kind of call: a stream of submits, a batch, a watch.
+            with client.submitter() as submitter:
+                piped = [submitter.submit("echo", i) for i in range(20)]
+            batch = list(client.submit_many([TaskSpec("echo", i) for i in range(20)]))
+            last = client.wait(piped[-1].result().task_id, timeout_s=30)
         assert done.state is TaskState.SUCCEEDED
         assert done.result_value() == "with tokens"
+        assert len(batch) == 20 and last.state is TaskState.SUCCEEDED
     finally:
         node.stop()
 
