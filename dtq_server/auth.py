@@ -96,7 +96,7 @@ class Gate:
         By generation, not by this refresh's answer: a call may have read the new
         file first (its lookup refreshes too), and its streams must still end.
         """
-        self._tokens.refresh()
+        self._tokens.refresh(force=True)  # once a second anyway: revocation within 1 s
         if self._tokens.generation == self._swept:
             return 0
         self._swept = self._tokens.generation

@@ -153,11 +153,11 @@ class TokenBook:
                 found = identity
         return found
 
-    def refresh(self) -> bool:
-        """Read the file again if it changed (checked at most every ``RELOAD_CHECK_S``);
-        True if the tokens changed."""
+    def refresh(self, force: bool = False) -> bool:
+        """Read the file again if it changed (looked at most every ``RELOAD_CHECK_S``
+        unless ``force``); True if the tokens changed."""
         now = time.monotonic()
-        if now - self._checked_at < RELOAD_CHECK_S:
+        if not force and now - self._checked_at < RELOAD_CHECK_S:
             return False
         with self._lock:
             self._checked_at = now
