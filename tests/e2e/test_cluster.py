@@ -95,7 +95,14 @@ def test_two_nodes_share_1000_tasks_exactly_once(cluster: dict[str, object]) -> 
         print(f"\n1000 tasks on 2 nodes x 4 threads: {elapsed:.2f} s, {1000 / elapsed:.0f} tasks/s")
         tasks = [client.get(i) for i in ids]
     assert {t.state for t in tasks} == {TaskState.SUCCEEDED}
-    assert {t.attempt for t in tasks} == {1}
+    # A second attempt only for a task a node handed back unstarted, when its auto
+    # prefetch fell (a CPU-starved task looks long: CI ran into it); never a lost lease.
+    log_dir = cluster["dir"]
+    assert isinstance(log_dir, Path)
+    node_logs = "".join((log_dir / f"node-{node}.log").read_text() for node in ("a", "b"))
+    handed_back = sum(int(n) for n in re.findall(r"tasks\.handed_back\s+count=(\d+)", node_logs))
+    assert sum(t.attempt - 1 for t in tasks) <= handed_back, [t.attempt for t in tasks]
+    assert not re.search(r"lease\.(lost|returned)", server.log())
     lines = witness_lines(cluster["witness"])  # type: ignore[arg-type]
     per_task = Counter(line["task_id"] for line in lines)
     assert set(per_task) == set(ids)
