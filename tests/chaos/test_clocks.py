@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from dtq_client import TaskState
+from dtq_client import TaskSpec, TaskState
 from tests.chaos._b_helpers import (
     BRow,
     Cluster,
@@ -122,7 +122,10 @@ def hold_leases(
     with cluster.client() as client:
         wait_nodes(client, *node_ids)
         payload = {"sleep": sleep_s, "first_only": first_only}
-        ids = [client.submit("ok", {**payload, "i": i}).id for i in range(nodes)]
+        # One batch, one commit: one at a time, a slow disk (CI once took ~2 s per
+        # commit) spread the starts past the first task's end, so they never all ran.
+        specs = [TaskSpec("ok", {**payload, "i": i}) for i in range(nodes)]
+        ids = [result.task.id for result in client.submit_many(specs)]
         wait_until(
             lambda: all(client.get(i).state is TaskState.RUNNING for i in ids), 20, what="running"
         )
