@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
-from dtq.tls import ClientTls
+from dtq.tls import ClientTls, TlsConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -18,7 +19,25 @@ _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 
 def connect_options(command: F) -> F:
     """Add ``--tls``, ``--tls-ca``, ``--tls-client-cert``, ``--tls-client-key``, ``--token``
-    and ``--tls-server-name`` (each with its ``DTQ_*`` variable) to ``command``."""
+    and ``--tls-server-name`` (each with its ``DTQ_*`` variable) to ``command``, which
+    receives them as ``tls`` (a :class:`~dtq.tls.ClientTls` or None) and ``token``."""
+
+    @functools.wraps(command)
+    def with_connection(
+        *args: Any,
+        tls_on: bool,
+        tls_ca: Path | None,
+        tls_client_cert: Path | None,
+        tls_client_key: Path | None,
+        tls_server_name: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            tls = client_tls(tls_on, tls_ca, tls_client_cert, tls_client_key, tls_server_name)
+        except TlsConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        return command(*args, tls=tls, **kwargs)
+
     options = [
         click.option(
             "--tls",
@@ -65,9 +84,10 @@ def connect_options(command: F) -> F:
             "address's host. [env: DTQ_TLS_SERVER_NAME]",
         ),
     ]
+    decorated: Callable[..., Any] = with_connection
     for option in reversed(options):
-        command = option(command)
-    return command
+        decorated = option(decorated)
+    return cast(F, decorated)
 
 
 def client_tls(

@@ -75,6 +75,16 @@ def new_token() -> str:
     return "dtq_" + secrets.token_urlsafe(32)
 
 
+def entry(name: str, role: str, token: str, node_id: str | None = None) -> str:
+    """The tokens-file entry for ``token`` (its hash, never the token)."""
+    # JSON strings are valid TOML basic strings: quotes in a name stay quoted.
+    text = f"[[tokens]]\nname = {json.dumps(name)}\nrole = {json.dumps(role)}\n"
+    text += f"sha256 = {json.dumps(hash_token(token))}\n"
+    if node_id is not None:
+        text += f"node_id = {json.dumps(node_id)}\n"
+    return text
+
+
 def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Identity]]:
     """The (digest, identity) entries of a tokens file; TokenFileError naming the problem."""
     try:
@@ -192,17 +202,13 @@ def main(name: str, role: str, node_id: str | None) -> None:
     if node_id is not None and role != "worker":
         raise click.UsageError("--node-id is for worker tokens")
     token = new_token()
-    # JSON strings are valid TOML basic strings: quotes in a name stay quoted.
-    entry = f"[[tokens]]\nname = {json.dumps(name)}\nrole = {json.dumps(role)}\n"
-    entry += f"sha256 = {json.dumps(hash_token(token))}\n"
-    if node_id is not None:
-        entry += f"node_id = {json.dumps(node_id)}\n"
-    parse_tokens(entry)  # the entry it prints is one the coordinator reads
+    text = entry(name, role, token, node_id)
+    parse_tokens(text)  # the entry it prints is one the coordinator reads
     click.echo(token)
-    click.echo(entry, err=True, nl=False)
+    click.echo(text, err=True, nl=False)
 
 
 if __name__ == "__main__":
     main()
 
-__all__ = ["ROLES", "Identity", "TokenBook", "TokenFileError", "hash_token", "new_token"]
+__all__ = ["ROLES", "Identity", "TokenBook", "TokenFileError", "entry", "hash_token", "new_token"]

@@ -10,14 +10,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from pathlib import Path
 from typing import cast
 
 import click
 
 from dtq import __version__, logs, loops
-from dtq.connect_flags import client_tls, connect_options
-from dtq.tls import TlsConfigError
+from dtq.connect_flags import connect_options
+from dtq.tls import ClientTls, TlsConfigError
 from dtq_worker.config import (
     DEFAULT_COORDINATOR,
     DEFAULT_PREFETCH_BUFFER_BYTES,
@@ -192,12 +191,8 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
 def main(
     target: str,
     coordinator: str,
-    tls_on: bool,
-    tls_ca: Path | None,
-    tls_client_cert: Path | None,
-    tls_client_key: Path | None,
+    tls: ClientTls | None,
     token: str | None,
-    tls_server_name: str | None,
     threads: int,
     prefetch: Prefetch,
     prefetch_buffer_bytes: int,
@@ -225,7 +220,7 @@ def main(
     try:
         config = WorkerConfig(
             coordinator=coordinator,
-            tls=client_tls(tls_on, tls_ca, tls_client_cert, tls_client_key, tls_server_name),
+            tls=tls,
             token=token,
             threads=threads,
             prefetch=prefetch,

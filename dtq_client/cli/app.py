@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -21,8 +20,8 @@ from rich.console import Console
 from rich.text import Text
 
 from dtq import __version__
-from dtq.connect_flags import client_tls, connect_options
-from dtq.tls import TlsConfigError
+from dtq.connect_flags import connect_options
+from dtq.tls import ClientTls, TlsConfigError
 from dtq_client.client import Client
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.errors import DtqError, RpcError, WaitTimeout
@@ -210,16 +209,11 @@ def cli(
     output: str,
     timeout_s: float,
     retries: int,
-    tls_on: bool,
-    tls_ca: Path | None,
-    tls_client_cert: Path | None,
-    tls_client_key: Path | None,
+    tls: ClientTls | None,
     token: str | None,
-    tls_server_name: str | None,
 ) -> None:
     """Submit, inspect, cancel, retry and purge DTQ tasks; run schedules, queues and rate limits."""
     try:
-        tls = client_tls(tls_on, tls_ca, tls_client_cert, tls_client_key, tls_server_name)
         config = ClientConfig(
             address=address,
             timeout_s=timeout_s,

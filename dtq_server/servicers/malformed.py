@@ -120,13 +120,13 @@ def _guard(handler: Handler, method: str, gate: Gate | None = None) -> Handler:
         unary_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.unary_stream)
 
         async def server_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            responses = None
+            responses = unary_stream(request, context)  # not started until iterated
             if gate is not None:
                 identity = await _admit(gate, method, context)
-                responses = _revocable(gate, identity, context, unary_stream(request, context))
+                responses = _revocable(gate, identity, context, responses)
             if isinstance(request, Malformed):
                 await abort(context, to_status(_error(method)))
-            async for response in responses or unary_stream(request, context):
+            async for response in responses:
                 yield response
 
         return grpc.unary_stream_rpc_method_handler(cast(Any, server_stream), parse, serialize)

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 import dtq.v1
 from dtq.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc, worker_service_pb2
 from dtq_client import TaskState, UnknownTaskType
-from dtq_server.tokens import hash_token, new_token
+from dtq_server.tokens import entry, new_token
 from tests.chaos._b_helpers import (
     NO_RETRY,
     BRow,
@@ -765,9 +765,7 @@ def test_b6_oversized_token_is_unauthenticated(
     """The half of B6 that needs tokens: a coordinator checking them (--tokens-file)."""
     token = new_token()
     tokens_file = tmp_path / "tokens.toml"
-    tokens_file.write_text(
-        f'[[tokens]]\nname = "app"\nrole = "submitter"\nsha256 = "{hash_token(token)}"\n'
-    )
+    tokens_file.write_text(entry("app", "submitter", token))
     cluster = make_cluster("--tokens-file", str(tokens_file))
     server = cluster.server
     outcomes: dict[str, str] = {}

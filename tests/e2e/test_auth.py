@@ -41,7 +41,7 @@ from dtq_client import (
     Unauthenticated,
 )
 from dtq_server.auth import ANYONE, REVOCATION_CHECK_S, load_policy
-from dtq_server.tokens import hash_token, new_token
+from dtq_server.tokens import entry, hash_token, new_token
 from tests.harness import ROOT, ServerProcess, python_env, start_node, start_server, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -70,11 +70,6 @@ class Auth:
     tokens_file: Path
 
 
-def _entry(name: str, role: str, token: str, node_id: str | None = None) -> str:
-    entry = f'[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n'
-    return entry + (f'node_id = "{node_id}"\n' if node_id else "")
-
-
 @pytest.fixture(scope="module")
 def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auth]:
     root = tmp_path_factory.mktemp("auth")
@@ -82,11 +77,11 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auth]:
     tokens = {role: new_token() for role in (*ROLES, "node-a", "limited", *revocable)}
     tokens_file = root / "tokens.toml"
     tokens_file.write_text(
-        "".join(_entry(role, role, tokens[role]) for role in ROLES)
-        + _entry("node-a", "worker", tokens["node-a"], node_id="node-a")
-        + "".join(_entry(name, role, tokens[name]) for name, role in revocable.items())
-        + _entry("limited", "submitter", tokens["limited"]).rstrip("\n")
-        + "\ncalls_per_second = 5\nburst = 5\n"
+        "".join(entry(role, role, tokens[role]) for role in ROLES)
+        + entry("node-a", "worker", tokens["node-a"], node_id="node-a")
+        + "".join(entry(name, role, tokens[name]) for name, role in revocable.items())
+        + entry("limited", "submitter", tokens["limited"])
+        + "calls_per_second = 5\nburst = 5\n"
     )
     server = start_server(root / "data", "--tokens-file", str(tokens_file))
     yield Auth(server, tokens, tokens_file)
@@ -128,7 +123,7 @@ def _bearer(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-def test_every_served_method_has_a_policy_entry() -> None:
+def test_every_served_method_has_a_policyentry() -> None:
     assert set(load_policy()) == set(METHODS)
 
 

@@ -14,7 +14,7 @@ from dtq_server.tokens import (
     Identity,
     TokenBook,
     TokenFileError,
-    hash_token,
+    entry,
     parse_tokens,
 )
 
@@ -22,7 +22,7 @@ SUBMIT = "/dtq.v1.TaskService/SubmitTask"
 
 
 def _entry(name: str, role: str, token: str, extra: str = "") -> str:
-    return f'[[tokens]]\nname = "{name}"\nrole = "{role}"\nsha256 = "{hash_token(token)}"\n{extra}'
+    return entry(name, role, token) + extra
 
 
 @pytest.fixture
