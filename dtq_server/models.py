@@ -254,6 +254,8 @@ class GroupStatus:
     group_id: str
     task_ids: list[str]
     counts: dict[TaskState, int]
+    queues: frozenset[str]
+    """The queues its members are on (a scoped token sees a group within its queues only)."""
 
 
 @dataclass(slots=True)

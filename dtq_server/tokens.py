@@ -7,6 +7,7 @@ The coordinator reads ``--tokens-file``, a TOML file of entries::
     role = "submitter"          # submitter | worker | admin (see policy.toml)
     sha256 = "9f86d081..."      # hex SHA-256 of the token; the token itself is never stored
     node_id = "node-a"          # workers only, optional: the one node id it may register
+    queues = ["billing"]        # optional: the only queues it may submit to, read or serve
     calls_per_second = 1000     # optional: RESOURCE_EXHAUSTED beyond it (burst = ... too)
 
 ``dtq-token NAME --role ROLE`` makes a token (256 random bits) and prints the
@@ -28,12 +29,15 @@ import secrets
 import threading
 import time
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 import structlog
+
+from dtq_server.validation import QUEUE_RE
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +47,7 @@ RELOAD_CHECK_S = 1.0
 MAX_TOKEN_CHARS = 512
 """Longer bearer values are refused unhashed (RELIABILITY B6)."""
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+_KEYS = {"name", "role", "sha256", "node_id", "queues", "calls_per_second", "burst"}
 
 
 class TokenFileError(ValueError):
@@ -59,6 +64,8 @@ class Identity:
     """For a worker token bound to one node: the only node id it may register."""
     digest: bytes = field(default=b"", compare=False, repr=False)
     """The SHA-256 of the token it came from: revoking that token ends its streams."""
+    queues: frozenset[str] | None = None
+    """The only queues this identity may use (see :mod:`dtq_server.scopes`); None: any."""
     calls_per_second: float | None = field(default=None, compare=False)
     """Most calls a second this identity may make (streams count once); None: no limit."""
     burst: float | None = field(default=None, compare=False)
@@ -75,13 +82,21 @@ def new_token() -> str:
     return "dtq_" + secrets.token_urlsafe(32)
 
 
-def entry(name: str, role: str, token: str, node_id: str | None = None) -> str:
+def entry(
+    name: str,
+    role: str,
+    token: str,
+    node_id: str | None = None,
+    queues: Collection[str] | None = None,
+) -> str:
     """The tokens-file entry for ``token`` (its hash, never the token)."""
     # JSON strings are valid TOML basic strings: quotes in a name stay quoted.
     text = f"[[tokens]]\nname = {json.dumps(name)}\nrole = {json.dumps(role)}\n"
     text += f"sha256 = {json.dumps(hash_token(token))}\n"
     if node_id is not None:
         text += f"node_id = {json.dumps(node_id)}\n"
+    if queues is not None:
+        text += f"queues = {json.dumps(sorted(queues))}\n"
     return text
 
 
@@ -98,7 +113,7 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
         if not isinstance(raw, dict):
             raise TokenFileError(f"{where} is not a table")
         entry: dict[str, Any] = raw
-        unknown = set(entry) - {"name", "role", "sha256", "node_id", "calls_per_second", "burst"}
+        unknown = set(entry) - _KEYS
         if unknown:
             raise TokenFileError(f"{where}: unknown keys {sorted(unknown)}")
         name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
@@ -111,6 +126,7 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
             raise TokenFileError(f"{where}: sha256 must be 64 lower-case hex digits")
         if node_id is not None and (role != "worker" or not isinstance(node_id, str)):
             raise TokenFileError(f"{where}: node_id is a string, for worker tokens only")
+        queues = _queues(entry.get("queues"), role, where)
         rate, burst = entry.get("calls_per_second"), entry.get("burst")
         for key, value in (("calls_per_second", rate), ("burst", burst)):
             if value is not None and (not isinstance(value, int | float) or value <= 0):
@@ -119,8 +135,24 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
             raise TokenFileError(f"{where}: burst needs calls_per_second")
         names.add(name)
         stored = bytes.fromhex(digest)
-        entries.append((stored, Identity(name, role, node_id, stored, _float(rate), _float(burst))))
+        identity = Identity(name, role, node_id, stored, queues, _float(rate), _float(burst))
+        entries.append((stored, identity))
     return entries
+
+
+def _queues(value: object, role: str, where: str) -> frozenset[str] | None:
+    """A ``queues`` scope as read: None when absent; TokenFileError when malformed."""
+    if value is None:
+        return None
+    if role == "admin":
+        raise TokenFileError(f"{where}: queues is for submitter and worker tokens")
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(q, str) and QUEUE_RE.fullmatch(q) for q in value)
+    ):
+        raise TokenFileError(f"{where}: queues must be a non-empty list of queue names")
+    return frozenset(value)
 
 
 def _float(value: float | None) -> float | None:
@@ -193,7 +225,13 @@ class TokenBook:
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True, help="What the token may do.")
 @click.option("--node-id", default=None, help="Workers: the only node id the token may register.")
-def main(name: str, role: str, node_id: str | None) -> None:
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="The only queues the token may use (repeat for more); default: any.",
+)
+def main(name: str, role: str, node_id: str | None, queues: tuple[str, ...]) -> None:
     """Make a token for NAME: the token on stdout, its tokens-file entry on stderr.
 
     Give the token to the caller (DTQ_TOKEN) and append the entry to the
@@ -202,8 +240,11 @@ def main(name: str, role: str, node_id: str | None) -> None:
     if node_id is not None and role != "worker":
         raise click.UsageError("--node-id is for worker tokens")
     token = new_token()
-    text = entry(name, role, token, node_id)
-    parse_tokens(text)  # the entry it prints is one the coordinator reads
+    text = entry(name, role, token, node_id, queues or None)
+    try:
+        parse_tokens(text)  # the entry it prints is one the coordinator reads
+    except TokenFileError as exc:
+        raise click.UsageError(str(exc).split(": ", 2)[-1]) from None
     click.echo(token)
     click.echo(text, err=True, nl=False)
 

@@ -31,9 +31,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 from dtq.v1 import task_service_pb2 as pb
-from dtq_server import piles
+from dtq_server import piles, scopes
 from dtq_server.coordinator import Coordinator
-from dtq_server.errors import CoordinatorError, InvalidArgument, ShuttingDown
+from dtq_server.errors import CoordinatorError, InvalidArgument, PermissionDenied, ShuttingDown
 from dtq_server.piles import COMMITS_IN_FLIGHT, MAX_PILE, Outcome
 from dtq_server.servicers.convert import fill_submitted, spec_from_proto
 from dtq_server.servicers.errors import rich_status
@@ -133,13 +133,20 @@ async def _settle(
     outcomes: list[Outcome | None] = [None] * len(submits)
     specs: list[SpecInput] = []
     where: list[int] = []
+    scoped = scopes.scope() is not None
     try:
         for i, submit in enumerate(submits):
-            if submit.HasField("task"):
-                specs.append(spec_from_proto(submit.task))
-                where.append(i)
-            else:
+            if not submit.HasField("task"):
                 outcomes[i] = InvalidArgument([("task", "is required")])
+                continue
+            if scoped:
+                try:
+                    scopes.check_queues((submit.task.queue,))
+                except PermissionDenied as exc:  # this submit alone: the others are stored
+                    outcomes[i] = exc
+                    continue
+            specs.append(spec_from_proto(submit.task))
+            where.append(i)
         if specs:
             stored = await piles.settle(coordinator, specs, turn)
             for i, outcome in zip(where, stored, strict=True):

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from dtq.v1 import task_service_pb2 as pb
 from dtq.v1 import task_service_pb2_grpc as pb_grpc
-from dtq_server import offload
+from dtq_server import offload, scopes
 from dtq_server.coordinator import Coordinator
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import TaskFilter, TaskRecord, TaskState
@@ -31,6 +31,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> pb.SubmitTaskResponse:
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
+        scopes.check_queues((request.task.queue,))
         record, created = await self._singles.submit(spec_from_proto(request.task))
         return pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
 
@@ -41,6 +42,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         acks = _acks_wanted(request.answer)
         group_id = uuid.uuid4().hex if request.group else None
         count = len(request.tasks)
+        scopes.check_queues(spec.queue for spec in request.tasks)
         specs = await offload.run(lambda: [spec_from_proto(s) for s in request.tasks], count)
         results = await self._coordinator.submit(specs, batch=True, group_id=group_id)
         if group_id is not None and results and not any(created for _, created in results):
@@ -69,7 +71,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
 
     @unary_boundary
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
-        record = await self._coordinator.get(request.task_id)
+        record = scopes.visible(await self._coordinator.get(request.task_id))
         return pb.GetTaskResponse(task=task_to_proto(record))
 
     @stream_boundary
@@ -77,7 +79,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self, request: pb.WatchTaskRequest, context: Context
     ) -> AsyncIterator[pb.WatchTaskResponse]:
         async for record in self._coordinator.watch(request.task_id):
-            yield pb.WatchTaskResponse(task=task_to_proto(record))
+            yield pb.WatchTaskResponse(task=task_to_proto(scopes.visible(record)))
 
     @stream_boundary
     async def SubmitAndWatchTask(
@@ -85,6 +87,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> AsyncIterator[pb.SubmitAndWatchTaskResponse]:
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
+        scopes.check_queues((request.task.queue,))
         record, created = await self._singles.submit(spec_from_proto(request.task))
         yield pb.SubmitAndWatchTaskResponse(task=task_to_proto(record), created=created)
         if record.state.is_terminal:  # a known key's task, already finished
@@ -101,6 +104,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     async def CancelTask(
         self, request: pb.CancelTaskRequest, context: Context
     ) -> pb.CancelTaskResponse:
+        if scopes.scope() is not None:  # look before cancelling what the caller may not see
+            scopes.visible(await self._coordinator.get(request.task_id))
         record = await self._coordinator.cancel(request.task_id)
         return pb.CancelTaskResponse(task=task_to_proto(record))
 
@@ -145,7 +150,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
 
     @unary_boundary
     async def GetGroup(self, request: pb.GetGroupRequest, context: Context) -> pb.GetGroupResponse:
-        status = await self._coordinator.group(request.group_id)
+        status = scopes.visible_group(await self._coordinator.group(request.group_id))
         counts = status.counts
         pending = counts.get(TaskState.QUEUED, 0) + counts.get(TaskState.WAITING, 0)
         running = counts.get(TaskState.LEASED, 0) + counts.get(TaskState.RUNNING, 0)

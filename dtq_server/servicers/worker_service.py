@@ -17,6 +17,7 @@ import structlog
 
 from dtq.v1 import worker_service_pb2 as pb
 from dtq.v1 import worker_service_pb2_grpc as pb_grpc
+from dtq_server import scopes
 from dtq_server.auth import CALLER
 from dtq_server.config import ServerConfig
 from dtq_server.errors import CoordinatorError, InvalidArgument, PermissionDenied
@@ -74,6 +75,10 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             # A node-bound token registers (and so resumes and reports for) its node only.
             denied = PermissionDenied(f"this token may only register node {caller.node_id!r}")
             await abort(context, to_status(denied))
+        try:
+            scopes.check_queues(first.register.queues or ("",))  # none: the default queue
+        except PermissionDenied as exc:
+            await abort(context, to_status(exc))
         outbox: asyncio.Queue[Outbound] = asyncio.Queue()
         try:
             registered = self._sessions.register(

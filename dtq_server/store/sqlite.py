@@ -215,14 +215,15 @@ class SqliteStore:
     async def group_status(self, group_id: str) -> GroupStatus | None:
         def status(conn: sqlite3.Connection) -> GroupStatus | None:
             rows = conn.execute(
-                "SELECT id, state FROM tasks WHERE group_id = ? ORDER BY seq", (group_id,)
+                "SELECT id, state, queue FROM tasks WHERE group_id = ? ORDER BY seq", (group_id,)
             ).fetchall()
             if not rows:
                 return None
             counts: dict[TaskState, int] = {}
-            for _, state in rows:
+            for _, state, _ in rows:
                 counts[TaskState(state)] = counts.get(TaskState(state), 0) + 1
-            return GroupStatus(group_id, [r[0] for r in rows], counts)
+            queues = frozenset(r[2] for r in rows)
+            return GroupStatus(group_id, [r[0] for r in rows], counts, queues)
 
         return await self._read(status)
 

@@ -296,6 +296,20 @@ def test_dtq_token_prints_a_token_and_an_entry_the_coordinator_reads() -> None:
     assert token not in made.stderr
 
 
+def test_dtq_token_scopes_a_token_to_queues_and_refuses_a_bad_name() -> None:
+    def dtq_token(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dtq_server.tokens", "billing", "--role", "submitter", *args],
+            capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=60, check=False,
+        )  # fmt: skip
+
+    made = dtq_token("--queue", "billing", "--queue", "audit")
+    assert made.returncode == 0, made.stderr
+    assert 'queues = ["audit", "billing"]' in made.stderr
+    refused = dtq_token("--queue", "two words")
+    assert refused.returncode == 2 and "queue names" in refused.stderr
+
+
 def test_a_client_gets_permission_denied_as_its_own_error(auth: Auth) -> None:
     client = Client(auth.server.address, token=auth.tokens["submitter"])
     with client, pytest.raises(PermissionDenied):

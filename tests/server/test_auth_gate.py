@@ -78,11 +78,22 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
         ("tokens = [", "not TOML"),
         (_entry("a", "admin", "x", "calls_per_second = 0\n"), "positive"),
         (_entry("a", "admin", "x", "burst = 3\n"), "burst needs calls_per_second"),
+        (_entry("a", "admin", "x", 'queues = ["q"]\n'), "queues is for submitter and worker"),
+        (_entry("a", "submitter", "x", "queues = []\n"), "non-empty list of queue names"),
+        (_entry("a", "worker", "x", 'queues = ["no spaces"]\n'), "non-empty list of queue"),
+        (_entry("a", "worker", "x", 'queues = "q"\n'), "non-empty list of queue names"),
     ],
 )
 def test_a_bad_tokens_file_names_the_problem(text: str, problem: str) -> None:
     with pytest.raises(TokenFileError, match=problem):
         parse_tokens(text)
+
+
+def test_a_queue_scope_is_read_as_a_set_of_queues() -> None:
+    [(_, identity)] = parse_tokens(_entry("a", "worker", "x", 'queues = ["b", "a", "b"]\n'))
+    assert identity.queues == frozenset({"a", "b"})
+    [(_, unscoped)] = parse_tokens(_entry("a", "worker", "x"))
+    assert unscoped.queues is None
 
 
 def test_an_identity_over_its_call_rate_gets_a_retry_delay(tmp_path: Path) -> None:

@@ -1,0 +1,119 @@
+"""Queue scopes on tokens (RELIABILITY section 3.1), against a real coordinator process.
+
+A token with ``queues = [...]`` submits to, reads, cancels and serves those
+queues only; anything on another queue answers NOT_FOUND as if it did not
+exist, and a refused submit stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dtq_client import (
+    Client,
+    GroupNotFound,
+    PermissionDenied,
+    TaskNotFound,
+    TaskSpec,
+    TaskState,
+)
+from dtq_server.tokens import entry, new_token
+from tests.harness import ServerProcess, start_node, start_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class Scoped:
+    server: ServerProcess
+    tokens: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scoped]:
+    root = tmp_path_factory.mktemp("scopes")
+    tokens = {name: new_token() for name in ("billing", "admin", "billing-node", "any-node")}
+    (root / "tokens.toml").write_text(
+        entry("billing", "submitter", tokens["billing"], queues=["billing", "billing.slow"])
+        + entry("admin", "admin", tokens["admin"])
+        + entry("billing-node", "worker", tokens["billing-node"], queues=["billing"])
+        + entry("any-node", "worker", tokens["any-node"])
+    )
+    server = start_server(root / "data", "--tokens-file", str(root / "tokens.toml"))
+    yield Scoped(server, tokens)
+    server.stop()
+
+
+def _client(scoped: Scoped, name: str) -> Client:
+    return Client(scoped.server.address, token=scoped.tokens[name])
+
+
+def _stored(scoped: Scoped, queue: str) -> int:
+    with _client(scoped, "admin") as admin:
+        return len(admin.list_tasks(queue=queue, limit=1000))
+
+
+def test_a_scoped_submitter_submits_to_its_queues_only(scoped: Scoped) -> None:
+    with _client(scoped, "billing") as client:
+        submitted = client.submit("echo", 1, queue="billing")
+        assert client.get(submitted.id).queue == "billing"
+        with pytest.raises(PermissionDenied, match="may not use queue 'default'"):
+            client.submit("echo", 2)  # no queue named: the default queue, outside the scope
+        with pytest.raises(PermissionDenied, match="'payroll'"):
+            client.submit_many(
+                [TaskSpec("echo", 3, queue="billing"), TaskSpec("echo", 4, queue="payroll")]
+            )
+    assert _stored(scoped, "default") == 0
+    assert _stored(scoped, "payroll") == 0  # the batch's billing task was not stored either
+
+
+def test_a_refused_submit_on_a_stream_refuses_that_task_alone(scoped: Scoped) -> None:
+    with _client(scoped, "billing") as client:
+        with client.submitter() as submitter:
+            before = submitter.submit("echo", "before", queue="billing.slow")
+            refused = submitter.submit("echo", "refused", queue="payroll")
+            after = submitter.submit("echo", "after", queue="billing.slow")
+        assert before.result().created and after.result().created
+        with pytest.raises(PermissionDenied, match="'payroll'"):
+            refused.result()
+    assert _stored(scoped, "payroll") == 0
+
+
+def test_tasks_on_other_queues_do_not_exist_for_a_scoped_submitter(scoped: Scoped) -> None:
+    with _client(scoped, "admin") as admin:
+        foreign = admin.submit("echo", "not yours", queue="payroll")
+        group = admin.submit_group([TaskSpec("echo", i, queue="payroll") for i in range(2)])
+    with _client(scoped, "billing") as client:
+        own = client.submit_group([TaskSpec("echo", i, queue="billing") for i in range(2)])
+        assert client.get_group(own.group_id).total == 2
+        with pytest.raises(TaskNotFound):
+            client.get(foreign.id)
+        with pytest.raises(TaskNotFound):
+            client.cancel(foreign.id)
+        with pytest.raises(TaskNotFound):
+            next(iter(client.watch(foreign.id, timeout_s=5)))
+        with pytest.raises(GroupNotFound):
+            client.get_group(group.group_id)
+    with _client(scoped, "admin") as admin:
+        assert admin.get(foreign.id).state is TaskState.QUEUED  # the cancel changed nothing
+
+
+def test_a_scoped_worker_token_serves_its_queues_only(scoped: Scoped, tmp_path: Path) -> None:
+    token = {"DTQ_TOKEN": scoped.tokens["billing-node"]}
+    outside = start_node(scoped.server.address, tmp_path, "outside", env=token)
+    try:
+        assert outside.wait(30) == 1  # the default queue: refused, and the node stops
+    finally:
+        outside.stop()
+    assert "may not use queue 'default'" in outside.log()
+    inside = start_node(scoped.server.address, tmp_path, "inside", "--queues", "billing", env=token)
+    try:
+        with _client(scoped, "billing") as client:
+            done = client.submit_and_wait(TaskSpec("echo", "served", queue="billing"), 30)
+        assert done.state is TaskState.SUCCEEDED and done.node_id == "inside"
+    finally:
+        inside.stop()
