@@ -120,7 +120,8 @@ class CoordinatorServer:
         # Every service is registered through the guard (malformed.py), never directly.
         gate = None
         if self.config.tokens_file is not None:
-            gate = Gate(TokenBook(self.config.tokens_file), load_policy())
+            tokens = TokenBook(self.config.tokens_file)
+            gate = Gate(tokens, load_policy(), anyone_admitted=self.config.health_is_open)
             self._revocations = asyncio.get_running_loop().create_task(gate.watch_revocations())
         guarded = GuardedRegistrar(server, gate)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]

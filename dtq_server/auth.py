@@ -41,7 +41,8 @@ POLICY_PATH = Path(__file__).with_name("policy.toml")
 REVOCATION_CHECK_S = 1.0
 """How often the tokens file is looked at for revocations that end open streams."""
 ANYONE = "anyone"
-"""The policy's word for callers without a token."""
+"""The policy's word for callers without a token (health checks; any token will do when
+the coordinator is run with --health-needs-token, the default beyond loopback)."""
 CALLER: ContextVar[Identity | None] = ContextVar("dtq_caller", default=None)
 """The identity of the call being served (None without tokens, or for ``anyone``)."""
 _SCHEME = "Bearer "
@@ -61,9 +62,16 @@ def load_policy(path: Path = POLICY_PATH) -> dict[str, frozenset[str]]:
 class Gate:
     """Admits a call or says why not."""
 
-    def __init__(self, tokens: TokenBook, policy: Mapping[str, frozenset[str]]) -> None:
+    def __init__(
+        self,
+        tokens: TokenBook,
+        policy: Mapping[str, frozenset[str]],
+        anyone_admitted: bool = True,
+    ) -> None:
         self._tokens = tokens
         self._policy = policy
+        self._anyone_admitted = anyone_admitted
+        """False: the policy's ``anyone`` methods (health) need a token too, of any role."""
         self._streams: dict[asyncio.Task[Any], bytes] = {}
         """Tasks serving a stream, and the digest of the token that opened each."""
         self._revoked: set[asyncio.Task[Any]] = set()
@@ -126,12 +134,12 @@ class Gate:
         """The caller's identity (None for an ``anyone`` method); raises
         Unauthenticated, PermissionDenied or CallRateExceeded."""
         roles = self._policy.get(method, frozenset())
-        if ANYONE in roles:
+        if ANYONE in roles and self._anyone_admitted:
             return None
         identity = self._identify(metadata)
         if identity is None:
             raise Unauthenticated()
-        if identity.role not in roles:
+        if identity.role not in roles and ANYONE not in roles:
             raise PermissionDenied(f"a {identity.role} token may not call {method}")
         if identity.calls_per_second is not None:
             self._spend(identity, identity.calls_per_second)

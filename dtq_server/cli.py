@@ -58,6 +58,13 @@ from dtq_server.tokens import TokenBook, TokenFileError
     "must then carry a token its role allows. [env: DTQ_TOKENS_FILE]",
 )
 @click.option(
+    "--health-unauthenticated/--health-needs-token",
+    envvar="DTQ_HEALTH_UNAUTHENTICATED",
+    default=None,
+    help="With --tokens-file: whether grpc.health.v1 checks need no token "
+    "(default: only on a loopback --listen). [env: DTQ_HEALTH_UNAUTHENTICATED]",
+)
+@click.option(
     "--insecure",
     envvar="DTQ_INSECURE",
     is_flag=True,
@@ -224,6 +231,7 @@ def main(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     tokens_file: Path | None,
+    health_unauthenticated: bool | None,
     insecure: bool,
     data_dir: Path,
     synchronous: str,
@@ -258,6 +266,7 @@ def main(
             tls=server_tls(tls_cert, tls_key, tls_client_ca),
             insecure=insecure,
             tokens_file=tokens_file,
+            health_unauthenticated=health_unauthenticated,
             data_dir=data_dir,
             synchronous="NORMAL" if synchronous.upper() == "NORMAL" else "FULL",
             heartbeat_interval_s=heartbeat_interval,

@@ -27,6 +27,8 @@ class ServerConfig:
     tokens_file: Path | None = None
     """Check every call's bearer token against this file (see :mod:`dtq_server.tokens`)
     and the role policy (:mod:`dtq_server.auth`); None: every caller may call anything."""
+    health_unauthenticated: bool | None = None
+    """With a tokens file, whether health checks need no token; None: only on loopback."""
     data_dir: Path = Path("dtq-data")
     """Directory holding the SQLite database (created if missing)."""
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -77,6 +79,18 @@ class ServerConfig:
     def db_path(self) -> Path:
         """The SQLite database file."""
         return self.data_dir / "dtq.sqlite3"
+
+    @property
+    def health_is_open(self) -> bool:
+        """True if health checks need no token (they never do without a tokens file).
+
+        Open on loopback by default, where the prober is local (a kubelet's exec
+        probe, a sidecar); beyond loopback the serving status tells a scanner that
+        a queue is there, so there it needs a token unless asked otherwise.
+        """
+        if self.health_unauthenticated is not None:
+            return self.health_unauthenticated
+        return is_loopback(self.listen)
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0 or self.heartbeat_timeout_s <= self.heartbeat_interval_s:

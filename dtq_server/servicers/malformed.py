@@ -22,6 +22,7 @@ bytes parse, and once per call or stream, registered with the method.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -99,6 +100,13 @@ async def _revocable(
             await abort(context, to_status(Unauthenticated()))
 
 
+async def _awaited(writes: Awaitable[None]) -> AsyncIterator[None]:
+    """A handler that writes its own responses, as a stream of nothing (for ``_revocable``)."""
+    await writes
+    return
+    yield  # an async generator
+
+
 def _guard(handler: Handler, method: str, gate: Gate | None = None) -> Handler:
     """The same handler, with malformed requests answered INVALID_ARGUMENT and, with a
     ``gate``, callers checked first (so a stranger's garbage says nothing about parsing)."""
@@ -116,6 +124,21 @@ def _guard(handler: Handler, method: str, gate: Gate | None = None) -> Handler:
             return await unary_unary(request, context)
 
         return grpc.unary_unary_rpc_method_handler(cast(Any, unary), parse, serialize)
+    if handler.unary_stream is not None and inspect.iscoroutinefunction(handler.unary_stream):
+        writer = cast(Callable[[Any, Context], Awaitable[None]], handler.unary_stream)
+
+        async def written_stream(request: Any, context: Context) -> None:
+            # Its handler sends with context.write() (grpcio-health-checking's Watch): a
+            # coroutine, not a generator, and the guard must be one too.
+            identity = await _admit(gate, method, context) if gate is not None else None
+            if isinstance(request, Malformed):
+                await abort(context, to_status(_error(method)))
+            if gate is None:
+                return await writer(request, context)
+            async for _ in _revocable(gate, identity, context, _awaited(writer(request, context))):
+                pass
+
+        return grpc.unary_stream_rpc_method_handler(cast(Any, written_stream), parse, serialize)
     if handler.unary_stream is not None:
         unary_stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.unary_stream)
 

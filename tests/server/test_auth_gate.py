@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dtq_server.auth import Gate, load_policy
+from dtq_server.config import ServerConfig
 from dtq_server.errors import CallRateExceeded, PermissionDenied, Unauthenticated
 from dtq_server.tokens import (
     RELOAD_CHECK_S,
@@ -59,6 +60,33 @@ def test_a_role_the_method_does_not_list_is_denied(gate: Gate) -> None:
 
 def test_health_needs_no_token(gate: Gate) -> None:
     assert gate.admit("/grpc.health.v1.Health/Check", []) is None
+
+
+def test_health_needs_a_token_of_any_role_when_it_is_not_open(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(_entry("n", "worker", "w0rker"))
+    gate = Gate(TokenBook(path), load_policy(), anyone_admitted=False)
+    with pytest.raises(Unauthenticated):
+        gate.admit("/grpc.health.v1.Health/Check", [])
+    identity = gate.admit("/grpc.health.v1.Health/Check", [("authorization", "Bearer w0rker")])
+    assert identity is not None and identity.role == "worker"
+
+
+@pytest.mark.parametrize(
+    ("listen", "asked", "open_"),
+    [
+        ("127.0.0.1:0", None, True),
+        ("[::1]:0", None, True),
+        ("0.0.0.0:50051", None, False),
+        ("0.0.0.0:50051", True, True),
+        ("127.0.0.1:0", False, False),
+    ],
+)
+def test_health_is_open_on_loopback_unless_told(
+    listen: str, asked: bool | None, open_: bool
+) -> None:
+    config = ServerConfig(listen=listen, insecure=True, health_unauthenticated=asked)
+    assert config.health_is_open is open_
 
 
 def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> None:

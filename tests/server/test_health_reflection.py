@@ -29,3 +29,18 @@ def test_reflection_lists_the_dtq_services(channel: grpc.Channel) -> None:
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="dtq.v1.TaskService")
     (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
     assert response.file_descriptor_response.file_descriptor_proto
+
+
+def test_health_watch_streams_the_status(channel: grpc.Channel) -> None:
+    # grpcio-health-checking's Watch writes with context.write(), not by yielding:
+    # the guard in front of every method must let it through (RELIABILITY R11).
+    health = health_pb2_grpc.HealthStub(channel)
+    for service, status in (
+        ("", health_pb2.HealthCheckResponse.SERVING),
+        ("no.such.Service", health_pb2.HealthCheckResponse.SERVICE_UNKNOWN),
+    ):
+        call = health.Watch(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        try:
+            assert next(call).status == status, service
+        finally:
+            call.cancel()
