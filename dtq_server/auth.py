@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import time
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from dtq_server.errors import CallRateExceeded, PermissionDenied, Unauthenticated
+from dtq_server.errors import CallRateExceeded, CapReached, PermissionDenied, Unauthenticated
 from dtq_server.ratelimit import TokenBucket, default_burst
 from dtq_server.tokens import ROLES, Identity, TokenBook
 
@@ -75,24 +76,38 @@ class Gate:
         self._streams: dict[asyncio.Task[Any], bytes] = {}
         """Tasks serving a stream, and the digest of the token that opened each."""
         self._revoked: set[asyncio.Task[Any]] = set()
+        self._open: Counter[str] = Counter()
+        """Open streams by identity name (for ``max_streams``)."""
         self._buckets: dict[str, TokenBucket] = {}
         """Call-rate buckets by identity name, for identities with a limit."""
         self._swept = 0
         """The tokens' generation the open streams were last checked against."""
 
+    def check_room(self, identity: Identity | None) -> None:
+        """CapReached if ``identity`` already holds its ``max_streams`` (RELIABILITY R7)."""
+        if identity is None or identity.max_streams is None:
+            return
+        if self._open[identity.name] >= identity.max_streams:
+            raise CapReached(identity.name, "streams", identity.max_streams)
+
     @contextmanager
     def revocable(self, identity: Identity | None) -> Iterator[None]:
-        """While in it, revoking ``identity``'s token cancels the current task (a stream)."""
+        """While in it, revoking ``identity``'s token cancels the current task (a stream),
+        and the stream counts against the identity's ``max_streams``."""
         task = asyncio.current_task()
         if identity is None or task is None:
             yield
             return
         self._streams[task] = identity.digest
+        self._open[identity.name] += 1
         try:
             yield
         finally:
             self._streams.pop(task, None)
             self._revoked.discard(task)
+            self._open[identity.name] -= 1
+            if not self._open[identity.name]:
+                del self._open[identity.name]
 
     def was_revoked(self) -> bool:
         """True if the current task was cancelled because its token was revoked."""
@@ -166,4 +181,36 @@ class Gate:
         return self._tokens.lookup(value[len(_SCHEME) :])
 
 
-__all__ = ["ANYONE", "CALLER", "POLICY_PATH", "Gate", "load_policy"]
+class NodeSlots:
+    """Distinct node ids connected with each worker token (``max_nodes``, RELIABILITY R7).
+
+    By node id, not by stream: a node reconnecting while the coordinator still
+    holds its old stream is the same node, and must not be refused for it.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, Counter[str]] = {}
+
+    def take(self, identity: Identity | None, node_id: str) -> Callable[[], None]:
+        """A slot for ``node_id``, and the function that gives it back; CapReached if
+        the token has none left."""
+        if identity is None or identity.max_nodes is None:
+            return _nothing
+        held = self._held.setdefault(identity.name, Counter())
+        if node_id not in held and len(held) >= identity.max_nodes:
+            raise CapReached(identity.name, "nodes", identity.max_nodes)
+        held[node_id] += 1
+
+        def release() -> None:
+            held[node_id] -= 1
+            if not held[node_id]:
+                del held[node_id]
+
+        return release
+
+
+def _nothing() -> None:
+    pass
+
+
+__all__ = ["ANYONE", "CALLER", "POLICY_PATH", "Gate", "NodeSlots", "load_policy"]

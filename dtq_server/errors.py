@@ -17,7 +17,8 @@
     ├── SessionExpired         a node's session is gone; it must register afresh
     ├── Unauthenticated        no valid token (one message, whatever was wrong)
     ├── PermissionDenied       a valid token whose role may not do this
-    └── CallRateExceeded       an identity called faster than its tokens-file limit
+    ├── CallRateExceeded       an identity called faster than its tokens-file limit
+    └── CapReached             an identity holds as many streams or nodes as its entry allows
 """
 
 from __future__ import annotations
@@ -141,6 +142,13 @@ class Unauthenticated(CoordinatorError):
 
 class PermissionDenied(CoordinatorError):
     """The caller is known, and not allowed this."""
+
+
+class CapReached(CoordinatorError):
+    """An identity already holds all the open streams (or connected nodes) it may."""
+
+    def __init__(self, name: str, what: str, limit: int) -> None:
+        super().__init__(f"{name} already has {limit} {what} open, its limit; retry later")
 
 
 class CallRateExceeded(CoordinatorError):

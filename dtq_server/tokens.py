@@ -9,6 +9,8 @@ The coordinator reads ``--tokens-file``, a TOML file of entries::
     node_id = "node-a"          # workers only, optional: the one node id it may register
     queues = ["billing"]        # optional: the only queues it may submit to, read or serve
     calls_per_second = 1000     # optional: RESOURCE_EXHAUSTED beyond it (burst = ... too)
+    max_streams = 100           # optional: streams open at once (watches, submit streams, nodes)
+    max_nodes = 20              # workers only, optional: distinct node ids connected at once
 
 ``dtq-token NAME --role ROLE`` makes a token (256 random bits) and prints the
 entry for it. A caller sends ``authorization: Bearer <token>``; the token is
@@ -47,7 +49,10 @@ RELOAD_CHECK_S = 1.0
 MAX_TOKEN_CHARS = 512
 """Longer bearer values are refused unhashed (RELIABILITY B6)."""
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
-_KEYS = {"name", "role", "sha256", "node_id", "queues", "calls_per_second", "burst"}
+_KEYS = {
+    "name", "role", "sha256", "node_id", "queues", "calls_per_second", "burst", "max_streams",
+    "max_nodes",
+}  # fmt: skip
 
 
 class TokenFileError(ValueError):
@@ -70,6 +75,10 @@ class Identity:
     """Most calls a second this identity may make (streams count once); None: no limit."""
     burst: float | None = field(default=None, compare=False)
     """Calls it may make at once after a quiet spell (default: one second's worth)."""
+    max_streams: int | None = field(default=None, compare=False)
+    """Most streams it may hold open at once (RELIABILITY R7); None: no cap."""
+    max_nodes: int | None = field(default=None, compare=False)
+    """A worker token: most distinct node ids connected with it at once; None: no cap."""
 
 
 def hash_token(token: str) -> str:
@@ -133,9 +142,17 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
                 raise TokenFileError(f"{where}: {key} must be a positive number")
         if burst is not None and rate is None:
             raise TokenFileError(f"{where}: burst needs calls_per_second")
+        max_streams, max_nodes = entry.get("max_streams"), entry.get("max_nodes")
+        for key, value in (("max_streams", max_streams), ("max_nodes", max_nodes)):
+            if value is not None and (type(value) is not int or value < 1):
+                raise TokenFileError(f"{where}: {key} must be a positive integer")
+        if max_nodes is not None and role != "worker":
+            raise TokenFileError(f"{where}: max_nodes is for worker tokens only")
         names.add(name)
         stored = bytes.fromhex(digest)
-        identity = Identity(name, role, node_id, stored, queues, _float(rate), _float(burst))
+        identity = Identity(
+            name, role, node_id, stored, queues, _float(rate), _float(burst), max_streams, max_nodes
+        )
         entries.append((stored, identity))
     return entries
 

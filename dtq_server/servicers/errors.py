@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from dtq_server.errors import (
     CallRateExceeded,
+    CapReached,
     CoordinatorError,
     GroupNotFound,
     IdempotencyKeyReused,
@@ -64,6 +65,7 @@ _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
     Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
     CallRateExceeded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALL_RATE_EXCEEDED"),
+    CapReached: (grpc.StatusCode.RESOURCE_EXHAUSTED, "CAP_REACHED"),
 }
 
 

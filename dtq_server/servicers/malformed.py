@@ -87,7 +87,12 @@ async def _admit(gate: Gate, method: str, context: Context) -> Identity | None:
 async def _revocable(
     gate: Gate, identity: Identity | None, context: Context, responses: AsyncIterator[Any]
 ) -> AsyncIterator[Any]:
-    """``responses``, ended UNAUTHENTICATED if the token that opened the stream is revoked."""
+    """``responses``, ended UNAUTHENTICATED if the token that opened the stream is revoked;
+    RESOURCE_EXHAUSTED at once if the token holds all the streams it may."""
+    try:
+        gate.check_room(identity)
+    except CoordinatorError as exc:
+        await abort(context, to_status(exc))
     with gate.revocable(identity):
         try:
             async for response in responses:

@@ -18,7 +18,7 @@ import structlog
 from dtq.v1 import worker_service_pb2 as pb
 from dtq.v1 import worker_service_pb2_grpc as pb_grpc
 from dtq_server import scopes
-from dtq_server.auth import CALLER
+from dtq_server.auth import CALLER, NodeSlots
 from dtq_server.config import ServerConfig
 from dtq_server.errors import CoordinatorError, InvalidArgument, PermissionDenied
 from dtq_server.models import Assignment
@@ -56,6 +56,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     def __init__(self, sessions: NodeSessions, config: ServerConfig) -> None:
         self._sessions = sessions
         self._config = config
+        self._slots = NodeSlots()
 
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context
@@ -77,29 +78,41 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             await abort(context, to_status(denied))
         try:
             scopes.check_queues(first.register.queues or ("",))  # none: the default queue
-        except PermissionDenied as exc:
+            release = self._slots.take(caller, first.register.node_id)
+        except CoordinatorError as exc:
             await abort(context, to_status(exc))
+        try:
+            async for response in self._serve(first.register, requests, context):
+                yield response
+        finally:
+            release()
+
+    async def _serve(
+        self,
+        register: pb.RegisterNode,
+        requests: AsyncIterator[pb.ConnectRequest],
+        context: Context,
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        """The stream of one admitted node, from its registration to its end."""
         outbox: asyncio.Queue[Outbound] = asyncio.Queue()
         try:
-            registered = self._sessions.register(
-                registration_from_proto(first.register),
-                outbox,
-            )
+            registered = self._sessions.register(registration_from_proto(register), outbox)
         except CoordinatorError as exc:
             await abort(context, to_status(exc))
         session = registered.session
-        yield pb.ConnectResponse(
-            registered=pb.NodeRegistered(
-                session_id=session.id,
-                heartbeat_interval=duration(self._config.heartbeat_interval_s),
-                heartbeat_timeout=duration(self._config.heartbeat_timeout_s),
-                resumed=registered.resumed,
-                stale_leases=[lease_to_proto(lease) for lease in registered.stale],
-                max_result_bytes=self._config.max_result_bytes,
+        reader: asyncio.Task[None] | None = None
+        try:  # from here on, however the stream ends, the session is detached from it
+            yield pb.ConnectResponse(
+                registered=pb.NodeRegistered(
+                    session_id=session.id,
+                    heartbeat_interval=duration(self._config.heartbeat_interval_s),
+                    heartbeat_timeout=duration(self._config.heartbeat_timeout_s),
+                    resumed=registered.resumed,
+                    stale_leases=[lease_to_proto(lease) for lease in registered.stale],
+                    max_result_bytes=self._config.max_result_bytes,
+                )
             )
-        )
-        reader = asyncio.create_task(self._read(requests, session, outbox))
-        try:
+            reader = asyncio.create_task(self._read(requests, session, outbox))
             while True:
                 for item in _coalesce(await _drain(outbox)):
                     if isinstance(item, CloseStream):
@@ -110,7 +123,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                         await abort(context, to_status(item.error))
                     yield _to_proto(item)
         finally:
-            reader.cancel()
+            if reader is not None:
+                reader.cancel()
             self._sessions.detach(session, outbox)
 
     async def _read(

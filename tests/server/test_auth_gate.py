@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dtq_server.auth import Gate, load_policy
+from dtq_server.auth import Gate, NodeSlots, load_policy
 from dtq_server.config import ServerConfig
-from dtq_server.errors import CallRateExceeded, PermissionDenied, Unauthenticated
+from dtq_server.errors import CallRateExceeded, CapReached, PermissionDenied, Unauthenticated
 from dtq_server.tokens import (
     RELOAD_CHECK_S,
     Identity,
@@ -110,6 +110,9 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
         (_entry("a", "submitter", "x", "queues = []\n"), "non-empty list of queue names"),
         (_entry("a", "worker", "x", 'queues = ["no spaces"]\n'), "non-empty list of queue"),
         (_entry("a", "worker", "x", 'queues = "q"\n'), "non-empty list of queue names"),
+        (_entry("a", "worker", "x", "max_streams = 0\n"), "max_streams must be a positive int"),
+        (_entry("a", "worker", "x", "max_nodes = 1.5\n"), "max_nodes must be a positive int"),
+        (_entry("a", "submitter", "x", "max_nodes = 2\n"), "max_nodes is for worker tokens"),
     ],
 )
 def test_a_bad_tokens_file_names_the_problem(text: str, problem: str) -> None:
@@ -122,6 +125,22 @@ def test_a_queue_scope_is_read_as_a_set_of_queues() -> None:
     assert identity.queues == frozenset({"a", "b"})
     [(_, unscoped)] = parse_tokens(_entry("a", "worker", "x"))
     assert unscoped.queues is None
+
+
+def test_node_slots_count_node_ids_not_streams() -> None:
+    [(_, fleet)] = parse_tokens(_entry("fleet", "worker", "x", "max_nodes = 2\n"))
+    slots = NodeSlots()
+    a1, a2, b = slots.take(fleet, "a"), slots.take(fleet, "a"), slots.take(fleet, "b")
+    with pytest.raises(CapReached, match="fleet already has 2 nodes open"):
+        slots.take(fleet, "c")
+    a1()  # "a" still has a stream (a reconnect overlapping the old one): still held
+    with pytest.raises(CapReached):
+        slots.take(fleet, "c")
+    a2()
+    c = slots.take(fleet, "c")
+    b()
+    c()
+    assert slots.take(None, "any") is not None  # without tokens nothing is counted
 
 
 def test_an_identity_over_its_call_rate_gets_a_retry_delay(tmp_path: Path) -> None:
