@@ -78,6 +78,13 @@ class ServerTls:
     """PEM private key of ``cert``."""
     client_ca: Path | None = None
     """PEM bundle of the CAs client certificates must chain to; set, it requires them."""
+    node_identity: bool = False
+    """With ``client_ca``: a node may register only a node id its client certificate
+    names (a subject alternative name, or the common name when it has none)."""
+
+    def __post_init__(self) -> None:
+        if self.node_identity and self.client_ca is None:
+            raise ValueError("binding node ids to client certificates needs a client CA (mTLS)")
 
     def credentials(self) -> grpc.ServerCredentials:
         """gRPC server credentials from the files (read and checked now), which follow

@@ -162,6 +162,8 @@ class Task:
     """Ids of the tasks that must succeed before this one runs (see ``TaskSpec.depends_on``)."""
     group_id: str | None = None
     """The group the task was submitted in (see :meth:`dtq_client.Client.submit_group`)."""
+    submitted_by: str | None = None
+    """The name of the token that submitted it (None when the coordinator checks no tokens)."""
 
     @property
     def is_terminal(self) -> bool:

@@ -210,6 +210,7 @@ def task_view(task: Task) -> Table:
         ("rate key", _optional(task.rate_key)),
         ("depends on", Text("\n".join(task.depends_on)) if task.depends_on else None),
         ("group", _optional(task.group_id)),
+        ("submitted by", _optional(task.submitted_by)),
         ("failures", Text(str(task.failures)) if task.failures else None),
         ("lease expiries", Text(str(task.lease_expiries)) if task.lease_expiries else None),
         ("cancel requested", Text("yes", style="magenta") if task.cancel_requested else None),

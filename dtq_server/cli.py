@@ -50,6 +50,14 @@ from dtq_server.tokens import TokenBook, TokenFileError
     help="PEM CA bundle: require client certificates signed by it (mTLS). [env: DTQ_TLS_CLIENT_CA]",
 )
 @click.option(
+    "--tls-node-identity",
+    envvar="DTQ_TLS_NODE_IDENTITY",
+    is_flag=True,
+    default=False,
+    help="With --tls-client-ca: a node may register only a node id its client certificate "
+    "names (SAN, or CN without SANs). [env: DTQ_TLS_NODE_IDENTITY]",
+)
+@click.option(
     "--tokens-file",
     envvar="DTQ_TOKENS_FILE",
     default=None,
@@ -230,6 +238,7 @@ def main(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_client_ca: Path | None,
+    tls_node_identity: bool,
     tokens_file: Path | None,
     health_unauthenticated: bool | None,
     insecure: bool,
@@ -263,7 +272,7 @@ def main(
     try:
         config = ServerConfig(
             listen=listen,
-            tls=server_tls(tls_cert, tls_key, tls_client_ca),
+            tls=server_tls(tls_cert, tls_key, tls_client_ca, tls_node_identity),
             insecure=insecure,
             tokens_file=tokens_file,
             health_unauthenticated=health_unauthenticated,
@@ -304,12 +313,16 @@ def main(
         sys.exit(1)
 
 
-def server_tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> ServerTls | None:
+def server_tls(
+    cert: Path | None, key: Path | None, client_ca: Path | None, node_identity: bool = False
+) -> ServerTls | None:
     """The TLS the flags ask for; ValueError when they do not go together."""
+    if node_identity and client_ca is None:
+        raise ValueError("--tls-node-identity needs --tls-client-ca (mTLS)")
     if cert is None and key is None:
         if client_ca is not None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
     if cert is None or key is None:
         raise ValueError("--tls-cert and --tls-key go together")
-    return ServerTls(cert, key, client_ca)
+    return ServerTls(cert, key, client_ca, node_identity)

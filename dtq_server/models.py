@@ -101,6 +101,8 @@ class NewTask:
     depends_on: tuple[str, ...] = ()
     on_dependency_failure: DependencyFailure = DependencyFailure.FAIL
     group_id: str | None = None
+    submitted_by: str | None = None
+    """The name of the token that submitted it (None without tokens)."""
 
 
 @frozen
@@ -140,6 +142,7 @@ class TaskRecord:
     rate_key: str = ""
     depends_on: tuple[str, ...] = ()
     group_id: str | None = None
+    submitted_by: str | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -256,6 +259,8 @@ class GroupStatus:
     counts: dict[TaskState, int]
     queues: frozenset[str]
     """The queues its members are on (a scoped token sees a group within its queues only)."""
+    submitters: frozenset[str | None]
+    """Who submitted its members (a submitter sees its own groups only)."""
 
 
 @dataclass(slots=True)

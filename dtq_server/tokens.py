@@ -8,6 +8,7 @@ The coordinator reads ``--tokens-file``, a TOML file of entries::
     sha256 = "9f86d081..."      # hex SHA-256 of the token; the token itself is never stored
     node_id = "node-a"          # workers only, optional: the one node id it may register
     queues = ["billing"]        # optional: the only queues it may submit to, read or serve
+    own_tasks = false           # submitters only, optional: see others' tasks too (default true)
     calls_per_second = 1000     # optional: RESOURCE_EXHAUSTED beyond it (burst = ... too)
     max_streams = 100           # optional: streams open at once (watches, submit streams, nodes)
     max_nodes = 20              # workers only, optional: distinct node ids connected at once
@@ -50,8 +51,8 @@ MAX_TOKEN_CHARS = 512
 """Longer bearer values are refused unhashed (RELIABILITY B6)."""
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEYS = {
-    "name", "role", "sha256", "node_id", "queues", "calls_per_second", "burst", "max_streams",
-    "max_nodes",
+    "name", "role", "sha256", "node_id", "queues", "own_tasks", "calls_per_second", "burst",
+    "max_streams", "max_nodes",
 }  # fmt: skip
 
 
@@ -71,6 +72,8 @@ class Identity:
     """The SHA-256 of the token it came from: revoking that token ends its streams."""
     queues: frozenset[str] | None = None
     """The only queues this identity may use (see :mod:`dtq_server.scopes`); None: any."""
+    own_tasks_only: bool = False
+    """True for a submitter that sees only the tasks it submitted (the default)."""
     calls_per_second: float | None = field(default=None, compare=False)
     """Most calls a second this identity may make (streams count once); None: no limit."""
     burst: float | None = field(default=None, compare=False)
@@ -97,6 +100,7 @@ def entry(
     token: str,
     node_id: str | None = None,
     queues: Collection[str] | None = None,
+    own_tasks: bool = True,
 ) -> str:
     """The tokens-file entry for ``token`` (its hash, never the token)."""
     # JSON strings are valid TOML basic strings: quotes in a name stay quoted.
@@ -106,6 +110,8 @@ def entry(
         text += f"node_id = {json.dumps(node_id)}\n"
     if queues is not None:
         text += f"queues = {json.dumps(sorted(queues))}\n"
+    if not own_tasks:
+        text += "own_tasks = false\n"
     return text
 
 
@@ -136,6 +142,9 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
         if node_id is not None and (role != "worker" or not isinstance(node_id, str)):
             raise TokenFileError(f"{where}: node_id is a string, for worker tokens only")
         queues = _queues(entry.get("queues"), role, where)
+        own_tasks = entry.get("own_tasks", True)
+        if "own_tasks" in entry and (role != "submitter" or not isinstance(own_tasks, bool)):
+            raise TokenFileError(f"{where}: own_tasks is true or false, for submitter tokens only")
         rate, burst = entry.get("calls_per_second"), entry.get("burst")
         for key, value in (("calls_per_second", rate), ("burst", burst)):
             if value is not None and (not isinstance(value, int | float) or value <= 0):
@@ -151,8 +160,9 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
         names.add(name)
         stored = bytes.fromhex(digest)
         identity = Identity(
-            name, role, node_id, stored, queues, _float(rate), _float(burst), max_streams, max_nodes
-        )
+            name, role, node_id, stored, queues, role == "submitter" and own_tasks,
+            _float(rate), _float(burst), max_streams, max_nodes,
+        )  # fmt: skip
         entries.append((stored, identity))
     return entries
 
@@ -248,7 +258,14 @@ class TokenBook:
     multiple=True,
     help="The only queues the token may use (repeat for more); default: any.",
 )
-def main(name: str, role: str, node_id: str | None, queues: tuple[str, ...]) -> None:
+@click.option(
+    "--all-tasks",
+    is_flag=True,
+    help="Submitters: see every task (of its queues), not only those it submitted.",
+)
+def main(
+    name: str, role: str, node_id: str | None, queues: tuple[str, ...], all_tasks: bool
+) -> None:
     """Make a token for NAME: the token on stdout, its tokens-file entry on stderr.
 
     Give the token to the caller (DTQ_TOKEN) and append the entry to the
@@ -257,7 +274,9 @@ def main(name: str, role: str, node_id: str | None, queues: tuple[str, ...]) -> 
     if node_id is not None and role != "worker":
         raise click.UsageError("--node-id is for worker tokens")
     token = new_token()
-    text = entry(name, role, token, node_id, queues or None)
+    if all_tasks and role != "submitter":
+        raise click.UsageError("--all-tasks is for submitter tokens")
+    text = entry(name, role, token, node_id, queues or None, own_tasks=not all_tasks)
     try:
         parse_tokens(text)  # the entry it prints is one the coordinator reads
     except TokenFileError as exc:

@@ -59,6 +59,8 @@ class SpecInput:
     rate_key: str = ""
     depends_on: tuple[str, ...] = ()
     on_dependency_failure: int = 0
+    submitted_by: str | None = None
+    """The name of the token that submitted it (None without tokens)."""
 
 
 class Violations:
@@ -149,6 +151,10 @@ def validate_spec(
     )
     digest.update("\0".join(parts).encode())
     digest.update(spec.payload)
+    if spec.submitted_by is not None:
+        # Another identity's identical spec under the same key is a clash, not a retry:
+        # it would answer with a task that identity may not see.
+        digest.update(b"\0submitted_by\0" + spec.submitted_by.encode())
     return NewTask(
         # Time-ordered (UUIDv7): each new id lands at the end of the tasks.id index
         # instead of at a random page. With random ids (uuid4) an insert cost grew
@@ -171,6 +177,7 @@ def validate_spec(
         rate_key=spec.rate_key,
         depends_on=depends_on,
         on_dependency_failure=DependencyFailure(spec.on_dependency_failure or 1),
+        submitted_by=spec.submitted_by,
     )
 
 

@@ -110,7 +110,7 @@ class TaskProgress(_message.Message):
     def __init__(self, percent: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "type", "queue", "payload", "state", "attempt", "max_attempts", "idempotency_key", "result", "last_error", "node_id", "lease_expiries", "cancel_requested", "create_time", "update_time", "start_time", "finish_time", "next_attempt_time", "progress", "failures", "priority", "scheduled_time", "execution_timeout", "expire_time", "rate_key", "depends_on", "group_id")
+    __slots__ = ("id", "type", "queue", "payload", "state", "attempt", "max_attempts", "idempotency_key", "result", "last_error", "node_id", "lease_expiries", "cancel_requested", "create_time", "update_time", "start_time", "finish_time", "next_attempt_time", "progress", "failures", "priority", "scheduled_time", "execution_timeout", "expire_time", "rate_key", "depends_on", "group_id", "submitted_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class Task(_message.Message):
     RATE_KEY_FIELD_NUMBER: _ClassVar[int]
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     type: str
     queue: str
@@ -165,4 +166,5 @@ class Task(_message.Message):
     rate_key: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     group_id: str
-    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., node_id: _Optional[str] = ..., lease_expiries: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., failures: _Optional[int] = ..., priority: _Optional[int] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., group_id: _Optional[str] = ...) -> None: ...
+    submitted_by: str
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., node_id: _Optional[str] = ..., lease_expiries: _Optional[int] = ..., cancel_requested: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ..., failures: _Optional[int] = ..., priority: _Optional[int] = ..., scheduled_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., group_id: _Optional[str] = ..., submitted_by: _Optional[str] = ...) -> None: ...

@@ -177,6 +177,7 @@ def task_from_proto(message: task_pb2.Task) -> Task:
             "rate_key": message.rate_key or None,
             "depends_on": tuple(message.depends_on),
             "group_id": message.group_id or None,
+            "submitted_by": message.submitted_by or None,
         },
     )
 
@@ -232,6 +233,7 @@ def task_to_proto(task: Task) -> task_pb2.Task:
         rate_key=task.rate_key or "",
         depends_on=task.depends_on,
         group_id=task.group_id or "",
+        submitted_by=task.submitted_by or "",
     )
 
 

@@ -100,8 +100,8 @@ def spec_to_proto(spec: SpecInput) -> pb.TaskSpec:
     return msg
 
 
-def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:
-    """A TaskSpec as received (validation comes later).
+def spec_from_proto(spec: pb.TaskSpec, submitted_by: str | None = None) -> SpecInput:
+    """A TaskSpec as received (validation comes later), from the caller ``submitted_by``.
 
     Once per submitted task on the event loop: the payload is read once and an
     empty ``depends_on`` is not copied (3.8 -> 3.1 µs for a plain spec).
@@ -125,6 +125,7 @@ def spec_from_proto(spec: pb.TaskSpec) -> SpecInput:
         rate_key=spec.rate_key,
         depends_on=tuple(depends_on) if depends_on else (),
         on_dependency_failure=spec.on_dependency_failure,
+        submitted_by=submitted_by,
     )
 
 
@@ -158,6 +159,7 @@ def task_to_proto(t: TaskRecord) -> pb.Task:
         priority=t.priority,
         rate_key=t.rate_key,
         group_id=t.group_id or "",
+        submitted_by=t.submitted_by or "",
     )
     payload = msg.payload
     payload.data, payload.content_type = t.payload, t.content_type

@@ -133,7 +133,8 @@ async def _settle(
     outcomes: list[Outcome | None] = [None] * len(submits)
     specs: list[SpecInput] = []
     where: list[int] = []
-    scoped = scopes.scope() is not None
+    by = scopes.submitter()
+    scoped = scopes.restricted()
     try:
         for i, submit in enumerate(submits):
             if not submit.HasField("task"):
@@ -145,7 +146,7 @@ async def _settle(
                 except PermissionDenied as exc:  # this submit alone: the others are stored
                     outcomes[i] = exc
                     continue
-            specs.append(spec_from_proto(submit.task))
+            specs.append(spec_from_proto(submit.task, by))
             where.append(i)
         if specs:
             stored = await piles.settle(coordinator, specs, turn)

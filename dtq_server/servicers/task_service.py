@@ -32,7 +32,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
         scopes.check_queues((request.task.queue,))
-        record, created = await self._singles.submit(spec_from_proto(request.task))
+        spec = spec_from_proto(request.task, scopes.submitter())
+        record, created = await self._singles.submit(spec)
         return pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
 
     @unary_boundary
@@ -43,7 +44,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         group_id = uuid.uuid4().hex if request.group else None
         count = len(request.tasks)
         scopes.check_queues(spec.queue for spec in request.tasks)
-        specs = await offload.run(lambda: [spec_from_proto(s) for s in request.tasks], count)
+        by = scopes.submitter()
+        specs = await offload.run(lambda: [spec_from_proto(s, by) for s in request.tasks], count)
         results = await self._coordinator.submit(specs, batch=True, group_id=group_id)
         if group_id is not None and results and not any(created for _, created in results):
             # A retried group submit (every key matched): the group is the stored one.
@@ -88,7 +90,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
         scopes.check_queues((request.task.queue,))
-        record, created = await self._singles.submit(spec_from_proto(request.task))
+        spec = spec_from_proto(request.task, scopes.submitter())
+        record, created = await self._singles.submit(spec)
         yield pb.SubmitAndWatchTaskResponse(task=task_to_proto(record), created=created)
         if record.state.is_terminal:  # a known key's task, already finished
             return
@@ -104,7 +107,7 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     async def CancelTask(
         self, request: pb.CancelTaskRequest, context: Context
     ) -> pb.CancelTaskResponse:
-        if scopes.scope() is not None:  # look before cancelling what the caller may not see
+        if scopes.restricted():  # look before cancelling what the caller may not see
             scopes.visible(await self._coordinator.get(request.task_id))
         record = await self._coordinator.cancel(request.task_id)
         return pb.CancelTaskResponse(task=task_to_proto(record))

@@ -10,7 +10,7 @@ down) by queueing an EndStream.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import structlog
@@ -57,6 +57,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self._sessions = sessions
         self._config = config
         self._slots = NodeSlots()
+        self._certificate_names_node = config.tls is not None and config.tls.node_identity
 
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ConnectRequest], context: Context
@@ -71,21 +72,31 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if first.WhichOneof("message") != "register":
             error = InvalidArgument([("register", "the first message must be RegisterNode")])
             await abort(context, to_status(error))
-        caller = CALLER.get()
-        if caller is not None and caller.node_id not in (None, first.register.node_id):
-            # A node-bound token registers (and so resumes and reports for) its node only.
-            denied = PermissionDenied(f"this token may only register node {caller.node_id!r}")
-            await abort(context, to_status(denied))
-        try:
-            scopes.check_queues(first.register.queues or ("",))  # none: the default queue
-            release = self._slots.take(caller, first.register.node_id)
-        except CoordinatorError as exc:
-            await abort(context, to_status(exc))
+        release = await self._admit(first.register, context)
         try:
             async for response in self._serve(first.register, requests, context):
                 yield response
         finally:
             release()
+
+    async def _admit(self, register: pb.RegisterNode, context: Context) -> Callable[[], None]:
+        """Refuse a node its token or certificate may not register, or whose token has
+        no node slot left; the function that gives the slot back."""
+        caller = CALLER.get()
+        node_id = register.node_id
+        try:
+            if caller is not None and caller.node_id not in (None, node_id):
+                # A node-bound token registers (and so resumes and reports for) its node only.
+                raise PermissionDenied(f"this token may only register node {caller.node_id!r}")
+            if self._certificate_names_node and node_id.encode() not in _names(context):
+                # Likewise the certificate, when it is the node's identity.
+                raise PermissionDenied(
+                    f"node id {node_id!r} is not a name in this node's client certificate"
+                )
+            scopes.check_queues(register.queues or ("",))  # none: the default queue
+            return self._slots.take(caller, node_id)
+        except CoordinatorError as exc:
+            await abort(context, to_status(exc))
 
     async def _serve(
         self,
@@ -176,6 +187,11 @@ async def _drain(outbox: asyncio.Queue[Outbound]) -> list[Outbound]:
     while not outbox.empty():
         items.append(outbox.get_nowait())
     return items
+
+
+def _names(context: Context) -> tuple[bytes, ...]:
+    """The names in the peer's client certificate (SANs, or its CN without them)."""
+    return tuple(context.peer_identities() or ())
 
 
 def _coalesce(items: list[Outbound]) -> list[Outbound]:

@@ -112,6 +112,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (queue, type)
     ) WITHOUT ROWID;
     """,
+    # 8: who submitted each task (the token's name), for "own tasks" (dtq_server.scopes).
+    """
+    ALTER TABLE tasks ADD COLUMN submitted_by TEXT;
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -121,5 +125,5 @@ TASK_COLUMNS = (
     "error_traceback, error_retryable, node_id, session_id, lease_expiries, cancel_requested, "
     "progress_percent, progress_message, created_at, updated_at, started_at, finished_at, "
     "next_attempt_at, priority, run_at, execution_timeout_s, expires_at, rate_key, depends_on, "
-    "group_id"
+    "group_id, submitted_by"
 )

@@ -215,15 +215,17 @@ class SqliteStore:
     async def group_status(self, group_id: str) -> GroupStatus | None:
         def status(conn: sqlite3.Connection) -> GroupStatus | None:
             rows = conn.execute(
-                "SELECT id, state, queue FROM tasks WHERE group_id = ? ORDER BY seq", (group_id,)
+                "SELECT id, state, queue, submitted_by FROM tasks WHERE group_id = ? ORDER BY seq",
+                (group_id,),
             ).fetchall()
             if not rows:
                 return None
             counts: dict[TaskState, int] = {}
-            for _, state, _ in rows:
+            for _, state, _, _ in rows:
                 counts[TaskState(state)] = counts.get(TaskState(state), 0) + 1
             queues = frozenset(r[2] for r in rows)
-            return GroupStatus(group_id, [r[0] for r in rows], counts, queues)
+            submitters = frozenset(r[3] for r in rows)
+            return GroupStatus(group_id, [r[0] for r in rows], counts, queues, submitters)
 
         return await self._read(status)
 

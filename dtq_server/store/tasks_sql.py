@@ -34,7 +34,7 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
         failures, key, backoff, result, result_ct, err_type, err_msg, err_tb, err_retry,
         node_id, session_id, expiries, cancel_requested, p_percent, p_message, created_at,
         updated_at, started_at, finished_at, next_attempt_at, priority, run_at,
-        execution_timeout_s, expires_at, rate_key, depends_on, group_id,
+        execution_timeout_s, expires_at, rate_key, depends_on, group_id, submitted_by,
     ) = row  # fmt: skip
     return TaskRecord(
         id=task_id,
@@ -71,6 +71,7 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
         rate_key=rate_key,
         depends_on=tuple(depends_on.split(",")) if depends_on else (),
         group_id=group_id,
+        submitted_by=submitted_by,
     )
 
 
@@ -80,7 +81,7 @@ _INSERT = (
     "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
     "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
     "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
-    "error_message, error_traceback, error_retryable) "
+    "error_message, error_traceback, error_retryable, submitted_by) "
 )
 """Followed by a VALUES clause with each row's NULLs written in (see binding)."""
 _KEYS_PER_QUERY = 500
@@ -142,7 +143,7 @@ def insert(
                 t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
                 t.rate_key, t.group_id, ",".join(t.depends_on), int(t.on_dependency_failure),
                 finished_at, expires_at, error and error.type, error and error.message,
-                error and "", error and 0,
+                error and "", error and 0, t.submitted_by,
             )
         )  # fmt: skip
         record = TaskRecord(
@@ -156,6 +157,7 @@ def insert(
             next_attempt_at=t.run_at, priority=t.priority, run_at=t.run_at,
             execution_timeout_s=t.execution_timeout_s, expires_at=expires_at,
             rate_key=t.rate_key, depends_on=t.depends_on, group_id=t.group_id,
+            submitted_by=t.submitted_by,
         )  # fmt: skip
         out.append((record, True))
     for nulls, values in binding.by_nulls(rows).items():

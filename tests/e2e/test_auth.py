@@ -322,9 +322,10 @@ def test_dtq_token_scopes_a_token_to_queues_and_refuses_a_bad_name() -> None:
             capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=60, check=False,
         )  # fmt: skip
 
-    made = dtq_token("--queue", "billing", "--queue", "audit")
+    made = dtq_token("--queue", "billing", "--queue", "audit", "--all-tasks")
     assert made.returncode == 0, made.stderr
     assert 'queues = ["audit", "billing"]' in made.stderr
+    assert "own_tasks = false" in made.stderr
     refused = dtq_token("--queue", "two words")
     assert refused.returncode == 2 and "queue names" in refused.stderr
 
@@ -344,8 +345,9 @@ def test_s2_revoking_a_token_ends_the_streams_it_opened(auth: Auth, tmp_path: Pa
             wait_until(
                 lambda: any(n.node_id == "revocable" for n in admin.nodes()), 20, what="the node"
             )
-            # A task no node runs: a watch on it stays open until something ends it.
-            task = admin.submit("nobody-runs-this", None, queue="revocation")
+        # A task no node runs: a watch on it stays open until something ends it.
+        with Client(auth.server.address, token=auth.tokens["revoked-watch"]) as watcher:
+            task = watcher.submit("nobody-runs-this", None, queue="revocation")  # its own
         with grpc.insecure_channel(auth.server.address) as channel:
             watch = channel.unary_stream(
                 "/dtq.v1.TaskService/WatchTask",

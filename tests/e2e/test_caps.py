@@ -34,7 +34,7 @@ def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capped]:
     tokens = {name: new_token() for name in ("watcher", "other", "admin", "fleet")}
     (root / "tokens.toml").write_text(
         entry("watcher", "submitter", tokens["watcher"]) + "max_streams = 2\n"
-        + entry("other", "submitter", tokens["other"])
+        + entry("other", "submitter", tokens["other"], own_tasks=False)
         + entry("admin", "admin", tokens["admin"])
         + entry("fleet", "worker", tokens["fleet"]) + "max_nodes = 1\n"
     )  # fmt: skip

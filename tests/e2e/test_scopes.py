@@ -1,8 +1,10 @@
-"""Queue scopes on tokens (RELIABILITY section 3.1), against a real coordinator process.
+"""Own tasks and queue scopes on tokens (RELIABILITY section 3.1), against a real
+coordinator process.
 
-A token with ``queues = [...]`` submits to, reads, cancels and serves those
-queues only; anything on another queue answers NOT_FOUND as if it did not
-exist, and a refused submit stores nothing.
+A submitter sees the tasks it submitted only, unless its entry says
+``own_tasks = false``. A token with ``queues = [...]`` submits to, reads,
+cancels and serves those queues only. Anything out of reach answers NOT_FOUND
+as if it did not exist, and a refused submit stores nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dtq_client import (
+    AlreadyExists,
     Client,
     GroupNotFound,
     PermissionDenied,
@@ -36,9 +39,13 @@ class Scoped:
 @pytest.fixture(scope="module")
 def scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scoped]:
     root = tmp_path_factory.mktemp("scopes")
-    tokens = {name: new_token() for name in ("billing", "admin", "billing-node", "any-node")}
+    names = ("billing", "admin", "billing-node", "any-node", "app-a", "app-b", "follower")
+    tokens = {name: new_token() for name in names}
     (root / "tokens.toml").write_text(
         entry("billing", "submitter", tokens["billing"], queues=["billing", "billing.slow"])
+        + entry("app-a", "submitter", tokens["app-a"])
+        + entry("app-b", "submitter", tokens["app-b"])
+        + entry("follower", "submitter", tokens["follower"], own_tasks=False)
         + entry("admin", "admin", tokens["admin"])
         + entry("billing-node", "worker", tokens["billing-node"], queues=["billing"])
         + entry("any-node", "worker", tokens["any-node"])
@@ -117,3 +124,30 @@ def test_a_scoped_worker_token_serves_its_queues_only(scoped: Scoped, tmp_path: 
         assert done.state is TaskState.SUCCEEDED and done.node_id == "inside"
     finally:
         inside.stop()
+
+
+def test_a_submitter_sees_only_the_tasks_it_submitted(scoped: Scoped) -> None:
+    with _client(scoped, "app-a") as a:
+        task = a.submit("echo", "a's", queue="shared", idempotency_key="shared-key")
+        group = a.submit_group([TaskSpec("echo", i, queue="shared") for i in range(2)])
+        assert a.get(task.id).submitted_by == "app-a"
+        assert a.get_group(group.group_id).total == 2
+    with _client(scoped, "app-b") as b:
+        with pytest.raises(TaskNotFound):
+            b.get(task.id)
+        with pytest.raises(TaskNotFound):
+            b.cancel(task.id)
+        with pytest.raises(TaskNotFound):
+            next(iter(b.watch(task.id, timeout_s=5)))
+        with pytest.raises(GroupNotFound):
+            b.get_group(group.group_id)
+        # The same spec under the same key is not a retry of a's submit: it would
+        # answer with a's task.
+        with pytest.raises(AlreadyExists):
+            b.submit("echo", "a's", queue="shared", idempotency_key="shared-key")
+    with _client(scoped, "follower") as follower:  # own_tasks = false
+        assert follower.get(task.id).submitted_by == "app-a"
+        assert follower.get_group(group.group_id).total == 2
+    with _client(scoped, "admin") as admin:
+        seen = admin.get(task.id)
+        assert seen.state is TaskState.QUEUED and seen.submitted_by == "app-a"

@@ -282,3 +282,42 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path, pki: 
         assert server.alive()
     finally:
         server.stop()
+
+
+def test_with_node_identity_a_certificate_registers_only_the_node_it_names(
+    tmp_path: Path, pki: Pki
+) -> None:
+    server = _serve(
+        tmp_path / "data", pki.server,
+        "--tls-client-ca", str(pki.server.ca), "--tls-node-identity",
+    )  # fmt: skip
+    node_tls = (
+        "--tls-ca", str(pki.server.ca),
+        "--tls-client-cert", str(pki.client.cert), "--tls-client-key", str(pki.client.key),
+    )  # fmt: skip
+    impostor = start_node(server.address, tmp_path, "node-b", *node_tls)  # the cert names node-a
+    named = start_node(server.address, tmp_path, "node-a", *node_tls)
+    try:
+        assert impostor.wait(30) == 1  # refused: the node stops instead of retrying
+        assert "'node-b' is not a name in this node's client certificate" in impostor.log()
+        tls = ClientTls(ca=pki.server.ca, cert=pki.client.cert, key=pki.client.key)
+        with _client(server.address, tls) as client:
+            done = client.submit_and_wait(TaskSpec("echo", "as node-a"), timeout_s=30)
+        assert done.state is TaskState.SUCCEEDED and done.node_id == "node-a"
+    finally:
+        impostor.stop()
+        named.stop()
+        server.stop()
+
+
+def test_node_identity_without_client_certificates_is_a_usage_error(
+    tmp_path: Path, pki: Pki
+) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "dtq_server", "--listen", "127.0.0.1:0",
+         "--data-dir", str(tmp_path), "--tls-cert", str(pki.server.cert),
+         "--tls-key", str(pki.server.key), "--tls-node-identity"],
+        capture_output=True, text=True, env=python_env(), cwd=ROOT, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--tls-node-identity needs --tls-client-ca" in refused.stderr

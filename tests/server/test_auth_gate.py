@@ -34,7 +34,9 @@ def gate(tmp_path: Path) -> Gate:
 
 
 def test_a_known_token_is_its_identity(gate: Gate) -> None:
-    assert gate.admit(SUBMIT, [("authorization", "Bearer s3cret")]) == Identity("app", "submitter")
+    assert gate.admit(SUBMIT, [("authorization", "Bearer s3cret")]) == Identity(
+        "app", "submitter", own_tasks_only=True
+    )
 
 
 @pytest.mark.parametrize(
@@ -113,6 +115,8 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
         (_entry("a", "worker", "x", "max_streams = 0\n"), "max_streams must be a positive int"),
         (_entry("a", "worker", "x", "max_nodes = 1.5\n"), "max_nodes must be a positive int"),
         (_entry("a", "submitter", "x", "max_nodes = 2\n"), "max_nodes is for worker tokens"),
+        (_entry("a", "worker", "x", "own_tasks = false\n"), "own_tasks is true or false"),
+        (_entry("a", "submitter", "x", 'own_tasks = "no"\n'), "own_tasks is true or false"),
     ],
 )
 def test_a_bad_tokens_file_names_the_problem(text: str, problem: str) -> None:
@@ -125,6 +129,13 @@ def test_a_queue_scope_is_read_as_a_set_of_queues() -> None:
     assert identity.queues == frozenset({"a", "b"})
     [(_, unscoped)] = parse_tokens(_entry("a", "worker", "x"))
     assert unscoped.queues is None
+
+
+def test_a_submitter_sees_its_own_tasks_unless_its_entry_says_otherwise() -> None:
+    [(_, own)] = parse_tokens(_entry("a", "submitter", "x"))
+    [(_, every)] = parse_tokens(_entry("a", "submitter", "x", "own_tasks = false\n"))
+    [(_, admin)] = parse_tokens(_entry("a", "admin", "x"))
+    assert own.own_tasks_only and not every.own_tasks_only and not admin.own_tasks_only
 
 
 def test_node_slots_count_node_ids_not_streams() -> None:
