@@ -10,6 +10,11 @@ token whose role the policy does not list for the method gets
 PERMISSION_DENIED. The policy is ``policy.toml`` beside this module, checked
 in; a served method it does not name stops the coordinator from starting.
 
+Calls only admins may make, and every refused call, are logged as audit events
+(``audit.admin_call``, ``audit.refused``: who, what, from where; never a token)
+(RELIABILITY R15); refusals at most ``AUDIT_REFUSALS_PER_S`` lines a second, so
+a flood of bad tokens cannot flood the log.
+
 The caller's identity is kept in :data:`CALLER` for the rest of the call, which
 is how the worker stream binds a node-bound token to its node id (S4). Streams
 are tracked with the token that opened them: when a sweep (every
@@ -47,6 +52,8 @@ the coordinator is run with --health-needs-token, the default beyond loopback)."
 CALLER: ContextVar[Identity | None] = ContextVar("dtq_caller", default=None)
 """The identity of the call being served (None without tokens, or for ``anyone``)."""
 _SCHEME = "Bearer "
+AUDIT_REFUSALS_PER_S = 10
+"""Refused calls logged a second at most; the rest are counted in one line."""
 
 
 def load_policy(path: Path = POLICY_PATH) -> dict[str, frozenset[str]]:
@@ -71,6 +78,7 @@ class Gate:
     ) -> None:
         self._tokens = tokens
         self._policy = policy
+        self._audit = Audit()
         self._anyone_admitted = anyone_admitted
         """False: the policy's ``anyone`` methods (health) need a token too, of any role."""
         self._streams: dict[asyncio.Task[Any], bytes] = {}
@@ -145,19 +153,43 @@ class Gate:
         if missing:
             raise RuntimeError(f"methods without an entry in {POLICY_PATH.name}: {missing}")
 
-    def admit(self, method: str, metadata: Iterable[tuple[str, str | bytes]]) -> Identity | None:
+    def admit(
+        self,
+        method: str,
+        metadata: Iterable[tuple[str, str | bytes]],
+        peer: str = "",
+        certificate_names: Callable[[], Iterable[bytes] | None] | None = None,
+    ) -> Identity | None:
         """The caller's identity (None for an ``anyone`` method); raises
-        Unauthenticated, PermissionDenied or CallRateExceeded."""
+        Unauthenticated, PermissionDenied or CallRateExceeded.
+
+        A call without an ``authorization`` header is the identity of its mTLS
+        client certificate, if an entry names one of ``certificate_names`` (its
+        SANs); one with a header is the header's, valid or not. ``peer`` is for
+        the audit log.
+        """
         roles = self._policy.get(method, frozenset())
         if ANYONE in roles and self._anyone_admitted:
             return None
-        identity = self._identify(metadata)
+        metadata = tuple(metadata)
+        if (
+            certificate_names is not None
+            and self._tokens.has_certificates
+            and not any(key == "authorization" for key, _ in metadata)
+        ):
+            identity = self._tokens.lookup_certificate(certificate_names() or ())
+        else:
+            identity = self._identify(metadata)
         if identity is None:
+            self._audit.refused(method, peer, "UNAUTHENTICATED", None)
             raise Unauthenticated()
         if identity.role not in roles and ANYONE not in roles:
+            self._audit.refused(method, peer, "PERMISSION_DENIED", identity.name)
             raise PermissionDenied(f"a {identity.role} token may not call {method}")
         if identity.calls_per_second is not None:
             self._spend(identity, identity.calls_per_second)
+        if roles == _ADMIN_ONLY:
+            log.info("audit.admin_call", method=method, caller=identity.name, peer=peer)
         return identity
 
     def _spend(self, identity: Identity, per_second: float) -> None:
@@ -179,6 +211,32 @@ class Gate:
         if not value.startswith(_SCHEME) or len(value) == len(_SCHEME):
             return None  # "bearer x", "BEARER x", "Bearer " and other schemes alike
         return self._tokens.lookup(value[len(_SCHEME) :])
+
+
+_ADMIN_ONLY = frozenset({"admin"})
+
+
+class Audit:
+    """Refused calls as ``audit.refused`` lines, at most ``AUDIT_REFUSALS_PER_S`` a second."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._window_started = float("-inf")
+        self._logged = 0
+        self._suppressed = 0
+
+    def refused(self, method: str, peer: str, code: str, caller: str | None) -> None:
+        """One refused call: by whom (None: no valid token), what, from where."""
+        now = self._clock()
+        if now - self._window_started >= 1.0:
+            if self._suppressed:  # the last second's, counted (told with the next refusal)
+                log.warning("audit.refused_suppressed", count=self._suppressed)
+            self._window_started, self._logged, self._suppressed = now, 0, 0
+        if self._logged >= AUDIT_REFUSALS_PER_S:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        log.warning("audit.refused", method=method, code=code, caller=caller, peer=peer)
 
 
 class NodeSlots:
@@ -213,4 +271,4 @@ def _nothing() -> None:
     pass
 
 
-__all__ = ["ANYONE", "CALLER", "POLICY_PATH", "Gate", "NodeSlots", "load_policy"]
+__all__ = ["ANYONE", "CALLER", "POLICY_PATH", "Audit", "Gate", "NodeSlots", "load_policy"]

@@ -1,4 +1,4 @@
-"""Bearer tokens: who a caller is (RELIABILITY R1, R3).
+"""Bearer tokens and client certificates: who a caller is (RELIABILITY R1, R3, S5).
 
 The coordinator reads ``--tokens-file``, a TOML file of entries::
 
@@ -6,6 +6,8 @@ The coordinator reads ``--tokens-file``, a TOML file of entries::
     name = "billing-app"        # who it is, for logs and errors
     role = "submitter"          # submitter | worker | admin (see policy.toml)
     sha256 = "9f86d081..."      # hex SHA-256 of the token; the token itself is never stored
+    # certificate = "billing-app"  # instead of sha256: an mTLS client certificate holding
+    #                              # this name (a SAN) is this caller when it sends no token
     node_id = "node-a"          # workers only, optional: the one node id it may register
     queues = ["billing"]        # optional: the only queues it may submit to, read or serve
     own_tasks = false           # submitters only, optional: see others' tasks too (default true)
@@ -19,7 +21,10 @@ hashed and compared with every entry in constant time (``hmac.compare_digest``),
 so neither a timing nor a log line tells anything about the tokens. The file is
 read again when it changes (checked at most once a second), so adding or
 revoking a token needs no restart; a file that no longer parses is logged and
-the tokens read before stay in force.
+the tokens read before stay in force. With mTLS, a ``certificate`` entry gives
+its role to calls that carry no token from a client certificate naming it (a
+call with a token is the token's, valid or not); removing the entry revokes it
+as removing a token does.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import secrets
 import threading
 import time
 import tomllib
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +56,8 @@ MAX_TOKEN_CHARS = 512
 """Longer bearer values are refused unhashed (RELIABILITY B6)."""
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEYS = {
-    "name", "role", "sha256", "node_id", "queues", "own_tasks", "calls_per_second", "burst",
-    "max_streams", "max_nodes",
+    "name", "role", "sha256", "certificate", "node_id", "queues", "own_tasks",
+    "calls_per_second", "burst", "max_streams", "max_nodes",
 }  # fmt: skip
 
 
@@ -82,6 +87,8 @@ class Identity:
     """Most streams it may hold open at once (RELIABILITY R7); None: no cap."""
     max_nodes: int | None = field(default=None, compare=False)
     """A worker token: most distinct node ids connected with it at once; None: no cap."""
+    certificate: str | None = field(default=None, compare=False)
+    """For an identity given by an mTLS client certificate: the name it must hold."""
 
 
 def hash_token(token: str) -> str:
@@ -123,48 +130,71 @@ def parse_tokens(text: str, source: str = "tokens file") -> list[tuple[bytes, Id
         raise TokenFileError(f"{source}: not TOML: {exc}") from None
     entries: list[tuple[bytes, Identity]] = []
     names: set[str] = set()
+    certificates: set[str] = set()
     for index, raw in enumerate(document.get("tokens", [])):
         where = f"{source}: tokens[{index}]"
         if not isinstance(raw, dict):
             raise TokenFileError(f"{where} is not a table")
-        entry: dict[str, Any] = raw
-        unknown = set(entry) - _KEYS
-        if unknown:
-            raise TokenFileError(f"{where}: unknown keys {sorted(unknown)}")
-        name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
-        node_id = entry.get("node_id")
-        if not isinstance(name, str) or not name or name in names:
+        digest, identity = _parse_entry(raw, where)
+        if identity.name in names:
             raise TokenFileError(f"{where}: name must be a unique non-empty string")
-        if role not in ROLES:
-            raise TokenFileError(f"{where}: role must be one of {', '.join(ROLES)}")
-        if not isinstance(digest, str) or not _HEX_SHA256.fullmatch(digest):
-            raise TokenFileError(f"{where}: sha256 must be 64 lower-case hex digits")
-        if node_id is not None and (role != "worker" or not isinstance(node_id, str)):
-            raise TokenFileError(f"{where}: node_id is a string, for worker tokens only")
-        queues = _queues(entry.get("queues"), role, where)
-        own_tasks = entry.get("own_tasks", True)
-        if "own_tasks" in entry and (role != "submitter" or not isinstance(own_tasks, bool)):
-            raise TokenFileError(f"{where}: own_tasks is true or false, for submitter tokens only")
-        rate, burst = entry.get("calls_per_second"), entry.get("burst")
-        for key, value in (("calls_per_second", rate), ("burst", burst)):
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
-                raise TokenFileError(f"{where}: {key} must be a positive number")
-        if burst is not None and rate is None:
-            raise TokenFileError(f"{where}: burst needs calls_per_second")
-        max_streams, max_nodes = entry.get("max_streams"), entry.get("max_nodes")
-        for key, value in (("max_streams", max_streams), ("max_nodes", max_nodes)):
-            if value is not None and (type(value) is not int or value < 1):
-                raise TokenFileError(f"{where}: {key} must be a positive integer")
-        if max_nodes is not None and role != "worker":
-            raise TokenFileError(f"{where}: max_nodes is for worker tokens only")
-        names.add(name)
-        stored = bytes.fromhex(digest)
-        identity = Identity(
-            name, role, node_id, stored, queues, role == "submitter" and own_tasks,
-            _float(rate), _float(burst), max_streams, max_nodes,
-        )  # fmt: skip
-        entries.append((stored, identity))
+        if identity.certificate is not None and identity.certificate in certificates:
+            raise TokenFileError(f"{where}: another entry has certificate {identity.certificate!r}")
+        names.add(identity.name)
+        if identity.certificate is not None:
+            certificates.add(identity.certificate)
+        entries.append((digest, identity))
     return entries
+
+
+def _parse_entry(entry: dict[str, Any], where: str) -> tuple[bytes, Identity]:
+    unknown = set(entry) - _KEYS
+    if unknown:
+        raise TokenFileError(f"{where}: unknown keys {sorted(unknown)}")
+    name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
+    certificate, node_id = entry.get("certificate"), entry.get("node_id")
+    if not isinstance(name, str) or not name:
+        raise TokenFileError(f"{where}: name must be a unique non-empty string")
+    if role not in ROLES:
+        raise TokenFileError(f"{where}: role must be one of {', '.join(ROLES)}")
+    if (digest is None) == (certificate is None):
+        raise TokenFileError(f"{where}: give sha256 (a token) or certificate (a name), not both")
+    if digest is not None and (not isinstance(digest, str) or not _HEX_SHA256.fullmatch(digest)):
+        raise TokenFileError(f"{where}: sha256 must be 64 lower-case hex digits")
+    if certificate is not None and (not isinstance(certificate, str) or not certificate):
+        raise TokenFileError(f"{where}: certificate must be the name a client certificate holds")
+    if node_id is not None and (role != "worker" or not isinstance(node_id, str)):
+        raise TokenFileError(f"{where}: node_id is a string, for worker tokens only")
+    queues = _queues(entry.get("queues"), role, where)
+    own_tasks = entry.get("own_tasks", True)
+    if "own_tasks" in entry and (role != "submitter" or not isinstance(own_tasks, bool)):
+        raise TokenFileError(f"{where}: own_tasks is true or false, for submitter tokens only")
+    rate, burst = entry.get("calls_per_second"), entry.get("burst")
+    for key, value in (("calls_per_second", rate), ("burst", burst)):
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise TokenFileError(f"{where}: {key} must be a positive number")
+    if burst is not None and rate is None:
+        raise TokenFileError(f"{where}: burst needs calls_per_second")
+    max_streams, max_nodes = entry.get("max_streams"), entry.get("max_nodes")
+    for key, value in (("max_streams", max_streams), ("max_nodes", max_nodes)):
+        if value is not None and (type(value) is not int or value < 1):
+            raise TokenFileError(f"{where}: {key} must be a positive integer")
+    if max_nodes is not None and role != "worker":
+        raise TokenFileError(f"{where}: max_nodes is for worker tokens only")
+    if isinstance(certificate, str):
+        stored = certificate_digest(certificate)
+    else:
+        stored = bytes.fromhex(str(digest))
+    identity = Identity(
+        name, role, node_id, stored, queues, role == "submitter" and own_tasks,
+        _float(rate), _float(burst), max_streams, max_nodes, certificate,
+    )  # fmt: skip
+    return stored, identity
+
+
+def certificate_digest(name: str) -> bytes:
+    """What stands for a certificate identity where a token's hash would (revocation)."""
+    return hashlib.sha256(b"certificate\0" + name.encode()).digest()
 
 
 def _queues(value: object, role: str, where: str) -> frozenset[str] | None:
@@ -182,6 +212,11 @@ def _queues(value: object, role: str, where: str) -> frozenset[str] | None:
     return frozenset(value)
 
 
+def _by_certificate(entries: list[tuple[bytes, Identity]]) -> dict[bytes, Identity]:
+    """The certificate identities by the name their certificate holds."""
+    return {i.certificate.encode(): i for _, i in entries if i.certificate is not None}
+
+
 def _float(value: float | None) -> float | None:
     return None if value is None else float(value)
 
@@ -195,6 +230,7 @@ class TokenBook:
         try:
             self._stamp = self._stat()
             self._entries = parse_tokens(path.read_text(), str(path))
+            self._certificates = _by_certificate(self._entries)
         except OSError as exc:
             raise TokenFileError(f"cannot read {path}: {exc.strerror or exc}") from None
         self._checked_at = time.monotonic()
@@ -210,6 +246,17 @@ class TokenBook:
             return None
         self.refresh()
         return self._find(hashlib.sha256(token.encode()).digest())
+
+    @property
+    def has_certificates(self) -> bool:
+        """True if some entry is given by a client certificate rather than a token."""
+        return bool(self._certificates)
+
+    def lookup_certificate(self, names: Iterable[bytes]) -> Identity | None:
+        """The identity of a client certificate holding ``names`` (its SANs), or None."""
+        self.refresh()
+        certificates = self._certificates
+        return next((certificates[n] for n in names if n in certificates), None)
 
     def holds(self, digest: bytes) -> bool:
         """True while the token with this SHA-256 is in the file."""
@@ -235,7 +282,8 @@ class TokenBook:
                 if stamp == self._stamp:
                     return False
                 self._stamp = stamp
-                self._entries = parse_tokens(self._path.read_text(), str(self._path))
+                entries = parse_tokens(self._path.read_text(), str(self._path))
+                self._entries, self._certificates = entries, _by_certificate(entries)
             except (OSError, TokenFileError) as exc:
                 log.warning("tokens.reload_failed", error=str(exc))
                 return False

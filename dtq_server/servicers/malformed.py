@@ -77,7 +77,9 @@ async def _admit(gate: Gate, method: str, context: Context) -> Identity | None:
     """Let the call in (and remember who made it), or end it UNAUTHENTICATED /
     PERMISSION_DENIED before its handler runs."""
     try:
-        identity = gate.admit(method, context.invocation_metadata() or ())
+        identity = gate.admit(
+            method, context.invocation_metadata() or (), context.peer(), context.peer_identities
+        )
     except CoordinatorError as exc:
         await abort(context, to_status(exc))
     CALLER.set(identity)

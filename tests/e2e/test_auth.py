@@ -295,6 +295,13 @@ def test_s6_no_token_in_plaintext_beyond_loopback() -> None:
 def test_s7_tokens_appear_in_no_log_and_no_database(auth: Auth) -> None:
     with Client(auth.server.address, token=auth.tokens["admin"]) as client:
         assert client.queues() is not None  # something was logged about this caller
+    submitter = Client(auth.server.address, token=auth.tokens["submitter"])
+    with submitter, pytest.raises(PermissionDenied):
+        submitter.queues()  # and about this one (R15)
+    audit = [line for line in auth.server.log().splitlines() if "audit." in line]
+    assert any("audit.admin_call" in line and "caller=admin" in line for line in audit)
+    assert any("audit.refused" in line and "caller=submitter" in line for line in audit)
+    assert all("peer=ipv4:127.0.0.1:" in line for line in audit), audit
     places = [auth.server.log_path, *auth.server.data_dir.glob("dtq.sqlite3*")]
     for token in auth.tokens.values():
         for place in places:

@@ -19,7 +19,15 @@ import pytest
 import trustme
 
 from dtq.tls import ClientTls
-from dtq_client import Client, RetryPolicy, TaskSpec, TaskState, Unavailable
+from dtq_client import (
+    Client,
+    PermissionDenied,
+    RetryPolicy,
+    TaskSpec,
+    TaskState,
+    Unauthenticated,
+    Unavailable,
+)
 from tests.harness import (
     ROOT,
     Proc,
@@ -64,6 +72,8 @@ class Pki:
     """A CA of its own and a certificate for 127.0.0.1 from it."""
     elsewhere: Pems
     """A certificate from the right CA for another name only."""
+    billing: Pems
+    """A client certificate from the same CA for "billing-app"."""
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +93,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         ),
         other=_issue(other_ca, root / "other", "127.0.0.1"),
         elsewhere=_issue(ca, root / "elsewhere", "coordinator.example"),
+        billing=_issue(ca, root / "billing", "billing-app"),
     )
 
 
@@ -321,3 +332,38 @@ def test_node_identity_without_client_certificates_is_a_usage_error(
     )  # fmt: skip
     assert refused.returncode == 2
     assert "--tls-node-identity needs --tls-client-ca" in refused.stderr
+
+
+def test_a_certificate_entry_gives_its_role_to_calls_without_a_token(
+    tmp_path: Path, pki: Pki
+) -> None:
+    (tmp_path / "tokens.toml").write_text(
+        '[[tokens]]\nname = "node-a"\nrole = "worker"\ncertificate = "node-a"\n'
+        '[[tokens]]\nname = "billing"\nrole = "submitter"\ncertificate = "billing-app"\n'
+    )
+    server = _serve(
+        tmp_path / "data", pki.server,
+        "--tls-client-ca", str(pki.server.ca), "--tokens-file", str(tmp_path / "tokens.toml"),
+    )  # fmt: skip
+    node = start_node(
+        server.address, tmp_path, "node-a",
+        "--tls-ca", str(pki.server.ca),
+        "--tls-client-cert", str(pki.client.cert), "--tls-client-key", str(pki.client.key),
+    )  # fmt: skip
+
+    def client(pems: Pems) -> Client:
+        return _client(server.address, ClientTls(ca=pki.server.ca, cert=pems.cert, key=pems.key))
+
+    try:
+        with client(pki.billing) as billing:  # a submitter by its certificate
+            done = billing.submit_and_wait(TaskSpec("echo", "by certificate"), timeout_s=30)
+            assert done.state is TaskState.SUCCEEDED and done.submitted_by == "billing"
+            with pytest.raises(PermissionDenied):
+                billing.queues()  # admin only
+        with client(pki.client) as worker, pytest.raises(PermissionDenied):
+            worker.submit("echo", "a worker's certificate may not submit")
+        with client(pki.elsewhere) as stranger, pytest.raises(Unauthenticated):
+            stranger.submit("echo", "a certificate no entry names")
+    finally:
+        node.stop()
+        server.stop()

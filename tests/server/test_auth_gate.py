@@ -6,8 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import structlog
 
-from dtq_server.auth import Gate, NodeSlots, load_policy
+from dtq_server.auth import AUDIT_REFUSALS_PER_S, Audit, Gate, NodeSlots, load_policy
 from dtq_server.config import ServerConfig
 from dtq_server.errors import CallRateExceeded, CapReached, PermissionDenied, Unauthenticated
 from dtq_server.tokens import (
@@ -116,6 +117,13 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
         (_entry("a", "worker", "x", "max_nodes = 1.5\n"), "max_nodes must be a positive int"),
         (_entry("a", "submitter", "x", "max_nodes = 2\n"), "max_nodes is for worker tokens"),
         (_entry("a", "worker", "x", "own_tasks = false\n"), "own_tasks is true or false"),
+        (_entry("a", "worker", "x", 'certificate = "n"\n'), "sha256 .a token. or certificate"),
+        ("[[tokens]]\nname = 'a'\nrole = 'worker'\n", "sha256 .a token. or certificate"),
+        (
+            "[[tokens]]\nname = 'a'\nrole = 'worker'\ncertificate = 'n'\n"
+            "[[tokens]]\nname = 'b'\nrole = 'admin'\ncertificate = 'n'\n",
+            "another entry has certificate 'n'",
+        ),
         (_entry("a", "submitter", "x", 'own_tasks = "no"\n'), "own_tasks is true or false"),
     ],
 )
@@ -193,3 +201,61 @@ async def _revocation_read_first(tmp_path: Path) -> None:
     assert gate.sweep() == 1
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_admin_calls_and_refusals_are_audited_without_secrets(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(_entry("ops", "admin", "adm1n") + _entry("n", "worker", "w0rker"))
+    gate = Gate(TokenBook(path), load_policy())
+    purge, peer = "/dtq.v1.TaskService/PurgeTasks", "ipv4:127.0.0.1:5555"
+    with structlog.testing.capture_logs() as logs:
+        gate.admit(purge, [("authorization", "Bearer adm1n")], peer)
+        gate.admit("/dtq.v1.TaskService/GetTask", [("authorization", "Bearer adm1n")], peer)
+        with pytest.raises(PermissionDenied):
+            gate.admit(purge, [("authorization", "Bearer w0rker")], peer)
+        with pytest.raises(Unauthenticated):
+            gate.admit(purge, [("authorization", "Bearer guess")], peer)
+    assert [(e["event"], e.get("caller"), e.get("code")) for e in logs] == [
+        ("audit.admin_call", "ops", None),  # GetTask is not admin-only: not an audit event
+        ("audit.refused", "n", "PERMISSION_DENIED"),
+        ("audit.refused", None, "UNAUTHENTICATED"),
+    ]
+    assert all(e["peer"] == peer and e["method"] == purge for e in logs)
+    assert not any(secret in repr(logs) for secret in ("adm1n", "w0rker", "guess"))
+
+
+def test_a_flood_of_refusals_logs_a_bounded_number_of_lines() -> None:
+    now = [0.0]
+    audit = Audit(clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(AUDIT_REFUSALS_PER_S + 15):
+            audit.refused("/m", "ipv4:127.0.0.1:1", "UNAUTHENTICATED", None)
+        now[0] = 1.0
+        audit.refused("/m", "ipv4:127.0.0.1:1", "UNAUTHENTICATED", None)
+    events = [e["event"] for e in logs]
+    assert events == ["audit.refused"] * AUDIT_REFUSALS_PER_S + [
+        "audit.refused_suppressed",
+        "audit.refused",
+    ]
+    assert logs[AUDIT_REFUSALS_PER_S]["count"] == 15
+
+
+def test_a_call_without_a_token_is_its_certificate_entry(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.toml"
+    path.write_text(
+        _entry("app", "submitter", "s3cret")
+        + "[[tokens]]\nname = 'node-a'\nrole = 'worker'\ncertificate = 'node-a'\n"
+    )
+    gate = Gate(TokenBook(path), load_policy())
+    connect = "/dtq.v1.WorkerService/Connect"
+    identity = gate.admit(connect, [], "peer", lambda: [b"other", b"node-a"])
+    assert identity is not None and (identity.name, identity.role) == ("node-a", "worker")
+    with pytest.raises(PermissionDenied):  # the certificate's role may not submit
+        gate.admit(SUBMIT, [], "peer", lambda: [b"node-a"])
+    with pytest.raises(Unauthenticated):  # no entry names this certificate
+        gate.admit(connect, [], "peer", lambda: [b"stranger"])
+    with pytest.raises(Unauthenticated):  # a bad token is not rescued by the certificate
+        gate.admit(connect, [("authorization", "Bearer guess")], "peer", lambda: [b"node-a"])
+    bearer = [("authorization", "Bearer s3cret")]
+    submitter = gate.admit(SUBMIT, bearer, "peer", lambda: [b"node-a"])
+    assert submitter is not None and submitter.name == "app"  # a token wins over the certificate
