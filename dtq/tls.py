@@ -61,6 +61,10 @@ class ClientTls:
             certificate_chain=_read(self.cert),
         )
 
+    def files(self) -> tuple[Path, ...]:
+        """The files this configuration reads."""
+        return tuple(f for f in (self.ca, self.cert, self.key) if f is not None)
+
     def channel_options(self) -> list[tuple[str, Any]]:
         """Channel arguments TLS adds (the name override)."""
         if self.server_name is None:
@@ -130,15 +134,15 @@ class _Reloader:
     def __init__(self, tls: ServerTls) -> None:
         self._tls = tls
         self._lock = threading.Lock()
-        self._loaded = self._stamp()
+        self._loaded = stamp(tls.files())
         self.initial = tls.certificate_configuration()
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
         with self._lock:
-            stamp = self._stamp()
-            if stamp == self._loaded:
+            now = stamp(self._tls.files())
+            if now == self._loaded:
                 return None
-            self._loaded = stamp
+            self._loaded = now
             try:
                 configuration = self._tls.certificate_configuration()
             except TlsConfigError as exc:
@@ -147,12 +151,21 @@ class _Reloader:
             log.info("tls.reloaded", files=[str(f) for f in self._tls.files()])
             return configuration
 
-    def _stamp(self) -> tuple[tuple[int, int, int], ...] | None:
-        try:
-            stats = [f.stat() for f in self._tls.files()]
-        except OSError:
-            return None  # mid-rotation: try again at the next handshake
-        return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+Stamp = tuple[tuple[int, int, int], ...] | None
+"""What a set of files looks like to ``stat``: it changes when any of them is replaced."""
+
+
+def stamp(files: tuple[Path, ...]) -> Stamp:
+    """The files' inode, size and modification time; None while one is missing.
+
+    A few ``stat`` calls: cheap enough to look before every connection attempt.
+    """
+    try:
+        stats = [f.stat() for f in files]
+    except OSError:
+        return None  # mid-rotation: try again next time
+    return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
 def is_loopback(address: str) -> bool:
@@ -211,4 +224,12 @@ def _read(path: Path | None) -> bytes | None:
         raise TlsConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-__all__ = ["ClientTls", "ServerTls", "TlsConfigError", "check_token_transport", "is_loopback"]
+__all__ = [
+    "ClientTls",
+    "ServerTls",
+    "Stamp",
+    "TlsConfigError",
+    "check_token_transport",
+    "is_loopback",
+    "stamp",
+]

@@ -35,7 +35,7 @@ import grpc
 import structlog
 import tenacity
 
-from dtq.v1 import worker_service_pb2, worker_service_pb2_grpc
+from dtq.v1 import worker_service_pb2
 from dtq_worker import convert
 from dtq_worker.config import WorkerConfig
 from dtq_worker.errors import SessionExpired, StreamBroken, StreamError
@@ -48,7 +48,7 @@ from dtq_worker.models import (
     Registration,
     Update,
 )
-from dtq_worker.rpc import create_channel, stream_error
+from dtq_worker.rpc import NodeChannel, stream_error
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +138,7 @@ class Connection:
         for this node to resume it after the stream breaks."""
         self._stream: _Stream | None = None
         self._task: asyncio.Task[None] | None = None
+        self._channel = NodeChannel(config)
         self._metadata = (
             None if config.token is None else (("authorization", f"Bearer {config.token}"),)
         )
@@ -190,13 +191,10 @@ class Connection:
 
     async def run(self) -> None:
         """Register, serve, and reconnect until :meth:`close`."""
-        config = self._config
-        channel = create_channel(config.coordinator, config.reconnect_backoff_max_s, config.tls)
-        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             while not self._closing.is_set():
                 try:
-                    stream = await self._connect(stub)
+                    stream = await self._connect()
                 except SessionExpired as exc:
                     self._expired(exc)
                     continue
@@ -211,7 +209,7 @@ class Connection:
                     self._stream = None
                     stream.call.cancel()
         finally:
-            await channel.close(None)
+            await self._channel.close()
 
     def _expired(self, exc: SessionExpired) -> None:
         log.warning("session.expired", session_id=self._session_id, error=str(exc))
@@ -220,7 +218,7 @@ class Connection:
 
     # --- registering ----------------------------------------------------------------------
 
-    async def _connect(self, stub: worker_service_pb2_grpc.WorkerServiceStub) -> _Stream:
+    async def _connect(self) -> _Stream:
         """Open and register a stream, retrying breaks with backoff (not expiry or rejection)."""
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(StreamBroken),
@@ -228,7 +226,7 @@ class Connection:
             before_sleep=_log_retry,
             reraise=True,
         )
-        stream: _Stream = await retrying(self._register, stub)
+        stream: _Stream = await retrying(self._register)
         return stream
 
     def _pause_cap_s(self) -> float:
@@ -244,7 +242,8 @@ class Connection:
             cap = min(cap, self._session_timeout_s / RESUME_ATTEMPTS)
         return cap
 
-    async def _register(self, stub: worker_service_pb2_grpc.WorkerServiceStub) -> _Stream:
+    async def _register(self) -> _Stream:
+        stub = await self._channel.stub()
         registration = self._handler.registration(self._session_id)
         call: Call = stub.Connect(metadata=self._metadata)
 

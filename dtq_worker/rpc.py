@@ -7,13 +7,18 @@ from __future__ import annotations
 from typing import Any, cast
 
 import grpc
+import structlog
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from dtq import __version__
-from dtq.tls import ClientTls
+from dtq.tls import ClientTls, Stamp, TlsConfigError, stamp
+from dtq.v1 import worker_service_pb2_grpc
+from dtq_worker.config import WorkerConfig
 from dtq_worker.errors import RegistrationRejected, SessionExpired, StreamBroken, StreamError
+
+log = structlog.get_logger(__name__)
 
 ERROR_DOMAIN = "dtq.dev"
 """The ``google.rpc.ErrorInfo.domain`` of the coordinator's errors."""
@@ -77,6 +82,51 @@ def create_channel(
         return grpc.aio.insecure_channel(target, options=options)
     options += tls.channel_options()
     return grpc.aio.secure_channel(target, tls.credentials(), options=options)
+
+
+class NodeChannel:
+    """The node's channel to its coordinator, made again when its certificate files change.
+
+    A long-lived node outlives its certificate when certificates are short-lived
+    (cert-manager, SPIFFE). The files are looked at (``stat``) before every
+    connection attempt, so a node whose stream broke reconnects with the renewed
+    ones instead of failing every handshake with the expired one until
+    restarted; the open stream keeps its connection. A set that does not load
+    (half renewed) is logged and the current channel kept.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: worker_service_pb2_grpc.WorkerServiceStub | None = None
+        self._files: Stamp = None
+        """The certificate files as the channel read them."""
+
+    async def stub(self) -> worker_service_pb2_grpc.WorkerServiceStub:
+        """The stub to connect with (on a new channel if the files changed)."""
+        config = self._config
+        tls = config.tls
+        now = None if tls is None else stamp(tls.files())
+        if self._stub is not None and now == self._files:
+            return self._stub
+        try:
+            channel = create_channel(config.coordinator, config.reconnect_backoff_max_s, tls)
+        except TlsConfigError as exc:
+            if self._stub is None:
+                raise
+            log.warning("tls.reload_failed", error=str(exc))
+            self._files = now  # tried: again when the files change again
+            return self._stub
+        if self._channel is not None:
+            log.info("tls.reloaded", files=[str(f) for f in tls.files()] if tls else [])
+            await self._channel.close(None)
+        self._channel, self._files = channel, now
+        self._stub = worker_service_pb2_grpc.WorkerServiceStub(channel)  # type: ignore[no-untyped-call]
+        return self._stub
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
 
 
 _REFUSED = frozenset(

@@ -367,3 +367,30 @@ def test_a_certificate_entry_gives_its_role_to_calls_without_a_token(
     finally:
         node.stop()
         server.stop()
+
+
+def test_a_node_reconnects_with_its_renewed_certificate(
+    mtls_server: ServerProcess, pki: Pki, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    cert.write_bytes(pki.expired.cert.read_bytes())  # every handshake fails with this one
+    key.write_bytes(pki.expired.key.read_bytes())
+    node = start_node(
+        mtls_server.address, tmp_path, "renewing", "--tls-ca", str(pki.server.ca),
+        "--tls-client-cert", str(cert), "--tls-client-key", str(key),
+    )  # fmt: skip
+    tls = ClientTls(ca=pki.server.ca, cert=pki.client.cert, key=pki.client.key)
+    try:
+        with _client(mtls_server.address, tls) as client:
+
+            def registered() -> bool:
+                return any(n.node_id == "renewing" for n in client.nodes())
+
+            wait_until(lambda: "coordinator.unreachable" in node.log(), 30, what="a refusal")
+            assert not registered()
+            _replace(key, pki.client.key)  # renewed, as cert-manager does: by rename
+            _replace(cert, pki.client.cert)
+            wait_until(registered, 30, what="the node to register with its renewed certificate")
+        assert "tls.reloaded" in node.log()
+    finally:
+        node.stop()
