@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
@@ -32,6 +33,7 @@ from dtq.v1 import (
 from dtq_server.auth import Gate, load_policy
 from dtq_server.config import MiB, ServerConfig
 from dtq_server.coordinator import Coordinator
+from dtq_server.metrics import serve_metrics
 from dtq_server.servicers.admin_service import AdminServicer
 from dtq_server.servicers.malformed import GuardedRegistrar
 from dtq_server.servicers.schedule_service import ScheduleServicer
@@ -103,6 +105,9 @@ class CoordinatorServer:
         self._stopped = False
         self._revocations: asyncio.Task[None] | None = None
         """With tokens: the sweep that ends streams of revoked tokens."""
+        self._metrics: WSGIServer | None = None
+        self.metrics_port = 0
+        """The port ``/metrics`` is served on (with ``--metrics-listen``)."""
 
     @property
     def address(self) -> str:
@@ -157,6 +162,10 @@ class CoordinatorServer:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
         await self._set_all(SERVING)
+        if self.config.metrics_listen is not None:
+            self._metrics = serve_metrics(self.config, self.coordinator, self._loop)
+            self.metrics_port = self._metrics.server_port
+            log.info("metrics.serving", port=self.metrics_port)
         if self.config.port_file is not None:
             _write_atomically(self.config.port_file, self.address)
         log.info(
@@ -188,6 +197,9 @@ class CoordinatorServer:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         log.info("coordinator.stopping", grace_s=grace)
         await self.coordinator.stop(grace)
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.shutdown)  # waits for its serving loop
+            self._metrics.server_close()
         if self.server is not None:
             await self.server.stop(1.0)
         await self.store.close()

@@ -66,6 +66,13 @@ from dtq_server.tokens import TokenBook, TokenFileError
     "must then carry a token its role allows. [env: DTQ_TOKENS_FILE]",
 )
 @click.option(
+    "--metrics-listen",
+    envvar="DTQ_METRICS_LISTEN",
+    default=None,
+    help="Serve Prometheus metrics at http(s)://HOST:PORT/metrics (off by default; "
+    "HTTPS with --tls-cert). [env: DTQ_METRICS_LISTEN]",
+)
+@click.option(
     "--health-unauthenticated/--health-needs-token",
     envvar="DTQ_HEALTH_UNAUTHENTICATED",
     default=None,
@@ -240,6 +247,7 @@ def main(
     tls_client_ca: Path | None,
     tls_node_identity: bool,
     tokens_file: Path | None,
+    metrics_listen: str | None,
     health_unauthenticated: bool | None,
     insecure: bool,
     data_dir: Path,
@@ -275,6 +283,7 @@ def main(
             tls=server_tls(tls_cert, tls_key, tls_client_ca, tls_node_identity),
             insecure=insecure,
             tokens_file=tokens_file,
+            metrics_listen=metrics_listen,
             health_unauthenticated=health_unauthenticated,
             data_dir=data_dir,
             synchronous="NORMAL" if synchronous.upper() == "NORMAL" else "FULL",

@@ -27,6 +27,8 @@ class ServerConfig:
     tokens_file: Path | None = None
     """Check every call's bearer token against this file (see :mod:`dtq_server.tokens`)
     and the role policy (:mod:`dtq_server.auth`); None: every caller may call anything."""
+    metrics_listen: str | None = None
+    """Serve Prometheus metrics on this ``host:port`` (see :mod:`dtq_server.metrics`); None: off."""
     health_unauthenticated: bool | None = None
     """With a tokens file, whether health checks need no token; None: only on loopback."""
     data_dir: Path = Path("dtq-data")
@@ -102,6 +104,16 @@ class ServerConfig:
             raise ValueError(
                 f"refusing to serve plaintext on {self.listen}, which is not loopback: "
                 "give --tls-cert and --tls-key, or --insecure on a network you trust"
+            )
+        if (
+            self.metrics_listen is not None
+            and self.tls is None
+            and not self.insecure
+            and not is_loopback(self.metrics_listen)
+        ):
+            raise ValueError(
+                f"refusing to serve metrics in plaintext on {self.metrics_listen}, which is not "
+                "loopback: give --tls-cert and --tls-key, or --insecure on a network you trust"
             )
         if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:
             raise ValueError("max payload must leave 64 KiB of room under the message limit")

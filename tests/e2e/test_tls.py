@@ -9,8 +9,12 @@ the same coordinator, so none can pass because the coordinator is down.
 from __future__ import annotations
 
 import datetime
+import re
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,3 +398,21 @@ def test_a_node_reconnects_with_its_renewed_certificate(
         assert "tls.reloaded" in node.log()
     finally:
         node.stop()
+
+
+def test_metrics_are_served_over_https_with_the_coordinator_certificate(
+    tmp_path: Path, pki: Pki
+) -> None:
+    server = _serve(tmp_path / "data", pki.server, "--metrics-listen", "127.0.0.1:0")
+    try:
+        wait_until(lambda: "metrics.serving" in server.log(), 30, what="the metrics server")
+        found = re.search(r"metrics\.serving\s+port=(\d+)", server.log())
+        assert found is not None
+        url = f"https://127.0.0.1:{found.group(1)}/metrics"
+        trusted = ssl.create_default_context(cafile=str(pki.server.ca))
+        with urllib.request.urlopen(url, context=trusted, timeout=10) as response:
+            assert "dtq_up 1.0" in response.read().decode()
+        with pytest.raises(urllib.error.URLError):  # the certificate is checked as for gRPC
+            urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)
+    finally:
+        server.stop()

@@ -1,0 +1,61 @@
+"""Prometheus metrics (``--metrics-listen``) of a real coordinator, scraped over HTTP."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dtq_client import Client
+from tests.harness import InProcessCoordinator, RawNode, server_config, wait_until
+
+
+@pytest.fixture
+def metered(tmp_path: Path) -> Iterator[InProcessCoordinator]:
+    config = server_config(tmp_path / "data", metrics_listen="127.0.0.1:0")
+    running = InProcessCoordinator(config).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _scrape(coordinator: InProcessCoordinator) -> dict[tuple[str, tuple[str, ...]], float]:
+    """Every sample of the page: (name, label values) -> value."""
+    url = f"http://127.0.0.1:{coordinator.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        page = response.read().decode()
+    return {
+        (sample.name, tuple(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(page)
+        for sample in family.samples
+    }
+
+
+def test_metrics_show_queues_and_nodes_as_the_cli_does(metered: InProcessCoordinator) -> None:
+    with Client(metered.address) as client:
+        for i in range(3):
+            client.submit("echo", i, queue="reports")
+        client.pause_queue("reports")
+    metrics = _scrape(metered)
+    assert metrics[("dtq_up", ())] == 1
+    assert metrics[("dtq_queue_tasks", ("reports", "queued"))] == 3
+    assert metrics[("dtq_queue_tasks", ("reports", "succeeded"))] == 0
+    assert metrics[("dtq_queue_paused", ("reports",))] == 1
+    assert metrics[("dtq_nodes", ("active",))] == 0
+    assert metrics[("process_resident_memory_bytes", ())] > 0  # the process's own
+    node = RawNode(metered.address, node_id="metered", slots=4, auto_heartbeat=True)
+    try:
+        wait_until(lambda: _scrape(metered)[("dtq_nodes", ("active",))] == 1, 10, what="the node")
+        assert _scrape(metered)[("dtq_node_slots", ())] == 4
+    finally:
+        node.close()
+
+
+def test_metrics_beyond_loopback_need_tls_or_insecure(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="refusing to serve metrics in plaintext"):
+        server_config(tmp_path, metrics_listen="0.0.0.0:9464")
+    assert server_config(tmp_path, metrics_listen="0.0.0.0:9464", insecure=True)
