@@ -138,29 +138,41 @@ def _seconds(spec: pb.TaskSpec, field: str) -> float | None:
 
 
 def task_to_proto(t: TaskRecord) -> pb.Task:
-    """A stored task as sent to clients.
+    """A stored task as sent to clients."""
+    msg = pb.Task()
+    fill_task(msg, t)
+    return msg
 
-    Sub-messages are written in place (not built and copied in): every submit
-    is answered with its task, and this is half the cost of building them as
-    keyword arguments (3.5 against 6.5 µs for a new task).
+
+def fill_task(msg: pb.Task, t: TaskRecord) -> None:
+    """Write a stored task into an empty ``msg`` (the ``task`` of a response, say).
+
+    In place, field by field and sub-message by sub-message: every submit is
+    answered with its task, and building sub-messages to copy them in cost
+    twice as much (3.5 against 6.5 µs for a new task); so does building a
+    Task and copying it into its response.
     """
-    msg = pb.Task(
-        id=t.id,
-        type=t.type,
-        queue=t.queue,
-        state=int(t.state),  # type: ignore[arg-type]
-        attempt=t.attempt,
-        max_attempts=t.max_attempts,
-        failures=t.failures,
-        idempotency_key=t.idempotency_key or "",
-        node_id=t.node_id or "",
-        lease_expiries=t.lease_expiries,
-        cancel_requested=t.cancel_requested,
-        priority=t.priority,
-        rate_key=t.rate_key,
-        group_id=t.group_id or "",
-        submitted_by=t.submitted_by or "",
-    )
+    msg.id, msg.type, msg.queue = t.id, t.type, t.queue
+    msg.state = int(t.state)  # type: ignore[assignment]
+    msg.attempt, msg.max_attempts = t.attempt, t.max_attempts
+    if t.failures:
+        msg.failures = t.failures
+    if t.idempotency_key:
+        msg.idempotency_key = t.idempotency_key
+    if t.node_id:
+        msg.node_id = t.node_id
+    if t.lease_expiries:
+        msg.lease_expiries = t.lease_expiries
+    if t.cancel_requested:
+        msg.cancel_requested = True
+    if t.priority:
+        msg.priority = t.priority
+    if t.rate_key:
+        msg.rate_key = t.rate_key
+    if t.group_id:
+        msg.group_id = t.group_id
+    if t.submitted_by:
+        msg.submitted_by = t.submitted_by
     payload = msg.payload
     payload.data, payload.content_type = t.payload, t.content_type
     set_time(msg.create_time, t.created_at)
@@ -187,7 +199,6 @@ def task_to_proto(t: TaskRecord) -> pb.Task:
         msg.progress.percent, msg.progress.message = t.progress.percent, t.progress.message
     if t.next_attempt_at is not None and t.state is TaskState.QUEUED:
         msg.next_attempt_time.FromNanoseconds(int(t.next_attempt_at * 1e9))
-    return msg
 
 
 def fill_submitted(msg: task_service_pb.SubmittedTask, record: TaskRecord, created: bool) -> None:

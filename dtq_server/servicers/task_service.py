@@ -12,7 +12,12 @@ from dtq_server.coordinator import Coordinator
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import TaskFilter, TaskRecord, TaskState
 from dtq_server.piles import UnaryPiles
-from dtq_server.servicers.convert import fill_submitted, spec_from_proto, task_to_proto
+from dtq_server.servicers.convert import (
+    fill_submitted,
+    fill_task,
+    spec_from_proto,
+    task_to_proto,
+)
 from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
 from dtq_server.servicers.submit_stream import answer_submits
 
@@ -34,7 +39,9 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         scopes.check_queues((request.task.queue,))
         spec = spec_from_proto(request.task, scopes.submitter())
         record, created = await self._singles.submit(spec)
-        return pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
+        response = pb.SubmitTaskResponse(created=created)
+        fill_task(response.task, record)  # in place: no Task built and copied in
+        return response
 
     @unary_boundary
     async def SubmitTasks(
@@ -51,17 +58,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
             # A retried group submit (every key matched): the group is the stored one.
             group_id = results[0][0].group_id or group_id
         response = pb.SubmitTasksResponse(group_id=group_id or "")
-        if acks:
-            await offload.run(lambda: _fill_acks(response, results), count)
-            return response
-        answers = await offload.run(
-            lambda: [
-                pb.SubmitTaskResponse(task=task_to_proto(record), created=created)
-                for record, created in results
-            ],
-            count,
-        )
-        response.results.extend(answers)
+        fill = _fill_acks if acks else _fill_results
+        await offload.run(lambda: fill(response, results), count)
         return response
 
     @stream_boundary
@@ -74,7 +72,9 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     @unary_boundary
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         record = scopes.visible(await self._coordinator.get(request.task_id))
-        return pb.GetTaskResponse(task=task_to_proto(record))
+        response = pb.GetTaskResponse()
+        fill_task(response.task, record)
+        return response
 
     @stream_boundary
     async def WatchTask(
@@ -110,7 +110,9 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         if scopes.restricted():  # look before cancelling what the caller may not see
             scopes.visible(await self._coordinator.get(request.task_id))
         record = await self._coordinator.cancel(request.task_id)
-        return pb.CancelTaskResponse(task=task_to_proto(record))
+        response = pb.CancelTaskResponse()
+        fill_task(response.task, record)
+        return response
 
     @unary_boundary
     async def ListTasks(
@@ -179,6 +181,12 @@ def _fill_acks(response: pb.SubmitTasksResponse, results: list[tuple[TaskRecord,
     add = response.acks.add
     for record, created in results:
         fill_submitted(add(), record, created)
+
+
+def _fill_results(response: pb.SubmitTasksResponse, results: list[tuple[TaskRecord, bool]]) -> None:
+    add = response.results.add
+    for record, created in results:
+        fill_task(add(created=created).task, record)
 
 
 def _acks_wanted(answer: int) -> bool:
