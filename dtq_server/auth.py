@@ -128,6 +128,7 @@ class Gate:
         file first (its lookup refreshes too), and its streams must still end.
         """
         self._tokens.refresh(force=True)  # once a second anyway: revocation within 1 s
+        self._audit.flush()
         if self._tokens.generation == self._swept:
             return 0
         self._swept = self._tokens.generation
@@ -229,14 +230,20 @@ class Audit:
         """One refused call: by whom (None: no valid token), what, from where."""
         now = self._clock()
         if now - self._window_started >= 1.0:
-            if self._suppressed:  # the last second's, counted (told with the next refusal)
-                log.warning("audit.refused_suppressed", count=self._suppressed)
-            self._window_started, self._logged, self._suppressed = now, 0, 0
+            self.flush()
+            self._window_started, self._logged = now, 0
         if self._logged >= AUDIT_REFUSALS_PER_S:
             self._suppressed += 1
             return
         self._logged += 1
         log.warning("audit.refused", method=method, code=code, caller=caller, peer=peer)
+
+    def flush(self) -> None:
+        """Log how many refusals went unlogged since the last count (the gate's sweep
+        calls this every second, so a flood that stops is still counted)."""
+        if self._suppressed:
+            log.warning("audit.refused_suppressed", count=self._suppressed)
+            self._suppressed = 0
 
 
 class NodeSlots:

@@ -36,8 +36,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> pb.SubmitTaskResponse:
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
-        scopes.check_queues((request.task.queue,))
         spec = spec_from_proto(request.task, scopes.submitter())
+        scopes.check_queues((spec.queue,))
         record, created = await self._singles.submit(spec)
         response = pb.SubmitTaskResponse(created=created)
         fill_task(response.task, record)  # in place: no Task built and copied in
@@ -89,8 +89,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
     ) -> AsyncIterator[pb.SubmitAndWatchTaskResponse]:
         if not request.HasField("task"):
             raise InvalidArgument([("task", "is required")])
-        scopes.check_queues((request.task.queue,))
         spec = spec_from_proto(request.task, scopes.submitter())
+        scopes.check_queues((spec.queue,))
         record, created = await self._singles.submit(spec)
         yield pb.SubmitAndWatchTaskResponse(task=task_to_proto(record), created=created)
         if record.state.is_terminal:  # a known key's task, already finished
