@@ -158,7 +158,7 @@ def _parse_entry(entry: dict[str, Any], where: str) -> tuple[bytes, Identity]:
     if role not in ROLES:
         raise TokenFileError(f"{where}: role must be one of {', '.join(ROLES)}")
     if (digest is None) == (certificate is None):
-        raise TokenFileError(f"{where}: give sha256 (a token) or certificate (a name), not both")
+        raise TokenFileError(f"{where}: give one of sha256 (a token) and certificate (a name)")
     if digest is not None and (not isinstance(digest, str) or not _HEX_SHA256.fullmatch(digest)):
         raise TokenFileError(f"{where}: sha256 must be 64 lower-case hex digits")
     if certificate is not None and (not isinstance(certificate, str) or not certificate):

@@ -117,8 +117,8 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
         (_entry("a", "worker", "x", "max_nodes = 1.5\n"), "max_nodes must be a positive int"),
         (_entry("a", "submitter", "x", "max_nodes = 2\n"), "max_nodes is for worker tokens"),
         (_entry("a", "worker", "x", "own_tasks = false\n"), "own_tasks is true or false"),
-        (_entry("a", "worker", "x", 'certificate = "n"\n'), "sha256 .a token. or certificate"),
-        ("[[tokens]]\nname = 'a'\nrole = 'worker'\n", "sha256 .a token. or certificate"),
+        (_entry("a", "worker", "x", 'certificate = "n"\n'), "one of sha256 .a token. and"),
+        ("[[tokens]]\nname = 'a'\nrole = 'worker'\n", "one of sha256 .a token. and"),
         (
             "[[tokens]]\nname = 'a'\nrole = 'worker'\ncertificate = 'n'\n"
             "[[tokens]]\nname = 'b'\nrole = 'admin'\ncertificate = 'n'\n",
