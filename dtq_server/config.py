@@ -100,20 +100,12 @@ class ServerConfig:
         if not 1 <= self.default_max_attempts <= 100:
             raise ValueError("default max attempts must be 1-100")
         loops.resolve(self.event_loop)  # ValueError if it asks for a loop that is missing
-        if self.tls is None and not self.insecure and not is_loopback(self.listen):
-            raise ValueError(
-                f"refusing to serve plaintext on {self.listen}, which is not loopback: "
-                "give --tls-cert and --tls-key, or --insecure on a network you trust"
-            )
-        if (
-            self.metrics_listen is not None
-            and self.tls is None
-            and not self.insecure
-            and not is_loopback(self.metrics_listen)
-        ):
-            raise ValueError(
-                f"refusing to serve metrics in plaintext on {self.metrics_listen}, which is not "
-                "loopback: give --tls-cert and --tls-key, or --insecure on a network you trust"
-            )
+        for served, address in (("", self.listen), ("metrics in ", self.metrics_listen)):
+            plaintext = self.tls is None and not self.insecure
+            if address is not None and plaintext and not is_loopback(address):
+                raise ValueError(
+                    f"refusing to serve {served}plaintext on {address}, which is not loopback: "
+                    "give --tls-cert and --tls-key, or --insecure on a network you trust"
+                )
         if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:
             raise ValueError("max payload must leave 64 KiB of room under the message limit")

@@ -150,29 +150,16 @@ def fill_task(msg: pb.Task, t: TaskRecord) -> None:
     In place, field by field and sub-message by sub-message: every submit is
     answered with its task, and building sub-messages to copy them in cost
     twice as much (3.5 against 6.5 µs for a new task); so does building a
-    Task and copying it into its response.
+    Task and copying it into its response. (Scalars have no presence: setting
+    one to its default writes nothing.)
     """
     msg.id, msg.type, msg.queue = t.id, t.type, t.queue
     msg.state = int(t.state)  # type: ignore[assignment]
-    msg.attempt, msg.max_attempts = t.attempt, t.max_attempts
-    if t.failures:
-        msg.failures = t.failures
-    if t.idempotency_key:
-        msg.idempotency_key = t.idempotency_key
-    if t.node_id:
-        msg.node_id = t.node_id
-    if t.lease_expiries:
-        msg.lease_expiries = t.lease_expiries
-    if t.cancel_requested:
-        msg.cancel_requested = True
-    if t.priority:
-        msg.priority = t.priority
-    if t.rate_key:
-        msg.rate_key = t.rate_key
-    if t.group_id:
-        msg.group_id = t.group_id
-    if t.submitted_by:
-        msg.submitted_by = t.submitted_by
+    msg.attempt, msg.max_attempts, msg.failures = t.attempt, t.max_attempts, t.failures
+    msg.idempotency_key, msg.node_id = t.idempotency_key or "", t.node_id or ""
+    msg.lease_expiries, msg.cancel_requested = t.lease_expiries, t.cancel_requested
+    msg.priority, msg.rate_key = t.priority, t.rate_key
+    msg.group_id, msg.submitted_by = t.group_id or "", t.submitted_by or ""
     payload = msg.payload
     payload.data, payload.content_type = t.payload, t.content_type
     set_time(msg.create_time, t.created_at)

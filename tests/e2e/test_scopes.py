@@ -59,6 +59,18 @@ def _client(scoped: Scoped, name: str) -> Client:
     return Client(scoped.server.address, token=scoped.tokens[name])
 
 
+def _assert_out_of_reach(client: Client, task_id: str, group_id: str) -> None:
+    """Get, cancel and watch of the task, and get of the group, answer NOT_FOUND."""
+    with pytest.raises(TaskNotFound):
+        client.get(task_id)
+    with pytest.raises(TaskNotFound):
+        client.cancel(task_id)
+    with pytest.raises(TaskNotFound):
+        next(iter(client.watch(task_id, timeout_s=5)))
+    with pytest.raises(GroupNotFound):
+        client.get_group(group_id)
+
+
 def _stored(scoped: Scoped, queue: str) -> int:
     with _client(scoped, "admin") as admin:
         return len(admin.list_tasks(queue=queue, limit=1000))
@@ -97,14 +109,7 @@ def test_tasks_on_other_queues_do_not_exist_for_a_scoped_submitter(scoped: Scope
     with _client(scoped, "billing") as client:
         own = client.submit_group([TaskSpec("echo", i, queue="billing") for i in range(2)])
         assert client.get_group(own.group_id).total == 2
-        with pytest.raises(TaskNotFound):
-            client.get(foreign.id)
-        with pytest.raises(TaskNotFound):
-            client.cancel(foreign.id)
-        with pytest.raises(TaskNotFound):
-            next(iter(client.watch(foreign.id, timeout_s=5)))
-        with pytest.raises(GroupNotFound):
-            client.get_group(group.group_id)
+        _assert_out_of_reach(client, foreign.id, group.group_id)
     with _client(scoped, "admin") as admin:
         assert admin.get(foreign.id).state is TaskState.QUEUED  # the cancel changed nothing
 
@@ -133,14 +138,7 @@ def test_a_submitter_sees_only_the_tasks_it_submitted(scoped: Scoped) -> None:
         assert a.get(task.id).submitted_by == "app-a"
         assert a.get_group(group.group_id).total == 2
     with _client(scoped, "app-b") as b:
-        with pytest.raises(TaskNotFound):
-            b.get(task.id)
-        with pytest.raises(TaskNotFound):
-            b.cancel(task.id)
-        with pytest.raises(TaskNotFound):
-            next(iter(b.watch(task.id, timeout_s=5)))
-        with pytest.raises(GroupNotFound):
-            b.get_group(group.group_id)
+        _assert_out_of_reach(b, task.id, group.group_id)
         # The same spec under the same key is not a retry of a's submit: it would
         # answer with a's task.
         with pytest.raises(AlreadyExists):
