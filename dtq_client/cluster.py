@@ -77,6 +77,17 @@ class ClusterCalls(Calls):
         request = admin_service_pb2.UpdateQueueRequest(name=name, rate_limit=per_second)
         return self._update_queue(request)
 
+    def set_queue_max_depth(self, name: str, max_depth: int) -> QueueStats:
+        """Refuse submits that would take a queue past ``max_depth`` unfinished tasks.
+
+        Counted are tasks queued (also those waiting for a retry or their
+        ``run_at``), leased or running; 0 removes the limit. A refused submit
+        stores nothing and raises :class:`~dtq_client.QueueFull`. Durable.
+        Lowering it below the current depth removes nothing. Returns the queue.
+        """
+        request = admin_service_pb2.UpdateQueueRequest(name=name, max_depth=max_depth)
+        return self._update_queue(request)
+
     def _update_queue(self, request: admin_service_pb2.UpdateQueueRequest) -> QueueStats:
         response: admin_service_pb2.UpdateQueueResponse = self._unary(
             self._admin.UpdateQueue, request, _ADMIN_CODES

@@ -21,7 +21,8 @@ Every error the client raises derives from :class:`DtqError`::
         │   └── UnknownTaskType         reason UNKNOWN_TASK_TYPE: strict mode, no node declared it
         ├── Unavailable             coordinator down, unreachable or shutting down; retry
         ├── DeadlineExceeded        the call's deadline passed
-        ├── ResourceExhausted       a message over the size limit
+        ├── ResourceExhausted       a message over the size limit, or a limit reached
+        │   └── QueueFull               reason QUEUE_FULL: the queue is at its max_depth
         ├── Unauthenticated         no valid credentials
         └── PermissionDenied        credentials lack the right
 
@@ -168,7 +169,15 @@ class DeadlineExceeded(RpcError):
 
 
 class ResourceExhausted(RpcError):
-    """A message exceeded a size limit."""
+    """A message exceeded a size limit, or a limit of the caller or the queue was reached."""
+
+
+class QueueFull(ResourceExhausted):
+    """The submit would take its queue past its ``max_depth``; nothing was stored.
+
+    Submitting the same spec again (same idempotency key) once the queue has
+    drained cannot create the task twice.
+    """
 
 
 class Unauthenticated(RpcError):
@@ -227,6 +236,7 @@ _BY_REASON: dict[str, type[RpcError]] = {
     "SCHEDULE_EXISTS": ScheduleExists,
     "TASK_TERMINAL": TaskTerminal,
     "UNKNOWN_TASK_TYPE": UnknownTaskType,
+    "QUEUE_FULL": QueueFull,
 }
 
 

@@ -358,6 +358,9 @@ class QueueStats:
     """Most tasks of the queue dispatched per second; 0 means no limit."""
     waiting: int = 0
     """Tasks waiting for their dependencies."""
+    max_depth: int = 0
+    """Most unfinished tasks (queued, leased, running) submits may bring the queue to;
+    0 means no limit. A submit beyond it raises :class:`~dtq_client.QueueFull`."""
 
     @property
     def total(self) -> int:

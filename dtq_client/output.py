@@ -290,7 +290,7 @@ def nodes_table(nodes: Sequence[Node]) -> Table:
 
 
 def queues_table(queues: Sequence[QueueStats]) -> Table:
-    """One row per queue: its task counts, whether it is paused, its concurrency and rate limits."""
+    """One row per queue: its task counts, whether it is paused, its limits."""
     table = Table(box=None, header_style="bold")
     table.add_column("QUEUE")
     for name in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"):
@@ -298,6 +298,7 @@ def queues_table(queues: Sequence[QueueStats]) -> Table:
     table.add_column("PAUSED")
     table.add_column("MAX RUNNING", justify="right")
     table.add_column("RATE/S", justify="right")
+    table.add_column("MAX DEPTH", justify="right")
     for stats in queues:
         counts = (stats.queued, stats.running, stats.succeeded, stats.failed, stats.cancelled)
         table.add_row(
@@ -306,6 +307,7 @@ def queues_table(queues: Sequence[QueueStats]) -> Table:
             Text("yes", style="yellow") if stats.paused else Text("no"),
             Text(str(stats.max_running) if stats.max_running else "-"),
             Text(format_rate(stats.rate_limit) if stats.rate_limit else "-"),
+            Text(str(stats.max_depth) if stats.max_depth else "-"),
         )
     return table
 

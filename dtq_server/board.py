@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Iterable
 
 from dtq_server.models import ActiveTask, TaskState
@@ -31,6 +32,7 @@ class TaskBoard:
 
     def __init__(self) -> None:
         self.active: dict[str, ActiveTask] = {}
+        self._unfinished: Counter[str] = Counter()  # active tasks per queue, for max depth
         self._ready: dict[ReadyKey, list[tuple[Rank, ActiveTask]]] = {}
         self._delayed: list[tuple[float, int, ActiveTask]] = []
         self._start_deadlines: list[tuple[float, int, ActiveTask]] = []
@@ -38,6 +40,8 @@ class TaskBoard:
 
     def track(self, task: ActiveTask, now: float) -> None:
         """Start tracking a task; a QUEUED one becomes ready (or waits until ``due_at``)."""
+        if self.active.get(task.id) is None:
+            self._unfinished[task.queue] += 1
         self.active[task.id] = task
         if task.start_by is not None:
             heapq.heappush(self._start_deadlines, (task.start_by, next(self._pushes), task))
@@ -58,7 +62,12 @@ class TaskBoard:
     def forget(self, task: ActiveTask, state: TaskState) -> None:
         """The task reached a terminal state; stale heap entries are skipped lazily."""
         task.state = state
-        self.active.pop(task.id, None)
+        if self.active.pop(task.id, None) is not None:
+            self._unfinished[task.queue] -= 1
+
+    def unfinished(self, queue: str) -> int:
+        """Tasks of ``queue`` on the board: queued (ready or delayed), leased or running."""
+        return self._unfinished[queue]
 
     def promote_due(self, now: float) -> int:
         """Move retries whose delay has ended to the ready queues; returns how many."""

@@ -29,6 +29,7 @@ from dtq_server.board import TaskBoard
 from dtq_server.bulk import BulkOperations
 from dtq_server.completion import run_to_completion
 from dtq_server.config import ServerConfig
+from dtq_server.depth import QueueDepth
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import (
     GroupNotFound,
@@ -105,6 +106,7 @@ class Coordinator:
         self._loaded = asyncio.Event()
         """Set once every queued task is on the board (start-up loads them in chunks)."""
         self.handoff = Handoff(self.board, self.registry, self.dispatcher, config.failpoints)
+        self.depth = QueueDepth(self.board, self.dispatcher)
         self.queue_admin = QueueAdmin(store, self.dispatcher)
         self.bulk = BulkOperations(
             store, self.board, self.dispatcher, self.sessions, self.watchers, self._loaded
@@ -305,17 +307,21 @@ class Coordinator:
 
     async def _store_new(self, new: list[NewTask], batch: bool) -> list[tuple[TaskRecord, bool]]:
         self.config.failpoints.hit("submit.before_commit")
-        # Reserved and queued for the writer with no await in between: anything that
-        # touches these leases meanwhile (a session ending) commits after the insert.
-        direct = self.handoff.reserve(new, time.monotonic())
-        try:
-            results = await self.store.insert(new, batch, {d.task.id: d.grant for d in direct})
-        except BaseException:
-            self.handoff.undo(direct)
-            raise
-        self.config.failpoints.hit("submit.after_commit_before_reply")
-        await self.config.failpoints.pause("submit.after_commit_before_reply")  # no cancel
-        self._track_created(new, results)
+        # The room is taken before the handoff puts its tasks on the board, which
+        # would otherwise count them twice (as unfinished and as created).
+        with self.depth.reserve(new) as room:
+            # Reserved and queued for the writer with no await in between: anything that
+            # touches these leases meanwhile (a session ending) commits after the insert.
+            direct = self.handoff.reserve(new, time.monotonic())
+            try:
+                grants = {d.task.id: d.grant for d in direct}
+                results = await self.store.insert(new, batch, grants, room)
+            except BaseException:
+                self.handoff.undo(direct)
+                raise
+            self.config.failpoints.hit("submit.after_commit_before_reply")
+            await self.config.failpoints.pause("submit.after_commit_before_reply")  # no cancel
+            self._track_created(new, results)
         self.handoff.settle(direct, new, results)
         return results
 

@@ -18,7 +18,8 @@
     ├── Unauthenticated        no valid token (one message, whatever was wrong)
     ├── PermissionDenied       a valid token whose role may not do this
     ├── CallRateExceeded       an identity called faster than its tokens-file limit
-    └── CapReached             an identity holds as many streams or nodes as its entry allows
+    ├── CapReached             an identity holds as many streams or nodes as its entry allows
+    └── QueueFull              a submit would take a queue past its maximum depth
 """
 
 from __future__ import annotations
@@ -157,3 +158,15 @@ class CallRateExceeded(CoordinatorError):
     def __init__(self, name: str, retry_after_s: float) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(f"{name} is over its call rate; retry in {retry_after_s:.3f} s")
+
+
+class QueueFull(CoordinatorError):
+    """A submit would create more unfinished tasks in a queue than its ``max_depth``."""
+
+    def __init__(self, queue: str, max_depth: int) -> None:
+        self.queue = queue
+        self.max_depth = max_depth
+        super().__init__(
+            f"queue {queue!r} is full: it holds at most {max_depth} unfinished tasks "
+            "(its max_depth); nothing was stored, retry once it drains"
+        )

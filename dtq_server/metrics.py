@@ -8,7 +8,8 @@ disagree. Nothing is counted on the hot path.
 
 - ``dtq_queue_tasks{queue, state}``: tasks by state (queued, waiting, running,
   succeeded, failed, cancelled; finished ones until the retention sweep);
-- ``dtq_queue_paused{queue}``, ``dtq_queue_max_running{queue}``;
+- ``dtq_queue_paused{queue}``, ``dtq_queue_max_running{queue}``,
+  ``dtq_queue_max_depth{queue}`` (settings; 0 is no limit);
 - ``dtq_nodes{state}``: node sessions by state; ``dtq_node_slots`` and
   ``dtq_node_leases`` across active nodes (capacity, and what is used of it);
 - ``dtq_up``: 1 while the coordinator serves;
@@ -81,12 +82,18 @@ def _queue_families(queues: list[QueueStats]) -> Iterator[GaugeMetricFamily]:
     limit = GaugeMetricFamily(
         "dtq_queue_max_running", "The queue's concurrency limit (0: none).", labels=["queue"]
     )
+    depth = GaugeMetricFamily(
+        "dtq_queue_max_depth",
+        "Most unfinished tasks submits may bring the queue to (0: no limit).",
+        labels=["queue"],
+    )
     for queue in queues:
         for state in _STATES:
             tasks.add_metric([queue.name, state], getattr(queue, state))
         paused.add_metric([queue.name], int(queue.paused))
         limit.add_metric([queue.name], queue.max_running)
-    yield from (tasks, paused, limit)
+        depth.add_metric([queue.name], queue.max_depth)
+    yield from (tasks, paused, limit, depth)
 
 
 def _node_families(sessions: list[Session]) -> Iterator[GaugeMetricFamily]:

@@ -219,6 +219,7 @@ class QueueStats:
     max_running: int = 0
     rate_limit: float = 0.0
     waiting: int = 0
+    max_depth: int = 0
 
 
 @frozen
@@ -230,6 +231,16 @@ class QueueSettings:
     """Global concurrency limit across all nodes; 0 means none."""
     rate_limit: float = 0.0
     """Dispatch rate limit in tasks per second; 0 means none."""
+    max_depth: int = 0
+    """Most unfinished tasks (queued, leased, running) submits may bring it to; 0: none."""
+
+
+@frozen
+class QueueRoom:
+    """How many more unfinished tasks submits may create in a queue with a maximum depth."""
+
+    free: int
+    max_depth: int
 
 
 @frozen

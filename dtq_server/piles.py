@@ -8,14 +8,14 @@ the submit, so both the submit stream and concurrent unary SubmitTask calls
 commit their pile as ONE batch (:func:`settle`) and take it apart only when
 the batch is refused: each spec is validated on its own, the valid ones are
 tried as a batch again, and if that still fails (an idempotency clash, a
-missing dependency, a key repeated within the pile) each goes in its own
-submit. The group-commit writer gathers those into few commits, one
-savepoint each, in pile order. A stream's piles keep their turns
-(:mod:`dtq_server.turns`) while taken apart, so the next pile waits for
-them. Unary piles have no turns: concurrent calls have no order. (A unary
-pile taken apart may be stored after the pile behind it; so if both repeat
-one idempotency key, the later submit may be the one answered ``created``.
-Either way one task, one id.)
+missing dependency, a key repeated within the pile, a queue with room for
+only some of them) each goes in its own submit. The group-commit writer
+gathers those into few commits, one savepoint each, in pile order. A
+stream's piles keep their turns (:mod:`dtq_server.turns`) while taken
+apart, so the next pile waits for them. Unary piles have no turns:
+concurrent calls have no order. (A unary pile taken apart may be stored
+after the pile behind it; so if both repeat one idempotency key, the later
+submit may be the one answered ``created``. Either way one task, one id.)
 
 :class:`UnaryPiles` gathers unary submits: a submit arriving while fewer
 than :data:`COMMITS_IN_FLIGHT` piles commit starts a pile at once (a lone
@@ -33,6 +33,7 @@ from dtq_server.errors import (
     CoordinatorError,
     IdempotencyKeyReused,
     InvalidArgument,
+    QueueFull,
     UnknownTaskType,
 )
 from dtq_server.models import TaskRecord
@@ -47,7 +48,7 @@ while the previous one is in the store's writer thread."""
 
 Outcome = tuple[TaskRecord, bool] | CoordinatorError
 """What one submit came to: the stored task and whether it is new, or why it was refused."""
-PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused, UnknownTaskType)
+PER_SUBMIT = (InvalidArgument, IdempotencyKeyReused, UnknownTaskType, QueueFull)
 """Errors about one spec. Any other error (shutting down, the store failing) is about
 the whole pile and is raised."""
 
@@ -94,8 +95,8 @@ async def _singly(
     coordinator: Coordinator, specs: list[SpecInput], turn: Turn | None
 ) -> list[Outcome]:
     """One submit per spec, so one refusal each for what only the store sees (a key
-    clash, a missing dependency, a key repeated in the pile). They are queued at once
-    and share the writer's commits, one savepoint each, in order."""
+    clash, a missing dependency, a key repeated in the pile, a full queue). They are
+    queued at once and share the writer's commits, one savepoint each, in order."""
     singles = await asyncio.gather(
         *(coordinator.submit([spec], batch=False, turn=turn) for spec in specs),
         return_exceptions=True,

@@ -19,6 +19,7 @@ from dtq_server.validation import QUEUE_RE, Violations, check_name
 
 log = structlog.get_logger(__name__)
 MAX_QUEUE_LIMIT = 100_000
+MAX_DEPTH = 100_000_000
 MAX_RATE = 100_000.0
 MAX_RATE_KEY = 200
 
@@ -40,6 +41,7 @@ class QueueAdmin:
                 paused=settings.get(name, QueueSettings()).paused,
                 max_running=settings.get(name, QueueSettings()).max_running,
                 rate_limit=settings.get(name, QueueSettings()).rate_limit,
+                max_depth=settings.get(name, QueueSettings()).max_depth,
             )
             for name in sorted(counts.keys() | settings.keys())
         ]
@@ -50,20 +52,24 @@ class QueueAdmin:
         paused: bool | None,
         max_running: int | None,
         rate_limit: float | None = None,
+        max_depth: int | None = None,
     ) -> QueueStats:
-        """Pause/resume a queue, set its global concurrency or rate limit (durably)."""
+        """Pause/resume a queue, set its global concurrency, rate limit or depth (durably)."""
         v = Violations()
         check_name(v, "name", name, QUEUE_RE, "queue")
         if max_running is not None and not 0 <= max_running <= MAX_QUEUE_LIMIT:
             v.add("max_running", f"must be 0-{MAX_QUEUE_LIMIT}")
         if rate_limit is not None and not 0 <= rate_limit <= MAX_RATE:
             v.add("rate_limit", f"must be 0-{MAX_RATE:g} tasks per second")
+        if max_depth is not None and not 0 <= max_depth <= MAX_DEPTH:
+            v.add("max_depth", f"must be 0-{MAX_DEPTH:,} unfinished tasks")
         v.raise_if_any()
         current = self.dispatcher.queue_settings.get(name, QueueSettings())
         updated = QueueSettings(
             paused=current.paused if paused is None else paused,
             max_running=current.max_running if max_running is None else max_running,
             rate_limit=current.rate_limit if rate_limit is None else rate_limit,
+            max_depth=current.max_depth if max_depth is None else max_depth,
         )
         await self.store.save_queue(name, updated)
         self.dispatcher.queue_settings[name] = updated
@@ -71,7 +77,12 @@ class QueueAdmin:
             self.dispatcher.limiter.configure_queue(name, updated.rate_limit, time.monotonic())
         self.dispatcher.kick()
         log.info(
-            "queue.updated", queue=name, paused=updated.paused, max_running=updated.max_running
+            "queue.updated",
+            queue=name,
+            paused=updated.paused,
+            max_running=updated.max_running,
+            rate_limit=updated.rate_limit,
+            max_depth=updated.max_depth,
         )
         return next(q for q in await self.queues() if q.name == name)
 

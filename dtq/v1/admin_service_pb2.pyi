@@ -89,7 +89,7 @@ class ListQueuesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStats(_message.Message):
-    __slots__ = ("name", "queued", "running", "succeeded", "failed", "cancelled", "paused", "max_running", "rate_limit", "waiting")
+    __slots__ = ("name", "queued", "running", "succeeded", "failed", "cancelled", "paused", "max_running", "rate_limit", "waiting", "max_depth")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class QueueStats(_message.Message):
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     name: str
     queued: int
     running: int
@@ -110,7 +111,8 @@ class QueueStats(_message.Message):
     max_running: int
     rate_limit: float
     waiting: int
-    def __init__(self, name: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ..., waiting: _Optional[int] = ...) -> None: ...
+    max_depth: int
+    def __init__(self, name: _Optional[str] = ..., queued: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ..., waiting: _Optional[int] = ..., max_depth: _Optional[int] = ...) -> None: ...
 
 class ListQueuesResponse(_message.Message):
     __slots__ = ("queues",)
@@ -119,16 +121,18 @@ class ListQueuesResponse(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueStats, _Mapping]]] = ...) -> None: ...
 
 class UpdateQueueRequest(_message.Message):
-    __slots__ = ("name", "paused", "max_running", "rate_limit")
+    __slots__ = ("name", "paused", "max_running", "rate_limit", "max_depth")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     name: str
     paused: bool
     max_running: int
     rate_limit: float
-    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ...) -> None: ...
+    max_depth: int
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ..., max_running: _Optional[int] = ..., rate_limit: _Optional[float] = ..., max_depth: _Optional[int] = ...) -> None: ...
 
 class UpdateQueueResponse(_message.Message):
     __slots__ = ("queue",)

@@ -41,7 +41,12 @@ class TaskServiceStub:
     (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
     whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
-    RESOURCE_EXHAUSTED a message over the size limit
+    RESOURCE_EXHAUSTED a message over the size limit; or the queue holds its
+    maximum of unfinished tasks (AdminService.UpdateQueue's
+    max_depth; reason QUEUE_FULL, with a google.rpc.QuotaFailure
+    naming the queue): nothing of the call is stored; a resubmit
+    of a task already stored (same idempotency key) is answered
+    as usual, since it adds nothing
     """
 
     def __init__(self, channel):
@@ -128,7 +133,12 @@ class TaskServiceServicer:
     (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
     whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
-    RESOURCE_EXHAUSTED a message over the size limit
+    RESOURCE_EXHAUSTED a message over the size limit; or the queue holds its
+    maximum of unfinished tasks (AdminService.UpdateQueue's
+    max_depth; reason QUEUE_FULL, with a google.rpc.QuotaFailure
+    naming the queue): nothing of the call is stored; a resubmit
+    of a task already stored (same idempotency key) is answered
+    as usual, since it adds nothing
     """
 
     def SubmitTask(self, request, context):
@@ -339,7 +349,12 @@ class TaskService:
     (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
     whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
-    RESOURCE_EXHAUSTED a message over the size limit
+    RESOURCE_EXHAUSTED a message over the size limit; or the queue holds its
+    maximum of unfinished tasks (AdminService.UpdateQueue's
+    max_depth; reason QUEUE_FULL, with a google.rpc.QuotaFailure
+    naming the queue): nothing of the call is stored; a resubmit
+    of a task already stored (same idempotency key) is answered
+    as usual, since it adds nothing
     """
 
     @staticmethod

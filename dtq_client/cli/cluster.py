@@ -33,11 +33,11 @@ def drain(ctx: click.Context, node_id: str) -> None:
 @output_option
 @click.pass_context
 def queues(ctx: click.Context) -> None:
-    """List queues (the default), or pause, resume, limit or rate-limit one.
+    """List queues (the default), or pause, resume, limit, rate-limit or cap the depth of one.
 
     The list shows each queue's task counts, whether it is paused, its
-    concurrency limit (MAX RUNNING) and its rate limit in tasks per second
-    (RATE/S), "-" when none.
+    concurrency limit (MAX RUNNING), its rate limit in tasks per second
+    (RATE/S) and its maximum of unfinished tasks (MAX DEPTH), "-" when none.
     """
     if ctx.invoked_subcommand is None:
         printer_for(ctx).queues(client_for(ctx).queues())
@@ -90,6 +90,21 @@ def rate(ctx: click.Context, name: str, per_second: float) -> None:
     least one). Durable. Per-tenant limits are rate keys: see rate-limits.
     """
     printer_for(ctx).queue(client_for(ctx).set_queue_rate_limit(name, per_second))
+
+
+@queues.command()
+@click.argument("name", metavar="QUEUE")
+@click.argument("max_depth", metavar="N", type=click.IntRange(min=0))
+@output_option
+@click.pass_context
+def depth(ctx: click.Context, name: str, max_depth: int) -> None:
+    """Refuse submits that would take QUEUE past N unfinished tasks (0: no limit).
+
+    Counts tasks queued (also those waiting for a retry or their run time),
+    leased or running. A refused submit stores nothing and fails with
+    RESOURCE_EXHAUSTED (QUEUE_FULL). Lowering it removes no task. Durable.
+    """
+    printer_for(ctx).queue(client_for(ctx).set_queue_max_depth(name, max_depth))
 
 
 @cli.group("rate-limits", invoke_without_command=True)

@@ -90,6 +90,7 @@ def queue_stats_from_proto(message: admin_service_pb2.QueueStats) -> QueueStats:
         max_running=message.max_running,
         rate_limit=message.rate_limit,
         waiting=message.waiting,
+        max_depth=message.max_depth,
     )
 
 
@@ -106,6 +107,7 @@ def queue_stats_to_proto(stats: QueueStats) -> admin_service_pb2.QueueStats:
         max_running=stats.max_running,
         rate_limit=stats.rate_limit,
         waiting=stats.waiting,
+        max_depth=stats.max_depth,
     )
 
 

@@ -45,6 +45,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             paused=request.paused if request.HasField("paused") else None,
             max_running=request.max_running if request.HasField("max_running") else None,
             rate_limit=request.rate_limit if request.HasField("rate_limit") else None,
+            max_depth=request.max_depth if request.HasField("max_depth") else None,
         )
         return pb.UpdateQueueResponse(queue=queue_to_proto(queue))
 

@@ -321,6 +321,7 @@ def queue_to_proto(q: QueueStats) -> admin_pb.QueueStats:
         max_running=q.max_running,
         rate_limit=q.rate_limit,
         waiting=q.waiting,
+        max_depth=q.max_depth,
     )
 
 

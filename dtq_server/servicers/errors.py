@@ -30,6 +30,7 @@ from dtq_server.errors import (
     InvalidArgument,
     NodeNotFound,
     PermissionDenied,
+    QueueFull,
     ScheduleExists,
     ScheduleNotFound,
     SessionExpired,
@@ -66,6 +67,7 @@ _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
     PermissionDenied: (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
     CallRateExceeded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALL_RATE_EXCEEDED"),
     CapReached: (grpc.StatusCode.RESOURCE_EXHAUSTED, "CAP_REACHED"),
+    QueueFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL"),
 }
 
 
@@ -99,6 +101,12 @@ def rich_status(error: CoordinatorError) -> status_pb2.Status:
             for field, queue, type_ in error.unknown[: UnknownTaskType.MAX_NAMED]
         ]  # trailers are small (8 KiB by default): a batch's first few, as in the message
         details.append(_pack(error_details_pb2.PreconditionFailure(violations=failures)))
+    elif isinstance(error, QueueFull):
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=f"queue:{error.queue}",
+            description=f"at most {error.max_depth} unfinished tasks (max_depth)",
+        )
+        details.append(_pack(error_details_pb2.QuotaFailure(violations=[violation])))
     elif isinstance(error, CallRateExceeded):
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=error.retry_after_s))

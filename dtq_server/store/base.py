@@ -17,6 +17,7 @@ from dtq_server.models import (
     DependencyEvents,
     GroupStatus,
     NewTask,
+    QueueRoom,
     QueueSettings,
     QueueStats,
     RateLimit,
@@ -52,6 +53,7 @@ class Store(Protocol):
         tasks: list[NewTask],
         batch: bool = False,
         leased: Mapping[str, LeaseGrant] | None = None,
+        room: Mapping[str, QueueRoom] | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in one commit: all or none.
 
@@ -59,6 +61,8 @@ class Store(Protocol):
         ``created=False``; raises IdempotencyKeyReused if that task's spec differs.
         A task with unfinished dependencies is stored WAITING. A task with a
         grant in ``leased`` (by task id) is stored already leased as attempt 1.
+        Raises QueueFull, storing nothing, if more unfinished tasks would be
+        created in a queue than ``room`` gives it (queues not in ``room``: no limit).
         """
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:

@@ -116,6 +116,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tasks ADD COLUMN submitted_by TEXT;
     """,
+    # 9: a queue's maximum depth (unfinished tasks submits may bring it to).
+    """
+    ALTER TABLE queues ADD COLUMN max_depth INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

@@ -21,6 +21,7 @@ from dtq_server.models import (
     DependencyEvents,
     GroupStatus,
     NewTask,
+    QueueRoom,
     QueueSettings,
     QueueStats,
     RateLimit,
@@ -180,11 +181,12 @@ class SqliteStore:
         tasks: list[NewTask],
         batch: bool = False,
         leased: Mapping[str, LeaseGrant] | None = None,
+        room: Mapping[str, QueueRoom] | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         ttl = self._result_ttl_s
         grants = leased or {}
         return await self._writer.run(
-            lambda conn: tasks_sql.insert(conn, tasks, batch, ttl, grants)
+            lambda conn: tasks_sql.insert(conn, tasks, batch, ttl, grants, room or {})
         )
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
@@ -253,19 +255,30 @@ class SqliteStore:
     async def save_queue(self, name: str, settings: QueueSettings) -> None:
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO queues (name, paused, max_running, rate_limit) VALUES (?, ?, ?, ?) "
+                "INSERT INTO queues (name, paused, max_running, rate_limit, max_depth) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, "
-                "max_running = excluded.max_running, rate_limit = excluded.rate_limit",
-                (name, int(settings.paused), settings.max_running, settings.rate_limit),
+                "max_running = excluded.max_running, rate_limit = excluded.rate_limit, "
+                "max_depth = excluded.max_depth",
+                (
+                    name,
+                    int(settings.paused),
+                    settings.max_running,
+                    settings.rate_limit,
+                    settings.max_depth,
+                ),
             )
 
         await self._writer.run(save)
 
     async def load_queues(self) -> dict[str, QueueSettings]:
         def load(conn: sqlite3.Connection) -> dict[str, QueueSettings]:
-            rows = conn.execute("SELECT name, paused, max_running, rate_limit FROM queues")
+            rows = conn.execute(
+                "SELECT name, paused, max_running, rate_limit, max_depth FROM queues"
+            )
             return {
-                name: QueueSettings(bool(paused), limit, rate) for name, paused, limit, rate in rows
+                name: QueueSettings(bool(paused), limit, rate, depth)
+                for name, paused, limit, rate, depth in rows
             }
 
         return await self._read(load)
@@ -310,7 +323,8 @@ class SqliteStore:
             # never fired twice, nor lost, whatever moment the process dies.
             if not schedules_sql.advance(conn, name, expected_next, next_at, ticks):
                 return None
-            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s, {})
+            # No room check: a queue's max depth refuses submits, not the schedule's ticks.
+            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s, {}, {})
 
         return await self._writer.run(fire)
 

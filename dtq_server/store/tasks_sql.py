@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from dtq_server.errors import IdempotencyKeyReused
+from dtq_server.errors import IdempotencyKeyReused, QueueFull
 from dtq_server.models import (
     ActiveTask,
     Assignment,
@@ -17,6 +17,7 @@ from dtq_server.models import (
     Lease,
     NewTask,
     Progress,
+    QueueRoom,
     TaskError,
     TaskFilter,
     TaskRecord,
@@ -93,8 +94,13 @@ def insert(
     batch: bool,
     default_ttl_s: float,
     leased: Mapping[str, LeaseGrant],
+    room: Mapping[str, QueueRoom],
 ) -> list[tuple[TaskRecord, bool]]:
     """Store new tasks (one ``executemany``); a known idempotency key returns its task.
+
+    Raises QueueFull before writing anything if the new unfinished tasks of a
+    queue in ``room`` outnumber its free places. Tasks found by their key add
+    nothing, so a resubmit is answered even when its queue is full.
 
     A task granted in ``leased`` is stored leased (attempt 1, its node and
     session): it goes straight to an idle node, one commit instead of two.
@@ -160,11 +166,27 @@ def insert(
             submitted_by=t.submitted_by,
         )  # fmt: skip
         out.append((record, True))
+    if room:
+        _check_room(out, room)
     for nulls, values in binding.by_nulls(rows).items():
         conn.executemany(_INSERT + binding.values_clause(nulls), values)
     for t in waiting:
         dependencies.add_edges(conn, t)
     return out
+
+
+def _check_room(out: list[tuple[TaskRecord, bool]], room: Mapping[str, QueueRoom]) -> None:
+    """Raise QueueFull if the tasks about to be created overfill a limited queue."""
+    adding = Counter(
+        record.queue
+        for record, created in out
+        if created
+        and record.queue in room
+        and record.state in (TaskState.QUEUED, TaskState.LEASED)  # not WAITING, not failed
+    )
+    for queue, count in adding.items():
+        if count > room[queue].free:
+            raise QueueFull(queue, room[queue].max_depth)
 
 
 def _by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[TaskRecord, bytes]]:

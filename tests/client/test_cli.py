@@ -409,10 +409,10 @@ def test_queues_as_table_and_json(address: str, client: Client, queue: str) -> N
     assert table.exit_code == 0, table.stderr
     assert table.stdout.splitlines()[0].split() == [
         *("QUEUE", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"),
-        *("PAUSED", "MAX", "RUNNING", "RATE/S"),
+        *("PAUSED", "MAX", "RUNNING", "RATE/S", "MAX", "DEPTH"),
     ]
     rows = [line.split() for line in table.stdout.splitlines()]
-    assert [queue, "2", "0", "0", "0", "1", "no", "-", "-"] in rows
+    assert [queue, "2", "0", "0", "0", "1", "no", "-", "-", "-"] in rows
 
 
 def test_health_as_table_and_json(address: str) -> None:

@@ -306,8 +306,8 @@ def test_queues_pause_resume_and_limit(dtq: Dtq, client: Client, queue: str) -> 
     paused = dtq("queues", "pause", queue)
     assert paused.exit_code == 0, paused.stderr
     header, row = paused.stdout.splitlines()
-    assert header.split()[-4:] == ["PAUSED", "MAX", "RUNNING", "RATE/S"]
-    assert row.split() == [queue, "1", "0", "0", "0", "0", "yes", "-", "-"]
+    assert header.split()[-6:] == ["PAUSED", "MAX", "RUNNING", "RATE/S", "MAX", "DEPTH"]
+    assert row.split() == [queue, "1", "0", "0", "0", "0", "yes", "-", "-", "-"]
     limited = dtq("-o", "json", "queues", "limit", queue, "3")
     assert limited.exit_code == 0, limited.stderr
     data = json.loads(limited.stdout)
@@ -316,13 +316,13 @@ def test_queues_pause_resume_and_limit(dtq: Dtq, client: Client, queue: str) -> 
     [mine] = [json.loads(line) for line in listed.stdout.splitlines() if queue in line]
     assert (mine["paused"], mine["maxRunning"], mine["queued"]) == (True, 3, "1")
     table = dtq("queues")
-    assert [queue, "1", "0", "0", "0", "0", "yes", "3", "-"] in [
+    assert [queue, "1", "0", "0", "0", "0", "yes", "3", "-", "-"] in [
         line.split() for line in table.stdout.splitlines()
     ]
     resumed = dtq("queues", "resume", queue, "-o", "json")
     assert json.loads(resumed.stdout)["paused"] is False
     unlimited = dtq("queues", "limit", queue, "0")
-    assert unlimited.stdout.splitlines()[1].split()[-3:] == ["no", "-", "-"]
+    assert unlimited.stdout.splitlines()[1].split()[-4:] == ["no", "-", "-", "-"]
     [stats] = [q for q in client.queues() if q.name == queue]
     assert (stats.paused, stats.max_running) == (False, 0)
     bad = dtq("queues", "pause", "bad queue")

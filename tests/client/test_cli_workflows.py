@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from click.testing import CliRunner, Result
 
-from dtq_client import Client, TaskSpec, TaskState
+from dtq_client import Client, QueueFull, TaskSpec, TaskState
 from dtq_client.cli import cli
 from tests.harness import RawNode, wait_until
 
@@ -248,15 +248,36 @@ def test_rate_limits_set_list_and_delete(dtq: Dtq, client: Client) -> None:
 
 def test_queues_rate(dtq: Dtq, client: Client, queue: str) -> None:
     limited = rows(dtq("queues", "rate", queue, "2.5"))
-    assert limited[0][-1] == "RATE/S"
-    assert limited[1] == [queue, "0", "0", "0", "0", "0", "no", "-", "2.5"]
-    assert [queue, "0", "0", "0", "0", "0", "no", "-", "2.5"] in rows(dtq("queues"))
+    assert limited[0][-3:] == ["RATE/S", "MAX", "DEPTH"]
+    assert limited[1] == [queue, "0", "0", "0", "0", "0", "no", "-", "2.5", "-"]
+    assert [queue, "0", "0", "0", "0", "0", "no", "-", "2.5", "-"] in rows(dtq("queues"))
     data = json.loads(dtq("-o", "json", "queues", "rate", queue, "40").stdout)
     assert (data["name"], data["rateLimit"]) == (queue, 40.0)
     removed = rows(dtq("queues", "rate", queue, "0"))
-    assert removed[1][-1] == "-"
+    assert removed[1][-2] == "-"
     [stats] = [q for q in client.queues() if q.name == queue]
     assert stats.rate_limit == 0
+
+
+def test_queues_depth(dtq: Dtq, client: Client, queue: str) -> None:
+    capped = rows(dtq("queues", "depth", queue, "2"))
+    assert capped[0][-2:] == ["MAX", "DEPTH"]
+    assert capped[1] == [queue, "0", "0", "0", "0", "0", "no", "-", "-", "2"]
+    first = client.submit(NOBODY, queue=queue, idempotency_key=f"{queue}-1")
+    client.submit(NOBODY, queue=queue)
+    with pytest.raises(QueueFull) as full:
+        client.submit(NOBODY, queue=queue)
+    assert f"queue '{queue}' is full" in str(full.value)
+    # The same spec again adds nothing: answered, not refused.
+    assert client.submit(NOBODY, queue=queue, idempotency_key=f"{queue}-1").id == first.id
+    refused = dtq("submit", NOBODY, "--queue", queue)
+    assert refused.exit_code == 3
+    assert refused.stderr.startswith("error: RESOURCE_EXHAUSTED (QUEUE_FULL)"), refused.stderr
+    data = json.loads(dtq("-o", "json", "queues", "depth", queue, "0").stdout)
+    assert (data["name"], data.get("maxDepth", 0), data["queued"]) == (queue, 0, "2")
+    client.submit(NOBODY, queue=queue)
+    [stats] = [q for q in client.queues() if q.name == queue]
+    assert (stats.max_depth, stats.queued) == (0, 3)
 
 
 def test_nodes_show_prefetch(dtq: Dtq, cluster: Cluster, queue: str) -> None:

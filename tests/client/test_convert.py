@@ -169,7 +169,7 @@ def test_node_states_map_both_ways(state: NodeState) -> None:
 
 def test_queue_stats_and_submit_result_round_trip(full_task: Task) -> None:
     stats = QueueStats(
-        *("mail", 1, 2, 3, 4, 5), paused=True, max_running=6, rate_limit=2.5, waiting=7
+        *("mail", 1, 2, 3, 4, 5), paused=True, max_running=6, rate_limit=2.5, waiting=7, max_depth=8
     )
     message = convert.queue_stats_to_proto(stats)
     assert convert.queue_stats_from_proto(message) == stats

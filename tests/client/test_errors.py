@@ -23,6 +23,8 @@ from dtq_client.errors import (
     InvalidArgument,
     NodeNotFound,
     NotFound,
+    QueueFull,
+    ResourceExhausted,
     RpcError,
     ScheduleExists,
     ScheduleNotFound,
@@ -143,6 +145,8 @@ def test_invalid_argument_carries_reason_and_field_violations() -> None:
         (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_EXPIRED", FailedPrecondition),
         (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", Unavailable),
         (grpc.StatusCode.DEADLINE_EXCEEDED, None, DeadlineExceeded),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL", QueueFull),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "CAP_REACHED", ResourceExhausted),
         # A reason never overrides its status code's class.
         (grpc.StatusCode.UNAVAILABLE, "TASK_NOT_FOUND", Unavailable),
         (grpc.StatusCode.INTERNAL, None, RpcError),
@@ -229,7 +233,7 @@ def test_every_error_class_is_in_the_docstring_tree() -> None:
         for value in vars(errors).values()
         if isinstance(value, type) and issubclass(value, DtqError)
     ]
-    assert len(classes) == 22
+    assert len(classes) == 23
     for cls in classes:
         assert cls.__name__ in doc, cls
         assert cls.__doc__, cls

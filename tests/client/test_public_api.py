@@ -27,6 +27,7 @@ EXPECTED = {
     "PermissionDenied",
     "Progress",
     "ProtocolError",
+    "QueueFull",
     "QueueStats",
     "RateLimit",
     "ResourceExhausted",

@@ -117,6 +117,20 @@ def test_board_skips_cancelled_and_delays_retries() -> None:
     assert board.pop_ready(keys) is later
 
 
+def test_board_counts_each_queue_s_unfinished_tasks_once() -> None:
+    board = TaskBoard()
+    first, second, other = active(1), active(2, due_at=10.0), active(3, queue="q2")
+    for task in (first, second, other):
+        board.track(task, now=0.0)
+    board.track(active(1), now=0.0)  # the same task again (a retried one): still one
+    assert (board.unfinished("default"), board.unfinished("q2")) == (2, 1)
+    board.pop_ready({("default", "echo", "")})  # leased: still unfinished
+    assert board.unfinished("default") == 2
+    board.forget(first, TaskState.SUCCEEDED)
+    board.forget(first, TaskState.SUCCEEDED)  # a second forget changes nothing
+    assert (board.unfinished("default"), board.unfinished("none")) == (1, 0)
+
+
 def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     bucket = TokenBucket(per_second=10, burst=2, stamp=0.0)
     assert bucket.available(0.0)
