@@ -128,7 +128,7 @@ class CoordinatorServer:
             tokens = TokenBook(self.config.tokens_file)
             gate = Gate(tokens, load_policy(), anyone_admitted=self.config.health_is_open)
             self._revocations = asyncio.get_running_loop().create_task(gate.watch_revocations())
-        guarded = GuardedRegistrar(server, gate)
+        guarded = GuardedRegistrar(server, gate, self.config.max_call_s)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             TaskServicer(self.coordinator), guarded
         )

@@ -199,6 +199,16 @@ from dtq_server.tokens import TokenBook, TokenFileError
     help="Seconds finished tasks are kept when they do not say. [env: DTQ_RESULT_TTL]",
 )
 @click.option(
+    "--max-call-time",
+    envvar="DTQ_MAX_CALL_TIME",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a unary call may run, whatever deadline its client set (or none): then "
+    "DEADLINE_EXCEEDED (MAX_CALL_TIME). Streams are not capped. 0: no cap. "
+    "[env: DTQ_MAX_CALL_TIME]",
+)
+@click.option(
     "--strict-task-types/--no-strict-task-types",
     envvar="DTQ_STRICT_TASK_TYPES",
     default=False,
@@ -264,6 +274,7 @@ def main(
     max_connection_age: float | None,
     max_connection_age_grace: float,
     result_ttl: float,
+    max_call_time: float,
     strict_task_types: bool,
     port_file: Path | None,
     event_loop: str,
@@ -299,6 +310,7 @@ def main(
             max_connection_age_s=max_connection_age,
             max_connection_age_grace_s=max_connection_age_grace,
             result_ttl_s=result_ttl,
+            max_call_s=max_call_time or None,
             strict_task_types=strict_task_types,
             port_file=port_file,
             event_loop=cast(loops.EventLoop, event_loop),

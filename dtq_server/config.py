@@ -63,6 +63,10 @@ class ServerConfig:
     """How long finished tasks are kept when they do not say (then swept)."""
     sweep_interval_s: float = 60.0
     """How often expired finished tasks are deleted."""
+    max_call_s: float | None = 60.0
+    """Longest a unary call may run, whatever deadline (or none) its client set: past it,
+    DEADLINE_EXCEEDED (reason MAX_CALL_TIME), so a stuck store cannot pile up calls
+    forever. Streams (watches, the submit and worker streams) are not capped. None: no cap."""
     strict_task_types: bool = False
     """Refuse submits (and schedules) of a (queue, type) no node has ever declared."""
     port_file: Path | None = None
@@ -107,5 +111,7 @@ class ServerConfig:
                     f"refusing to serve {served}plaintext on {address}, which is not loopback: "
                     "give --tls-cert and --tls-key, or --insecure on a network you trust"
                 )
+        if self.max_call_s is not None and self.max_call_s <= 0:
+            raise ValueError("max call time must be positive (None: no cap)")
         if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:
             raise ValueError("max payload must leave 64 KiB of room under the message limit")

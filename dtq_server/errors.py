@@ -19,7 +19,8 @@
     ├── PermissionDenied       a valid token whose role may not do this
     ├── CallRateExceeded       an identity called faster than its tokens-file limit
     ├── CapReached             an identity holds as many streams or nodes as its entry allows
-    └── QueueFull              a submit would take a queue past its maximum depth
+    ├── QueueFull              a submit would take a queue past its maximum depth
+    └── CallTooLong            a unary call ran past the coordinator's --max-call-time
 """
 
 from __future__ import annotations
@@ -169,4 +170,14 @@ class QueueFull(CoordinatorError):
         super().__init__(
             f"queue {queue!r} is full: it holds at most {max_depth} unfinished tasks "
             "(its max_depth); nothing was stored, retry once it drains"
+        )
+
+
+class CallTooLong(CoordinatorError):
+    """A unary call ran longer than the coordinator allows any call, whatever its deadline."""
+
+    def __init__(self, max_call_s: float) -> None:
+        super().__init__(
+            f"the coordinator allows a call at most {max_call_s:g} s and this one took longer; "
+            "what it asked may still be done (a submit: resend it with the same idempotency key)"
         )

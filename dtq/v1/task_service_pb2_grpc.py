@@ -41,6 +41,11 @@ class TaskServiceStub:
     (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
     whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
+    DEADLINE_EXCEEDED  the call's deadline passed; or a unary call ran past the
+    coordinator's cap (--max-call-time, 60 s by default;
+    reason MAX_CALL_TIME), whatever deadline it set. Either
+    way a submit may still be stored: resend it with the
+    same idempotency key
     RESOURCE_EXHAUSTED a message over the size limit; or the queue holds its
     maximum of unfinished tasks (AdminService.UpdateQueue's
     max_depth; reason QUEUE_FULL, with a google.rpc.QuotaFailure
@@ -133,6 +138,11 @@ class TaskServiceServicer:
     (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
     whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
+    DEADLINE_EXCEEDED  the call's deadline passed; or a unary call ran past the
+    coordinator's cap (--max-call-time, 60 s by default;
+    reason MAX_CALL_TIME), whatever deadline it set. Either
+    way a submit may still be stored: resend it with the
+    same idempotency key
     RESOURCE_EXHAUSTED a message over the size limit; or the queue holds its
     maximum of unfinished tasks (AdminService.UpdateQueue's
     max_depth; reason QUEUE_FULL, with a google.rpc.QuotaFailure
@@ -349,6 +359,11 @@ class TaskService:
     (reason UNKNOWN_TASK_TYPE, with a google.rpc.PreconditionFailure
     whose violations name the specs: `task.type`, `tasks[i].type`)
     UNAVAILABLE        shutting down or the store cannot write; retry
+    DEADLINE_EXCEEDED  the call's deadline passed; or a unary call ran past the
+    coordinator's cap (--max-call-time, 60 s by default;
+    reason MAX_CALL_TIME), whatever deadline it set. Either
+    way a submit may still be stored: resend it with the
+    same idempotency key
     RESOURCE_EXHAUSTED a message over the size limit; or the queue holds its
     maximum of unfinished tasks (AdminService.UpdateQueue's
     max_depth; reason QUEUE_FULL, with a google.rpc.QuotaFailure

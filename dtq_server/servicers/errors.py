@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 
 from dtq_server.errors import (
     CallRateExceeded,
+    CallTooLong,
     CapReached,
     CoordinatorError,
     GroupNotFound,
@@ -68,6 +69,7 @@ _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
     CallRateExceeded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "CALL_RATE_EXCEEDED"),
     CapReached: (grpc.StatusCode.RESOURCE_EXHAUSTED, "CAP_REACHED"),
     QueueFull: (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL"),
+    CallTooLong: (grpc.StatusCode.DEADLINE_EXCEEDED, "MAX_CALL_TIME"),
 }
 
 
