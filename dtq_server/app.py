@@ -15,7 +15,6 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
@@ -33,6 +32,7 @@ from dtq.v1 import (
 from dtq_server.auth import Gate, load_policy
 from dtq_server.config import MiB, ServerConfig
 from dtq_server.coordinator import Coordinator
+from dtq_server.health import Health
 from dtq_server.metrics import serve_metrics
 from dtq_server.servicers.admin_service import AdminServicer
 from dtq_server.servicers.malformed import GuardedRegistrar
@@ -94,7 +94,7 @@ class CoordinatorServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.health = HealthServicer()
+        self.health = Health()
         self.store = SqliteStore(
             config.db_path, config.synchronous, self._store_health, config.result_ttl_s
         )

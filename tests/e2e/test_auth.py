@@ -133,9 +133,7 @@ def test_s1_without_a_token_only_health_answers(auth: Auth) -> None:
         codes = {path: _call(channel, path, []) for path in METHODS}
     for path, code in codes.items():
         if ANYONE in policy[path]:
-            # Health/List is in the proto but not in grpcio-health-checking's servicer.
-            unimplemented = path.endswith("/List") and code is grpc.StatusCode.UNIMPLEMENTED
-            assert code is grpc.StatusCode.OK or unimplemented, (path, code)
+            assert code is grpc.StatusCode.OK, (path, code)
         else:
             assert code is grpc.StatusCode.UNAUTHENTICATED, (path, code)
 

@@ -18,6 +18,14 @@ def test_health_serves_overall_and_per_service(
         assert response.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
+def test_health_lists_every_service_with_its_status(channel: grpc.Channel) -> None:
+    # In the standard proto, not in grpcio-health-checking's servicer (dtq_server.health).
+    health = health_pb2_grpc.HealthStub(channel)
+    listed = health.List(health_pb2.HealthListRequest(), timeout=5).statuses
+    assert {"", "dtq.v1.TaskService", "dtq.v1.WorkerService", "dtq.v1.AdminService"} <= set(listed)
+    assert {s.status for s in listed.values()} == {health_pb2.HealthCheckResponse.SERVING}
+
+
 def test_reflection_lists_the_dtq_services(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
