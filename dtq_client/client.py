@@ -24,7 +24,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, Self, overload
@@ -163,6 +163,7 @@ class Client(ScheduleCalls, ClusterCalls):
         rate_key: str | None = None,
         depends_on: Iterable[str] = (),
         on_dependency_failure: DependencyFailure | str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Task:
         """Submit one task and return it as stored (see :class:`TaskSpec` for the arguments).
 
@@ -170,6 +171,9 @@ class Client(ScheduleCalls, ClusterCalls):
         they all succeed; if one fails or is cancelled, the task fails
         (``DEPENDENCY_FAILED``) or, with ``on_dependency_failure="cancel"``, is
         cancelled, and so on down the tasks depending on it.
+
+        ``headers`` (such as ``{"traceparent": ..., "tenant": ...}``) are stored
+        with the task and handed to its handler as ``ctx.headers``.
 
         With an ``idempotency_key`` that an earlier task used, that task is
         returned; :class:`AlreadyExists` if its spec differs. ``run_at`` and
@@ -197,6 +201,7 @@ class Client(ScheduleCalls, ClusterCalls):
             on_dependency_failure=(
                 None if on_dependency_failure is None else DependencyFailure(on_dependency_failure)
             ),
+            headers=headers or {},
         )
         request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
         response: task_service_pb2.SubmitTaskResponse = self._unary(

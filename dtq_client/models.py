@@ -9,8 +9,8 @@ float seconds named ``*_s``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
@@ -164,6 +164,9 @@ class Task:
     """The group the task was submitted in (see :meth:`dtq_client.Client.submit_group`)."""
     submitted_by: str | None = None
     """The name of the token that submitted it (None when the coordinator checks no tokens)."""
+    # Out of the hash (a dict has none), not out of ==: equal tasks still hash equal.
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """The application metadata submitted with it (see ``TaskSpec.headers``); empty if none."""
 
     @property
     def is_terminal(self) -> bool:
@@ -221,12 +224,25 @@ class TaskSpec:
     """
     on_dependency_failure: DependencyFailure | None = None
     """If a dependency fails or is cancelled: fail this task (None: the default) or cancel it."""
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Application metadata carried with the task: stored and shown with it, and handed to
+    its handler with every attempt (``ctx.headers``): a correlation id, a tenant, W3C trace
+    context such as ``traceparent``. The coordinator does not interpret them.
+
+    At most 32 entries; keys of 1-64 characters from ``[A-Za-z0-9_.-]`` (case-sensitive),
+    printable values of at most 2,048 characters; the coordinator refuses others with
+    :class:`~dtq_client.InvalidArgument` (field ``task.headers["key"]``). Part of the spec an
+    idempotency key guards. The spec keeps a copy of the mapping it is given.
+    """
 
     def __post_init__(self) -> None:
         # A tuple, so that equal specs compare equal whatever sequence they were given.
         if isinstance(self.depends_on, str):
             raise TypeError("depends_on must be a collection of task ids, not one string")
         object.__setattr__(self, "depends_on", tuple(self.depends_on))
+        if self.headers:
+            # A copy of our own: the caller's mapping may change after the spec is built.
+            object.__setattr__(self, "headers", dict(self.headers))
         if self.on_dependency_failure is not None:
             policy = DependencyFailure(self.on_dependency_failure)
             object.__setattr__(self, "on_dependency_failure", policy)

@@ -7,7 +7,7 @@ is written raw (no highlighting or wrapping), so it is always parseable.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -211,6 +211,7 @@ def task_view(task: Task) -> Table:
         ("depends on", Text("\n".join(task.depends_on)) if task.depends_on else None),
         ("group", _optional(task.group_id)),
         ("submitted by", _optional(task.submitted_by)),
+        ("headers", _headers_text(task.headers)),
         ("failures", Text(str(task.failures)) if task.failures else None),
         ("lease expiries", Text(str(task.lease_expiries)) if task.lease_expiries else None),
         ("cancel requested", Text("yes", style="magenta") if task.cancel_requested else None),
@@ -386,6 +387,7 @@ def schedule_view(schedule: Schedule) -> Table:
         ("priority", Text(str(spec.priority)) if spec.priority else None),
         ("max attempts", Text(str(spec.max_attempts)) if spec.max_attempts else None),
         ("rate key", _optional(spec.rate_key)),
+        ("headers", _headers_text(spec.headers)),
         (
             "execution timeout",
             None
@@ -484,6 +486,13 @@ def progress_text(task: Task) -> str:
 
 def _optional(value: str | None) -> Text | None:
     return Text(value) if value else None
+
+
+def _headers_text(headers: Mapping[str, str]) -> Text | None:
+    """``key=value`` lines in key order (a value holds no line break: it is printable)."""
+    if not headers:
+        return None
+    return Text("\n".join(f"{key}={headers[key]}" for key in sorted(headers)))
 
 
 def _error_text(task: Task) -> Text | None:

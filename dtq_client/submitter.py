@@ -39,7 +39,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -164,6 +164,7 @@ class Submitter:
         rate_key: str | None = None,
         depends_on: Iterable[str] = (),
         on_dependency_failure: DependencyFailure | str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Future[SubmitAck]:
         """Queue one task (arguments as :meth:`dtq_client.Client.submit`); a future of its answer.
 
@@ -194,6 +195,7 @@ class Submitter:
             on_dependency_failure=(
                 None if on_dependency_failure is None else DependencyFailure(on_dependency_failure)
             ),
+            headers=headers or {},
         )
         return self.submit_spec(spec)
 

@@ -155,6 +155,7 @@ class Handoff:
                 created_at=record.created_at,
                 execution_timeout_s=spec.execution_timeout_s,
                 priority=spec.priority,
+                headers=spec.headers,
             )
             batches.setdefault(d.session.id, (d.session, []))[1].append(assignment)
         self.undo(unused)

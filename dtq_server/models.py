@@ -7,6 +7,10 @@ from enum import IntEnum
 
 from dtq.frozen import frozen
 
+Headers = tuple[tuple[str, str], ...]
+"""A task's headers (``TaskSpec.headers``) as (key, value) pairs sorted by key: immutable,
+and one spelling per set of headers for the digest and the store."""
+
 
 class TaskState(IntEnum):
     """Task states; the values match ``dtq.v1.TaskState`` and are stored as integers."""
@@ -103,6 +107,8 @@ class NewTask:
     group_id: str | None = None
     submitted_by: str | None = None
     """The name of the token that submitted it (None without tokens)."""
+    headers: Headers = ()
+    """Application metadata handed to the handler; never interpreted here."""
 
 
 @frozen
@@ -143,6 +149,7 @@ class TaskRecord:
     depends_on: tuple[str, ...] = ()
     group_id: str | None = None
     submitted_by: str | None = None
+    headers: Headers = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -187,6 +194,7 @@ class Assignment:
     created_at: float
     execution_timeout_s: float | None = None
     priority: int = 0
+    headers: Headers = ()
 
 
 @frozen

@@ -237,6 +237,7 @@ class NodeSessions:
                     created_at=record.created_at,
                     execution_timeout_s=record.execution_timeout_s,
                     priority=record.priority,
+                    headers=record.headers,
                 )
             )
         if again:

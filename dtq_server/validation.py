@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 import time
 import uuid
@@ -17,7 +18,7 @@ import uuid_utils
 from dtq.frozen import frozen
 from dtq_server.config import ServerConfig
 from dtq_server.errors import InvalidArgument
-from dtq_server.models import DependencyFailure, Lease, NewTask, Registration
+from dtq_server.models import DependencyFailure, Headers, Lease, NewTask, Registration
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -32,6 +33,9 @@ MAX_TYPES_PER_NODE = 1_000
 MAX_SLOTS = 10_000
 MAX_PRIORITY = 1000
 MAX_DEPENDENCIES = 100
+MAX_HEADERS = 32
+HEADER_KEY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+MAX_HEADER_VALUE_CHARS = 2048
 DAY_S = 86_400.0
 MAX_SCHEDULE_AHEAD_S = 365 * DAY_S
 DEFAULT_QUEUE = "default"
@@ -61,6 +65,8 @@ class SpecInput:
     on_dependency_failure: int = 0
     submitted_by: str | None = None
     """The name of the token that submitted it (None without tokens)."""
+    headers: Headers = ()
+    """Sorted by key (see :data:`~dtq_server.models.Headers`)."""
 
 
 class Violations:
@@ -121,6 +127,8 @@ def validate_spec(
     if len(spec.rate_key) > MAX_KEY_CHARS or not spec.rate_key.isprintable():
         v.add(f"{field}.rate_key", f"must be printable, at most {MAX_KEY_CHARS} characters")
     depends_on = _check_dependencies(spec, field, v)
+    if spec.headers:
+        _check_headers(spec.headers, field, v)
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
         v.add(f"{field}.priority", f"must be {-MAX_PRIORITY} to {MAX_PRIORITY}")
     run_at = _check_schedule(spec, field, now, v)
@@ -151,6 +159,8 @@ def validate_spec(
     )
     digest.update("\0".join(parts).encode())
     digest.update(spec.payload)
+    for key, text in spec.headers:  # none: the digest is as before headers existed
+        digest.update(f"\0header\0{key}\0{text}".encode())
     if spec.submitted_by is not None:
         # Another identity's identical spec under the same key is a clash, not a retry:
         # it would answer with a task that identity may not see.
@@ -178,7 +188,20 @@ def validate_spec(
         depends_on=depends_on,
         on_dependency_failure=DependencyFailure(spec.on_dependency_failure or 1),
         submitted_by=spec.submitted_by,
+        headers=spec.headers,
     )
+
+
+def _check_headers(headers: Headers, field: str, v: Violations) -> None:
+    if len(headers) > MAX_HEADERS:
+        v.add(f"{field}.headers", f"at most {MAX_HEADERS} headers, got {len(headers)}")
+        return
+    for key, value in headers:
+        path = f"{field}.headers[{json.dumps(key)}]"
+        if not _matches(HEADER_KEY_RE, key):
+            check_name(v, path, key, HEADER_KEY_RE, "header key")
+        elif len(value) > MAX_HEADER_VALUE_CHARS or not value.isprintable():
+            v.add(path, f"value must be printable, at most {MAX_HEADER_VALUE_CHARS} characters")
 
 
 def _check_dependencies(spec: SpecInput, field: str, v: Violations) -> tuple[str, ...]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import field
+from types import MappingProxyType
 
 from dtq.frozen import frozen
 from dtq_worker.errors import TaskCancelled
@@ -50,6 +51,19 @@ class ProgressCell:
         with self._lock:
             value, self._value = self._value, None
         return value
+
+
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+"""The headers of a task submitted without any (one read-only mapping shared by all)."""
+
+
+def _no_headers() -> Mapping[str, str]:
+    return NO_HEADERS
+
+
+def read_only_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` as a handler gets them: a read-only view, or :data:`NO_HEADERS` if empty."""
+    return MappingProxyType(headers) if headers else NO_HEADERS
 
 
 def _ignore(_: TaskContext) -> None:
@@ -119,6 +133,13 @@ class TaskContext:
     """The queue the task came from."""
     content_type: str
     """Media type of the payload as submitted (empty means JSON)."""
+    headers: Mapping[str, str] = field(default_factory=_no_headers)
+    """The task's headers as submitted (``TaskSpec.headers``): application metadata such as
+    a correlation id, a tenant or W3C trace context (``traceparent``); empty if none.
+
+    Read-only (setting a key raises ``TypeError``); ``dict(ctx.headers)`` makes a copy
+    to change or to return as (JSON) result.
+    """
     cancel_cell: CancelCell = field(default_factory=CancelCell, repr=False)
     """Holds :attr:`cancel_event`."""
     deadline_cell: Deadline = field(default_factory=Deadline, repr=False)

@@ -169,6 +169,8 @@ def _assignment(message: worker_service_pb2.TaskAssignment) -> Assignment:
         execution_timeout_s=(
             _seconds(message.execution_timeout) if message.HasField("execution_timeout") else None
         ),
+        # Most tasks have none: skip the copy (0.9 against 0.15 µs).
+        headers=dict(message.headers) if message.headers else {},
     )
 
 

@@ -30,7 +30,7 @@ from enum import StrEnum
 
 import structlog
 
-from dtq_worker.context import TaskContext
+from dtq_worker.context import TaskContext, read_only_headers
 from dtq_worker.models import (
     Assignment,
     Lease,
@@ -99,6 +99,7 @@ class Ledger:
                 type=assignment.type,
                 queue=assignment.queue,
                 content_type=assignment.payload.content_type,
+                headers=read_only_headers(assignment.headers),
                 on_progress=self._on_progress,
             ),
         )

@@ -5,6 +5,8 @@ Everything past the stream edge (ledger, supervisor, runner) sees only these.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import field
 from enum import StrEnum
 
 from dtq.frozen import frozen
@@ -38,6 +40,9 @@ class Assignment:
     execution_timeout_s: float | None = None
     """How long one attempt may run (the task's ``execution_timeout``); None: no limit
     beyond the node's own ``task_timeout_s``."""
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """The task's headers (``TaskSpec.headers``). A plain dict, so that the assignment
+    pickles to a handler process; handlers get a read-only view (``TaskContext.headers``)."""
 
 
 class ReleaseReason(StrEnum):

@@ -52,7 +52,7 @@ from typing import Any
 
 import structlog
 
-from dtq_worker.context import Deadline, TaskContext
+from dtq_worker.context import Deadline, TaskContext, read_only_headers
 from dtq_worker.errors import ConfigError
 from dtq_worker.models import ErrorType, Failed, Failure, Outcome, Progress
 from dtq_worker.registry import Registry
@@ -310,6 +310,7 @@ def _child_main(registry_bytes: bytes, conn: Connection) -> None:
             type=assignment.type,
             queue=assignment.queue,
             content_type=assignment.payload.content_type,
+            headers=read_only_headers(assignment.headers),
             deadline_cell=Deadline(None if timeout_s is None else time.monotonic() + timeout_s),
             on_progress=on_progress,
         )

@@ -90,3 +90,14 @@ def deadline(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     """Returns how long it had left when it started (the context's deadline)."""
     left = ctx.seconds_left()
     return {"left": left}
+
+
+@registry.task("headers")
+def headers(payload: Any, ctx: TaskContext) -> dict[str, str]:
+    """Returns the task's headers (a copy: ``ctx.headers`` is a read-only mapping).
+
+    Fails (retryably) the attempts before ``payload["succeed_on"]``, if given.
+    """
+    if ctx.attempt < int((payload or {}).get("succeed_on", 1)):
+        raise ValueError(f"attempt {ctx.attempt} failed on purpose, headers {dict(ctx.headers)}")
+    return dict(ctx.headers)

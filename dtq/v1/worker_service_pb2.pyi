@@ -146,7 +146,14 @@ class NodeRegistered(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., heartbeat_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed: _Optional[bool] = ..., stale_leases: _Optional[_Iterable[_Union[_task_pb2.Lease, _Mapping]]] = ..., max_result_bytes: _Optional[int] = ...) -> None: ...
 
 class TaskAssignment(_message.Message):
-    __slots__ = ("lease", "type", "queue", "payload", "max_attempts", "create_time", "execution_timeout", "priority")
+    __slots__ = ("lease", "type", "queue", "payload", "max_attempts", "create_time", "execution_timeout", "priority", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     LEASE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +162,7 @@ class TaskAssignment(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
     lease: _task_pb2.Lease
     type: str
     queue: str
@@ -163,7 +171,8 @@ class TaskAssignment(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     execution_timeout: _duration_pb2.Duration
     priority: int
-    def __init__(self, lease: _Optional[_Union[_task_pb2.Lease, _Mapping]] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[_task_pb2.Payload, _Mapping]] = ..., max_attempts: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, lease: _Optional[_Union[_task_pb2.Lease, _Mapping]] = ..., type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[_Union[_task_pb2.Payload, _Mapping]] = ..., max_attempts: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., priority: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskAssignments(_message.Message):
     __slots__ = ("assignments",)

@@ -91,6 +91,7 @@ def create(
     schedule_to_start_timeout_s: float | None,
     result_ttl_s: float | None,
     rate_key: str | None,
+    headers: dict[str, str],
 ) -> None:
     """Create schedule NAME: submit a task of TYPE at every tick, and print it.
 
@@ -111,6 +112,7 @@ def create(
         schedule_to_start_timeout_s=schedule_to_start_timeout_s,
         result_ttl_s=result_ttl_s,
         rate_key=rate_key,
+        headers=headers,
     )
     schedule = client_for(ctx).create_schedule(
         name,

@@ -38,6 +38,26 @@ def _read_json_file(
     return None if file is None else _parse_json(ctx, param, file.read())
 
 
+def _parse_headers(
+    ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
+) -> dict[str, str]:
+    """Click callback: ``KEY=VALUE`` items as a dict, or a usage error naming the option.
+
+    The value is everything after the first ``=`` (it may hold more). A key
+    given twice is an error rather than silently one of the two. The keys and
+    values themselves are the coordinator's to check.
+    """
+    headers: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+        if key in headers:
+            raise click.BadParameter(f"header {key!r} given twice", ctx=ctx, param=param)
+        headers[key] = value
+    return headers
+
+
 def payload_of(payload: JsonValue | None, payload_file: JsonValue | None) -> object:
     """The task's input from ``--payload`` or ``--payload-file`` (None when neither)."""
     if payload is not None and payload_file is not None:
@@ -47,11 +67,12 @@ def payload_of(payload: JsonValue | None, payload_file: JsonValue | None) -> obj
 
 
 def task_options(command: _F) -> _F:
-    """Add the options of a task's spec: payload, queue, attempts, priority, timeouts, rate key.
+    """Add the options of a task's spec, from its payload to its headers.
 
     The command receives them as ``payload``, ``payload_file``, ``queue``,
     ``max_attempts``, ``priority``, ``execution_timeout_s``,
-    ``schedule_to_start_timeout_s``, ``result_ttl_s`` and ``rate_key``.
+    ``schedule_to_start_timeout_s``, ``result_ttl_s``, ``rate_key`` and ``headers``
+    (a dict).
     """
     options = [
         click.option(
@@ -99,6 +120,14 @@ def task_options(command: _F) -> _F:
             "--rate-key",
             metavar="K",
             help="Share the rate limit of key K (see rate-limits) with the key's other tasks.",
+        ),
+        click.option(
+            "--header",
+            "headers",
+            multiple=True,
+            callback=_parse_headers,
+            metavar="KEY=VALUE",
+            help="Metadata for the handler (ctx.headers), e.g. a trace id or tenant (repeatable).",
         ),
     ]
     for option in reversed(options):  # decorators apply bottom-up; keep the order above

@@ -80,6 +80,7 @@ def submit(
     schedule_to_start_timeout_s: float | None,
     result_ttl_s: float | None,
     rate_key: str | None,
+    headers: dict[str, str],
     idempotency_key: str | None,
     delay_s: float | None,
     run_at: datetime | None,
@@ -115,6 +116,7 @@ def submit(
         schedule_to_start_timeout_s=schedule_to_start_timeout_s,
         result_ttl_s=result_ttl_s,
         rate_key=rate_key,
+        headers=headers,
         depends_on=depends_on,
         on_dependency_failure=lower(on_dependency_failure),
     )

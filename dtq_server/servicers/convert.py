@@ -88,6 +88,7 @@ def spec_to_proto(spec: SpecInput) -> pb.TaskSpec:
         rate_key=spec.rate_key,
         depends_on=list(spec.depends_on),
         on_dependency_failure=spec.on_dependency_failure,  # type: ignore[arg-type]
+        headers=dict(spec.headers),
     )
     for field, seconds in (
         ("retry_backoff", spec.retry_backoff_s),
@@ -108,6 +109,7 @@ def spec_from_proto(spec: pb.TaskSpec, submitted_by: str | None = None) -> SpecI
     """
     payload = spec.payload
     depends_on = spec.depends_on
+    headers = spec.headers
     return SpecInput(
         type=spec.type,
         queue=spec.queue,
@@ -126,6 +128,7 @@ def spec_from_proto(spec: pb.TaskSpec, submitted_by: str | None = None) -> SpecI
         depends_on=tuple(depends_on) if depends_on else (),
         on_dependency_failure=spec.on_dependency_failure,
         submitted_by=submitted_by,
+        headers=tuple(sorted(headers.items())) if headers else (),
     )
 
 
@@ -175,6 +178,8 @@ def fill_task(msg: pb.Task, t: TaskRecord) -> None:
         set_time(msg.expire_time, t.expires_at)
     if t.depends_on:
         msg.depends_on.extend(t.depends_on)
+    if t.headers:
+        msg.headers.update(t.headers)
     if t.execution_timeout_s is not None:
         msg.execution_timeout.CopyFrom(duration(t.execution_timeout_s))
     if t.result is not None:
@@ -275,6 +280,8 @@ def fill_assignment(m: worker_pb.TaskAssignment, a: Assignment) -> None:
     if a.execution_timeout_s is not None:
         m.execution_timeout.FromNanoseconds(int(a.execution_timeout_s * 1e9))
     m.priority = a.priority
+    if a.headers:
+        m.headers.update(a.headers)
 
 
 _NODE_STATE = {

@@ -30,6 +30,7 @@ def template_from_json(text: str) -> SpecInput:
     fields: dict[str, Any] = json.loads(text)
     fields["payload"] = base64.b64decode(fields["payload"])
     fields["depends_on"] = tuple(fields.get("depends_on", ()))  # JSON has no tuples
+    fields["headers"] = tuple((key, value) for key, value in fields.get("headers", ()))
     return SpecInput(**fields)
 
 

@@ -120,6 +120,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE queues ADD COLUMN max_depth INTEGER NOT NULL DEFAULT 0;
     """,
+    # 10: application headers of a task (TaskSpec.headers), a JSON object; NULL: none.
+    """
+    ALTER TABLE tasks ADD COLUMN headers TEXT;
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -129,5 +133,5 @@ TASK_COLUMNS = (
     "error_traceback, error_retryable, node_id, session_id, lease_expiries, cancel_requested, "
     "progress_percent, progress_message, created_at, updated_at, started_at, finished_at, "
     "next_attempt_at, priority, run_at, execution_timeout_s, expires_at, rate_key, depends_on, "
-    "group_id, submitted_by"
+    "group_id, submitted_by, headers"
 )

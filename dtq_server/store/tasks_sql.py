@@ -3,6 +3,7 @@ group-commit thread (each inside the batch's transaction)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -14,6 +15,7 @@ from dtq_server.models import (
     ActiveTask,
     Assignment,
     DependencyEvents,
+    Headers,
     Lease,
     NewTask,
     Progress,
@@ -36,6 +38,7 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
         node_id, session_id, expiries, cancel_requested, p_percent, p_message, created_at,
         updated_at, started_at, finished_at, next_attempt_at, priority, run_at,
         execution_timeout_s, expires_at, rate_key, depends_on, group_id, submitted_by,
+        headers,
     ) = row  # fmt: skip
     return TaskRecord(
         id=task_id,
@@ -73,7 +76,18 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
         depends_on=tuple(depends_on.split(",")) if depends_on else (),
         group_id=group_id,
         submitted_by=submitted_by,
+        headers=headers_from_column(headers),
     )
+
+
+def headers_to_column(headers: Headers) -> str | None:
+    """A task's headers as stored: a JSON object (keys sorted), NULL when there are none."""
+    return json.dumps(dict(headers), separators=(",", ":")) if headers else None
+
+
+def headers_from_column(value: str | None) -> Headers:
+    """The headers stored by :func:`headers_to_column`."""
+    return tuple(sorted(json.loads(value).items())) if value else ()
 
 
 _INSERT = (
@@ -82,7 +96,7 @@ _INSERT = (
     "idempotency_key, spec_hash, retry_backoff_s, created_at, updated_at, priority, "
     "run_at, next_attempt_at, execution_timeout_s, start_by, result_ttl_s, rate_key, "
     "group_id, depends_on, dependency_failure, finished_at, expires_at, error_type, "
-    "error_message, error_traceback, error_retryable, submitted_by) "
+    "error_message, error_traceback, error_retryable, submitted_by, headers) "
 )
 """Followed by a VALUES clause with each row's NULLs written in (see binding)."""
 _KEYS_PER_QUERY = 500
@@ -149,7 +163,7 @@ def insert(
                 t.priority, t.run_at, t.run_at, t.execution_timeout_s, start_by, t.result_ttl_s,
                 t.rate_key, t.group_id, ",".join(t.depends_on), int(t.on_dependency_failure),
                 finished_at, expires_at, error and error.type, error and error.message,
-                error and "", error and 0, t.submitted_by,
+                error and "", error and 0, t.submitted_by, headers_to_column(t.headers),
             )
         )  # fmt: skip
         record = TaskRecord(
@@ -163,7 +177,7 @@ def insert(
             next_attempt_at=t.run_at, priority=t.priority, run_at=t.run_at,
             execution_timeout_s=t.execution_timeout_s, expires_at=expires_at,
             rate_key=t.rate_key, depends_on=t.depends_on, group_id=t.group_id,
-            submitted_by=t.submitted_by,
+            submitted_by=t.submitted_by, headers=t.headers,
         )  # fmt: skip
         out.append((record, True))
     if room:
@@ -237,7 +251,7 @@ def lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignment
             f"FROM (VALUES {values}) AS g "
             "WHERE tasks.id = g.column1 AND tasks.state = ? AND tasks.attempt = g.column2 - 1 "
             "RETURNING tasks.id, tasks.attempt, type, queue, payload, content_type, "
-            "max_attempts, created_at, execution_timeout_s, priority",
+            "max_attempts, created_at, execution_timeout_s, priority, headers",
             params,
         ).fetchall()
         out += [
@@ -251,6 +265,7 @@ def lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignment
                 created_at=row[7],
                 execution_timeout_s=row[8],
                 priority=row[9],
+                headers=headers_from_column(row[10]),
             )
             for row in rows
         ]

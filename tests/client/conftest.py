@@ -192,4 +192,5 @@ def full_task() -> Task:
         depends_on=("5d1e8c1a-7b9f-4c3e-8a2d-1f0e9b8c7d6a", "6e2f9d2b-8c0a-4d4f-9b3e-2a1f0c9d8e7b"),
         group_id="3f2a9c0d4e5b6a7c8d9e0f1a2b3c4d5e",
         submitted_by="billing-app",
+        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
     )

@@ -23,7 +23,7 @@ from dtq import __version__
 from dtq_client import Client
 from dtq_client.cli import cli, describe_rpc_error
 from dtq_client.errors import InvalidArgument
-from dtq_client.models import Task, TaskState
+from dtq_client.models import Schedule, Task, TaskSpec, TaskState
 from dtq_client.output import OutputFormat, Printer
 from tests.harness import python_env
 
@@ -101,6 +101,9 @@ def test_invalid_payload_file_is_a_usage_error(tmp_path: Any) -> None:
         ("submit", "echo", "--at", "next tuesday"),
         ("submit", "echo", "--priority", "1001"),
         ("submit", "echo", "--delay", "-1"),
+        ("submit", "echo", "--header", "novalue"),
+        ("submit", "echo", "--header", "a=1", "--header", "a=2"),
+        ("schedules", "create", "s", "echo", "--every", "60", "--header", "novalue"),
         ("cancel",),
         ("cancel", "0b6c3b4e-2f1c-4c35-9a57-6a4f3e1d2c10", "--queue", "q"),
         ("cancel", "--state", "queued"),
@@ -121,6 +124,16 @@ def test_invalid_payload_file_is_a_usage_error(tmp_path: Any) -> None:
 )
 def test_usage_errors_exit_2(args: tuple[str, ...]) -> None:
     assert run(*args).exit_code == 2
+
+
+def test_a_header_must_be_key_equals_value_and_given_once() -> None:
+    novalue = run("submit", "echo", "--header", "novalue")
+    assert novalue.exit_code == 2
+    assert "--header" in novalue.stderr
+    assert "'novalue' is not KEY=VALUE" in novalue.stderr
+    twice = run("submit", "echo", "--header", "a=1", "--header", "b=2", "--header", "a=3")
+    assert twice.exit_code == 2
+    assert "header 'a' given twice" in twice.stderr
 
 
 def test_unreachable_coordinator_exits_3_with_a_clear_message() -> None:
@@ -198,6 +211,22 @@ def test_table_view_shows_fields_without_interpreting_markup(
     out = capsys.readouterr().out
     assert "running" in out
     assert '{"text":"[bold]hi[/bold]"}' in out
+
+
+def test_table_views_show_headers_one_per_line_in_key_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    headers = {"tenant": "[bold]acme[/bold]", "b": "x=y"}
+    task = Task(id="t1", type="echo", queue="default", state=TaskState.QUEUED, headers=headers)
+    printer = Printer(OutputFormat.TABLE, Console(width=200))
+    printer.task(task)
+    out = capsys.readouterr().out
+    assert re.search(r"^headers +b=x=y *\n +tenant=\[bold\]acme\[/bold\] *$", out, re.M), out
+    printer.task(Task(id="t2", type="echo", queue="default", state=TaskState.QUEUED))
+    assert not re.search("^headers", capsys.readouterr().out, re.M)
+    spec = TaskSpec("echo", headers={"tenant": "acme"})
+    printer.schedule(Schedule(name="s", task=spec, interval_s=60))
+    assert re.search(r"^headers +tenant=acme *$", capsys.readouterr().out, re.M)
 
 
 # --- against a real coordinator and node ---------------------------------------------------

@@ -126,6 +126,50 @@ def test_group_shows_state_counts_and_members(dtq: Dtq, client: Client, queue: s
     assert "NOT_FOUND (GROUP_NOT_FOUND)" in missing.stderr
 
 
+# --- headers -------------------------------------------------------------------------------
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_submit_with_headers(dtq: Dtq, client: Client, queue: str) -> None:
+    result = dtq(
+        *("-o", "json", "submit", NOBODY, "-q", queue),
+        *("--header", "a=1", "--header", "b=x=y"),
+    )
+    assert result.exit_code == 0, result.stderr
+    task_id = json.loads(result.stdout)["id"]
+    shown = dtq("-o", "json", "get", task_id)
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["headers"] == {"a": "1", "b": "x=y"}
+    assert client.get(task_id).headers == {"a": "1", "b": "x=y"}
+    table = dtq("get", task_id)
+    assert re.search(r"^headers +a=1 *\n +b=x=y *$", table.stdout, re.MULTILINE), table.stdout
+    bare = dtq("-o", "json", "submit", NOBODY, "-q", queue)
+    assert json.loads(bare.stdout)["headers"] == {}
+    bad = dtq("submit", NOBODY, "-q", queue, "--header", "bad key=1")
+    assert bad.exit_code == 3
+    assert 'task.headers["bad key"]' in bad.stderr
+
+
+def test_schedules_create_with_headers(dtq: Dtq, client: Client, queue: str) -> None:
+    name = f"h-{queue}"
+    created = dtq(
+        *("schedules", "create", name, NOBODY, "--every", "3600", "-q", queue, "--paused"),
+        *("--header", "tenant=acme", "--header", f"traceparent={TRACEPARENT}"),
+    )
+    try:
+        assert created.exit_code == 0, created.stderr
+        assert re.search(
+            rf"^headers +tenant=acme *\n +traceparent={TRACEPARENT} *$", created.stdout, re.M
+        ), created.stdout
+        expected = {"tenant": "acme", "traceparent": TRACEPARENT}
+        assert client.get_schedule(name).task.headers == expected
+        data = json.loads(dtq("-o", "json", "schedules", "get", name).stdout)
+        assert data["task"]["headers"] == expected
+    finally:
+        client.delete_schedule(name)
+
+
 # --- schedules -----------------------------------------------------------------------------
 
 

@@ -216,6 +216,7 @@ def test_spec_with_every_field() -> None:
         rate_key="tenant-7",
         depends_on=["5d1e8c1a-7b9f-4c3e-8a2d-1f0e9b8c7d6a"],
         on_dependency_failure=DependencyFailure.CANCEL,
+        headers={"tenant": "acme", "x-request.id": "r=1"},
     )
     message = convert.spec_to_proto(spec)
     assert message.payload == task_pb2.Payload(data=b"\x89PNG", content_type="image/png")
@@ -232,9 +233,52 @@ def test_spec_with_every_field() -> None:
     assert message.rate_key == "tenant-7"
     assert list(message.depends_on) == ["5d1e8c1a-7b9f-4c3e-8a2d-1f0e9b8c7d6a"]
     assert message.on_dependency_failure == task_pb2.DEPENDENCY_FAILURE_CANCEL
+    assert dict(message.headers) == {"tenant": "acme", "x-request.id": "r=1"}
     assert written_fields(message) == contract_fields(task_pb2.TaskSpec)
     # A spec read back (a schedule's template) is the spec, its bytes payload included.
     assert convert.spec_from_proto(message) == spec
+
+
+HEADERS = {
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tenant": "acme",
+}
+
+
+def test_headers_go_out_with_a_spec_and_come_back_with_the_task() -> None:
+    message = convert.spec_to_proto(TaskSpec(type="echo", headers=HEADERS))
+    assert dict(message.headers) == HEADERS
+    assert "headers" not in written_fields(convert.spec_to_proto(TaskSpec(type="echo")))
+    stored = task_pb2.Task(
+        id="t", type="echo", queue="q", state=task_pb2.TASK_STATE_QUEUED, headers=message.headers
+    )
+    task = convert.task_from_proto(stored)
+    assert task.headers == HEADERS and type(task.headers) is dict
+    assert dict(convert.task_to_proto(task).headers) == HEADERS
+    assert convert.to_json(task)["headers"] == HEADERS
+    bare = convert.task_from_proto(
+        task_pb2.Task(id="t", type="echo", queue="q", state=task_pb2.TASK_STATE_QUEUED)
+    )
+    assert bare.headers == {}
+    assert convert.to_json(bare)["headers"] == {}
+
+
+def test_tasks_and_specs_with_headers_compare_by_value_and_hash(full_task: Task) -> None:
+    # A dict field cannot hash: headers are left out of the hash (never out of ==).
+    assert hash(full_task) == hash(replace(full_task, headers=dict(full_task.headers)))
+    assert full_task != replace(full_task, headers={})
+    given = dict(HEADERS)
+    spec = TaskSpec(type="echo", headers=given)
+    given["tenant"] = "changed later"
+    assert spec.headers == HEADERS, "the spec keeps a copy"
+    assert spec == TaskSpec(type="echo", headers=HEADERS)
+    assert TaskSpec(type="echo") == TaskSpec(type="echo", headers={})
+
+
+def test_a_template_keeps_its_headers() -> None:
+    spec = TaskSpec(type="echo", headers=HEADERS)
+    assert convert.spec_from_proto(convert.spec_to_proto(spec)) == spec
+    assert convert.to_json(spec)["headers"] == HEADERS
 
 
 def test_a_naive_run_at_is_local_time() -> None:

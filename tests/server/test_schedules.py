@@ -85,10 +85,13 @@ def test_schedule_service_lifecycle(coordinator: InProcessCoordinator) -> None:
         schedules, tasks = ScheduleServiceStub(channel), TaskServiceStub(channel)
         spec = pb.Schedule(
             name="tick", cron="* * * * * *",
-            task=task_pb2.TaskSpec(type="echo", queue="ticks", priority=3),
+            task=task_pb2.TaskSpec(
+                type="echo", queue="ticks", priority=3, headers={"tenant": "acme"}
+            ),
         )  # fmt: skip
         created = schedules.CreateSchedule(pb.CreateScheduleRequest(schedule=spec), timeout=10)
         assert created.created and created.schedule.next_fire_time.seconds > 0
+        assert dict(created.schedule.task.headers) == {"tenant": "acme"}
         again = schedules.CreateSchedule(pb.CreateScheduleRequest(schedule=spec), timeout=10)
         assert not again.created
         spec.cron = "*/5 * * * *"
@@ -102,7 +105,7 @@ def test_schedule_service_lifecycle(coordinator: InProcessCoordinator) -> None:
 
         wait_until(lambda: len(fired()) >= 2, 5, what="two ticks")
         assert all(t.idempotency_key.startswith("schedule:tick:") for t in fired())
-        assert all(t.priority == 3 for t in fired())
+        assert all(t.priority == 3 and dict(t.headers) == {"tenant": "acme"} for t in fired())
         paused = schedules.UpdateSchedule(
             pb.UpdateScheduleRequest(name="tick", paused=True), timeout=10
         ).schedule

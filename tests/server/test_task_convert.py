@@ -35,7 +35,7 @@ FULL = dataclasses.replace(
     progress=Progress(42.5, "half"), started_at=CREATED + 2, finished_at=CREATED + 3,
     next_attempt_at=CREATED + 4, priority=-3, run_at=CREATED + 5,
     execution_timeout_s=2.5, expires_at=CREATED + 6, rate_key="api", depends_on=("a", "b"),
-    group_id="g-1", submitted_by="billing-app",
+    group_id="g-1", submitted_by="billing-app", headers=(("tenant", "acme"), ("trace", "t-1")),
 )  # fmt: skip
 
 
@@ -84,6 +84,7 @@ def test_the_client_reads_back_what_was_stored() -> None:
     assert (task.priority, task.execution_timeout_s, task.rate_key) == (-3, 2.5, "api")
     assert (task.depends_on, task.group_id) == (("a", "b"), "g-1")
     assert task.submitted_by == "billing-app"
+    assert task.headers == {"tenant": "acme", "trace": "t-1"}
 
 
 def test_a_retry_time_is_sent_only_while_the_task_waits_in_the_queue() -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from google.protobuf import duration_pb2
 
 from dtq.v1 import task_pb2, worker_service_pb2
 from dtq_worker import convert
 from dtq_worker.models import (
+    Assignment,
+    AssignmentsReceived,
     Failed,
     Failure,
     HeartbeatAcked,
@@ -137,3 +141,32 @@ def test_inbound_messages() -> None:
     )
     assert hb == HeartbeatAcked(5, ())
     assert convert.inbound(worker_service_pb2.ConnectResponse()) is None
+
+
+def _assignments(**fields: object) -> tuple[Assignment, ...]:
+    message = worker_service_pb2.TaskAssignment(
+        lease=task_pb2.Lease(task_id="t", attempt=2),
+        type="echo",
+        queue="q",
+        payload=task_pb2.Payload(data=b"{}"),
+        max_attempts=3,
+        **fields,  # type: ignore[arg-type]
+    )
+    received = convert.inbound(
+        worker_service_pb2.ConnectResponse(
+            assignments=worker_service_pb2.TaskAssignments(assignments=[message])
+        )
+    )
+    assert isinstance(received, AssignmentsReceived)
+    return received.assignments
+
+
+def test_an_assignment_carries_its_headers() -> None:
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    [assignment] = _assignments(headers={**headers, "tenant": "acme"})
+    assert assignment.headers == {**headers, "tenant": "acme"}
+    assert type(assignment.headers) is dict, "a plain dict pickles to a handler process"
+    assert hash(assignment) == hash(replace(assignment)), "still hashable"
+    [bare] = _assignments()
+    assert bare.headers == {}
+    assert bare == Assignment(Lease("t", 2), "echo", "q", Payload(b"{}"), 3)
