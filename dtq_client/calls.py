@@ -9,7 +9,7 @@ make a unary call; :class:`~dtq_client.Client` combines them and sets them up.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import grpc
@@ -18,9 +18,10 @@ from grpc_health.v1 import health_pb2_grpc
 from dtq.v1 import (
     admin_service_pb2_grpc,
     schedule_service_pb2_grpc,
+    task_pb2,
     task_service_pb2_grpc,
 )
-from dtq_client import retry
+from dtq_client import retry, tracing
 from dtq_client.config import ClientConfig
 from dtq_client.errors import translate_rpc_errors
 
@@ -43,6 +44,11 @@ class Calls:
         self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
         self._schedules = schedule_service_pb2_grpc.ScheduleServiceStub(channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(channel)
+
+    def _stamp(self, specs: Iterable[task_pb2.TaskSpec]) -> None:
+        """With ``propagate_trace``, carry the caller's trace context in the specs' headers."""
+        if self.config.propagate_trace:
+            tracing.stamp(specs)
 
     def _unary(
         self,

@@ -104,6 +104,7 @@ class Client(ScheduleCalls, ClusterCalls):
         tls: ClientTls | None = None,
         token: str | None = None,
         channel: grpc.Channel | None = None,
+        propagate_trace: bool = False,
     ) -> None:
         config = ClientConfig(
             address=address,
@@ -111,6 +112,7 @@ class Client(ScheduleCalls, ClusterCalls):
             retry=retry or RetryPolicy(),
             tls=tls,
             token=token,
+            propagate_trace=propagate_trace,
         )
         self._setup(config, channel)
 
@@ -204,6 +206,7 @@ class Client(ScheduleCalls, ClusterCalls):
             headers=headers or {},
         )
         request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
+        self._stamp((request.task,))
         response: task_service_pb2.SubmitTaskResponse = self._unary(
             self._tasks.SubmitTask, request, retry.SUBMIT_CODES
         )
@@ -227,6 +230,7 @@ class Client(ScheduleCalls, ClusterCalls):
         if not spec.idempotency_key:
             spec = replace(spec, idempotency_key=uuid.uuid4().hex)
         request = task_service_pb2.SubmitAndWatchTaskRequest(task=convert.spec_to_proto(spec))
+        self._stamp((request.task,))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
         def attempt() -> tuple[Task, Generator[Task, None, None]]:
@@ -279,6 +283,7 @@ class Client(ScheduleCalls, ClusterCalls):
         specs = list(specs)
         # Encode every payload before sending anything, so a bad one stores nothing.
         messages = _keyed_messages(specs)
+        self._stamp(messages)
         wanted = task_service_pb2.SUBMIT_ANSWER_ACK if acks else task_service_pb2.SUBMIT_ANSWER_TASK
         requests = [
             task_service_pb2.SubmitTasksRequest(tasks=batch, answer=wanted)
@@ -347,6 +352,7 @@ class Client(ScheduleCalls, ClusterCalls):
         not on each other (their ids are not known yet).
         """
         messages = _keyed_messages(list(specs))
+        self._stamp(messages)
         request = task_service_pb2.SubmitTasksRequest(tasks=messages, group=True)
         response: task_service_pb2.SubmitTasksResponse = self._unary(
             self._tasks.SubmitTasks, request, retry.SUBMIT_CODES

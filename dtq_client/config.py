@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dtq.tls import ClientTls, check_token_transport
+from dtq_client import tracing
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 """Where the coordinator listens by default."""
@@ -52,6 +53,9 @@ class ClientConfig:
     """Most tasks sent in one SubmitTasks call."""
     submit_batch_bytes: int = 3 * 1024 * 1024
     """Approximate largest SubmitTasks request, below the 4 MiB send limit."""
+    propagate_trace: bool = False
+    """Write the caller's OpenTelemetry context into each submitted task's headers
+    (see :mod:`dtq_client.tracing`; needs ``opentelemetry-api``)."""
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.watch_renew_s <= 0:
@@ -59,3 +63,5 @@ class ClientConfig:
         if self.submit_batch_size < 1 or self.submit_batch_bytes < 1:
             raise ValueError("submit batch limits must be positive")
         check_token_transport(self.token, self.tls, self.address, self.allow_insecure_token)
+        if self.propagate_trace:
+            tracing.require()

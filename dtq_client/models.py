@@ -231,8 +231,10 @@ class TaskSpec:
 
     At most 32 entries; keys of 1-64 characters from ``[A-Za-z0-9_.-]`` (case-sensitive),
     printable values of at most 2,048 characters; the coordinator refuses others with
-    :class:`~dtq_client.InvalidArgument` (field ``task.headers["key"]``). Part of the spec an
-    idempotency key guards. The spec keeps a copy of the mapping it is given.
+    :class:`~dtq_client.InvalidArgument` (field ``task.headers["key"]``). Not part of what an
+    idempotency key guards: a resubmit under the same key with other headers (a retry from
+    another trace) is answered with the stored task, which keeps its first headers. The spec
+    keeps a copy of the mapping it is given.
     """
 
     def __post_init__(self) -> None:

@@ -48,7 +48,7 @@ from typing import Protocol, Self
 import grpc
 
 from dtq.v1 import task_service_pb2, task_service_pb2_grpc
-from dtq_client import convert, retry
+from dtq_client import convert, retry, tracing
 from dtq_client.config import ClientConfig
 from dtq_client.errors import (
     DeadlineExceeded,
@@ -205,6 +205,8 @@ class Submitter:
             spec = replace(spec, idempotency_key=self._new_key())
         message = task_service_pb2.StreamedSubmit()
         convert.fill_spec(message.task, spec)
+        if self._config.propagate_trace:  # here, on the caller's thread, in its context
+            tracing.stamp((message.task,))
         future: Future[SubmitAck] = Future()
         future.set_running_or_notify_cancel()  # a queued submit cannot be called back
         with self._changed:

@@ -159,8 +159,6 @@ def validate_spec(
     )
     digest.update("\0".join(parts).encode())
     digest.update(spec.payload)
-    for key, text in spec.headers:  # none: the digest is as before headers existed
-        digest.update(f"\0header\0{key}\0{text}".encode())
     if spec.submitted_by is not None:
         # Another identity's identical spec under the same key is a clash, not a retry:
         # it would answer with a task that identity may not see.

@@ -128,6 +128,13 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
     "(a hung handler can then be killed, and a segfault costs one child).",
 )
 @option(
+    "--tracing/--no-tracing",
+    envvar="DTQ_TRACING",
+    default=False,
+    help="Run each task inside an OpenTelemetry span, a child of the trace context its "
+    "headers carry (needs opentelemetry-api; spans go where the process's SDK sends them).",
+)
+@option(
     "--event-loop",
     envvar="DTQ_EVENT_LOOP",
     type=click.Choice(loops.EVENT_LOOPS),
@@ -202,6 +209,7 @@ def main(
     restart_period: float,
     shutdown_grace: float,
     isolation: str,
+    tracing: bool,
     event_loop: str,
     task_timeout: float | None,
     reconnect_backoff_max: float,
@@ -231,6 +239,7 @@ def main(
             restart_period_s=restart_period,
             shutdown_grace_s=shutdown_grace,
             isolation=cast(Isolation, isolation),
+            tracing=tracing,
             event_loop=cast(loops.EventLoop, event_loop),
             task_timeout_s=task_timeout,
             reconnect_backoff_max_s=reconnect_backoff_max,

@@ -86,6 +86,9 @@ class WorkerConfig:
     isolation the thread is abandoned and replaced."""
     event_loop: EventLoop = "auto"
     """``auto`` (uvloop when installed), ``uvloop`` or ``asyncio`` (see :mod:`dtq.loops`)."""
+    tracing: bool = False
+    """Run each attempt inside an OpenTelemetry span, a child of the trace context in the
+    task's headers (see :mod:`dtq_worker.tracing`; needs ``opentelemetry-api``)."""
     log_level: str = "info"
     """One of ``dtq.logs.LOG_LEVELS``."""
     log_format: LogFormat = "console"

@@ -60,6 +60,7 @@ from dtq_worker.process_pool import ProcessPool
 from dtq_worker.registry import Registry
 from dtq_worker.runner import Runner
 from dtq_worker.supervisor import Supervisor
+from dtq_worker.tracing import TaskTracer
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +89,8 @@ class Node:
         self._pool = (
             ProcessPool(registry, config.task_timeout_s) if config.isolation == "process" else None
         )
-        self._runner = Runner(registry, self._bridge, config.max_result_bytes, self._pool)
+        tracer = TaskTracer() if config.tracing else None
+        self._runner = Runner(registry, self._bridge, config.max_result_bytes, self._pool, tracer)
         self._supervisor = Supervisor(
             config.threads,
             self._runner,

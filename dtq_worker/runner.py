@@ -9,7 +9,7 @@ and the supervisor releases the task and restarts the thread.
 from __future__ import annotations
 
 import traceback
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -29,6 +29,9 @@ from dtq_worker.models import (
     Succeeded,
 )
 from dtq_worker.registry import Registry
+
+if TYPE_CHECKING:
+    from dtq_worker.tracing import TaskTracer
 
 log = structlog.get_logger(__name__)
 
@@ -116,10 +119,13 @@ class Runner:
         reporter: Reporter,
         max_result_bytes: int,
         isolation: Isolation | None = None,
+        tracer: TaskTracer | None = None,
     ) -> None:
         self._registry = registry
         self._reporter = reporter
         self._isolation = isolation
+        self._tracer = tracer
+        """With ``--tracing``: each attempt runs inside its span."""
         """None: handlers run on the worker thread itself (``thread`` isolation)."""
         self.max_result_bytes = max_result_bytes
         """Largest result accepted; the node lowers it to the coordinator's limit when it
@@ -127,7 +133,7 @@ class Runner:
 
     def run(self, job: Job) -> Outcome:
         """Run ``job`` on the calling thread, report its outcome, and return it."""
-        outcome = self._run(job)
+        outcome = self._run(job) if self._tracer is None else self._tracer.run(job, self._run)
         self._reporter.finished(job, outcome)
         return outcome
 

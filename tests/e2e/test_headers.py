@@ -83,11 +83,11 @@ def test_every_way_to_submit_carries_headers(client: Client) -> None:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("client", ["thread"], indirect=True)
-def test_headers_are_part_of_the_spec_an_idempotency_key_guards(client: Client) -> None:
+def test_a_resubmit_with_other_headers_is_a_retry(client: Client) -> None:
+    # Headers describe a submission (its trace): a retry from another trace is a retry.
     first = client.submit("headers", idempotency_key="order-42", headers=HEADERS)
-    again = client.submit("headers", idempotency_key="order-42", headers=dict(HEADERS))
-    assert again.id == first.id
-    with pytest.raises(AlreadyExists):
-        client.submit("headers", idempotency_key="order-42", headers={"tenant": "other"})
-    with pytest.raises(AlreadyExists):
-        client.submit("headers", idempotency_key="order-42")
+    for other in (dict(HEADERS), {"tenant": "other"}, {}):
+        again = client.submit("headers", idempotency_key="order-42", headers=other)
+        assert (again.id, again.headers) == (first.id, HEADERS)
+    with pytest.raises(AlreadyExists):  # the work itself is still guarded
+        client.submit("headers", {"other": "payload"}, idempotency_key="order-42")

@@ -112,11 +112,17 @@ def test_bad_headers_name_the_header(
     assert submit(tasks, spec(limits)).created
 
 
-def test_the_idempotency_key_guards_the_headers(tasks: TaskServiceStub) -> None:
+def test_a_resubmit_with_other_headers_is_answered_with_the_stored_task(
+    tasks: TaskServiceStub,
+) -> None:
+    # Headers describe a submission (a retry from another trace carries another
+    # traceparent), not the work: the idempotency key does not guard them.
     first = submit(tasks, spec({"a": "1", "b": "2"}, key="k"))
-    again = submit(tasks, spec({"b": "2", "a": "1"}, key="k"))  # the same, in another order
-    assert (again.created, again.task.id) == (False, first.task.id)
-    for other in ({"a": "1"}, {"a": "1", "b": "3"}, {}):
-        with pytest.raises(grpc.RpcError) as clash:
-            submit(tasks, spec(other, key="k"))
-        assert clash.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    for other in ({"b": "2", "a": "1"}, {"a": "1"}, {"a": "1", "b": "3"}, {}):
+        again = submit(tasks, spec(other, key="k"))
+        assert (again.created, again.task.id) == (False, first.task.id)
+        assert dict(again.task.headers) == {"a": "1", "b": "2"}
+    other_queue = spec({"a": "1", "b": "2"}, key="k", queue="elsewhere")
+    with pytest.raises(grpc.RpcError) as clash:  # the work itself is still guarded
+        submit(tasks, other_queue)
+    assert clash.value.code() == grpc.StatusCode.ALREADY_EXISTS
