@@ -30,6 +30,7 @@ from dtq.v1 import (
     worker_service_pb2_grpc,
 )
 from dtq_server.auth import Gate, load_policy
+from dtq_server.call_cap import CallCap
 from dtq_server.config import MiB, ServerConfig
 from dtq_server.coordinator import Coordinator
 from dtq_server.health import Health
@@ -104,6 +105,8 @@ class CoordinatorServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self._revocations: asyncio.Task[None] | None = None
+        self._cap_sweep: asyncio.Task[None] | None = None
+        """With --max-call-time: the sweep that ends unary calls past it."""
         """With tokens: the sweep that ends streams of revoked tokens."""
         self._metrics: WSGIServer | None = None
         self.metrics_port = 0
@@ -128,7 +131,11 @@ class CoordinatorServer:
             tokens = TokenBook(self.config.tokens_file)
             gate = Gate(tokens, load_policy(), anyone_admitted=self.config.health_is_open)
             self._revocations = asyncio.get_running_loop().create_task(gate.watch_revocations())
-        guarded = GuardedRegistrar(server, gate, self.config.max_call_s)
+        cap = None
+        if self.config.max_call_s is not None:
+            cap = CallCap(self.config.max_call_s)
+            self._cap_sweep = asyncio.get_running_loop().create_task(cap.sweep_forever())
+        guarded = GuardedRegistrar(server, gate, cap)
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(  # type: ignore[no-untyped-call]
             TaskServicer(self.coordinator), guarded
         )
@@ -190,8 +197,9 @@ class CoordinatorServer:
         if self._stopped:
             return
         self._stopped = True
-        if self._revocations is not None:
-            self._revocations.cancel()
+        for sweep in (self._revocations, self._cap_sweep):
+            if sweep is not None:
+                sweep.cancel()
         self.coordinator.begin_shutdown()
         await self.health.enter_graceful_shutdown()
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s

@@ -30,7 +30,8 @@ import grpc
 import structlog
 
 from dtq_server.auth import CALLER, Gate
-from dtq_server.errors import CallTooLong, CoordinatorError, InvalidArgument, Unauthenticated
+from dtq_server.call_cap import CallCap
+from dtq_server.errors import CoordinatorError, InvalidArgument, Unauthenticated
 from dtq_server.servicers.errors import Context, abort, to_status
 from dtq_server.tokens import Identity
 
@@ -114,25 +115,12 @@ async def _awaited(writes: Awaitable[None]) -> AsyncIterator[None]:
     yield  # an async generator
 
 
-async def _capped(call: Awaitable[Any], max_call_s: float | None, context: Context) -> Any:
-    """``call``, ended DEADLINE_EXCEEDED after ``max_call_s`` unless the client's own
-    deadline comes first (then grpc ends it, and nothing is added to the call)."""
-    remaining = context.time_remaining()  # None: the client set no deadline
-    if max_call_s is None or (remaining is not None and remaining <= max_call_s):
-        return await call
-    try:
-        async with asyncio.timeout(max_call_s):
-            return await call
-    except TimeoutError:
-        await abort(context, to_status(CallTooLong(max_call_s)))
-
-
 def _guard(
-    handler: Handler, method: str, gate: Gate | None = None, max_call_s: float | None = None
+    handler: Handler, method: str, gate: Gate | None = None, cap: CallCap | None = None
 ) -> Handler:
     """The same handler, with malformed requests answered INVALID_ARGUMENT and, with a
     ``gate``, callers checked first (so a stranger's garbage says nothing about parsing);
-    unary calls end after ``max_call_s`` at most (RELIABILITY R10)."""
+    with a ``cap``, unary calls end after its time at most (RELIABILITY R10)."""
     assert handler.request_deserializer is not None
     parse = _safe(handler.request_deserializer, method)
     serialize = handler.response_serializer
@@ -144,7 +132,9 @@ def _guard(
                 await _admit(gate, method, context)
             if isinstance(request, Malformed):
                 await abort(context, to_status(_error(method)))
-            return await _capped(unary_unary(request, context), max_call_s, context)
+            if cap is None:
+                return await unary_unary(request, context)
+            return await cap.run(unary_unary(request, context), context)
 
         return grpc.unary_unary_rpc_method_handler(cast(Any, unary), parse, serialize)
     if handler.unary_stream is not None and inspect.iscoroutinefunction(handler.unary_stream):
@@ -213,11 +203,11 @@ class GuardedRegistrar:
     """
 
     def __init__(
-        self, server: grpc.aio.Server, gate: Gate | None = None, max_call_s: float | None = None
+        self, server: grpc.aio.Server, gate: Gate | None = None, cap: CallCap | None = None
     ) -> None:
         self._server = server
         self._gate = gate
-        self._max_call_s = max_call_s
+        self._cap = cap
         self._unregistered: set[str] = set()
         self._methods: list[str] = []
 
@@ -235,7 +225,7 @@ class GuardedRegistrar:
         guarded = {
             name: handler
             if handler.request_deserializer is None
-            else _guard(handler, f"/{service}/{name}", self._gate, self._max_call_s)
+            else _guard(handler, f"/{service}/{name}", self._gate, self._cap)
             for name, handler in handlers.items()
         }
         self._methods += [f"/{service}/{name}" for name in handlers]
