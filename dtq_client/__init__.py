@@ -10,6 +10,7 @@
         print(client.wait(task.id).result_value())
         client.create_schedule("nightly", TaskSpec("report.build"), cron="0 3 * * *")
 
+:class:`AsyncClient` is the same client for asyncio code (``await client.submit(...)``).
 Everything here is plain Python: models are frozen dataclasses, errors derive
 from :class:`DtqError`, and no protobuf or ``grpc.RpcError`` reaches the caller.
 The ``dtq-client`` command (:mod:`dtq_client.cli`) is built on the same client.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from dtq import __version__
 from dtq.tls import ClientTls
+from dtq_client.aio import AsyncClient
 from dtq_client.client import Client
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.connection import create_channel
@@ -74,6 +76,7 @@ from dtq_client.submitter import Submitter
 __all__ = [
     "DEFAULT_ADDRESS",
     "AlreadyExists",
+    "AsyncClient",
     "CancelCounts",
     "Client",
     "ClientConfig",

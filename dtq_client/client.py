@@ -24,7 +24,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, Self, overload
@@ -32,9 +32,9 @@ from typing import Any, Literal, Protocol, Self, overload
 import grpc
 
 from dtq.tls import ClientTls
-from dtq.v1 import task_pb2, task_service_pb2
-from dtq_client import convert, retry
-from dtq_client.batching import batches, send_ahead
+from dtq.v1 import task_service_pb2
+from dtq_client import convert, retry, task_requests
+from dtq_client.batching import send_ahead
 from dtq_client.cluster import ClusterCalls
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.connection import open_channel
@@ -42,7 +42,6 @@ from dtq_client.errors import (
     DeadlineExceeded,
     ProtocolError,
     RpcError,
-    SubmitManyError,
     Unavailable,
     WaitTimeout,
     translate_rpc_errors,
@@ -61,12 +60,6 @@ from dtq_client.models import (
 )
 from dtq_client.schedules import ScheduleCalls
 from dtq_client.submitter import DEFAULT_WINDOW, Submitter
-
-# Bytes a spec adds to a SubmitTasks request beyond its own size (tag and length).
-_SPEC_FRAMING_BYTES = 6
-# A watch slice ending this close to the wait's deadline counts as the wait timing out.
-_DEADLINE_SLACK_S = 0.05
-_MAX_PAGE_SIZE = 1_000
 
 
 class _TaskStreamCall(Protocol):
@@ -247,7 +240,7 @@ class Client(ScheduleCalls, ClusterCalls):
             for task in itertools.chain([stored], rest):
                 if task.is_terminal:
                     return task
-        if deadline is not None and deadline - time.monotonic() < _DEADLINE_SLACK_S:
+        if deadline is not None and deadline - time.monotonic() < task_requests.DEADLINE_SLACK_S:
             raise WaitTimeout(task.id, timeout_s, task)
         return self.wait(task.id, None if deadline is None else deadline - time.monotonic())
 
@@ -277,50 +270,24 @@ class Client(ScheduleCalls, ClusterCalls):
         was stored); if a later one fails, :class:`SubmitManyError` says what was
         stored and what to resubmit.
         """
-        if answer not in ("task", "ack"):
-            raise ValueError(f"answer must be 'task' or 'ack', not {answer!r}")
-        acks = answer == "ack"
+        acks = task_requests.wants_acks(answer)
         specs = list(specs)
         # Encode every payload before sending anything, so a bad one stores nothing.
-        messages = _keyed_messages(specs)
+        messages = task_requests.keyed_messages(specs)
         self._stamp(messages)
-        wanted = task_service_pb2.SUBMIT_ANSWER_ACK if acks else task_service_pb2.SUBMIT_ANSWER_TASK
-        requests = [
-            task_service_pb2.SubmitTasksRequest(tasks=batch, answer=wanted)
-            for batch in batches(
-                messages,
-                lambda message: message.ByteSize() + _SPEC_FRAMING_BYTES,
-                max_count=self.config.submit_batch_size,
-                max_bytes=self.config.submit_batch_bytes,
-            )
-        ]
+        requests = task_requests.submit_batches(messages, self.config, acks=acks)
         results: list[Any] = []  # SubmitResult or SubmitAck, as asked
-        to_model: Callable[[Any], Any] = (
-            convert.submit_ack_from_proto if acks else convert.submit_result_from_proto
-        )
         # closing(): leaving early (an error) waits for the batch under way, there and then.
         answers = contextlib.closing(send_ahead(self._send_batch, requests))
         try:
             with answers as pairs:
                 for request, response in pairs:
-                    entries = response.acks if acks else response.results
-                    if len(entries) != len(request.tasks):
-                        raise ProtocolError(
-                            f"SubmitTasks answered {len(entries)} {answer}s "
-                            f"for {len(request.tasks)} tasks"
-                        )
-                    results += [to_model(entry) for entry in entries]
+                    results += task_requests.batch_answers(request, response, acks=acks)
         except RpcError as exc:
             if not results:
                 raise
-            done = len(results)
-            pending = [
-                _keyed(spec, message.idempotency_key)
-                for spec, message in zip(specs[done:], messages[done:], strict=True)
-            ]
-            if acks:
-                raise SubmitManyError(exc, acks=results, pending=pending, offset=done) from exc
-            raise SubmitManyError(exc, results=results, pending=pending, offset=done) from exc
+            error = task_requests.partial_failure(exc, specs, messages, results, acks=acks)
+            raise error from exc
         return results
 
     def _send_batch(
@@ -351,21 +318,13 @@ class Client(ScheduleCalls, ClusterCalls):
         in one group, or none is. Specs may depend on tasks submitted before,
         not on each other (their ids are not known yet).
         """
-        messages = _keyed_messages(list(specs))
+        messages = task_requests.keyed_messages(list(specs))
         self._stamp(messages)
         request = task_service_pb2.SubmitTasksRequest(tasks=messages, group=True)
         response: task_service_pb2.SubmitTasksResponse = self._unary(
             self._tasks.SubmitTasks, request, retry.SUBMIT_CODES
         )
-        if len(response.results) != len(request.tasks):
-            raise ProtocolError(
-                f"SubmitTasks answered {len(response.results)} results "
-                f"for {len(request.tasks)} tasks"
-            )
-        results = tuple(convert.submit_result_from_proto(r) for r in response.results)
-        return SubmittedGroup(
-            group_id=_stored_group_id(response.group_id, results), results=results
-        )
+        return task_requests.submitted_group(request, response)
 
     def get_group(self, group_id: str) -> Group:
         """The aggregate status of a group; :class:`GroupNotFound` if no task is in it."""
@@ -415,7 +374,7 @@ class Client(ScheduleCalls, ClusterCalls):
         whatever their ``on_dependency_failure``.
         """
         request = task_service_pb2.CancelTasksRequest(
-            queue=queue or "", type=type or "", state=_state_filter(state)
+            queue=queue or "", type=type or "", state=task_requests.state_filter(state)
         )
         response: task_service_pb2.CancelTasksResponse = self._unary(
             self._tasks.CancelTasks, request, retry.READ_CODES
@@ -445,7 +404,10 @@ class Client(ScheduleCalls, ClusterCalls):
         if ids and (queue or type or state):
             raise ValueError("give task ids or a filter (queue, type, state), not both")
         request = task_service_pb2.RetryTasksRequest(
-            task_ids=ids, queue=queue or "", type=type or "", state=_state_filter(state)
+            task_ids=ids,
+            queue=queue or "",
+            type=type or "",
+            state=task_requests.state_filter(state),
         )
         response: task_service_pb2.RetryTasksResponse = self._unary(
             self._tasks.RetryTasks, request, retry.READ_CODES
@@ -465,7 +427,7 @@ class Client(ScheduleCalls, ClusterCalls):
         otherwise); without a queue or type, every task in that state goes.
         """
         request = task_service_pb2.PurgeTasksRequest(
-            queue=queue or "", type=type or "", state=_state_filter(state)
+            queue=queue or "", type=type or "", state=task_requests.state_filter(state)
         )
         response: task_service_pb2.PurgeTasksResponse = self._unary(
             self._tasks.PurgeTasks, request, retry.READ_CODES
@@ -480,9 +442,7 @@ class Client(ScheduleCalls, ClusterCalls):
         limit: int = 100,
     ) -> list[Task]:
         """Up to ``limit`` tasks matching the filters, newest first."""
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        page_size = min(limit, _MAX_PAGE_SIZE)
+        page_size = task_requests.page_size(limit)
         tasks = self.iter_tasks(queue=queue, state=state, type=type, page_size=page_size)
         return list(itertools.islice(tasks, limit))
 
@@ -496,7 +456,7 @@ class Client(ScheduleCalls, ClusterCalls):
         """Every task matching the filters, newest first, fetched a page at a time."""
         request = task_service_pb2.ListTasksRequest(
             queue=queue or "",
-            state=_state_filter(state),
+            state=task_requests.state_filter(state),
             type=type or "",
             page_size=page_size,
         )
@@ -541,7 +501,7 @@ class Client(ScheduleCalls, ClusterCalls):
             try:
                 first, rest = self._open_watch(task_id, deadline)
             except DeadlineExceeded as exc:
-                _raise_if_expired(exc, deadline, WaitTimeout(task_id, timeout_s, last))
+                task_requests.raise_if_expired(exc, deadline, WaitTimeout(task_id, timeout_s, last))
                 continue
             # closing(): a consumer that stops early ends the call now, not at garbage collection.
             with contextlib.closing(rest):
@@ -557,7 +517,8 @@ class Client(ScheduleCalls, ClusterCalls):
                     # short pause so that a coordinator ending streams early is not hammered.
                     time.sleep(self.config.retry.initial_backoff_s)
                 except DeadlineExceeded as exc:
-                    _raise_if_expired(exc, deadline, WaitTimeout(task_id, timeout_s, last))
+                    timeout = WaitTimeout(task_id, timeout_s, last)
+                    task_requests.raise_if_expired(exc, deadline, timeout)
 
     def _open_watch(
         self, task_id: str, deadline: float | None
@@ -608,51 +569,3 @@ def _finish(call: Iterable[object]) -> None:
     with contextlib.suppress(grpc.RpcError):
         for _ in call:
             pass
-
-
-def _raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: WaitTimeout) -> None:
-    """Raise ``timeout`` if a watch's DEADLINE_EXCEEDED means the whole wait ran out.
-
-    Otherwise only the stream's own slice (``watch_renew_s``) ended, and the
-    caller reopens it.
-    """
-    if deadline is not None and deadline - time.monotonic() < _DEADLINE_SLACK_S:
-        raise timeout from exc
-
-
-def _state_filter(state: TaskState | str | None) -> task_pb2.TaskState:
-    """The wire value of a state filter given as a model enum or its name; None is any state."""
-    return convert.task_state_to_proto(None if state is None else TaskState(state))
-
-
-def _stored_group_id(answered: str, results: Iterable[SubmitResult]) -> str:
-    """The group the stored tasks are in: normally the one SubmitTasks answered.
-
-    When a retried submit found every task already stored (the first attempt
-    committed but its answer was lost), the coordinator answers a fresh group
-    id that no task has; the tasks' own group id is then the right one.
-    """
-    groups = {result.task.group_id for result in results}
-    if answered in groups or len(groups) != 1:
-        return answered
-    [stored] = groups
-    return stored or answered
-
-
-def _keyed_messages(specs: list[TaskSpec]) -> list[task_pb2.TaskSpec]:
-    """``specs`` as protobuf, each with its idempotency key or a generated one.
-
-    Generated keys are one random prefix per call and a counter: as unique as a
-    UUID each (the prefix is one), at a fraction of the cost of ``uuid4()`` per spec.
-    """
-    prefix = uuid.uuid4().hex
-    messages = [convert.spec_to_proto(spec) for spec in specs]
-    for i, message in enumerate(messages):
-        if not message.idempotency_key:
-            message.idempotency_key = f"{prefix}-{i:x}"
-    return messages
-
-
-def _keyed(spec: TaskSpec, key: str) -> TaskSpec:
-    """``spec`` carrying ``key`` (its own, or the one generated for it)."""
-    return spec if spec.idempotency_key == key else replace(spec, idempotency_key=key)

@@ -110,6 +110,23 @@ def open_channel(config: ClientConfig) -> grpc.Channel:
     return grpc.intercept_channel(channel, BearerToken(config.token))
 
 
+def open_aio_channel(config: ClientConfig) -> grpc.aio.Channel:
+    """The ``grpc.aio`` channel ``config`` describes; its token goes with each call
+    (:func:`bearer_metadata`), as grpc.aio channels take no such interceptor here."""
+    if config.tls is None:
+        return create_aio_channel(config.address)
+    return create_aio_channel(
+        config.address,
+        credentials=config.tls.credentials(),
+        options=config.tls.channel_options(),
+    )
+
+
+def bearer_header(token: str) -> tuple[str, str]:
+    """The ``authorization: Bearer <token>`` metadata entry a coordinator checks."""
+    return ("authorization", f"Bearer {token}")
+
+
 class _CallDetails(NamedTuple):
     method: str
     timeout: float | None
@@ -139,7 +156,7 @@ class BearerToken(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
     """
 
     def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+        self._header = bearer_header(token)
 
     def _details(self, details: Any) -> Any:
         metadata = [*(details.metadata or ()), self._header]

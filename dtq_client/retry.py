@@ -4,7 +4,8 @@ Which codes are retryable depends on the call: every call retries
 UNAVAILABLE (the request most likely never reached the coordinator, and reads,
 cancels and drains are idempotent anyway); submits also retry
 DEADLINE_EXCEEDED, which is only safe because every submitted task carries an
-idempotency key.
+idempotency key. :func:`retrying` serves the blocking client and
+:func:`async_retrying` the asyncio one, with the same policy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
+from typing import TypeVar
 
 import grpc
 import tenacity
@@ -52,6 +54,9 @@ def _log_retry(retry_state: tenacity.RetryCallState) -> None:
     )
 
 
+_Retrying = TypeVar("_Retrying", tenacity.Retrying, tenacity.AsyncRetrying)
+
+
 def retrying(
     policy: RetryPolicy,
     codes: Collection[grpc.StatusCode],
@@ -65,12 +70,37 @@ def retrying(
     false), before ``policy.total_s`` would pass, and before ``deadline``
     (monotonic) would pass; the last error is then re-raised unchanged.
     """
+    return _build(tenacity.Retrying, policy, codes, deadline, count_attempts)
+
+
+def async_retrying(
+    policy: RetryPolicy,
+    codes: Collection[grpc.StatusCode],
+    *,
+    deadline: float | None = None,
+    count_attempts: bool = True,
+) -> tenacity.AsyncRetrying:
+    """:func:`retrying` for coroutines (``await async_retrying(...)(attempt)``).
+
+    The same policy; its pauses are ``asyncio.sleep``, so the event loop runs on.
+    """
+    return _build(tenacity.AsyncRetrying, policy, codes, deadline, count_attempts)
+
+
+def _build(
+    kind: type[_Retrying],
+    policy: RetryPolicy,
+    codes: Collection[grpc.StatusCode],
+    deadline: float | None,
+    count_attempts: bool,
+) -> _Retrying:
+    """The one definition of the policy, for the blocking and the asyncio client alike."""
     stop: tenacity.stop.stop_base = tenacity.stop_before_delay(policy.total_s)
     if count_attempts:
         stop = stop | tenacity.stop_after_attempt(policy.attempts)
     if deadline is not None:
         stop = stop | _StopBeforeDeadline(deadline)
-    return tenacity.Retrying(
+    return kind(
         retry=tenacity.retry_if_exception(lambda e: isinstance(e, RpcError) and e.code in codes),
         wait=tenacity.wait_exponential_jitter(
             multiplier=policy.initial_backoff_s,

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import inspect
+
 import dtq_client
 
 EXPECTED = {
     "DEFAULT_ADDRESS",
     "AlreadyExists",
+    "AsyncClient",
     "CancelCounts",
     "Client",
     "ClientConfig",
@@ -83,3 +86,17 @@ def test_client_methods_are_documented() -> None:
     assert schedules | {"pause_schedule", "resume_schedule"} <= set(public)
     for name in public:
         assert getattr(dtq_client.Client, name).__doc__, name
+
+
+def test_async_client_mirrors_client() -> None:
+    # The same calls, arguments and defaults as the blocking client, each documented.
+    public = {name for name in dir(dtq_client.AsyncClient) if not name.startswith("_")}
+    tasks = {"submit", "submit_and_wait", "submit_many", "submit_group", "get_group", "get"}
+    assert tasks | {"cancel", "list_tasks", "iter_tasks", "watch", "wait", "health"} <= public
+    assert public <= {name for name in dir(dtq_client.Client) if not name.startswith("_")}
+    for name in public:
+        method = getattr(dtq_client.AsyncClient, name)
+        assert method.__doc__, name
+        if callable(method) and name != "from_config":
+            expected = inspect.signature(getattr(dtq_client.Client, name)).parameters
+            assert inspect.signature(method).parameters == expected, name

@@ -1,0 +1,394 @@
+"""The asyncio DTQ client: :class:`AsyncClient`, :class:`~dtq_client.Client` for ``async`` code.
+
+::
+
+    from dtq_client import AsyncClient
+
+    async with AsyncClient("127.0.0.1:50051") as client:
+        task = await client.submit("email.send", {"to": "ada@example.com"})
+        done = await client.wait(task.id, timeout_s=60)
+        print(done.state, done.result_value())
+
+It runs on ``grpc.aio``: a call awaits its answer on the event loop, without
+blocking it or borrowing a thread. Everything else is the blocking client's:
+the same :class:`~dtq_client.ClientConfig`, deadlines and retries
+(:func:`dtq_client.retry.async_retrying`, the same policy and codes), generated
+idempotency keys, requests built and answers read by
+:mod:`dtq_client.task_requests`, plain models and the :class:`~dtq_client.DtqError`
+tree. Waiting (``watch``, ``wait``) is in :mod:`dtq_client.aio_watch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Literal, Self, TypeVar, overload
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dtq.tls import ClientTls
+from dtq.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
+from dtq_client import aio_watch, convert, retry, task_requests, tracing
+from dtq_client.aio_watch import WatchCalls
+from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
+from dtq_client.connection import bearer_header, open_aio_channel
+from dtq_client.errors import (
+    DeadlineExceeded,
+    RpcError,
+    Unavailable,
+    WaitTimeout,
+    translate_rpc_errors,
+)
+from dtq_client.models import (
+    DependencyFailure,
+    Group,
+    SubmitAck,
+    SubmitResult,
+    SubmittedGroup,
+    Task,
+    TaskSpec,
+    TaskState,
+)
+
+_R = TypeVar("_R")
+
+
+class AsyncClient(WatchCalls):
+    """A connection to a DTQ coordinator for asyncio code; ``async with`` it or await
+    :meth:`close`.
+
+    The arguments are :class:`~dtq_client.Client`'s, and so are the methods'
+    names, arguments, answers and errors: each is a coroutine here (:meth:`watch`
+    and :meth:`iter_tasks` are async generators). Create the client inside a
+    coroutine, on the event loop that uses it: a ``grpc.aio`` channel belongs to
+    the loop it was made on. ``channel`` lets the caller supply (and keep
+    ownership of) an open ``grpc.aio`` channel; the token is sent all the same.
+
+    It covers submitting, reading, cancelling and waiting for tasks (``watch``
+    and ``wait`` come from :class:`~dtq_client.aio_watch.WatchCalls`), groups and
+    the health check. The bulk commands (``cancel_tasks``, ``retry``, ``purge``),
+    the pipelined :meth:`~dtq_client.Client.submitter`, the cluster and admin
+    calls (nodes, queues, rate limits) and schedules are not here: use
+    :class:`~dtq_client.Client` for those.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        tls: ClientTls | None = None,
+        token: str | None = None,
+        channel: grpc.aio.Channel | None = None,
+        propagate_trace: bool = False,
+    ) -> None:
+        config = ClientConfig(
+            address=address,
+            timeout_s=timeout_s,
+            retry=retry or RetryPolicy(),
+            tls=tls,
+            token=token,
+            propagate_trace=propagate_trace,
+        )
+        self._setup(config, channel)
+
+    @classmethod
+    def from_config(cls, config: ClientConfig, *, channel: grpc.aio.Channel | None = None) -> Self:
+        """A client configured by ``config``."""
+        client = cls.__new__(cls)
+        client._setup(config, channel)
+        return client
+
+    def _setup(self, config: ClientConfig, channel: grpc.aio.Channel | None) -> None:
+        self.config = config
+        self._owns_channel = channel is None
+        if channel is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    "create an AsyncClient inside a coroutine, on the event loop that uses it"
+                ) from None
+            channel = open_aio_channel(config)
+        self._channel = channel
+        # The generated stubs are untyped; each call annotates its response.
+        self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
+        self._health = health_pb2_grpc.HealthStub(channel)
+        # The header the blocking client's BearerToken interceptor adds: metadata, not
+        # call credentials, which gRPC sends only over TLS (loopback checks tokens too).
+        self._metadata = None if config.token is None else (bearer_header(config.token),)
+        self._closed = False
+
+    async def close(self) -> None:
+        """Close the channel (unless the caller supplied it), ending the calls under way.
+        Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_channel:
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- submitting ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        type: str,
+        payload: object = None,
+        *,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+        retry_backoff_s: float | None = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay_s: float | None = None,
+        execution_timeout_s: float | None = None,
+        schedule_to_start_timeout_s: float | None = None,
+        result_ttl_s: float | None = None,
+        rate_key: str | None = None,
+        depends_on: Iterable[str] = (),
+        on_dependency_failure: DependencyFailure | str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Task:
+        """Submit one task and return it as stored; see :meth:`Client.submit
+        <dtq_client.Client.submit>` (the same arguments, idempotency and errors)."""
+        if isinstance(depends_on, str):
+            raise TypeError("depends_on must be a collection of task ids, not one string")
+        spec = TaskSpec(
+            type=type,
+            payload=payload,
+            content_type=content_type,
+            queue=queue,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
+            retry_backoff_s=retry_backoff_s,
+            priority=priority,
+            run_at=run_at,
+            delay_s=delay_s,
+            execution_timeout_s=execution_timeout_s,
+            schedule_to_start_timeout_s=schedule_to_start_timeout_s,
+            result_ttl_s=result_ttl_s,
+            rate_key=rate_key,
+            depends_on=tuple(depends_on),
+            on_dependency_failure=(
+                None if on_dependency_failure is None else DependencyFailure(on_dependency_failure)
+            ),
+            headers=headers or {},
+        )
+        request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
+        self._stamp((request.task,))
+        response: task_service_pb2.SubmitTaskResponse = await self._unary(
+            self._tasks.SubmitTask, request, retry.SUBMIT_CODES
+        )
+        return convert.task_from_proto(response.task)
+
+    async def submit_and_wait(self, spec: TaskSpec, timeout_s: float | None = None) -> Task:
+        """Submit one task, wait until it is terminal and return it, whatever its outcome.
+
+        One SubmitAndWatchTask call, as :meth:`Client.submit_and_wait
+        <dtq_client.Client.submit_and_wait>`: submitting follows :meth:`submit`'s
+        rules, waiting :meth:`wait`'s (:class:`WaitTimeout` if ``timeout_s``
+        passes first; None waits for ever). A task still running after
+        ``config.timeout_s``, or a stream that breaks after the submit, is
+        followed with :meth:`wait`.
+        """
+        if not spec.idempotency_key:
+            spec = replace(spec, idempotency_key=uuid.uuid4().hex)
+        request = task_service_pb2.SubmitAndWatchTaskRequest(task=convert.spec_to_proto(spec))
+        self._stamp((request.task,))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        async def attempt() -> tuple[Task, AsyncGenerator[Task, None]]:
+            call_s = self.config.timeout_s
+            if deadline is not None:
+                call_s = max(0.0, min(call_s, deadline - time.monotonic()))
+            call = self._tasks.SubmitAndWatchTask(request, timeout=call_s, metadata=self._metadata)
+            return await aio_watch.opened(call)
+
+        retrying = retry.async_retrying(self.config.retry, retry.SUBMIT_CODES, deadline=deadline)
+        started: tuple[Task, AsyncGenerator[Task, None]] = await retrying(attempt)
+        task, rest = started  # from here on, only waiting is left
+        async with contextlib.aclosing(rest):
+            with contextlib.suppress(Unavailable, DeadlineExceeded):
+                while not task.is_terminal:
+                    task = await anext(rest)
+        if task.is_terminal:
+            return task
+        if deadline is not None and deadline - time.monotonic() < task_requests.DEADLINE_SLACK_S:
+            raise WaitTimeout(task.id, timeout_s, task)
+        return await self.wait(task.id, None if deadline is None else deadline - time.monotonic())
+
+    @overload
+    async def submit_many(
+        self, specs: Iterable[TaskSpec], *, answer: Literal["task"] = "task"
+    ) -> list[SubmitResult]: ...
+
+    @overload
+    async def submit_many(
+        self, specs: Iterable[TaskSpec], *, answer: Literal["ack"]
+    ) -> list[SubmitAck]: ...
+
+    async def submit_many(
+        self, specs: Iterable[TaskSpec], *, answer: Literal["task", "ack"] = "task"
+    ) -> list[SubmitResult] | list[SubmitAck]:
+        """Submit many tasks, returning one answer per spec in order.
+
+        As :meth:`Client.submit_many <dtq_client.Client.submit_many>`: a
+        :class:`SubmitResult` per spec, or a :class:`SubmitAck` with
+        ``answer="ack"``; batches of at most ``config.submit_batch_size`` tasks
+        and about ``config.submit_batch_bytes``, each stored atomically. If the
+        first batch fails its error is raised as is (nothing was stored); if a
+        later one fails, :class:`SubmitManyError` says what was stored and what
+        to resubmit. The batches are sent one after the other.
+        """
+        acks = task_requests.wants_acks(answer)
+        specs = list(specs)
+        # Encode every payload before sending anything, so a bad one stores nothing.
+        messages = task_requests.keyed_messages(specs)
+        self._stamp(messages)
+        results: list[Any] = []  # SubmitResult or SubmitAck, as asked
+        try:
+            for request in task_requests.submit_batches(messages, self.config, acks=acks):
+                response: task_service_pb2.SubmitTasksResponse = await self._unary(
+                    self._tasks.SubmitTasks, request, retry.SUBMIT_CODES
+                )
+                results += task_requests.batch_answers(request, response, acks=acks)
+        except RpcError as exc:
+            if not results:
+                raise
+            error = task_requests.partial_failure(exc, specs, messages, results, acks=acks)
+            raise error from exc
+        return results
+
+    async def submit_group(self, specs: Iterable[TaskSpec]) -> SubmittedGroup:
+        """Submit tasks as one group, whose aggregate status :meth:`get_group` reports.
+
+        ONE request, as :meth:`Client.submit_group <dtq_client.Client.submit_group>`:
+        all are stored, in one group, or none is.
+        """
+        messages = task_requests.keyed_messages(list(specs))
+        self._stamp(messages)
+        request = task_service_pb2.SubmitTasksRequest(tasks=messages, group=True)
+        response: task_service_pb2.SubmitTasksResponse = await self._unary(
+            self._tasks.SubmitTasks, request, retry.SUBMIT_CODES
+        )
+        return task_requests.submitted_group(request, response)
+
+    async def get_group(self, group_id: str) -> Group:
+        """The aggregate status of a group; :class:`GroupNotFound` if no task is in it."""
+        request = task_service_pb2.GetGroupRequest(group_id=group_id)
+        response: task_service_pb2.GetGroupResponse = await self._unary(
+            self._tasks.GetGroup, request, retry.READ_CODES
+        )
+        return convert.group_from_proto(response)
+
+    # --- reading and cancelling ----------------------------------------------------------
+
+    async def get(self, task_id: str) -> Task:
+        """The task with ``task_id``; :class:`TaskNotFound` if there is none."""
+        request = task_service_pb2.GetTaskRequest(task_id=task_id)
+        response: task_service_pb2.GetTaskResponse = await self._unary(
+            self._tasks.GetTask, request, retry.READ_CODES
+        )
+        return convert.task_from_proto(response.task)
+
+    async def cancel(self, task_id: str) -> Task:
+        """Cancel a task and return it.
+
+        A queued task is cancelled at once; a dispatched one gets
+        ``cancel_requested`` and ends CANCELLED once its node stops it.
+        :class:`TaskTerminal` if it already succeeded or failed.
+        """
+        request = task_service_pb2.CancelTaskRequest(task_id=task_id)
+        response: task_service_pb2.CancelTaskResponse = await self._unary(
+            self._tasks.CancelTask, request, retry.READ_CODES
+        )
+        return convert.task_from_proto(response.task)
+
+    async def list_tasks(
+        self,
+        queue: str | None = None,
+        state: TaskState | str | None = None,
+        type: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
+        """Up to ``limit`` tasks matching the filters, newest first."""
+        page_size = task_requests.page_size(limit)
+        found: list[Task] = []
+        pages = self.iter_tasks(queue=queue, state=state, type=type, page_size=page_size)
+        async with contextlib.aclosing(pages) as tasks:
+            async for task in tasks:
+                found.append(task)
+                if len(found) == limit:
+                    break
+        return found
+
+    async def iter_tasks(
+        self,
+        queue: str | None = None,
+        state: TaskState | str | None = None,
+        type: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncGenerator[Task, None]:
+        """Every task matching the filters, newest first, fetched a page at a time."""
+        request = task_service_pb2.ListTasksRequest(
+            queue=queue or "",
+            state=task_requests.state_filter(state),
+            type=type or "",
+            page_size=page_size,
+        )
+        while True:
+            response: task_service_pb2.ListTasksResponse = await self._unary(
+                self._tasks.ListTasks, request, retry.READ_CODES
+            )
+            for message in response.tasks:
+                yield convert.task_from_proto(message)
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def health(self, service: str = "") -> str:
+        """The standard gRPC health status: ``SERVING``, ``NOT_SERVING``, ...
+
+        ``service`` "" asks about the coordinator as a whole.
+        """
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._unary(self._health.Check, request, retry.READ_CODES)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _stamp(self, specs: Iterable[task_pb2.TaskSpec]) -> None:
+        """With ``propagate_trace``, carry the caller's trace context in the specs' headers."""
+        if self.config.propagate_trace:
+            tracing.stamp(specs)
+
+    async def _unary(
+        self,
+        method: Callable[..., Awaitable[_R]],
+        request: object,
+        codes: frozenset[grpc.StatusCode],
+    ) -> _R:
+        """Call ``method`` with a deadline and the token, translating errors and retrying
+        ``codes``."""
+
+        async def attempt() -> _R:
+            with translate_rpc_errors():
+                return await method(request, timeout=self.config.timeout_s, metadata=self._metadata)
+
+        result: _R = await retry.async_retrying(self.config.retry, codes)(attempt)
+        return result

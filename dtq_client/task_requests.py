@@ -1,0 +1,169 @@
+"""Task calls' requests and answers, shared by the blocking and the asyncio client.
+
+:class:`~dtq_client.Client` and :class:`~dtq_client.AsyncClient` differ in how
+they call the coordinator, not in what they send or how they read what comes
+back: both build their requests (generated idempotency keys, submit batches,
+filters) and read the answers (batch results, groups, the end of a wait) here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from dtq.v1 import task_pb2, task_service_pb2
+from dtq_client import convert
+from dtq_client.batching import batches
+from dtq_client.config import ClientConfig
+from dtq_client.errors import (
+    DeadlineExceeded,
+    ProtocolError,
+    RpcError,
+    SubmitManyError,
+    WaitTimeout,
+)
+from dtq_client.models import SubmitResult, SubmittedGroup, TaskSpec, TaskState
+
+SPEC_FRAMING_BYTES = 6
+"""Bytes a spec adds to a SubmitTasks request beyond its own size (tag and length)."""
+
+DEADLINE_SLACK_S = 0.05
+"""A watch slice ending this close to the wait's deadline counts as the wait timing out."""
+
+MAX_PAGE_SIZE = 1_000
+"""The largest page a ListTasks call asks for."""
+
+
+def keyed_messages(specs: list[TaskSpec]) -> list[task_pb2.TaskSpec]:
+    """``specs`` as protobuf, each with its idempotency key or a generated one.
+
+    Generated keys are one random prefix per call and a counter: as unique as a
+    UUID each (the prefix is one), at a fraction of the cost of ``uuid4()`` per spec.
+    """
+    prefix = uuid.uuid4().hex
+    messages = [convert.spec_to_proto(spec) for spec in specs]
+    for i, message in enumerate(messages):
+        if not message.idempotency_key:
+            message.idempotency_key = f"{prefix}-{i:x}"
+    return messages
+
+
+def keyed(spec: TaskSpec, key: str) -> TaskSpec:
+    """``spec`` carrying ``key`` (its own, or the one generated for it)."""
+    return spec if spec.idempotency_key == key else replace(spec, idempotency_key=key)
+
+
+def wants_acks(answer: str) -> bool:
+    """True for ``submit_many(..., answer="ack")``; ValueError for an unknown answer."""
+    if answer not in ("task", "ack"):
+        raise ValueError(f"answer must be 'task' or 'ack', not {answer!r}")
+    return answer == "ack"
+
+
+def submit_batches(
+    messages: list[task_pb2.TaskSpec], config: ClientConfig, *, acks: bool
+) -> list[task_service_pb2.SubmitTasksRequest]:
+    """The SubmitTasks requests of ``submit_many``: ``config``'s batch limits, in order."""
+    wanted = task_service_pb2.SUBMIT_ANSWER_ACK if acks else task_service_pb2.SUBMIT_ANSWER_TASK
+    return [
+        task_service_pb2.SubmitTasksRequest(tasks=batch, answer=wanted)
+        for batch in batches(
+            messages,
+            lambda message: message.ByteSize() + SPEC_FRAMING_BYTES,
+            max_count=config.submit_batch_size,
+            max_bytes=config.submit_batch_bytes,
+        )
+    ]
+
+
+def batch_answers(
+    request: task_service_pb2.SubmitTasksRequest,
+    response: task_service_pb2.SubmitTasksResponse,
+    *,
+    acks: bool,
+) -> list[Any]:
+    """One batch's answers as models: SubmitAck with ``acks``, SubmitResult otherwise."""
+    entries: Sequence[Any] = response.acks if acks else response.results
+    if len(entries) != len(request.tasks):
+        answer = "ack" if acks else "task"
+        raise ProtocolError(
+            f"SubmitTasks answered {len(entries)} {answer}s for {len(request.tasks)} tasks"
+        )
+    to_model: Callable[[Any], Any] = (
+        convert.submit_ack_from_proto if acks else convert.submit_result_from_proto
+    )
+    return [to_model(entry) for entry in entries]
+
+
+def partial_failure(
+    error: RpcError,
+    specs: list[TaskSpec],
+    messages: list[task_pb2.TaskSpec],
+    stored: list[Any],
+    *,
+    acks: bool,
+) -> SubmitManyError:
+    """The error of a ``submit_many`` whose batch failed after ``stored`` answers.
+
+    The pending specs keep the idempotency keys they were sent with, so that
+    submitting them again can never create a task twice.
+    """
+    done = len(stored)
+    pending = [
+        keyed(spec, message.idempotency_key)
+        for spec, message in zip(specs[done:], messages[done:], strict=True)
+    ]
+    if acks:
+        return SubmitManyError(error, acks=stored, pending=pending, offset=done)
+    return SubmitManyError(error, results=stored, pending=pending, offset=done)
+
+
+def submitted_group(
+    request: task_service_pb2.SubmitTasksRequest, response: task_service_pb2.SubmitTasksResponse
+) -> SubmittedGroup:
+    """The answer of a grouped SubmitTasks call as a model."""
+    if len(response.results) != len(request.tasks):
+        raise ProtocolError(
+            f"SubmitTasks answered {len(response.results)} results for {len(request.tasks)} tasks"
+        )
+    results = tuple(convert.submit_result_from_proto(r) for r in response.results)
+    return SubmittedGroup(group_id=_stored_group_id(response.group_id, results), results=results)
+
+
+def _stored_group_id(answered: str, results: Iterable[SubmitResult]) -> str:
+    """The group the stored tasks are in: normally the one SubmitTasks answered.
+
+    When a retried submit found every task already stored (the first attempt
+    committed but its answer was lost), the coordinator answers a fresh group
+    id that no task has; the tasks' own group id is then the right one.
+    """
+    groups = {result.task.group_id for result in results}
+    if answered in groups or len(groups) != 1:
+        return answered
+    [stored] = groups
+    return stored or answered
+
+
+def state_filter(state: TaskState | str | None) -> task_pb2.TaskState:
+    """The wire value of a state filter given as a model enum or its name; None is any state."""
+    return convert.task_state_to_proto(None if state is None else TaskState(state))
+
+
+def page_size(limit: int) -> int:
+    """The ListTasks page size for at most ``limit`` tasks; ValueError below 1."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return min(limit, MAX_PAGE_SIZE)
+
+
+def raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: WaitTimeout) -> None:
+    """Raise ``timeout`` if a watch's DEADLINE_EXCEEDED means the whole wait ran out.
+
+    Otherwise only the stream's own slice (``watch_renew_s``) ended, and the
+    caller reopens it.
+    """
+    if deadline is not None and deadline - time.monotonic() < DEADLINE_SLACK_S:
+        raise timeout from exc
