@@ -105,9 +105,9 @@ class CoordinatorServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self._revocations: asyncio.Task[None] | None = None
+        """With tokens: the sweep that ends streams of revoked tokens."""
         self._cap_sweep: asyncio.Task[None] | None = None
         """With --max-call-time: the sweep that ends unary calls past it."""
-        """With tokens: the sweep that ends streams of revoked tokens."""
         self._metrics: WSGIServer | None = None
         self.metrics_port = 0
         """The port ``/metrics`` is served on (with ``--metrics-listen``)."""
