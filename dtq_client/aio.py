@@ -325,11 +325,17 @@ class AsyncClient(WatchCalls):
         state: TaskState | str | None = None,
         type: str | None = None,
         limit: int = 100,
+        headers: Mapping[str, str] | None = None,
     ) -> list[Task]:
-        """Up to ``limit`` tasks matching the filters, newest first."""
+        """Up to ``limit`` tasks matching the filters, newest first.
+
+        ``headers``: only tasks carrying each of these headers with that value.
+        """
         page_size = task_requests.page_size(limit)
         found: list[Task] = []
-        pages = self.iter_tasks(queue=queue, state=state, type=type, page_size=page_size)
+        pages = self.iter_tasks(
+            queue=queue, state=state, type=type, page_size=page_size, headers=headers
+        )
         async with contextlib.aclosing(pages) as tasks:
             async for task in tasks:
                 found.append(task)
@@ -343,6 +349,7 @@ class AsyncClient(WatchCalls):
         state: TaskState | str | None = None,
         type: str | None = None,
         page_size: int = 100,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[Task, None]:
         """Every task matching the filters, newest first, fetched a page at a time."""
         request = task_service_pb2.ListTasksRequest(
@@ -350,6 +357,7 @@ class AsyncClient(WatchCalls):
             state=task_requests.state_filter(state),
             type=type or "",
             page_size=page_size,
+            headers=headers or {},
         )
         while True:
             response: task_service_pb2.ListTasksResponse = await self._unary(

@@ -440,10 +440,16 @@ class Client(ScheduleCalls, ClusterCalls):
         state: TaskState | str | None = None,
         type: str | None = None,
         limit: int = 100,
+        headers: Mapping[str, str] | None = None,
     ) -> list[Task]:
-        """Up to ``limit`` tasks matching the filters, newest first."""
+        """Up to ``limit`` tasks matching the filters, newest first.
+
+        ``headers``: only tasks carrying each of these headers with that value.
+        """
         page_size = task_requests.page_size(limit)
-        tasks = self.iter_tasks(queue=queue, state=state, type=type, page_size=page_size)
+        tasks = self.iter_tasks(
+            queue=queue, state=state, type=type, page_size=page_size, headers=headers
+        )
         return list(itertools.islice(tasks, limit))
 
     def iter_tasks(
@@ -452,6 +458,7 @@ class Client(ScheduleCalls, ClusterCalls):
         state: TaskState | str | None = None,
         type: str | None = None,
         page_size: int = 100,
+        headers: Mapping[str, str] | None = None,
     ) -> Iterator[Task]:
         """Every task matching the filters, newest first, fetched a page at a time."""
         request = task_service_pb2.ListTasksRequest(
@@ -459,6 +466,7 @@ class Client(ScheduleCalls, ClusterCalls):
             state=task_requests.state_filter(state),
             type=type or "",
             page_size=page_size,
+            headers=headers or {},
         )
         while True:
             response: task_service_pb2.ListTasksResponse = self._unary(

@@ -496,8 +496,10 @@ def _active(record: TaskRecord) -> ActiveTask:
 
 
 def _filter_fingerprint(task_filter: TaskFilter) -> str:
-    raw = f"{task_filter.queue}|{task_filter.state}|{task_filter.type}".encode()
-    return hashlib.blake2b(raw, digest_size=6).hexdigest()
+    raw = f"{task_filter.queue}|{task_filter.state}|{task_filter.type}"
+    if task_filter.headers:  # only then: tokens of filters without headers stay as they were
+        raw += f"|{task_filter.headers}"
+    return hashlib.blake2b(raw.encode(), digest_size=6).hexdigest()
 
 
 def _decode_token(token: str, fingerprint: str) -> int:

@@ -267,6 +267,8 @@ class TaskFilter:
     queue: str | None = None
     state: TaskState | None = None
     type: str | None = None
+    headers: Headers = ()
+    """ListTasks only: tasks carrying each of these (key, value) pairs."""
 
 
 @frozen

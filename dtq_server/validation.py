@@ -12,6 +12,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 import uuid_utils
 
@@ -128,7 +129,7 @@ def validate_spec(
         v.add(f"{field}.rate_key", f"must be printable, at most {MAX_KEY_CHARS} characters")
     depends_on = _check_dependencies(spec, field, v)
     if spec.headers:
-        _check_headers(spec.headers, field, v)
+        _check_headers(spec.headers, f"{field}.headers", v)
     if not -MAX_PRIORITY <= spec.priority <= MAX_PRIORITY:
         v.add(f"{field}.priority", f"must be {-MAX_PRIORITY} to {MAX_PRIORITY}")
     run_at = _check_schedule(spec, field, now, v)
@@ -190,12 +191,22 @@ def validate_spec(
     )
 
 
+def header_filter(headers: Mapping[str, str]) -> Headers:
+    """A ListTasks ``headers`` filter, sorted, checked as a spec's headers are."""
+    pairs = tuple(sorted(headers.items()))
+    v = Violations()
+    _check_headers(pairs, "headers", v)
+    v.raise_if_any()
+    return pairs
+
+
 def _check_headers(headers: Headers, field: str, v: Violations) -> None:
+    """Violations of ``headers`` (the field path ``field``, e.g. ``task.headers``)."""
     if len(headers) > MAX_HEADERS:
-        v.add(f"{field}.headers", f"at most {MAX_HEADERS} headers, got {len(headers)}")
+        v.add(field, f"at most {MAX_HEADERS} headers, got {len(headers)}")
         return
     for key, value in headers:
-        path = f"{field}.headers[{json.dumps(key)}]"
+        path = f"{field}[{json.dumps(key)}]"
         if not _matches(HEADER_KEY_RE, key):
             check_name(v, path, key, HEADER_KEY_RE, "header key")
         elif len(value) > MAX_HEADER_VALUE_CHARS or not value.isprintable():

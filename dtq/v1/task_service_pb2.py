@@ -26,17 +26,19 @@ from dtq.v1 import task_pb2 as dtq_dot_v1_dot_task__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64tq/v1/task_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x17google/rpc/status.proto\"3\n\x11SubmitTaskRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\"A\n\x12SubmitTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"j\n\x12SubmitTasksRequest\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.dtq.v1.TaskSpec\x12\r\n\x05group\x18\x02 \x01(\x08\x12$\n\x06\x61nswer\x18\x03 \x01(\x0e\x32\x14.dtq.v1.SubmitAnswer\"y\n\x13SubmitTasksResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.dtq.v1.SubmitTaskResponse\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12#\n\x04\x61\x63ks\x18\x03 \x03(\x0b\x32\x15.dtq.v1.SubmittedTask\"B\n\x17SubmitTaskStreamRequest\x12\'\n\x07submits\x18\x01 \x03(\x0b\x32\x16.dtq.v1.StreamedSubmit\"=\n\x0eStreamedSubmit\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\"I\n\x18SubmitTaskStreamResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.dtq.v1.StreamedSubmitResult\"\x7f\n\x14StreamedSubmitResult\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12*\n\tsubmitted\x18\x02 \x01(\x0b\x32\x15.dtq.v1.SubmittedTaskH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"S\n\rSubmittedTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.TaskState\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"-\n\x0fGetTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"/\n\x11WatchTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\";\n\x19SubmitAndWatchTaskRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\"I\n\x1aSubmitAndWatchTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x12\x43\x61ncelTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\"x\n\x10ListTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.dtq.v1.TaskState\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"I\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.dtq.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x12\x43\x61ncelTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.TaskState\"B\n\x13\x43\x61ncelTasksResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x04\x12\x18\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x04\"d\n\x11RetryTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.dtq.v1.TaskState\"R\n\x12RetryTasksResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x04\x12\x18\n\x10skipped_task_ids\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"R\n\x11PurgeTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.TaskState\"%\n\x12PurgeTasksResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"#\n\x0fGetGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\xc0\x01\n\x10GetGroupResponse\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.dtq.v1.GroupState\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x11\n\tsucceeded\x18\x06 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\r\x12\x11\n\tcancelled\x18\x08 \x01(\r\x12\x10\n\x08task_ids\x18\t \x03(\t*\\\n\x0cSubmitAnswer\x12\x1d\n\x19SUBMIT_ANSWER_UNSPECIFIED\x10\x00\x12\x16\n\x12SUBMIT_ANSWER_TASK\x10\x01\x12\x15\n\x11SUBMIT_ANSWER_ACK\x10\x02*\x90\x01\n\nGroupState\x12\x1b\n\x17GROUP_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13GROUP_STATE_RUNNING\x10\x01\x12\x19\n\x15GROUP_STATE_SUCCEEDED\x10\x02\x12\x16\n\x12GROUP_STATE_FAILED\x10\x03\x12\x19\n\x15GROUP_STATE_CANCELLED\x10\x04\x32\xec\x06\n\x0bTaskService\x12\x43\n\nSubmitTask\x12\x19.dtq.v1.SubmitTaskRequest\x1a\x1a.dtq.v1.SubmitTaskResponse\x12\x46\n\x0bSubmitTasks\x12\x1a.dtq.v1.SubmitTasksRequest\x1a\x1b.dtq.v1.SubmitTasksResponse\x12Y\n\x10SubmitTaskStream\x12\x1f.dtq.v1.SubmitTaskStreamRequest\x1a .dtq.v1.SubmitTaskStreamResponse(\x01\x30\x01\x12:\n\x07GetTask\x12\x16.dtq.v1.GetTaskRequest\x1a\x17.dtq.v1.GetTaskResponse\x12\x42\n\tWatchTask\x12\x18.dtq.v1.WatchTaskRequest\x1a\x19.dtq.v1.WatchTaskResponse0\x01\x12]\n\x12SubmitAndWatchTask\x12!.dtq.v1.SubmitAndWatchTaskRequest\x1a\".dtq.v1.SubmitAndWatchTaskResponse0\x01\x12\x43\n\nCancelTask\x12\x19.dtq.v1.CancelTaskRequest\x1a\x1a.dtq.v1.CancelTaskResponse\x12@\n\tListTasks\x12\x18.dtq.v1.ListTasksRequest\x1a\x19.dtq.v1.ListTasksResponse\x12\x46\n\x0b\x43\x61ncelTasks\x12\x1a.dtq.v1.CancelTasksRequest\x1a\x1b.dtq.v1.CancelTasksResponse\x12\x43\n\nRetryTasks\x12\x19.dtq.v1.RetryTasksRequest\x1a\x1a.dtq.v1.RetryTasksResponse\x12\x43\n\nPurgeTasks\x12\x19.dtq.v1.PurgeTasksRequest\x1a\x1a.dtq.v1.PurgeTasksResponse\x12=\n\x08GetGroup\x12\x17.dtq.v1.GetGroupRequest\x1a\x18.dtq.v1.GetGroupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64tq/v1/task_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x17google/rpc/status.proto\"3\n\x11SubmitTaskRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\"A\n\x12SubmitTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"j\n\x12SubmitTasksRequest\x12\x1f\n\x05tasks\x18\x01 \x03(\x0b\x32\x10.dtq.v1.TaskSpec\x12\r\n\x05group\x18\x02 \x01(\x08\x12$\n\x06\x61nswer\x18\x03 \x01(\x0e\x32\x14.dtq.v1.SubmitAnswer\"y\n\x13SubmitTasksResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.dtq.v1.SubmitTaskResponse\x12\x10\n\x08group_id\x18\x02 \x01(\t\x12#\n\x04\x61\x63ks\x18\x03 \x03(\x0b\x32\x15.dtq.v1.SubmittedTask\"B\n\x17SubmitTaskStreamRequest\x12\'\n\x07submits\x18\x01 \x03(\x0b\x32\x16.dtq.v1.StreamedSubmit\"=\n\x0eStreamedSubmit\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12\x1e\n\x04task\x18\x02 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\"I\n\x18SubmitTaskStreamResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.dtq.v1.StreamedSubmitResult\"\x7f\n\x14StreamedSubmitResult\x12\x0b\n\x03ref\x18\x01 \x01(\x04\x12*\n\tsubmitted\x18\x02 \x01(\x0b\x32\x15.dtq.v1.SubmittedTaskH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"S\n\rSubmittedTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.TaskState\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"-\n\x0fGetTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"/\n\x11WatchTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\";\n\x19SubmitAndWatchTaskRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\"I\n\x1aSubmitAndWatchTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x12\x43\x61ncelTaskResponse\x12\x1a\n\x04task\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Task\"\xe0\x01\n\x10ListTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.dtq.v1.TaskState\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\x12\x36\n\x07headers\x18\x06 \x03(\x0b\x32%.dtq.v1.ListTasksRequest.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x11ListTasksResponse\x12\x1b\n\x05tasks\x18\x01 \x03(\x0b\x32\x0c.dtq.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"S\n\x12\x43\x61ncelTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.TaskState\"B\n\x13\x43\x61ncelTasksResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x04\x12\x18\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x04\"d\n\x11RetryTasksRequest\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12 \n\x05state\x18\x04 \x01(\x0e\x32\x11.dtq.v1.TaskState\"R\n\x12RetryTasksResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x04\x12\x18\n\x10skipped_task_ids\x18\x02 \x03(\t\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"R\n\x11PurgeTasksRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.TaskState\"%\n\x12PurgeTasksResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"#\n\x0fGetGroupRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\"\xc0\x01\n\x10GetGroupResponse\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.dtq.v1.GroupState\x12\r\n\x05total\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x11\n\tsucceeded\x18\x06 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\r\x12\x11\n\tcancelled\x18\x08 \x01(\r\x12\x10\n\x08task_ids\x18\t \x03(\t*\\\n\x0cSubmitAnswer\x12\x1d\n\x19SUBMIT_ANSWER_UNSPECIFIED\x10\x00\x12\x16\n\x12SUBMIT_ANSWER_TASK\x10\x01\x12\x15\n\x11SUBMIT_ANSWER_ACK\x10\x02*\x90\x01\n\nGroupState\x12\x1b\n\x17GROUP_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13GROUP_STATE_RUNNING\x10\x01\x12\x19\n\x15GROUP_STATE_SUCCEEDED\x10\x02\x12\x16\n\x12GROUP_STATE_FAILED\x10\x03\x12\x19\n\x15GROUP_STATE_CANCELLED\x10\x04\x32\xec\x06\n\x0bTaskService\x12\x43\n\nSubmitTask\x12\x19.dtq.v1.SubmitTaskRequest\x1a\x1a.dtq.v1.SubmitTaskResponse\x12\x46\n\x0bSubmitTasks\x12\x1a.dtq.v1.SubmitTasksRequest\x1a\x1b.dtq.v1.SubmitTasksResponse\x12Y\n\x10SubmitTaskStream\x12\x1f.dtq.v1.SubmitTaskStreamRequest\x1a .dtq.v1.SubmitTaskStreamResponse(\x01\x30\x01\x12:\n\x07GetTask\x12\x16.dtq.v1.GetTaskRequest\x1a\x17.dtq.v1.GetTaskResponse\x12\x42\n\tWatchTask\x12\x18.dtq.v1.WatchTaskRequest\x1a\x19.dtq.v1.WatchTaskResponse0\x01\x12]\n\x12SubmitAndWatchTask\x12!.dtq.v1.SubmitAndWatchTaskRequest\x1a\".dtq.v1.SubmitAndWatchTaskResponse0\x01\x12\x43\n\nCancelTask\x12\x19.dtq.v1.CancelTaskRequest\x1a\x1a.dtq.v1.CancelTaskResponse\x12@\n\tListTasks\x12\x18.dtq.v1.ListTasksRequest\x1a\x19.dtq.v1.ListTasksResponse\x12\x46\n\x0b\x43\x61ncelTasks\x12\x1a.dtq.v1.CancelTasksRequest\x1a\x1b.dtq.v1.CancelTasksResponse\x12\x43\n\nRetryTasks\x12\x19.dtq.v1.RetryTasksRequest\x1a\x1a.dtq.v1.RetryTasksResponse\x12\x43\n\nPurgeTasks\x12\x19.dtq.v1.PurgeTasksRequest\x1a\x1a.dtq.v1.PurgeTasksResponse\x12=\n\x08GetGroup\x12\x17.dtq.v1.GetGroupRequest\x1a\x18.dtq.v1.GetGroupResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dtq.v1.task_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITANSWER']._serialized_start=2135
-  _globals['_SUBMITANSWER']._serialized_end=2227
-  _globals['_GROUPSTATE']._serialized_start=2230
-  _globals['_GROUPSTATE']._serialized_end=2374
+  _globals['_LISTTASKSREQUEST_HEADERSENTRY']._loaded_options = None
+  _globals['_LISTTASKSREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_SUBMITANSWER']._serialized_start=2240
+  _globals['_SUBMITANSWER']._serialized_end=2332
+  _globals['_GROUPSTATE']._serialized_start=2335
+  _globals['_GROUPSTATE']._serialized_end=2479
   _globals['_SUBMITTASKREQUEST']._serialized_start=81
   _globals['_SUBMITTASKREQUEST']._serialized_end=132
   _globals['_SUBMITTASKRESPONSE']._serialized_start=134
@@ -71,26 +73,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELTASKREQUEST']._serialized_end=1192
   _globals['_CANCELTASKRESPONSE']._serialized_start=1194
   _globals['_CANCELTASKRESPONSE']._serialized_end=1242
-  _globals['_LISTTASKSREQUEST']._serialized_start=1244
-  _globals['_LISTTASKSREQUEST']._serialized_end=1364
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1366
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1439
-  _globals['_CANCELTASKSREQUEST']._serialized_start=1441
-  _globals['_CANCELTASKSREQUEST']._serialized_end=1524
-  _globals['_CANCELTASKSRESPONSE']._serialized_start=1526
-  _globals['_CANCELTASKSRESPONSE']._serialized_end=1592
-  _globals['_RETRYTASKSREQUEST']._serialized_start=1594
-  _globals['_RETRYTASKSREQUEST']._serialized_end=1694
-  _globals['_RETRYTASKSRESPONSE']._serialized_start=1696
-  _globals['_RETRYTASKSRESPONSE']._serialized_end=1778
-  _globals['_PURGETASKSREQUEST']._serialized_start=1780
-  _globals['_PURGETASKSREQUEST']._serialized_end=1862
-  _globals['_PURGETASKSRESPONSE']._serialized_start=1864
-  _globals['_PURGETASKSRESPONSE']._serialized_end=1901
-  _globals['_GETGROUPREQUEST']._serialized_start=1903
-  _globals['_GETGROUPREQUEST']._serialized_end=1938
-  _globals['_GETGROUPRESPONSE']._serialized_start=1941
-  _globals['_GETGROUPRESPONSE']._serialized_end=2133
-  _globals['_TASKSERVICE']._serialized_start=2377
-  _globals['_TASKSERVICE']._serialized_end=3253
+  _globals['_LISTTASKSREQUEST']._serialized_start=1245
+  _globals['_LISTTASKSREQUEST']._serialized_end=1469
+  _globals['_LISTTASKSREQUEST_HEADERSENTRY']._serialized_start=1423
+  _globals['_LISTTASKSREQUEST_HEADERSENTRY']._serialized_end=1469
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1471
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1544
+  _globals['_CANCELTASKSREQUEST']._serialized_start=1546
+  _globals['_CANCELTASKSREQUEST']._serialized_end=1629
+  _globals['_CANCELTASKSRESPONSE']._serialized_start=1631
+  _globals['_CANCELTASKSRESPONSE']._serialized_end=1697
+  _globals['_RETRYTASKSREQUEST']._serialized_start=1699
+  _globals['_RETRYTASKSREQUEST']._serialized_end=1799
+  _globals['_RETRYTASKSRESPONSE']._serialized_start=1801
+  _globals['_RETRYTASKSRESPONSE']._serialized_end=1883
+  _globals['_PURGETASKSREQUEST']._serialized_start=1885
+  _globals['_PURGETASKSREQUEST']._serialized_end=1967
+  _globals['_PURGETASKSRESPONSE']._serialized_start=1969
+  _globals['_PURGETASKSRESPONSE']._serialized_end=2006
+  _globals['_GETGROUPREQUEST']._serialized_start=2008
+  _globals['_GETGROUPREQUEST']._serialized_end=2043
+  _globals['_GETGROUPRESPONSE']._serialized_start=2046
+  _globals['_GETGROUPRESPONSE']._serialized_end=2238
+  _globals['_TASKSERVICE']._serialized_start=2482
+  _globals['_TASKSERVICE']._serialized_end=3358
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ def _read_json_file(
     return None if file is None else _parse_json(ctx, param, file.read())
 
 
-def _parse_headers(
+def parse_headers(
     ctx: click.Context, param: click.Parameter, items: tuple[str, ...]
 ) -> dict[str, str]:
     """Click callback: ``KEY=VALUE`` items as a dict, or a usage error naming the option.
@@ -125,7 +125,7 @@ def task_options(command: _F) -> _F:
             "--header",
             "headers",
             multiple=True,
-            callback=_parse_headers,
+            callback=parse_headers,
             metavar="KEY=VALUE",
             help="Metadata for the handler (ctx.headers), e.g. a trace id or tenant (repeatable).",
         ),

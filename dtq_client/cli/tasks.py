@@ -21,7 +21,7 @@ from dtq_client.cli.app import (
     state_choice,
     stderr_console,
 )
-from dtq_client.cli.specs import JsonValue, payload_of, task_options
+from dtq_client.cli.specs import JsonValue, parse_headers, payload_of, task_options
 from dtq_client.errors import ProtocolError
 from dtq_client.models import DependencyFailure, Task, TaskState
 from dtq_client.output import change_line
@@ -236,13 +236,28 @@ def cancel(
 @click.option("--state", type=state_choice(list(TaskState)), help="Only this state.")
 @click.option("--type", "task_type", metavar="T", help="Only this task type.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, metavar="N")
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    callback=parse_headers,
+    metavar="KEY=VALUE",
+    help="Only tasks carrying this header with this value (repeatable: all of them).",
+)
 @output_option
 @click.pass_context
 def list_(
-    ctx: click.Context, queue: str | None, state: str | None, task_type: str | None, limit: int
+    ctx: click.Context,
+    queue: str | None,
+    state: str | None,
+    task_type: str | None,
+    limit: int,
+    headers: dict[str, str],
 ) -> None:
     """List tasks, newest first."""
-    tasks = client_for(ctx).list_tasks(queue=queue, state=lower(state), type=task_type, limit=limit)
+    tasks = client_for(ctx).list_tasks(
+        queue=queue, state=lower(state), type=task_type, limit=limit, headers=headers
+    )
     printer_for(ctx).tasks(tasks)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -20,6 +21,7 @@ from dtq_server.servicers.convert import (
 )
 from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
 from dtq_server.servicers.submit_stream import answer_submits
+from dtq_server.validation import header_filter
 
 
 class TaskServicer(pb_grpc.TaskServiceServicer):
@@ -119,6 +121,8 @@ class TaskServicer(pb_grpc.TaskServiceServicer):
         self, request: pb.ListTasksRequest, context: Context
     ) -> pb.ListTasksResponse:
         task_filter = _filter(request.queue, request.type, request.state)
+        if request.headers:
+            task_filter = dataclasses.replace(task_filter, headers=header_filter(request.headers))
         records, token = await self._coordinator.list_tasks(
             task_filter, request.page_size, request.page_token
         )

@@ -418,6 +418,9 @@ def where(task_filter: TaskFilter, before_seq: int | None = None) -> tuple[str, 
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    for key, value in task_filter.headers:  # keys are [A-Za-z0-9_.-]: safe between quotes
+        clauses.append("json_extract(headers, ?) = ?")
+        params += (f'$."{key}"', value)
     if before_seq is not None:
         clauses.append("seq < ?")
         params.append(before_seq)

@@ -110,6 +110,8 @@ def test_submit_get_list_and_cancel(cluster: Cluster, queue: str) -> None:
             assert [t.id for t in await client.list_tasks(queue=queue, limit=1)] == [other.id]
             paged = [t.id async for t in client.iter_tasks(queue=queue, page_size=1)]
             assert paged == [other.id, task.id]
+            by_header = await client.list_tasks(queue=queue, headers={"tenant": "acme"})
+            assert [t.id for t in by_header] == [task.id]
             assert (await client.cancel(task.id)).state is TaskState.CANCELLED
             assert (await client.cancel(task.id)).state is TaskState.CANCELLED  # idempotent
             cancelled = await client.list_tasks(queue=queue, state="cancelled")

@@ -149,6 +149,11 @@ def test_submit_with_headers(dtq: Dtq, client: Client, queue: str) -> None:
     bad = dtq("submit", NOBODY, "-q", queue, "--header", "bad key=1")
     assert bad.exit_code == 3
     assert 'task.headers["bad key"]' in bad.stderr
+    # Listing by header: every one given must match.
+    found = dtq("-o", "json", "list", "-q", queue, "--header", "a=1", "--header", "b=x=y")
+    assert [t["id"] for t in json.loads(found.stdout)] == [task_id]
+    assert json.loads(dtq("-o", "json", "list", "-q", queue, "--header", "a=2").stdout) == []
+    assert [t.id for t in client.list_tasks(queue=queue, headers={"a": "1"})] == [task_id]
 
 
 def test_schedules_create_with_headers(dtq: Dtq, client: Client, queue: str) -> None:

@@ -126,3 +126,44 @@ def test_a_resubmit_with_other_headers_is_answered_with_the_stored_task(
     with pytest.raises(grpc.RpcError) as clash:  # the work itself is still guarded
         submit(tasks, other_queue)
     assert clash.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_list_tasks_by_headers(tasks: TaskServiceStub) -> None:
+    acme = [submit(tasks, spec({"tenant": "acme", "tier": t})).task.id for t in ("gold", "free")]
+    submit(tasks, spec({"tenant": "other"}))
+    submit(tasks, spec({}))
+    submit(tasks, spec({"tenant": "acme"}, queue="elsewhere"))
+
+    def listed(headers: dict[str, str], queue: str = "headers", page_size: int = 0) -> list[str]:
+        ids, token = [], ""
+        while True:
+            request = task_service_pb2.ListTasksRequest(
+                queue=queue, headers=headers, page_size=page_size, page_token=token
+            )
+            page = tasks.ListTasks(request, timeout=10)
+            ids += [t.id for t in page.tasks]
+            if not (token := page.next_page_token):
+                return ids
+
+    assert listed({"tenant": "acme"}) == acme[::-1]  # newest first
+    assert listed({"tenant": "acme"}, page_size=1) == acme[::-1]  # across pages
+    assert listed({"tenant": "acme", "tier": "gold"}) == acme[:1]  # every header must match
+    assert listed({"tenant": "nobody"}) == []
+    assert len(listed({"tenant": "acme"}, queue="")) == 3  # with no other filter
+    with pytest.raises(grpc.RpcError) as bad:
+        listed({"bad key": "x"})
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(bad.value) == ['headers["bad key"]']
+    # A page token is tied to its filters: another header filter cannot reuse it.
+    first = tasks.ListTasks(
+        task_service_pb2.ListTasksRequest(queue="headers", headers={"tenant": "acme"}, page_size=1),
+        timeout=10,
+    )
+    with pytest.raises(grpc.RpcError) as moved:
+        tasks.ListTasks(
+            task_service_pb2.ListTasksRequest(
+                queue="headers", headers={"tenant": "other"}, page_token=first.next_page_token
+            ),
+            timeout=10,
+        )
+    assert moved.value.code() == grpc.StatusCode.INVALID_ARGUMENT
