@@ -143,6 +143,22 @@ def start_server(
     return proc
 
 
+def start_server_with_tokens(root: Path, entries: str, *extra_args: str) -> ServerProcess:
+    """Start ``dtq-server`` over ``root/data``, checking tokens against ``root/tokens.toml``,
+    written from ``entries`` (``dtq_server.tokens.entry`` text)."""
+    tokens_file = root / "tokens.toml"
+    tokens_file.write_text(entries)
+    return start_server(root / "data", "--tokens-file", str(tokens_file), *extra_args)
+
+
+@dataclass
+class TokenServer:
+    """A coordinator process that checks tokens, and the tokens by entry name."""
+
+    server: ServerProcess
+    tokens: dict[str, str]
+
+
 def start_node(
     address: str,
     log_dir: Path,

@@ -42,7 +42,14 @@ from dtq_client import (
 )
 from dtq_server.auth import ANYONE, REVOCATION_CHECK_S, load_policy
 from dtq_server.tokens import entry, hash_token, new_token
-from tests.harness import ROOT, ServerProcess, python_env, start_node, start_server, wait_until
+from tests.harness import (
+    ROOT,
+    ServerProcess,
+    python_env,
+    start_node,
+    start_server_with_tokens,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,16 +82,15 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auth]:
     root = tmp_path_factory.mktemp("auth")
     revocable = {"revoked": "submitter", "revoked-watch": "submitter", "revoked-node": "worker"}
     tokens = {role: new_token() for role in (*ROLES, "node-a", "limited", *revocable)}
-    tokens_file = root / "tokens.toml"
-    tokens_file.write_text(
+    server = start_server_with_tokens(
+        root,
         "".join(entry(role, role, tokens[role]) for role in ROLES)
         + entry("node-a", "worker", tokens["node-a"], node_id="node-a")
         + "".join(entry(name, role, tokens[name]) for name, role in revocable.items())
         + entry("limited", "submitter", tokens["limited"])
-        + "calls_per_second = 5\nburst = 5\n"
+        + "calls_per_second = 5\nburst = 5\n",
     )
-    server = start_server(root / "data", "--tokens-file", str(tokens_file))
-    yield Auth(server, tokens, tokens_file)
+    yield Auth(server, tokens, root / "tokens.toml")
     server.stop()
 
 
@@ -140,9 +146,8 @@ def test_s1_without_a_token_only_health_answers(auth: Auth) -> None:
 
 def test_s1_health_needs_a_token_when_asked(tmp_path: Path) -> None:
     token = new_token()
-    (tmp_path / "tokens.toml").write_text(entry("probe", "worker", token))
-    server = start_server(
-        tmp_path / "data", "--tokens-file", str(tmp_path / "tokens.toml"), "--health-needs-token"
+    server = start_server_with_tokens(
+        tmp_path, entry("probe", "worker", token), "--health-needs-token"
     )
     try:
         with grpc.insecure_channel(server.address) as channel:

@@ -10,40 +10,32 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dtq_client import Client, NodeState, ResourceExhausted, TaskState
 from dtq_server.tokens import entry, new_token
-from tests.harness import ServerProcess, start_node, start_server, wait_until
+from tests.harness import TokenServer, start_node, start_server_with_tokens, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@dataclass
-class Capped:
-    server: ServerProcess
-    tokens: dict[str, str]
-
-
 @pytest.fixture(scope="module")
-def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capped]:
-    root = tmp_path_factory.mktemp("caps")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
     tokens = {name: new_token() for name in ("watcher", "other", "admin", "fleet")}
-    (root / "tokens.toml").write_text(
+    server = start_server_with_tokens(
+        tmp_path_factory.mktemp("caps"),
         entry("watcher", "submitter", tokens["watcher"]) + "max_streams = 2\n"
         + entry("other", "submitter", tokens["other"], own_tasks=False)
         + entry("admin", "admin", tokens["admin"])
-        + entry("fleet", "worker", tokens["fleet"]) + "max_nodes = 1\n"
+        + entry("fleet", "worker", tokens["fleet"]) + "max_nodes = 1\n",
     )  # fmt: skip
-    server = start_server(root / "data", "--tokens-file", str(root / "tokens.toml"))
-    yield Capped(server, tokens)
+    yield TokenServer(server, tokens)
     server.stop()
 
 
-def test_an_identity_holds_at_most_max_streams_open(capped: Capped) -> None:
+def test_an_identity_holds_at_most_max_streams_open(capped: TokenServer) -> None:
     with Client(capped.server.address, token=capped.tokens["watcher"]) as client:
         # Tasks no node runs stay queued, so their watches stay open.
         ids = [client.submit("nobody.runs.this", i, queue="idle").id for i in range(3)]
@@ -67,7 +59,7 @@ def test_an_identity_holds_at_most_max_streams_open(capped: Capped) -> None:
         second.close()
 
 
-def test_a_worker_token_connects_at_most_max_nodes(capped: Capped, tmp_path: Path) -> None:
+def test_a_worker_token_connects_at_most_max_nodes(capped: TokenServer, tmp_path: Path) -> None:
     env = {"DTQ_TOKEN": capped.tokens["fleet"]}
     admin = Client(capped.server.address, token=capped.tokens["admin"])
 

@@ -10,7 +10,6 @@ as if it did not exist, and a refused submit stores nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,37 +24,30 @@ from dtq_client import (
     TaskState,
 )
 from dtq_server.tokens import entry, new_token
-from tests.harness import ServerProcess, start_node, start_server
+from tests.harness import TokenServer, start_node, start_server_with_tokens
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@dataclass
-class Scoped:
-    server: ServerProcess
-    tokens: dict[str, str]
-
-
 @pytest.fixture(scope="module")
-def scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scoped]:
-    root = tmp_path_factory.mktemp("scopes")
+def scoped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenServer]:
     names = ("billing", "admin", "billing-node", "any-node", "app-a", "app-b", "follower")
     tokens = {name: new_token() for name in names}
-    (root / "tokens.toml").write_text(
+    server = start_server_with_tokens(
+        tmp_path_factory.mktemp("scopes"),
         entry("billing", "submitter", tokens["billing"], queues=["billing", "billing.slow"])
         + entry("app-a", "submitter", tokens["app-a"])
         + entry("app-b", "submitter", tokens["app-b"])
         + entry("follower", "submitter", tokens["follower"], own_tasks=False)
         + entry("admin", "admin", tokens["admin"])
         + entry("billing-node", "worker", tokens["billing-node"], queues=["billing"])
-        + entry("any-node", "worker", tokens["any-node"])
+        + entry("any-node", "worker", tokens["any-node"]),
     )
-    server = start_server(root / "data", "--tokens-file", str(root / "tokens.toml"))
-    yield Scoped(server, tokens)
+    yield TokenServer(server, tokens)
     server.stop()
 
 
-def _client(scoped: Scoped, name: str) -> Client:
+def _client(scoped: TokenServer, name: str) -> Client:
     return Client(scoped.server.address, token=scoped.tokens[name])
 
 
@@ -71,12 +63,12 @@ def _assert_out_of_reach(client: Client, task_id: str, group_id: str) -> None:
         client.get_group(group_id)
 
 
-def _stored(scoped: Scoped, queue: str) -> int:
+def _stored(scoped: TokenServer, queue: str) -> int:
     with _client(scoped, "admin") as admin:
         return len(admin.list_tasks(queue=queue, limit=1000))
 
 
-def test_a_scoped_submitter_submits_to_its_queues_only(scoped: Scoped) -> None:
+def test_a_scoped_submitter_submits_to_its_queues_only(scoped: TokenServer) -> None:
     with _client(scoped, "billing") as client:
         submitted = client.submit("echo", 1, queue="billing")
         assert client.get(submitted.id).queue == "billing"
@@ -90,7 +82,7 @@ def test_a_scoped_submitter_submits_to_its_queues_only(scoped: Scoped) -> None:
     assert _stored(scoped, "payroll") == 0  # the batch's billing task was not stored either
 
 
-def test_a_refused_submit_on_a_stream_refuses_that_task_alone(scoped: Scoped) -> None:
+def test_a_refused_submit_on_a_stream_refuses_that_task_alone(scoped: TokenServer) -> None:
     with _client(scoped, "billing") as client:
         with client.submitter() as submitter:
             before = submitter.submit("echo", "before", queue="billing.slow")
@@ -102,7 +94,7 @@ def test_a_refused_submit_on_a_stream_refuses_that_task_alone(scoped: Scoped) ->
     assert _stored(scoped, "payroll") == 0
 
 
-def test_tasks_on_other_queues_do_not_exist_for_a_scoped_submitter(scoped: Scoped) -> None:
+def test_tasks_on_other_queues_do_not_exist_for_a_scoped_submitter(scoped: TokenServer) -> None:
     with _client(scoped, "admin") as admin:
         foreign = admin.submit("echo", "not yours", queue="payroll")
         group = admin.submit_group([TaskSpec("echo", i, queue="payroll") for i in range(2)])
@@ -114,7 +106,7 @@ def test_tasks_on_other_queues_do_not_exist_for_a_scoped_submitter(scoped: Scope
         assert admin.get(foreign.id).state is TaskState.QUEUED  # the cancel changed nothing
 
 
-def test_a_scoped_worker_token_serves_its_queues_only(scoped: Scoped, tmp_path: Path) -> None:
+def test_a_scoped_worker_token_serves_its_queues_only(scoped: TokenServer, tmp_path: Path) -> None:
     token = {"DTQ_TOKEN": scoped.tokens["billing-node"]}
     outside = start_node(scoped.server.address, tmp_path, "outside", env=token)
     try:
@@ -131,7 +123,7 @@ def test_a_scoped_worker_token_serves_its_queues_only(scoped: Scoped, tmp_path: 
         inside.stop()
 
 
-def test_a_submitter_sees_only_the_tasks_it_submitted(scoped: Scoped) -> None:
+def test_a_submitter_sees_only_the_tasks_it_submitted(scoped: TokenServer) -> None:
     with _client(scoped, "app-a") as a:
         task = a.submit("echo", "a's", queue="shared", idempotency_key="shared-key")
         group = a.submit_group([TaskSpec("echo", i, queue="shared") for i in range(2)])
