@@ -21,9 +21,21 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	@$(PY) scripts/devrun.py
 
-## test: the whole suite (chaos scenarios at small size).
-test: install
+## test: the whole suite (chaos scenarios at small size), PostgreSQL store tests included,
+## then the server and restart suites again with every coordinator on PostgreSQL.
+PG_SUITES := tests/server tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py
+test: install postgres-bin
 	$(PY) -m pytest
+	DTQ_TEST_STORE=postgres $(PY) -m pytest -m "not sqlite_only and not postgres" $(PG_SUITES)
+
+## postgres-bin: the PostgreSQL server binaries the test fixtures start (tests/postgres.py).
+## Installs Debian's postgresql when /usr/lib/postgresql has none and DTQ_PG_BIN is unset
+## (apt-get: run as root).
+.PHONY: postgres-bin
+postgres-bin:
+	@if [ -z "$(DTQ_PG_BIN)" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
 
 ## lint: ruff, mypy, buf lint and a check that generated code matches protos/.
 lint: install protos-check

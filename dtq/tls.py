@@ -168,8 +168,22 @@ def stamp(files: tuple[Path, ...]) -> Stamp:
     return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
+GRPC_SCHEMES = ("ipv4:", "ipv6:", "dns:///", "dns:")
+
+
 def is_loopback(address: str) -> bool:
-    """True if ``host:port`` binds only loopback (127.0.0.0/8, ::1 or ``localhost``)."""
+    """True if ``host:port`` binds only loopback (127.0.0.0/8, ::1 or ``localhost``).
+
+    A gRPC target naming several coordinators (``ipv4:127.0.0.1:1,127.0.0.1:2``)
+    is loopback if every address in it is.
+    """
+    for scheme in GRPC_SCHEMES:
+        if address.startswith(scheme):
+            return all(map(_is_loopback_address, address[len(scheme) :].split(",")))
+    return _is_loopback_address(address)
+
+
+def _is_loopback_address(address: str) -> bool:
     host = address.rpartition(":")[0] if ":" in address else address
     host = host.strip("[]")
     if host == "localhost":

@@ -7,9 +7,11 @@ same) so tests can start one in-process on port 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -40,7 +42,7 @@ from dtq_server.servicers.malformed import GuardedRegistrar
 from dtq_server.servicers.schedule_service import ScheduleServicer
 from dtq_server.servicers.task_service import TaskServicer
 from dtq_server.servicers.worker_service import WorkerServicer
-from dtq_server.store import SqliteStore
+from dtq_server.store import SqliteStore, Store
 from dtq_server.tokens import TokenBook
 
 log = structlog.get_logger(__name__)
@@ -96,9 +98,23 @@ class CoordinatorServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.health = Health()
-        self.store = SqliteStore(
-            config.db_path, config.synchronous, self._store_health, config.result_ttl_s
-        )
+        self.store: Store
+        if config.database_url is not None:
+            # Only here: psycopg is the optional extra dtq[postgres].
+            from dtq_server.store.postgres import PostgresStore  # noqa: PLC0415
+
+            self.store = PostgresStore(
+                config.database_url,
+                self._store_health,
+                config.result_ttl_s,
+                on_leadership_lost=self._leadership_lost,
+            )
+        else:
+            self.store = SqliteStore(
+                config.db_path, config.synchronous, self._store_health, config.result_ttl_s
+            )
+        self.lost_leadership = asyncio.Event()
+        """Set when another coordinator took over the shared database (PostgreSQL)."""
         self.coordinator = Coordinator(config, self.store, self._set_health)
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -178,13 +194,27 @@ class CoordinatorServer:
         log.info(
             "coordinator.serving",
             address=self.address,
-            db=str(self.config.db_path),
-            synchronous=self.config.synchronous,
+            store=_store_description(self.config),
             tls=_tls_mode(self.config),
             tokens=self.config.tokens_file is not None,
             heartbeat_timeout_s=self.config.heartbeat_timeout_s,
             event_loop=loops.running(),
         )
+
+    async def start_or_stop(self, stop: asyncio.Event) -> bool:
+        """:meth:`start`, unless ``stop`` is set first (a standby waiting to lead);
+        True if it started."""
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if starting.done():
+            starting.result()  # raises what start raised
+            return True
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return False
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful, idempotent shutdown.
@@ -223,6 +253,11 @@ class CoordinatorServer:
                 self._set_all(SERVING if serving else NOT_SERVING)
             )
 
+    def _leadership_lost(self) -> None:
+        # Called on the store's writer thread: hop onto the event loop.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.lost_leadership.set)
+
     def _store_health(self, ok: bool) -> None:
         # Called on the store's writer thread: hop onto the event loop.
         if self._loop is not None:
@@ -241,17 +276,43 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _store_description(config: ServerConfig) -> str:
+    """Where the queue is kept, for the log (a database URL without its password)."""
+    if config.database_url is None:
+        return f"sqlite:{config.db_path} synchronous={config.synchronous}"
+    url = urlsplit(config.database_url)
+    host = url.hostname or ""
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.username or ''}@{host}{port}{url.path}"
+
+
 async def serve(config: ServerConfig) -> None:
-    """Run a coordinator until SIGTERM or SIGINT, then shut down gracefully."""
-    server = CoordinatorServer(config)
-    await server.start()
+    """Run a coordinator until SIGTERM or SIGINT, then shut down gracefully.
+
+    With a shared database, a coordinator that loses the lead (another one took
+    over while it was cut off from the database) stops serving and stands by
+    again, with its memory of the queue rebuilt from the database when it next leads.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("coordinator.signal")
-    await server.stop()
+    while True:
+        server = CoordinatorServer(config)
+        if not await server.start_or_stop(stop):
+            log.info("coordinator.signal", serving=False)
+            return
+        lost = asyncio.ensure_future(server.lost_leadership.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((lost, stopping), return_when=asyncio.FIRST_COMPLETED)
+        lost.cancel()
+        stopping.cancel()
+        if stop.is_set():
+            log.info("coordinator.signal")
+            await server.stop()
+            return
+        log.warning("coordinator.stepping_down", reason="another coordinator took the lead")
+        await server.stop(grace_s=0)
 
 
 __all__ = ["CoordinatorServer", "MiB", "serve", "server_options"]

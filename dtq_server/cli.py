@@ -16,7 +16,7 @@ from dtq_server import collector
 from dtq_server.app import serve
 from dtq_server.config import ServerConfig
 from dtq_server.failpoints import Failpoints
-from dtq_server.store.sqlite import StoreCorrupt
+from dtq_server.store.base import StoreCorrupt
 from dtq_server.tokens import TokenBook, TokenFileError
 
 
@@ -93,6 +93,14 @@ from dtq_server.tokens import TokenBook, TokenFileError
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory of the SQLite database. [env: DTQ_DATA_DIR]",
+)
+@click.option(
+    "--database-url",
+    envvar="DTQ_DATABASE_URL",
+    default=None,
+    help="Keep the queue in PostgreSQL (postgresql://user@host:port/db) instead of SQLite; "
+    "several coordinators may share one database: one leads, the others stand by and take "
+    "over. [env: DTQ_DATABASE_URL]",
 )
 @click.option(
     "--synchronous",
@@ -261,6 +269,7 @@ def main(
     health_unauthenticated: bool | None,
     insecure: bool,
     data_dir: Path,
+    database_url: str | None,
     synchronous: str,
     heartbeat_interval: float,
     heartbeat_timeout: float,
@@ -286,6 +295,8 @@ def main(
     Stops gracefully on SIGTERM or SIGINT: health turns NOT_SERVING, submits
     are refused, results are accepted for the shutdown grace, then it exits 0.
     Exits 1 if the database is unusable (it never overwrites an existing file).
+    With --database-url, a coordinator that another one leads waits, without
+    listening, until it can take over.
     """
     logs.configure(log_level, "json" if log_format == "json" else "console")
     try:
@@ -297,6 +308,7 @@ def main(
             metrics_listen=metrics_listen,
             health_unauthenticated=health_unauthenticated,
             data_dir=data_dir,
+            database_url=database_url or None,
             synchronous="NORMAL" if synchronous.upper() == "NORMAL" else "FULL",
             heartbeat_interval_s=heartbeat_interval,
             heartbeat_timeout_s=heartbeat_timeout,

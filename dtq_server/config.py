@@ -33,6 +33,9 @@ class ServerConfig:
     """With a tokens file, whether health checks need no token; None: only on loopback."""
     data_dir: Path = Path("dtq-data")
     """Directory holding the SQLite database (created if missing)."""
+    database_url: str | None = None
+    """Keep the queue in this PostgreSQL database (``postgresql://...``) instead of the
+    SQLite file in ``data_dir``; coordinators sharing it elect one leader."""
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """SQLite durability. FULL survives power loss; NORMAL only process crashes."""
     heartbeat_interval_s: float = 2.0
@@ -111,6 +114,10 @@ class ServerConfig:
                     f"refusing to serve {served}plaintext on {address}, which is not loopback: "
                     "give --tls-cert and --tls-key, or --insecure on a network you trust"
                 )
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("the database URL must start with postgresql:// (or postgres://)")
         if self.max_call_s is not None and self.max_call_s <= 0:
             raise ValueError("max call time must be positive (None: no cap)")
         if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:

@@ -1,7 +1,10 @@
-"""Shared fixtures: an in-process coordinator and raw gRPC stubs."""
+"""Shared fixtures: an in-process coordinator, raw gRPC stubs and a real PostgreSQL."""
 
 from __future__ import annotations
 
+import os
+import re
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,9 @@ import pytest
 
 from dtq import logs
 from dtq.v1 import admin_service_pb2_grpc, task_service_pb2_grpc
+from tests import harness
 from tests.harness import InProcessCoordinator, server_config
+from tests.postgres import PostgresBinariesNotFound, PostgresServer
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -60,3 +65,55 @@ def make_coordinator(tmp_path: Path) -> Iterator[Callable[..., InProcessCoordina
     for running in started:
         if not running.stopped:
             running.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgres: needs a real PostgreSQL server started by the fixtures"
+    )
+    config.addinivalue_line(
+        "markers", "sqlite_only: about the SQLite file itself (left out of the PostgreSQL pass)"
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session, started by the first test that asks.
+
+    Missing binaries fail the test rather than skip it: a skipped store test is one
+    that silently never runs in CI (``make test`` installs them).
+    """
+    try:
+        server = PostgresServer()
+    except PostgresBinariesNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for this test on the session's server; dropped afterwards."""
+    # Named after the test so a server log line points at its test; the suffix keeps
+    # parametrised and repeated runs apart within PostgreSQL's 63-byte identifier limit.
+    stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
+    name = f"t_{stem}_{uuid.uuid4().hex[:8]}"
+    url = postgres_server.create_database(name)
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(name)
+
+
+STORE_ENV = "DTQ_TEST_STORE"
+"""``postgres``: every coordinator a test starts keeps its queue in PostgreSQL (a fresh
+database per test) instead of SQLite. ``make test`` runs the store-level suites
+that way too, so both stores answer to the same tests."""
+
+
+@pytest.fixture(autouse=True)
+def _store_under_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.environ.get(STORE_ENV, "sqlite") != "postgres":
+        return
+    url = request.getfixturevalue("postgres_url")
+    monkeypatch.setattr(harness, "DATABASE_URL", url)

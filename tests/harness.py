@@ -12,6 +12,7 @@ import asyncio
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -98,6 +99,7 @@ class ServerProcess(Proc):
 
     address: str = ""
     data_dir: Path = field(default_factory=Path)
+    port_file: Path = field(default_factory=Path)
 
 
 def start_server(
@@ -108,12 +110,14 @@ def start_server(
     heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
     listen: str = "127.0.0.1:0",
     env: dict[str, str] | None = None,
+    wait: bool = True,
 ) -> ServerProcess:
     """Start ``dtq-server`` over ``data_dir`` and wait until it serves.
 
     ``listen`` defaults to an ephemeral port; pass a previous server's address to
     restart a coordinator where its nodes and clients expect it. ``env`` adds
-    environment variables (e.g. ``DTQ_FAILPOINT``).
+    environment variables (e.g. ``DTQ_FAILPOINT``). ``wait=False`` returns at once
+    (a standby coordinator serves only once it leads; see :func:`wait_serving`).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port_file = data_dir / f"{name}.port"
@@ -125,22 +129,38 @@ def start_server(
         "--heartbeat-interval", str(heartbeat_interval_s),
         "--heartbeat-timeout", str(heartbeat_timeout_s), "--log-level", "debug", *extra_args,
     ]  # fmt: skip
+    if DATABASE_URL is not None:
+        args += ["--database-url", DATABASE_URL]
     with log_path.open("ab") as log:
         popen = subprocess.Popen(
             args, stdout=log, stderr=log, env=python_env(**(env or {})), cwd=ROOT
         )
-    proc = ServerProcess(popen, log_path, data_dir=data_dir)
-    try:
-        wait_until(
-            lambda: port_file.exists() or not proc.alive(), 20, what="the server's port file"
-        )
-    except AssertionError:
-        proc.stop()
-        raise
-    if not proc.alive():
-        raise AssertionError(f"server exited {popen.returncode}:\n{proc.log()}")
-    proc.address = port_file.read_text().strip()
+    proc = ServerProcess(popen, log_path, address=listen, data_dir=data_dir)
+    proc.port_file = port_file
+    if wait:
+        try:
+            wait_serving(proc, 20)
+        except AssertionError:
+            proc.stop()
+            raise
     return proc
+
+
+def wait_serving(proc: ServerProcess, timeout_s: float) -> None:
+    """Wait until the server writes its port file (it serves); then ``proc.address`` is set."""
+    wait_until(lambda: proc.port_file.exists() or not proc.alive(), timeout_s, what="the port file")
+    if not proc.alive():
+        raise AssertionError(f"server exited {proc.popen.returncode}:\n{proc.log()}")
+    proc.address = proc.port_file.read_text().strip()
+
+
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 right now, for a server whose address must be known
+    before it listens (a standby coordinator)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def start_server_with_tokens(root: Path, entries: str, *extra_args: str) -> ServerProcess:
@@ -222,11 +242,17 @@ class InProcessCoordinator:
         self._thread.join(10)
 
 
+DATABASE_URL: str | None = None
+"""With ``DTQ_TEST_STORE=postgres``, the database every coordinator of the test uses
+(set per test by ``tests/conftest.py``); None: SQLite in the test's data dir."""
+
+
 def server_config(data_dir: Path, **overrides: Any) -> ServerConfig:
     """A ServerConfig with test timing on an ephemeral port."""
     values: dict[str, Any] = {
         "listen": "127.0.0.1:0",
         "data_dir": data_dir,
+        "database_url": DATABASE_URL,
         "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
         "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
         "retry_backoff_s": 0.05,

@@ -11,14 +11,31 @@ from dtq_server.config import ServerConfig
 
 
 @pytest.mark.parametrize(
-    "address", ["127.0.0.1:50051", "127.8.9.10:1", "[::1]:50051", "localhost:50051"]
+    "address",
+    [
+        "127.0.0.1:50051",
+        "127.8.9.10:1",
+        "[::1]:50051",
+        "localhost:50051",
+        "ipv4:127.0.0.1:1,127.0.0.2:2",
+        "ipv6:[::1]:50051",
+        "dns:///localhost:50051",
+    ],
 )
 def test_loopback_addresses(address: str) -> None:
     assert is_loopback(address)
 
 
 @pytest.mark.parametrize(
-    "address", ["0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051", "example.org:50051", ":50051"]
+    "address",
+    [
+        "0.0.0.0:50051",
+        "[::]:50051",
+        "10.0.0.5:50051",
+        "example.org:50051",
+        ":50051",
+        "ipv4:127.0.0.1:1,10.0.0.5:2",
+    ],
 )
 def test_addresses_others_can_reach(address: str) -> None:
     assert not is_loopback(address)

@@ -1,4 +1,4 @@
-"""The interface every store implements (SQLite now; PostgreSQL later).
+"""The interface every store implements (SQLite, PostgreSQL).
 
 Every write method returns only after its transaction is durably committed;
 concurrent writes may share one commit. Writes that change a task are fenced
@@ -28,6 +28,10 @@ from dtq_server.models import (
 )
 from dtq_server.schedules import Schedule
 from dtq_server.updates import LeaseGrant, Transition
+
+
+class StoreCorrupt(RuntimeError):
+    """The database exists but is not a usable DTQ database; the coordinator will not start."""
 
 
 class Store(Protocol):

@@ -1,4 +1,4 @@
-"""Task dependencies in SQLite (write functions run inside a group-commit transaction).
+"""Task dependencies in SQL (write functions run inside a group-commit transaction).
 
 A waiting task has one ``dependencies`` row per unfinished task it depends on.
 When a task finishes, its dependents are resolved in the SAME transaction: a
@@ -9,12 +9,12 @@ the graph. So the graph is never half-updated, whatever moment the process dies.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, DependencyEvents, DependencyFailure, NewTask, TaskState
+from dtq_server.store.connection import Connection
 
 ACTIVE_COLUMNS = (
     "id, seq, type, queue, state, attempt, max_attempts, failures, lease_expiries, "
@@ -37,7 +37,7 @@ def active_from_row(r: Any, now_wall: float, now_mono: float) -> ActiveTask:
     )  # fmt: skip
 
 
-def initial_state(conn: sqlite3.Connection, task: NewTask, field: str) -> TaskState:
+def initial_state(conn: Connection, task: NewTask, field: str) -> TaskState:
     """QUEUED, WAITING, or (a dependency already failed) FAILED / CANCELLED."""
     if not task.depends_on:
         return TaskState.QUEUED
@@ -58,17 +58,19 @@ def initial_state(conn: sqlite3.Connection, task: NewTask, field: str) -> TaskSt
     return TaskState.WAITING
 
 
-def add_edges(conn: sqlite3.Connection, task: NewTask) -> None:
+def add_edges(conn: Connection, task: NewTask) -> None:
     """Record the unfinished dependencies of a WAITING task."""
     conn.executemany(
-        "INSERT OR IGNORE INTO dependencies (task_id, depends_on) "
-        "SELECT ?, id FROM tasks WHERE id = ? AND state NOT IN (4, 5, 6)",
+        # CAST: PostgreSQL cannot type a bare parameter in a SELECT list.
+        "INSERT INTO dependencies (task_id, depends_on) "
+        "SELECT CAST(? AS TEXT), id FROM tasks WHERE id = ? AND state NOT IN (4, 5, 6) "
+        "ON CONFLICT DO NOTHING",
         [(task.id, dep) for dep in task.depends_on],
     )
 
 
 def resolve(
-    conn: sqlite3.Connection,
+    conn: Connection,
     task_id: str,
     state: TaskState,
     default_ttl_s: float,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import sqlite3
 from typing import Any
 
 from dtq_server.errors import ScheduleExists
 from dtq_server.schedules import MissedTicks, Schedule
+from dtq_server.store.connection import Connection
 from dtq_server.validation import SpecInput
 
 COLUMNS = (
@@ -52,7 +52,7 @@ def row_to_schedule(row: Any) -> Schedule:
     )
 
 
-def create(conn: sqlite3.Connection, schedule: Schedule) -> tuple[Schedule, bool]:
+def create(conn: Connection, schedule: Schedule) -> tuple[Schedule, bool]:
     """Insert a schedule, or return the identical one already stored."""
     found = conn.execute(
         f"SELECT {COLUMNS} FROM schedules WHERE name = ?", (schedule.name,)
@@ -75,7 +75,7 @@ def create(conn: sqlite3.Connection, schedule: Schedule) -> tuple[Schedule, bool
 
 
 def advance(
-    conn: sqlite3.Connection, name: str, expected_next: float, next_at: float, fired: list[float]
+    conn: Connection, name: str, expected_next: float, next_at: float, fired: list[float]
 ) -> bool:
     """Move a schedule past the ticks just fired, fenced on the tick it was at and on
     not being paused (a pause that commits first wins)."""
@@ -87,7 +87,7 @@ def advance(
     return cur.rowcount == 1
 
 
-def set_paused(conn: sqlite3.Connection, name: str, paused: bool, next_at: float) -> bool:
+def set_paused(conn: Connection, name: str, paused: bool, next_at: float) -> bool:
     """Pause or resume; a resumed schedule continues at ``next_at``."""
     cur = conn.execute(
         "UPDATE schedules SET paused = ?, next_fire_at = ? WHERE name = ?",
@@ -96,12 +96,12 @@ def set_paused(conn: sqlite3.Connection, name: str, paused: bool, next_at: float
     return cur.rowcount == 1
 
 
-def delete(conn: sqlite3.Connection, name: str) -> bool:
+def delete(conn: Connection, name: str) -> bool:
     """Delete a schedule."""
     return conn.execute("DELETE FROM schedules WHERE name = ?", (name,)).rowcount == 1
 
 
-def load_all(conn: sqlite3.Connection) -> list[Schedule]:
+def load_all(conn: Connection) -> list[Schedule]:
     """Every schedule, by name."""
     return [
         row_to_schedule(r) for r in conn.execute(f"SELECT {COLUMNS} FROM schedules ORDER BY name")

@@ -4,7 +4,6 @@ group-commit thread (each inside the batch's transaction)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
@@ -26,6 +25,7 @@ from dtq_server.models import (
     TaskState,
 )
 from dtq_server.store import binding, dependencies
+from dtq_server.store.connection import Connection
 from dtq_server.store.schema import TASK_COLUMNS
 from dtq_server.updates import LeaseGrant, Transition
 from dtq_server.validation import spec_field
@@ -103,7 +103,7 @@ _KEYS_PER_QUERY = 500
 
 
 def insert(
-    conn: sqlite3.Connection,
+    conn: Connection,
     tasks: list[NewTask],
     batch: bool,
     default_ttl_s: float,
@@ -203,7 +203,7 @@ def _check_room(out: list[tuple[TaskRecord, bool]], room: Mapping[str, QueueRoom
             raise QueueFull(queue, room[queue].max_depth)
 
 
-def _by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[TaskRecord, bytes]]:
+def _by_key(conn: Connection, keys: list[str]) -> dict[str, tuple[TaskRecord, bytes]]:
     """Stored tasks (and their spec hashes) by idempotency key, for the keys that exist."""
     found: dict[str, tuple[TaskRecord, bytes]] = {}
     for i in range(0, len(keys), _KEYS_PER_QUERY):
@@ -219,14 +219,14 @@ def _by_key(conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[TaskRe
     return found
 
 
-def read(conn: sqlite3.Connection, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+def read(conn: Connection, task_ids: Collection[str]) -> dict[str, TaskRecord]:
     """The tasks with these ids, by id (missing ones left out)."""
     marks = ", ".join("?" * len(task_ids))
     rows = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id IN ({marks})", [*task_ids])
     return {record.id: record for record in map(row_to_record, rows)}
 
 
-def lease(conn: sqlite3.Connection, grants: list[LeaseGrant]) -> list[Assignment]:
+def lease(conn: Connection, grants: list[LeaseGrant]) -> list[Assignment]:
     """Lease queued tasks (each only from the attempt before its grant's) and read
     what their nodes need.
 
@@ -276,7 +276,7 @@ _GRANTS_PER_STATEMENT = 500
 
 
 def apply(
-    conn: sqlite3.Connection,
+    conn: Connection,
     transitions: list[Transition],
     default_ttl_s: float,
     events: DependencyEvents,
@@ -342,7 +342,7 @@ before it is the truer time (param: now)."""
 
 
 def _apply_one(
-    conn: sqlite3.Connection,
+    conn: Connection,
     t: Transition,
     now: float,
     default_ttl_s: float,
@@ -427,7 +427,7 @@ def where(task_filter: TaskFilter, before_seq: int | None = None) -> tuple[str, 
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
-def retry(conn: sqlite3.Connection, task_ids: list[str]) -> list[ActiveTask]:
+def retry(conn: Connection, task_ids: list[str]) -> list[ActiveTask]:
     """Send finished-unsuccessfully tasks back to the queue with a fresh budget."""
     now = time.time()
     out: list[ActiveTask] = []

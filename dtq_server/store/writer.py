@@ -1,4 +1,4 @@
-"""Group commit: one thread owns the SQLite write connection.
+"""Group commit: one thread owns the store's write connection.
 
 Writers hand it a function; the thread runs every function waiting at that
 moment inside ONE transaction and commits once, so N concurrent submits cost
@@ -6,6 +6,9 @@ one fsync instead of N. Each function runs in its own savepoint: a domain
 error (say, an idempotency-key clash) undoes only that function's writes.
 A failed commit fails every function of the batch - none of them is
 acknowledged, so none is lost.
+
+A connection the server dropped (PostgreSQL restarted) is replaced at the next
+batch; until a new one opens, every batch fails the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 import structlog
 
 from dtq_server.errors import CoordinatorError, StoreUnavailable
+from dtq_server.store.connection import Connection
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -29,7 +33,7 @@ MAX_OPS_PER_COMMIT = 512
 
 @dataclass(slots=True)
 class _Op:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
 
@@ -52,15 +56,25 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], Connection],
         on_commit_result: Callable[[bool], None] | None = None,
         precheck: Callable[[], None] | None = None,
+        *,
+        errors: tuple[type[Exception], ...] = (sqlite3.Error,),
+        begin: str = "BEGIN IMMEDIATE",
+        is_broken: Callable[[Connection], bool] | None = None,
     ) -> None:
         """``on_commit_result(ok)`` is called on this thread when commit health changes;
-        ``precheck()`` runs before each batch and fails it by raising ``sqlite3.Error``."""
+        ``precheck()`` runs before each batch and fails it by raising one of ``errors``,
+        the exceptions by which the database says it failed (they fail the whole batch;
+        any other exception fails only its op). After a failed batch, a connection
+        ``is_broken`` says is gone is replaced by a new ``connect()`` at the next one."""
         self._connect = connect
         self._on_commit_result = on_commit_result
         self._precheck = precheck
+        self._errors = errors
+        self._begin = begin
+        self._is_broken = is_broken
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="dtq-store-writer", daemon=True)
         self._ready = threading.Event()
@@ -80,7 +94,7 @@ class GroupCommitWriter:
             self._queue.put(None)
             self._thread.join()
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in the next group commit and return its result once committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -88,6 +102,7 @@ class GroupCommitWriter:
         return await future
 
     def _run(self) -> None:
+        conn: Connection | None
         try:
             conn = self._connect()
         except BaseException as exc:  # reported to start()
@@ -110,8 +125,9 @@ class GroupCommitWriter:
                     stopping = True
                     break
                 batch.append(nxt)
-            self._commit_batch(conn, batch)
-        conn.close()
+            conn = self._commit_batch(conn, batch)
+        if conn is not None:
+            conn.close()
 
     def _report(self, ok: bool) -> None:
         """Tell the owner when commits start failing or work again (not on every commit)."""
@@ -120,28 +136,34 @@ class GroupCommitWriter:
             if self._on_commit_result is not None:
                 self._on_commit_result(ok)
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+    def _commit_batch(self, conn: Connection | None, batch: list[_Op]) -> Connection | None:
+        """Run and commit one batch; returns the connection for the next one (None: reopen)."""
         outcomes: list[tuple[Any, BaseException | None]] = []
         try:
+            if conn is None:
+                conn = self._connect()
             if self._precheck is not None:
                 self._precheck()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self._begin)
             for op in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((op.fn(conn), None))
-                except sqlite3.Error:
+                except self._errors:
                     raise  # the store itself failed: the whole batch fails below
                 except Exception as exc:  # a domain error or a bug: only this op fails
                     conn.execute("ROLLBACK TO op")
                     outcomes.append((None, exc))
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
+        except self._errors as exc:
+            if conn is not None and self._is_broken is not None and self._is_broken(conn):
+                conn.close()
+                conn = None
+            elif conn is not None and conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
+                except self._errors:
                     log.warning("store.rollback_failed", exc_info=True)
             log.error("store.commit_failed", error=str(exc), ops=len(batch))
             failure = StoreUnavailable(f"the store could not commit: {exc}")
@@ -159,3 +181,4 @@ class GroupCommitWriter:
             by_loop.setdefault(op.loop, []).append((op.future, result, error))
         for loop, settled in by_loop.items():
             loop.call_soon_threadsafe(_settle, settled)
+        return conn

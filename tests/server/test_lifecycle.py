@@ -259,6 +259,7 @@ def test_finished_tasks_are_swept_after_their_ttl(
         assert get(tasks, kept.id).state == CANCELLED
 
 
+@pytest.mark.sqlite_only
 def test_a_version_1_database_is_migrated_in_place(tmp_path: Path, make_coordinator) -> None:
     data = tmp_path / "data"
     data.mkdir()

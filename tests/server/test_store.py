@@ -15,6 +15,7 @@ from dtq_server.updates import LeaseGrant, Transition
 from dtq_server.validation import SpecInput, Violations, validate_spec
 from tests.harness import server_config
 
+pytestmark = pytest.mark.sqlite_only
 CONFIG = server_config(Path("unused"))
 
 

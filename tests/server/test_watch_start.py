@@ -17,7 +17,7 @@ import pytest
 from dtq.v1 import task_pb2, task_service_pb2
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_server.models import TaskRecord, TaskState
-from dtq_server.store.sqlite import SqliteStore
+from dtq_server.store.sql_store import SqlStore
 from tests.harness import InProcessCoordinator, RawNode, succeeded
 
 SPEC = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))
@@ -26,7 +26,8 @@ SPEC = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"1"))
 @pytest.fixture
 def reads(coordinator: InProcessCoordinator) -> Iterator[list[str]]:
     """The task ids the coordinator reads one by one from its store, in order."""
-    store: SqliteStore = coordinator.server.store
+    store = coordinator.server.store
+    assert isinstance(store, SqlStore)
     seen: list[str] = []
     original = store.get
 

@@ -1,0 +1,264 @@
+"""The shared store: PostgreSQL, for coordinators on several hosts over one queue.
+
+One coordinator leads at a time; the others stand by. Leading means holding a
+session-level advisory lock on the connection every write goes through: a
+write can only commit while its coordinator holds the lock, so two coordinators
+never both change the queue (no split brain, whatever the network does). A
+standby polls for the lock and does not listen until it has it, so nodes and
+clients that list every coordinator (``ipv4:10.0.0.1:50051,10.0.0.2:50051``)
+reach whichever one leads. Taking over is a coordinator start on the same
+data: unfinished leases get a fresh grace (RELIABILITY C4), nodes reconnect and
+resume, and attempt numbers fence what the old leader had handed out.
+
+The lock goes with the connection. When PostgreSQL restarts (or the connection
+drops), the leader reconnects and takes the lock again, but only if no other
+coordinator led in between (the epoch in ``dtq_coordinator`` is still its own);
+otherwise its memory of the queue is stale, and it steps down
+(``on_leadership_lost``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+from psycopg import pq
+
+from dtq_server.errors import StoreUnavailable
+from dtq_server.store.base import StoreCorrupt
+from dtq_server.store.connection import Connection, Cursor
+from dtq_server.store.pg_schema import SCHEMA, SCHEMA_VERSION
+from dtq_server.store.sql_store import SqlStore
+from dtq_server.store.writer import GroupCommitWriter
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+LEADER_LOCK = 0x44_54_51_00
+"""The advisory lock key the leading coordinator holds ("DTQ\\0")."""
+LIVENESS_S = 1.0
+"""How often the leader looks at its write connection while nothing is written: a
+database that went away turns health NOT_SERVING within this, not at the next submit."""
+STANDBY_POLL_S = 0.25
+"""How often a standby (or a coordinator waiting for its database) tries again."""
+CONNECT_OPTIONS: dict[str, Any] = {
+    "autocommit": True,  # the writer runs its own BEGIN/COMMIT around each group
+    "connect_timeout": 5,
+    "application_name": "dtq-server",
+    # A peer that vanished without closing the connection is found in ~10 s.
+    "keepalives": 1,
+    "keepalives_idle": 4,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
+class NotLeader(Exception):
+    """Another coordinator holds (or held, since this one last did) the leader lock."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _to_psycopg(sql: str) -> str:
+    """The store's ``?`` parameter marks as psycopg's ``%s`` (a literal ``%`` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConnection:
+    """A psycopg connection speaking the store's :class:`Connection` protocol."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        # Always a sequence, even empty: psycopg reads %% as % only when given one.
+        return self._conn.execute(_to_psycopg(sql), parameters or ())
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
+        cursor = self._conn.cursor()
+        cursor.executemany(_to_psycopg(sql), parameters)
+        return cursor
+
+    def script(self, sql: str) -> None:
+        """Run several statements without parameters (DDL)."""
+        self._conn.execute(sql.encode())
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @property
+    def broken(self) -> bool:
+        """True once the server or the network dropped the connection."""
+        return self._conn.broken or self._conn.closed
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _select_one(conn: Connection) -> None:
+    conn.execute("SELECT 1")
+
+
+def _is_broken(conn: Connection) -> bool:
+    return isinstance(conn, PgConnection) and conn.broken
+
+
+class PostgresStore(SqlStore):
+    """A :class:`~dtq_server.store.base.Store` on a PostgreSQL database."""
+
+    def __init__(
+        self,
+        url: str,
+        on_commit_result: Callable[[bool], None] | None = None,
+        result_ttl_s: float = 7 * 86_400.0,
+        on_leadership_lost: Callable[[], None] | None = None,
+    ) -> None:
+        self._url = url
+        self._on_commit_result = on_commit_result
+        self._result_ttl_s = result_ttl_s
+        self._on_leadership_lost = on_leadership_lost
+        self._identity = f"{socket.gethostname()}:{os.getpid()}"
+        self._epoch: int | None = None
+        """The leader epoch this coordinator took; None until it leads."""
+        self._writer = self._new_writer()
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
+        self._local = threading.local()
+        self._liveness: asyncio.Task[None] | None = None
+
+    @property
+    def epoch(self) -> int | None:
+        """How many times a coordinator took the lead, counting this one (None: standby)."""
+        return self._epoch
+
+    def _new_writer(self) -> GroupCommitWriter:
+        return GroupCommitWriter(
+            self._connect_writer,
+            self._on_commit_result,
+            errors=(psycopg.Error, NotLeader),
+            begin="BEGIN",
+            is_broken=_is_broken,
+        )
+
+    # -- connections -------------------------------------------------------
+
+    def _connect(self) -> PgConnection:
+        return PgConnection(psycopg.connect(self._url, **CONNECT_OPTIONS))
+
+    def _connect_writer(self) -> PgConnection:
+        """The write connection, holding the leader lock (raises NotLeader if it cannot)."""
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(?)", (LEADER_LOCK,)).fetchone()
+            if not row[0]:
+                raise NotLeader("another coordinator leads this database")
+            if self._epoch is None:
+                self._epoch = self._take_lead(conn)
+            else:
+                self._check_still_leading(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _take_lead(self, conn: PgConnection) -> int:
+        """Create or check the schema and start a new leader epoch (holding the lock)."""
+        conn.script(SCHEMA)
+        row = conn.execute("SELECT schema_version FROM dtq_coordinator").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO dtq_coordinator (schema_version, leader_epoch) VALUES (?, 0)",
+                (SCHEMA_VERSION,),
+            )
+        elif row[0] > SCHEMA_VERSION:
+            raise StoreCorrupt(
+                f"the database has DTQ schema version {row[0]}; this DTQ knows {SCHEMA_VERSION}"
+            )
+        epoch: int = conn.execute(
+            "UPDATE dtq_coordinator SET leader_epoch = leader_epoch + 1, leader = ?, "
+            "leader_since = ? RETURNING leader_epoch",
+            (self._identity, time.time()),
+        ).fetchone()[0]
+        log.info("store.leading", epoch=epoch, leader=self._identity)
+        return epoch
+
+    def _check_still_leading(self, conn: PgConnection) -> None:
+        """After a reconnect: lead on only if no other coordinator led meanwhile."""
+        epoch = conn.execute("SELECT leader_epoch FROM dtq_coordinator").fetchone()[0]
+        if epoch == self._epoch:
+            log.info("store.leading_again", epoch=epoch)
+            return
+        log.error("store.leadership_lost", epoch=self._epoch, now=epoch)
+        if self._on_leadership_lost is not None:
+            self._on_leadership_lost()
+        raise NotLeader(f"coordinator epoch {epoch} led since this one (epoch {self._epoch})")
+
+    def _reader(self) -> PgConnection:
+        conn: PgConnection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.broken:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            try:
+                return fn(self._reader())
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"the store could not read: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def open(self) -> None:
+        """Wait until this coordinator leads (a standby waits here), then open."""
+        waiting_since: float | None = None
+        while True:
+            try:
+                await asyncio.to_thread(self._writer.start)
+                self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
+                return
+            except (NotLeader, psycopg.OperationalError) as exc:
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    log.info("store.standby", reason=str(exc).strip())
+            self._writer = self._new_writer()  # a writer's thread starts only once
+            await asyncio.sleep(STANDBY_POLL_S)
+
+    async def _watch_liveness(self) -> None:
+        """Run an empty write every LIVENESS_S: a dropped connection fails it, which
+        reports the store unhealthy (and the coordinator's probe then reconnects)."""
+        while True:
+            await asyncio.sleep(LIVENESS_S)
+            with contextlib.suppress(StoreUnavailable):
+                await self._writer.run(_select_one)
+
+    async def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
+        await asyncio.to_thread(self._writer.stop)
+
+        def close_reader() -> None:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
+        self._reader_pool.shutdown(wait=True)
+
+    async def check_writable(self) -> None:
+        # A real write: a commit of nothing would succeed on a server that cannot write.
+        def probe(conn: Connection) -> None:
+            conn.execute("UPDATE dtq_coordinator SET probed_at = ?", (time.time(),))
+
+        await self._writer.run(probe)

@@ -1,0 +1,124 @@
+"""Two coordinator processes over one PostgreSQL database: one leads, the other
+stands by without listening; nodes and clients name both. kill -9 of the leader
+and an immediate PostgreSQL stop lose no acknowledged task (RELIABILITY D5, in
+its active-standby form)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dtq.v1 import task_pb2, task_service_pb2
+from dtq.v1.task_service_pb2_grpc import TaskServiceStub
+from dtq_client import Client, NodeState, TaskState
+from tests.harness import (
+    Proc,
+    ServerProcess,
+    free_loopback_port,
+    start_node,
+    start_server,
+    wait_serving,
+    wait_until,
+)
+from tests.postgres import PostgresServer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+def coordinator(root: Path, name: str, url: str, port: int, wait: bool) -> ServerProcess:
+    return start_server(
+        root / name, "--database-url", url, name=name, listen=f"127.0.0.1:{port}", wait=wait
+    )
+
+
+def health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        status: int = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+        return status
+
+
+def executions(witness: Path) -> set[str]:
+    return {json.loads(line)["task_id"] for line in witness.read_text().splitlines() if line}
+
+
+def test_the_standby_takes_over_a_killed_leader_and_rides_out_a_database_stop(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, procs: list[Proc]
+) -> None:
+    port_a, port_b = free_loopback_port(), free_loopback_port()
+    leader = coordinator(tmp_path, "a", postgres_url, port_a, wait=True)
+    procs.append(leader)
+    standby = coordinator(tmp_path, "b", postgres_url, port_b, wait=False)
+    procs.append(standby)
+    wait_until(lambda: "store.standby" in standby.log(), 20, what="b standing by")
+    assert not standby.port_file.exists()  # a standby does not listen
+
+    target = f"ipv4:127.0.0.1:{port_a},127.0.0.1:{port_b}"
+    witness = tmp_path / "witness.log"
+    for node_id in ("n1", "n2"):
+        procs.append(start_node(target, tmp_path, node_id, env={"DTQ_TEST_WITNESS": str(witness)}))
+    with Client(target) as client:
+        wait_until(
+            lambda: sum(n.state is NodeState.ACTIVE for n in client.nodes()) == 2, 20, what="nodes"
+        )
+        ids = [client.submit("witness", {"sleep": 0.01}).id for _ in range(300)]
+        wait_until(lambda: len(executions(witness)) >= 30, 30, what="some tasks run")
+        leader.kill9()
+
+        wait_serving(standby, 30)
+        assert standby.address == f"127.0.0.1:{port_b}"
+        # The same client carries on through the target list; every task finishes.
+        wait_until(
+            lambda: all(client.get(i).state is TaskState.SUCCEEDED for i in ids),
+            60,
+            what="every task succeeded after the takeover",
+        )
+        assert executions(witness) >= set(ids)
+        with psycopg.connect(postgres_url) as conn:
+            epoch = conn.execute("SELECT leader_epoch FROM dtq_coordinator").fetchone()
+        assert epoch == (2,)
+
+        # The database goes away: health NOT_SERVING, submits UNAVAILABLE, no restart needed.
+        postgres_server.stop_immediate()
+        try:
+            wait_until(
+                lambda: health(standby.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                10,
+                what="NOT_SERVING while the database is down",
+            )
+            with (
+                grpc.insecure_channel(standby.address) as channel,
+                pytest.raises(grpc.RpcError) as refused,
+            ):
+                spec = task_pb2.TaskSpec(type="witness", payload=task_pb2.Payload(data=b"{}"))
+                request = task_service_pb2.SubmitTaskRequest(task=spec)
+                TaskServiceStub(channel).SubmitTask(request, timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        finally:
+            postgres_server.resume()
+        wait_until(
+            lambda: health(standby.address) == health_pb2.HealthCheckResponse.SERVING,
+            15,
+            what="SERVING again once the database is back",
+        )
+        later = [client.submit("witness").id for _ in range(20)]
+        wait_until(
+            lambda: all(client.get(i).state is TaskState.SUCCEEDED for i in later),
+            30,
+            what="tasks after the outage",
+        )
+    assert "store.leadership_lost" not in standby.log()

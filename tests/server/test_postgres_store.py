@@ -1,0 +1,137 @@
+"""PostgresStore on a real PostgreSQL: one leader at a time, and a leader fenced out
+of the queue once another coordinator has led.
+
+The rest of the store's behaviour is the SQLite store's: ``make test`` runs the
+server suites again with ``DTQ_TEST_STORE=postgres``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dtq_server.errors import StoreUnavailable
+from dtq_server.store.base import StoreCorrupt
+from dtq_server.store.postgres import LEADER_LOCK, PostgresStore
+from dtq_server.validation import SpecInput, Violations, validate_spec
+from tests.harness import server_config
+from tests.postgres import PostgresServer
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
+CONFIG = server_config(Path("unused"))
+
+
+def new_task(key: str = ""):
+    spec = SpecInput("echo", "", b"{}", "", 0, key, None)
+    task = validate_spec(spec, "task", CONFIG, Violations())
+    assert task is not None
+    return task
+
+
+def leader_backend(url: str) -> int:
+    """The pid of the backend holding the leader lock."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (LEADER_LOCK,),
+        ).fetchone()
+        assert row is not None, "nobody holds the leader lock"
+        return int(row[0])
+
+
+def cut_leader(url: str) -> None:
+    """Drop the leader's write connection, as a network cut or a server restart would."""
+    pid = leader_backend(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_standby_waits_then_takes_over_and_fences_the_old_leader(postgres_url: str) -> None:
+    lost = threading.Event()
+
+    async def scenario() -> None:
+        first = PostgresStore(postgres_url, on_leadership_lost=lost.set)
+        await first.open()
+        assert first.epoch == 1
+        [(stored, _)] = await first.insert([new_task("a")])
+
+        second = PostgresStore(postgres_url)
+        standby = asyncio.ensure_future(second.open())
+        # It stays a standby while the first one leads.
+        done, _ = await asyncio.wait({standby}, timeout=1.0)
+        assert not done
+
+        cut_leader(postgres_url)
+        await asyncio.wait_for(standby, 10)
+        assert second.epoch == 2
+        assert (await second.get(stored.id)) is not None
+
+        # The old leader can no longer write: on a new connection the lock is taken ...
+        with pytest.raises(StoreUnavailable) as refused:
+            await first.insert([new_task("b")])
+        if "another coordinator leads" not in str(refused.value):
+            # That write found the cut connection before the liveness ping did.
+            assert "could not commit" in str(refused.value)
+            with pytest.raises(StoreUnavailable, match="another coordinator leads"):
+                await first.insert([new_task("b")])
+        await second.close()
+        # ... and once it is free again, an epoch has passed: its memory is stale.
+        with pytest.raises(StoreUnavailable, match="epoch 2 led since"):
+            await first.insert([new_task("c")])
+        assert lost.is_set()
+        await first.close()
+
+        third = PostgresStore(postgres_url)
+        await third.open()
+        assert third.epoch == 3
+        # "b" and "c" were refused and never written.
+        assert [t.id for t in await third.load_active()] == [stored.id]
+        await third.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_leader_leads_on_after_a_database_restart(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    lost = threading.Event()
+
+    async def scenario() -> None:
+        store = PostgresStore(postgres_url, on_leadership_lost=lost.set)
+        await store.open()
+        [(before, _)] = await store.insert([new_task("before")])
+        postgres_server.stop_immediate()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.insert([new_task("during")])
+            with pytest.raises(StoreUnavailable):
+                await store.check_writable()
+        finally:
+            postgres_server.resume()
+        # No other coordinator led meanwhile: the same leader reconnects and goes on.
+        await store.check_writable()
+        [(after, _)] = await store.insert([new_task("after")])
+        assert [t.id for t in await store.load_active()] == [before.id, after.id]
+        assert store.epoch == 1
+        assert not lost.is_set()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_newer_schema_is_refused(postgres_url: str) -> None:
+    async def scenario() -> None:
+        store = PostgresStore(postgres_url)
+        await store.open()
+        await store.close()
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("UPDATE dtq_coordinator SET schema_version = schema_version + 1")
+        with pytest.raises(StoreCorrupt, match="schema version 2"):
+            await PostgresStore(postgres_url).open()
+
+    asyncio.run(scenario())
