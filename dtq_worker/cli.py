@@ -57,7 +57,8 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
     "--coordinator",
     envvar="DTQ_COORDINATOR",
     default=DEFAULT_COORDINATOR,
-    help="Coordinator address, host:port.",
+    help="Coordinator address, host:port (or a gRPC target naming several: "
+    "ipv4:h1:p1,h2:p2, for coordinators sharing a PostgreSQL database).",
 )
 @connect_options
 @option(

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from dtq_server.store.postgres import LEADER_LOCK
 from tests.harness import free_loopback_port
 
 PG_BIN_ENV = "DTQ_PG_BIN"
@@ -389,3 +390,15 @@ class PostgresServer:
             shutil.rmtree(self._base, ignore_errors=True)
         self._base = None
         self.port = 0
+
+
+def leader_backend(url: str) -> int:
+    """The pid of the backend holding DTQ's leader lock in the database at ``url``."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (LEADER_LOCK,),
+        ).fetchone()
+    assert row is not None, "no coordinator holds the leader lock"
+    return int(row[0])

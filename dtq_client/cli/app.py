@@ -170,7 +170,7 @@ class _Cli(click.Group):
     default=DEFAULT_ADDRESS,
     show_default=True,
     metavar="HOST:PORT",
-    help="The coordinator [env DTQ_ADDRESS].",
+    help="The coordinator, or a gRPC target naming several (ipv4:h1:p1,h2:p2) [env DTQ_ADDRESS].",
 )
 @click.option(
     "-o",

@@ -24,10 +24,8 @@ import contextlib
 import functools
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -116,6 +114,8 @@ def _is_broken(conn: Connection) -> bool:
 class PostgresStore(SqlStore):
     """A :class:`~dtq_server.store.base.Store` on a PostgreSQL database."""
 
+    _db_errors = (psycopg.Error,)
+
     def __init__(
         self,
         url: str,
@@ -123,6 +123,7 @@ class PostgresStore(SqlStore):
         result_ttl_s: float = 7 * 86_400.0,
         on_leadership_lost: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__()
         self._url = url
         self._on_commit_result = on_commit_result
         self._result_ttl_s = result_ttl_s
@@ -130,9 +131,9 @@ class PostgresStore(SqlStore):
         self._identity = f"{socket.gethostname()}:{os.getpid()}"
         self._epoch: int | None = None
         """The leader epoch this coordinator took; None until it leads."""
+        self._lost = False
+        """True once another coordinator took over: this store never writes again."""
         self._writer = self._new_writer()
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
-        self._local = threading.local()
         self._liveness: asyncio.Task[None] | None = None
 
     @property
@@ -156,10 +157,14 @@ class PostgresStore(SqlStore):
 
     def _connect_writer(self) -> PgConnection:
         """The write connection, holding the leader lock (raises NotLeader if it cannot)."""
+        if self._lost:
+            raise NotLeader("this coordinator lost the lead; it is stepping down")
         conn = self._connect()
         try:
             row = conn.execute("SELECT pg_try_advisory_lock(?)", (LEADER_LOCK,)).fetchone()
             if not row[0]:
+                if self._epoch is not None:  # this one led: now another does
+                    self._lose_lead(f"another coordinator leads since epoch {self._epoch}")
                 raise NotLeader("another coordinator leads this database")
             if self._epoch is None:
                 self._epoch = self._take_lead(conn)
@@ -197,26 +202,23 @@ class PostgresStore(SqlStore):
         if epoch == self._epoch:
             log.info("store.leading_again", epoch=epoch)
             return
-        log.error("store.leadership_lost", epoch=self._epoch, now=epoch)
-        if self._on_leadership_lost is not None:
-            self._on_leadership_lost()
-        raise NotLeader(f"coordinator epoch {epoch} led since this one (epoch {self._epoch})")
+        reason = f"coordinator epoch {epoch} led since this one (epoch {self._epoch})"
+        self._lose_lead(reason)
+        raise NotLeader(reason)
 
-    def _reader(self) -> PgConnection:
-        conn: PgConnection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.broken:
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
+    def _lose_lead(self, reason: str) -> None:
+        """Tell the owner (once) that this coordinator no longer leads: it must stop serving."""
+        if not self._lost:
+            self._lost = True
+            log.error("store.leadership_lost", epoch=self._epoch, reason=reason)
+            if self._on_leadership_lost is not None:
+                self._on_leadership_lost()
 
-    async def _read(self, fn: Callable[[Connection], T]) -> T:
-        def run() -> T:
-            try:
-                return fn(self._reader())
-            except psycopg.Error as exc:
-                raise StoreUnavailable(f"the store could not read: {exc}") from exc
+    def _open_reader(self) -> PgConnection:
+        return self._connect()
 
-        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
+    def _is_broken(self, conn: Connection) -> bool:
+        return _is_broken(conn)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -246,15 +248,7 @@ class PostgresStore(SqlStore):
     async def close(self) -> None:
         if self._liveness is not None:
             self._liveness.cancel()
-        await asyncio.to_thread(self._writer.stop)
-
-        def close_reader() -> None:
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                conn.close()
-
-        await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
-        self._reader_pool.shutdown(wait=True)
+        await super().close()
 
     async def check_writable(self) -> None:
         # A real write: a commit of nothing would succeed on a server that cannot write.

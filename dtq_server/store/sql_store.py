@@ -7,10 +7,14 @@ write method returns once its group commit is durable) and ``_read`` for reads.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from dtq_server.errors import StoreUnavailable
 from dtq_server.models import (
     ActiveTask,
     Assignment,
@@ -39,15 +43,60 @@ ACTIVE_STATES = (TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING)
 
 
 class SqlStore:
-    """The :class:`~dtq_server.store.base.Store` methods, over the connections a subclass opens."""
+    """The :class:`~dtq_server.store.base.Store` methods, over the connections a subclass
+    opens: its ``_writer`` and ``_open_reader``."""
 
     _writer: GroupCommitWriter
     _result_ttl_s: float
+    _db_errors: tuple[type[Exception], ...]
+    """The exceptions by which the database says it failed."""
     _on_dependencies: Callable[[DependencyEvents], None] | None = None
 
-    async def _read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` on a read connection, off the event loop."""
+    def __init__(self) -> None:
+        # One reader thread with its own connection: reads never wait for a group commit.
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
+        self._local = threading.local()
+
+    def _open_reader(self) -> Connection:
+        """A new connection for the reader thread."""
         raise NotImplementedError
+
+    def _is_broken(self, conn: Connection) -> bool:
+        """True if ``conn`` is gone for good and a new one must be opened."""
+        return False
+
+    def _reader(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._open_reader()
+        return conn
+
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on the read connection, off the event loop."""
+
+        def run() -> T:
+            try:
+                return fn(self._reader())
+            except self._db_errors as exc:
+                conn = getattr(self._local, "conn", None)
+                if conn is not None and self._is_broken(conn):
+                    conn.close()
+                    self._local.conn = None  # the next read reconnects
+                raise StoreUnavailable(f"the store could not read: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer and close the reader."""
+        await asyncio.to_thread(self._writer.stop)
+
+        def close_reader() -> None:
+            conn = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
+        self._reader_pool.shutdown(wait=True)
 
     # -- writes ------------------------------------------------------------
 

@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import structlog
 
-from dtq_server.errors import StoreUnavailable
-from dtq_server.models import DependencyEvents
 from dtq_server.store.base import StoreCorrupt
 from dtq_server.store.connection import Connection
 from dtq_server.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from dtq_server.store.sql_store import SqlStore
 from dtq_server.store.writer import GroupCommitWriter
 
-T = TypeVar("T")
 log = structlog.get_logger(__name__)
 BUSY_TIMEOUT_MS = 2000
 PROBE_BYTES = 1024 * 1024
@@ -44,6 +38,8 @@ class SqliteStore(SqlStore):
     blocks the event loop.
     """
 
+    _db_errors = (sqlite3.Error,)
+
     def __init__(
         self,
         path: Path,
@@ -51,17 +47,15 @@ class SqliteStore(SqlStore):
         on_commit_result: Callable[[bool], None] | None = None,
         result_ttl_s: float = 7 * 86_400.0,
     ) -> None:
+        super().__init__()
         self._path = path
         self._result_ttl_s = result_ttl_s
-        self._on_dependencies: Callable[[DependencyEvents], None] | None = None
         self._synchronous = synchronous
         self._writer = GroupCommitWriter(
             self._connect_writer, on_commit_result, precheck=self._still_there
         )
         self._identity: tuple[int, int] | None = None
         """(st_dev, st_ino) of the database file the writer opened."""
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
-        self._local = threading.local()
 
     # -- connections -------------------------------------------------------
 
@@ -119,39 +113,16 @@ class SqliteStore(SqlStore):
             raise
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only = ON")
-            self._local.conn = conn
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA query_only = ON")
         return conn
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def run() -> T:
-            try:
-                return fn(self._reader())
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"the store could not read: {exc}") from exc
-
-        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
 
     # -- lifecycle ---------------------------------------------------------
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._writer.start)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._writer.stop)
-
-        def close_reader() -> None:
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                conn.close()
-
-        await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
-        self._reader_pool.shutdown(wait=True)
 
     async def check_writable(self) -> None:
         # A commit that changes nothing writes nothing, and succeeds on a full disk.

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dtq.v1 import task_pb2, task_service_pb2
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_client import Client, NodeState, TaskState
+from dtq_server.store.postgres import LEADER_LOCK
 from tests.harness import (
     Proc,
     ServerProcess,
@@ -26,7 +27,7 @@ from tests.harness import (
     wait_serving,
     wait_until,
 )
-from tests.postgres import PostgresServer
+from tests.postgres import PostgresServer, leader_backend
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
@@ -122,3 +123,45 @@ def test_the_standby_takes_over_a_killed_leader_and_rides_out_a_database_stop(
             what="tasks after the outage",
         )
     assert "store.leadership_lost" not in standby.log()
+
+
+def serving(address: str) -> bool:
+    try:
+        return health(address) == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def test_a_leader_that_loses_the_lock_steps_down_and_leads_again_once_it_is_free(
+    tmp_path: Path, postgres_url: str, procs: list[Proc]
+) -> None:
+    server = coordinator(tmp_path, "a", postgres_url, free_loopback_port(), wait=True)
+    procs.append(server)
+    witness = tmp_path / "witness.log"
+    procs.append(start_node(server.address, tmp_path, "n1", env={"DTQ_TEST_WITNESS": str(witness)}))
+    with Client(server.address) as client:
+        wait_until(lambda: any(n.state is NodeState.ACTIVE for n in client.nodes()), 20)
+        first = [client.submit("witness").id for _ in range(20)]
+        # Another coordinator wins the lock while this one is cut off from the database.
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (leader_backend(postgres_url),))
+            other.execute("SELECT pg_advisory_lock(%s)", (LEADER_LOCK,))
+            other.execute("UPDATE dtq_coordinator SET leader_epoch = leader_epoch + 1")
+            wait_until(
+                lambda: "coordinator.stepping_down" in server.log(), 15, what="stepping down"
+            )
+            # It stops listening (its nodes go looking for the leader) and stands by.
+            wait_until(lambda: not serving(server.address), 15, what="the port closed")
+            wait_until(lambda: server.log().count("store.standby") == 1, 15, what="standby")
+        # The other one is gone: it leads again, from what the database holds.
+        wait_until(lambda: serving(server.address), 30, what="serving again")
+        assert server.log().count("store.leading ") == 2
+        later = [client.submit("witness").id for _ in range(20)]
+        wait_until(
+            lambda: all(client.get(i).state is TaskState.SUCCEEDED for i in first + later),
+            30,
+            what="every task succeeded",
+        )
+    with psycopg.connect(postgres_url) as conn:
+        epoch = conn.execute("SELECT leader_epoch FROM dtq_coordinator").fetchone()
+    assert epoch == (3,)
