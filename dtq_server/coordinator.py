@@ -371,8 +371,9 @@ class Coordinator:
                 if record.state.is_terminal:
                     return
                 # Re-read now and then anyway: a notification is only an optimisation.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), WATCH_RECHECK_S)
+                with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see scheduler.run)
+                    async with asyncio.timeout(WATCH_RECHECK_S):
+                        await changed.wait()
 
     def _unchanged_since(self, record: TaskRecord) -> bool:
         """True if the board holds the task as ``record`` left it.

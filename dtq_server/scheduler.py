@@ -139,8 +139,12 @@ class Scheduler:
             upcoming = [s.next_fire_at for s in self._schedules.values() if not s.paused]
             delay = min([MAX_SLEEP_S, *(t - time.time() for t in upcoming)])
             self._changed.clear()
+            # asyncio.timeout, not wait_for: on 3.11, wait_for returns the event's
+            # result when a cancel lands as the event is set, swallowing the cancel;
+            # the coordinator's stop then waited for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(0.0, delay))
+                async with asyncio.timeout(max(0.0, delay)):
+                    await self._changed.wait()
 
     async def _fire(self, schedule: Schedule, now: float) -> None:
         ticks, following = due_ticks(schedule, now)

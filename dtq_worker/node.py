@@ -206,7 +206,10 @@ class Node:
                 return False
             self._change.clear()
             try:
-                await asyncio.wait_for(self._change.wait(), remaining)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel
+                # that lands as the event is set.
+                async with asyncio.timeout(remaining):
+                    await self._change.wait()
             except TimeoutError:
                 return done()
         return True

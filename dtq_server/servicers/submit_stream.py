@@ -121,8 +121,9 @@ class _Pile:
 
     async def wait(self, timeout_s: float) -> None:
         """Until submits arrive, reading ends, or ``timeout_s`` passes."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        with contextlib.suppress(TimeoutError):  # (asyncio.timeout: see Scheduler.run)
+            async with asyncio.timeout(timeout_s):
+                await self._arrived.wait()
         self._arrived.clear()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
@@ -143,3 +144,19 @@ def test_bad_schedules_name_the_field(
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (info.value.details() or "")
+
+
+def test_a_stop_that_lands_as_the_schedules_change_still_stops_the_scheduler(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """asyncio.wait_for on 3.11 returned the event's result when a cancel landed as the
+    event was set, swallowing the cancel: the coordinator's stop then waited forever."""
+
+    async def race() -> bool:
+        [task] = [t for t in asyncio.all_tasks() if t.get_name() == "dtq-scheduler"]
+        coordinator.server.coordinator.scheduler._changed.set()  # as a create or pause does
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        return task.cancelled()
+
+    assert coordinator.call(race())
