@@ -22,10 +22,13 @@ run: install
 	@$(PY) scripts/devrun.py
 
 ## test: the whole suite (chaos scenarios at small size), PostgreSQL store tests included,
-## then the server and restart suites again with every coordinator on PostgreSQL.
-PG_SUITES := tests/server tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py
+## then the suites that exercise the store again with every coordinator on PostgreSQL.
+PG_SUITES := $(addprefix tests/server/test_,lifecycle.py submit.py submit_stream.py piles.py \
+	dependencies.py schedules.py headers.py queue_depth.py restart.py sessions.py handoff.py \
+	rate_limits.py strict_types.py watchers.py) \
+	tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py
 test: install postgres-bin
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 	DTQ_TEST_STORE=postgres $(PY) -m pytest -m "not sqlite_only and not postgres" $(PG_SUITES)
 
 ## postgres-bin: the PostgreSQL server binaries the test fixtures start (tests/postgres.py).

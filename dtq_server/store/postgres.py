@@ -176,17 +176,29 @@ class PostgresStore(SqlStore):
         return conn
 
     def _take_lead(self, conn: PgConnection) -> int:
-        """Create or check the schema and start a new leader epoch (holding the lock)."""
+        """Check or create the schema and start a new leader epoch (holding the lock).
+
+        Like the SQLite store, it never builds over what it does not recognise: a
+        database with a ``tasks`` table but no ``dtq_coordinator`` row is someone else's.
+        """
+        found = conn.execute(
+            "SELECT to_regclass('dtq_coordinator') IS NOT NULL, to_regclass('tasks') IS NOT NULL"
+        ).fetchone()
+        version = None
+        if found[0]:
+            row = conn.execute("SELECT schema_version FROM dtq_coordinator").fetchone()
+            version = None if row is None else row[0]
+        if version is None and found[1]:
+            raise StoreCorrupt("the database has a tasks table but is not a DTQ database")
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreCorrupt(
+                f"the database has DTQ schema version {version}; this DTQ knows {SCHEMA_VERSION}"
+            )
         conn.script(SCHEMA)
-        row = conn.execute("SELECT schema_version FROM dtq_coordinator").fetchone()
-        if row is None:
+        if version is None:
             conn.execute(
                 "INSERT INTO dtq_coordinator (schema_version, leader_epoch) VALUES (?, 0)",
                 (SCHEMA_VERSION,),
-            )
-        elif row[0] > SCHEMA_VERSION:
-            raise StoreCorrupt(
-                f"the database has DTQ schema version {row[0]}; this DTQ knows {SCHEMA_VERSION}"
             )
         epoch: int = conn.execute(
             "UPDATE dtq_coordinator SET leader_epoch = leader_epoch + 1, leader = ?, "

@@ -6,6 +6,7 @@ its active-standby form)."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,13 @@ def test_the_standby_takes_over_a_killed_leader_and_rides_out_a_database_stop(
             what="tasks after the outage",
         )
     assert "store.leadership_lost" not in standby.log()
+
+    # A standby asked to stop (SIGTERM) exits at once, cleanly.
+    spare = coordinator(tmp_path, "c", postgres_url, free_loopback_port(), wait=False)
+    procs.append(spare)
+    wait_until(lambda: "store.standby" in spare.log(), 20, what="c standing by")
+    spare.signal(signal.SIGTERM)
+    assert spare.wait(10) == 0
 
 
 def serving(address: str) -> bool:

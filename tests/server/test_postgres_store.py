@@ -156,3 +156,19 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
             await PostgresStore(postgres_url).open()
 
     asyncio.run(scenario())
+
+
+def test_a_database_that_is_not_dtq_s_is_refused(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT)")
+
+    async def scenario() -> None:
+        with pytest.raises(StoreCorrupt, match="not a DTQ database"):
+            await PostgresStore(postgres_url).open()
+
+    asyncio.run(scenario())
+    with psycopg.connect(postgres_url) as conn:  # left as it was
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    assert tables == [("tasks",)]
