@@ -21,14 +21,16 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	@$(PY) scripts/devrun.py
 
-## test: the whole suite (chaos scenarios at small size), PostgreSQL store tests included,
-## then the suites that exercise the store again with every coordinator on PostgreSQL.
+## test: the whole suite in three passes: the default suite (PostgreSQL store tests included),
+## the chaos scenarios at small size (make chaos runs them at full size), then the suites that
+## exercise the store again with every coordinator on PostgreSQL.
 PG_SUITES := $(addprefix tests/server/test_,lifecycle.py submit.py submit_stream.py piles.py \
 	dependencies.py schedules.py headers.py queue_depth.py restart.py sessions.py handoff.py \
 	rate_limits.py strict_types.py watchers.py) \
 	tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py
 test: install postgres-bin
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -m "not chaos" --durations=15
+	$(PY) -m pytest -m chaos tests/chaos -p no:randomly
 	DTQ_TEST_STORE=postgres $(PY) -m pytest -m "not sqlite_only and not postgres" $(PG_SUITES)
 
 ## postgres-bin: the PostgreSQL server binaries the test fixtures start (tests/postgres.py).
