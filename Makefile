@@ -28,7 +28,7 @@ PG_SUITES := $(addprefix tests/server/test_,lifecycle.py submit.py submit_stream
 	dependencies.py schedules.py headers.py queue_depth.py restart.py sessions.py handoff.py \
 	rate_limits.py strict_types.py watchers.py) \
 	tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py
-test: install postgres-bin
+test: install postgres-bin browser-bin
 	$(PY) -m pytest -m "not chaos" --durations=15
 	$(PY) -m pytest -m chaos tests/chaos -p no:randomly
 	DTQ_TEST_STORE=postgres $(PY) -m pytest -m "not sqlite_only and not postgres" $(PG_SUITES)
@@ -40,6 +40,15 @@ test: install postgres-bin
 postgres-bin:
 	@if [ -z "$(DTQ_PG_BIN)" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	fi
+
+## browser-bin: the headless Chromium the web UI's tests drive (tests/ui, with Playwright).
+## Installs Debian's chromium when /usr/bin/chromium is missing (apt-get: run as root);
+## Playwright's own browser downloads are never used.
+.PHONY: browser-bin
+browser-bin:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
 ## lint: ruff, mypy, buf lint and a check that generated code matches protos/.

@@ -6,7 +6,8 @@ result: data on stdout (``-o table|json|jsonl``), messages and errors on stderr.
 :mod:`~dtq_client.cli.specs` the options describing a task; the commands live
 in :mod:`~dtq_client.cli.tasks` (one task, listing, groups),
 :mod:`~dtq_client.cli.bulk` (retry and purge), :mod:`~dtq_client.cli.cluster`
-(nodes, queues, rate limits, health) and :mod:`~dtq_client.cli.schedules`.
+(nodes, queues, rate limits, health) and :mod:`~dtq_client.cli.schedules`;
+``ui``, the web dashboard, in :mod:`dtq_client.ui.command`.
 
 Exit codes:
 
@@ -27,6 +28,7 @@ import dtq.logs
 # Imported for their side effect: each module registers its commands on the group.
 from dtq_client.cli import bulk, cluster, schedules, tasks  # noqa: F401
 from dtq_client.cli.app import ExitCode, cli, describe_rpc_error
+from dtq_client.ui import command as _ui_command  # noqa: F401
 
 __all__ = ["ExitCode", "cli", "describe_rpc_error", "main"]
 

@@ -1,0 +1,48 @@
+"""The actions (POST): cancel or retry a task, pause or resume a queue.
+
+Each answers JSON, ``{"message": ...}`` or ``{"error": ...}`` with the HTTP
+status of the coordinator's error, which the page shows as a line of text. The
+request body is not read: what to act on is in the path. :mod:`~dtq_client.ui.guard`
+has already refused requests without the CSRF header.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from dtq_client.errors import DtqError
+from dtq_client.ui.gateway import Gateway, describe, http_status
+
+
+class Actions:
+    """The POST routes."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def cancel_task(self, request: Request) -> Response:
+        """Cancel the task: at once when queued, by asking its node when running."""
+        return await _act(self._gateway.cancel, request.path_params["task_id"])
+
+    async def retry_task(self, request: Request) -> Response:
+        """Send a failed or cancelled task back to its queue with a fresh attempt budget."""
+        return await _act(self._gateway.retry, request.path_params["task_id"])
+
+    async def pause_queue(self, request: Request) -> Response:
+        """Pause the queue: it accepts submits and dispatches nothing."""
+        return await _act(self._gateway.pause, request.path_params["name"])
+
+    async def resume_queue(self, request: Request) -> Response:
+        """Resume the queue."""
+        return await _act(self._gateway.resume, request.path_params["name"])
+
+
+async def _act(action: Callable[[str], Awaitable[str]], target: str) -> Response:
+    try:
+        message = await action(target)
+    except DtqError as exc:
+        return JSONResponse({"error": describe(exc)}, status_code=http_status(exc))
+    return JSONResponse({"message": message})

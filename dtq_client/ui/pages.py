@@ -1,0 +1,104 @@
+"""The pages (GET): overview, task list and task, each whole or as its live fragment.
+
+Every page is ``page.html`` around one live fragment (``_overview.html``, ...).
+The page's script asks for the same URL again every few seconds with
+``X-DTQ-Fragment: 1`` and swaps in the fragment alone, so the page updates
+without a reload and the filter form outside it keeps what is being typed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.templating import Jinja2Templates
+
+from dtq_client.errors import DtqError
+from dtq_client.models import TaskState
+from dtq_client.ui import present
+from dtq_client.ui.gateway import Gateway, QueryError, TaskQuery, describe, http_status
+from dtq_client.ui.settings import UiConfig
+
+FRAGMENT_HEADER = "x-dtq-fragment"
+"""Sent by the page's script: answer the live fragment only."""
+
+_RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
+
+
+class Pages:
+    """The GET routes; each renders the gateway's answer, or the coordinator's error."""
+
+    def __init__(self, gateway: Gateway, templates: Jinja2Templates, config: UiConfig) -> None:
+        self._gateway = gateway
+        self._templates = templates
+        self._config = config
+
+    async def overview(self, request: Request) -> Response:
+        """Coordinator health, queues and nodes."""
+        overview = await self._gateway.overview()
+        return self._render(request, "_overview.html", "Overview", overview=overview)
+
+    async def tasks(self, request: Request) -> Response:
+        """Tasks, newest first, filtered by queue, state and type, a page at a time."""
+        try:
+            query = TaskQuery.from_params(request.query_params, self._config.max_offset)
+        except QueryError as exc:
+            return self._render(
+                request, "_error.html", "Tasks", status=400, query=TaskQuery(), error=str(exc)
+            )
+        try:
+            listing = await self._gateway.tasks(query)
+        except DtqError as exc:
+            return self._render(
+                request,
+                "_error.html",
+                "Tasks",
+                status=http_status(exc),
+                query=query,
+                error=describe(exc),
+            )
+        return self._render(request, "_tasks.html", "Tasks", query=query, listing=listing)
+
+    async def task(self, request: Request) -> Response:
+        """Every field of one task, its payload, result and last error, and its actions."""
+        task_id = request.path_params["task_id"]
+        title = f"Task {task_id}"
+        try:
+            task = await self._gateway.task(task_id)
+        except DtqError as exc:
+            status = http_status(exc)
+            return self._render(request, "_error.html", title, status=status, error=describe(exc))
+        limit = self._config.max_shown_bytes
+        error = task.last_error
+        return self._render(
+            request,
+            "_task.html",
+            title,
+            task=task,
+            payload=present.show_bytes(task.payload, task.content_type, limit),
+            result=present.show_bytes(task.result, task.result_content_type, limit),
+            error_message=present.show_text(error.message if error else "", limit),
+            traceback=present.show_text(error.traceback if error else "", limit),
+            can_cancel=not task.is_terminal,
+            can_retry=task.state in _RETRYABLE,
+        )
+
+    def _render(
+        self, request: Request, live: str, title: str, *, status: int = 200, **context: Any
+    ) -> Response:
+        context.update(
+            title=title,
+            live=live,
+            address=self._gateway.address,
+            refresh_ms=round(self._config.refresh_s * 1000),
+            now=datetime.now(UTC),
+            states=[state.value for state in TaskState],
+        )
+        fragment = request.headers.get(FRAGMENT_HEADER) == "1"
+        response = self._templates.TemplateResponse(
+            request, live if fragment else "page.html", context, status_code=status
+        )
+        response.headers["vary"] = "X-DTQ-Fragment"
+        return response

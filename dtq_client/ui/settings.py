@@ -1,0 +1,71 @@
+"""The web UI's configuration: one frozen dataclass, built by ``dtq-client ui`` or a test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dtq.tls import is_loopback
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+"""Where the UI listens by default: loopback only."""
+
+
+class UiConfigError(ValueError):
+    """A UI setting is invalid, or unsafe without ``insecure``."""
+
+
+@dataclass(frozen=True)
+class UiConfig:
+    """How the UI serves and what it shows."""
+
+    listen: str = DEFAULT_LISTEN
+    """``HOST:PORT`` to serve on (port 0 picks a free one); IPv6 hosts in brackets."""
+    insecure: bool = False
+    """Allow a non-loopback ``listen``: the UI has no login of its own, so anyone who
+    reaches it acts with the coordinator token it was given."""
+    refresh_s: float = 2.0
+    """How often an open page fetches its data again."""
+    page_size: int = 50
+    """Tasks per page of the task list."""
+    max_offset: int = 2_000
+    """Deepest task a listing pages to ("older"), in tasks from the newest."""
+    max_shown_bytes: int = 64 * 1024
+    """Most bytes of a payload, result or traceback shown on a task page."""
+
+    def __post_init__(self) -> None:
+        port = split_listen(self.listen)[1]
+        if not 0 <= port <= 65_535:
+            raise UiConfigError(f"--listen port must be 0-65535, got {port}")
+        if not self.insecure and not is_loopback(self.listen):
+            raise UiConfigError(
+                f"refusing to serve the UI on non-loopback {self.listen!r}: it has no login, "
+                "so anyone who reaches it acts with the coordinator token it was given; "
+                "pass --insecure to allow it (behind a proxy that authenticates, say)"
+            )
+        if self.refresh_s <= 0 or self.page_size < 1 or self.max_shown_bytes < 1:
+            raise UiConfigError("refresh_s, page_size and max_shown_bytes must be positive")
+        if self.max_offset < 0:
+            raise UiConfigError("max_offset must not be negative")
+
+    @property
+    def host(self) -> str:
+        """The host to bind, without IPv6 brackets."""
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The port to bind (0: any free one)."""
+        return split_listen(self.listen)[1]
+
+    @property
+    def on_loopback(self) -> bool:
+        """True when the UI serves loopback only (then it also checks the Host header)."""
+        return is_loopback(self.listen)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` as ``(host, port)``; ``[::1]:8080`` gives ``("::1", 8080)``."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UiConfigError(f"--listen must be HOST:PORT, got {listen!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)

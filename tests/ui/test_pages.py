@@ -1,0 +1,151 @@
+"""The dashboard in a real headless Chromium, against a real coordinator and node."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Dialog, Page, expect
+
+from dtq_client import Client, TaskState
+from dtq_client.ui.serve import UiServer
+from tests.harness import Proc, wait_until
+from tests.ui.conftest import NODE_ID, SERVED_QUEUE, fresh_queue
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _updates(page: Page) -> int:
+    return int(page.locator("#status").get_attribute("data-updates") or 0)
+
+
+def _wait_for_refreshes(page: Page, count: int) -> None:
+    """Wait until the page's script has swapped in ``count`` more live updates."""
+    target = _updates(page) + count
+    wait_until(lambda: _updates(page) >= target, 10, what=f"{count} refreshes of the page")
+
+
+def test_overview_shows_queues_and_nodes_and_updates_without_reload(
+    page: Page, client: Client, node: Proc
+) -> None:
+    queue = fresh_queue()
+    client.submit("echo", {}, queue=queue)
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url))
+    page.goto("/")
+    navigations.clear()
+
+    expect(page.locator("[data-field=health]")).to_have_text("SERVING")
+    row = page.locator(f'tr[data-queue="{queue}"]')
+    expect(row.locator("[data-field=queued]")).to_have_text("1")
+    expect(row.locator("[data-field=paused]")).to_have_text("no")
+    node_row = page.locator(f'tr[data-node="{NODE_ID}"]')
+    expect(node_row.locator("[data-field=state]")).to_have_text("active")
+    expect(node_row).to_contain_text(SERVED_QUEUE)
+    expect(node_row).to_contain_text("echo")
+
+    client.submit("echo", {}, queue=queue)
+    client.submit("echo", {}, queue=queue)
+    expect(row.locator("[data-field=queued]")).to_have_text("3")
+    assert navigations == [], "the page reloaded instead of updating in place"
+
+
+def test_task_list_filters_by_state_and_links_to_the_result(
+    page: Page, client: Client, node: Proc
+) -> None:
+    good = client.submit("echo", {"answer": 42}, queue=SERVED_QUEUE)
+    bad = client.submit("fail", {}, queue=SERVED_QUEUE, max_attempts=1)
+    assert client.wait(good.id, timeout_s=10).state is TaskState.SUCCEEDED
+    assert client.wait(bad.id, timeout_s=10).state is TaskState.FAILED
+
+    page.goto(f"/tasks?queue={SERVED_QUEUE}")
+    expect(page.locator(f'tr[data-task="{bad.id}"]')).to_be_visible()
+    page.locator("select[name=state]").select_option("succeeded")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"state=succeeded"))
+    expect(page.locator(f'tr[data-task="{good.id}"]')).to_be_visible()
+    expect(page.locator(f'tr[data-task="{bad.id}"]')).to_have_count(0)
+    for state in page.locator("tr[data-task] [data-field=state]").all_inner_texts():
+        assert state.strip() == "succeeded"
+
+    page.locator(f'tr[data-task="{good.id}"] a').click()
+    expect(page.locator("h1")).to_have_text(f"Task {good.id}")
+    expect(page.locator("[data-field=state]")).to_have_text("succeeded")
+    expect(page.locator("pre[data-value=result]")).to_contain_text('"answer": 42')
+    expect(page.locator("pre[data-value=payload]")).to_contain_text('"answer": 42')
+
+    page.goto(f"/tasks/{bad.id}")
+    expect(page.locator("[data-field=error-type]")).to_have_text("ValueError")
+    expect(page.locator("pre[data-value=traceback]")).to_contain_text("Traceback")
+    expect(page.get_by_role("button", name="Retry task")).to_be_visible()
+
+
+def test_task_list_pages_to_older_tasks(page: Page, client: Client, ui_server: UiServer) -> None:
+    queue = fresh_queue()
+    ids = [client.submit("echo", {"i": i}, queue=queue).id for i in range(55)]
+    page.goto(f"/tasks?queue={queue}")
+    rows = page.locator("tr[data-task]")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_have_attribute("data-task", ids[-1])  # newest first
+    page.get_by_role("link", name="older →").click()
+    expect(rows).to_have_count(5)
+    expect(rows.last).to_have_attribute("data-task", ids[0])
+    expect(page.get_by_role("link", name="older →")).to_have_count(0)
+    page.get_by_role("link", name="← newer").click()
+    expect(rows).to_have_count(50)
+
+
+def test_cancelling_a_queued_task_from_its_page(page: Page, client: Client) -> None:
+    task = client.submit("echo", {}, queue=fresh_queue())  # no node serves it: stays queued
+    page.goto(f"/tasks/{task.id}")
+    expect(page.locator("[data-field=state]")).to_have_text("queued")
+
+    page.get_by_role("button", name="Cancel task").click()
+    expect(page.locator("#flash")).to_have_text(f"task {task.id} cancelled")
+    expect(page.locator("[data-field=state]")).to_have_text("cancelled")
+    expect(page.get_by_role("button", name="Cancel task")).to_have_count(0)
+    assert client.get(task.id).state is TaskState.CANCELLED
+
+    page.get_by_role("button", name="Retry task").click()
+    expect(page.locator("#flash")).to_have_text(f"task {task.id} sent back to its queue")
+    expect(page.locator("[data-field=state]")).to_have_text("queued")
+    assert client.get(task.id).state is TaskState.QUEUED
+
+
+def test_pausing_and_resuming_a_queue(page: Page, client: Client) -> None:
+    queue = fresh_queue()
+    client.submit("echo", {}, queue=queue)
+    page.goto("/")
+    row = page.locator(f'tr[data-queue="{queue}"]')
+
+    row.get_by_role("button", name="Pause").click()
+    expect(page.locator("#flash")).to_have_text(f"queue {queue} paused")
+    expect(row.locator("[data-field=paused]")).to_have_text("paused")
+    assert next(q for q in client.queues() if q.name == queue).paused
+
+    row.get_by_role("button", name="Resume").click()
+    expect(row.locator("[data-field=paused]")).to_have_text("no")
+    assert not next(q for q in client.queues() if q.name == queue).paused
+
+
+def test_task_data_is_shown_as_text_never_run(page: Page, client: Client) -> None:
+    script = "<script>alert(1)</script>"
+    image = '<img src=x onerror="alert(2)">'
+    task = client.submit(
+        "echo", {"html": script, "img": image}, queue=fresh_queue(), headers={"note": image}
+    )
+    dialogs: list[str] = []
+
+    def record(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", record)
+    page.goto(f"/tasks/{task.id}")
+    payload = page.locator("pre[data-value=payload]")
+    expect(payload).to_contain_text(script)
+    expect(payload).to_contain_text(image.replace('"', '\\"'))  # JSON-escaped quotes
+    expect(page.locator('td[data-header="note"]')).to_have_text(image)
+    _wait_for_refreshes(page, 2)  # the swapped-in fragments are text too
+    expect(page.locator("#live script, #live img")).to_have_count(0)
+    assert dialogs == []

@@ -1,0 +1,57 @@
+"""How the pages show values: pure functions, no server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dtq_client.ui.gateway import QueryError, TaskQuery
+from dtq_client.ui.present import ValueKind, fmt_age, fmt_seconds, show_bytes, show_text
+
+pytestmark = pytest.mark.timeout(5)
+
+
+def test_json_is_pretty_printed_and_bounded() -> None:
+    shown = show_bytes(b'{"a":[1,2],"s":"<b>"}', "application/json", 1000)
+    assert shown.kind is ValueKind.JSON
+    assert shown.text == '{\n  "a": [\n    1,\n    2\n  ],\n  "s": "<b>"\n}'
+    assert not shown.truncated
+    big = show_bytes(b'"' + b"x" * 500 + b'"', "application/json", 100)
+    assert big.truncated
+    assert len(big.text) == 100
+    assert big.size == 502
+
+
+def test_other_values_show_as_text_or_hex() -> None:
+    assert show_bytes(b"not json", "application/json", 100).kind is ValueKind.TEXT
+    assert show_bytes("h\u00e9".encode(), "text/plain", 100).text == "h\u00e9"
+    binary = show_bytes(bytes(range(256)) * 2, "application/octet-stream", 100)
+    assert binary.kind is ValueKind.BINARY
+    assert binary.text.startswith("00 01 02")
+    assert binary.truncated
+    assert show_bytes(None, "", 100).kind is ValueKind.EMPTY
+    assert show_text("", 10).kind is ValueKind.EMPTY
+    assert show_text("x" * 20, 10).text == "x" * 10
+
+
+def test_ages_and_durations() -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    assert fmt_age(now - timedelta(seconds=5), now) == "5 s ago"
+    assert fmt_age(now + timedelta(minutes=10), now) == "in 10 min"
+    assert fmt_age(now - timedelta(hours=3), now) == "3 h ago"
+    assert fmt_age(None, now) == ""
+    assert fmt_seconds(0.25) == "250 ms"
+    assert fmt_seconds(2.5) == "2.5 s"
+    assert fmt_seconds(90) == "90 s"
+    assert fmt_seconds(3 * 86_400) == "3 d"
+
+
+def test_task_query_from_url_parameters() -> None:
+    query = TaskQuery.from_params({"queue": " q ", "state": "FAILED", "offset": "999"}, 100)
+    assert query == TaskQuery(queue="q", state="failed", offset=100)
+    assert query.params(offset=50) == {"queue": "q", "state": "failed", "offset": 50}
+    assert TaskQuery().params() == {}
+    for bad in ({"state": "nope"}, {"offset": "-1"}, {"type": "t" * 201}):
+        with pytest.raises(QueryError):
+            TaskQuery.from_params(bad, 100)
