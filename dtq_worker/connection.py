@@ -26,9 +26,11 @@ with OK.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -60,6 +62,11 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 2.0
 """Used if NodeRegistered carries no interval."""
 RESUME_ATTEMPTS = 4
 """While a session is resumable, reconnect pauses stay within its timeout / this."""
+STABLE_STREAM_S = 2.0
+"""A stream that breaks sooner than this after registering is a quick break; the
+node pauses before reconnecting after each one in a row (the coordinator
+registers it, then ends the stream again at once: say, every resent result fails
+to commit while its database is down), instead of reconnecting in a tight loop."""
 FAILED_WRITE_GRACE_S = 1.0
 """After a failed write, how long the reader gets to learn how the stream ended."""
 
@@ -99,6 +106,13 @@ def reconnect_backoff(max_s: float) -> tenacity.wait.wait_base:
     return fixed + jitter
 
 
+def flap_pause(breaks: int, max_s: float) -> float:
+    """The pause before reconnecting after ``breaks`` quick breaks in a row (see
+    STABLE_STREAM_S): the shape of :func:`reconnect_backoff`, within ``max_s``."""
+    half: float = min(max_s / 2, 0.05 * 2.0 ** (breaks - 1))
+    return half + random.uniform(0, half)
+
+
 def _log_retry(retry_state: tenacity.RetryCallState) -> None:
     outcome = retry_state.outcome
     error = outcome.exception() if outcome is not None else None
@@ -119,6 +133,7 @@ class _Stream:
     interval_s: float
     heartbeat_due: int | None = None
     """Sequence of a heartbeat the writer has yet to send."""
+    registered_at: float = field(default_factory=time.monotonic)
 
 
 class Connection:
@@ -191,6 +206,7 @@ class Connection:
 
     async def run(self) -> None:
         """Register, serve, and reconnect until :meth:`close`."""
+        quick_breaks = 0
         try:
             while not self._closing.is_set():
                 try:
@@ -205,11 +221,21 @@ class Connection:
                     self._expired(exc)
                 except StreamBroken as exc:
                     log.warning("stream.broken", session_id=self._session_id, error=str(exc))
+                    lived_s = time.monotonic() - stream.registered_at
+                    quick_breaks = quick_breaks + 1 if lived_s < STABLE_STREAM_S else 0
                 finally:
                     self._stream = None
                     stream.call.cancel()
+                if quick_breaks:
+                    await self._pause(flap_pause(quick_breaks, self._pause_cap_s()))
         finally:
             await self._channel.close()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless :meth:`close` comes first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
 
     def _expired(self, exc: SessionExpired) -> None:
         log.warning("session.expired", session_id=self._session_id, error=str(exc))

@@ -1,11 +1,13 @@
 """A chaos cluster: one coordinator process, worker-node processes, fault proxies, and faults.
 
 Everything is real: ``dtq-server`` and ``dtq-worker`` processes on loopback,
-the SQLite file on disk. The cluster records every fault it injects (when, and
-which nodes it cut off) so the checker can tell which leases a fault
-interrupted and how fast they came back. The coordinator logs JSON
-(``--log-format json``) so its lease events can be read back
-(:mod:`tests.chaos.evidence`); each incarnation writes its own log file.
+the SQLite file on disk (or, with ``database_url``, a PostgreSQL database that
+several coordinators share: one leads, the others stand by). The cluster
+records every fault it injects (when, and which nodes it cut off) so the
+checker can tell which leases a fault interrupted and how fast they came back.
+The coordinator logs JSON (``--log-format json``) so its lease events can be
+read back (:mod:`tests.chaos.evidence`); each incarnation writes its own log
+file.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class ChaosCluster:
 
     root: Path
     server_args: tuple[str, ...] = ()
+    database_url: str | None = None
+    """Keep the queue in this PostgreSQL database instead of the SQLite file."""
+    target: str | None = None
+    """The gRPC target nodes and clients use instead of the current coordinator's address
+    (several coordinators over PostgreSQL: ``ipv4:127.0.0.1:PA,127.0.0.1:PB``)."""
     servers: list[ServerProcess] = field(default_factory=list)
     nodes: dict[str, Proc] = field(default_factory=dict)
     proxies: dict[str, FaultProxy] = field(default_factory=dict)
@@ -71,42 +78,58 @@ class ChaosCluster:
         return self.data_dir / evidence.DB_NAME
 
     @property
+    def store(self) -> evidence.Store:
+        """Where the tasks are: the PostgreSQL URL, else the SQLite file."""
+        return self.database_url if self.database_url is not None else self.db
+
+    @property
     def witness(self) -> Path:
         return self.root / "witness.log"
 
     @property
     def server(self) -> ServerProcess:
-        """The current coordinator incarnation."""
+        """The current coordinator incarnation (over PostgreSQL: the last one started)."""
         return self.servers[-1]
 
     @property
     def address(self) -> str:
-        return self.server.address
+        return self.target if self.target is not None else self.server.address
 
     @property
     def coordinator_killed(self) -> bool:
         """True once a coordinator incarnation died (kill -9 or a failpoint)."""
+        if self.database_url is not None:  # several coordinators run at once
+            return any(not s.alive() for s in self.servers)
         return len(self.servers) > 1
 
     # --- coordinator --------------------------------------------------------------------
 
-    def start_server(self, env: dict[str, str] | None = None) -> ServerProcess:
-        """Start a coordinator incarnation; later ones bind the first one's address."""
-        listen = self.servers[0].address if self.servers else "127.0.0.1:0"
+    def start_server(
+        self, env: dict[str, str] | None = None, *, listen: str | None = None, wait: bool = True
+    ) -> ServerProcess:
+        """Start a coordinator incarnation; later ones bind the first one's address.
+
+        ``listen`` binds another address (a second coordinator over PostgreSQL);
+        ``wait=False`` returns before it serves (a standby serves once it leads).
+        """
+        if listen is None:
+            listen = self.servers[0].address if self.servers else "127.0.0.1:0"
+        database = () if self.database_url is None else ("--database-url", self.database_url)
         server = start_server(
             self.data_dir,
-            "--log-format", "json", *self.server_args,
+            "--log-format", "json", *database, *self.server_args,
             name=f"server{len(self.servers)}",
             listen=listen,
             env=env,
+            wait=wait,
         )  # fmt: skip
         self.servers.append(server)
         return server
 
-    def kill_coordinator(self) -> Fault:
-        """SIGKILL the coordinator, snapshot its files, record the fault."""
+    def kill_coordinator(self, server: ServerProcess | None = None) -> Fault:
+        """SIGKILL the coordinator (or ``server``, one of several), snapshot, record the fault."""
         at = time.monotonic()
-        self.server.kill9()
+        (server or self.server).kill9()
         return self._crashed("coordinator.kill9", at)
 
     def await_crash(self, timeout_s: float = 30) -> Fault:
@@ -119,8 +142,14 @@ class ChaosCluster:
         return self._crashed("coordinator.crash", time.monotonic())
 
     def _crashed(self, kind: str, at: float) -> Fault:
-        snapshot = evidence.snapshot_db(self.data_dir, self.root / f"crash{len(self.faults)}")
-        in_flight = len(evidence.in_flight(snapshot))
+        if self.database_url is not None:
+            # Nothing to copy: the database outlives the coordinator. Read at once,
+            # before a standby taking over changes it (a lease it grants meanwhile only
+            # loosens the bound this count feeds).
+            in_flight = len(evidence.in_flight(self.database_url))
+        else:
+            snapshot = evidence.snapshot_db(self.data_dir, self.root / f"crash{len(self.faults)}")
+            in_flight = len(evidence.in_flight(snapshot))
         fault = Fault(kind, at, _wall(at), None, in_flight=in_flight)
         self.faults.append(fault)
         return fault

@@ -6,8 +6,9 @@
   object per line; ``lease.granted`` / ``lease.ended`` / ``lease.lost`` carry a
   ``mono`` timestamp (the coordinator's ``time.monotonic()``, which on Linux is
   the same clock the harness and the witness read).
-- The *store* is read directly with ``sqlite3``; WAL mode lets a reader look
-  while the coordinator writes.
+- The *store* is read directly: the SQLite file with ``sqlite3`` (WAL mode lets
+  a reader look while the coordinator writes), a PostgreSQL database (a
+  ``postgresql://`` URL) with psycopg; its ``tasks`` table has the same columns.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from dtq_server.models import TaskState
 
@@ -99,13 +102,29 @@ class TaskRow:
         return json.loads(self.result) if self.result else None
 
 
-def read_tasks(db: Path) -> dict[str, TaskRow]:
-    """Every task in the SQLite file ``db``, by id."""
-    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
-        rows = conn.execute(
-            "SELECT id, state, attempt, max_attempts, failures, lease_expiries, "
-            "idempotency_key, result, error_type, node_id FROM tasks"
-        ).fetchall()
+TASK_COLUMNS = (
+    "SELECT id, state, attempt, max_attempts, failures, lease_expiries, "
+    "idempotency_key, result, error_type, node_id FROM tasks"
+)
+
+Store = Path | str
+"""Where the tasks are: the SQLite file, or the URL of a PostgreSQL database."""
+
+
+def is_postgres(db: Store) -> bool:
+    """True if ``db`` is a PostgreSQL URL rather than a file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+def read_tasks(db: Store) -> dict[str, TaskRow]:
+    """Every task in the SQLite file ``db`` (or the PostgreSQL database at that URL), by id."""
+    rows: list[Any]
+    if is_postgres(db):
+        with psycopg.connect(str(db), connect_timeout=10) as pg:
+            rows = pg.execute(TASK_COLUMNS).fetchall()
+    else:
+        with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+            rows = conn.execute(TASK_COLUMNS).fetchall()
     return {
         r[0]: TaskRow(r[0], TaskState(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
         for r in rows
@@ -128,7 +147,7 @@ def snapshot_db(data_dir: Path, into: Path) -> Path:
     return into / DB_NAME
 
 
-def in_flight(db: Path) -> set[str]:
-    """Ids of the tasks a snapshot shows LEASED or RUNNING (in flight at the crash)."""
+def in_flight(db: Store) -> set[str]:
+    """Ids of the tasks a snapshot (or a live database) shows LEASED or RUNNING."""
     held = (TaskState.LEASED, TaskState.RUNNING)
     return {t.id for t in read_tasks(db).values() if t.state in held}
