@@ -87,6 +87,12 @@ BENCH_SIZE ?= full
 bench: install
 	$(PY) -m bench.run --size $(BENCH_SIZE)
 
+## bench-postgres: P1-P3 with every coordinator on PostgreSQL (a server the run starts, with
+## fsync on; a fresh database per coordinator).
+.PHONY: bench-postgres
+bench-postgres: install postgres-bin
+	$(PY) -m bench.run --size $(BENCH_SIZE) --postgres --only P1,P2,P3
+
 ## chaos: every fault scenario at full size (10,000-task F1 seeds, 10-minute soak; ~20 min),
 ## then one table row per scenario and a summary line. DTQ_CHAOS_SEED=N replays a soak.
 .PHONY: chaos

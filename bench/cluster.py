@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench import postgres
 from dtq_client import Client, NodeState
 from dtq_worker.config import Prefetch
 
@@ -74,6 +75,7 @@ class Coordinator:
                 str(self.port_file),
                 "--log-level",
                 "warning",
+                *postgres.store_args(),
                 *extra_args,
             ],
             cwd=ROOT,

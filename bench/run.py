@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import basics, concurrent
+from bench import basics, concurrent, postgres
 from bench.cluster import ROOT
 from bench.depth import DepthPlan, depth
 from bench.fleet import FleetPlan, fleet
@@ -178,13 +178,31 @@ def main() -> int:
     """Run the selected parts, print the table, write the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "results.json")
+    parser.add_argument(
+        "--json", type=Path, help="raw numbers (default .bench/results[-postgres].json)"
+    )
     parser.add_argument(
         "--only", default=",".join(PARTS), help="comma-separated parts to run (default: all)"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="P1-P3 with every coordinator on PostgreSQL (a server started for the run)",
+    )
     args = parser.parse_args()
+    if args.json is None:
+        args.json = ROOT / ".bench" / ("results-postgres.json" if args.postgres else "results.json")
     size = SIZES[args.size]
     parts = {p.strip().upper() for p in args.only.split(",")}
+    if args.postgres:
+        parts &= {"P1", "P2", "P3"}  # P4 restarts on its data, P5 stores nothing
+        with postgres.server():
+            return report(args, size, parts, "PostgreSQL")
+    return report(args, size, parts, "SQLite")
+
+
+def report(args: argparse.Namespace, size: Size, parts: set[str], store: str) -> int:
+    """Run ``parts``, print the table, write the JSON file."""
     started = time.perf_counter()
     figures = basic_figures(size, parts)
     raw: dict[str, object] = {}
@@ -195,15 +213,18 @@ def main() -> int:
         rows, raw["P5"] = fleet_figures(size.fleet)
         figures += rows
     elapsed_s = time.perf_counter() - started
+    if store == "PostgreSQL":
+        raw["postgres_databases"] = postgres.databases_created()
     print(
         f"\nDTQ benchmark ({args.size}: {size.tasks:,} tasks, {size.rounds} round(s);"
-        f" {os.cpu_count()} CPUs; {elapsed_s:.0f} s)"
+        f" {store}; {os.cpu_count()} CPUs; {elapsed_s:.0f} s)"
     )
     print(figures_table(figures))
     write_json(
         args.json,
         {
             "size": args.size,
+            "store": store,
             "cpus": os.cpu_count(),
             "elapsed_s": elapsed_s,
             "results": {f.name: f.summary() for f in figures},

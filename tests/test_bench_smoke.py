@@ -35,3 +35,26 @@ def test_bench_small_runs_and_reports_every_figure(tmp_path: Path) -> None:
         assert all(math.isfinite(v) for v in figure["values"]), name
         assert math.isfinite(figure["median"]), name
         assert figure["target"], name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bench_on_postgres_runs_p1_on_a_database_of_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--size", "small", "--postgres", "--only", "P1",
+         "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PostgreSQL" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["store"] == "PostgreSQL"
+    databases = report["raw"]["postgres_databases"]  # one per coordinator the run started
+    assert databases and len(set(databases)) == len(databases)
+    assert {name[:2] for name in report["results"]} == {"P1"}
+    assert all(math.isfinite(v) for f in report["results"].values() for v in f["values"])
