@@ -58,7 +58,26 @@ CONNECT_OPTIONS: dict[str, Any] = {
     "keepalives_idle": 4,
     "keepalives_interval": 2,
     "keepalives_count": 3,
+    # Data sent and not acknowledged for 10 s (the database host vanished) breaks it too.
+    "tcp_user_timeout": 10_000,
 }
+
+
+SERVER_KEEPALIVES = (
+    "SET tcp_keepalives_idle = 4",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 3",
+)
+"""The server's side of the same: the leader lock is held by the leader's session,
+which the server ends only once it finds the peer gone. With the operating
+system's default (first probe after 2 hours), a leader cut off without a reset
+would keep the lock, and the standbys waiting, that long; with these, ~10 s."""
+LEADER_IDLE_TIMEOUT = "SET idle_session_timeout = '5s'"
+"""On the write connection only: the leader writes at least every LIVENESS_S, so a
+session silent for 5 s belongs to a leader that is frozen or cut off (even behind
+a proxy that keeps the TCP connection up): the server ends it, freeing the lock
+for a standby. If the leader comes back, it finds the lock or the epoch taken and
+steps down."""
 
 
 class NotLeader(Exception):
@@ -153,7 +172,14 @@ class PostgresStore(SqlStore):
     # -- connections -------------------------------------------------------
 
     def _connect(self) -> PgConnection:
-        return PgConnection(psycopg.connect(self._url, **CONNECT_OPTIONS))
+        conn = PgConnection(psycopg.connect(self._url, **CONNECT_OPTIONS))
+        try:
+            for setting in SERVER_KEEPALIVES:
+                conn.execute(setting)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _connect_writer(self) -> PgConnection:
         """The write connection, holding the leader lock (raises NotLeader if it cannot)."""
@@ -161,6 +187,7 @@ class PostgresStore(SqlStore):
             raise NotLeader("this coordinator lost the lead; it is stepping down")
         conn = self._connect()
         try:
+            conn.execute(LEADER_IDLE_TIMEOUT)
             row = conn.execute("SELECT pg_try_advisory_lock(?)", (LEADER_LOCK,)).fetchone()
             if not row[0]:
                 if self._epoch is not None:  # this one led: now another does

@@ -14,6 +14,7 @@ batch; until a new one opens, every batch fails the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -180,5 +181,7 @@ class GroupCommitWriter:
                 log.error("store.op_failed", error=repr(error))
             by_loop.setdefault(op.loop, []).append((op.future, result, error))
         for loop, settled in by_loop.items():
-            loop.call_soon_threadsafe(_settle, settled)
+            # A loop closed meanwhile has no one left awaiting (the commit stands).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, settled)
         return conn

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -19,6 +20,7 @@ from dtq_server.store import postgres
 from dtq_server.store.base import StoreCorrupt
 from dtq_server.store.postgres import LEADER_LOCK, PostgresStore
 from dtq_server.validation import SpecInput, Violations, validate_spec
+from tests.chaos.proxy import FaultProxy
 from tests.harness import server_config
 from tests.postgres import PostgresServer, leader_backend
 
@@ -172,3 +174,30 @@ def test_a_database_that_is_not_dtq_s_is_refused(postgres_url: str) -> None:
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
         ).fetchall()
     assert tables == [("tasks",)]
+
+
+@pytest.mark.timeout(90)
+def test_a_standby_takes_over_from_a_leader_cut_off_without_a_reset(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """The server ends a silent leader's session (and frees the lock) after 5 s idle."""
+    with FaultProxy(f"127.0.0.1:{postgres_server.port}") as proxy:
+        via_proxy = postgres_url.replace(f"127.0.0.1:{postgres_server.port}/", f"{proxy.address}/")
+
+        async def scenario() -> float:
+            first = PostgresStore(via_proxy)
+            await first.open()
+            second = PostgresStore(postgres_url)
+            standby = asyncio.ensure_future(second.open())
+            proxy.blackhole()  # packets dropped both ways: no FIN, no RST
+            cut = time.monotonic()
+            await asyncio.wait_for(standby, 45)
+            took_s = time.monotonic() - cut
+            assert second.epoch == 2
+            await second.close()
+            # The old leader's writer waits on its black hole (the proxy acknowledges
+            # what it sends): left as it is, as a real cut-off coordinator would be.
+            return took_s
+
+        took_s = asyncio.run(scenario())
+    assert took_s < 15, f"the standby took over {took_s:.1f} s after the cut"
