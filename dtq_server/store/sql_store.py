@@ -1,8 +1,9 @@
 """What the SQLite and PostgreSQL stores share: every query and write, on a connection
 either of them provides (:mod:`dtq_server.store.connection`).
 
-A subclass opens the connections: a :class:`GroupCommitWriter` for writes (every
-write method returns once its group commit is durable) and ``_read`` for reads.
+A subclass opens the connections: ``_writer``, a :class:`GroupCommitWriter` (every
+write method returns once its group commit is durable), and ``_open_reader``, the
+reader thread's connection.
 """
 
 from __future__ import annotations
