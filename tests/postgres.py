@@ -340,11 +340,20 @@ class PostgresServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
         run_as = self._run_as
+        command = argv
         if run_as is not None:
             env["HOME"] = str(self.base_dir)
+            # setpriv (util-linux) switches user in the child, not subprocess's user=,
+            # group= and extra_groups=: those make Python fork() instead of vfork(),
+            # and a fork of a process with live gRPC threads runs gRPC's fork handlers
+            # in the child, which crashed it before exec (initdb "exited -11").
+            command = (
+                "setpriv", f"--reuid={run_as.pw_uid}", f"--regid={run_as.pw_gid}",
+                "--clear-groups", "--", *argv,
+            )  # fmt: skip
         try:
             done = subprocess.run(
-                argv,
+                command,
                 # The unprivileged user may not be able to read our cwd, and initdb
                 # and pg_ctl fail at startup if they cannot resolve it.
                 cwd=self.base_dir,
@@ -356,10 +365,6 @@ class PostgresServer:
                 # pg_ctl's own -t bounds its wait; this bounds everything else.
                 timeout=self.timeout_s + 10,
                 check=False,
-                # None leaves the identity alone; extra_groups=[] drops root's groups.
-                user=run_as.pw_uid if run_as else None,
-                group=run_as.pw_gid if run_as else None,
-                extra_groups=[] if run_as else None,
             )
         except subprocess.TimeoutExpired as exc:
             raise PostgresServerError(
