@@ -15,7 +15,7 @@ import pytest
 from dtq import logs
 from dtq.v1 import admin_service_pb2_grpc, task_service_pb2_grpc
 from tests import harness
-from tests.harness import InProcessCoordinator, server_config
+from tests.harness import InProcessCoordinator, Proc, server_config
 from tests.postgres import PostgresBinariesNotFound, PostgresServer
 
 
@@ -49,6 +49,15 @@ def tasks(channel: grpc.Channel) -> task_service_pb2_grpc.TaskServiceStub:
 @pytest.fixture
 def admin(channel: grpc.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
     return admin_service_pb2_grpc.AdminServiceStub(channel)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Proc]]:
+    """Child processes a test starts; all are killed at the end (stopped ones too)."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.stop()
 
 
 @pytest.fixture

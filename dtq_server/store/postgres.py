@@ -126,10 +126,6 @@ def _select_one(conn: Connection) -> None:
     conn.execute("SELECT 1")
 
 
-def _is_broken(conn: Connection) -> bool:
-    return isinstance(conn, PgConnection) and conn.broken
-
-
 class PostgresStore(SqlStore):
     """A :class:`~dtq_server.store.base.Store` on a PostgreSQL database."""
 
@@ -166,7 +162,7 @@ class PostgresStore(SqlStore):
             self._on_commit_result,
             errors=(psycopg.Error, NotLeader),
             begin="BEGIN",
-            is_broken=_is_broken,
+            is_broken=self._is_broken,
         )
 
     # -- connections -------------------------------------------------------
@@ -257,7 +253,7 @@ class PostgresStore(SqlStore):
         return self._connect()
 
     def _is_broken(self, conn: Connection) -> bool:
-        return _is_broken(conn)
+        return isinstance(conn, PgConnection) and conn.broken
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -34,14 +33,6 @@ from tests.postgres import PostgresServer, leader_backend
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
 def coordinator(root: Path, name: str, url: str, port: int, wait: bool) -> ServerProcess:
     return start_server(
         root / name, "--database-url", url, name=name, listen=f"127.0.0.1:{port}", wait=wait
@@ -60,20 +51,22 @@ def executions(witness: Path) -> set[str]:
 
 
 def test_the_standby_takes_over_a_killed_leader_and_rides_out_a_database_stop(
-    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, procs: list[Proc]
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, processes: list[Proc]
 ) -> None:
     port_a, port_b = free_loopback_port(), free_loopback_port()
     leader = coordinator(tmp_path, "a", postgres_url, port_a, wait=True)
-    procs.append(leader)
+    processes.append(leader)
     standby = coordinator(tmp_path, "b", postgres_url, port_b, wait=False)
-    procs.append(standby)
+    processes.append(standby)
     wait_until(lambda: "store.standby" in standby.log(), 20, what="b standing by")
     assert not standby.port_file.exists()  # a standby does not listen
 
     target = f"ipv4:127.0.0.1:{port_a},127.0.0.1:{port_b}"
     witness = tmp_path / "witness.log"
     for node_id in ("n1", "n2"):
-        procs.append(start_node(target, tmp_path, node_id, env={"DTQ_TEST_WITNESS": str(witness)}))
+        processes.append(
+            start_node(target, tmp_path, node_id, env={"DTQ_TEST_WITNESS": str(witness)})
+        )
     with Client(target) as client:
         wait_until(
             lambda: sum(n.state is NodeState.ACTIVE for n in client.nodes()) == 2, 20, what="nodes"
@@ -128,7 +121,7 @@ def test_the_standby_takes_over_a_killed_leader_and_rides_out_a_database_stop(
 
     # A standby asked to stop (SIGTERM) exits at once, cleanly.
     spare = coordinator(tmp_path, "c", postgres_url, free_loopback_port(), wait=False)
-    procs.append(spare)
+    processes.append(spare)
     wait_until(lambda: "store.standby" in spare.log(), 20, what="c standing by")
     spare.signal(signal.SIGTERM)
     assert spare.wait(10) == 0
@@ -142,12 +135,14 @@ def serving(address: str) -> bool:
 
 
 def test_a_leader_that_loses_the_lock_steps_down_and_leads_again_once_it_is_free(
-    tmp_path: Path, postgres_url: str, procs: list[Proc]
+    tmp_path: Path, postgres_url: str, processes: list[Proc]
 ) -> None:
     server = coordinator(tmp_path, "a", postgres_url, free_loopback_port(), wait=True)
-    procs.append(server)
+    processes.append(server)
     witness = tmp_path / "witness.log"
-    procs.append(start_node(server.address, tmp_path, "n1", env={"DTQ_TEST_WITNESS": str(witness)}))
+    processes.append(
+        start_node(server.address, tmp_path, "n1", env={"DTQ_TEST_WITNESS": str(witness)})
+    )
     with Client(server.address) as client:
         wait_until(lambda: any(n.state is NodeState.ACTIVE for n in client.nodes()), 20)
         first = [client.submit("witness").id for _ in range(20)]
@@ -177,15 +172,15 @@ def test_a_leader_that_loses_the_lock_steps_down_and_leads_again_once_it_is_free
 
 
 def test_a_node_backs_off_while_its_results_cannot_be_committed(
-    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, procs: list[Proc]
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, processes: list[Proc]
 ) -> None:
     """A result that fails to commit ends the node's stream; the node registers again at
     once and resends it, which fails again. Without a pause after such quick breaks it
     did that in a tight loop: 2,661 times in a 5 s outage (each a new database connect)."""
     server = coordinator(tmp_path, "a", postgres_url, free_loopback_port(), wait=True)
-    procs.append(server)
+    processes.append(server)
     node = start_node(server.address, tmp_path, "n1")
-    procs.append(node)
+    processes.append(node)
     with Client(server.address) as client:
         wait_until(lambda: any(n.state is NodeState.ACTIVE for n in client.nodes()), 20)
         task = client.submit("witness", {"sleep": 0.5})

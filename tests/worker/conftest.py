@@ -9,7 +9,7 @@ import pytest
 
 from dtq_client import Client
 from dtq_worker import Node, Registry, WorkerConfig
-from tests.harness import InProcessCoordinator, Proc
+from tests.harness import InProcessCoordinator
 from tests.worker.nodes import FAST_TIMING, Gates, RunningNode, node_registry
 
 
@@ -63,12 +63,3 @@ def client(coordinator_fast: InProcessCoordinator) -> Iterator[Client]:
     """A client of ``coordinator_fast``."""
     with Client(coordinator_fast.address) as connected:
         yield connected
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Proc]]:
-    """Child processes a test starts; all are killed at the end (stopped ones too)."""
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        proc.stop()
