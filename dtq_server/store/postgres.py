@@ -259,15 +259,15 @@ class PostgresStore(SqlStore):
 
     async def open(self) -> None:
         """Wait until this coordinator leads (a standby waits here), then open."""
-        waiting_since: float | None = None
+        logged = False
         while True:
             try:
                 await asyncio.to_thread(self._writer.start)
                 self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
                 return
             except (NotLeader, psycopg.OperationalError) as exc:
-                if waiting_since is None:
-                    waiting_since = time.monotonic()
+                if not logged:  # once: a standby may wait for hours
+                    logged = True
                     log.info("store.standby", reason=str(exc).strip())
             self._writer = self._new_writer()  # a writer's thread starts only once
             await asyncio.sleep(STANDBY_POLL_S)
