@@ -160,7 +160,16 @@ class Scheduler:
         results = await self._store.fire_schedule(
             schedule.name, schedule.next_fire_at, following, ticks, tasks
         )
-        if results is None:  # moved meanwhile (paused, deleted, fired): reread next round
+        if results is None:
+            # Moved meanwhile (paused, deleted, fired), and what memory holds may be older
+            # than the store (a CreateSchedule answered "exists" with the row as it was
+            # before a fire committed): fired again from there, every round would fail the
+            # same way, and the schedule would never tick again. Read it back.
+            stored = {s.name: s for s in await self._store.load_schedules()}
+            if schedule.name in stored:
+                self._schedules[schedule.name] = stored[schedule.name]
+            else:
+                self._schedules.pop(schedule.name, None)
             return
         if self._schedules.get(schedule.name) is schedule:
             self._schedules[schedule.name] = dataclasses.replace(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import UTC, datetime
 
@@ -160,3 +161,31 @@ def test_a_stop_that_lands_as_the_schedules_change_still_stops_the_scheduler(
         return task.cancelled()
 
     assert coordinator.call(race())
+
+
+def test_a_schedule_whose_memory_is_behind_the_store_keeps_ticking(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """Memory older than the store (a CreateSchedule answered "exists" with the row read
+    before a fire committed) made every fire fail its fence, for ever."""
+    with grpc.insecure_channel(coordinator.address) as channel:
+        schedules, tasks = ScheduleServiceStub(channel), TaskServiceStub(channel)
+        spec = pb.Schedule(name="behind", cron="* * * * * *", task=task_pb2.TaskSpec(
+            type="echo", queue="behind"))  # fmt: skip
+        schedules.CreateSchedule(pb.CreateScheduleRequest(schedule=spec), timeout=10)
+
+        def fired() -> int:
+            request = task_service_pb2.ListTasksRequest(queue="behind")
+            return len(tasks.ListTasks(request, timeout=10).tasks)
+
+        wait_until(lambda: fired() >= 1, 5, what="a first tick")
+        scheduler = coordinator.server.coordinator.scheduler
+
+        def set_behind() -> None:
+            current = scheduler.get("behind")
+            stale = dataclasses.replace(current, next_fire_at=current.next_fire_at - 1.0)
+            scheduler._schedules["behind"] = stale  # as the racing "exists" answer left it
+
+        coordinator.run(set_behind)
+        before = fired()
+        wait_until(lambda: fired() >= before + 2, 5, what="two more ticks")
