@@ -68,6 +68,7 @@ from dtq_client.models import (
     SubmittedGroup,
     Task,
     TaskError,
+    TaskPage,
     TaskSpec,
     TaskState,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskNotFound",
+    "TaskPage",
     "TaskSpec",
     "TaskState",
     "TaskTerminal",

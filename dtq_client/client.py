@@ -55,6 +55,7 @@ from dtq_client.models import (
     SubmitResult,
     SubmittedGroup,
     Task,
+    TaskPage,
     TaskSpec,
     TaskState,
 )
@@ -461,22 +462,43 @@ class Client(ScheduleCalls, ClusterCalls):
         headers: Mapping[str, str] | None = None,
     ) -> Iterator[Task]:
         """Every task matching the filters, newest first, fetched a page at a time."""
-        request = task_service_pb2.ListTasksRequest(
-            queue=queue or "",
-            state=task_requests.state_filter(state),
-            type=type or "",
-            page_size=page_size,
-            headers=headers or {},
-        )
+        token = ""
         while True:
-            response: task_service_pb2.ListTasksResponse = self._unary(
-                self._tasks.ListTasks, request, retry.READ_CODES
+            page = self.list_tasks_page(
+                queue=queue,
+                state=state,
+                type=type,
+                page_size=page_size,
+                headers=headers,
+                page_token=token,
             )
-            for message in response.tasks:
-                yield convert.task_from_proto(message)
-            if not response.next_page_token:
+            yield from page.tasks
+            if not page.next_page_token:
                 return
-            request.page_token = response.next_page_token
+            token = page.next_page_token
+
+    def list_tasks_page(
+        self,
+        queue: str | None = None,
+        state: TaskState | str | None = None,
+        type: str | None = None,
+        page_size: int = 100,
+        headers: Mapping[str, str] | None = None,
+        page_token: str = "",
+    ) -> TaskPage:
+        """One page of the tasks matching the filters, newest first.
+
+        For callers that page themselves (a web page's "older" link): pass the
+        page's ``next_page_token`` with the same filters for the next one. A token
+        stays valid while tasks are added or finish (it marks a place in
+        submission order, not an offset); one from other filters is refused
+        (:class:`InvalidArgument`).
+        """
+        request = task_requests.list_request(queue, state, type, page_size, headers, page_token)
+        response: task_service_pb2.ListTasksResponse = self._unary(
+            self._tasks.ListTasks, request, retry.READ_CODES
+        )
+        return task_requests.task_page(response)
 
     # --- waiting -------------------------------------------------------------------------
 

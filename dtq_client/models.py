@@ -277,6 +277,17 @@ class SubmitAck:
 
 
 @dataclass(frozen=True)
+class TaskPage:
+    """One page of a task listing (:meth:`Client.list_tasks_page
+    <dtq_client.Client.list_tasks_page>`), newest first."""
+
+    tasks: tuple[Task, ...]
+    next_page_token: str
+    """Pass as ``page_token`` for the next (older) page, with the same filters; empty on
+    the last page."""
+
+
+@dataclass(frozen=True)
 class SubmittedGroup:
     """What :meth:`dtq_client.Client.submit_group` stored: the group id and one result per spec."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,7 +25,7 @@ from dtq_client.errors import (
     SubmitManyError,
     WaitTimeout,
 )
-from dtq_client.models import SubmitResult, SubmittedGroup, TaskSpec, TaskState
+from dtq_client.models import SubmitResult, SubmittedGroup, TaskPage, TaskSpec, TaskState
 
 SPEC_FRAMING_BYTES = 6
 """Bytes a spec adds to a SubmitTasks request beyond its own size (tag and length)."""
@@ -150,6 +150,31 @@ def _stored_group_id(answered: str, results: Iterable[SubmitResult]) -> str:
 def state_filter(state: TaskState | str | None) -> task_pb2.TaskState:
     """The wire value of a state filter given as a model enum or its name; None is any state."""
     return convert.task_state_to_proto(None if state is None else TaskState(state))
+
+
+def list_request(
+    queue: str | None,
+    state: TaskState | str | None,
+    type: str | None,
+    page_size: int,
+    headers: Mapping[str, str] | None,
+    page_token: str = "",
+) -> task_service_pb2.ListTasksRequest:
+    """A ListTasks request for these filters (the coordinator checks the page size)."""
+    return task_service_pb2.ListTasksRequest(
+        queue=queue or "",
+        state=state_filter(state),
+        type=type or "",
+        page_size=page_size,
+        headers=headers or {},
+        page_token=page_token,
+    )
+
+
+def task_page(response: task_service_pb2.ListTasksResponse) -> TaskPage:
+    """A ListTasks answer as a model."""
+    tasks = tuple(convert.task_from_proto(message) for message in response.tasks)
+    return TaskPage(tasks=tasks, next_page_token=response.next_page_token)
 
 
 def page_size(limit: int) -> int:

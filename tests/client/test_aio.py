@@ -110,6 +110,12 @@ def test_submit_get_list_and_cancel(cluster: Cluster, queue: str) -> None:
             assert [t.id for t in await client.list_tasks(queue=queue, limit=1)] == [other.id]
             paged = [t.id async for t in client.iter_tasks(queue=queue, page_size=1)]
             assert paged == [other.id, task.id]
+            page = await client.list_tasks_page(queue=queue, page_size=1)
+            assert ([t.id for t in page.tasks], bool(page.next_page_token)) == ([other.id], True)
+            page = await client.list_tasks_page(
+                queue=queue, page_size=1, page_token=page.next_page_token
+            )
+            assert ([t.id for t in page.tasks], page.next_page_token) == ([task.id], "")
             by_header = await client.list_tasks(queue=queue, headers={"tenant": "acme"})
             assert [t.id for t in by_header] == [task.id]
             assert (await client.cancel(task.id)).state is TaskState.CANCELLED

@@ -283,6 +283,21 @@ def test_iter_tasks_follows_page_tokens(client: Client, queue: str) -> None:
     assert [t.id for t in cancelled] == [jobs[0].id]
 
 
+def test_list_tasks_page_hands_out_tokens_that_hold_their_place(client: Client, queue: str) -> None:
+    specs = [TaskSpec("job", i, queue=queue) for i in range(5)]
+    ids = [r.task_id for r in client.submit_many(specs, answer="ack")]
+    first = client.list_tasks_page(queue=queue, page_size=2)
+    assert [t.id for t in first.tasks] == ids[:2:-1] and first.next_page_token
+    client.submit("job", queue=queue)  # newer: not on the pages after the first
+    second = client.list_tasks_page(queue=queue, page_size=2, page_token=first.next_page_token)
+    assert [t.id for t in second.tasks] == ids[2:0:-1] and second.next_page_token
+    last = client.list_tasks_page(queue=queue, page_size=2, page_token=second.next_page_token)
+    assert ([t.id for t in last.tasks], last.next_page_token) == ([ids[0]], "")
+    with pytest.raises(InvalidArgument) as info:  # a token belongs to its filters
+        client.list_tasks_page(queue=queue, type="job", page_token=first.next_page_token)
+    assert info.value.field_violations[0][0] == "page_token"
+
+
 def test_unreachable_address_gives_up_as_unavailable(
     retries: Callable[[], list[logging.LogRecord]],
 ) -> None:

@@ -48,6 +48,7 @@ EXPECTED = {
     "Task",
     "TaskError",
     "TaskNotFound",
+    "TaskPage",
     "TaskSpec",
     "TaskState",
     "TaskTerminal",
@@ -77,7 +78,9 @@ def test_client_methods_are_documented() -> None:
     # The methods come from Client and its call groups (ClusterCalls, ScheduleCalls).
     public = [name for name in dir(dtq_client.Client) if not name.startswith("_")]
     assert {"submit", "submit_many", "get", "wait", "watch", "cancel", "list_tasks"} <= set(public)
-    assert {"iter_tasks", "nodes", "drain", "queues", "health", "close"} <= set(public)
+    assert {"iter_tasks", "list_tasks_page", "nodes", "drain", "queues", "health", "close"} <= set(
+        public
+    )
     assert {"cancel_tasks", "retry", "purge", "submit_group", "get_group"} <= set(public)
     assert "submitter" in public
     assert {"pause_queue", "resume_queue", "set_queue_limit", "set_queue_rate_limit"} <= set(public)
