@@ -72,6 +72,7 @@ from dtq_client.models import (
     TaskSpec,
     TaskState,
 )
+from dtq_client.submit_options import SubmitOptions
 from dtq_client.submitter import Submitter
 
 __all__ = [
@@ -112,6 +113,7 @@ __all__ = [
     "ScheduleNotFound",
     "SubmitAck",
     "SubmitManyError",
+    "SubmitOptions",
     "SubmitResult",
     "SubmittedGroup",
     "Submitter",

@@ -23,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
-from datetime import datetime
-from typing import Any, Literal, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, Unpack, overload
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,7 +44,6 @@ from dtq_client.errors import (
     translate_rpc_errors,
 )
 from dtq_client.models import (
-    DependencyFailure,
     Group,
     SubmitAck,
     SubmitResult,
@@ -56,6 +53,7 @@ from dtq_client.models import (
     TaskSpec,
     TaskState,
 )
+from dtq_client.submit_options import SubmitOptions, random_key, spec_of
 
 _R = TypeVar("_R")
 
@@ -148,48 +146,11 @@ class AsyncClient(WatchCalls):
         self,
         type: str,
         payload: object = None,
-        *,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        idempotency_key: str | None = None,
-        content_type: str | None = None,
-        retry_backoff_s: float | None = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        delay_s: float | None = None,
-        execution_timeout_s: float | None = None,
-        schedule_to_start_timeout_s: float | None = None,
-        result_ttl_s: float | None = None,
-        rate_key: str | None = None,
-        depends_on: Iterable[str] = (),
-        on_dependency_failure: DependencyFailure | str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Task:
         """Submit one task and return it as stored; see :meth:`Client.submit
         <dtq_client.Client.submit>` (the same arguments, idempotency and errors)."""
-        if isinstance(depends_on, str):
-            raise TypeError("depends_on must be a collection of task ids, not one string")
-        spec = TaskSpec(
-            type=type,
-            payload=payload,
-            content_type=content_type,
-            queue=queue,
-            max_attempts=max_attempts,
-            idempotency_key=idempotency_key or uuid.uuid4().hex,
-            retry_backoff_s=retry_backoff_s,
-            priority=priority,
-            run_at=run_at,
-            delay_s=delay_s,
-            execution_timeout_s=execution_timeout_s,
-            schedule_to_start_timeout_s=schedule_to_start_timeout_s,
-            result_ttl_s=result_ttl_s,
-            rate_key=rate_key,
-            depends_on=tuple(depends_on),
-            on_dependency_failure=(
-                None if on_dependency_failure is None else DependencyFailure(on_dependency_failure)
-            ),
-            headers=headers or {},
-        )
+        spec = spec_of(type, payload, options, random_key)
         request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
         self._stamp((request.task,))
         response: task_service_pb2.SubmitTaskResponse = await self._unary(
@@ -208,7 +169,7 @@ class AsyncClient(WatchCalls):
         followed with :meth:`wait`.
         """
         if not spec.idempotency_key:
-            spec = replace(spec, idempotency_key=uuid.uuid4().hex)
+            spec = replace(spec, idempotency_key=random_key())
         request = task_service_pb2.SubmitAndWatchTaskRequest(task=convert.spec_to_proto(spec))
         self._stamp((request.task,))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

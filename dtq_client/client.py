@@ -23,11 +23,9 @@ import contextlib
 import itertools
 import threading
 import time
-import uuid
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import replace
-from datetime import datetime
-from typing import Any, Literal, Protocol, Self, overload
+from typing import Any, Literal, Protocol, Self, Unpack, overload
 
 import grpc
 
@@ -48,7 +46,6 @@ from dtq_client.errors import (
 )
 from dtq_client.models import (
     CancelCounts,
-    DependencyFailure,
     Group,
     RetryResult,
     SubmitAck,
@@ -60,6 +57,7 @@ from dtq_client.models import (
     TaskState,
 )
 from dtq_client.schedules import ScheduleCalls
+from dtq_client.submit_options import SubmitOptions, random_key, spec_of
 from dtq_client.submitter import DEFAULT_WINDOW, Submitter
 
 
@@ -144,24 +142,12 @@ class Client(ScheduleCalls, ClusterCalls):
         self,
         type: str,
         payload: object = None,
-        *,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        idempotency_key: str | None = None,
-        content_type: str | None = None,
-        retry_backoff_s: float | None = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        delay_s: float | None = None,
-        execution_timeout_s: float | None = None,
-        schedule_to_start_timeout_s: float | None = None,
-        result_ttl_s: float | None = None,
-        rate_key: str | None = None,
-        depends_on: Iterable[str] = (),
-        on_dependency_failure: DependencyFailure | str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Task:
-        """Submit one task and return it as stored (see :class:`TaskSpec` for the arguments).
+        """Submit one task and return it as stored.
+
+        The keywords are :class:`SubmitOptions`: a :class:`TaskSpec`'s fields (see
+        it for each); a keyword that is not one of them raises TypeError.
 
         With ``depends_on`` (ids of existing tasks) the task is WAITING until
         they all succeed; if one fails or is cancelled, the task fails
@@ -176,29 +162,7 @@ class Client(ScheduleCalls, ClusterCalls):
         ``delay_s`` are not part of that comparison (``delay_s`` counts from
         each submit, so a retried submit could never match otherwise).
         """
-        if isinstance(depends_on, str):
-            raise TypeError("depends_on must be a collection of task ids, not one string")
-        spec = TaskSpec(
-            type=type,
-            payload=payload,
-            content_type=content_type,
-            queue=queue,
-            max_attempts=max_attempts,
-            idempotency_key=idempotency_key or uuid.uuid4().hex,
-            retry_backoff_s=retry_backoff_s,
-            priority=priority,
-            run_at=run_at,
-            delay_s=delay_s,
-            execution_timeout_s=execution_timeout_s,
-            schedule_to_start_timeout_s=schedule_to_start_timeout_s,
-            result_ttl_s=result_ttl_s,
-            rate_key=rate_key,
-            depends_on=tuple(depends_on),
-            on_dependency_failure=(
-                None if on_dependency_failure is None else DependencyFailure(on_dependency_failure)
-            ),
-            headers=headers or {},
-        )
+        spec = spec_of(type, payload, options, random_key)
         request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
         self._stamp((request.task,))
         response: task_service_pb2.SubmitTaskResponse = self._unary(
@@ -222,7 +186,7 @@ class Client(ScheduleCalls, ClusterCalls):
         with :meth:`wait`.
         """
         if not spec.idempotency_key:
-            spec = replace(spec, idempotency_key=uuid.uuid4().hex)
+            spec = replace(spec, idempotency_key=random_key())
         request = task_service_pb2.SubmitAndWatchTaskRequest(task=convert.spec_to_proto(spec))
         self._stamp((request.task,))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

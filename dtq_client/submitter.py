@@ -39,11 +39,10 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Protocol, Self
+from typing import Protocol, Self, Unpack
 
 import grpc
 
@@ -58,7 +57,8 @@ from dtq_client.errors import (
     from_status,
     translate_rpc_errors,
 )
-from dtq_client.models import DependencyFailure, SubmitAck, TaskSpec
+from dtq_client.models import SubmitAck, TaskSpec
+from dtq_client.submit_options import SubmitOptions, spec_of
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +149,7 @@ class Submitter:
         self,
         type: str,
         payload: object = None,
-        *,
-        queue: str | None = None,
-        max_attempts: int | None = None,
-        idempotency_key: str | None = None,
-        content_type: str | None = None,
-        retry_backoff_s: float | None = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        delay_s: float | None = None,
-        execution_timeout_s: float | None = None,
-        schedule_to_start_timeout_s: float | None = None,
-        result_ttl_s: float | None = None,
-        rate_key: str | None = None,
-        depends_on: Iterable[str] = (),
-        on_dependency_failure: DependencyFailure | str | None = None,
-        headers: Mapping[str, str] | None = None,
+        **options: Unpack[SubmitOptions],
     ) -> Future[SubmitAck]:
         """Queue one task (arguments as :meth:`dtq_client.Client.submit`); a future of its answer.
 
@@ -173,30 +158,7 @@ class Submitter:
         the error :meth:`Client.submit <dtq_client.Client.submit>` would raise
         (:class:`InvalidArgument`, :class:`AlreadyExists`, ...).
         """
-        if isinstance(depends_on, str):
-            raise TypeError("depends_on must be a collection of task ids, not one string")
-        spec = TaskSpec(
-            type=type,
-            payload=payload,
-            content_type=content_type,
-            queue=queue,
-            max_attempts=max_attempts,
-            # Generated here rather than by submit_spec: one dataclass instead of two.
-            idempotency_key=idempotency_key or self._new_key(),
-            retry_backoff_s=retry_backoff_s,
-            priority=priority,
-            run_at=run_at,
-            delay_s=delay_s,
-            execution_timeout_s=execution_timeout_s,
-            schedule_to_start_timeout_s=schedule_to_start_timeout_s,
-            result_ttl_s=result_ttl_s,
-            rate_key=rate_key,
-            depends_on=tuple(depends_on),
-            on_dependency_failure=(
-                None if on_dependency_failure is None else DependencyFailure(on_dependency_failure)
-            ),
-            headers=headers or {},
-        )
+        spec = spec_of(type, payload, options, self._new_key)
         return self.submit_spec(spec)
 
     def submit_spec(self, spec: TaskSpec) -> Future[SubmitAck]:

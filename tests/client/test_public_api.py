@@ -42,6 +42,7 @@ EXPECTED = {
     "ScheduleNotFound",
     "SubmitAck",
     "SubmitManyError",
+    "SubmitOptions",
     "SubmitResult",
     "SubmittedGroup",
     "Submitter",
