@@ -54,6 +54,8 @@ def spec_of(
     TypeError for a keyword submit does not take, as a misspelt keyword
     argument of a plain signature would raise: a typo must not be dropped silently.
     """
+    if not options:  # the common call, submit(type, payload): nothing to convert
+        return TaskSpec(type, payload, idempotency_key=new_key())
     if not _KNOWN.issuperset(options):
         unknown = sorted(set(options) - _KNOWN)
         raise TypeError(f"submit() got unexpected keyword arguments: {', '.join(unknown)}")
