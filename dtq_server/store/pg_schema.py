@@ -5,11 +5,12 @@ Column names and meanings are those of :mod:`dtq_server.store.schema`, so the
 same SQL runs on both. REAL becomes DOUBLE PRECISION (PostgreSQL's REAL has 24
 bits: a wall-clock time would lose its milliseconds) and BLOB becomes BYTEA.
 Every statement is idempotent: the leader runs them all when it takes the lead.
+``SCHEMA`` is version 1 and stays so; a change to it is a new entry of
+``MIGRATIONS``, which the leader applies in order, each in its own transaction
+with the version it brings (as the SQLite store does).
 """
 
 from __future__ import annotations
-
-SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dtq_coordinator (
@@ -111,3 +112,7 @@ CREATE OR REPLACE FUNCTION json_extract(doc TEXT, path TEXT) RETURNS TEXT
     LANGUAGE sql IMMUTABLE STRICT
     AS $$ SELECT (doc::jsonb) ->> substr(path, 4, length(path) - 4) $$;
 """
+
+MIGRATIONS: tuple[str, ...] = ()
+"""Entry ``n`` takes a database from version ``n + 1`` to ``n + 2``."""
+SCHEMA_VERSION = 1 + len(MIGRATIONS)

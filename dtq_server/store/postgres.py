@@ -33,9 +33,9 @@ import structlog
 from psycopg import pq
 
 from dtq_server.errors import StoreUnavailable
+from dtq_server.store import pg_schema
 from dtq_server.store.base import StoreCorrupt
 from dtq_server.store.connection import Connection, Cursor
-from dtq_server.store.pg_schema import SCHEMA, SCHEMA_VERSION
 from dtq_server.store.sql_store import SqlStore
 from dtq_server.store.writer import GroupCommitWriter
 
@@ -213,16 +213,22 @@ class PostgresStore(SqlStore):
             version = None if row is None else row[0]
         if version is None and found[1]:
             raise StoreCorrupt("the database has a tasks table but is not a DTQ database")
-        if version is not None and version > SCHEMA_VERSION:
+        known = pg_schema.SCHEMA_VERSION
+        if version is not None and version > known:
             raise StoreCorrupt(
-                f"the database has DTQ schema version {version}; this DTQ knows {SCHEMA_VERSION}"
+                f"the database has DTQ schema version {version}; this DTQ knows {known}"
             )
-        conn.script(SCHEMA)
+        conn.script(pg_schema.SCHEMA)
         if version is None:
-            conn.execute(
-                "INSERT INTO dtq_coordinator (schema_version, leader_epoch) VALUES (?, 0)",
-                (SCHEMA_VERSION,),
+            conn.execute("INSERT INTO dtq_coordinator (schema_version, leader_epoch) VALUES (1, 0)")
+            version = 1
+        for number, migration in enumerate(pg_schema.MIGRATIONS[version - 1 :], start=version + 1):
+            # One transaction each (PostgreSQL's DDL is transactional): a migration
+            # that fails leaves the database at the version before it.
+            conn.script(
+                f"BEGIN; {migration}; UPDATE dtq_coordinator SET schema_version = {number}; COMMIT;"
             )
+            log.info("store.migrated", version=number)
         epoch: int = conn.execute(
             "UPDATE dtq_coordinator SET leader_epoch = leader_epoch + 1, leader = ?, "
             "leader_since = ? RETURNING leader_epoch",

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from dtq_server.errors import StoreUnavailable
-from dtq_server.store import postgres
+from dtq_server.store import pg_schema, postgres
 from dtq_server.store.base import StoreCorrupt
 from dtq_server.store.postgres import LEADER_LOCK, PostgresStore
 from dtq_server.validation import SpecInput, Violations, validate_spec
@@ -158,6 +158,50 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
             await PostgresStore(postgres_url).open()
 
     asyncio.run(scenario())
+
+
+def test_migrations_run_once_each_and_a_failed_one_changes_nothing(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def version_and_columns() -> tuple[int, set[str]]:
+        with psycopg.connect(postgres_url) as conn:
+            [(version,)] = conn.execute("SELECT schema_version FROM dtq_coordinator").fetchall()
+            columns = conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks'"
+            ).fetchall()
+        return version, {name for (name,) in columns}
+
+    async def reopen() -> list[str]:
+        store = PostgresStore(postgres_url)
+        try:
+            await store.open()
+            return [t.id for t in await store.load_active()]
+        finally:
+            await store.close()
+
+    async def first() -> str:
+        store = PostgresStore(postgres_url)
+        await store.open()
+        [(task, _)] = await store.insert([new_task()])
+        await store.close()
+        return task.id
+
+    stored = asyncio.run(first())
+    assert version_and_columns()[0] == 1
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", ("ALTER TABLE tasks ADD COLUMN note TEXT",))
+    monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", 2)
+    assert asyncio.run(reopen()) == [stored]
+    version, columns = version_and_columns()
+    assert version == 2 and "note" in columns
+    assert asyncio.run(reopen()) == [stored]  # not run again: a second ADD COLUMN would fail
+
+    broken = "ALTER TABLE tasks ADD COLUMN half TEXT; SELECT 1 / 0"
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", (pg_schema.MIGRATIONS[0], broken))
+    monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", 3)
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        asyncio.run(reopen())
+    version, columns = version_and_columns()
+    assert version == 2 and "half" not in columns
 
 
 def test_a_database_that_is_not_dtq_s_is_refused(postgres_url: str) -> None:
