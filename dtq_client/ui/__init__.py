@@ -8,6 +8,7 @@ is in this package: no CDN, no build step. Install with ``pip install 'dtq[ui]'`
 
 * :mod:`~dtq_client.ui.settings` - :class:`UiConfig`, and the loopback rule
 * :mod:`~dtq_client.ui.gateway` - the coordinator calls, in worker threads
+* :mod:`~dtq_client.ui.listing` - the task list's filters and page tokens
 * :mod:`~dtq_client.ui.present` - how times, sizes and payloads are shown
 * :mod:`~dtq_client.ui.pages` / :mod:`~dtq_client.ui.actions` - the GET and POST routes
 * :mod:`~dtq_client.ui.guard` - CSRF, Host check and security headers

@@ -4,7 +4,8 @@
 path                        method  what
 ==========================  ======  =============================================
 ``/``                       GET     overview: health, queues, nodes
-``/tasks``                  GET     task list (``queue``, ``state``, ``type``, ``offset``)
+``/tasks``                  GET     task list (``queue``, ``state``, ``type``, ``header``,
+                                    ``page_token``)
 ``/tasks/{id}``             GET     one task
 ``/tasks/{id}/cancel``      POST    cancel it
 ``/tasks/{id}/retry``       POST    retry it (failed or cancelled)

@@ -4,38 +4,25 @@ The blocking client runs each call in a worker thread (``anyio.to_thread``), so
 a slow or unreachable coordinator never stalls the server's event loop: pages
 wait, other requests go on. Errors stay :class:`~dtq_client.DtqError` s; the
 pages turn them into readable messages with :func:`describe` and :func:`http_status`.
-
-The task list pages by offset: :meth:`Client.iter_tasks
-<dtq_client.Client.iter_tasks>` follows the coordinator's page tokens itself
-and the public client does not hand them out, so page ``n`` reads the ``n``
-pages before it again. ``UiConfig.max_offset`` bounds how deep that goes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 import grpc
 from anyio import to_thread
 
 from dtq_client.client import Client
-from dtq_client.errors import DtqError, RpcError
+from dtq_client.errors import DtqError, InvalidArgument, RpcError
 from dtq_client.models import Node, QueueStats, Task, TaskState
+from dtq_client.ui.listing import StaleToken, TaskListing, TaskQuery
 from dtq_client.ui.settings import UiConfig
 
 T = TypeVar("T")
-
-_SKIP_PAGE_SIZE = 500
-"""Tasks per ListTasks call while reading down to a deep offset."""
-
-_MAX_FILTER_CHARS = 200
-"""Longest queue or type filter accepted (the coordinator's longest type name)."""
-
-_STATES = frozenset(state.value for state in TaskState)
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -81,57 +68,6 @@ class Overview:
     nodes: Part[list[Node]]
 
 
-class QueryError(ValueError):
-    """A task-list filter the UI cannot send (an unknown state, a too long name)."""
-
-
-@dataclass(frozen=True)
-class TaskQuery:
-    """The task list's filters and position; "" means no filter."""
-
-    queue: str = ""
-    state: str = ""
-    type: str = ""
-    offset: int = 0
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, str], max_offset: int) -> TaskQuery:
-        """The query in a URL's parameters; :class:`QueryError` for a bad value."""
-        state = params.get("state", "").strip().lower()
-        if state and state not in _STATES:
-            raise QueryError(f"unknown state {state!r}")
-        queue, type_ = params.get("queue", "").strip(), params.get("type", "").strip()
-        if len(queue) > _MAX_FILTER_CHARS or len(type_) > _MAX_FILTER_CHARS:
-            raise QueryError(f"queue and type filters are at most {_MAX_FILTER_CHARS} characters")
-        raw_offset = params.get("offset", "0")
-        if not raw_offset.isdigit():
-            raise QueryError(f"offset must be a whole number, got {raw_offset!r}")
-        return cls(queue, state, type_, min(int(raw_offset), max_offset))
-
-    def params(self, **changes: str | int) -> dict[str, str | int]:
-        """The URL parameters of this query with ``changes``, leaving out empty ones."""
-        values: dict[str, str | int] = {
-            "queue": self.queue,
-            "state": self.state,
-            "type": self.type,
-            "offset": self.offset,
-            **changes,
-        }
-        return {key: value for key, value in values.items() if value}
-
-
-@dataclass(frozen=True)
-class TaskListing:
-    """One page of the task list, newest first."""
-
-    query: TaskQuery
-    tasks: list[Task]
-    older_offset: int | None
-    """The offset of the next (older) page; None on the last page or at the depth limit."""
-    newer_offset: int | None
-    """The offset of the previous (newer) page; None on the first page."""
-
-
 class Gateway:
     """Every coordinator call the UI makes; each runs in a worker thread."""
 
@@ -144,6 +80,8 @@ class Gateway:
         """The coordinator's address, as the client was given it."""
         return self._client.config.address
 
+    # --- reading -------------------------------------------------------------------------
+
     async def overview(self) -> Overview:
         """Health, queues and nodes, fetched at once; one failing leaves the others shown."""
         health, queues, nodes = await asyncio.gather(
@@ -154,30 +92,34 @@ class Gateway:
         return Overview(health=health, queues=queues, nodes=nodes)
 
     async def tasks(self, query: TaskQuery) -> TaskListing:
-        """The page of tasks ``query`` asks for."""
+        """The page of tasks ``query`` asks for; :class:`StaleToken` if its token is refused."""
         return await to_thread.run_sync(self._list_tasks, query)
 
     def _list_tasks(self, query: TaskQuery) -> TaskListing:
-        size = self._config.page_size
-        wanted = query.offset + size + 1  # one more than shown: is there an older page?
-        tasks = self._client.iter_tasks(
-            queue=query.queue or None,
-            state=query.state or None,
-            type=query.type or None,
-            page_size=min(wanted, _SKIP_PAGE_SIZE),
-        )
-        page = list(itertools.islice(tasks, query.offset, wanted))
-        older = query.offset + size
-        return TaskListing(
-            query=query,
-            tasks=page[:size],
-            older_offset=older if len(page) > size and older <= self._config.max_offset else None,
-            newer_offset=max(query.offset - size, 0) if query.offset else None,
-        )
+        try:
+            page = self._client.list_tasks_page(
+                queue=query.queue or None,
+                state=query.state or None,
+                type=query.type or None,
+                headers=query.headers,
+                page_size=self._config.page_size,
+                page_token=query.page_token,
+            )
+        except InvalidArgument as exc:
+            if any(field == "page_token" for field, _ in exc.field_violations):
+                raise StaleToken(
+                    "this page's link no longer fits its filters (they changed, or the link "
+                    "is from another listing): start again from the newest tasks",
+                    replace(query, page_token=""),
+                ) from exc
+            raise
+        return TaskListing(query=query, tasks=page.tasks, older_token=page.next_page_token)
 
     async def task(self, task_id: str) -> Task:
         """One task, every field of it."""
         return await to_thread.run_sync(self._client.get, task_id)
+
+    # --- acting --------------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> str:
         """Cancel a task; what happened, as a message."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,7 +19,8 @@ from starlette.templating import Jinja2Templates
 from dtq_client.errors import DtqError
 from dtq_client.models import TaskState
 from dtq_client.ui import present
-from dtq_client.ui.gateway import Gateway, QueryError, TaskQuery, describe, http_status
+from dtq_client.ui.gateway import Gateway, describe, http_status
+from dtq_client.ui.listing import QueryError, StaleToken, TaskQuery
 from dtq_client.ui.settings import UiConfig
 
 FRAGMENT_HEADER = "x-dtq-fragment"
@@ -41,15 +43,23 @@ class Pages:
         return self._render(request, "_overview.html", "Overview", overview=overview)
 
     async def tasks(self, request: Request) -> Response:
-        """Tasks, newest first, filtered by queue, state and type, a page at a time."""
+        """Tasks, newest first, filtered by queue, state, type and a header, a page at a time."""
         try:
-            query = TaskQuery.from_params(request.query_params, self._config.max_offset)
-        except QueryError as exc:
-            return self._render(
-                request, "_error.html", "Tasks", status=400, query=TaskQuery(), error=str(exc)
-            )
-        try:
+            query = TaskQuery.from_params(request.query_params)
             listing = await self._gateway.tasks(query)
+        except QueryError as exc:
+            # A bad token leaves good filters: keep them, and offer their newest page.
+            shown = exc.query if isinstance(exc, StaleToken) else TaskQuery()
+            return self._render(
+                request,
+                "_error.html",
+                "Tasks",
+                status=400,
+                query=shown,
+                error=str(exc),
+                back="/tasks?" + urlencode(shown.params()),
+                back_label="Newest tasks",
+            )
         except DtqError as exc:
             return self._render(
                 request,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dtq.tls import is_loopback
+from dtq_client.task_requests import MAX_PAGE_SIZE
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 """Where the UI listens by default: loopback only."""
@@ -26,9 +27,7 @@ class UiConfig:
     refresh_s: float = 2.0
     """How often an open page fetches its data again."""
     page_size: int = 50
-    """Tasks per page of the task list."""
-    max_offset: int = 2_000
-    """Deepest task a listing pages to ("older"), in tasks from the newest."""
+    """Tasks per page of the task list (the coordinator serves at most 1,000 a call)."""
     max_shown_bytes: int = 64 * 1024
     """Most bytes of a payload, result or traceback shown on a task page."""
 
@@ -44,8 +43,8 @@ class UiConfig:
             )
         if self.refresh_s <= 0 or self.page_size < 1 or self.max_shown_bytes < 1:
             raise UiConfigError("refresh_s, page_size and max_shown_bytes must be positive")
-        if self.max_offset < 0:
-            raise UiConfigError("max_offset must not be negative")
+        if self.page_size > MAX_PAGE_SIZE:
+            raise UiConfigError(f"page_size must be at most {MAX_PAGE_SIZE}")
 
     @property
     def host(self) -> str:

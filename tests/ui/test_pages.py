@@ -7,8 +7,7 @@ import re
 import pytest
 from playwright.sync_api import Dialog, Page, expect
 
-from dtq_client import Client, TaskState
-from dtq_client.ui.serve import UiServer
+from dtq_client import Client, TaskSpec, TaskState
 from tests.harness import Proc, wait_until
 from tests.ui.conftest import NODE_ID, SERVED_QUEUE, fresh_queue
 
@@ -80,19 +79,75 @@ def test_task_list_filters_by_state_and_links_to_the_result(
     expect(page.get_by_role("button", name="Retry task")).to_be_visible()
 
 
-def test_task_list_pages_to_older_tasks(page: Page, client: Client, ui_server: UiServer) -> None:
+def test_task_list_pages_by_token_and_keeps_its_place(page: Page, client: Client) -> None:
     queue = fresh_queue()
-    ids = [client.submit("echo", {"i": i}, queue=queue).id for i in range(55)]
+    specs = [TaskSpec("echo", {"i": i}, queue=queue) for i in range(55)]
+    ids = [result.task.id for result in client.submit_many(specs)]
     page.goto(f"/tasks?queue={queue}")
     rows = page.locator("tr[data-task]")
     expect(rows).to_have_count(50)
     expect(rows.first).to_have_attribute("data-task", ids[-1])  # newest first
-    page.get_by_role("link", name="older →").click()
+    expect(page.get_by_role("link", name="Newest")).to_have_count(0)
+
+    page.get_by_role("link", name="Older →").click()
+    expect(page).to_have_url(re.compile(r"page_token="))
     expect(rows).to_have_count(5)
+    expect(rows.first).to_have_attribute("data-task", ids[4])
     expect(rows.last).to_have_attribute("data-task", ids[0])
-    expect(page.get_by_role("link", name="older →")).to_have_count(0)
-    page.get_by_role("link", name="← newer").click()
+    expect(page.get_by_role("link", name="Older →")).to_have_count(0)
+
+    # The token marks a place, not an offset: a newer task does not shift this page.
+    newest = client.submit("echo", {}, queue=queue).id
+    _wait_for_refreshes(page, 2)
+    expect(rows).to_have_count(5)
+    expect(rows.first).to_have_attribute("data-task", ids[4])
+
+    page.get_by_role("link", name="Newest").click()
     expect(rows).to_have_count(50)
+    expect(rows.first).to_have_attribute("data-task", newest)
+
+
+def test_a_token_from_other_filters_is_a_clear_400(page: Page, client: Client) -> None:
+    other, queue = fresh_queue(), fresh_queue()
+    client.submit_many([TaskSpec("echo", {}, queue=other) for _ in range(2)])
+    task = client.submit("echo", {}, queue=queue)
+    foreign = client.list_tasks_page(queue=other, page_size=1).next_page_token
+    assert foreign
+
+    response = page.goto(f"/tasks?queue={queue}&page_token={foreign}")
+    assert response is not None
+    assert response.status == 400
+    expect(page.locator("[data-error]")).to_contain_text("start again from the newest tasks")
+    expect(page.locator("input[name=queue]")).to_have_value(queue)  # the filters are kept
+
+    page.get_by_role("link", name="Newest tasks").click()
+    expect(page.locator(f'tr[data-task="{task.id}"]')).to_be_visible()
+
+    response = page.goto(f"/tasks?queue={queue}&page_token=not%20a%20token")
+    assert response is not None
+    assert response.status == 400
+    expect(page.locator("[data-error]")).to_contain_text("not one the coordinator gave")
+
+
+def test_task_list_filters_by_a_header(page: Page, client: Client) -> None:
+    queue = fresh_queue()
+    mine = client.submit("echo", {}, queue=queue, headers={"tenant": "acme", "run": "1"})
+    theirs = client.submit("echo", {}, queue=queue, headers={"tenant": "other"})
+    page.goto(f"/tasks?queue={queue}")
+    expect(page.locator("tr[data-task]")).to_have_count(2)
+
+    page.locator("input[name=header]").fill("tenant=acme")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"header=tenant%3Dacme"))
+    expect(page.locator(f'tr[data-task="{mine.id}"]')).to_be_visible()
+    expect(page.locator(f'tr[data-task="{theirs.id}"]')).to_have_count(0)
+    expect(page.locator("tr[data-task]")).to_have_count(1)
+
+    for bad, says in (("tenant", "KEY=VALUE"), ("bad key=x", "INVALID_ARGUMENT")):
+        page.locator("input[name=header]").fill(bad)
+        page.get_by_role("button", name="Filter").click()
+        expect(page.locator("[data-error]")).to_contain_text(says)
+        expect(page.locator("tr[data-task]")).to_have_count(0)
 
 
 def test_cancelling_a_queued_task_from_its_page(page: Page, client: Client) -> None:

@@ -6,8 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dtq_client.ui.gateway import QueryError, TaskQuery
-from dtq_client.ui.present import ValueKind, fmt_age, fmt_seconds, show_bytes, show_text
+from dtq_client.ui.listing import QueryError, StaleToken, TaskQuery
+from dtq_client.ui.present import (
+    ValueKind,
+    fmt_age,
+    fmt_seconds,
+    show_bytes,
+    show_text,
+)
 
 pytestmark = pytest.mark.timeout(5)
 
@@ -48,10 +54,23 @@ def test_ages_and_durations() -> None:
 
 
 def test_task_query_from_url_parameters() -> None:
-    query = TaskQuery.from_params({"queue": " q ", "state": "FAILED", "offset": "999"}, 100)
-    assert query == TaskQuery(queue="q", state="failed", offset=100)
-    assert query.params(offset=50) == {"queue": "q", "state": "failed", "offset": 50}
+    params = {"queue": " q ", "state": "FAILED", "header": "k=a=b", "page_token": "MTI6YWJj"}
+    query = TaskQuery.from_params(params)
+    assert query == TaskQuery(queue="q", state="failed", header="k=a=b", page_token="MTI6YWJj")
+    assert query.headers == {"k": "a=b"}  # the value is everything after the first "="
+    assert query.params(page_token="") == {"queue": "q", "state": "failed", "header": "k=a=b"}
     assert TaskQuery().params() == {}
-    for bad in ({"state": "nope"}, {"offset": "-1"}, {"type": "t" * 201}):
+    assert TaskQuery().headers is None
+    bad_params = (
+        {"state": "nope"},
+        {"type": "t" * 201},
+        {"header": "no-value"},
+        {"header": "=v"},
+        {"header": "k" * 65 + "=v"},
+    )
+    for bad in bad_params:
         with pytest.raises(QueryError):
-            TaskQuery.from_params(bad, 100)
+            TaskQuery.from_params(bad)
+    with pytest.raises(StaleToken) as stale:
+        TaskQuery.from_params({"queue": "q", "page_token": "not a token"})
+    assert stale.value.query == TaskQuery(queue="q")

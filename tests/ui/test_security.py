@@ -97,3 +97,5 @@ def test_a_non_loopback_listen_needs_insecure() -> None:
     assert not UiConfig(listen="0.0.0.0:8080", insecure=True).on_loopback
     assert UiConfig(listen="[::1]:0").on_loopback
     assert UiConfig(listen="localhost:8080").on_loopback
+    with pytest.raises(UiConfigError, match="page_size"):
+        UiConfig(page_size=1001)  # more than one ListTasks call returns
