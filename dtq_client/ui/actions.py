@@ -1,4 +1,4 @@
-"""The actions (POST): cancel or retry a task, pause or resume a queue.
+"""The actions (POST): on a task, a queue or a schedule.
 
 Each answers JSON, ``{"message": ...}`` or ``{"error": ...}`` with the HTTP
 status of the coordinator's error, which the page shows as a line of text. The
@@ -38,6 +38,14 @@ class Actions:
     async def resume_queue(self, request: Request) -> Response:
         """Resume the queue."""
         return await _act(self._gateway.resume, request.path_params["name"])
+
+    async def pause_schedule(self, request: Request) -> Response:
+        """Pause the schedule."""
+        return await _act(self._gateway.pause_schedule, request.path_params["name"])
+
+    async def resume_schedule(self, request: Request) -> Response:
+        """Resume the schedule."""
+        return await _act(self._gateway.resume_schedule, request.path_params["name"])
 
 
 async def _act(action: Callable[[str], Awaitable[str]], target: str) -> Response:

@@ -1,18 +1,22 @@
 """The ASGI application: routes, static files, and the guard in front of them all.
 
-==========================  ======  =============================================
-path                        method  what
-==========================  ======  =============================================
-``/``                       GET     overview: health, queues, nodes
-``/tasks``                  GET     task list (``queue``, ``state``, ``type``, ``header``,
-                                    ``page_token``)
-``/tasks/{id}``             GET     one task
-``/tasks/{id}/cancel``      POST    cancel it
-``/tasks/{id}/retry``       POST    retry it (failed or cancelled)
-``/queues/{name}/pause``    POST    pause the queue
-``/queues/{name}/resume``   POST    resume it
-``/static/...``             GET     the stylesheet, the script, the icon
-==========================  ======  =============================================
+===============================  ======  ==============================================
+path                             method  what
+===============================  ======  ==============================================
+``/``                            GET     overview: health, queues, nodes
+``/tasks``                       GET     task list (``queue``, ``state``, ``type``,
+                                         ``header``, ``page_token``)
+``/tasks/{id}``                  GET     one task
+``/tasks/{id}/cancel``           POST    cancel it
+``/tasks/{id}/retry``            POST    retry it (failed or cancelled)
+``/groups/{id}``                 GET     a group's state, counts and members
+``/schedules``                   GET     every schedule
+``/schedules/{name}/pause``      POST    pause the schedule
+``/schedules/{name}/resume``     POST    resume it
+``/queues/{name}/pause``         POST    pause the queue
+``/queues/{name}/resume``        POST    resume it
+``/static/...``                  GET     the stylesheet, the script, the icon
+===============================  ======  ==============================================
 """
 
 from __future__ import annotations
@@ -36,14 +40,19 @@ def create_app(client: Client, config: UiConfig) -> ASGIApp:
     gateway = Gateway(client, config)
     pages = Pages(gateway, create_templates(), config)
     actions = Actions(gateway)
+    post = ["POST"]
     routes = [
         Route("/", pages.overview, methods=["GET"]),
         Route("/tasks", pages.tasks, methods=["GET"]),
         Route("/tasks/{task_id}", pages.task, methods=["GET"]),
-        Route("/tasks/{task_id}/cancel", actions.cancel_task, methods=["POST"]),
-        Route("/tasks/{task_id}/retry", actions.retry_task, methods=["POST"]),
-        Route("/queues/{name}/pause", actions.pause_queue, methods=["POST"]),
-        Route("/queues/{name}/resume", actions.resume_queue, methods=["POST"]),
+        Route("/tasks/{task_id}/cancel", actions.cancel_task, methods=post),
+        Route("/tasks/{task_id}/retry", actions.retry_task, methods=post),
+        Route("/groups/{group_id}", pages.group, methods=["GET"]),
+        Route("/schedules", pages.schedules, methods=["GET"]),
+        Route("/schedules/{name}/pause", actions.pause_schedule, methods=post),
+        Route("/schedules/{name}/resume", actions.resume_schedule, methods=post),
+        Route("/queues/{name}/pause", actions.pause_queue, methods=post),
+        Route("/queues/{name}/resume", actions.resume_queue, methods=post),
         Mount("/static", StaticFiles(packages=[("dtq_client.ui", "static")]), name="static"),
     ]
     # The guard wraps everything, Starlette's own error pages included, so every

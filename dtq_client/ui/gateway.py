@@ -4,6 +4,7 @@ The blocking client runs each call in a worker thread (``anyio.to_thread``), so
 a slow or unreachable coordinator never stalls the server's event loop: pages
 wait, other requests go on. Errors stay :class:`~dtq_client.DtqError` s; the
 pages turn them into readable messages with :func:`describe` and :func:`http_status`.
+The actions' methods answer what happened as one line for the page to show.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from anyio import to_thread
 
 from dtq_client.client import Client
 from dtq_client.errors import DtqError, InvalidArgument, RpcError
-from dtq_client.models import Node, QueueStats, Task, TaskState
+from dtq_client.models import Group, Node, QueueStats, Schedule, Task, TaskState
 from dtq_client.ui.listing import StaleToken, TaskListing, TaskQuery
 from dtq_client.ui.settings import UiConfig
 
@@ -119,6 +120,14 @@ class Gateway:
         """One task, every field of it."""
         return await to_thread.run_sync(self._client.get, task_id)
 
+    async def group(self, group_id: str) -> Group:
+        """A group's state, counts and member ids."""
+        return await to_thread.run_sync(self._client.get_group, group_id)
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule, ordered by name."""
+        return await to_thread.run_sync(self._client.list_schedules)
+
     # --- acting --------------------------------------------------------------------------
 
     async def cancel(self, task_id: str) -> str:
@@ -146,6 +155,16 @@ class Gateway:
         """Resume a paused queue."""
         stats = await to_thread.run_sync(self._client.resume_queue, queue)
         return f"queue {stats.name} resumed"
+
+    async def pause_schedule(self, name: str) -> str:
+        """Stop a schedule firing; ticks passing while it is paused are skipped."""
+        schedule = await to_thread.run_sync(self._client.pause_schedule, name)
+        return f"schedule {schedule.name} paused"
+
+    async def resume_schedule(self, name: str) -> str:
+        """Resume a schedule from its next tick after now."""
+        schedule = await to_thread.run_sync(self._client.resume_schedule, name)
+        return f"schedule {schedule.name} resumed"
 
 
 async def _part(call: Callable[[], T]) -> Part[T]:

@@ -1,4 +1,4 @@
-"""The pages (GET): overview, task list and task, each whole or as its live fragment.
+"""The pages (GET): overview, tasks, a task, a group and schedules, whole or as their live part.
 
 Every page is ``page.html`` around one live fragment (``_overview.html``, ...).
 The page's script asks for the same URL again every few seconds with
@@ -27,6 +27,10 @@ FRAGMENT_HEADER = "x-dtq-fragment"
 """Sent by the page's script: answer the live fragment only."""
 
 _RETRYABLE = (TaskState.FAILED, TaskState.CANCELLED)
+
+_GROUP_MEMBERS_SHOWN = 500
+"""Member ids a group page links to; a group holds up to 10,000, and the page
+is fetched again every few seconds."""
 
 
 class Pages:
@@ -94,6 +98,34 @@ class Pages:
             can_cancel=not task.is_terminal,
             can_retry=task.state in _RETRYABLE,
         )
+
+    async def group(self, request: Request) -> Response:
+        """A group's aggregate state, its counts by state, and links to its members."""
+        group_id = request.path_params["group_id"]
+        title = f"Group {group_id}"
+        try:
+            group = await self._gateway.group(group_id)
+        except DtqError as exc:
+            status = http_status(exc)
+            return self._render(request, "_error.html", title, status=status, error=describe(exc))
+        return self._render(
+            request,
+            "_group.html",
+            title,
+            group=group,
+            members=group.task_ids[:_GROUP_MEMBERS_SHOWN],
+        )
+
+    async def schedules(self, request: Request) -> Response:
+        """Every schedule: its timing, its task, its next and last ticks; Pause/Resume."""
+        try:
+            schedules = await self._gateway.schedules()
+        except DtqError as exc:
+            status = http_status(exc)
+            return self._render(
+                request, "_error.html", "Schedules", status=status, error=describe(exc)
+            )
+        return self._render(request, "_schedules.html", "Schedules", schedules=schedules)
 
     def _render(
         self, request: Request, live: str, title: str, *, status: int = 200, **context: Any

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from dtq_client import payloads
+from dtq_client.models import Schedule
 
 _BINARY_PREVIEW_BYTES = 256
 """Bytes of a binary value shown in hex."""
@@ -117,3 +118,13 @@ def fmt_limit(value: float) -> str:
     if not value:
         return "\u2014"
     return f"{value:g}"
+
+
+def fmt_timing(schedule: Schedule) -> str:
+    """When a schedule fires: ``cron 0 3 * * *`` or ``every 30 s``."""
+    if schedule.cron is not None:
+        return f"cron {schedule.cron}"
+    if schedule.interval_s is not None:
+        interval = schedule.interval_s
+        return f"every {fmt_seconds(interval, whole=float(interval).is_integer())}"
+    return "\u2014"

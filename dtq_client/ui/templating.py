@@ -35,6 +35,7 @@ def create_templates() -> Jinja2Templates:
         seconds=present.fmt_seconds,
         size=present.fmt_bytes,
         limit=present.fmt_limit,
+        timing=present.fmt_timing,
         path=_path_segment,
     )
     return Jinja2Templates(env=env)

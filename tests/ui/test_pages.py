@@ -150,6 +150,35 @@ def test_task_list_filters_by_a_header(page: Page, client: Client) -> None:
         expect(page.locator("tr[data-task]")).to_have_count(0)
 
 
+def test_a_group_page_counts_its_members_and_follows_them(page: Page, client: Client) -> None:
+    queue = fresh_queue()  # no node serves it: the members stay queued until cancelled
+    group = client.submit_group([TaskSpec("echo", {"i": i}, queue=queue) for i in range(3)])
+    first, *others = group.tasks
+    page.goto(f"/tasks/{first.id}")
+    page.locator("[data-field=group] a").click()
+
+    expect(page.locator("h1")).to_have_text(f"Group {group.group_id}")
+    expect(page.locator("[data-field=state]")).to_have_text("running")
+    expect(page.locator("[data-field=total]")).to_have_text("3")
+    expect(page.locator("[data-field=pending]")).to_have_text("3")
+    expect(page.locator("[data-member]")).to_have_count(3)
+
+    for task in group.tasks:
+        client.cancel(task.id)
+    expect(page.locator("[data-field=state]")).to_have_text("cancelled")  # updated in place
+    expect(page.locator("[data-field=cancelled]")).to_have_text("3")
+    expect(page.locator("[data-field=pending]")).to_have_text("0")
+    assert client.get_group(group.group_id).cancelled == 3
+
+    page.locator(f'[data-member="{others[0].id}"]').click()
+    expect(page.locator("h1")).to_have_text(f"Task {others[0].id}")
+
+    response = page.goto("/groups/no-such-group")
+    assert response is not None
+    assert response.status == 404
+    expect(page.locator("[data-error]")).to_contain_text("NOT_FOUND")
+
+
 def test_cancelling_a_queued_task_from_its_page(page: Page, client: Client) -> None:
     task = client.submit("echo", {}, queue=fresh_queue())  # no node serves it: stays queued
     page.goto(f"/tasks/{task.id}")

@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dtq_client import Schedule, TaskSpec
 from dtq_client.ui.listing import QueryError, StaleToken, TaskQuery
 from dtq_client.ui.present import (
     ValueKind,
     fmt_age,
     fmt_seconds,
+    fmt_timing,
     show_bytes,
     show_text,
 )
@@ -51,6 +53,13 @@ def test_ages_and_durations() -> None:
     assert fmt_seconds(2.5) == "2.5 s"
     assert fmt_seconds(90) == "90 s"
     assert fmt_seconds(3 * 86_400) == "3 d"
+
+
+def test_schedule_timing() -> None:
+    spec = TaskSpec("echo")
+    assert fmt_timing(Schedule(name="a", task=spec, cron="0 3 * * *")) == "cron 0 3 * * *"
+    assert fmt_timing(Schedule(name="b", task=spec, interval_s=30)) == "every 30 s"
+    assert fmt_timing(Schedule(name="c", task=spec, interval_s=3600)) == "every 60 min"
 
 
 def test_task_query_from_url_parameters() -> None:

@@ -65,7 +65,7 @@ def test_a_foreign_host_header_is_refused(ui_server: UiServer) -> None:
 
 
 def test_every_answer_carries_the_security_headers(ui_server: UiServer) -> None:
-    for path in ("/", "/tasks", "/static/app.js", "/nowhere"):
+    for path in ("/", "/tasks", "/schedules", "/groups/none", "/static/app.js", "/nowhere"):
         _, headers, _ = _request(ui_server, "GET", path)
         assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY, path
         assert headers["x-content-type-options"] == "nosniff", path
@@ -85,6 +85,10 @@ def test_coordinator_errors_are_messages_not_tracebacks(ui_server: UiServer) -> 
     status, _, body = _request(ui_server, "GET", "/tasks?state=bogus")
     assert status == 400
     assert b"unknown state" in body
+
+    status, _, body = _request(ui_server, "POST", "/schedules/none/pause", {"X-DTQ-UI": "1"})
+    assert status == 404
+    assert json.loads(body)["error"].startswith("NOT_FOUND")
 
 
 def test_a_non_loopback_listen_needs_insecure() -> None:
