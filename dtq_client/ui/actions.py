@@ -1,9 +1,11 @@
-"""The actions (POST): on a task, a queue or a schedule.
+"""The actions (POST): on a task, a queue, a node or a schedule.
 
 Each answers JSON, ``{"message": ...}`` or ``{"error": ...}`` with the HTTP
 status of the coordinator's error, which the page shows as a line of text. The
 request body is not read: what to act on is in the path. :mod:`~dtq_client.ui.guard`
-has already refused requests without the CSRF header.
+has already refused requests without the CSRF header. The page asks before the
+actions that touch many tasks or stop a node (a ``confirm()`` for forms with
+``data-confirm``): a convenience against slips, not a defence, which stays the header.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ class Actions:
     async def resume_queue(self, request: Request) -> Response:
         """Resume the queue."""
         return await _act(self._gateway.resume, request.path_params["name"])
+
+    async def cancel_queued(self, request: Request) -> Response:
+        """Cancel every queued task of the queue."""
+        return await _act(self._gateway.cancel_queued, request.path_params["name"])
+
+    async def retry_failed(self, request: Request) -> Response:
+        """Send every failed task of the queue back to it."""
+        return await _act(self._gateway.retry_failed, request.path_params["name"])
+
+    async def drain_node(self, request: Request) -> Response:
+        """Drain the node: no new tasks; it finishes its own and exits."""
+        return await _act(self._gateway.drain, request.path_params["node_id"])
 
     async def pause_schedule(self, request: Request) -> Response:
         """Pause the schedule."""

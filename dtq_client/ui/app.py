@@ -15,6 +15,9 @@ path                             method  what
 ``/schedules/{name}/resume``     POST    resume it
 ``/queues/{name}/pause``         POST    pause the queue
 ``/queues/{name}/resume``        POST    resume it
+``/queues/{name}/cancel-queued`` POST    cancel every queued task of the queue
+``/queues/{name}/retry-failed``  POST    retry every failed task of the queue
+``/nodes/{id}/drain``            POST    drain the node
 ``/static/...``                  GET     the stylesheet, the script, the icon
 ===============================  ======  ==============================================
 """
@@ -53,6 +56,9 @@ def create_app(client: Client, config: UiConfig) -> ASGIApp:
         Route("/schedules/{name}/resume", actions.resume_schedule, methods=post),
         Route("/queues/{name}/pause", actions.pause_queue, methods=post),
         Route("/queues/{name}/resume", actions.resume_queue, methods=post),
+        Route("/queues/{name}/cancel-queued", actions.cancel_queued, methods=post),
+        Route("/queues/{name}/retry-failed", actions.retry_failed, methods=post),
+        Route("/nodes/{node_id}/drain", actions.drain_node, methods=post),
         Mount("/static", StaticFiles(packages=[("dtq_client.ui", "static")]), name="static"),
     ]
     # The guard wraps everything, Starlette's own error pages included, so every

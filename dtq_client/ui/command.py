@@ -44,11 +44,12 @@ from dtq_client.ui.settings import DEFAULT_LISTEN, UiConfig, UiConfigError
 def ui(ctx: click.Context, listen: str, insecure: bool, refresh_s: float) -> None:
     """Serve a web dashboard of the coordinator until Ctrl-C.
 
-    It shows the coordinator's health, its queues and worker nodes, and its
-    tasks (filtered by queue, state and type; every field of one task), updated
-    every few seconds; it cancels and retries tasks and pauses and resumes
-    queues. It calls the coordinator with this command's --address, TLS options
-    and token, and answers on loopback only unless --insecure.
+    It shows the coordinator's health, its queues and worker nodes, its tasks
+    (filtered by queue, state, type and header; every field of one task), task
+    groups and schedules, updated every few seconds. It cancels and retries
+    tasks, one or a queue's at once; pauses and resumes queues and schedules;
+    and drains nodes. It calls the coordinator with this command's --address,
+    TLS options and token, and answers on loopback only unless --insecure.
 
     Needs the ui extra: pip install 'dtq[ui]'.
     """

@@ -156,6 +156,28 @@ class Gateway:
         stats = await to_thread.run_sync(self._client.resume_queue, queue)
         return f"queue {stats.name} resumed"
 
+    async def cancel_queued(self, queue: str) -> str:
+        """Cancel every queued task of a queue; running and waiting ones carry on."""
+        counts = await to_thread.run_sync(
+            lambda: self._client.cancel_tasks(queue=queue, state=TaskState.QUEUED)
+        )
+        return f"queue {queue}: {_tasks(counts.cancelled, 'queued')} cancelled"
+
+    async def retry_failed(self, queue: str) -> str:
+        """Send the failed tasks of a queue back to it, with fresh attempt budgets."""
+        result = await to_thread.run_sync(
+            lambda: self._client.retry(queue=queue, state=TaskState.FAILED)
+        )
+        message = f"queue {queue}: {_tasks(result.retried, 'failed')} sent back to the queue"
+        if result.truncated:  # the coordinator retries at most 10,000 per call
+            message += "; more remain: retry again"
+        return message
+
+    async def drain(self, node_id: str) -> str:
+        """Stop dispatching to a node and ask it to finish its tasks and exit."""
+        node = await to_thread.run_sync(self._client.drain, node_id)
+        return f"node {node.node_id} is draining: it finishes its tasks, then exits"
+
     async def pause_schedule(self, name: str) -> str:
         """Stop a schedule firing; ticks passing while it is paused are skipped."""
         schedule = await to_thread.run_sync(self._client.pause_schedule, name)
@@ -165,6 +187,11 @@ class Gateway:
         """Resume a schedule from its next tick after now."""
         schedule = await to_thread.run_sync(self._client.resume_schedule, name)
         return f"schedule {schedule.name} resumed"
+
+
+def _tasks(count: int, state: str) -> str:
+    """``1 queued task``, ``3 failed tasks``."""
+    return f"{count} {state} task{'' if count == 1 else 's'}"
 
 
 async def _part(call: Callable[[], T]) -> Part[T]:

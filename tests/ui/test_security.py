@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from dtq_client import Client
+from dtq_client import Client, TaskState
 from dtq_client.cli import cli
 from dtq_client.ui import UiConfig, UiConfigError
 from dtq_client.ui.guard import CONTENT_SECURITY_POLICY
@@ -56,6 +56,21 @@ def test_a_post_without_the_csrf_header_is_refused(client: Client, ui_server: Ui
     assert _paused(client, queue)
 
 
+def test_bulk_and_node_actions_need_the_csrf_header_too(
+    client: Client, ui_server: UiServer
+) -> None:
+    """The page's confirm() is a convenience; the header is what the server checks."""
+    queue = fresh_queue()
+    task = client.submit("echo", {}, queue=queue)
+    for path in (f"/queues/{queue}/cancel-queued", f"/queues/{queue}/retry-failed"):
+        status, _, body = _request(ui_server, "POST", path)
+        assert status == 403
+        assert "X-DTQ-UI" in json.loads(body)["error"]
+    for path in ("/nodes/ui-node/drain", "/schedules/some-schedule/pause"):
+        assert _request(ui_server, "POST", path)[0] == 403
+    assert client.get(task.id).state is TaskState.QUEUED
+
+
 def test_a_foreign_host_header_is_refused(ui_server: UiServer) -> None:
     """DNS rebinding: evil.example re-pointed at 127.0.0.1 still says Host: evil.example."""
     status, _, body = _request(ui_server, "GET", "/", {"Host": "evil.example"})
@@ -87,6 +102,9 @@ def test_coordinator_errors_are_messages_not_tracebacks(ui_server: UiServer) -> 
     assert b"unknown state" in body
 
     status, _, body = _request(ui_server, "POST", "/schedules/none/pause", {"X-DTQ-UI": "1"})
+    assert status == 404
+    assert json.loads(body)["error"].startswith("NOT_FOUND")
+    status, _, body = _request(ui_server, "POST", "/nodes/none/drain", {"X-DTQ-UI": "1"})
     assert status == 404
     assert json.loads(body)["error"].startswith("NOT_FOUND")
 

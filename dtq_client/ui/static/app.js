@@ -2,7 +2,8 @@
 // Every few seconds the page asks for its own URL again with X-DTQ-Fragment: 1
 // and swaps in the HTML fragment the server rendered (escaped there). Buttons
 // are forms posted with fetch() and the X-DTQ-UI header the server requires
-// of every change (a cross-site form cannot send it).
+// of every change (a cross-site form cannot send it); a form with
+// data-confirm="..." asks that question first.
 "use strict";
 (() => {
   const live = document.getElementById("live");
@@ -61,6 +62,10 @@
       return;
     }
     event.preventDefault();
+    // Actions on many tasks, or that stop a node, say what they will do and wait for a yes.
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      return;
+    }
     const buttons = form.querySelectorAll("button");
     buttons.forEach((button) => { button.disabled = true; });
     try {
