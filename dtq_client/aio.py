@@ -339,14 +339,8 @@ class AsyncClient(WatchCalls):
         headers: Mapping[str, str] | None = None,
         page_token: str = "",
     ) -> TaskPage:
-        """One page of the tasks matching the filters, newest first.
-
-        For callers that page themselves (a web page's "older" link): pass the
-        page's ``next_page_token`` with the same filters for the next one. A token
-        stays valid while tasks are added or finish (it marks a place in
-        submission order, not an offset); one from other filters is refused
-        (:class:`InvalidArgument`).
-        """
+        """One page of the tasks matching the filters, newest first, and the next page's
+        token; see :meth:`Client.list_tasks_page <dtq_client.Client.list_tasks_page>`."""
         request = task_requests.list_request(queue, state, type, page_size, headers, page_token)
         response: task_service_pb2.ListTasksResponse = await self._unary(
             self._tasks.ListTasks, request, retry.READ_CODES
