@@ -28,7 +28,7 @@ PG_SUITES := $(addprefix tests/server/test_,lifecycle.py submit.py submit_stream
 	dependencies.py schedules.py headers.py queue_depth.py restart.py sessions.py handoff.py \
 	rate_limits.py strict_types.py watchers.py) \
 	tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py
-test: install postgres-bin browser-bin
+test: install postgres-bin browser-bin node-deps
 	$(PY) -m pytest -m "not chaos" --durations=15
 	$(PY) -m pytest -m chaos tests/chaos -p no:randomly
 	DTQ_TEST_STORE=postgres $(PY) -m pytest -m "not sqlite_only and not postgres" $(PG_SUITES)
@@ -49,6 +49,28 @@ postgres-bin:
 browser-bin:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+
+## node-deps: Node.js and the packages of the Node.js client and worker that prove the contract
+## (tests/contract/js). Installs Debian's nodejs and npm when node is missing (apt-get: as root;
+## otherwise those tests skip, or fail under CI), then `npm ci` there when node_modules is
+## missing or older than package-lock.json.
+JS_DIR := tests/contract/js
+.PHONY: node-deps node-bin
+node-deps: $(JS_DIR)/node_modules/.installed
+
+node-bin:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				$$(command -v node >/dev/null || echo nodejs) npm; \
+		else \
+			echo "node-deps: node or npm missing; install Node.js 18+ and npm (root: make node-deps)" >&2; \
+		fi
+
+$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package-lock.json | node-bin
+	@if command -v npm >/dev/null; then \
+		cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
 	fi
 
 ## lint: ruff, mypy, buf lint and a check that generated code matches protos/.

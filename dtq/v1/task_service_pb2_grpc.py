@@ -30,8 +30,11 @@ class TaskServiceStub:
 
     Errors carry a google.rpc.Status in the `grpc-status-details-bin` trailer
     with a google.rpc.ErrorInfo (domain "dtq.dev", a stable `reason`) and, for
-    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field:
-    INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD)
+    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field by its path
+    in the request message: `task.type` (SubmitTask), `tasks[3].payload`
+    (SubmitTasks), `task_id`, `page_token`:
+    INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD); a task id
+    that is not a UUID in text form is malformed (`task_id`)
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
     ALREADY_EXISTS     idempotency key reused with a different spec
     (reason IDEMPOTENCY_KEY_REUSED)
@@ -127,8 +130,11 @@ class TaskServiceServicer:
 
     Errors carry a google.rpc.Status in the `grpc-status-details-bin` trailer
     with a google.rpc.ErrorInfo (domain "dtq.dev", a stable `reason`) and, for
-    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field:
-    INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD)
+    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field by its path
+    in the request message: `task.type` (SubmitTask), `tasks[3].payload`
+    (SubmitTasks), `task_id`, `page_token`:
+    INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD); a task id
+    that is not a UUID in text form is malformed (`task_id`)
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
     ALREADY_EXISTS     idempotency key reused with a different spec
     (reason IDEMPOTENCY_KEY_REUSED)
@@ -348,8 +354,11 @@ class TaskService:
 
     Errors carry a google.rpc.Status in the `grpc-status-details-bin` trailer
     with a google.rpc.ErrorInfo (domain "dtq.dev", a stable `reason`) and, for
-    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field:
-    INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD)
+    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field by its path
+    in the request message: `task.type` (SubmitTask), `tasks[3].payload`
+    (SubmitTasks), `task_id`, `page_token`:
+    INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD); a task id
+    that is not a UUID in text form is malformed (`task_id`)
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
     ALREADY_EXISTS     idempotency key reused with a different spec
     (reason IDEMPOTENCY_KEY_REUSED)
