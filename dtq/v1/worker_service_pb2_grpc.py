@@ -61,10 +61,21 @@ class WorkerServiceStub:
     (requeued as a new attempt, like a lease of a dead node).
     7. A node that stops for good releases its unfinished tasks, waits for
     their acks, then sends Leave: the session ends at once (any lease still
-    held is requeued) and the coordinator closes the stream with OK. A stream
-    that ends any other way (half-close, cancel, network) leaves the session
-    resumable until the heartbeat timeout, because the coordinator cannot tell
-    a node that is gone from one that is reconnecting.
+    held is requeued) and the coordinator closes the stream with OK. Until
+    Leave the session is still active: a release frees its credit, so more
+    TaskAssignments may come, the task just released among them (as a new
+    attempt). Do not run or release those one by one; hold them: Leave
+    requeues them all together. Neither a release (other than WORKER_DIED)
+    nor Leave counts as a failure or a lost lease. A stream that ends any
+    other way (half-close, cancel, network) leaves the session resumable
+    until the heartbeat timeout, because the coordinator cannot tell a node
+    that is gone from one that is reconnecting; its leases then count as lost.
+
+    Errors are carried as in TaskService: a google.rpc.Status in the
+    `grpc-status-details-bin` trailer with a google.rpc.ErrorInfo (domain
+    "dtq.dev", a stable `reason`) and, for INVALID_ARGUMENT, a
+    google.rpc.BadRequest whose field paths start at the request's oneof member
+    (`register.node_id`, `register.slots`, ...).
     """
 
     def __init__(self, channel):
@@ -116,16 +127,28 @@ class WorkerServiceServicer:
     (requeued as a new attempt, like a lease of a dead node).
     7. A node that stops for good releases its unfinished tasks, waits for
     their acks, then sends Leave: the session ends at once (any lease still
-    held is requeued) and the coordinator closes the stream with OK. A stream
-    that ends any other way (half-close, cancel, network) leaves the session
-    resumable until the heartbeat timeout, because the coordinator cannot tell
-    a node that is gone from one that is reconnecting.
+    held is requeued) and the coordinator closes the stream with OK. Until
+    Leave the session is still active: a release frees its credit, so more
+    TaskAssignments may come, the task just released among them (as a new
+    attempt). Do not run or release those one by one; hold them: Leave
+    requeues them all together. Neither a release (other than WORKER_DIED)
+    nor Leave counts as a failure or a lost lease. A stream that ends any
+    other way (half-close, cancel, network) leaves the session resumable
+    until the heartbeat timeout, because the coordinator cannot tell a node
+    that is gone from one that is reconnecting; its leases then count as lost.
+
+    Errors are carried as in TaskService: a google.rpc.Status in the
+    `grpc-status-details-bin` trailer with a google.rpc.ErrorInfo (domain
+    "dtq.dev", a stable `reason`) and, for INVALID_ARGUMENT, a
+    google.rpc.BadRequest whose field paths start at the request's oneof member
+    (`register.node_id`, `register.slots`, ...).
     """
 
     def Connect(self, request_iterator, context):
         """The node's session stream. Stream errors: INVALID_ARGUMENT (first message
-        is not a valid RegisterNode), FAILED_PRECONDITION (SESSION_EXPIRED),
-        UNAVAILABLE (coordinator shutting down; reconnect with backoff).
+        is not a valid RegisterNode; reason INVALID_FIELD), FAILED_PRECONDITION
+        (reason SESSION_EXPIRED), UNAVAILABLE (coordinator shutting down;
+        reconnect with backoff).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,10 +206,21 @@ class WorkerService:
     (requeued as a new attempt, like a lease of a dead node).
     7. A node that stops for good releases its unfinished tasks, waits for
     their acks, then sends Leave: the session ends at once (any lease still
-    held is requeued) and the coordinator closes the stream with OK. A stream
-    that ends any other way (half-close, cancel, network) leaves the session
-    resumable until the heartbeat timeout, because the coordinator cannot tell
-    a node that is gone from one that is reconnecting.
+    held is requeued) and the coordinator closes the stream with OK. Until
+    Leave the session is still active: a release frees its credit, so more
+    TaskAssignments may come, the task just released among them (as a new
+    attempt). Do not run or release those one by one; hold them: Leave
+    requeues them all together. Neither a release (other than WORKER_DIED)
+    nor Leave counts as a failure or a lost lease. A stream that ends any
+    other way (half-close, cancel, network) leaves the session resumable
+    until the heartbeat timeout, because the coordinator cannot tell a node
+    that is gone from one that is reconnecting; its leases then count as lost.
+
+    Errors are carried as in TaskService: a google.rpc.Status in the
+    `grpc-status-details-bin` trailer with a google.rpc.ErrorInfo (domain
+    "dtq.dev", a stable `reason`) and, for INVALID_ARGUMENT, a
+    google.rpc.BadRequest whose field paths start at the request's oneof member
+    (`register.node_id`, `register.slots`, ...).
     """
 
     @staticmethod
