@@ -126,6 +126,11 @@ def _select_one(conn: Connection) -> None:
     conn.execute("SELECT 1")
 
 
+def _transaction_id(conn: Connection) -> object:
+    """The running transaction's id, for ``txid_status`` once its COMMIT went unanswered."""
+    return conn.execute("SELECT txid_current()").fetchone()[0]
+
+
 class PostgresStore(SqlStore):
     """A :class:`~dtq_server.store.base.Store` on a PostgreSQL database."""
 
@@ -148,6 +153,8 @@ class PostgresStore(SqlStore):
         """The leader epoch this coordinator took; None until it leads."""
         self._lost = False
         """True once another coordinator took over: this store never writes again."""
+        self._unanswered: object = None
+        """The transaction id of a batch whose COMMIT got no answer, until checked."""
         self._writer = self._new_writer()
         self._liveness: asyncio.Task[None] | None = None
 
@@ -163,6 +170,8 @@ class PostgresStore(SqlStore):
             errors=(psycopg.Error, NotLeader),
             begin="BEGIN",
             is_broken=self._is_broken,
+            mark_commit=_transaction_id,
+            on_commit_unanswered=self._commit_unanswered,
         )
 
     # -- connections -------------------------------------------------------
@@ -193,6 +202,7 @@ class PostgresStore(SqlStore):
                 self._epoch = self._take_lead(conn)
             else:
                 self._check_still_leading(conn)
+                self._check_unanswered(conn)
         except BaseException:
             conn.close()
             raise
@@ -247,6 +257,32 @@ class PostgresStore(SqlStore):
         self._lose_lead(reason)
         raise NotLeader(reason)
 
+    def _commit_unanswered(self, transaction_id: object) -> None:
+        """A COMMIT got no answer; the next connection finds out whether it was stored."""
+        self._unanswered = transaction_id
+
+    def _check_unanswered(self, conn: PgConnection) -> None:
+        """After a reconnect: stand down if a batch its callers heard failed was stored.
+
+        Memory then disagrees with the database (a task stored that is not on the
+        board, or finished while memory thinks it runs). Leading again from a fresh
+        start reloads the queue from the database, as a takeover does. A batch that
+        was rolled back (the usual case: the server went away before it committed)
+        changes nothing, and this coordinator leads on.
+        """
+        transaction_id = self._unanswered
+        if transaction_id is None:
+            return
+        status = conn.execute("SELECT txid_status(?)", (transaction_id,)).fetchone()[0]
+        self._unanswered = None  # known now (a failed query above leaves it to the next try)
+        if status == "aborted":
+            log.info("store.unanswered_commit_rolled_back", transaction_id=transaction_id)
+            return
+        log.warning("store.unanswered_commit_stored", transaction_id=transaction_id, status=status)
+        reason = f"a batch whose callers heard it failed is {status or 'of unknown fate'}"
+        self._lose_lead(f"{reason}: leading again from what the database holds")
+        raise NotLeader(reason)
+
     def _lose_lead(self, reason: str) -> None:
         """Tell the owner (once) that this coordinator no longer leads: it must stop serving."""
         if not self._lost:
@@ -284,7 +320,7 @@ class PostgresStore(SqlStore):
         while True:
             await asyncio.sleep(LIVENESS_S)
             with contextlib.suppress(StoreUnavailable):
-                await self._writer.run(_select_one)
+                await self._writer.run(_select_one, outcome_matters=False)
 
     async def close(self) -> None:
         if self._liveness is not None:
@@ -296,4 +332,4 @@ class PostgresStore(SqlStore):
         def probe(conn: Connection) -> None:
             conn.execute("UPDATE dtq_coordinator SET probed_at = ?", (time.time(),))
 
-        await self._writer.run(probe)
+        await self._writer.run(probe, outcome_matters=False)

@@ -8,7 +8,13 @@ A failed commit fails every function of the batch - none of them is
 acknowledged, so none is lost.
 
 A connection the server dropped (PostgreSQL restarted) is replaced at the next
-batch; until a new one opens, every batch fails the same way.
+batch; until a new one opens, every batch fails the same way. A connection that
+drops after COMMIT was sent leaves the batch's outcome unknown: its callers are
+told it failed, yet it may be stored. The owner hears of it
+(``on_commit_unanswered``), with what ``mark_commit`` read inside the
+transaction (PostgreSQL's transaction id), so it can find out once it is
+connected again; batches whose ops all said their outcome does not matter (a
+liveness ping) are not reported, nor marked.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class _Op:
     fn: Callable[[Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    outcome_matters: bool = True
 
 
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
@@ -64,18 +71,25 @@ class GroupCommitWriter:
         errors: tuple[type[Exception], ...] = (sqlite3.Error,),
         begin: str = "BEGIN IMMEDIATE",
         is_broken: Callable[[Connection], bool] | None = None,
+        mark_commit: Callable[[Connection], object] | None = None,
+        on_commit_unanswered: Callable[[object], None] | None = None,
     ) -> None:
         """``on_commit_result(ok)`` is called on this thread when commit health changes;
         ``precheck()`` runs before each batch and fails it by raising one of ``errors``,
         the exceptions by which the database says it failed (they fail the whole batch;
         any other exception fails only its op). After a failed batch, a connection
-        ``is_broken`` says is gone is replaced by a new ``connect()`` at the next one."""
+        ``is_broken`` says is gone is replaced by a new ``connect()`` at the next one.
+        ``on_commit_unanswered(mark)`` is called on this thread when the connection
+        broke during COMMIT, ``mark`` being what ``mark_commit(conn)`` returned inside
+        that transaction (None without it; see the module)."""
         self._connect = connect
         self._on_commit_result = on_commit_result
         self._precheck = precheck
         self._errors = errors
         self._begin = begin
         self._is_broken = is_broken
+        self._mark_commit = mark_commit
+        self._on_commit_unanswered = on_commit_unanswered
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="dtq-store-writer", daemon=True)
         self._ready = threading.Event()
@@ -95,11 +109,15 @@ class GroupCommitWriter:
             self._queue.put(None)
             self._thread.join()
 
-    async def run(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in the next group commit and return its result once committed."""
+    async def run(self, fn: Callable[[Connection], T], *, outcome_matters: bool = True) -> T:
+        """Run ``fn`` in the next group commit and return its result once committed.
+
+        ``outcome_matters=False``: nothing depends on whether ``fn``'s writes were
+        stored, so a COMMIT whose outcome is unknown need not be reported for it.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Op(fn, future, loop))
+        self._queue.put(_Op(fn, future, loop, outcome_matters))
         return await future
 
     def _run(self) -> None:
@@ -140,12 +158,17 @@ class GroupCommitWriter:
     def _commit_batch(self, conn: Connection | None, batch: list[_Op]) -> Connection | None:
         """Run and commit one batch; returns the connection for the next one (None: reopen)."""
         outcomes: list[tuple[Any, BaseException | None]] = []
+        matters = any(op.outcome_matters for op in batch)
+        mark: object = None
+        committing = False
         try:
             if conn is None:
                 conn = self._connect()
             if self._precheck is not None:
                 self._precheck()
             conn.execute(self._begin)
+            if matters and self._mark_commit is not None:
+                mark = self._mark_commit(conn)
             for op in batch:
                 conn.execute("SAVEPOINT op")
                 try:
@@ -156,11 +179,18 @@ class GroupCommitWriter:
                     conn.execute("ROLLBACK TO op")
                     outcomes.append((None, exc))
                 conn.execute("RELEASE op")
+            committing = True
             conn.execute("COMMIT")
         except self._errors as exc:
             if conn is not None and self._is_broken is not None and self._is_broken(conn):
                 conn.close()
                 conn = None
+                if committing and matters:
+                    # COMMIT was sent and no answer came: the server may have stored
+                    # the batch, whose callers hear it failed.
+                    log.warning("store.commit_unanswered", ops=len(batch))
+                    if self._on_commit_unanswered is not None:
+                        self._on_commit_unanswered(mark)
             elif conn is not None and conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")

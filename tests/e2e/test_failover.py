@@ -17,8 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dtq.v1 import task_pb2, task_service_pb2
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
-from dtq_client import Client, NodeState, TaskState
+from dtq_client import Client, NodeState, RetryPolicy, TaskState
 from dtq_server.store.postgres import LEADER_LOCK
+from tests.commit_cut import CommitCutProxy
 from tests.harness import (
     Proc,
     ServerProcess,
@@ -196,3 +197,37 @@ def test_a_node_backs_off_while_its_results_cannot_be_committed(
         # The result held by the node is committed once the database is back.
         wait_until(lambda: client.get(task.id).state is TaskState.SUCCEEDED, 30, what="the result")
         assert client.get(task.id).attempt == 1
+
+
+def test_a_task_stored_by_a_commit_whose_answer_was_lost_still_runs(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_url: str, processes: list[Proc]
+) -> None:
+    """The database commits a submit and the connection drops before the coordinator
+    reads the answer: the client is told UNAVAILABLE and resubmits under the same
+    key, which finds the stored task. The coordinator, which could not know the task
+    was stored, leads again from a fresh start, so the task is on its board and runs.
+    (Leading on instead left it stored, QUEUED and never dispatched.)"""
+    port = postgres_server.port
+    with CommitCutProxy(port) as proxy:
+        via_proxy = postgres_url.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{proxy.port}/")
+        server = coordinator(tmp_path, "a", via_proxy, free_loopback_port(), wait=True)
+        processes.append(server)
+        processes.append(start_node(server.address, tmp_path, "n1"))
+        patient = RetryPolicy(attempts=100, max_backoff_s=0.5, total_s=30)
+        with Client(server.address, retry=patient) as client:
+            wait_until(lambda: any(n.state is NodeState.ACTIVE for n in client.nodes()), 20)
+            proxy.arm(b"INSERT INTO tasks")  # the first task insert on this connection
+            task = client.submit("echo", "after the cut")
+            assert proxy.cut.is_set()
+            assert "store.commit_unanswered" in server.log()
+            done = client.wait(task.id, timeout_s=30)
+            assert (done.state, done.result_value(), done.attempt) == (
+                TaskState.SUCCEEDED,
+                "after the cut",
+                1,
+            )
+    assert server.log().count("store.leading ") == 2
+    with psycopg.connect(postgres_url) as conn:
+        count = conn.execute("SELECT count(*) FROM tasks").fetchone()
+        epoch = conn.execute("SELECT leader_epoch FROM dtq_coordinator").fetchone()
+    assert (count, epoch) == ((1,), (2,))

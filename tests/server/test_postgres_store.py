@@ -21,6 +21,7 @@ from dtq_server.store.base import StoreCorrupt
 from dtq_server.store.postgres import LEADER_LOCK, PostgresStore
 from dtq_server.validation import SpecInput, Violations, validate_spec
 from tests.chaos.proxy import FaultProxy
+from tests.commit_cut import CommitCutProxy
 from tests.harness import server_config
 from tests.postgres import PostgresServer, leader_backend
 
@@ -145,6 +146,58 @@ def test_the_leader_leads_on_after_a_database_restart(
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_commit_that_got_no_answer_is_looked_up_and_a_stored_one_makes_it_stand_down(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """A batch whose COMMIT went unanswered is reported failed. Once connected again the
+    store asks the database: rolled back, it leads on; stored, memory disagrees with the
+    database (a task stored that is not on the board), so it gives up the lead, and a
+    fresh start reloads the queue. A liveness ping's lost answer is not even looked up."""
+    port = postgres_server.port
+    with CommitCutProxy(port) as proxy:
+        via_proxy = postgres_url.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{proxy.port}/")
+
+        async def cuts() -> tuple[str, str]:
+            lost = threading.Event()
+            store = PostgresStore(via_proxy, on_leadership_lost=lost.set)
+            await store.open()
+            proxy.arm(b"SELECT 1")  # the liveness ping's transaction (every second)
+            assert await asyncio.to_thread(proxy.cut.wait, 10)
+            proxy.cut.clear()
+
+            # Each cut lands on a connection the writer has just opened, so the insert
+            # statement travels as text there (see tests.commit_cut).
+            proxy.arm(b"INSERT INTO tasks", deliver_commit=False)
+            rolled_back = new_task("rolled-back")
+            with pytest.raises(StoreUnavailable):
+                await store.insert([rolled_back])
+            assert proxy.cut.is_set()
+            proxy.cut.clear()
+            [(_, created)] = await store.insert([new_task("next")])  # looked up: leads on
+            assert created and not lost.is_set()
+
+            await store.close()  # a fresh store: a fresh connection for the next cut
+            store = PostgresStore(via_proxy, on_leadership_lost=lost.set)
+            await store.open()
+            proxy.arm(b"INSERT INTO tasks")
+            stored = new_task("stored")
+            with pytest.raises(StoreUnavailable):
+                await store.insert([stored])
+            assert proxy.cut.is_set()
+            with pytest.raises(StoreUnavailable):  # looked up: it stands down
+                await store.insert([new_task("after")])
+            assert lost.is_set()
+            await store.close()
+            return rolled_back.id, stored.id
+
+        rolled_back, stored = asyncio.run(cuts())
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute("SELECT id, idempotency_key FROM tasks").fetchall()
+    keys: dict[str, str] = dict(rows)
+    assert rolled_back not in keys and keys[stored] == "stored"
+    assert set(keys.values()) == {"next", "stored"}
 
 
 def test_a_newer_schema_is_refused(postgres_url: str) -> None:
