@@ -28,7 +28,7 @@ PG_SUITES := $(addprefix tests/server/test_,lifecycle.py submit.py submit_stream
 	dependencies.py schedules.py headers.py queue_depth.py restart.py sessions.py handoff.py \
 	rate_limits.py strict_types.py watchers.py) \
 	tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py
-test: install postgres-bin browser-bin node-deps
+test: install postgres-bin browser-bin node-deps fuse-lib
 	$(PY) -m pytest -m "not chaos" --durations=15
 	$(PY) -m pytest -m chaos tests/chaos -p no:randomly
 	DTQ_TEST_STORE=postgres $(PY) -m pytest -m "not sqlite_only and not postgres" $(PG_SUITES)
@@ -71,6 +71,20 @@ node-bin:
 $(JS_DIR)/node_modules/.installed: $(JS_DIR)/package-lock.json | node-bin
 	@if command -v npm >/dev/null; then \
 		cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	fi
+
+## fuse-lib: the libfuse that chaos D3 read-only mounts its FUSE filesystem with (through
+## mfusepy). Installs Debian's libfuse3-3 when Python finds no libfuse 3 or 2 (apt-get: root
+## only; elsewhere the scenario is skipped, saying why).
+.PHONY: fuse-lib
+fuse-lib:
+	@if ! $(PYTHON) -c 'import sys; from ctypes.util import find_library as f; \
+			sys.exit(not (f("fuse3") or f("fuse")))'; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse3-3; \
+		else \
+			echo "fuse-lib: no libfuse and not root: chaos D3 read-only will be skipped" >&2; \
+		fi; \
 	fi
 
 ## lint: ruff, mypy, buf lint and a check that generated code matches protos/.
@@ -118,7 +132,7 @@ bench-postgres: install postgres-bin
 ## chaos: every fault scenario at full size (10,000-task F1 seeds, 10-minute soak; ~20 min),
 ## then one table row per scenario and a summary line. DTQ_CHAOS_SEED=N replays a soak.
 .PHONY: chaos
-chaos: install
+chaos: install fuse-lib
 	DTQ_CHAOS_SIZE=full $(PY) -m pytest -m chaos tests/chaos -p no:randomly -p no:cacheprovider
 
 ## bench-peers: P1, P2 and one-call enqueue on Huey, Dramatiq and Celery (their own venv, a Redis

@@ -2,11 +2,14 @@
 
 D1 puts the database on an 8 MiB tmpfs (CI runs as root); without ``mount`` the
 scenario is skipped with the reason, since the ``PRAGMA max_page_count``
-fallback would need a coordinator option that does not exist. D3's read-only
-half is skipped: root ignores permissions, a read-only remount is refused while
-the coordinator holds the database open for writing, and a read-only bind mount
-does not affect descriptors that are already open. Its other half, the
-database vanishing (the data directory moved away and back), runs.
+fallback would need a coordinator option that does not exist. D3 has two
+halves: the database vanishing (the data directory moved away and back), and
+the database becoming read-only. chmod, a read-only remount and a read-only
+bind mount cannot do the latter under root to a file the coordinator holds
+open, so the data directory lives on a passthrough FUSE filesystem served by a
+process of its own (tests/chaos/readonly_fs.py) that refuses every write with
+EROFS while switched read-only; without /dev/fuse, mfusepy or libfuse (``make
+fuse-lib``) that half is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from tests.chaos._b_helpers import (
     wait_nodes,
 )
 from tests.chaos.conftest import Size
+from tests.chaos.readonly_fs import (
+    ReadOnlySwitch,
+    read_only_switch_fixture,  # noqa: F401  (a fixture)
+)
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.chaos
@@ -73,7 +80,11 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def submit(
-    stub: task_service_pb2_grpc.TaskServiceStub, key: str, payload: bytes, type_: str = "ok"
+    stub: task_service_pb2_grpc.TaskServiceStub,
+    key: str,
+    payload: bytes,
+    type_: str = "ok",
+    delay_s: float = 0.0,
 ) -> tuple[grpc.StatusCode, str]:
     """One SubmitTask without retries: (status code, task id or error details)."""
     spec = task_pb2.TaskSpec(
@@ -81,6 +92,8 @@ def submit(
         payload=task_pb2.Payload(data=payload, content_type="application/json"),
         idempotency_key=key,
     )
+    if delay_s:
+        spec.delay.FromMilliseconds(round(delay_s * 1000))
     try:
         response = stub.SubmitTask(task_service_pb2.SubmitTaskRequest(task=spec), timeout=30)
     except grpc.RpcError as exc:
@@ -291,12 +304,130 @@ def test_d3_database_vanishes_then_returns(make_cluster: MakeCluster, row: BRow)
 
 
 @pytest.mark.scenario_id("D3 read-only")
-def test_d3_database_becomes_read_only(row: BRow) -> None:
-    row.skip(
-        "root ignores chmod; a read-only remount is refused (EBUSY) while the coordinator "
-        "holds the database open for writing, and a read-only bind mount does not affect "
-        "descriptors already open: no way to make an open SQLite file read-only here"
-    )
+@pytest.mark.timeout(180)
+def test_d3_database_becomes_read_only(
+    read_only_switch: ReadOnlySwitch, tmp_path: Path, row: BRow, size: Size
+) -> None:
+    """The data directory turns read-only under a running coordinator and comes back.
+
+    Twice: first mid-run, tasks running and queued, so results and leases cannot
+    commit while read-only and must still count once access returns; then with the
+    node idle and delayed tasks falling due, so that nothing but the coordinator's
+    own retry can lease them afterwards. The coordinator's log is kept outside the
+    mount (D1 covers a log that cannot be written).
+    """
+    fs = read_only_switch
+    server = start_server_with(fs.path / "data", log_path=tmp_path / "server.log")
+    assert server.alive(), server.log()
+    cluster = Cluster(tmp_path, server)
+    try:
+        cluster.node("a", threads=2)
+        with grpc.insecure_channel(server.address) as channel, cluster.client() as client:
+            wait_nodes(client, "a")
+            stub = task_service_pb2_grpc.TaskServiceStub(channel)
+            work = json.dumps({"sleep": 0.1}).encode()
+            acked = []
+            for i in range(size.pick(40, 200)):
+                code, detail = submit(stub, f"before-{i}", work)
+                assert code is grpc.StatusCode.OK, (code, detail)
+                acked.append(detail)
+            # Mid-run: some tasks done, the node busy with others, the rest queued.
+            wait_until(lambda: len(cluster.runs()) >= 10, 30, what="10 tasks started")
+            unfinished = len(sql(cluster.db, "SELECT id FROM tasks WHERE state < 4"))
+            assert unfinished, "every task finished before the fault: not mid-run"
+            fs.read_only()
+            ro_at = time.monotonic()
+            first_failure = submit(stub, "ro-0", b"{}")
+            assert first_failure[0] is grpc.StatusCode.UNAVAILABLE, first_failure
+            wait_until(lambda: health(server.address) == "NOT_SERVING", 1.0, interval_s=0.05)
+            not_serving_s = time.monotonic() - ro_at
+            # Keep submitting while read-only: every one is refused, health stays down,
+            # and reads (a task acknowledged before) are still answered.
+            codes = [first_failure[0].name]
+            served: list[str] = []
+            while time.monotonic() < ro_at + size.pick(3.0, 10.0):
+                code, detail = submit(stub, f"ro-{len(codes)}", b"{}")
+                codes.append(code.name)
+                assert code is grpc.StatusCode.UNAVAILABLE, (code, detail)
+                served.append(health(server.address))
+                assert client.get(acked[0]).id == acked[0]
+                time.sleep(0.1)  # pacing, not synchronisation
+            assert set(served) == {"NOT_SERVING"}, served
+            assert server.alive(), "the coordinator survived the read-only store"
+            refused = fs.read_write()
+            rw_at = time.monotonic()
+            assert refused.get("write"), f"SQLite never tried to write: {refused}"
+            started_while_ro = sum(1 for line in cluster.lines() if ro_at <= line["ts"] < rw_at)
+            wait_until(lambda: health(server.address) == "SERVING", 5.0, interval_s=0.05)
+            recovered_s = time.monotonic() - rw_at
+            # What was acknowledged before the fault finishes without any new submit to
+            # wake the coordinator up: recovery alone must resume dispatch and results.
+            wait_until(
+                lambda: all(client.get(t).state is TaskState.SUCCEEDED for t in acked),
+                60,
+                interval_s=0.1,
+                what="tasks acknowledged before the fault succeeded",
+            )
+            backlog_s = time.monotonic() - rw_at
+            after = []
+            for i in range(size.pick(20, 100)):
+                code, detail = submit(stub, f"after-{i}", work)
+                assert code is grpc.StatusCode.OK, (code, detail)
+                after.append(detail)
+            wait_until(lambda: all(client.get(t).state is TaskState.SUCCEEDED for t in after), 60)
+            acked += after
+            # A quiet fault: the node idle, only delayed tasks falling due while read-only.
+            # Once writable, no result, submit or node event comes to wake the dispatcher:
+            # its own retry of the failed lease must.
+            quiet = []
+            for i in range(4):
+                code, detail = submit(stub, f"quiet-{i}", b"{}", delay_s=1.0)
+                assert code is grpc.StatusCode.OK, (code, detail)
+                quiet.append(detail)
+            fs.read_only()
+            wait_until(
+                lambda: health(server.address) == "NOT_SERVING",
+                5.0,
+                interval_s=0.05,
+                what="a lease that failed to commit",
+            )
+            assert fs.read_write().get("write")
+            quiet_rw_at = time.monotonic()
+            wait_until(
+                lambda: all(client.get(t).state is TaskState.SUCCEEDED for t in quiet),
+                10,
+                interval_s=0.05,
+                what="delayed tasks leased once writable again",
+            )
+            quiet_s = time.monotonic() - quiet_rw_at
+            wait_until(lambda: health(server.address) == "SERVING", 5.0, interval_s=0.05)
+            acked += quiet
+        starts = {line["task_id"]: line["ts"] for line in cluster.lines()}
+        assert all(starts[t] > quiet_rw_at for t in quiet), "the quiet fault was not quiet"
+        assert server.alive(), "recovered without a restart"
+        keys = {r[0] for r in sql(cluster.db, "SELECT idempotency_key FROM tasks")}
+        stored_while_ro = sorted(k for k in keys if k.startswith("ro-"))
+        assert not stored_while_ro, f"stored although refused: {stored_while_ro}"
+        resumes = server.log().count("resumed=True")
+        finish(
+            row,
+            cluster,
+            acked,
+            server_pid=server.pid,
+            first_failure=first_failure[0].name,
+            unfinished_at_switch=unfinished,
+            not_serving_after_s=round(not_serving_s, 2),
+            refused_while_ro=len(codes),
+            started_while_ro=started_while_ro,
+            node_resumes=resumes,
+            refused_ops=",".join(f"{op}:{n}" for op, n in sorted(refused.items())),
+            recovered_after_s=round(recovered_s, 2),
+            recovery_limit_s=5.0,
+            backlog_done_after_s=round(backlog_s, 2),
+            quiet_done_after_s=round(quiet_s, 2),
+        )
+    finally:
+        cluster.stop()
 
 
 # --- D4 ---------------------------------------------------------------------------------
