@@ -18,11 +18,10 @@ first use on a connection (a fresh one, or one the writer has just reopened).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 import threading
 from typing import Self
+
+from tests.chaos.proxy import send_rst
 
 CHUNK_BYTES = 64 * 1024
 COMMIT = b"COMMIT"
@@ -39,12 +38,14 @@ class CommitCutProxy:
         self._deliver_commit = True
         self.cut = threading.Event()
         """Set once a COMMIT's answer was dropped."""
-        self.port = 0
+        self.address = ""
+        """``127.0.0.1:PORT`` it listens on, once entered."""
         self._server: asyncio.Server | None = None
 
     def __enter__(self) -> Self:
         self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        port = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        self.address = f"127.0.0.1:{port}"
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -77,7 +78,7 @@ class CommitCutProxy:
         try:
             server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target_port)
         except OSError:
-            _reset(client_w)
+            send_rst(client_w)
             return
         committed = asyncio.Event()  # this connection sent the COMMIT to cut
         up = asyncio.ensure_future(self._up(client_r, server_w, committed))
@@ -89,7 +90,7 @@ class CommitCutProxy:
                 pump.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
             for writer in (client_w, server_w):
-                _reset(writer)
+                send_rst(writer)
 
     async def _up(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, committed: asyncio.Event
@@ -118,12 +119,3 @@ class CommitCutProxy:
                 return
             writer.write(data)
             await writer.drain()
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close with an RST, as a dropped connection would look."""
-    sock = writer.get_extra_info("socket")
-    with contextlib.suppress(OSError):
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.close()

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -395,6 +396,14 @@ class PostgresServer:
             shutil.rmtree(self._base, ignore_errors=True)
         self._base = None
         self.port = 0
+
+
+def url_via(url: str, address: str) -> str:
+    """``url`` (one of :meth:`PostgresServer.dsn`'s) reaching the server through ``address``
+    (``host:port`` of a proxy in front of it): the same user and database."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{address}" if user else address))
 
 
 def leader_backend(url: str) -> int:

@@ -65,14 +65,7 @@ class Pages:
                 back_label="Newest tasks",
             )
         except DtqError as exc:
-            return self._render(
-                request,
-                "_error.html",
-                "Tasks",
-                status=http_status(exc),
-                query=query,
-                error=describe(exc),
-            )
+            return self._refused(request, "Tasks", exc, query=query)
         return self._render(request, "_tasks.html", "Tasks", query=query, listing=listing)
 
     async def task(self, request: Request) -> Response:
@@ -82,8 +75,7 @@ class Pages:
         try:
             task = await self._gateway.task(task_id)
         except DtqError as exc:
-            status = http_status(exc)
-            return self._render(request, "_error.html", title, status=status, error=describe(exc))
+            return self._refused(request, title, exc)
         limit = self._config.max_shown_bytes
         error = task.last_error
         return self._render(
@@ -106,8 +98,7 @@ class Pages:
         try:
             group = await self._gateway.group(group_id)
         except DtqError as exc:
-            status = http_status(exc)
-            return self._render(request, "_error.html", title, status=status, error=describe(exc))
+            return self._refused(request, title, exc)
         return self._render(
             request,
             "_group.html",
@@ -121,11 +112,14 @@ class Pages:
         try:
             schedules = await self._gateway.schedules()
         except DtqError as exc:
-            status = http_status(exc)
-            return self._render(
-                request, "_error.html", "Schedules", status=status, error=describe(exc)
-            )
+            return self._refused(request, "Schedules", exc)
         return self._render(request, "_schedules.html", "Schedules", schedules=schedules)
+
+    def _refused(self, request: Request, title: str, exc: DtqError, **context: Any) -> Response:
+        """The error page for what the coordinator answered, with its HTTP status."""
+        return self._render(
+            request, "_error.html", title, status=http_status(exc), error=describe(exc), **context
+        )
 
     def _render(
         self, request: Request, live: str, title: str, *, status: int = 200, **context: Any

@@ -73,13 +73,18 @@ class _Pipe:
         self.closed = True
         self.ended.set()
         for writer in (self.client, self.server):
-            if writer is None:
-                continue
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()
+            if writer is not None:
+                send_rst(writer)
+
+
+def send_rst(writer: asyncio.StreamWriter) -> None:
+    """Close ``writer``'s connection with an RST, as a dropped connection looks to its peer
+    (SO_LINGER 0 makes closing send RST instead of FIN)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 class FaultProxy:

@@ -29,7 +29,7 @@ from tests.harness import (
     wait_serving,
     wait_until,
 )
-from tests.postgres import PostgresServer, leader_backend
+from tests.postgres import PostgresServer, leader_backend, url_via
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 
@@ -207,9 +207,8 @@ def test_a_task_stored_by_a_commit_whose_answer_was_lost_still_runs(
     key, which finds the stored task. The coordinator, which could not know the task
     was stored, leads again from a fresh start, so the task is on its board and runs.
     (Leading on instead left it stored, QUEUED and never dispatched.)"""
-    port = postgres_server.port
-    with CommitCutProxy(port) as proxy:
-        via_proxy = postgres_url.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{proxy.port}/")
+    with CommitCutProxy(postgres_server.port) as proxy:
+        via_proxy = url_via(postgres_url, proxy.address)
         server = coordinator(tmp_path, "a", via_proxy, free_loopback_port(), wait=True)
         processes.append(server)
         processes.append(start_node(server.address, tmp_path, "n1"))

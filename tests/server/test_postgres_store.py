@@ -23,7 +23,7 @@ from dtq_server.validation import SpecInput, Violations, validate_spec
 from tests.chaos.proxy import FaultProxy
 from tests.commit_cut import CommitCutProxy
 from tests.harness import server_config
-from tests.postgres import PostgresServer, leader_backend
+from tests.postgres import PostgresServer, leader_backend, url_via
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 CONFIG = server_config(Path("unused"))
@@ -155,9 +155,8 @@ def test_a_commit_that_got_no_answer_is_looked_up_and_a_stored_one_makes_it_stan
     store asks the database: rolled back, it leads on; stored, memory disagrees with the
     database (a task stored that is not on the board), so it gives up the lead, and a
     fresh start reloads the queue. A liveness ping's lost answer is not even looked up."""
-    port = postgres_server.port
-    with CommitCutProxy(port) as proxy:
-        via_proxy = postgres_url.replace(f"127.0.0.1:{port}/", f"127.0.0.1:{proxy.port}/")
+    with CommitCutProxy(postgres_server.port) as proxy:
+        via_proxy = url_via(postgres_url, proxy.address)
 
         async def cuts() -> tuple[str, str]:
             lost = threading.Event()
@@ -279,7 +278,7 @@ def test_a_standby_takes_over_from_a_leader_cut_off_without_a_reset(
 ) -> None:
     """The server ends a silent leader's session (and frees the lock) after 5 s idle."""
     with FaultProxy(f"127.0.0.1:{postgres_server.port}") as proxy:
-        via_proxy = postgres_url.replace(f"127.0.0.1:{postgres_server.port}/", f"{proxy.address}/")
+        via_proxy = url_via(postgres_url, proxy.address)
 
         async def scenario() -> float:
             first = PostgresStore(via_proxy)
