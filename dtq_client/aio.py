@@ -15,7 +15,10 @@ the same :class:`~dtq_client.ClientConfig`, deadlines and retries
 (:func:`dtq_client.retry.async_retrying`, the same policy and codes), generated
 idempotency keys, requests built and answers read by
 :mod:`dtq_client.task_requests`, plain models and the :class:`~dtq_client.DtqError`
-tree. Waiting (``watch``, ``wait``) is in :mod:`dtq_client.aio_watch`.
+tree. Each call that is one unary RPC runs the same :class:`~dtq_client.plans.Plan`
+as the blocking client's (see :mod:`dtq_client.calls`); the cluster and schedule
+calls come from :mod:`dtq_client.cluster` and :mod:`dtq_client.schedules`, waiting
+(``watch``, ``wait``) from :mod:`dtq_client.aio_watch`.
 """
 
 from __future__ import annotations
@@ -23,28 +26,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import replace
-from typing import Any, Literal, Self, TypeVar, Unpack, overload
+from typing import Any, Literal, Self, Unpack, overload
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dtq.tls import ClientTls
-from dtq.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc
-from dtq_client import aio_watch, convert, retry, task_requests, tracing
+from dtq.v1 import task_service_pb2
+from dtq_client import aio_watch, convert, retry, task_requests
 from dtq_client.aio_watch import WatchCalls
+from dtq_client.cluster import AsyncClusterCalls
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.connection import bearer_header, open_aio_channel
-from dtq_client.errors import (
-    DeadlineExceeded,
-    RpcError,
-    Unavailable,
-    WaitTimeout,
-    translate_rpc_errors,
-)
+from dtq_client.errors import DeadlineExceeded, RpcError, Unavailable, WaitTimeout
 from dtq_client.models import (
+    CancelCounts,
     Group,
+    RetryResult,
     SubmitAck,
     SubmitResult,
     SubmittedGroup,
@@ -53,12 +52,11 @@ from dtq_client.models import (
     TaskSpec,
     TaskState,
 )
+from dtq_client.schedules import AsyncScheduleCalls
 from dtq_client.submit_options import SubmitOptions, random_key, spec_of
 
-_R = TypeVar("_R")
 
-
-class AsyncClient(WatchCalls):
+class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
     """A connection to a DTQ coordinator for asyncio code; ``async with`` it or await
     :meth:`close`.
 
@@ -69,12 +67,15 @@ class AsyncClient(WatchCalls):
     the loop it was made on. ``channel`` lets the caller supply (and keep
     ownership of) an open ``grpc.aio`` channel; the token is sent all the same.
 
-    It covers submitting, reading, cancelling and waiting for tasks (``watch``
-    and ``wait`` come from :class:`~dtq_client.aio_watch.WatchCalls`), groups and
-    the health check. The bulk commands (``cancel_tasks``, ``retry``, ``purge``),
-    the pipelined :meth:`~dtq_client.Client.submitter`, the cluster and admin
-    calls (nodes, queues, rate limits) and schedules are not here: use
-    :class:`~dtq_client.Client` for those.
+    It has every call of :class:`~dtq_client.Client` but the pipelined
+    :meth:`~dtq_client.Client.submitter`: submitting, reading, cancelling
+    (one task or in bulk), retrying, purging and waiting for tasks (``watch``
+    and ``wait`` come from :class:`~dtq_client.aio_watch.WatchCalls`), groups,
+    the cluster (nodes, queues, rate limits, health: from
+    :class:`~dtq_client.cluster.AsyncClusterCalls`) and schedules (from
+    :class:`~dtq_client.schedules.AsyncScheduleCalls`). Where the blocking
+    client would use a submitter, submit concurrently (``asyncio.gather``) or
+    with :meth:`submit_many`.
     """
 
     def __init__(
@@ -117,9 +118,7 @@ class AsyncClient(WatchCalls):
                 ) from None
             channel = open_aio_channel(config)
         self._channel = channel
-        # The generated stubs are untyped; each call annotates its response.
-        self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
-        self._health = health_pb2_grpc.HealthStub(channel)
+        self._open_stubs(channel)
         # The header the blocking client's BearerToken interceptor adds: metadata, not
         # call credentials, which gRPC sends only over TLS (loopback checks tokens too).
         self._metadata = None if config.token is None else (bearer_header(config.token),)
@@ -281,6 +280,36 @@ class AsyncClient(WatchCalls):
         )
         return convert.task_from_proto(response.task)
 
+    async def cancel_tasks(
+        self,
+        queue: str | None = None,
+        type: str | None = None,
+        state: TaskState | str | None = None,
+    ) -> CancelCounts:
+        """See :meth:`Client.cancel_tasks <dtq_client.Client.cancel_tasks>`."""
+        return await self._run(task_requests.cancel_tasks(queue, type, state))
+
+    async def retry(
+        self,
+        task_ids: Iterable[str] | None = None,
+        *,
+        queue: str | None = None,
+        type: str | None = None,
+        state: TaskState | str | None = None,
+    ) -> RetryResult:
+        """See :meth:`Client.retry <dtq_client.Client.retry>`."""
+        return await self._run(task_requests.retry_tasks(task_ids, queue, type, state))
+
+    async def purge(
+        self,
+        state: TaskState | str,
+        *,
+        queue: str | None = None,
+        type: str | None = None,
+    ) -> int:
+        """See :meth:`Client.purge <dtq_client.Client.purge>`."""
+        return await self._run(task_requests.purge_tasks(state, queue, type))
+
     async def list_tasks(
         self,
         queue: str | None = None,
@@ -346,35 +375,3 @@ class AsyncClient(WatchCalls):
             self._tasks.ListTasks, request, retry.READ_CODES
         )
         return task_requests.task_page(response)
-
-    async def health(self, service: str = "") -> str:
-        """The standard gRPC health status: ``SERVING``, ``NOT_SERVING``, ...
-
-        ``service`` "" asks about the coordinator as a whole.
-        """
-        request = health_pb2.HealthCheckRequest(service=service)
-        response = await self._unary(self._health.Check, request, retry.READ_CODES)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
-
-    # --- plumbing ------------------------------------------------------------------------
-
-    def _stamp(self, specs: Iterable[task_pb2.TaskSpec]) -> None:
-        """With ``propagate_trace``, carry the caller's trace context in the specs' headers."""
-        if self.config.propagate_trace:
-            tracing.stamp(specs)
-
-    async def _unary(
-        self,
-        method: Callable[..., Awaitable[_R]],
-        request: object,
-        codes: frozenset[grpc.StatusCode],
-    ) -> _R:
-        """Call ``method`` with a deadline and the token, translating errors and retrying
-        ``codes``."""
-
-        async def attempt() -> _R:
-            with translate_rpc_errors():
-                return await method(request, timeout=self.config.timeout_s, metadata=self._metadata)
-
-        result: _R = await retry.async_retrying(self.config.retry, codes)(attempt)
-        return result

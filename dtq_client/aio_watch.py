@@ -17,9 +17,9 @@ from typing import Protocol
 
 import grpc
 
-from dtq.v1 import task_service_pb2, task_service_pb2_grpc
+from dtq.v1 import task_service_pb2
 from dtq_client import convert, retry, task_requests
-from dtq_client.config import ClientConfig
+from dtq_client.calls import AsyncCalls
 from dtq_client.errors import (
     DeadlineExceeded,
     ProtocolError,
@@ -42,13 +42,8 @@ class TaskStreamCall(Protocol):
     def cancel(self) -> bool: ...
 
 
-class WatchCalls:
+class WatchCalls(AsyncCalls):
     """The waiting calls of :class:`~dtq_client.AsyncClient`, which sets up their state."""
-
-    config: ClientConfig
-    _tasks: task_service_pb2_grpc.TaskServiceStub
-    _metadata: tuple[tuple[str, str], ...] | None
-    """What every call carries besides its request: the token, if any."""
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> Task:
         """Wait until the task is terminal and return it, whatever its outcome.

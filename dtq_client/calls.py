@@ -1,16 +1,19 @@
-"""What every group of :class:`~dtq_client.Client` calls shares.
+"""What every group of client calls shares, and the two ways to make a unary call.
 
-The client's calls are split by concept: tasks in :mod:`dtq_client.client`,
-the cluster (nodes, queues, rate limits) in :mod:`dtq_client.cluster` and
-periodic schedules in :mod:`dtq_client.schedules`. Each group is a mixin of
-:class:`Calls`, which holds the configuration, the stubs and the one way to
-make a unary call; :class:`~dtq_client.Client` combines them and sets them up.
+The client's calls are split by concept: tasks in :mod:`dtq_client.client`
+(and :mod:`dtq_client.aio`), the cluster (nodes, queues, rate limits) in
+:mod:`dtq_client.cluster` and periodic schedules in :mod:`dtq_client.schedules`.
+Each group is a mixin of :class:`Calls`, which makes a call and blocks for its
+answer, or of :class:`AsyncCalls`, which awaits it on ``grpc.aio``; both hold
+the configuration and the stubs (:class:`CallState`) and run a
+:class:`~dtq_client.plans.Plan` the same way. :class:`~dtq_client.Client` and
+:class:`~dtq_client.AsyncClient` combine the groups and set them up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -24,12 +27,14 @@ from dtq.v1 import (
 from dtq_client import retry, tracing
 from dtq_client.config import ClientConfig
 from dtq_client.errors import translate_rpc_errors
+from dtq_client.plans import Plan
 
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
-class Calls:
-    """The state every call group uses; :class:`~dtq_client.Client` initialises it."""
+class CallState:
+    """The configuration and stubs every call group uses, blocking or asyncio."""
 
     config: ClientConfig
     _tasks: task_service_pb2_grpc.TaskServiceStub
@@ -37,8 +42,8 @@ class Calls:
     _schedules: schedule_service_pb2_grpc.ScheduleServiceStub
     _health: health_pb2_grpc.HealthStub
 
-    def _open_stubs(self, channel: grpc.Channel) -> None:
-        """Create the stubs of every service on ``channel``."""
+    def _open_stubs(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+        """Create the stubs of every service on ``channel`` (the generated stubs take either)."""
         # The generated stubs are untyped; each call annotates its response.
         self._tasks = task_service_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
         self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -49,6 +54,21 @@ class Calls:
         """With ``propagate_trace``, carry the caller's trace context in the specs' headers."""
         if self.config.propagate_trace:
             tracing.stamp(specs)
+
+    def _method(self, plan: Plan[Any]) -> Callable[..., Any]:
+        """The stub method that makes ``plan``'s call."""
+        stubs = {
+            "tasks": self._tasks,
+            "admin": self._admin,
+            "schedules": self._schedules,
+            "health": self._health,
+        }
+        method: Callable[..., Any] = getattr(stubs[plan.service], plan.rpc)
+        return method
+
+
+class Calls(CallState):
+    """Blocking calls: :class:`~dtq_client.Client`'s groups."""
 
     def _unary(
         self,
@@ -63,3 +83,35 @@ class Calls:
                 return method(request, timeout=self.config.timeout_s)
 
         return retry.retrying(self.config.retry, codes)(attempt)
+
+    def _run(self, plan: Plan[_T]) -> _T:
+        """Make the call ``plan`` describes, block for its answer and return it read."""
+        return plan.answer(self._unary(self._method(plan), plan.request, plan.codes))
+
+
+class AsyncCalls(CallState):
+    """Asyncio calls: :class:`~dtq_client.AsyncClient`'s groups."""
+
+    _metadata: tuple[tuple[str, str], ...] | None
+    """What every call carries besides its request: the token, if any. (The blocking
+    client's channel adds it with an interceptor instead.)"""
+
+    async def _unary(
+        self,
+        method: Callable[..., Awaitable[_R]],
+        request: object,
+        codes: frozenset[grpc.StatusCode],
+    ) -> _R:
+        """Call ``method`` with a deadline and the token, translating errors and retrying
+        ``codes``."""
+
+        async def attempt() -> _R:
+            with translate_rpc_errors():
+                return await method(request, timeout=self.config.timeout_s, metadata=self._metadata)
+
+        result: _R = await retry.async_retrying(self.config.retry, codes)(attempt)
+        return result
+
+    async def _run(self, plan: Plan[_T]) -> _T:
+        """Make the call ``plan`` describes, await its answer and return it read."""
+        return plan.answer(await self._unary(self._method(plan), plan.request, plan.codes))

@@ -338,13 +338,7 @@ class Client(ScheduleCalls, ClusterCalls):
         tasks are cancelled before their dependencies, so they end CANCELLED
         whatever their ``on_dependency_failure``.
         """
-        request = task_service_pb2.CancelTasksRequest(
-            queue=queue or "", type=type or "", state=task_requests.state_filter(state)
-        )
-        response: task_service_pb2.CancelTasksResponse = self._unary(
-            self._tasks.CancelTasks, request, retry.READ_CODES
-        )
-        return convert.cancel_counts_from_proto(response)
+        return self._run(task_requests.cancel_tasks(queue, type, state))
 
     def retry(
         self,
@@ -363,21 +357,7 @@ class Client(ScheduleCalls, ClusterCalls):
         when more remain. A retried task gets a fresh attempt budget; its
         attempt number keeps counting, so the next dispatch is a new attempt.
         """
-        if isinstance(task_ids, str):
-            raise TypeError("task_ids must be a collection of ids, not one string")
-        ids = [] if task_ids is None else list(task_ids)
-        if ids and (queue or type or state):
-            raise ValueError("give task ids or a filter (queue, type, state), not both")
-        request = task_service_pb2.RetryTasksRequest(
-            task_ids=ids,
-            queue=queue or "",
-            type=type or "",
-            state=task_requests.state_filter(state),
-        )
-        response: task_service_pb2.RetryTasksResponse = self._unary(
-            self._tasks.RetryTasks, request, retry.READ_CODES
-        )
-        return convert.retry_result_from_proto(response)
+        return self._run(task_requests.retry_tasks(task_ids, queue, type, state))
 
     def purge(
         self,
@@ -391,13 +371,7 @@ class Client(ScheduleCalls, ClusterCalls):
         ``state`` must be succeeded, failed or cancelled (:class:`InvalidArgument`
         otherwise); without a queue or type, every task in that state goes.
         """
-        request = task_service_pb2.PurgeTasksRequest(
-            queue=queue or "", type=type or "", state=task_requests.state_filter(state)
-        )
-        response: task_service_pb2.PurgeTasksResponse = self._unary(
-            self._tasks.PurgeTasks, request, retry.READ_CODES
-        )
-        return response.deleted
+        return self._run(task_requests.purge_tasks(state, queue, type))
 
     def list_tasks(
         self,

@@ -1,17 +1,15 @@
-"""The client's calls about the cluster: nodes, queues, rate limits and health."""
+"""The client's calls about the cluster: nodes, queues, rate limits and health.
+
+:class:`ClusterCalls` are :class:`~dtq_client.Client`'s, :class:`AsyncClusterCalls`
+:class:`~dtq_client.AsyncClient`'s: the same calls, each running the plan that
+:mod:`dtq_client.cluster_requests` makes for it.
+"""
 
 from __future__ import annotations
 
-from grpc_health.v1 import health_pb2
-
-from dtq.v1 import admin_service_pb2
-from dtq_client import convert, retry
-from dtq_client.calls import Calls
-from dtq_client.errors import ProtocolError
+from dtq_client import cluster_requests
+from dtq_client.calls import AsyncCalls, Calls
 from dtq_client.models import Node, QueueStats, RateLimit
-
-# Every admin call below sets absolute values, so retrying one is harmless.
-_ADMIN_CODES = retry.READ_CODES
 
 
 class ClusterCalls(Calls):
@@ -21,43 +19,31 @@ class ClusterCalls(Calls):
 
     def nodes(self, include_gone: bool = False) -> list[Node]:
         """Worker nodes ordered by id; ``include_gone`` adds recently dead or departed ones."""
-        request = admin_service_pb2.ListNodesRequest(include_gone=include_gone)
-        response: admin_service_pb2.ListNodesResponse = self._unary(
-            self._admin.ListNodes, request, retry.READ_CODES
-        )
-        return [convert.node_from_proto(node) for node in response.nodes]
+        return self._run(cluster_requests.nodes(include_gone))
 
     def drain(self, node_id: str) -> Node:
         """Stop dispatching to a node and ask it to finish its tasks and exit.
 
         :class:`NodeNotFound` if no live node has that id.
         """
-        request = admin_service_pb2.DrainNodeRequest(node_id=node_id)
-        response: admin_service_pb2.DrainNodeResponse = self._unary(
-            self._admin.DrainNode, request, retry.READ_CODES
-        )
-        return convert.node_from_proto(response.node)
+        return self._run(cluster_requests.drain(node_id))
 
     # --- queues --------------------------------------------------------------------------
 
     def queues(self) -> list[QueueStats]:
         """Task counts and settings of every queue that has tasks or settings, ordered by name."""
-        request = admin_service_pb2.ListQueuesRequest()
-        response: admin_service_pb2.ListQueuesResponse = self._unary(
-            self._admin.ListQueues, request, retry.READ_CODES
-        )
-        return [convert.queue_stats_from_proto(stats) for stats in response.queues]
+        return self._run(cluster_requests.queues())
 
     def pause_queue(self, name: str) -> QueueStats:
         """Pause a queue: it keeps accepting submits but dispatches nothing. Durable.
 
         Tasks already running carry on. Returns the queue with its new settings.
         """
-        return self._update_queue(admin_service_pb2.UpdateQueueRequest(name=name, paused=True))
+        return self._run(cluster_requests.set_queue_paused(name, True))
 
     def resume_queue(self, name: str) -> QueueStats:
         """Resume a paused queue; returns the queue with its new settings."""
-        return self._update_queue(admin_service_pb2.UpdateQueueRequest(name=name, paused=False))
+        return self._run(cluster_requests.set_queue_paused(name, False))
 
     def set_queue_limit(self, name: str, max_running: int) -> QueueStats:
         """Cap the tasks of a queue leased or running at once, across all nodes; 0 removes the cap.
@@ -65,8 +51,7 @@ class ClusterCalls(Calls):
         Durable. Lowering it below what is running stops nothing: it holds
         back new dispatches until the queue is under it. Returns the queue.
         """
-        request = admin_service_pb2.UpdateQueueRequest(name=name, max_running=max_running)
-        return self._update_queue(request)
+        return self._run(cluster_requests.set_queue_limit(name, max_running))
 
     def set_queue_rate_limit(self, name: str, per_second: float) -> QueueStats:
         """Dispatch at most ``per_second`` tasks of a queue per second, across all nodes.
@@ -74,8 +59,7 @@ class ClusterCalls(Calls):
         A token bucket holding one second's worth of tokens (at least one);
         0 removes the limit. Durable. Returns the queue with its new settings.
         """
-        request = admin_service_pb2.UpdateQueueRequest(name=name, rate_limit=per_second)
-        return self._update_queue(request)
+        return self._run(cluster_requests.set_queue_rate_limit(name, per_second))
 
     def set_queue_max_depth(self, name: str, max_depth: int) -> QueueStats:
         """Refuse submits that would take a queue past ``max_depth`` unfinished tasks.
@@ -85,14 +69,7 @@ class ClusterCalls(Calls):
         stores nothing and raises :class:`~dtq_client.QueueFull`. Durable.
         Lowering it below the current depth removes nothing. Returns the queue.
         """
-        request = admin_service_pb2.UpdateQueueRequest(name=name, max_depth=max_depth)
-        return self._update_queue(request)
-
-    def _update_queue(self, request: admin_service_pb2.UpdateQueueRequest) -> QueueStats:
-        response: admin_service_pb2.UpdateQueueResponse = self._unary(
-            self._admin.UpdateQueue, request, _ADMIN_CODES
-        )
-        return convert.queue_stats_from_proto(response.queue)
+        return self._run(cluster_requests.set_queue_max_depth(name, max_depth))
 
     # --- rate limits ---------------------------------------------------------------------
 
@@ -104,33 +81,15 @@ class ClusterCalls(Calls):
         Replaces the key's previous limit; durable. Use :meth:`delete_rate_limit`
         to remove one (``per_second`` must be positive here).
         """
-        if per_second == 0:
-            raise ValueError("per_second 0 would remove the limit: call delete_rate_limit(key)")
-        response = self._set_rate_limit(key, per_second, burst or 0)
-        if not response.HasField("rate_limit"):
-            raise ProtocolError(f"SetRateLimit answered no limit for key {key!r}")
-        return convert.rate_limit_from_proto(response.rate_limit)
+        return self._run(cluster_requests.set_rate_limit(key, per_second, burst))
 
     def delete_rate_limit(self, key: str) -> None:
         """Remove the rate limit of ``key`` (its tasks are no longer throttled); no-op if none."""
-        self._set_rate_limit(key, 0.0, 0)
-
-    def _set_rate_limit(
-        self, key: str, per_second: float, burst: int
-    ) -> admin_service_pb2.SetRateLimitResponse:
-        request = admin_service_pb2.SetRateLimitRequest(key=key, per_second=per_second, burst=burst)
-        response: admin_service_pb2.SetRateLimitResponse = self._unary(
-            self._admin.SetRateLimit, request, _ADMIN_CODES
-        )
-        return response
+        self._run(cluster_requests.delete_rate_limit(key))
 
     def rate_limits(self) -> list[RateLimit]:
         """Every configured rate-key limit, ordered by key."""
-        request = admin_service_pb2.ListRateLimitsRequest()
-        response: admin_service_pb2.ListRateLimitsResponse = self._unary(
-            self._admin.ListRateLimits, request, retry.READ_CODES
-        )
-        return [convert.rate_limit_from_proto(limit) for limit in response.rate_limits]
+        return self._run(cluster_requests.rate_limits())
 
     # --- health --------------------------------------------------------------------------
 
@@ -139,6 +98,58 @@ class ClusterCalls(Calls):
 
         ``service`` "" asks about the coordinator as a whole.
         """
-        request = health_pb2.HealthCheckRequest(service=service)
-        response = self._unary(self._health.Check, request, retry.READ_CODES)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return self._run(cluster_requests.health(service))
+
+
+class AsyncClusterCalls(AsyncCalls):
+    """The same calls for :class:`~dtq_client.AsyncClient`, each a coroutine."""
+
+    async def nodes(self, include_gone: bool = False) -> list[Node]:
+        """See :meth:`Client.nodes <dtq_client.Client.nodes>`."""
+        return await self._run(cluster_requests.nodes(include_gone))
+
+    async def drain(self, node_id: str) -> Node:
+        """See :meth:`Client.drain <dtq_client.Client.drain>`."""
+        return await self._run(cluster_requests.drain(node_id))
+
+    async def queues(self) -> list[QueueStats]:
+        """See :meth:`Client.queues <dtq_client.Client.queues>`."""
+        return await self._run(cluster_requests.queues())
+
+    async def pause_queue(self, name: str) -> QueueStats:
+        """See :meth:`Client.pause_queue <dtq_client.Client.pause_queue>`."""
+        return await self._run(cluster_requests.set_queue_paused(name, True))
+
+    async def resume_queue(self, name: str) -> QueueStats:
+        """See :meth:`Client.resume_queue <dtq_client.Client.resume_queue>`."""
+        return await self._run(cluster_requests.set_queue_paused(name, False))
+
+    async def set_queue_limit(self, name: str, max_running: int) -> QueueStats:
+        """See :meth:`Client.set_queue_limit <dtq_client.Client.set_queue_limit>`."""
+        return await self._run(cluster_requests.set_queue_limit(name, max_running))
+
+    async def set_queue_rate_limit(self, name: str, per_second: float) -> QueueStats:
+        """See :meth:`Client.set_queue_rate_limit <dtq_client.Client.set_queue_rate_limit>`."""
+        return await self._run(cluster_requests.set_queue_rate_limit(name, per_second))
+
+    async def set_queue_max_depth(self, name: str, max_depth: int) -> QueueStats:
+        """See :meth:`Client.set_queue_max_depth <dtq_client.Client.set_queue_max_depth>`."""
+        return await self._run(cluster_requests.set_queue_max_depth(name, max_depth))
+
+    async def set_rate_limit(
+        self, key: str, per_second: float, *, burst: int | None = None
+    ) -> RateLimit:
+        """See :meth:`Client.set_rate_limit <dtq_client.Client.set_rate_limit>`."""
+        return await self._run(cluster_requests.set_rate_limit(key, per_second, burst))
+
+    async def delete_rate_limit(self, key: str) -> None:
+        """See :meth:`Client.delete_rate_limit <dtq_client.Client.delete_rate_limit>`."""
+        await self._run(cluster_requests.delete_rate_limit(key))
+
+    async def rate_limits(self) -> list[RateLimit]:
+        """See :meth:`Client.rate_limits <dtq_client.Client.rate_limits>`."""
+        return await self._run(cluster_requests.rate_limits())
+
+    async def health(self, service: str = "") -> str:
+        """See :meth:`Client.health <dtq_client.Client.health>`."""
+        return await self._run(cluster_requests.health(service))

@@ -1,10 +1,14 @@
-"""The client's calls about periodic schedules (``dtq.v1.ScheduleService``)."""
+"""The client's calls about periodic schedules (``dtq.v1.ScheduleService``).
+
+:class:`ScheduleCalls` are :class:`~dtq_client.Client`'s, :class:`AsyncScheduleCalls`
+:class:`~dtq_client.AsyncClient`'s: the same calls, each running the plan that
+:mod:`dtq_client.schedule_requests` makes for it.
+"""
 
 from __future__ import annotations
 
-from dtq.v1 import schedule_service_pb2
-from dtq_client import convert, retry
-from dtq_client.calls import Calls
+from dtq_client import schedule_requests
+from dtq_client.calls import AsyncCalls, Calls
 from dtq_client.models import MissedTicks, Schedule, TaskSpec
 
 
@@ -40,56 +44,32 @@ class ScheduleCalls(Calls):
         Idempotent by name: creating the same schedule again returns the
         stored one; :class:`ScheduleExists` if a different one has the name.
         """
-        if cron is not None and interval_s is not None:
-            raise ValueError("give cron or interval_s, not both")
-        schedule = Schedule(
-            name=name,
-            task=task,
+        plan = schedule_requests.create_schedule(
+            name,
+            task,
             cron=cron,
             interval_s=interval_s,
             time_zone=time_zone,
+            missed_ticks=missed_ticks,
             paused=paused,
-            missed_ticks=None if missed_ticks is None else MissedTicks(missed_ticks),
         )
-        request = schedule_service_pb2.CreateScheduleRequest(
-            schedule=convert.schedule_to_proto(schedule)
-        )
-        # Idempotent by name and definition, so a retry after a lost answer is harmless.
-        response: schedule_service_pb2.CreateScheduleResponse = self._unary(
-            self._schedules.CreateSchedule, request, retry.SUBMIT_CODES
-        )
-        return convert.schedule_from_proto(response.schedule)
+        return self._run(plan)
 
     def get_schedule(self, name: str) -> Schedule:
         """The schedule called ``name``; :class:`ScheduleNotFound` if there is none."""
-        request = schedule_service_pb2.GetScheduleRequest(name=name)
-        response: schedule_service_pb2.GetScheduleResponse = self._unary(
-            self._schedules.GetSchedule, request, retry.READ_CODES
-        )
-        return convert.schedule_from_proto(response.schedule)
+        return self._run(schedule_requests.get_schedule(name))
 
     def list_schedules(self) -> list[Schedule]:
         """Every schedule, ordered by name."""
-        request = schedule_service_pb2.ListSchedulesRequest()
-        response: schedule_service_pb2.ListSchedulesResponse = self._unary(
-            self._schedules.ListSchedules, request, retry.READ_CODES
-        )
-        return [convert.schedule_from_proto(s) for s in response.schedules]
+        return self._run(schedule_requests.list_schedules())
 
     def pause_schedule(self, name: str) -> Schedule:
         """Stop firing a schedule; the ticks that pass while it is paused are skipped."""
-        return self._set_paused(name, True)
+        return self._run(schedule_requests.set_schedule_paused(name, True))
 
     def resume_schedule(self, name: str) -> Schedule:
         """Resume a paused schedule from its next tick after now."""
-        return self._set_paused(name, False)
-
-    def _set_paused(self, name: str, paused: bool) -> Schedule:
-        request = schedule_service_pb2.UpdateScheduleRequest(name=name, paused=paused)
-        response: schedule_service_pb2.UpdateScheduleResponse = self._unary(
-            self._schedules.UpdateSchedule, request, retry.READ_CODES
-        )
-        return convert.schedule_from_proto(response.schedule)
+        return self._run(schedule_requests.set_schedule_paused(name, False))
 
     def delete_schedule(self, name: str) -> None:
         """Delete the schedule ``name``; the tasks it already submitted stay.
@@ -97,5 +77,51 @@ class ScheduleCalls(Calls):
         :class:`ScheduleNotFound` if there is none, including when a retry
         after a lost answer finds that the first attempt deleted it.
         """
-        request = schedule_service_pb2.DeleteScheduleRequest(name=name)
-        self._unary(self._schedules.DeleteSchedule, request, retry.READ_CODES)
+        self._run(schedule_requests.delete_schedule(name))
+
+
+class AsyncScheduleCalls(AsyncCalls):
+    """The same calls for :class:`~dtq_client.AsyncClient`, each a coroutine."""
+
+    async def create_schedule(
+        self,
+        name: str,
+        task: TaskSpec,
+        *,
+        cron: str | None = None,
+        interval_s: float | None = None,
+        time_zone: str | None = None,
+        missed_ticks: MissedTicks | str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """See :meth:`Client.create_schedule <dtq_client.Client.create_schedule>`."""
+        plan = schedule_requests.create_schedule(
+            name,
+            task,
+            cron=cron,
+            interval_s=interval_s,
+            time_zone=time_zone,
+            missed_ticks=missed_ticks,
+            paused=paused,
+        )
+        return await self._run(plan)
+
+    async def get_schedule(self, name: str) -> Schedule:
+        """See :meth:`Client.get_schedule <dtq_client.Client.get_schedule>`."""
+        return await self._run(schedule_requests.get_schedule(name))
+
+    async def list_schedules(self) -> list[Schedule]:
+        """See :meth:`Client.list_schedules <dtq_client.Client.list_schedules>`."""
+        return await self._run(schedule_requests.list_schedules())
+
+    async def pause_schedule(self, name: str) -> Schedule:
+        """See :meth:`Client.pause_schedule <dtq_client.Client.pause_schedule>`."""
+        return await self._run(schedule_requests.set_schedule_paused(name, True))
+
+    async def resume_schedule(self, name: str) -> Schedule:
+        """See :meth:`Client.resume_schedule <dtq_client.Client.resume_schedule>`."""
+        return await self._run(schedule_requests.set_schedule_paused(name, False))
+
+    async def delete_schedule(self, name: str) -> None:
+        """See :meth:`Client.delete_schedule <dtq_client.Client.delete_schedule>`."""
+        await self._run(schedule_requests.delete_schedule(name))

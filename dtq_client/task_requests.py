@@ -4,6 +4,8 @@
 they call the coordinator, not in what they send or how they read what comes
 back: both build their requests (generated idempotency keys, submit batches,
 filters) and read the answers (batch results, groups, the end of a wait) here.
+The bulk calls (``cancel_tasks``, ``retry``, ``purge``) are whole plans
+(:mod:`dtq_client.plans`), which either client runs as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from dtq.v1 import task_pb2, task_service_pb2
-from dtq_client import convert
+from dtq_client import convert, retry
 from dtq_client.batching import batches
 from dtq_client.config import ClientConfig
 from dtq_client.errors import (
@@ -25,7 +27,16 @@ from dtq_client.errors import (
     SubmitManyError,
     WaitTimeout,
 )
-from dtq_client.models import SubmitResult, SubmittedGroup, TaskPage, TaskSpec, TaskState
+from dtq_client.models import (
+    CancelCounts,
+    RetryResult,
+    SubmitResult,
+    SubmittedGroup,
+    TaskPage,
+    TaskSpec,
+    TaskState,
+)
+from dtq_client.plans import Plan
 
 SPEC_FRAMING_BYTES = 6
 """Bytes a spec adds to a SubmitTasks request beyond its own size (tag and length)."""
@@ -182,6 +193,50 @@ def page_size(limit: int) -> int:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     return min(limit, MAX_PAGE_SIZE)
+
+
+def cancel_tasks(
+    queue: str | None, type: str | None, state: TaskState | str | None
+) -> Plan[CancelCounts]:
+    """CancelTasks: every unfinished task matching the filters (the coordinator wants a
+    queue or a type)."""
+    request = task_service_pb2.CancelTasksRequest(
+        queue=queue or "", type=type or "", state=state_filter(state)
+    )
+    return Plan("tasks", "CancelTasks", request, retry.READ_CODES, convert.cancel_counts_from_proto)
+
+
+def retry_tasks(
+    task_ids: Iterable[str] | None,
+    queue: str | None,
+    type: str | None,
+    state: TaskState | str | None,
+) -> Plan[RetryResult]:
+    """RetryTasks: the tasks ``task_ids`` or those matching a filter, not both.
+
+    TypeError for one string as ``task_ids``, ValueError for ids and a filter.
+    """
+    if isinstance(task_ids, str):
+        raise TypeError("task_ids must be a collection of ids, not one string")
+    ids = [] if task_ids is None else list(task_ids)
+    if ids and (queue or type or state):
+        raise ValueError("give task ids or a filter (queue, type, state), not both")
+    request = task_service_pb2.RetryTasksRequest(
+        task_ids=ids, queue=queue or "", type=type or "", state=state_filter(state)
+    )
+    return Plan("tasks", "RetryTasks", request, retry.READ_CODES, convert.retry_result_from_proto)
+
+
+def purge_tasks(state: TaskState | str, queue: str | None, type: str | None) -> Plan[int]:
+    """PurgeTasks: the finished tasks in ``state`` of ``queue`` and/or ``type``; how many."""
+    request = task_service_pb2.PurgeTasksRequest(
+        queue=queue or "", type=type or "", state=state_filter(state)
+    )
+    return Plan("tasks", "PurgeTasks", request, retry.READ_CODES, _deleted)
+
+
+def _deleted(response: task_service_pb2.PurgeTasksResponse) -> int:
+    return response.deleted
 
 
 def raise_if_expired(exc: DeadlineExceeded, deadline: float | None, timeout: WaitTimeout) -> None:

@@ -1,0 +1,131 @@
+"""Cluster calls' requests and answers, as plans both clients run.
+
+One function per call of :class:`~dtq_client.cluster.ClusterCalls` and
+:class:`~dtq_client.cluster.AsyncClusterCalls` (nodes, queues, rate limits,
+health): it checks the arguments, builds the request and says how the answer
+is read; see :mod:`dtq_client.plans`.
+"""
+
+from __future__ import annotations
+
+from grpc_health.v1 import health_pb2
+
+from dtq.v1 import admin_service_pb2
+from dtq_client import convert, retry
+from dtq_client.errors import ProtocolError
+from dtq_client.models import Node, QueueStats, RateLimit
+from dtq_client.plans import Plan, no_answer
+
+# Every admin call below sets absolute values, so retrying one is harmless.
+_ADMIN_CODES = retry.READ_CODES
+
+# --- nodes ---------------------------------------------------------------------------------
+
+
+def nodes(include_gone: bool) -> Plan[list[Node]]:
+    """ListNodes: the worker nodes ordered by id."""
+    request = admin_service_pb2.ListNodesRequest(include_gone=include_gone)
+    return Plan("admin", "ListNodes", request, retry.READ_CODES, _nodes)
+
+
+def _nodes(response: admin_service_pb2.ListNodesResponse) -> list[Node]:
+    return [convert.node_from_proto(node) for node in response.nodes]
+
+
+def drain(node_id: str) -> Plan[Node]:
+    """DrainNode: the node, now draining."""
+    request = admin_service_pb2.DrainNodeRequest(node_id=node_id)
+    return Plan("admin", "DrainNode", request, retry.READ_CODES, _node)
+
+
+def _node(response: admin_service_pb2.DrainNodeResponse) -> Node:
+    return convert.node_from_proto(response.node)
+
+
+# --- queues --------------------------------------------------------------------------------
+
+
+def queues() -> Plan[list[QueueStats]]:
+    """ListQueues: every queue that has tasks or settings, ordered by name."""
+    request = admin_service_pb2.ListQueuesRequest()
+    return Plan("admin", "ListQueues", request, retry.READ_CODES, _queues)
+
+
+def _queues(response: admin_service_pb2.ListQueuesResponse) -> list[QueueStats]:
+    return [convert.queue_stats_from_proto(stats) for stats in response.queues]
+
+
+def set_queue_paused(name: str, paused: bool) -> Plan[QueueStats]:
+    """UpdateQueue pausing or resuming a queue."""
+    return _update_queue(admin_service_pb2.UpdateQueueRequest(name=name, paused=paused))
+
+
+def set_queue_limit(name: str, max_running: int) -> Plan[QueueStats]:
+    """UpdateQueue setting a queue's cap on tasks leased or running (0: none)."""
+    return _update_queue(admin_service_pb2.UpdateQueueRequest(name=name, max_running=max_running))
+
+
+def set_queue_rate_limit(name: str, per_second: float) -> Plan[QueueStats]:
+    """UpdateQueue setting a queue's dispatch rate limit (0: none)."""
+    return _update_queue(admin_service_pb2.UpdateQueueRequest(name=name, rate_limit=per_second))
+
+
+def set_queue_max_depth(name: str, max_depth: int) -> Plan[QueueStats]:
+    """UpdateQueue setting the most unfinished tasks a queue holds (0: no limit)."""
+    return _update_queue(admin_service_pb2.UpdateQueueRequest(name=name, max_depth=max_depth))
+
+
+def _update_queue(request: admin_service_pb2.UpdateQueueRequest) -> Plan[QueueStats]:
+    return Plan("admin", "UpdateQueue", request, _ADMIN_CODES, _updated_queue)
+
+
+def _updated_queue(response: admin_service_pb2.UpdateQueueResponse) -> QueueStats:
+    return convert.queue_stats_from_proto(response.queue)
+
+
+# --- rate limits ---------------------------------------------------------------------------
+
+
+def set_rate_limit(key: str, per_second: float, burst: int | None) -> Plan[RateLimit]:
+    """SetRateLimit with a positive rate (ValueError for 0, which means delete)."""
+    if per_second == 0:
+        raise ValueError("per_second 0 would remove the limit: call delete_rate_limit(key)")
+    request = admin_service_pb2.SetRateLimitRequest(
+        key=key, per_second=per_second, burst=burst or 0
+    )
+
+    def answer(response: admin_service_pb2.SetRateLimitResponse) -> RateLimit:
+        if not response.HasField("rate_limit"):
+            raise ProtocolError(f"SetRateLimit answered no limit for key {key!r}")
+        return convert.rate_limit_from_proto(response.rate_limit)
+
+    return Plan("admin", "SetRateLimit", request, _ADMIN_CODES, answer)
+
+
+def delete_rate_limit(key: str) -> Plan[None]:
+    """SetRateLimit with rate 0, which removes the key's limit."""
+    request = admin_service_pb2.SetRateLimitRequest(key=key, per_second=0.0, burst=0)
+    return Plan("admin", "SetRateLimit", request, _ADMIN_CODES, no_answer)
+
+
+def rate_limits() -> Plan[list[RateLimit]]:
+    """ListRateLimits: every rate-key limit, ordered by key."""
+    request = admin_service_pb2.ListRateLimitsRequest()
+    return Plan("admin", "ListRateLimits", request, retry.READ_CODES, _rate_limits)
+
+
+def _rate_limits(response: admin_service_pb2.ListRateLimitsResponse) -> list[RateLimit]:
+    return [convert.rate_limit_from_proto(limit) for limit in response.rate_limits]
+
+
+# --- health --------------------------------------------------------------------------------
+
+
+def health(service: str) -> Plan[str]:
+    """grpc.health.v1 Check: the serving status's name (``SERVING``, ...)."""
+    request = health_pb2.HealthCheckRequest(service=service)
+    return Plan("health", "Check", request, retry.READ_CODES, _status)
+
+
+def _status(response: health_pb2.HealthCheckResponse) -> str:
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
