@@ -307,21 +307,20 @@ class Coordinator:
 
     async def _store_new(self, new: list[NewTask], batch: bool) -> list[tuple[TaskRecord, bool]]:
         self.config.failpoints.hit("submit.before_commit")
-        # The room is taken before the handoff puts its tasks on the board, which
-        # would otherwise count them twice (as unfinished and as created).
-        with self.depth.reserve(new) as room:
+        with self.depth.places(new) as places:
             # Reserved and queued for the writer with no await in between: anything that
             # touches these leases meanwhile (a session ending) commits after the insert.
             direct = self.handoff.reserve(new, time.monotonic())
             try:
                 grants = {d.task.id: d.grant for d in direct}
-                results = await self.store.insert(new, batch, grants, room)
+                results = await self.store.insert(new, batch, grants, places)
             except BaseException:
                 self.handoff.undo(direct)
                 raise
             self.config.failpoints.hit("submit.after_commit_before_reply")
             await self.config.failpoints.pause("submit.after_commit_before_reply")  # no cancel
-            self._track_created(new, results)
+            with places.on_board() if places is not None else contextlib.nullcontext():
+                self._track_created(new, results)
         self.handoff.settle(direct, new, results)
         return results
 

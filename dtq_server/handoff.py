@@ -7,9 +7,10 @@ leased (attempt 1) to that node, and the assignment leaves as soon as the
 commit returns: one commit, and one fsync, less between submit and start.
 
 Only the plain case takes this path: no dependencies, no delay, the queue not
-paused, without a concurrency or rate limit, with no ready task that should go
-first, and one priority per queue in the submission (so a later, more urgent
-task of the same batch never waits behind an earlier one sent directly).
+paused, without a concurrency or rate limit or a maximum depth, with no ready
+task that should go first, and one priority per queue in the submission (so a
+later, more urgent task of the same batch never waits behind an earlier one
+sent directly).
 
 The reservation is in memory until the commit: the task is on the board as
 LEASED and in its session's leases, exactly as a dispatch round leaves it, so
@@ -108,7 +109,9 @@ class Handoff:
         if t.depends_on or t.run_at is not None or t.queue in waiting_queues:
             return False
         settings = self._dispatcher.queue_settings.get(t.queue)
-        if settings is not None and (settings.paused or settings.max_running):
+        # A maximum depth is checked as the insert runs, against the board; a task
+        # put on the board before its insert would count there and in the check.
+        if settings is not None and (settings.paused or settings.max_running or settings.max_depth):
             return False
         limiter = self._dispatcher.limiter
         return t.queue not in limiter.queues and not (t.rate_key and t.rate_key in limiter.keys)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Protocol
 
 from dtq.frozen import frozen
 
@@ -243,12 +245,16 @@ class QueueSettings:
     """Most unfinished tasks (queued, leased, running) submits may bring it to; 0: none."""
 
 
-@frozen
-class QueueRoom:
-    """How many more unfinished tasks submits may create in a queue with a maximum depth."""
+class QueuePlaces(Protocol):
+    """Places in queues with a maximum depth, taken by an insert as the store runs it
+    (:class:`dtq_server.depth.Places`)."""
 
-    free: int
-    max_depth: int
+    limits: Mapping[str, int]
+    """Maximum depth per limited queue; new tasks in other queues are not counted."""
+
+    def take(self, adding: Mapping[str, int]) -> None:
+        """Take places for these new unfinished tasks per queue, or raise QueueFull
+        taking none."""
 
 
 @frozen

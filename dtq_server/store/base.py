@@ -17,7 +17,7 @@ from dtq_server.models import (
     DependencyEvents,
     GroupStatus,
     NewTask,
-    QueueRoom,
+    QueuePlaces,
     QueueSettings,
     QueueStats,
     RateLimit,
@@ -57,7 +57,7 @@ class Store(Protocol):
         tasks: list[NewTask],
         batch: bool = False,
         leased: Mapping[str, LeaseGrant] | None = None,
-        room: Mapping[str, QueueRoom] | None = None,
+        places: QueuePlaces | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         """Store new tasks in one commit: all or none.
 
@@ -65,8 +65,9 @@ class Store(Protocol):
         ``created=False``; raises IdempotencyKeyReused if that task's spec differs.
         A task with unfinished dependencies is stored WAITING. A task with a
         grant in ``leased`` (by task id) is stored already leased as attempt 1.
-        Raises QueueFull, storing nothing, if more unfinished tasks would be
-        created in a queue than ``room`` gives it (queues not in ``room``: no limit).
+        ``places`` takes a place for each new unfinished task in a queue with a
+        maximum depth as the insert runs; if one has no room left it raises
+        QueueFull and nothing is stored (see :mod:`dtq_server.depth`).
         """
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:

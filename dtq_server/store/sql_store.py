@@ -22,7 +22,7 @@ from dtq_server.models import (
     DependencyEvents,
     GroupStatus,
     NewTask,
-    QueueRoom,
+    QueuePlaces,
     QueueSettings,
     QueueStats,
     RateLimit,
@@ -106,12 +106,12 @@ class SqlStore:
         tasks: list[NewTask],
         batch: bool = False,
         leased: Mapping[str, LeaseGrant] | None = None,
-        room: Mapping[str, QueueRoom] | None = None,
+        places: QueuePlaces | None = None,
     ) -> list[tuple[TaskRecord, bool]]:
         ttl = self._result_ttl_s
         grants = leased or {}
         return await self._writer.run(
-            lambda conn: tasks_sql.insert(conn, tasks, batch, ttl, grants, room or {})
+            lambda conn: tasks_sql.insert(conn, tasks, batch, ttl, grants, places)
         )
 
     async def lease(self, grants: list[LeaseGrant]) -> list[Assignment]:
@@ -250,7 +250,7 @@ class SqlStore:
             if not schedules_sql.advance(conn, name, expected_next, next_at, ticks):
                 return None
             # No room check: a queue's max depth refuses submits, not the schedule's ticks.
-            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s, {}, {})
+            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s, {}, None)
 
         return await self._writer.run(fire)
 

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from dtq_server.errors import IdempotencyKeyReused, QueueFull
+from dtq_server.errors import IdempotencyKeyReused
 from dtq_server.models import (
     ActiveTask,
     Assignment,
@@ -18,7 +18,7 @@ from dtq_server.models import (
     Lease,
     NewTask,
     Progress,
-    QueueRoom,
+    QueuePlaces,
     TaskError,
     TaskFilter,
     TaskRecord,
@@ -108,13 +108,13 @@ def insert(
     batch: bool,
     default_ttl_s: float,
     leased: Mapping[str, LeaseGrant],
-    room: Mapping[str, QueueRoom],
+    places: QueuePlaces | None,
 ) -> list[tuple[TaskRecord, bool]]:
     """Store new tasks (one ``executemany``); a known idempotency key returns its task.
 
-    Raises QueueFull before writing anything if the new unfinished tasks of a
-    queue in ``room`` outnumber its free places. Tasks found by their key add
-    nothing, so a resubmit is answered even when its queue is full.
+    Before writing anything, ``places`` takes a place for each new unfinished
+    task in a queue with a maximum depth, or raises QueueFull. Tasks found by
+    their key add nothing, so a resubmit is answered even when its queue is full.
 
     A task granted in ``leased`` is stored leased (attempt 1, its node and
     session): it goes straight to an idle node, one commit instead of two.
@@ -180,8 +180,8 @@ def insert(
             submitted_by=t.submitted_by, headers=t.headers,
         )  # fmt: skip
         out.append((record, True))
-    if room:
-        _check_room(out, room)
+    if places is not None:
+        _take_places(out, places)
     for nulls, values in binding.by_nulls(rows).items():
         conn.executemany(_INSERT + binding.values_clause(nulls), values)
     for t in waiting:
@@ -189,18 +189,17 @@ def insert(
     return out
 
 
-def _check_room(out: list[tuple[TaskRecord, bool]], room: Mapping[str, QueueRoom]) -> None:
-    """Raise QueueFull if the tasks about to be created overfill a limited queue."""
+def _take_places(out: list[tuple[TaskRecord, bool]], places: QueuePlaces) -> None:
+    """Take a place for each unfinished task about to be created in a limited queue."""
     adding = Counter(
         record.queue
         for record, created in out
         if created
-        and record.queue in room
+        and record.queue in places.limits
         and record.state in (TaskState.QUEUED, TaskState.LEASED)  # not WAITING, not failed
     )
-    for queue, count in adding.items():
-        if count > room[queue].free:
-            raise QueueFull(queue, room[queue].max_depth)
+    if adding:
+        places.take(adding)
 
 
 def _by_key(conn: Connection, keys: list[str]) -> dict[str, tuple[TaskRecord, bytes]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -181,18 +183,59 @@ def test_max_depth_is_durable_validated_and_removable(
         assert submit(tasks, spec()).created
 
 
-def test_a_task_handed_straight_to_an_idle_node_takes_the_last_place(
+def test_a_refused_batch_holds_no_place_while_other_submits_are_checked(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
 ) -> None:
+    """A batch too big for the queue is refused whole; a batch that fits, checked while
+    the refused one waited for the store, must still get its places (it used to be
+    refused too: the first batch's places counted as taken until its insert ended)."""
+    set_depth(admin, 5)
+    store = coordinator.server.coordinator.store
+    writer_queue = store._writer._queue  # type: ignore[attr-defined]
+    release = threading.Event()
+
+    async def block_the_writer() -> asyncio.Future[bool]:
+        return asyncio.ensure_future(store._writer.run(lambda conn: release.wait(10)))  # type: ignore[attr-defined]
+
+    blocker = coordinator.call(block_the_writer())
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            wait_until(lambda: writer_queue.qsize() == 0, 10, what="the writer held")
+            batch = task_service_pb2.SubmitTasksRequest(tasks=[spec() for _ in range(6)])
+            refused = pool.submit(tasks.SubmitTasks, batch, timeout=10)
+            wait_until(lambda: writer_queue.qsize() == 1, 10, what="the batch waiting")
+            fits = task_service_pb2.SubmitTasksRequest(tasks=[spec(), spec()])
+            stored = pool.submit(tasks.SubmitTasks, fits, timeout=10)
+            wait_until(lambda: writer_queue.qsize() == 2, 10, what="the second batch waiting")
+        finally:
+            release.set()
+        with pytest.raises(grpc.RpcError) as full:
+            refused.result(10)
+        assert_full(full)
+        assert all(r.created for r in stored.result(10).results)
+    wait_until(blocker.done, 10, what="the writer released")
+    assert stats(admin).queued == 2
+
+
+def test_a_limited_queue_goes_through_the_queue_even_to_an_idle_node(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
+) -> None:
+    """The direct handoff (one commit from submit to lease) skips queues with a maximum
+    depth, whose check counts the board: the task is queued, then leased, and its
+    place stays taken while a node holds it."""
     set_depth(admin, 1)
-    node = RawNode(coordinator.address, queues=(QUEUE,), slots=2)
+    node = RawNode(coordinator.address, queues=(QUEUE, "open"), slots=2)
     try:
         listed = admin_service_pb2.ListNodesRequest()
         wait_until(lambda: len(admin.ListNodes(listed, timeout=10).nodes) == 1, 10, what="node")
         task = submit(tasks, spec()).task
-        assert task.state == task_pb2.TASK_STATE_LEASED  # leased in its own insert
+        assert task.state == task_pb2.TASK_STATE_QUEUED
+        (assignment,) = node.next("assignments").assignments.assignments
+        assert assignment.lease.task_id == task.id
         with pytest.raises(grpc.RpcError) as refused:
             submit(tasks, spec())
         assert_full(refused)
+        # An unlimited queue on the same node is still handed straight over.
+        assert submit(tasks, spec(queue="open")).task.state == task_pb2.TASK_STATE_LEASED
     finally:
         node.close()
