@@ -55,10 +55,13 @@ def submit_many(tasks: TaskServiceStub, n: int, rate_key: str) -> None:
 def test_per_key_limit_holds_while_another_key_runs_unthrottled(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
 ) -> None:
+    # A burst of a few tokens: with a burst of 1 every dispatch round that wakes late
+    # (this process also runs the nodes, a busy machine) loses that time, and the
+    # rate reached falls below the limit (154 of 500 once, in a loaded run).
     limit = admin.SetRateLimit(
-        admin_service_pb2.SetRateLimitRequest(key="tenant-a", per_second=50, burst=1), timeout=10
+        admin_service_pb2.SetRateLimitRequest(key="tenant-a", per_second=50, burst=5), timeout=10
     ).rate_limit
-    assert (limit.key, limit.per_second, limit.burst) == ("tenant-a", 50, 1)
+    assert (limit.key, limit.per_second, limit.burst) == ("tenant-a", 50, 5)
     listed = admin.ListRateLimits(admin_service_pb2.ListRateLimitsRequest(), timeout=10)
     assert [x.key for x in listed.rate_limits] == ["tenant-a"]
     submit_many(tasks, 700, "tenant-a")
@@ -80,7 +83,7 @@ def test_per_key_limit_holds_while_another_key_runs_unthrottled(
         wait_until(lambda: time.monotonic() - first_a > window_s, window_s + 1)
         a_in_window = count("tenant-a", first_a + window_s)
         print(f"\ntenant-a: {a_in_window} in {window_s:.0f} s; tenant-b: 300 in {b_done:.2f} s")
-        assert 450 <= a_in_window <= 550, a_in_window  # 50/s within 10 %
+        assert 450 <= a_in_window <= 5 + 550, a_in_window  # the burst, then 50/s within 10 %
         assert b_done < 5.0, "the unlimited key is not held back by the limited one"
     finally:
         for node in nodes:
