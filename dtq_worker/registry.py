@@ -25,7 +25,8 @@ from dtq_worker.errors import (
 )
 
 Handler = Callable[[Any, TaskContext], Any]
-"""A task handler: ``(payload, ctx) -> result``."""
+"""A task handler: ``(payload, ctx) -> result``, or an ``async def`` one (see
+:mod:`dtq_worker.coroutines`)."""
 
 H = TypeVar("H", bound=Handler)
 

@@ -8,13 +8,15 @@ and the supervisor releases the task and restarts the thread.
 
 from __future__ import annotations
 
+import inspect
 import traceback
-from typing import TYPE_CHECKING, Protocol
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from dtq.frozen import frozen
-from dtq_worker import codec
+from dtq_worker import codec, coroutines
 from dtq_worker.context import TaskContext, truncate_utf8
 from dtq_worker.errors import CodecError, HandlerNotFound, NonRetryableError, TaskCancelled
 from dtq_worker.models import (
@@ -87,10 +89,17 @@ def tail_utf8(text: str, max_bytes: int) -> str:
     return _TRUNCATED + data[len(data) - keep :].decode("utf-8", "ignore")
 
 
-def failure_from(exc: Exception, context: TaskContext) -> Failed:
-    """The failure outcome for an exception a handler raised."""
+def failure_from(
+    exc: Exception, context: TaskContext, coroutine: CoroutineType[Any, Any, Any] | None = None
+) -> Failed:
+    """The failure outcome for an exception a handler (or its ``coroutine``) raised."""
     # Skip the runner's own frame: the traceback starts in the handler.
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    if coroutine is not None:  # and from the event loop's frames to the coroutine's first
+        frame = tb
+        while frame is not None and frame.tb_frame.f_code is not coroutine.cr_code:
+            frame = frame.tb_next
+        tb = frame or tb
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     cancelled = isinstance(exc, TaskCancelled) or context.cancelled
     return Failed(
@@ -155,10 +164,14 @@ class Runner:
             value = codec.decode(assignment.payload)
         except CodecError as exc:
             return _node_failure(ErrorType.PAYLOAD_DECODE_ERROR, str(exc))
+        coroutine = None
         try:
             result = handler(value, context)
+            if inspect.iscoroutine(result):  # an async def handler
+                coroutine = result
+                result = coroutines.run(coroutine, context)
         except Exception as exc:  # any handler failure is an outcome, not a crash
-            outcome = failure_from(exc, context)
+            outcome = failure_from(exc, context, coroutine)
             log.debug(
                 "task.failed",
                 task_id=context.task_id,

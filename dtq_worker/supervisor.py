@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import structlog
 
+from dtq_worker import coroutines
 from dtq_worker.errors import RestartIntensityExceeded
 from dtq_worker.intensity import RestartIntensity
 from dtq_worker.models import ErrorType, Failed, Failure, Released, ReleaseReason
@@ -219,6 +220,7 @@ class Supervisor:
         except BaseException as exc:  # the thread dies; this records why, for the supervisor
             worker.death = exc
         finally:
+            coroutines.close_thread_loop()
             worker.exited = True
             self._exited.set()
 

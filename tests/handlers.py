@@ -8,6 +8,7 @@ and survive a SIGKILL of the node right after.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -101,3 +102,11 @@ def headers(payload: Any, ctx: TaskContext) -> dict[str, str]:
     if ctx.attempt < int((payload or {}).get("succeed_on", 1)):
         raise ValueError(f"attempt {ctx.attempt} failed on purpose, headers {dict(ctx.headers)}")
     return dict(ctx.headers)
+
+
+@registry.task("async_sleep")
+async def async_sleep(payload: Any, ctx: TaskContext) -> dict[str, Any]:
+    """An ``async def`` handler: sleeps ``payload["sleep"]`` s on its thread's event loop
+    (a cancel or a timeout interrupts it), then returns its attempt and the loop's id."""
+    await asyncio.sleep(float((payload or {}).get("sleep", 0)))
+    return {"attempt": ctx.attempt, "loop": id(asyncio.get_running_loop())}
