@@ -66,8 +66,8 @@ class OutcomeRules:
                     result_content_type=content_type,
                     started=task.state is TaskState.LEASED,  # no separate start was reported
                 )
-            case Failed(error=error, cancelled=cancelled):
-                transition = self.failure(task, attempt, error, cancelled)
+            case Failed(error=error, cancelled=cancelled, retry_after_s=retry_after_s):
+                transition = self.failure(task, attempt, error, cancelled, retry_after_s)
                 if task.state is TaskState.LEASED:
                     return dataclasses.replace(transition, started=True)
                 return transition
@@ -78,7 +78,12 @@ class OutcomeRules:
         raise AssertionError(f"unknown update {update!r}")
 
     def failure(
-        self, task: ActiveTask, attempt: int, error: TaskError, cancelled: bool
+        self,
+        task: ActiveTask,
+        attempt: int,
+        error: TaskError,
+        cancelled: bool,
+        retry_after_s: float | None = None,
     ) -> Transition:
         failures = task.failures + 1
         if cancelled or task.cancel_requested:
@@ -88,7 +93,9 @@ class OutcomeRules:
         else:
             state = TaskState.FAILED
         next_at = None
-        if state is TaskState.QUEUED:
+        if state is TaskState.QUEUED and retry_after_s is not None:  # the handler's wish
+            next_at = time.time() + retry_after_s
+        elif state is TaskState.QUEUED:
             base_s = task.retry_backoff_s or self._config.retry_backoff_s
             next_at = time.time() + retry_delay_s(
                 failures, base_s, self._config.retry_backoff_max_s

@@ -37,6 +37,8 @@ class Failed:
     lease: Lease
     error: TaskError
     cancelled: bool = False
+    retry_after_s: float | None = None
+    """The handler's wait before the next attempt (clamped), instead of the backoff."""
 
 
 @frozen

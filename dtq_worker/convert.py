@@ -97,13 +97,15 @@ def _fill(message: worker_service_pb2.TaskUpdate, update: Update) -> None:
         case Succeeded(result):
             message.succeeded.result.data = result.data
             message.succeeded.result.content_type = result.content_type
-        case Failed(error, cancelled):
+        case Failed(error, cancelled, retry_after_s):
             failed = message.failed
             failed.error.type = error.type
             failed.error.message = error.message
             failed.error.traceback = error.traceback
             failed.error.retryable = error.retryable
             failed.cancelled = cancelled
+            if retry_after_s is not None:
+                failed.retry_after.FromNanoseconds(round(retry_after_s * 1e9))
         case Released(reason):
             message.released.reason = reason
 

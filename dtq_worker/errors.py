@@ -4,6 +4,7 @@ Every error the worker package raises derives from :class:`WorkerError`::
 
     WorkerError
     ├── NonRetryableError         a handler failure retrying cannot fix (retryable = false)
+    ├── RetryAfter                a handler failure whose next attempt waits as long as it says
     ├── TaskCancelled             the task was cancelled; raised by ctx.raise_if_cancelled()
     ├── ConfigError               the node cannot start as configured
     │   ├── InvalidTaskType           a task name the coordinator would reject
@@ -25,6 +26,7 @@ one place, :func:`dtq_worker.rpc.stream_error`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import grpc
@@ -36,6 +38,23 @@ class WorkerError(Exception):
 
 class NonRetryableError(WorkerError):
     """Raise from a handler when retrying cannot help: the task fails at once."""
+
+
+class RetryAfter(WorkerError):
+    """Raise from a handler to fail this attempt and start the next one no sooner than
+    ``seconds`` from now, instead of after the coordinator's exponential backoff.
+
+    For a wait the handler knows better, such as an upstream service's
+    ``Retry-After``. It counts as a failure against the task's ``max_attempts``:
+    raised on the last attempt, the task fails. The coordinator caps the wait
+    at 30 days.
+    """
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"RetryAfter needs a finite, non-negative wait, not {seconds!r}")
+        self.seconds = float(seconds)
+        super().__init__(message or f"retry in {self.seconds:g} s")
 
 
 class TaskCancelled(WorkerError):

@@ -112,6 +112,8 @@ class Failed:
 
     error: Failure
     cancelled: bool = False
+    retry_after_s: float | None = None
+    """The wait the handler asked for before the next attempt (:class:`RetryAfter`)."""
 
 
 @frozen

@@ -18,7 +18,13 @@ import structlog
 from dtq.frozen import frozen
 from dtq_worker import codec, coroutines
 from dtq_worker.context import TaskContext, truncate_utf8
-from dtq_worker.errors import CodecError, HandlerNotFound, NonRetryableError, TaskCancelled
+from dtq_worker.errors import (
+    CodecError,
+    HandlerNotFound,
+    NonRetryableError,
+    RetryAfter,
+    TaskCancelled,
+)
 from dtq_worker.models import (
     Assignment,
     ErrorType,
@@ -110,6 +116,7 @@ def failure_from(
             retryable=not isinstance(exc, NonRetryableError | TaskCancelled),
         ),
         cancelled=cancelled,
+        retry_after_s=exc.seconds if isinstance(exc, RetryAfter) else None,
     )
 
 

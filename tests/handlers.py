@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from dtq_worker import Registry, TaskContext
+from dtq_worker import Registry, RetryAfter, TaskContext
 
 registry = Registry()
 
@@ -110,3 +110,11 @@ async def async_sleep(payload: Any, ctx: TaskContext) -> dict[str, Any]:
     (a cancel or a timeout interrupts it), then returns its attempt and the loop's id."""
     await asyncio.sleep(float((payload or {}).get("sleep", 0)))
     return {"attempt": ctx.attempt, "loop": id(asyncio.get_running_loop())}
+
+
+@registry.task("retry_after")
+def retry_after(payload: dict[str, Any], ctx: TaskContext) -> int:
+    """Asks for its next attempt in ``payload["after"]`` s until attempt ``succeed_on`` (2)."""
+    if ctx.attempt < int(payload.get("succeed_on", 2)):
+        raise RetryAfter(float(payload["after"]), "upstream asked us to wait")
+    return ctx.attempt

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64tq/v1/worker_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x01\n\x0e\x43onnectRequest\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.dtq.v1.RegisterNodeH\x00\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x11.dtq.v1.HeartbeatH\x00\x12&\n\x07updates\x18\x03 \x01(\x0b\x32\x13.dtq.v1.TaskUpdatesH\x00\x12\x1e\n\x05leave\x18\x04 \x01(\x0b\x32\r.dtq.v1.LeaveH\x00\x42\t\n\x07message\"\x17\n\x05Leave\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xce\x01\n\x0cRegisterNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x0e\n\x06queues\x18\x06 \x03(\t\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x19\n\x11resume_session_id\x18\x08 \x01(\t\x12\x1d\n\x06leases\x18\t \x03(\x0b\x32\r.dtq.v1.Lease\x12\x10\n\x08prefetch\x18\n \x01(\r\"\xac\x01\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x1d\n\x06leases\x18\x02 \x03(\x0b\x32\r.dtq.v1.Lease\x12\x1b\n\x13supervisor_restarts\x18\x03 \x01(\r\x12-\n\tnode_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08prefetch\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_prefetch\"2\n\x0bTaskUpdates\x12#\n\x07updates\x18\x01 \x03(\x0b\x32\x12.dtq.v1.TaskUpdate\"\x82\x02\n\nTaskUpdate\x12\x1c\n\x05lease\x18\x01 \x01(\x0b\x32\r.dtq.v1.Lease\x12&\n\x07started\x18\x02 \x01(\x0b\x32\x13.dtq.v1.TaskStartedH\x00\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x14.dtq.v1.TaskProgressH\x00\x12*\n\tsucceeded\x18\x04 \x01(\x0b\x32\x15.dtq.v1.TaskSucceededH\x00\x12$\n\x06\x66\x61iled\x18\x05 \x01(\x0b\x32\x12.dtq.v1.TaskFailedH\x00\x12(\n\x08released\x18\x06 \x01(\x0b\x32\x14.dtq.v1.TaskReleasedH\x00\x42\x08\n\x06update\"\r\n\x0bTaskStarted\"0\n\rTaskSucceeded\x12\x1f\n\x06result\x18\x01 \x01(\x0b\x32\x0f.dtq.v1.Payload\"A\n\nTaskFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.dtq.v1.TaskError\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"\x1e\n\x0cTaskReleased\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa8\x02\n\x0f\x43onnectResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.dtq.v1.NodeRegisteredH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.dtq.v1.TaskAssignmentsH\x00\x12%\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x13.dtq.v1.CancelTasksH\x00\x12\'\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x16.dtq.v1.DrainRequestedH\x00\x12-\n\rheartbeat_ack\x18\x05 \x01(\x0b\x32\x14.dtq.v1.HeartbeatAckH\x00\x12-\n\x0bupdate_acks\x18\x06 \x01(\x0b\x32\x16.dtq.v1.TaskUpdateAcksH\x00\x42\t\n\x07message\"\xe1\x01\n\x0eNodeRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\x12#\n\x0cstale_leases\x18\x05 \x03(\x0b\x32\r.dtq.v1.Lease\x12\x18\n\x10max_result_bytes\x18\x06 \x01(\x04\"\xe2\x02\n\x0eTaskAssignment\x12\x1c\n\x05lease\x18\x01 \x01(\x0b\x32\r.dtq.v1.Lease\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12 \n\x07payload\x18\x04 \x01(\x0b\x32\x0f.dtq.v1.Payload\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11\x65xecution_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x34\n\x07headers\x18\t \x03(\x0b\x32#.dtq.v1.TaskAssignment.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x0fTaskAssignments\x12+\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x16.dtq.v1.TaskAssignment\",\n\x0b\x43\x61ncelTasks\x12\x1d\n\x06leases\x18\x01 \x03(\x0b\x32\r.dtq.v1.Lease\"\x10\n\x0e\x44rainRequested\"E\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12#\n\x0cstale_leases\x18\x02 \x03(\x0b\x32\r.dtq.v1.Lease\"`\n\rTaskUpdateAck\x12\x1c\n\x05lease\x18\x01 \x01(\x0b\x32\r.dtq.v1.Lease\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"5\n\x0eTaskUpdateAcks\x12#\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x15.dtq.v1.TaskUpdateAck2O\n\rWorkerService\x12>\n\x07\x43onnect\x12\x16.dtq.v1.ConnectRequest\x1a\x17.dtq.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64tq/v1/worker_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x01\n\x0e\x43onnectRequest\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.dtq.v1.RegisterNodeH\x00\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x11.dtq.v1.HeartbeatH\x00\x12&\n\x07updates\x18\x03 \x01(\x0b\x32\x13.dtq.v1.TaskUpdatesH\x00\x12\x1e\n\x05leave\x18\x04 \x01(\x0b\x32\r.dtq.v1.LeaveH\x00\x42\t\n\x07message\"\x17\n\x05Leave\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xce\x01\n\x0cRegisterNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x12\n\ntask_types\x18\x05 \x03(\t\x12\x0e\n\x06queues\x18\x06 \x03(\t\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x19\n\x11resume_session_id\x18\x08 \x01(\t\x12\x1d\n\x06leases\x18\t \x03(\x0b\x32\r.dtq.v1.Lease\x12\x10\n\x08prefetch\x18\n \x01(\r\"\xac\x01\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x1d\n\x06leases\x18\x02 \x03(\x0b\x32\r.dtq.v1.Lease\x12\x1b\n\x13supervisor_restarts\x18\x03 \x01(\r\x12-\n\tnode_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08prefetch\x18\x05 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_prefetch\"2\n\x0bTaskUpdates\x12#\n\x07updates\x18\x01 \x03(\x0b\x32\x12.dtq.v1.TaskUpdate\"\x82\x02\n\nTaskUpdate\x12\x1c\n\x05lease\x18\x01 \x01(\x0b\x32\r.dtq.v1.Lease\x12&\n\x07started\x18\x02 \x01(\x0b\x32\x13.dtq.v1.TaskStartedH\x00\x12(\n\x08progress\x18\x03 \x01(\x0b\x32\x14.dtq.v1.TaskProgressH\x00\x12*\n\tsucceeded\x18\x04 \x01(\x0b\x32\x15.dtq.v1.TaskSucceededH\x00\x12$\n\x06\x66\x61iled\x18\x05 \x01(\x0b\x32\x12.dtq.v1.TaskFailedH\x00\x12(\n\x08released\x18\x06 \x01(\x0b\x32\x14.dtq.v1.TaskReleasedH\x00\x42\x08\n\x06update\"\r\n\x0bTaskStarted\"0\n\rTaskSucceeded\x12\x1f\n\x06result\x18\x01 \x01(\x0b\x32\x0f.dtq.v1.Payload\"q\n\nTaskFailed\x12 \n\x05\x65rror\x18\x01 \x01(\x0b\x32\x11.dtq.v1.TaskError\x12\x11\n\tcancelled\x18\x02 \x01(\x08\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1e\n\x0cTaskReleased\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa8\x02\n\x0f\x43onnectResponse\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.dtq.v1.NodeRegisteredH\x00\x12.\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x17.dtq.v1.TaskAssignmentsH\x00\x12%\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x13.dtq.v1.CancelTasksH\x00\x12\'\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x16.dtq.v1.DrainRequestedH\x00\x12-\n\rheartbeat_ack\x18\x05 \x01(\x0b\x32\x14.dtq.v1.HeartbeatAckH\x00\x12-\n\x0bupdate_acks\x18\x06 \x01(\x0b\x32\x16.dtq.v1.TaskUpdateAcksH\x00\x42\t\n\x07message\"\xe1\x01\n\x0eNodeRegistered\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x11heartbeat_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\x12#\n\x0cstale_leases\x18\x05 \x03(\x0b\x32\r.dtq.v1.Lease\x12\x18\n\x10max_result_bytes\x18\x06 \x01(\x04\"\xe2\x02\n\x0eTaskAssignment\x12\x1c\n\x05lease\x18\x01 \x01(\x0b\x32\r.dtq.v1.Lease\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12 \n\x07payload\x18\x04 \x01(\x0b\x32\x0f.dtq.v1.Payload\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x11\x65xecution_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12\x34\n\x07headers\x18\t \x03(\x0b\x32#.dtq.v1.TaskAssignment.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x0fTaskAssignments\x12+\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x16.dtq.v1.TaskAssignment\",\n\x0b\x43\x61ncelTasks\x12\x1d\n\x06leases\x18\x01 \x03(\x0b\x32\r.dtq.v1.Lease\"\x10\n\x0e\x44rainRequested\"E\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12#\n\x0cstale_leases\x18\x02 \x03(\x0b\x32\r.dtq.v1.Lease\"`\n\rTaskUpdateAck\x12\x1c\n\x05lease\x18\x01 \x01(\x0b\x32\r.dtq.v1.Lease\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"5\n\x0eTaskUpdateAcks\x12#\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x15.dtq.v1.TaskUpdateAck2O\n\rWorkerService\x12>\n\x07\x43onnect\x12\x16.dtq.v1.ConnectRequest\x1a\x17.dtq.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,29 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSUCCEEDED']._serialized_start=1044
   _globals['_TASKSUCCEEDED']._serialized_end=1092
   _globals['_TASKFAILED']._serialized_start=1094
-  _globals['_TASKFAILED']._serialized_end=1159
-  _globals['_TASKRELEASED']._serialized_start=1161
-  _globals['_TASKRELEASED']._serialized_end=1191
-  _globals['_CONNECTRESPONSE']._serialized_start=1194
-  _globals['_CONNECTRESPONSE']._serialized_end=1490
-  _globals['_NODEREGISTERED']._serialized_start=1493
-  _globals['_NODEREGISTERED']._serialized_end=1718
-  _globals['_TASKASSIGNMENT']._serialized_start=1721
-  _globals['_TASKASSIGNMENT']._serialized_end=2075
-  _globals['_TASKASSIGNMENT_HEADERSENTRY']._serialized_start=2029
-  _globals['_TASKASSIGNMENT_HEADERSENTRY']._serialized_end=2075
-  _globals['_TASKASSIGNMENTS']._serialized_start=2077
-  _globals['_TASKASSIGNMENTS']._serialized_end=2139
-  _globals['_CANCELTASKS']._serialized_start=2141
-  _globals['_CANCELTASKS']._serialized_end=2185
-  _globals['_DRAINREQUESTED']._serialized_start=2187
-  _globals['_DRAINREQUESTED']._serialized_end=2203
-  _globals['_HEARTBEATACK']._serialized_start=2205
-  _globals['_HEARTBEATACK']._serialized_end=2274
-  _globals['_TASKUPDATEACK']._serialized_start=2276
-  _globals['_TASKUPDATEACK']._serialized_end=2372
-  _globals['_TASKUPDATEACKS']._serialized_start=2374
-  _globals['_TASKUPDATEACKS']._serialized_end=2427
-  _globals['_WORKERSERVICE']._serialized_start=2429
-  _globals['_WORKERSERVICE']._serialized_end=2508
+  _globals['_TASKFAILED']._serialized_end=1207
+  _globals['_TASKRELEASED']._serialized_start=1209
+  _globals['_TASKRELEASED']._serialized_end=1239
+  _globals['_CONNECTRESPONSE']._serialized_start=1242
+  _globals['_CONNECTRESPONSE']._serialized_end=1538
+  _globals['_NODEREGISTERED']._serialized_start=1541
+  _globals['_NODEREGISTERED']._serialized_end=1766
+  _globals['_TASKASSIGNMENT']._serialized_start=1769
+  _globals['_TASKASSIGNMENT']._serialized_end=2123
+  _globals['_TASKASSIGNMENT_HEADERSENTRY']._serialized_start=2077
+  _globals['_TASKASSIGNMENT_HEADERSENTRY']._serialized_end=2123
+  _globals['_TASKASSIGNMENTS']._serialized_start=2125
+  _globals['_TASKASSIGNMENTS']._serialized_end=2187
+  _globals['_CANCELTASKS']._serialized_start=2189
+  _globals['_CANCELTASKS']._serialized_end=2233
+  _globals['_DRAINREQUESTED']._serialized_start=2235
+  _globals['_DRAINREQUESTED']._serialized_end=2251
+  _globals['_HEARTBEATACK']._serialized_start=2253
+  _globals['_HEARTBEATACK']._serialized_end=2322
+  _globals['_TASKUPDATEACK']._serialized_start=2324
+  _globals['_TASKUPDATEACK']._serialized_end=2420
+  _globals['_TASKUPDATEACKS']._serialized_start=2422
+  _globals['_TASKUPDATEACKS']._serialized_end=2475
+  _globals['_WORKERSERVICE']._serialized_start=2477
+  _globals['_WORKERSERVICE']._serialized_end=2556
 # @@protoc_insertion_point(module_scope)

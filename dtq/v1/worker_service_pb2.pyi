@@ -100,12 +100,14 @@ class TaskSucceeded(_message.Message):
     def __init__(self, result: _Optional[_Union[_task_pb2.Payload, _Mapping]] = ...) -> None: ...
 
 class TaskFailed(_message.Message):
-    __slots__ = ("error", "cancelled")
+    __slots__ = ("error", "cancelled", "retry_after")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
     error: _task_pb2.TaskError
     cancelled: bool
-    def __init__(self, error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ..., cancelled: _Optional[bool] = ...) -> None: ...
+    retry_after: _duration_pb2.Duration
+    def __init__(self, error: _Optional[_Union[_task_pb2.TaskError, _Mapping]] = ..., cancelled: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class TaskReleased(_message.Message):
     __slots__ = ("reason",)

@@ -30,6 +30,8 @@ from dtq_server.validation import SpecInput
 MAX_ERROR_MESSAGE = 4096
 MAX_TRACEBACK = 8192
 MAX_PROGRESS_MESSAGE = 1024
+MAX_RETRY_AFTER_S = 30 * 86_400.0
+"""Longest wait a handler may ask for before its task's next attempt (``TaskFailed``)."""
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:
@@ -256,7 +258,12 @@ def update_from_proto(u: worker_pb.TaskUpdate) -> TaskUpdate | None:
         result = u.succeeded.result
         return Succeeded(lease, result.data, result.content_type or "application/json")
     if kind == "failed":
-        return Failed(lease, error_from_proto(u.failed.error), u.failed.cancelled)
+        failed = u.failed
+        retry_after_s = None
+        if failed.HasField("retry_after"):
+            seconds = failed.retry_after.ToNanoseconds() / 1e9
+            retry_after_s = min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+        return Failed(lease, error_from_proto(failed.error), failed.cancelled, retry_after_s)
     if kind == "released":
         return Released(lease, u.released.reason[:200])
     return None

@@ -88,3 +88,17 @@ def test_lost_leases_count_until_the_task_is_dead_lettered() -> None:
     assert RULES.orphaned(_task(), 1, expired=False).state is TaskState.QUEUED
     expired = RULES.orphaned(_task(lease_expiries=2), 1, expired=True)
     assert expired.error is not None and expired.error.type == "LEASE_EXPIRED"
+
+
+def test_a_handlers_retry_after_replaces_the_backoff_but_not_the_attempt_budget() -> None:
+    before = time.time()
+    wished = Failed(Lease("t1", 1), BOOM, retry_after_s=120.0)
+    again = RULES.for_update(wished, _task())
+    assert again.state is TaskState.QUEUED and again.failures == 1
+    assert again.next_attempt_at is not None
+    assert before + 120.0 <= again.next_attempt_at <= time.time() + 120.0  # no jitter
+    soon = RULES.for_update(Failed(Lease("t1", 1), BOOM, retry_after_s=0.0), _task())
+    assert soon.next_attempt_at is not None and soon.next_attempt_at <= time.time()
+    last = Failed(Lease("t1", 3), BOOM, retry_after_s=120.0)
+    ended = RULES.for_update(last, _task(attempt=3, failures=2))
+    assert ended.state is TaskState.FAILED and ended.next_attempt_at is None

@@ -7,6 +7,7 @@ from dataclasses import replace
 from google.protobuf import duration_pb2
 
 from dtq.v1 import task_pb2, worker_service_pb2
+from dtq_server.servicers.convert import MAX_RETRY_AFTER_S, update_from_proto
 from dtq_worker import convert
 from dtq_worker.models import (
     Assignment,
@@ -170,3 +171,24 @@ def test_an_assignment_carries_its_headers() -> None:
     [bare] = _assignments()
     assert bare.headers == {}
     assert bare == Assignment(Lease("t", 2), "echo", "q", Payload(b"{}"), 3)
+
+
+def test_a_retry_after_travels_to_the_coordinator_clamped_to_its_range() -> None:
+    lease = Lease("t1", 1)
+    failure = Failure("RetryAfter", "slow down", "", True)
+    updates = [
+        Update(lease, Failed(failure, retry_after_s=1.5)),
+        Update(lease, Failed(failure)),
+        Update(lease, Failed(failure, retry_after_s=10 * MAX_RETRY_AFTER_S)),
+    ]
+    (frame,) = convert.update_frames(updates)
+    sent = frame.updates.updates
+    assert sent[0].failed.retry_after.ToNanoseconds() == 1_500_000_000
+    assert not sent[1].failed.HasField("retry_after")
+    received = [update_from_proto(u) for u in sent]
+    assert [getattr(u, "retry_after_s", "?") for u in received] == [1.5, None, MAX_RETRY_AFTER_S]
+    # A node that sends a negative wait gets its retry at once, not an error.
+    negative = worker_service_pb2.TaskUpdate()
+    negative.CopyFrom(sent[0])
+    negative.failed.retry_after.FromSeconds(-5)
+    assert getattr(update_from_proto(negative), "retry_after_s", "?") == 0.0

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dtq_worker import NonRetryableError, Registry, TaskCancelled, TaskContext
+from dtq_worker import NonRetryableError, Registry, RetryAfter, TaskCancelled, TaskContext
 from dtq_worker.models import Failed, Payload, Released, Succeeded
 from dtq_worker.runner import MAX_ERROR_MESSAGE_BYTES, MAX_TRACEBACK_BYTES, Runner
 from tests.worker.fakes import RecordingReporter, make_job
@@ -28,6 +28,11 @@ def boom(payload: Any, ctx: TaskContext) -> None:
 @registry.task("fatal")
 def fatal(payload: Any, ctx: TaskContext) -> None:
     raise NonRetryableError("bad input")
+
+
+@registry.task("later")
+def later(payload: Any, ctx: TaskContext) -> None:
+    raise RetryAfter(payload["after"], payload.get("message", ""))
 
 
 @registry.task("cancellable")
@@ -164,3 +169,21 @@ def test_base_exceptions_escape_to_kill_the_thread(runner, reporter) -> None:
     with pytest.raises(SystemExit):
         runner.run(make_job("exit"))
     assert [kind for kind, _, _ in reporter.events] == ["started"]
+
+
+def test_retry_after_is_a_retryable_failure_carrying_its_wait(runner) -> None:
+    outcome = runner.run(make_job("later", b'{"after": 30, "message": "rate limited"}'))
+    assert isinstance(outcome, Failed)
+    assert (outcome.error.type, outcome.error.message) == ("RetryAfter", "rate limited")
+    assert outcome.error.retryable and outcome.retry_after_s == 30.0
+    plain = runner.run(make_job("later", b'{"after": 2.5}'))
+    assert isinstance(plain, Failed) and plain.error.message == "retry in 2.5 s"
+    # Other failures leave the wait to the coordinator's backoff.
+    boom = runner.run(make_job("boom"))
+    assert isinstance(boom, Failed) and boom.retry_after_s is None
+
+
+def test_retry_after_refuses_a_wait_that_is_no_duration() -> None:
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            RetryAfter(bad)
