@@ -150,12 +150,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
         """Submit one task and return it as stored; see :meth:`Client.submit
         <dtq_client.Client.submit>` (the same arguments, idempotency and errors)."""
         spec = spec_of(type, payload, options, random_key)
-        request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
-        self._stamp((request.task,))
-        response: task_service_pb2.SubmitTaskResponse = await self._unary(
-            self._tasks.SubmitTask, request, retry.SUBMIT_CODES
-        )
-        return convert.task_from_proto(response.task)
+        return await self._run(task_requests.submit_task(spec, self._stamp))
 
     async def submit_and_wait(self, spec: TaskSpec, timeout_s: float | None = None) -> Task:
         """Submit one task, wait until it is terminal and return it, whatever its outcome.
@@ -241,31 +236,17 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
         ONE request, as :meth:`Client.submit_group <dtq_client.Client.submit_group>`:
         all are stored, in one group, or none is.
         """
-        messages = task_requests.keyed_messages(list(specs))
-        self._stamp(messages)
-        request = task_service_pb2.SubmitTasksRequest(tasks=messages, group=True)
-        response: task_service_pb2.SubmitTasksResponse = await self._unary(
-            self._tasks.SubmitTasks, request, retry.SUBMIT_CODES
-        )
-        return task_requests.submitted_group(request, response)
+        return await self._run(task_requests.submit_group(specs, self._stamp))
 
     async def get_group(self, group_id: str) -> Group:
         """The aggregate status of a group; :class:`GroupNotFound` if no task is in it."""
-        request = task_service_pb2.GetGroupRequest(group_id=group_id)
-        response: task_service_pb2.GetGroupResponse = await self._unary(
-            self._tasks.GetGroup, request, retry.READ_CODES
-        )
-        return convert.group_from_proto(response)
+        return await self._run(task_requests.get_group(group_id))
 
     # --- reading and cancelling ----------------------------------------------------------
 
     async def get(self, task_id: str) -> Task:
         """The task with ``task_id``; :class:`TaskNotFound` if there is none."""
-        request = task_service_pb2.GetTaskRequest(task_id=task_id)
-        response: task_service_pb2.GetTaskResponse = await self._unary(
-            self._tasks.GetTask, request, retry.READ_CODES
-        )
-        return convert.task_from_proto(response.task)
+        return await self._run(task_requests.get_task(task_id))
 
     async def cancel(self, task_id: str) -> Task:
         """Cancel a task and return it.
@@ -274,11 +255,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
         ``cancel_requested`` and ends CANCELLED once its node stops it.
         :class:`TaskTerminal` if it already succeeded or failed.
         """
-        request = task_service_pb2.CancelTaskRequest(task_id=task_id)
-        response: task_service_pb2.CancelTaskResponse = await self._unary(
-            self._tasks.CancelTask, request, retry.READ_CODES
-        )
-        return convert.task_from_proto(response.task)
+        return await self._run(task_requests.cancel_task(task_id))
 
     async def cancel_tasks(
         self,
@@ -370,8 +347,5 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
     ) -> TaskPage:
         """One page of the tasks matching the filters, newest first, and the next page's
         token; see :meth:`Client.list_tasks_page <dtq_client.Client.list_tasks_page>`."""
-        request = task_requests.list_request(queue, state, type, page_size, headers, page_token)
-        response: task_service_pb2.ListTasksResponse = await self._unary(
-            self._tasks.ListTasks, request, retry.READ_CODES
-        )
-        return task_requests.task_page(response)
+        plan = task_requests.list_tasks(queue, state, type, page_size, headers, page_token)
+        return await self._run(plan)

@@ -163,12 +163,7 @@ class Client(ScheduleCalls, ClusterCalls):
         each submit, so a retried submit could never match otherwise).
         """
         spec = spec_of(type, payload, options, random_key)
-        request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
-        self._stamp((request.task,))
-        response: task_service_pb2.SubmitTaskResponse = self._unary(
-            self._tasks.SubmitTask, request, retry.SUBMIT_CODES
-        )
-        return convert.task_from_proto(response.task)
+        return self._run(task_requests.submit_task(spec, self._stamp))
 
     def submit_and_wait(self, spec: TaskSpec, timeout_s: float | None = None) -> Task:
         """Submit one task, block until it is terminal and return it, whatever its outcome.
@@ -283,31 +278,17 @@ class Client(ScheduleCalls, ClusterCalls):
         in one group, or none is. Specs may depend on tasks submitted before,
         not on each other (their ids are not known yet).
         """
-        messages = task_requests.keyed_messages(list(specs))
-        self._stamp(messages)
-        request = task_service_pb2.SubmitTasksRequest(tasks=messages, group=True)
-        response: task_service_pb2.SubmitTasksResponse = self._unary(
-            self._tasks.SubmitTasks, request, retry.SUBMIT_CODES
-        )
-        return task_requests.submitted_group(request, response)
+        return self._run(task_requests.submit_group(specs, self._stamp))
 
     def get_group(self, group_id: str) -> Group:
         """The aggregate status of a group; :class:`GroupNotFound` if no task is in it."""
-        request = task_service_pb2.GetGroupRequest(group_id=group_id)
-        response: task_service_pb2.GetGroupResponse = self._unary(
-            self._tasks.GetGroup, request, retry.READ_CODES
-        )
-        return convert.group_from_proto(response)
+        return self._run(task_requests.get_group(group_id))
 
     # --- reading and cancelling ----------------------------------------------------------
 
     def get(self, task_id: str) -> Task:
         """The task with ``task_id``; :class:`TaskNotFound` if there is none."""
-        request = task_service_pb2.GetTaskRequest(task_id=task_id)
-        response: task_service_pb2.GetTaskResponse = self._unary(
-            self._tasks.GetTask, request, retry.READ_CODES
-        )
-        return convert.task_from_proto(response.task)
+        return self._run(task_requests.get_task(task_id))
 
     def cancel(self, task_id: str) -> Task:
         """Cancel a task and return it.
@@ -316,11 +297,7 @@ class Client(ScheduleCalls, ClusterCalls):
         ``cancel_requested`` and ends CANCELLED once its node stops it.
         :class:`TaskTerminal` if it already succeeded or failed.
         """
-        request = task_service_pb2.CancelTaskRequest(task_id=task_id)
-        response: task_service_pb2.CancelTaskResponse = self._unary(
-            self._tasks.CancelTask, request, retry.READ_CODES
-        )
-        return convert.task_from_proto(response.task)
+        return self._run(task_requests.cancel_task(task_id))
 
     def cancel_tasks(
         self,
@@ -432,11 +409,8 @@ class Client(ScheduleCalls, ClusterCalls):
         submission order, not an offset); one from other filters is refused
         (:class:`InvalidArgument`).
         """
-        request = task_requests.list_request(queue, state, type, page_size, headers, page_token)
-        response: task_service_pb2.ListTasksResponse = self._unary(
-            self._tasks.ListTasks, request, retry.READ_CODES
-        )
-        return task_requests.task_page(response)
+        plan = task_requests.list_tasks(queue, state, type, page_size, headers, page_token)
+        return self._run(plan)
 
     # --- waiting -------------------------------------------------------------------------
 

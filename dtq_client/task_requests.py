@@ -4,8 +4,10 @@
 they call the coordinator, not in what they send or how they read what comes
 back: both build their requests (generated idempotency keys, submit batches,
 filters) and read the answers (batch results, groups, the end of a wait) here.
-The bulk calls (``cancel_tasks``, ``retry``, ``purge``) are whole plans
-(:mod:`dtq_client.plans`), which either client runs as they are.
+Each task call that is one unary RPC (submitting one task or a group, reading,
+cancelling, a page of tasks, a group's status, the bulk ``cancel_tasks``,
+``retry`` and ``purge``) is a whole plan (:mod:`dtq_client.plans`), which either
+client runs as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from dtq.v1 import task_pb2, task_service_pb2
@@ -29,9 +32,11 @@ from dtq_client.errors import (
 )
 from dtq_client.models import (
     CancelCounts,
+    Group,
     RetryResult,
     SubmitResult,
     SubmittedGroup,
+    Task,
     TaskPage,
     TaskSpec,
     TaskState,
@@ -46,6 +51,10 @@ DEADLINE_SLACK_S = 0.05
 
 MAX_PAGE_SIZE = 1_000
 """The largest page a ListTasks call asks for."""
+
+Stamp = Callable[[Iterable[task_pb2.TaskSpec]], None]
+"""What a submit's plan calls on the specs it sends: the client's ``_stamp``, which
+carries the caller's trace context when the client propagates it."""
 
 
 def keyed_messages(specs: list[TaskSpec]) -> list[task_pb2.TaskSpec]:
@@ -132,7 +141,24 @@ def partial_failure(
     return SubmitManyError(error, results=stored, pending=pending, offset=done)
 
 
-def submitted_group(
+def submit_task(spec: TaskSpec, stamp: Stamp) -> Plan[Task]:
+    """SubmitTask: one task, as stored. Its idempotency key must be set: a retry after a
+    lost answer then returns the task the first attempt stored."""
+    request = task_service_pb2.SubmitTaskRequest(task=convert.spec_to_proto(spec))
+    stamp((request.task,))
+    return Plan("tasks", "SubmitTask", request, retry.SUBMIT_CODES, _task)
+
+
+def submit_group(specs: Iterable[TaskSpec], stamp: Stamp) -> Plan[SubmittedGroup]:
+    """SubmitTasks of ``specs`` as one group, in one request: all stored, or none."""
+    messages = keyed_messages(list(specs))
+    stamp(messages)
+    request = task_service_pb2.SubmitTasksRequest(tasks=messages, group=True)
+    answer = partial(_submitted_group, request)
+    return Plan("tasks", "SubmitTasks", request, retry.SUBMIT_CODES, answer)
+
+
+def _submitted_group(
     request: task_service_pb2.SubmitTasksRequest, response: task_service_pb2.SubmitTasksResponse
 ) -> SubmittedGroup:
     """The answer of a grouped SubmitTasks call as a model."""
@@ -163,16 +189,43 @@ def state_filter(state: TaskState | str | None) -> task_pb2.TaskState:
     return convert.task_state_to_proto(None if state is None else TaskState(state))
 
 
-def list_request(
+def get_group(group_id: str) -> Plan[Group]:
+    """GetGroup: the aggregate status of a group."""
+    request = task_service_pb2.GetGroupRequest(group_id=group_id)
+    return Plan("tasks", "GetGroup", request, retry.READ_CODES, convert.group_from_proto)
+
+
+def get_task(task_id: str) -> Plan[Task]:
+    """GetTask: the task with ``task_id``."""
+    request = task_service_pb2.GetTaskRequest(task_id=task_id)
+    return Plan("tasks", "GetTask", request, retry.READ_CODES, _task)
+
+
+def cancel_task(task_id: str) -> Plan[Task]:
+    """CancelTask: the task, cancelled or asked to stop."""
+    request = task_service_pb2.CancelTaskRequest(task_id=task_id)
+    return Plan("tasks", "CancelTask", request, retry.READ_CODES, _task)
+
+
+def _task(
+    response: task_service_pb2.SubmitTaskResponse
+    | task_service_pb2.GetTaskResponse
+    | task_service_pb2.CancelTaskResponse,
+) -> Task:
+    return convert.task_from_proto(response.task)
+
+
+def list_tasks(
     queue: str | None,
     state: TaskState | str | None,
     type: str | None,
     page_size: int,
     headers: Mapping[str, str] | None,
-    page_token: str = "",
-) -> task_service_pb2.ListTasksRequest:
-    """A ListTasks request for these filters (the coordinator checks the page size)."""
-    return task_service_pb2.ListTasksRequest(
+    page_token: str,
+) -> Plan[TaskPage]:
+    """ListTasks: one page of the tasks matching these filters (the coordinator checks the
+    page size and the token)."""
+    request = task_service_pb2.ListTasksRequest(
         queue=queue or "",
         state=state_filter(state),
         type=type or "",
@@ -180,10 +233,10 @@ def list_request(
         headers=headers or {},
         page_token=page_token,
     )
+    return Plan("tasks", "ListTasks", request, retry.READ_CODES, _task_page)
 
 
-def task_page(response: task_service_pb2.ListTasksResponse) -> TaskPage:
-    """A ListTasks answer as a model."""
+def _task_page(response: task_service_pb2.ListTasksResponse) -> TaskPage:
     tasks = tuple(convert.task_from_proto(message) for message in response.tasks)
     return TaskPage(tasks=tasks, next_page_token=response.next_page_token)
 
