@@ -7,8 +7,11 @@ was stored. Armed with a marker (bytes of a statement, ``b"INSERT INTO tasks"``)
 it waits for a connection to send the marker and then COMMIT, lets the server's
 answer come back to the proxy, drops that answer and resets both sides. Armed
 with ``deliver_commit=False`` it drops the COMMIT itself instead: the same
-silence for the client, but the server rolls the transaction back. Every other
-byte passes untouched; after its one cut it is a plain proxy again.
+silence for the client, but the server rolls the transaction back (once it
+notices). With ``hold_server=True`` only the client's side is reset: the server
+keeps the connection open, its transaction and locks too, as after a network
+failure it has not noticed. Every other byte passes untouched; after its one
+cut it is a plain proxy again.
 
 The marker must travel as text: psycopg sends a statement it has already
 prepared on that connection by name, so arm the proxy before the statement's
@@ -36,6 +39,9 @@ class CommitCutProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._marker: bytes | None = None
         self._deliver_commit = True
+        self._hold_server = False
+        self._held: list[asyncio.StreamWriter] = []
+        """Server sides kept open after their cut (``hold_server``), until the proxy exits."""
         self.cut = threading.Event()
         """Set once a COMMIT's answer was dropped."""
         self.address = ""
@@ -54,10 +60,12 @@ class CommitCutProxy:
         self._thread.join(10)
         self._loop.close()
 
-    def arm(self, marker: bytes, *, deliver_commit: bool = True) -> None:
+    def arm(self, marker: bytes, *, deliver_commit: bool = True, hold_server: bool = False) -> None:
         """Drop the answer to the next COMMIT of a transaction that sent ``marker``
-        (or, with ``deliver_commit=False``, that COMMIT itself)."""
+        (or, with ``deliver_commit=False``, that COMMIT itself); with ``hold_server``
+        keep that connection open on the server's side."""
         self._deliver_commit = deliver_commit
+        self._hold_server = hold_server
         self._marker = marker
 
     async def _listen(self) -> int:
@@ -69,6 +77,8 @@ class CommitCutProxy:
         """Stop accepting and end every proxied connection (their pumps included)."""
         if self._server is not None:
             self._server.close()
+        for writer in self._held:
+            send_rst(writer)
         pending = asyncio.all_tasks() - {asyncio.current_task()}
         for task in pending:
             task.cancel()
@@ -89,8 +99,12 @@ class CommitCutProxy:
             for pump in (up, down):
                 pump.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
-            for writer in (client_w, server_w):
-                send_rst(writer)
+            send_rst(client_w)
+            if self.cut.is_set() and self._hold_server:
+                self._hold_server = False
+                self._held.append(server_w)
+            else:
+                send_rst(server_w)
 
     async def _up(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, committed: asyncio.Event

@@ -155,6 +155,8 @@ class PostgresStore(SqlStore):
         """True once another coordinator took over: this store never writes again."""
         self._unanswered: object = None
         """The transaction id of a batch whose COMMIT got no answer, until checked."""
+        self._session: tuple[int, object] | None = None
+        """(process id, start time) of the server session of the last write connection."""
         self._writer = self._new_writer()
         self._liveness: asyncio.Task[None] | None = None
 
@@ -193,11 +195,13 @@ class PostgresStore(SqlStore):
         conn = self._connect()
         try:
             conn.execute(LEADER_IDLE_TIMEOUT)
-            row = conn.execute("SELECT pg_try_advisory_lock(?)", (LEADER_LOCK,)).fetchone()
-            if not row[0]:
+            if not self._take_lock(conn):
                 if self._epoch is not None:  # this one led: now another does
                     self._lose_lead(f"another coordinator leads since epoch {self._epoch}")
                 raise NotLeader("another coordinator leads this database")
+            self._session = conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
             if self._epoch is None:
                 self._epoch = self._take_lead(conn)
             else:
@@ -207,6 +211,34 @@ class PostgresStore(SqlStore):
             conn.close()
             raise
         return conn
+
+    def _take_lock(self, conn: PgConnection) -> bool:
+        """Take the leader lock on ``conn``; False if another session holds it.
+
+        That session may be this coordinator's own last write connection: after
+        a cut (a reset the server has not seen yet, a network that dropped the
+        connection silently) the server keeps it, and the lock, until it notices,
+        seconds or, idle in a transaction, minutes later. Such a session is dead to
+        us, so it is ended (its open transaction rolls back) and the lock taken
+        again, instead of mistaking ourselves for another leader. It is found by
+        its process id *and* start time: a process id alone may be reused by a
+        session of another coordinator.
+        """
+        take = "SELECT pg_try_advisory_lock(?)"
+        if conn.execute(take, (LEADER_LOCK,)).fetchone()[0]:
+            return True
+        if self._session is None:
+            return False
+        pid, started = self._session
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE pid = ? AND backend_start = ?",
+            (pid, started),
+        ).fetchone()
+        if ended is None or not ended[0]:
+            return False
+        log.warning("store.ended_own_stale_session", pid=pid)
+        return bool(conn.execute(take, (LEADER_LOCK,)).fetchone()[0])
 
     def _take_lead(self, conn: PgConnection) -> int:
         """Check or create the schema and start a new leader epoch (holding the lock).

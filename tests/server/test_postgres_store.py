@@ -199,6 +199,41 @@ def test_a_commit_that_got_no_answer_is_looked_up_and_a_stored_one_makes_it_stan
     assert set(keys.values()) == {"next", "stored"}
 
 
+def test_its_own_stale_write_session_is_ended_not_taken_for_another_leader(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """After a cut the server has not noticed, the old write session still holds the
+    leader lock (and its transaction). The store's next connection ends that session,
+    which is its own, and leads on; it used to mistake it for another leader and step
+    down (CI met it when the server was slower to see a reset than the store was to
+    reconnect)."""
+    with CommitCutProxy(postgres_server.port) as proxy:
+        via_proxy = url_via(postgres_url, proxy.address)
+
+        async def cut() -> tuple[int, int, bool]:
+            lost = threading.Event()
+            store = PostgresStore(via_proxy, on_leadership_lost=lost.set)
+            await store.open()
+            before = await asyncio.to_thread(leader_backend, postgres_url)
+            proxy.arm(b"INSERT INTO tasks", deliver_commit=False, hold_server=True)
+            with pytest.raises(StoreUnavailable):
+                await store.insert([new_task("cut")])
+            assert proxy.cut.is_set()
+            assert await asyncio.to_thread(leader_backend, postgres_url) == before  # still held
+            [(_, created)] = await store.insert([new_task("next")])
+            after = await asyncio.to_thread(leader_backend, postgres_url)
+            await store.close()
+            return before, after, created and not lost.is_set()
+
+        before, after, led_on = asyncio.run(cut())
+    assert led_on and after != before
+    with psycopg.connect(postgres_url) as conn:
+        alive = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (before,))
+        assert alive.fetchone() == (0,)  # the stale session was ended
+        keys = [key for (key,) in conn.execute("SELECT idempotency_key FROM tasks")]
+    assert keys == ["next"]  # the cut transaction rolled back with its session
+
+
 def test_a_newer_schema_is_refused(postgres_url: str) -> None:
     async def scenario() -> None:
         store = PostgresStore(postgres_url)
