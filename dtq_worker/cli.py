@@ -136,6 +136,22 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
     "headers carry (needs opentelemetry-api; spans go where the process's SDK sends them).",
 )
 @option(
+    "--metrics-listen",
+    envvar="DTQ_METRICS_LISTEN",
+    default=None,
+    metavar="HOST:PORT",
+    show_default="off",
+    help="Serve Prometheus metrics at HOST:PORT/metrics: task outcomes and durations by "
+    "queue and type, threads, restarts (plain HTTP: loopback unless --metrics-insecure).",
+)
+@option(
+    "--metrics-insecure",
+    envvar="DTQ_METRICS_INSECURE",
+    is_flag=True,
+    default=False,
+    help="Allow --metrics-listen beyond loopback, on a network you trust.",
+)
+@option(
     "--event-loop",
     envvar="DTQ_EVENT_LOOP",
     type=click.Choice(loops.EVENT_LOOPS),
@@ -211,6 +227,8 @@ def main(
     shutdown_grace: float,
     isolation: str,
     tracing: bool,
+    metrics_listen: str | None,
+    metrics_insecure: bool,
     event_loop: str,
     task_timeout: float | None,
     reconnect_backoff_max: float,
@@ -241,6 +259,8 @@ def main(
             shutdown_grace_s=shutdown_grace,
             isolation=cast(Isolation, isolation),
             tracing=tracing,
+            metrics_listen=metrics_listen,
+            metrics_insecure=metrics_insecure,
             event_loop=cast(loops.EventLoop, event_loop),
             task_timeout_s=task_timeout,
             reconnect_backoff_max_s=reconnect_backoff_max,

@@ -11,7 +11,7 @@ from typing import Literal
 from dtq import loops
 from dtq.logs import LOG_LEVELS, LogFormat
 from dtq.loops import EventLoop
-from dtq.tls import ClientTls, check_token_transport
+from dtq.tls import ClientTls, check_token_transport, is_loopback
 from dtq_worker.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -89,6 +89,11 @@ class WorkerConfig:
     tracing: bool = False
     """Run each attempt inside an OpenTelemetry span, a child of the trace context in the
     task's headers (see :mod:`dtq_worker.tracing`; needs ``opentelemetry-api``)."""
+    metrics_listen: str | None = None
+    """Serve Prometheus metrics at ``HOST:PORT/metrics`` (see :mod:`dtq_worker.metrics`);
+    plain HTTP, so on loopback unless ``metrics_insecure``. None: no metrics."""
+    metrics_insecure: bool = False
+    """Allow ``metrics_listen`` beyond loopback (a network you trust)."""
     log_level: str = "info"
     """One of ``dtq.logs.LOG_LEVELS``."""
     log_format: LogFormat = "console"
@@ -137,6 +142,8 @@ class WorkerConfig:
             loops.resolve(self.event_loop)
         except ValueError as exc:
             problems.append(str(exc))
+        if self.metrics_listen is not None:
+            problems += _metrics_problems(self.metrics_listen, self.metrics_insecure)
         if self.log_level not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}")
         try:
@@ -145,3 +152,15 @@ class WorkerConfig:
             problems.append(str(exc))
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+def _metrics_problems(listen: str, insecure: bool) -> list[str]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return [f"metrics address {listen!r} is not HOST:PORT"]
+    if not insecure and not is_loopback(listen):
+        return [
+            f"refusing to serve metrics in plaintext on {listen}, which is not loopback: "
+            "give --metrics-insecure on a network you trust"
+        ]
+    return []

@@ -24,6 +24,7 @@ Used from the asyncio loop thread only; worker threads reach it through
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -46,6 +47,11 @@ from dtq_worker.runner import Job
 log = structlog.get_logger(__name__)
 
 
+OnOutcome = Callable[[Job, Outcome, float | None], None]
+"""Told of each attempt's one reported outcome, with how long its handler ran (None if
+it never started): the node's metrics."""
+
+
 class HeldState(StrEnum):
     """Where a held task is on this node."""
 
@@ -65,6 +71,8 @@ class _Held:
     progress_sent_at: float = -math.inf
     progress_armed: bool = False
     """A timer will flush the waiting progress; no need to schedule another."""
+    started_at: float | None = None
+    """When its handler started (``time.monotonic()``), if it did."""
 
 
 class Ledger:
@@ -74,8 +82,10 @@ class Ledger:
         self,
         on_progress: Callable[[TaskContext], None],
         progress_interval_s: float = 0.5,
+        on_outcome: OnOutcome | None = None,
     ) -> None:
         self._on_progress = on_progress
+        self._on_outcome = on_outcome
         self._progress_interval_s = progress_interval_s
         self._held: dict[Lease, _Held] = {}
         self._pending: list[Update] = []
@@ -116,6 +126,7 @@ class Ledger:
         held = self._held.get(lease)
         if held is not None and held.state is HeldState.QUEUED:
             held.state = HeldState.RUNNING
+            held.started_at = time.monotonic()
             self._pending.append(Update(lease, Started()))
 
     def finished(self, lease: Lease, outcome: Outcome) -> None:
@@ -152,6 +163,10 @@ class Ledger:
 
     def _report(self, held: _Held, outcome: Outcome) -> None:
         held.state = HeldState.REPORTED
+        if self._on_outcome is not None:
+            started_at = held.started_at
+            ran_s = None if started_at is None else time.monotonic() - started_at
+            self._on_outcome(held.job, outcome, ran_s)
         update = Update(held.job.lease, outcome)
         self._pending.append(update)
         self.outbox.add(update)

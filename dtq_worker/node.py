@@ -39,6 +39,7 @@ from dtq_worker.connection import Connection
 from dtq_worker.errors import RestartIntensityExceeded
 from dtq_worker.intensity import RestartIntensity
 from dtq_worker.ledger import Ledger
+from dtq_worker.metrics import NodeGauges, NodeMetrics, serve_metrics
 from dtq_worker.models import (
     AssignmentsReceived,
     CancelRequested,
@@ -84,8 +85,17 @@ class Node:
         self.registry = registry
         self.ready = threading.Event()
         """Set when the first session is registered."""
+        self.metrics_port: int | None = None
+        """The port ``/metrics`` is served on (with ``metrics_listen``), once running."""
         self._bridge = LoopBridge(self._apply)
-        self._ledger = Ledger(self._bridge.progress, config.progress_interval_s)
+        self._metrics = (
+            NodeMetrics(config.node_id, self._gauges()) if config.metrics_listen else None
+        )
+        self._ledger = Ledger(
+            self._bridge.progress,
+            config.progress_interval_s,
+            on_outcome=None if self._metrics is None else self._metrics.finished,
+        )
         self._pool = (
             ProcessPool(registry, config.task_timeout_s) if config.isolation == "process" else None
         )
@@ -130,6 +140,17 @@ class Node:
         """Worker threads restarted so far."""
         return self._supervisor.restarts
 
+    def _gauges(self) -> NodeGauges:
+        """What the metrics page reads from the node at each scrape (from its own thread)."""
+        return NodeGauges(
+            threads=self.config.threads,
+            running=lambda: len(self._supervisor.work_done().running),
+            threads_alive=lambda: self._supervisor.alive,
+            restarts=lambda: self._supervisor.restarts,
+            abandoned=lambda: self._supervisor.abandoned,
+            prefetch=lambda: self.prefetch,
+        )
+
     def run(self) -> int:
         """Run until shut down (once per Node); return the process exit code."""
         return loops.run(self._main(), self.config.event_loop)
@@ -155,6 +176,11 @@ class Node:
             event_loop=loops.running(),
         )
         self._supervisor.start()
+        metrics_server = None
+        if self._metrics is not None and self.config.metrics_listen is not None:
+            metrics_server = serve_metrics(self.config.metrics_listen, self._metrics)
+            self.metrics_port = metrics_server.server_port
+            log.info("node.metrics", port=self.metrics_port)
         connection = self._connection.start()
         stopping = asyncio.create_task(self._stop.wait())
         try:
@@ -165,6 +191,9 @@ class Node:
             return self._exit_code
         finally:
             stopping.cancel()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
             self._supervisor.close()
             if self._pool is not None:
                 self._pool.close()
