@@ -21,6 +21,7 @@ from __future__ import annotations
 from dtq import __version__
 from dtq.tls import ClientTls
 from dtq_client.aio import AsyncClient
+from dtq_client.aio_submitter import AsyncSubmitter
 from dtq_client.client import Client
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.connection import create_channel
@@ -79,6 +80,7 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncSubmitter",
     "CancelCounts",
     "Client",
     "ClientConfig",

@@ -18,7 +18,8 @@ idempotency keys, requests built and answers read by
 tree. Each call that is one unary RPC runs the same :class:`~dtq_client.plans.Plan`
 as the blocking client's (see :mod:`dtq_client.calls`); the cluster and schedule
 calls come from :mod:`dtq_client.cluster` and :mod:`dtq_client.schedules`, waiting
-(``watch``, ``wait``) from :mod:`dtq_client.aio_watch`.
+(``watch``, ``wait``) from :mod:`dtq_client.aio_watch`, pipelined submits
+(:meth:`AsyncClient.submitter`) from :mod:`dtq_client.aio_submitter`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import grpc
 from dtq.tls import ClientTls
 from dtq.v1 import task_service_pb2
 from dtq_client import aio_watch, convert, retry, task_requests
+from dtq_client.aio_submitter import AsyncSubmitter
 from dtq_client.aio_watch import WatchCalls
 from dtq_client.cluster import AsyncClusterCalls
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
@@ -54,6 +56,7 @@ from dtq_client.models import (
 )
 from dtq_client.schedules import AsyncScheduleCalls
 from dtq_client.submit_options import SubmitOptions, random_key, spec_of
+from dtq_client.submit_stream import DEFAULT_WINDOW
 
 
 class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
@@ -67,15 +70,13 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
     the loop it was made on. ``channel`` lets the caller supply (and keep
     ownership of) an open ``grpc.aio`` channel; the token is sent all the same.
 
-    It has every call of :class:`~dtq_client.Client` but the pipelined
-    :meth:`~dtq_client.Client.submitter`: submitting, reading, cancelling
+    It has every call of :class:`~dtq_client.Client`: submitting (one by one,
+    in batches, or pipelined through a :meth:`submitter`), reading, cancelling
     (one task or in bulk), retrying, purging and waiting for tasks (``watch``
     and ``wait`` come from :class:`~dtq_client.aio_watch.WatchCalls`), groups,
     the cluster (nodes, queues, rate limits, health: from
     :class:`~dtq_client.cluster.AsyncClusterCalls`) and schedules (from
-    :class:`~dtq_client.schedules.AsyncScheduleCalls`). Where the blocking
-    client would use a submitter, submit concurrently (``asyncio.gather``) or
-    with :meth:`submit_many`.
+    :class:`~dtq_client.schedules.AsyncScheduleCalls`).
     """
 
     def __init__(
@@ -229,6 +230,20 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
             error = task_requests.partial_failure(exc, specs, messages, results, acks=acks)
             raise error from exc
         return results
+
+    def submitter(self, window: int = DEFAULT_WINDOW) -> AsyncSubmitter:
+        """An :class:`AsyncSubmitter`: many concurrent submits over one stream.
+
+        ``async with client.submitter() as submitter:`` then, from any number of
+        coroutines, ``ack = await submitter.submit(type, payload, **options)``:
+        each returns a :class:`SubmitAck` once its task is committed, or raises
+        the error :meth:`submit` would. At most ``window`` submits are unanswered;
+        a further one waits for room. A stream that breaks is reopened and what
+        was unanswered resent, safely (idempotency keys). Leaving the block
+        waits for every answer. See :mod:`dtq_client.aio_submitter`, also for
+        what cancelling a caller does.
+        """
+        return AsyncSubmitter(self._tasks, self.config, self._metadata, window)
 
     async def submit_group(self, specs: Iterable[TaskSpec]) -> SubmittedGroup:
         """Submit tasks as one group, whose aggregate status :meth:`get_group` reports.

@@ -58,7 +58,8 @@ from dtq_client.models import (
 )
 from dtq_client.schedules import ScheduleCalls
 from dtq_client.submit_options import SubmitOptions, random_key, spec_of
-from dtq_client.submitter import DEFAULT_WINDOW, Submitter
+from dtq_client.submit_stream import DEFAULT_WINDOW
+from dtq_client.submitter import Submitter
 
 
 class _TaskStreamCall(Protocol):

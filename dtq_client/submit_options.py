@@ -1,6 +1,6 @@
 """The keyword arguments of a one-task submit, and the :class:`TaskSpec` they make.
 
-``Client.submit``, ``AsyncClient.submit`` and ``Submitter.submit`` take the same
+``Client.submit``, ``AsyncClient.submit`` and both submitters' ``submit`` take the same
 keywords (a :class:`TaskSpec`'s fields, in the forms a caller has at hand: any
 iterable of ids, a policy's name, no headers as None). They are declared once
 here, as :class:`SubmitOptions` (``**options: Unpack[SubmitOptions]``, PEP 692:

@@ -29,48 +29,34 @@ second one. A stream that answers nothing for ``config.timeout_s`` while
 submits wait is treated as broken the same way (DEADLINE_EXCEEDED). When the
 budget runs out, or the status is not retryable, every unanswered future
 fails with that error and so does every later :meth:`Submitter.submit`.
+
+What is sent and how answers are read is shared with the asyncio submitter
+(:mod:`dtq_client.aio_submitter`), in :mod:`dtq_client.submit_stream`; the two
+differ only in how they wait.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import queue
 import threading
-import time
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
 from typing import Protocol, Self, Unpack
 
-import grpc
-
 from dtq.v1 import task_service_pb2, task_service_pb2_grpc
-from dtq_client import convert, retry, tracing
+from dtq_client import retry, submit_stream
 from dtq_client.config import ClientConfig
-from dtq_client.errors import (
-    DeadlineExceeded,
-    ProtocolError,
-    RpcError,
-    Unavailable,
-    from_status,
-    translate_rpc_errors,
-)
+from dtq_client.errors import RpcError, translate_rpc_errors
 from dtq_client.models import SubmitAck, TaskSpec
 from dtq_client.submit_options import SubmitOptions, spec_of
+from dtq_client.submit_stream import END, Stream, Unanswered
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 2_000
-"""Unanswered submits a submitter allows by default: deep enough that the coordinator
-commits in piles of hundreds, small next to its own limit of 20,000 per stream."""
 _POLL_S = 0.5
 """How often an idle request thread looks whether the stream stopped answering."""
-_FRAMING_BYTES = 12
-"""Bytes a submit adds to a frame beyond its spec (tags, lengths, ref)."""
-_END = object()
-"""Queued to end a call's request iterator (a half-close)."""
 
 
 class _Call(Protocol):
@@ -79,33 +65,21 @@ class _Call(Protocol):
     def cancel(self) -> bool: ...
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A submit sent (or queued) and not answered yet."""
+class _Stream(Stream[queue.SimpleQueue[object]]):
+    """One SubmitTaskStream call, and the call itself, for its request thread to cancel."""
 
-    message: task_service_pb2.StreamedSubmit
-    future: Future[SubmitAck]
-
-
-class _Stream:
-    """One SubmitTaskStream call: what its request iterator sends, and whether it still answers."""
-
-    def __init__(self, resend: Iterable[task_service_pb2.StreamedSubmit] = ()) -> None:
-        self.outgoing: queue.SimpleQueue[object] = queue.SimpleQueue()
-        for message in resend:
-            self.outgoing.put(message)
+    def __init__(
+        self, timeout_s: float, resend: Iterable[task_service_pb2.StreamedSubmit] = ()
+    ) -> None:
+        super().__init__(queue.SimpleQueue(), timeout_s, resend)
         self.call: _Call | None = None
-        self.opened = False
-        self.waiting_since: float | None = None
-        """Monotonic time since which a submit waits with no answer (None: none waits)."""
-        self.stalled = False
 
-    def stall_if_silent(self, timeout_s: float) -> bool:
-        """Cancel the call if it has answered nothing for ``timeout_s`` while submits wait."""
-        since, call = self.waiting_since, self.call
-        if since is None or call is None or time.monotonic() - since < timeout_s:
+    def stall_if_silent(self) -> bool:
+        """Cancel the call if it has answered nothing for too long while submits wait."""
+        left_s, call = self.clock.left_s(), self.call
+        if left_s is None or left_s > 0 or call is None:
             return False
-        self.stalled = True
+        self.clock.stalled = True
         call.cancel()
         return True
 
@@ -127,11 +101,10 @@ class Submitter:
         self._window = window
         self._changed = threading.Condition()
         """Guards everything below; notified when submits are answered or the submitter fails."""
-        self._pending: dict[int, _Pending] = {}
-        self._refs = itertools.count(1)
-        self._key_prefix = uuid.uuid4().hex
-        self._keys = itertools.count()
-        self._stream = _Stream()
+        self._pending: Unanswered[Future[SubmitAck]] = Unanswered()
+        self._new_key = submit_stream.Keys()
+        self._new_stream = functools.partial(_Stream, config.timeout_s)
+        self._stream = self._new_stream()
         self._closing = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dtq-submitter", daemon=True)
@@ -163,12 +136,7 @@ class Submitter:
 
     def submit_spec(self, spec: TaskSpec) -> Future[SubmitAck]:
         """Queue one :class:`TaskSpec`; like :meth:`submit`."""
-        if not spec.idempotency_key:
-            spec = replace(spec, idempotency_key=self._new_key())
-        message = task_service_pb2.StreamedSubmit()
-        convert.fill_spec(message.task, spec)
-        if self._config.propagate_trace:  # here, on the caller's thread, in its context
-            tracing.stamp((message.task,))
+        message = submit_stream.encode(spec, self._new_key, self._config.propagate_trace)
         future: Future[SubmitAck] = Future()
         future.set_running_or_notify_cancel()  # a queued submit cannot be called back
         with self._changed:
@@ -180,21 +148,10 @@ class Submitter:
                 raise self._failure
             if self._closing:
                 raise RuntimeError("the submitter is closed")
-            message.ref = ref = next(self._refs)
-            self._pending[ref] = _Pending(message, future)
-            stream = self._stream
-            if stream.waiting_since is None:
-                stream.waiting_since = time.monotonic()
-            stream.outgoing.put(message)
+            self._pending.add(message, future)
+            self._stream.clock.waiting()
+            self._stream.outgoing.put(message)
         return future
-
-    def _new_key(self) -> str:
-        """A fresh idempotency key: this submitter's random prefix and a counter.
-
-        As unique as a UUID per key (the prefix is one), at a tenth of the cost of
-        ``uuid4()`` per submit. ``next()`` on a count is atomic, so threads share it.
-        """
-        return f"{self._key_prefix}-{next(self._keys):x}"
 
     @property
     def unanswered(self) -> int:
@@ -214,7 +171,7 @@ class Submitter:
             self._changed.notify_all()  # submits blocked on the window give up
             while self._pending and self._failure is None:
                 self._changed.wait()
-            self._stream.outgoing.put(_END)
+            self._stream.outgoing.put(END)
         self._thread.join()
 
     # --- the dtq-submitter thread ----------------------------------------------------------
@@ -244,30 +201,19 @@ class Submitter:
             return False
         call = self._stub.SubmitTaskStream(self._frames(stream))
         stream.call = call
-        answered = False
         try:
             with translate_rpc_errors():
                 for response in call:
                     self._answer(stream, response.results)
-                    answered = True
         except RpcError as exc:
-            if stream.stalled:
-                silence = self._config.timeout_s
-                raise DeadlineExceeded(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer for {silence:g} s"
-                ) from exc
-            if answered and exc.code in retry.SUBMIT_CODES:
-                log.debug("submit stream broke (%s); resending what is unanswered", exc)
-                return True
-            raise
+            submit_stream.check_break(exc, stream)
+            return True
         finally:
-            stream.outgoing.put(_END)  # frees grpc's request thread if it still waits
+            stream.outgoing.put(END)  # frees grpc's request thread if it still waits
             call.cancel()
         with self._changed:
             if not self._closing or self._pending:
-                raise Unavailable(
-                    grpc.StatusCode.UNAVAILABLE, "the coordinator ended the submit stream early"
-                )
+                raise submit_stream.early_end_error()
         return False
 
     def _take_stream(self) -> _Stream | None:
@@ -275,45 +221,34 @@ class Submitter:
         with self._changed:
             if self._closing and not self._pending:
                 return None
-            if self._stream.opened:
-                resend = [pending.message for pending in self._pending.values()]
-                self._stream = _Stream(resend)
-                if resend:
-                    self._stream.waiting_since = time.monotonic()
-            self._stream.opened = True
+            self._stream = submit_stream.next_stream(self._stream, self._pending, self._new_stream)
             return self._stream
 
     def _answer(
         self, stream: _Stream, results: Iterable[task_service_pb2.StreamedSubmitResult]
     ) -> None:
         """Resolve the futures of answered submits (outside the lock: callbacks may run)."""
-        answered: list[tuple[Future[SubmitAck], task_service_pb2.StreamedSubmitResult]] = []
         with self._changed:
-            for result in results:
-                pending = self._pending.pop(result.ref, None)
-                if pending is not None:  # else answered already, on an earlier stream
-                    answered.append((pending.future, result))
-            stream.waiting_since = time.monotonic() if self._pending else None
+            answered = self._pending.answer(results)
+            stream.answered = True
+            stream.clock.answered(bool(self._pending))
             self._changed.notify_all()
         for future, result in answered:
-            _resolve(future, result)
+            submit_stream.settle(future, result)
 
     def _fail(self, error: BaseException) -> None:
         """Fail every unanswered submit, and every later one, with ``error``."""
         with self._changed:
             self._failure = error
-            failed = list(self._pending.values())
-            self._pending.clear()
+            failed = self._pending.clear()
             self._changed.notify_all()
-        for pending in failed:
-            pending.future.set_exception(error)
+        for future in failed:
+            submit_stream.fail(future, error)
 
     # --- grpc's request thread -------------------------------------------------------------
 
     def _frames(self, stream: _Stream) -> Iterator[task_service_pb2.SubmitTaskStreamRequest]:
         """One call's request iterator: whatever is queued, coalesced into bounded frames."""
-        max_count = self._config.submit_batch_size
-        max_bytes = self._config.submit_batch_bytes
         poll_s = min(_POLL_S, self._config.timeout_s / 4)
         carry: object = None
         while True:
@@ -321,40 +256,11 @@ class Submitter:
                 try:
                     carry = stream.outgoing.get(timeout=poll_s)
                 except queue.Empty:
-                    if stream.stall_if_silent(self._config.timeout_s):
+                    if stream.stall_if_silent():
                         return
                     continue
-            submits: list[task_service_pb2.StreamedSubmit] = []
-            size = 0
-            while isinstance(carry, task_service_pb2.StreamedSubmit):
-                # An oversized submit travels alone, so that the coordinator refuses it.
-                item_size = carry.ByteSize() + _FRAMING_BYTES
-                if submits and (len(submits) >= max_count or size + item_size > max_bytes):
-                    break
-                submits.append(carry)
-                size += item_size
-                try:
-                    carry = stream.outgoing.get_nowait()
-                except queue.Empty:
-                    carry = None
-            if submits:
-                yield task_service_pb2.SubmitTaskStreamRequest(submits=submits)
-            if carry is _END:
+            frame, carry = submit_stream.take_frame(carry, stream, self._config)
+            if frame is not None:
+                yield frame
+            if carry is END:
                 return
-
-
-def _resolve(future: Future[SubmitAck], result: task_service_pb2.StreamedSubmitResult) -> None:
-    """Set a future from its answer."""
-    outcome = result.WhichOneof("outcome")
-    error: Exception
-    if outcome == "submitted":
-        try:
-            future.set_result(convert.submit_ack_from_proto(result.submitted))
-            return
-        except ProtocolError as exc:
-            error = exc
-    elif outcome == "error":
-        error = from_status(result.error)
-    else:
-        error = ProtocolError(f"the answer to submit {result.ref} has no outcome")
-    future.set_exception(error)

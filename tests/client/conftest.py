@@ -13,6 +13,7 @@ import pytest
 
 from dtq_client import Client, NodeState
 from dtq_client.models import Progress, Task, TaskError, TaskState
+from dtq_server.tokens import entry, new_token
 from tests.harness import (
     InProcessCoordinator,
     Proc,
@@ -154,6 +155,17 @@ def served(cluster: Cluster, queue: str, tmp_path: Path) -> Iterator[Callable[[i
             )
 
         yield start
+
+
+@pytest.fixture
+def token_coordinator(
+    make_coordinator: Callable[..., InProcessCoordinator], tmp_path: Path
+) -> tuple[InProcessCoordinator, str]:
+    """An in-process coordinator that checks tokens, and the token of its submitter "web-app"."""
+    token = new_token()
+    tokens_file = tmp_path / "tokens.toml"
+    tokens_file.write_text(entry("web-app", "submitter", token))
+    return make_coordinator(tokens_file=tokens_file), token
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ from dtq_client import (
     WaitTimeout,
 )
 from dtq_client.retry import READ_CODES, SUBMIT_CODES, async_retrying
-from dtq_server.tokens import entry, new_token
+from dtq_server.tokens import new_token
 from tests.harness import InProcessCoordinator, ServerProcess, start_server, wait_until
 
 from .conftest import NOBODY, Cluster
@@ -62,6 +62,16 @@ FAST_RETRY = RetryPolicy(attempts=3, initial_backoff_s=0.01, max_backoff_s=0.02,
 RESTART_RETRY = RetryPolicy(attempts=200, initial_backoff_s=0.05, max_backoff_s=0.2, total_s=20.0)
 # A watch sees the task in this order, skipping states it was too slow to catch.
 LIFECYCLE = [TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING, TaskState.SUCCEEDED]
+# A caller's span, and the traceparent header a submit under it carries.
+PARENT_SPAN = NonRecordingSpan(
+    SpanContext(
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+        span_id=0x00F067AA0BA902B7,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def run(scenario: Coroutine[Any, Any, T], timeout_s: float = 15.0) -> T:
@@ -409,12 +419,9 @@ def test_a_watch_reopens_after_the_coordinator_restarts(tmp_path: Path, queue: s
 
 
 def test_a_token_is_sent_with_every_call(
-    make_coordinator: Callable[..., InProcessCoordinator], tmp_path: Path
+    token_coordinator: tuple[InProcessCoordinator, str],
 ) -> None:
-    token = new_token()
-    tokens_file = tmp_path / "tokens.toml"
-    tokens_file.write_text(entry("web-app", "submitter", token))
-    coordinator = make_coordinator(tokens_file=tokens_file)
+    coordinator, token = token_coordinator
 
     async def scenario() -> None:
         async with connect(coordinator.address, token=token) as client:
@@ -441,26 +448,18 @@ def test_a_token_is_sent_with_every_call(
 
 
 def test_propagate_trace_stamps_every_submit(coordinator: InProcessCoordinator) -> None:
-    parent = SpanContext(
-        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
-        span_id=0x00F067AA0BA902B7,
-        is_remote=False,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-    )
-    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
     async def scenario() -> None:
         async with connect(coordinator.address, propagate_trace=True) as client:
-            with trace.use_span(NonRecordingSpan(parent)):
+            with trace.use_span(PARENT_SPAN):
                 tasks = [await client.submit(NOBODY)]
                 tasks += [r.task for r in await client.submit_many([TaskSpec(NOBODY)])]
                 tasks += [r.task for r in (await client.submit_group([TaskSpec(NOBODY)])).results]
                 own = await client.submit(NOBODY, headers={"traceparent": "mine"})
-            assert [t.headers["traceparent"] for t in tasks] == [traceparent] * 3
+            assert [t.headers["traceparent"] for t in tasks] == [TRACEPARENT] * 3
             assert own.headers["traceparent"] == "mine"  # the spec's own header wins
             assert "traceparent" not in (await client.submit(NOBODY)).headers  # no span
         async with connect(coordinator.address) as client:
-            with trace.use_span(NonRecordingSpan(parent)):
+            with trace.use_span(PARENT_SPAN):
                 assert "traceparent" not in (await client.submit(NOBODY)).headers  # not asked
 
     run(scenario())

@@ -8,6 +8,7 @@ EXPECTED = {
     "DEFAULT_ADDRESS",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncSubmitter",
     "CancelCounts",
     "Client",
     "ClientConfig",
