@@ -38,6 +38,7 @@ from dtq.v1 import task_service_pb2
 from dtq_client import aio_watch, convert, retry, task_requests
 from dtq_client.aio_submitter import AsyncSubmitter
 from dtq_client.aio_watch import WatchCalls
+from dtq_client.calls import UNARY_CALLS_IN_FLIGHT
 from dtq_client.cluster import AsyncClusterCalls
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
 from dtq_client.connection import bearer_header, open_aio_channel
@@ -123,6 +124,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
         # The header the blocking client's BearerToken interceptor adds: metadata, not
         # call credentials, which gRPC sends only over TLS (loopback checks tokens too).
         self._metadata = None if config.token is None else (bearer_header(config.token),)
+        self._unary_slots = asyncio.Semaphore(UNARY_CALLS_IN_FLIGHT)
         self._closed = False
 
     async def close(self) -> None:

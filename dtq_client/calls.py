@@ -12,6 +12,7 @@ the configuration and the stubs (:class:`CallState`) and run a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -30,6 +31,14 @@ from dtq_client.errors import translate_rpc_errors
 from dtq_client.plans import Plan
 
 _R = TypeVar("_R")
+UNARY_CALLS_IN_FLIGHT = 128
+"""Unary calls an AsyncClient keeps open at once; more wait their turn in the client.
+
+The coordinator allows 256 streams per connection, and grpc.aio does not hold back
+the streams beyond it: gathering 2,000 ``submit`` calls on one client had a few
+hundred refused (UNAVAILABLE, RST_STREAM REFUSED_STREAM), more than the retry policy
+could absorb as they all retried together. Half of the limit leaves room for the
+client's own streams (watches, submitters)."""
 _T = TypeVar("_T")
 
 
@@ -95,6 +104,8 @@ class AsyncCalls(CallState):
     _metadata: tuple[tuple[str, str], ...] | None
     """What every call carries besides its request: the token, if any. (The blocking
     client's channel adds it with an interceptor instead.)"""
+    _unary_slots: asyncio.Semaphore
+    """At most :data:`UNARY_CALLS_IN_FLIGHT` unary calls open on the channel at once."""
 
     async def _unary(
         self,
@@ -106,8 +117,11 @@ class AsyncCalls(CallState):
         ``codes``."""
 
         async def attempt() -> _R:
-            with translate_rpc_errors():
-                return await method(request, timeout=self.config.timeout_s, metadata=self._metadata)
+            async with self._unary_slots:  # the deadline runs from the call's start
+                with translate_rpc_errors():
+                    return await method(
+                        request, timeout=self.config.timeout_s, metadata=self._metadata
+                    )
 
         result: _R = await retry.async_retrying(self.config.retry, codes)(attempt)
         return result
