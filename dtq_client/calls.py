@@ -31,6 +31,13 @@ from dtq_client.errors import translate_rpc_errors
 from dtq_client.plans import Plan
 
 _R = TypeVar("_R")
+_STUB_ATTRIBUTES = {
+    "tasks": "_tasks",
+    "admin": "_admin",
+    "schedules": "_schedules",
+    "health": "_health",
+}
+"""The attribute holding each service's stub (looked up per call, not rebuilt as a dict)."""
 UNARY_CALLS_IN_FLIGHT = 128
 """Unary calls an AsyncClient keeps open at once; more wait their turn in the client.
 
@@ -66,13 +73,8 @@ class CallState:
 
     def _method(self, plan: Plan[Any]) -> Callable[..., Any]:
         """The stub method that makes ``plan``'s call."""
-        stubs = {
-            "tasks": self._tasks,
-            "admin": self._admin,
-            "schedules": self._schedules,
-            "health": self._health,
-        }
-        method: Callable[..., Any] = getattr(stubs[plan.service], plan.rpc)
+        stub = getattr(self, _STUB_ATTRIBUTES[plan.service])
+        method: Callable[..., Any] = getattr(stub, plan.rpc)
         return method
 
 

@@ -126,7 +126,8 @@ class Ledger:
         held = self._held.get(lease)
         if held is not None and held.state is HeldState.QUEUED:
             held.state = HeldState.RUNNING
-            held.started_at = time.monotonic()
+            if self._on_outcome is not None:  # only the metrics time handlers
+                held.started_at = time.monotonic()
             self._pending.append(Update(lease, Started()))
 
     def finished(self, lease: Lease, outcome: Outcome) -> None:
