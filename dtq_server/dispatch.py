@@ -114,6 +114,7 @@ class Dispatcher:
                 task.session_id = session.id
                 task.node_id = session.node.node_id
                 session.leases[task.id] = task.attempt
+                session.leasing.add(task.id)
                 plan.append((session, task))
                 budget[session.id] -= 1
                 progress = True
@@ -143,11 +144,13 @@ class Dispatcher:
         try:
             assignments = await self._store.lease(grants)
         except StoreUnavailable as exc:
+            _committed(plan)
             log.warning("dispatch.store_unavailable", error=str(exc))
             self._undo(plan)
             await asyncio.sleep(STORE_RETRY_S)  # let the store recover before the next round
             self.kick()
             return
+        _committed(plan)
         self._failpoints.hit("lease.after_commit_before_send")
         leased = {a.lease.task_id for a in assignments}
         if len(leased) != len(plan):
@@ -160,7 +163,8 @@ class Dispatcher:
         by_session: dict[str, list[int]] = defaultdict(list)
         sessions = {}
         for i, (session, task) in enumerate(plan):
-            if task.id in leased:
+            # A lease the session gave up meanwhile (it ended) is its orphan requeue's.
+            if task.id in leased and session.leases.get(task.id) == task.attempt:
                 by_session[session.id].append(i)
                 sessions[session.id] = session
         index = {a.lease.task_id: a for a in assignments}
@@ -191,6 +195,12 @@ class Dispatcher:
             task.attempt -= 1
             task.session_id = None
             self._board.make_ready(task, now)
+
+
+def _committed(plan: list[tuple[Session, ActiveTask]]) -> None:
+    """The lease commit of ``plan`` is over (landed or failed)."""
+    for session, task in plan:
+        session.leasing.discard(task.id)
 
 
 def deliver(batches: Iterable[tuple[Session, list[Assignment]]]) -> None:

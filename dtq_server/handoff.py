@@ -99,6 +99,7 @@ class Handoff:
                 rate_key=t.rate_key,
             )
             session.leases[t.id] = 1
+            session.leasing.add(t.id)
             self._board.track(task, now)
             grant = LeaseGrant(t.id, 1, session.node.node_id, session.id)
             reserved.append(DirectLease(session, task, grant))
@@ -119,6 +120,7 @@ class Handoff:
     def undo(self, reserved: list[DirectLease]) -> None:
         """The commit failed, or stored nothing new: give the slots back."""
         for d in reserved:
+            d.session.leasing.discard(d.task.id)
             if d.session.leases.get(d.task.id) == 1:
                 del d.session.leases[d.task.id]
             if self._board.active.get(d.task.id) is d.task:
@@ -141,6 +143,7 @@ class Handoff:
         batches: dict[str, tuple[Session, list[Assignment]]] = {}
         unused = []
         for d in reserved:
+            d.session.leasing.discard(d.task.id)
             spec, record, created = stored[d.task.id]
             if not created or record.state is not TaskState.LEASED:
                 unused.append(d)

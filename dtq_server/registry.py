@@ -83,6 +83,10 @@ class Session:
     state: NodeState = NodeState.ACTIVE
     leases: dict[str, int] = field(default_factory=dict)
     """task id -> attempt of every lease this session holds."""
+    leasing: set[str] = field(default_factory=set)
+    """Task ids in ``leases`` whose lease is still being committed. Their assignment
+    goes out when the commit lands, on whatever stream the session has then; a
+    resume that found them missing from the node must not resend or requeue them."""
     resent: dict[str, int] = field(default_factory=dict)
     """task id -> how often its assignment was sent again on a resume (see sessions)."""
     last_seen: float = field(default_factory=time.monotonic)

@@ -191,8 +191,14 @@ class NodeSessions:
         # Assigned, but the assignment never reached the node (it was in flight when
         # the stream broke): the lease is still this session's, so send it again on
         # the new stream, same attempt, instead of requeuing it as a new one. Not
-        # forever: see RESENDS_PER_LEASE.
-        lost = {tid: attempt for tid, attempt in session.leases.items() if held.get(tid) != attempt}
+        # forever: see RESENDS_PER_LEASE. A lease still committing was never sent: its
+        # commit sends it on this stream (read from the store now, it would look
+        # unleased and be requeued while the node runs it: chaos N8's duplicate).
+        lost = {
+            tid: attempt
+            for tid, attempt in session.leases.items()
+            if held.get(tid) != attempt and tid not in session.leasing
+        }
         session.resent = {tid: n for tid, n in session.resent.items() if tid in lost}
         for task_id in list(lost):
             session.resent[task_id] = session.resent.get(task_id, 0) + 1

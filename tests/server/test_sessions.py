@@ -289,6 +289,137 @@ def test_resume_resends_assignments_the_node_never_got(
     again.close()
 
 
+def block_the_writer(
+    coordinator: InProcessCoordinator, release: threading.Event
+) -> asyncio.Future[bool]:
+    """Hold the store's writer until ``release`` is set: commits queue behind it."""
+    server = coordinator.server.coordinator
+
+    async def block() -> asyncio.Future[bool]:
+        return asyncio.ensure_future(server.store._writer.run(lambda conn: release.wait(10)))  # type: ignore[attr-defined]
+
+    return coordinator.call(block())
+
+
+def resend_settled(coordinator: InProcessCoordinator) -> bool:
+    """No resend of a resumed session's assignments is still reading the store."""
+    sessions = coordinator.server.coordinator.sessions
+    return coordinator.run(lambda: not sessions._background)
+
+
+def test_a_resume_while_a_lease_commits_gets_that_lease_not_a_second_attempt(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """Chaos N8 (1 run in 5): the node resumed while a dispatch round's lease was
+    committing. The resume found the lease missing from the node, read the task from
+    the store (not yet leased there) and requeued it; the commit then sent attempt 1
+    to the new stream and attempt 2 followed: the task ran twice. Now the commit's
+    own send is the one the node gets."""
+    first, second = submit(tasks), submit(tasks)
+    node = RawNode(coordinator.address, node_id="rotated", slots=1)
+    assert [lease.task_id for lease in assigned(node)] == [first]
+    server = coordinator.server.coordinator
+    [session] = coordinator.run(lambda: server.registry.live_for_node("rotated"))
+    release = threading.Event()
+    blocker = block_the_writer(coordinator, release)
+    try:
+        node.report(succeeded(first, 1, b'"ok"'))  # frees the slot: ``second`` is planned
+        wait_until(
+            lambda: coordinator.run(lambda: second in session.leases),
+            10,
+            what="the second task's lease planned, its commit behind the blocked writer",
+        )
+        node.abort()  # the connection rotates before the assignment is sent
+        again = RawNode(
+            coordinator.address, node_id="rotated", resume_session_id=node.session_id,
+            leases=((first, 1),),  # reported, not yet acknowledged
+        )  # fmt: skip
+        assert again.registered.resumed
+        wait_until(lambda: resend_settled(coordinator), 10, what="the resume's resend")
+    finally:
+        release.set()
+    wait_until(blocker.done, 10, what="the writer released")
+    (lease,) = assigned(again)
+    assert (lease.task_id, lease.attempt) == (second, 1)
+    again.report(succeeded(first, 1, b'"ok"'), succeeded(second, 1, b'"ok"'))
+    acks = again.next("update_acks").update_acks.acks
+    assert [(a.lease.task_id, a.accepted) for a in acks] == [(first, True), (second, True)]
+    stored = get(tasks, second)
+    assert (stored.state, stored.attempt, stored.lease_expiries) == (SUCCEEDED, 1, 0)
+    again.heartbeat(1)
+    again.next("heartbeat_ack")
+    assert "assignments" not in again.unread(), "no second attempt"
+    again.close()
+
+
+def test_a_resume_while_a_direct_handoff_commits_gets_that_lease(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """The same race on the submit path: a task handed straight to an idle node is
+    leased in its insert; a resume before the insert commits must not requeue it."""
+    node = RawNode(coordinator.address, node_id="idle", slots=1)
+    server = coordinator.server.coordinator
+    [session] = coordinator.run(lambda: server.registry.live_for_node("idle"))
+    release = threading.Event()
+    blocker = block_the_writer(coordinator, release)
+    submitted: list[str] = []
+    submitter = threading.Thread(target=lambda: submitted.append(submit(tasks)))
+    try:
+        submitter.start()
+        wait_until(
+            lambda: coordinator.run(lambda: bool(session.leases)),
+            10,
+            what="the new task reserved for the idle node, its insert behind the writer",
+        )
+        node.abort()
+        again = RawNode(coordinator.address, node_id="idle", resume_session_id=node.session_id)
+        assert again.registered.resumed
+        wait_until(lambda: resend_settled(coordinator), 10, what="the resume's resend")
+    finally:
+        release.set()
+    wait_until(blocker.done, 10, what="the writer released")
+    submitter.join(10)
+    [task_id] = submitted
+    (lease,) = assigned(again)
+    assert (lease.task_id, lease.attempt) == (task_id, 1)
+    again.report(succeeded(task_id, 1, b'"ok"'))
+    assert again.next("update_acks").update_acks.acks[0].accepted
+    stored = get(tasks, task_id)
+    assert (stored.state, stored.attempt, stored.lease_expiries) == (SUCCEEDED, 1, 0)
+    again.close()
+
+
+def test_a_node_that_leaves_gets_no_lease_that_commits_after_its_leave(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """A lease planned for a node that leaves before the lease commits is handed back
+    with the node's others; the commit does not send it down the closing stream."""
+    task_id = submit(tasks)
+    server = coordinator.server.coordinator
+    release = threading.Event()
+    blocker = block_the_writer(coordinator, release)
+    try:
+        node = RawNode(coordinator.address, node_id="leaver", slots=1)
+        [session] = coordinator.run(lambda: server.registry.live_for_node("leaver"))
+        wait_until(
+            lambda: coordinator.run(lambda: task_id in session.leases),
+            10,
+            what="the task's lease planned, its commit behind the blocked writer",
+        )
+        node.send(worker_service_pb2.ConnectRequest(leave=worker_service_pb2.Leave(reason="t")))
+        wait_until(lambda: coordinator.run(lambda: not session.live), 10, what="the leave")
+    finally:
+        release.set()
+    wait_until(blocker.done, 10, what="the writer released")
+    assert node.closed.wait(10) and node.error is None
+    assert "assignments" not in node.unread()
+    other = RawNode(coordinator.address, node_id="other", slots=1)
+    (lease,) = assigned(other)
+    assert (lease.task_id, lease.attempt) == (task_id, 2)
+    assert get(tasks, task_id).lease_expiries == 0  # handed back, not lost
+    other.close()
+
+
 def test_an_assignment_that_never_arrives_counts_as_lost_after_three_resends(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub
 ):
