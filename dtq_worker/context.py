@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from types import MappingProxyType
+from typing import Any
 
 from dtq.frozen import frozen
 from dtq_worker.errors import TaskCancelled
@@ -148,6 +149,9 @@ class TaskContext:
     """Told (once per collected value) that new progress is waiting; set by the node."""
     progress_cell: ProgressCell = field(default_factory=ProgressCell, repr=False)
     """Where reports wait for the node."""
+    resources: Any = field(default=None, repr=False)
+    """What the registry's lifespan yielded (``@registry.lifespan``), shared by every
+    task this process runs; None without a lifespan."""
 
     @property
     def cancel_event(self) -> threading.Event:

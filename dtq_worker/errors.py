@@ -13,6 +13,7 @@ Every error the worker package raises derives from :class:`WorkerError`::
     ├── HandlerNotFound           no handler for an assigned task type
     ├── CodecError                a payload does not decode, or a result does not encode
     ├── RestartIntensityExceeded  worker threads died too often; the node gives up
+    ├── LifespanFailed            the registry's lifespan raised while setting up
     └── StreamError               the session stream to the coordinator ended
         ├── StreamBroken              transport failure or silence: reconnect and resume
         ├── SessionExpired            the coordinator forgot the session: register afresh
@@ -87,6 +88,21 @@ class HandlerNotFound(WorkerError):
 
 class CodecError(WorkerError):
     """A payload could not be decoded, or a handler's result could not be encoded."""
+
+
+class LifespanFailed(WorkerError):
+    """The registry's lifespan raised while setting up (see :mod:`dtq_worker.lifespan`).
+
+    In the node process (thread isolation) the node exits 1 before it connects.
+    In a handler process it ends the worker thread that started the process,
+    as a crash: the task goes back to the coordinator, and the restart counts
+    towards the restart intensity.
+    """
+
+    def __init__(self, message: str, traceback_text: str = "") -> None:
+        super().__init__(message)
+        self.traceback_text = traceback_text
+        """The setup's traceback (from a handler process, where the exception stayed)."""
 
 
 class RestartIntensityExceeded(WorkerError):

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import structlog
 
@@ -92,6 +93,8 @@ class Ledger:
         self.outbox = Outbox()
         self.accepting = True
         """False once the node stops taking work: new assignments are refused (held, not run)."""
+        self.resources: Any = None
+        """What the registry's lifespan yielded; every new task's ``ctx.resources``."""
 
     # --- work coming in -----------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class Ledger:
                 content_type=assignment.payload.content_type,
                 headers=read_only_headers(assignment.headers),
                 on_progress=self._on_progress,
+                resources=self.resources,
             ),
         )
         if not self.accepting:

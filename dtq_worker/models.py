@@ -53,6 +53,9 @@ class ReleaseReason(StrEnum):
     UNKNOWN_TASK_TYPE = "UNKNOWN_TASK_TYPE"
     PREFETCH_LOWERED = "PREFETCH_LOWERED"
     """``--prefetch auto`` found the queued tasks long: others may run them sooner."""
+    LIFESPAN_FAILED = "LIFESPAN_FAILED"
+    """The handler process could not set up the registry's lifespan: the task never
+    started, and it is not the task's fault (a crash reason would count against it)."""
 
 
 class LeaveReason(StrEnum):

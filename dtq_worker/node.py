@@ -36,9 +36,10 @@ from dtq import __version__, loops
 from dtq_worker.bridge import Event, EventKind, LoopBridge
 from dtq_worker.config import WorkerConfig
 from dtq_worker.connection import Connection
-from dtq_worker.errors import RestartIntensityExceeded
+from dtq_worker.errors import LifespanFailed, RestartIntensityExceeded
 from dtq_worker.intensity import RestartIntensity
 from dtq_worker.ledger import Ledger
+from dtq_worker.lifespan import Lifespan
 from dtq_worker.metrics import NodeGauges, NodeMetrics, serve_metrics
 from dtq_worker.models import (
     AssignmentsReceived,
@@ -68,7 +69,8 @@ log = structlog.get_logger(__name__)
 EXIT_OK = 0
 """Clean shutdown (signal, stop() or drain)."""
 EXIT_FATAL = 1
-"""The coordinator refused the node, or the connection failed unexpectedly."""
+"""The coordinator refused the node, the connection failed unexpectedly, or the
+registry's lifespan failed to set up."""
 EXIT_RESTART_INTENSITY = 70
 """Worker threads died too often (EX_SOFTWARE)."""
 
@@ -152,8 +154,25 @@ class Node:
         )
 
     def run(self) -> int:
-        """Run until shut down (once per Node); return the process exit code."""
-        return loops.run(self._main(), self.config.event_loop)
+        """Run until shut down (once per Node); return the process exit code.
+
+        The registry's lifespan (thread isolation: handlers run in this process)
+        is set up before the node connects, so a node whose setup fails never
+        takes a task, and torn down once the node has left.
+        """
+        factory = self.registry.lifespan_factory
+        lifespan = Lifespan(factory) if factory is not None and self._pool is None else None
+        if lifespan is not None:
+            try:
+                self._ledger.resources = lifespan.start()
+            except LifespanFailed as exc:
+                log.critical("node.lifespan_failed", error=str(exc), exc_info=exc.__cause__)
+                return EXIT_FATAL
+        try:
+            return loops.run(self._main(), self.config.event_loop)
+        finally:
+            if lifespan is not None:
+                lifespan.stop()
 
     def stop(self) -> None:
         """Begin a graceful shutdown. Thread-safe; repeated calls cut the grace short."""

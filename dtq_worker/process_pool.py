@@ -34,6 +34,7 @@ Messages on the pipe (pickled tuples)::
     node -> child   ("run", Assignment, max_result_bytes, timeout_s | None)
                     ("cancel",)
     child -> node   ("started",)  ("progress", Progress)  ("outcome", Outcome)
+                    ("lifespan_failed", message, traceback)   (then it exits)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -53,7 +55,8 @@ from typing import Any
 import structlog
 
 from dtq_worker.context import Deadline, TaskContext, read_only_headers
-from dtq_worker.errors import ConfigError
+from dtq_worker.errors import ConfigError, LifespanFailed
+from dtq_worker.lifespan import Lifespan
 from dtq_worker.models import ErrorType, Failed, Failure, Outcome, Progress
 from dtq_worker.registry import Registry
 from dtq_worker.runner import Job, Reporter, Runner
@@ -65,7 +68,10 @@ POLL_S = 0.05
 CANCEL_GRACE_S = 2.0
 """How long a cancelled handler may keep running before its process is killed."""
 STARTUP_ALLOWANCE_S = 30.0
-"""How long a fresh child may take to import the handlers before its task fails."""
+"""How long a fresh child may take to import the handlers (and run the registry's
+lifespan setup) before its task fails."""
+TEARDOWN_ALLOWANCE_S = 10.0
+"""How long the children of an exiting node get, in all, for the lifespan's teardown."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -139,6 +145,13 @@ class ProcessPool:
                 if kind == "outcome":
                     outcome: Outcome = message[1]
                     return outcome
+                if kind == "lifespan_failed":
+                    self._forget(child)
+                    child.kill()
+                    log.error("handler_process.lifespan_failed", traceback=message[2])
+                    # Raised, not returned: the worker thread dies as in a crash, so the
+                    # task goes back and the restart counts (see LifespanFailed).
+                    raise LifespanFailed(message[1], message[2])
                 if kind == "started":
                     reporter.started(job)
                     deadline = time.monotonic() + timeout_s if timeout_s else float("inf")
@@ -235,11 +248,20 @@ class ProcessPool:
         )
 
     def close(self) -> None:
-        """Kill every child (the node is exiting). Idempotent."""
+        """End every child (the node is exiting). Idempotent.
+
+        Each child's pipe is closed first: an idle child runs the lifespan's
+        teardown and exits (within ``TEARDOWN_ALLOWANCE_S`` in all); one still
+        running a handler exits at once. Whatever is left is killed.
+        """
         with self._lock:
             self._closed = True
             children, self._children = list(self._children), set()
         for child in children:
+            child.conn.close()
+        deadline = time.monotonic() + TEARDOWN_ALLOWANCE_S
+        for child in children:
+            child.process.join(max(0.0, deadline - time.monotonic()))
             child.kill()
 
 
@@ -276,7 +298,8 @@ def _listen_for_cancel(conn: Connection, context: TaskContext, done: threading.E
 
 
 def _child_main(registry_bytes: bytes, conn: Connection) -> None:
-    """The child's loop: run one task per ``run`` message until the pipe closes."""
+    """The child: set up the registry's lifespan, serve tasks until the pipe closes, then
+    tear the lifespan down (a child killed for a timeout or a cancel skips that)."""
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the node died before the request took effect
@@ -290,10 +313,28 @@ def _child_main(registry_bytes: bytes, conn: Connection) -> None:
         with send_lock:
             conn.send(message)
 
+    factory = registry.lifespan_factory
+    lifespan = Lifespan(factory) if factory is not None else None
+    try:
+        resources = lifespan.start() if lifespan is not None else None
+    except LifespanFailed as exc:
+        send(("lifespan_failed", str(exc), exc.traceback_text))
+        return
+    try:
+        _serve(conn, Runner(registry, _ChildReporter(send), max_result_bytes=1), send, resources)
+    finally:
+        if lifespan is not None:
+            lifespan.stop()
+
+
+def _serve(
+    conn: Connection, runner: Runner, send: Callable[[tuple[Any, ...]], None], resources: Any
+) -> None:
+    """Run one task per ``run`` message until the pipe closes."""
+
     def on_progress(context: TaskContext) -> None:
         send(("progress", context.take_progress()))
 
-    runner = Runner(registry, _ChildReporter(send), max_result_bytes=1)
     while True:
         try:
             message = conn.recv()
@@ -313,6 +354,7 @@ def _child_main(registry_bytes: bytes, conn: Connection) -> None:
             headers=read_only_headers(assignment.headers),
             deadline_cell=Deadline(None if timeout_s is None else time.monotonic() + timeout_s),
             on_progress=on_progress,
+            resources=resources,
         )
         done = threading.Event()
         listener = threading.Thread(

@@ -18,17 +18,20 @@ from typing import Any, TypeVar
 
 from dtq_worker.context import TaskContext
 from dtq_worker.errors import (
+    ConfigError,
     DuplicateTaskType,
     HandlerNotFound,
     InvalidTaskType,
     RegistryLoadError,
 )
+from dtq_worker.lifespan import LifespanFactory, check_factory
 
 Handler = Callable[[Any, TaskContext], Any]
 """A task handler: ``(payload, ctx) -> result``, or an ``async def`` one (see
 :mod:`dtq_worker.coroutines`)."""
 
 H = TypeVar("H", bound=Handler)
+L = TypeVar("L", bound=LifespanFactory)
 
 _TASK_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 DEFAULT_ATTR = "registry"
@@ -43,10 +46,28 @@ def validate_task_type(name: str) -> str:
 
 
 class Registry:
-    """Task handlers by task type."""
+    """Task handlers by task type, and the lifespan of what they share."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self.lifespan_factory: LifespanFactory | None = None
+        """Set by :meth:`lifespan`."""
+
+    def lifespan(self, factory: L) -> L:
+        """Decorator: ``factory`` sets up what the handlers share and tears it down.
+
+        A generator function that yields once (or a callable returning a context
+        manager); handlers see what it yields as ``ctx.resources``. It runs once
+        in each process that runs handlers: see :mod:`dtq_worker.lifespan`.
+        """
+        check_factory(factory)
+        if self.lifespan_factory is not None:
+            raise ConfigError(
+                f"the registry already has a lifespan ({_describe(self.lifespan_factory)}); "
+                "set up everything the handlers share in that one"
+            )
+        self.lifespan_factory = factory
+        return factory
 
     def task(self, name: str) -> Callable[[H], H]:
         """Decorator: register the function as the handler of task type ``name``."""
@@ -92,7 +113,7 @@ class Registry:
         return f"Registry({', '.join(self.task_types)})"
 
 
-def _describe(handler: Handler) -> str:
+def _describe(handler: Callable[..., Any]) -> str:
     module = getattr(handler, "__module__", "?")
     name = getattr(handler, "__qualname__", repr(handler))
     return f"{module}.{name}"

@@ -2,10 +2,12 @@
 
 Worker threads take jobs from one local queue and run them. A thread that
 dies (an exception escapes its loop, e.g. a handler raising ``SystemExit``) is
-replaced; the job it held is released to the coordinator (``WORKER_DIED``) and
-the restart is counted. More than ``max_restarts`` restarts within
-``restart_period_s`` is an escalation: the supervisor stops restarting and
-tells the node, which releases everything and exits non-zero.
+replaced; the job it held is released to the coordinator (``WORKER_DIED``, or
+``LIFESPAN_FAILED`` when its handler process could not set up the registry's
+lifespan, which is no fault of the task) and the restart is counted. More than
+``max_restarts`` restarts within ``restart_period_s`` is an escalation: the
+supervisor stops restarting and tells the node, which releases everything and
+exits non-zero.
 
 With a timeout (the task's ``execution_timeout``, else the node's
 ``task_timeout_s``; thread isolation only) the monitor also wakes every
@@ -33,7 +35,7 @@ from collections.abc import Callable
 import structlog
 
 from dtq_worker import coroutines
-from dtq_worker.errors import RestartIntensityExceeded
+from dtq_worker.errors import LifespanFailed, RestartIntensityExceeded
 from dtq_worker.intensity import RestartIntensity
 from dtq_worker.models import ErrorType, Failed, Failure, Released, ReleaseReason
 from dtq_worker.prefetch import WorkDone
@@ -229,7 +231,7 @@ class Supervisor:
     def check_workers(self) -> int:
         """One supervision step: reap dead workers, then start the shortfall.
 
-        The job a dead worker held is released (``WORKER_DIED``). Returns how
+        The job a dead worker held is released (see the module). Returns how
         many threads were started to replace dead ones.
         """
         with self._lock:
@@ -252,7 +254,12 @@ class Supervisor:
         """Account for one dead worker; True if it is to be replaced."""
         job, death = worker.current, worker.death
         if job is not None:
-            self._reporter.finished(job, Released(ReleaseReason.WORKER_DIED))
+            reason = (
+                ReleaseReason.LIFESPAN_FAILED
+                if isinstance(death, LifespanFailed)
+                else ReleaseReason.WORKER_DIED
+            )
+            self._reporter.finished(job, Released(reason))
         if death is None:
             return False  # it left its loop because it was told to stop
         name = worker.thread.name if worker.thread else "?"
