@@ -46,7 +46,6 @@ from dtq_server.models import (
     DependencyEvents,
     GroupStatus,
     NewTask,
-    NodeState,
     TaskError,
     TaskFilter,
     TaskRecord,
@@ -465,12 +464,8 @@ class Coordinator:
         return self.registry.listing(include_gone)
 
     def drain(self, node_id: str) -> Session:
-        """Drain the live session(s) of a node."""
-        live = [
-            s
-            for s in self.registry.live_for_node(node_id)
-            if s.state in (NodeState.ACTIVE, NodeState.DRAINING)
-        ]
+        """Drain the live session(s) of a node (a disconnected one once it resumes)."""
+        live = self.registry.live_for_node(node_id)
         if not live:
             raise NodeNotFound(node_id)
         for session in live:

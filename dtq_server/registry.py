@@ -87,6 +87,9 @@ class Session:
     """Task ids in ``leases`` whose lease is still being committed. Their assignment
     goes out when the commit lands, on whatever stream the session has then; a
     resume that found them missing from the node must not resend or requeue them."""
+    drain_requested: bool = False
+    """An admin asked this node to drain. Kept apart from ``state``, which a broken
+    stream turns DISCONNECTED: a resumed session drains on (and is told again)."""
     resent: dict[str, int] = field(default_factory=dict)
     """task id -> how often its assignment was sent again on a resume (see sessions)."""
     last_seen: float = field(default_factory=time.monotonic)

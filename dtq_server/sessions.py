@@ -166,6 +166,15 @@ class NodeSessions:
         if session.outbox is not None:  # a half-dead earlier stream of the same node
             session.send(EndStream(SessionExpired(session.id)))
         session.outbox = outbox
+        if registered.resumed:
+            # What was sent while no stream was attached, or into a stream that broke
+            # before delivering it, was lost: say it again.
+            if session.drain_requested:
+                session.send(SendDrain())
+            held = {lease.task_id: lease.attempt for lease in node.leases}
+            self._repeat_cancels(
+                session, [t for t, a in session.leases.items() if held.get(t) == a]
+            )
         session.touch()
         self._task_types.declare(session.keys)
         log.info(
@@ -183,7 +192,7 @@ class NodeSessions:
         session.node = node
         session.keys = session_keys(node)
         if session.state is NodeState.DISCONNECTED:
-            session.state = NodeState.ACTIVE
+            session.state = NodeState.DRAINING if session.drain_requested else NodeState.ACTIVE
         held = {lease.task_id: lease.attempt for lease in node.leases}
         stale = [
             lease for lease in node.leases if session.leases.get(lease.task_id) != lease.attempt
@@ -249,8 +258,19 @@ class NodeSessions:
         if again:
             log.info("node.assignments_resent", session_id=session.id, count=len(again))
             session.send(SendAssignments(again))
+            self._repeat_cancels(session, [a.lease.task_id for a in again])
         if self._orphans:
             await self.requeue_orphans()
+
+    def _repeat_cancels(self, session: Session, task_ids: list[str]) -> None:
+        """Send the cancels of these leases again (the node holds them, or just got them)."""
+        leases = []
+        for task_id in task_ids:
+            task = self._board.active.get(task_id)
+            if task is not None and task.cancel_requested and task.session_id == session.id:
+                leases.append(Lease(task_id, task.attempt))
+        if leases:
+            session.send(SendCancel(leases))
 
     def detach(self, session: Session, outbox: asyncio.Queue[Outbound]) -> None:
         """The stream that carried ``outbox`` ended without Leave.
@@ -282,7 +302,9 @@ class NodeSessions:
         log.warning("coordinator.stalled", stalled_s=round(stalled_s, 3))
 
     def drain(self, session: Session) -> None:
-        """Stop giving the session work and ask its node to finish and leave."""
+        """Stop giving the session work and ask its node to finish and leave (now, or when
+        a disconnected node resumes)."""
+        session.drain_requested = True
         if session.state is NodeState.ACTIVE:
             session.state = NodeState.DRAINING
         session.send(SendDrain())

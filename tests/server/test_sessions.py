@@ -420,6 +420,77 @@ def test_a_node_that_leaves_gets_no_lease_that_commits_after_its_leave(
     other.close()
 
 
+def test_a_cancel_made_while_the_node_was_away_reaches_it_when_it_resumes(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """A cancel is sent on the node's stream; with none attached (a network blip, a
+    connection rotation) it used to be dropped, and the node ran the task to its end."""
+    kept, resent = submit(tasks), submit(tasks)
+    node = RawNode(coordinator.address, node_id="away", slots=2)
+    leases = assigned(node)
+    while len(leases) < 2:
+        leases += assigned(node)
+    node.abort()
+    for task_id in (kept, resent):
+        response = tasks.CancelTask(task_service_pb2.CancelTaskRequest(task_id=task_id), timeout=10)
+        assert response.task.cancel_requested
+    # It got ``kept`` and holds it; ``resent`` was lost on the way (it is sent again).
+    again = RawNode(
+        coordinator.address, node_id="away", resume_session_id=node.session_id,
+        leases=((kept, 1),), slots=2,
+    )  # fmt: skip
+    assert again.registered.resumed
+    cancels = [(c.task_id, c.attempt) for c in again.next("cancel").cancel.leases]
+    assert cancels == [(kept, 1)]
+    (lease,) = assigned(again)
+    assert (lease.task_id, lease.attempt) == (resent, 1)
+    cancels = [(c.task_id, c.attempt) for c in again.next("cancel").cancel.leases]
+    assert cancels == [(resent, 1)], "the cancel follows the assignment it cancels"
+    again.report(failed(kept, 1, "TaskCancelled"), failed(resent, 1, "TaskCancelled"))
+    assert all(a.accepted for a in again.next("update_acks").update_acks.acks)
+    for task_id in (kept, resent):
+        assert get(tasks, task_id).state == task_pb2.TASK_STATE_CANCELLED
+    again.close()
+
+
+def test_a_drain_survives_the_node_reconnecting(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub, admin: AdminServiceStub
+):
+    """A draining node whose stream breaks resumes draining (it used to resume ACTIVE
+    and take work again), and a node drained while away is told when it is back."""
+    node = RawNode(coordinator.address, node_id="drained", slots=2)
+    admin.DrainNode(admin_service_pb2.DrainNodeRequest(node_id="drained"), timeout=10)
+    node.abort()  # say the drain never got through
+    again = RawNode(coordinator.address, node_id="drained", resume_session_id=node.session_id)
+    assert again.registered.resumed
+    again.next("drain")
+    task_id = submit(tasks)
+    again.heartbeat(1)
+    again.next("heartbeat_ack")
+    assert "assignments" not in again.unread()
+    assert get(tasks, task_id).state == QUEUED
+    nodes = admin.ListNodes(admin_service_pb2.ListNodesRequest(), timeout=10).nodes
+    assert [n.state for n in nodes if n.node_id == "drained"] == [
+        admin_service_pb2.NODE_STATE_DRAINING
+    ]
+    again.close()
+    # Drained while away: accepted (its session is live), delivered on the resume.
+    away = RawNode(coordinator.address, node_id="away", queues=("elsewhere",))
+    away.abort()
+    response = admin.DrainNode(admin_service_pb2.DrainNodeRequest(node_id="away"), timeout=10)
+    assert response.node.node_id == "away"
+    back = RawNode(
+        coordinator.address, node_id="away", queues=("elsewhere",),
+        resume_session_id=away.session_id,
+    )  # fmt: skip
+    back.next("drain")
+    submit(tasks, queue="elsewhere")
+    back.heartbeat(1)
+    back.next("heartbeat_ack")
+    assert "assignments" not in back.unread()
+    back.close()
+
+
 def test_an_assignment_that_never_arrives_counts_as_lost_after_three_resends(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub
 ):
