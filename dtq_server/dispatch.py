@@ -163,8 +163,7 @@ class Dispatcher:
         by_session: dict[str, list[int]] = defaultdict(list)
         sessions = {}
         for i, (session, task) in enumerate(plan):
-            # A lease the session gave up meanwhile (it ended) is its orphan requeue's.
-            if task.id in leased and session.leases.get(task.id) == task.attempt:
+            if task.id in leased:
                 by_session[session.id].append(i)
                 sessions[session.id] = session
         index = {a.lease.task_id: a for a in assignments}
@@ -220,5 +219,10 @@ def deliver(batches: Iterable[tuple[Session, list[Assignment]]]) -> None:
                 mono=now,
             )
         # A session that lost its stream meanwhile keeps the leases: it may
-        # resume and reconcile them, or they expire with it.
-        session.send(SendAssignments(batch))
+        # resume and reconcile them, or they expire with it. One that gave a lease
+        # up while it committed (it left, or expired) is not sent it: its orphan
+        # requeue returns it (the grant is logged all the same: it was committed).
+        held = session.leases
+        send = [a for a in batch if held.get(a.lease.task_id) == a.lease.attempt]
+        if send:
+            session.send(SendAssignments(send))

@@ -149,8 +149,6 @@ class Handoff:
                 unused.append(d)
                 continue
             d.task.seq = record.seq
-            if d.session.leases.get(d.task.id) != 1:
-                continue  # the session ended meanwhile: its orphan requeue takes the task
             assignment = Assignment(
                 lease=Lease(d.task.id, 1),
                 type=spec.type,
