@@ -11,7 +11,9 @@ given it explicitly::
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -29,9 +31,13 @@ from dtq_worker.lifespan import LifespanFactory, check_factory
 Handler = Callable[[Any, TaskContext], Any]
 """A task handler: ``(payload, ctx) -> result``, or an ``async def`` one (see
 :mod:`dtq_worker.coroutines`)."""
+Middleware = Callable[[Callable[[Any, TaskContext], Any], Any, TaskContext], Any]
+"""``(call_next, payload, ctx) -> result``: runs around every handler (see
+:meth:`Registry.middleware`)."""
 
 H = TypeVar("H", bound=Handler)
 L = TypeVar("L", bound=LifespanFactory)
+M = TypeVar("M", bound=Middleware)
 
 _TASK_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 DEFAULT_ATTR = "registry"
@@ -52,6 +58,36 @@ class Registry:
         self._handlers: dict[str, Handler] = {}
         self.lifespan_factory: LifespanFactory | None = None
         """Set by :meth:`lifespan`."""
+        self.middleware_chain: tuple[Middleware, ...] = ()
+        """Added by :meth:`middleware`, outermost first."""
+
+    def middleware(self, function: M) -> M:
+        """Decorator: run ``function(call_next, payload, ctx)`` around every handler.
+
+        ``call_next(payload, ctx)`` runs the rest of the chain and the handler
+        (an ``async def`` one to its end) and returns its result or raises its
+        exception, so a middleware can time, log, report or translate them, or
+        return without calling it. It runs on the worker thread, in the process
+        that runs the handler. The first one added is the outermost.
+        """
+        if inspect.iscoroutinefunction(function):
+            raise TypeError(
+                "a middleware must be a plain function: it runs on the worker thread, and "
+                "call_next runs an async handler to its end"
+            )
+        if not callable(function):
+            raise TypeError(f"a middleware must be callable, not {type(function).__name__}")
+        self.middleware_chain = (*self.middleware_chain, function)
+        return function
+
+    def around(
+        self, innermost: Callable[[Any, TaskContext], Any]
+    ) -> Callable[[Any, TaskContext], Any]:
+        """``innermost`` (the call of a handler) inside every middleware."""
+        call = innermost
+        for function in reversed(self.middleware_chain):
+            call = functools.partial(function, call)
+        return call
 
     def lifespan(self, factory: L) -> L:
         """Decorator: ``factory`` sets up what the handlers share and tears it down.

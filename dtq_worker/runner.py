@@ -8,9 +8,12 @@ and the supervisor releases the task and restarts the thread.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
+import os
 import traceback
-from types import CoroutineType
+from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -36,7 +39,7 @@ from dtq_worker.models import (
     ReleaseReason,
     Succeeded,
 )
-from dtq_worker.registry import Registry
+from dtq_worker.registry import Handler, Registry
 
 if TYPE_CHECKING:
     from dtq_worker.tracing import TaskTracer
@@ -99,13 +102,7 @@ def failure_from(
     exc: Exception, context: TaskContext, coroutine: CoroutineType[Any, Any, Any] | None = None
 ) -> Failed:
     """The failure outcome for an exception a handler (or its ``coroutine``) raised."""
-    # Skip the runner's own frame: the traceback starts in the handler.
-    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-    if coroutine is not None:  # and from the event loop's frames to the coroutine's first
-        frame = tb
-        while frame is not None and frame.tb_frame.f_code is not coroutine.cr_code:
-            frame = frame.tb_next
-        tb = frame or tb
+    tb = _user_frames(exc.__traceback__, coroutine)
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     cancelled = isinstance(exc, TaskCancelled) or context.cancelled
     return Failed(
@@ -120,10 +117,47 @@ def failure_from(
     )
 
 
+_OWN_FILES = frozenset({__file__, coroutines.__file__})
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+
+
+def _user_frames(
+    tb: TracebackType | None, coroutine: CoroutineType[Any, Any, Any] | None
+) -> TracebackType | None:
+    """The traceback without the node's own frames (the runner's, and the event loop's
+    on the way to an async handler's coroutine): it reads from middleware and handler."""
+    kept = []
+    target = coroutine.cr_code if coroutine is not None else None
+    reached = target is None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        reached = reached or code is target
+        plumbing = not reached and code.co_filename.startswith(_ASYNCIO_DIR)
+        if code.co_filename not in _OWN_FILES and not plumbing:
+            kept.append(tb)
+        tb = tb.tb_next
+    rebuilt = None
+    for frame in reversed(kept):
+        rebuilt = TracebackType(rebuilt, frame.tb_frame, frame.tb_lasti, frame.tb_lineno)
+    return rebuilt
+
+
 def _node_failure(kind: ErrorType, message: str, *, cancelled: bool = False) -> Failed:
     """A non-retryable failure decided by the node, not raised by the handler."""
     failure = Failure(kind.value, truncate_utf8(message, MAX_ERROR_MESSAGE_BYTES), "", False)
     return Failed(failure, cancelled=cancelled)
+
+
+def _call(
+    handler: Handler, payload: Any, context: TaskContext, ran: list[CoroutineType[Any, Any, Any]]
+) -> Any:
+    """The handler's result: an ``async def`` one's coroutine is run to its end (and kept
+    in ``ran``, where its traceback starts)."""
+    result = handler(payload, context)
+    if inspect.iscoroutine(result):
+        ran.append(result)
+        result = coroutines.run(result, context)
+    return result
 
 
 class Runner:
@@ -171,14 +205,15 @@ class Runner:
             value = codec.decode(assignment.payload)
         except CodecError as exc:
             return _node_failure(ErrorType.PAYLOAD_DECODE_ERROR, str(exc))
-        coroutine = None
+        ran: list[CoroutineType[Any, Any, Any]] = []  # an async handler's coroutine
         try:
-            result = handler(value, context)
-            if inspect.iscoroutine(result):  # an async def handler
-                coroutine = result
-                result = coroutines.run(coroutine, context)
+            if self._registry.middleware_chain:
+                call = self._registry.around(functools.partial(_call, handler, ran=ran))
+                result = call(value, context)
+            else:
+                result = _call(handler, value, context, ran)
         except Exception as exc:  # any handler failure is an outcome, not a crash
-            outcome = failure_from(exc, context, coroutine)
+            outcome = failure_from(exc, context, ran[0] if ran else None)
             log.debug(
                 "task.failed",
                 task_id=context.task_id,

@@ -1,4 +1,5 @@
-"""A registry with a lifespan, for tests: it records its setup and teardown in a file.
+"""A registry with a lifespan and a middleware, for tests: they record their setup,
+teardown and every task they wrap in a file.
 
 ``TEST_LIFESPAN_LOG`` names the file (one ``EVENT PID`` line each, appended);
 with ``TEST_LIFESPAN_FAIL`` set, the setup raises.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ def resources() -> Iterator[dict[str, Any]]:
         yield {"made_in": os.getpid()}
     finally:
         record("teardown")
+
+
+@registry.middleware
+def count_tasks(
+    call_next: Callable[[Any, TaskContext], Any], payload: Any, ctx: TaskContext
+) -> Any:
+    record("task")
+    return call_next(payload, ctx)
 
 
 @registry.task("whoami")

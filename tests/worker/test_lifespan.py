@@ -119,7 +119,7 @@ def test_handlers_share_what_the_lifespan_made_in_their_own_process(
 ) -> None:
     """Thread isolation: one setup in the node process, before it connects. Process
     isolation: one in each handler process, none in the node. Each torn down when the
-    node shuts down."""
+    node shuts down. (The registry's middleware runs where its handlers run, too.)"""
     log = tmp_path / "lifespan.log"
     server = start_server(tmp_path / "data")
     node = start_node(
@@ -133,6 +133,9 @@ def test_handlers_share_what_the_lifespan_made_in_their_own_process(
             results = _run_whoami(client, 2, 0.5) + _run_whoami(client, 4, 0.0)
         for result in results:  # made in the process that ran the task
             assert result["resources"] == {"made_in": result["pid"]}
+        # The registry's middleware ran around each task, in the process that ran it.
+        wrapped = [pid for event, pid in events(log) if event == "task"]
+        assert sorted(wrapped) == sorted(r["pid"] for r in results)
         setups = [pid for event, pid in events(log) if event == "setup"]
         assert len(setups) == len(set(setups)), "one setup per process"
         if isolation == "thread":
