@@ -52,7 +52,8 @@ def validate_task_type(name: str) -> str:
 
 
 class Registry:
-    """Task handlers by task type, and the lifespan of what they share."""
+    """Task handlers by task type, the middleware around them, and the lifespan of what
+    they share."""
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
