@@ -47,9 +47,12 @@ def test_metrics_count_outcomes_durations_and_threads(
     registry.register("boom", boom)
     registry.register("hold", until_cancelled)
     registry.register("kill_thread", handlers.kill_thread)
+    # The crashing task runs again at once until the cancel lands: no restart limit here
+    # (four crashes in 22 ms once ended the node, and its page, in CI).
     running = run_node(
-        coordinator.address, registry, node_id="metered", metrics_listen="127.0.0.1:0"
-    )
+        coordinator.address, registry, node_id="metered", metrics_listen="127.0.0.1:0",
+        max_restarts=1000,
+    )  # fmt: skip
     with Client(coordinator.address) as client:
         for i in range(3):
             assert client.submit_and_wait(TaskSpec("echo", i)).state is TaskState.SUCCEEDED

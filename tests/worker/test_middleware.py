@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,13 +19,22 @@ CallNext = Callable[[Any, TaskContext], Any]
 
 
 def run(registry: Registry, type_: str, payload: bytes = b"{}") -> Outcome:
-    """Run one task as a worker thread would (its event loop closed after)."""
-    try:
-        return Runner(registry, RecordingReporter(), max_result_bytes=4096).run(
-            make_job(type_, payload)
-        )
-    finally:
-        coroutines.close_thread_loop()
+    """Run one task on a thread of its own, as a worker thread would (the test's thread
+    may have an event loop running: Playwright's, after the UI tests)."""
+    outcomes: list[Outcome] = []
+
+    def work() -> None:
+        try:
+            runner = Runner(registry, RecordingReporter(), max_result_bytes=4096)
+            outcomes.append(runner.run(make_job(type_, payload)))
+        finally:
+            coroutines.close_thread_loop()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the task did not end"
+    return outcomes[0]
 
 
 def result(outcome: Outcome) -> Any:
