@@ -47,8 +47,8 @@ def test_metrics_count_outcomes_durations_and_threads(
     registry.register("boom", boom)
     registry.register("hold", until_cancelled)
     registry.register("kill_thread", handlers.kill_thread)
-    # The crashing task runs again at once until the cancel lands: no restart limit here
-    # (four crashes in 22 ms once ended the node, and its page, in CI).
+    # The crashing task runs again at once until it is dead-lettered: no restart limit
+    # here (four crashes in 22 ms would end the node, and its page).
     running = run_node(
         coordinator.address, registry, node_id="metered", metrics_listen="127.0.0.1:0",
         max_restarts=1000,
@@ -63,11 +63,9 @@ def test_metrics_count_outcomes_durations_and_threads(
         client.cancel(held.id)
         assert client.wait(held.id, timeout_s=10).state is TaskState.CANCELLED
         # A handler that kills its thread: each attempt is released (WORKER_DIED) and
-        # requeued, until the cancel ends it.
-        crashed = client.submit("kill_thread", {})
-        wait_until(lambda: scrape(running, "dtq_worker_thread_restarts_total") >= 1, 10)
-        client.cancel(crashed.id)
-        assert client.wait(crashed.id, timeout_s=10).state is TaskState.CANCELLED
+        # requeued, until its lost leases dead-letter it.
+        crashed = client.wait(client.submit("kill_thread", {}).id, timeout_s=20)
+        assert crashed.state is TaskState.FAILED and crashed.lease_expiries >= 2
 
     def outcomes(task_type: str, outcome: str) -> float:
         return scrape(
