@@ -142,15 +142,16 @@ class Dispatcher:
             for session, task in plan
         ]
         try:
-            assignments = await self._store.lease(grants)
+            try:
+                assignments = await self._store.lease(grants)
+            finally:
+                _committed(plan)  # landed or not, these leases are no longer committing
         except StoreUnavailable as exc:
-            _committed(plan)
             log.warning("dispatch.store_unavailable", error=str(exc))
             self._undo(plan)
             await asyncio.sleep(STORE_RETRY_S)  # let the store recover before the next round
             self.kick()
             return
-        _committed(plan)
         self._failpoints.hit("lease.after_commit_before_send")
         leased = {a.lease.task_id for a in assignments}
         if len(leased) != len(plan):
