@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from dtq_worker import Registry, TaskContext
+from dtq_worker import Registry, TaskContext, coroutines
 from dtq_worker.models import Assignment, Lease, Outcome, Payload
 from dtq_worker.runner import Job
+
+T = TypeVar("T")
 
 
 class RecordingReporter:
@@ -55,6 +58,25 @@ def make_job(
         content_type=content_type,
     )
     return Job(assignment, context)
+
+
+def on_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` on a fresh thread, as a worker thread runs it (its event loop closed
+    after). Not on pytest's own thread: Playwright's sync API (the UI tests) may have
+    left an event loop running there."""
+    out: list[T] = []
+
+    def body() -> None:
+        try:
+            out.append(fn())
+        finally:
+            coroutines.close_thread_loop()
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the handler did not end"
+    return out[0]
 
 
 def crash_registry() -> Registry:

@@ -14,7 +14,7 @@ from dtq_worker.models import Failed, Payload, Succeeded
 from dtq_worker.runner import Runner
 from dtq_worker.supervisor import Supervisor
 from tests.harness import wait_until
-from tests.worker.fakes import RecordingReporter, make_job
+from tests.worker.fakes import RecordingReporter, make_job, on_thread
 
 registry = Registry()
 started = threading.Event()
@@ -72,23 +72,6 @@ async def self_cancel(payload: Any, ctx: TaskContext) -> None:
 @pytest.fixture
 def runner() -> Runner:
     return Runner(registry, RecordingReporter(), max_result_bytes=1024)
-
-
-def on_thread(fn: Any) -> Any:
-    """``fn()`` on a fresh thread (as a worker thread runs it), its loop closed after."""
-    out: list[Any] = []
-
-    def body() -> None:
-        try:
-            out.append(fn())
-        finally:
-            coroutines.close_thread_loop()
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join(10)
-    assert not thread.is_alive(), "the handler did not end"
-    return out[0]
 
 
 def test_an_async_handler_returns_its_result(runner: Runner) -> None:

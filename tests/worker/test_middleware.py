@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from dtq_worker import NonRetryableError, Registry, TaskContext, coroutines
+from dtq_worker import NonRetryableError, Registry, TaskContext
 from dtq_worker.models import Failed, Outcome, Payload, Succeeded
 from dtq_worker.runner import Runner
-from tests.worker.fakes import RecordingReporter, make_job
+from tests.worker.fakes import RecordingReporter, make_job, on_thread
 
 CallNext = Callable[[Any, TaskContext], Any]
 
 
 def run(registry: Registry, type_: str, payload: bytes = b"{}") -> Outcome:
-    """Run one task on a thread of its own, as a worker thread would (the test's thread
-    may have an event loop running: Playwright's, after the UI tests)."""
-    outcomes: list[Outcome] = []
-
-    def work() -> None:
-        try:
-            runner = Runner(registry, RecordingReporter(), max_result_bytes=4096)
-            outcomes.append(runner.run(make_job(type_, payload)))
-        finally:
-            coroutines.close_thread_loop()
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    thread.join(10)
-    assert not thread.is_alive(), "the task did not end"
-    return outcomes[0]
+    """Run one task as a worker thread would."""
+    runner = Runner(registry, RecordingReporter(), max_result_bytes=4096)
+    return on_thread(lambda: runner.run(make_job(type_, payload)))
 
 
 def result(outcome: Outcome) -> Any:
