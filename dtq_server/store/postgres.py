@@ -305,7 +305,15 @@ class PostgresStore(SqlStore):
         transaction_id = self._unanswered
         if transaction_id is None:
             return
-        status = conn.execute("SELECT txid_status(?)", (transaction_id,)).fetchone()[0]
+        try:
+            status = conn.execute("SELECT txid_status(?)", (transaction_id,)).fetchone()[0]
+        except psycopg.errors.InvalidParameterValue:
+            # "transaction ID ... is in the future": the server restarted (crashed, or
+            # `pg_ctl restart -m immediate`) before the batch's WAL reached its disk, so
+            # the id was handed out again from below it. A commit record would have
+            # carried the id past that point: the batch was not stored. (Asking again
+            # would fail the same way for ever: chaos D5 met it.)
+            status = "aborted"
         self._unanswered = None  # known now (a failed query above leaves it to the next try)
         if status == "aborted":
             log.info("store.unanswered_commit_rolled_back", transaction_id=transaction_id)

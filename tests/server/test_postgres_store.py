@@ -199,6 +199,41 @@ def test_a_commit_that_got_no_answer_is_looked_up_and_a_stored_one_makes_it_stan
     assert set(keys.values()) == {"next", "stored"}
 
 
+def test_an_unanswered_commit_whose_id_the_server_lost_counts_as_rolled_back(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """A server that restarts before a batch's WAL reaches its disk hands that batch's
+    transaction id out again: asking its fate then fails, "transaction ID ... is in the
+    future". The batch was not stored (a commit record would have carried the id past
+    that point), so the store leads on. It used to ask again on every reconnect, fail,
+    and never commit again (chaos D5, after `pg_ctl restart -m immediate`)."""
+    with CommitCutProxy(postgres_server.port) as proxy:
+        via_proxy = url_via(postgres_url, proxy.address)
+
+        async def cut() -> tuple[bool, bool]:
+            lost = threading.Event()
+            store = PostgresStore(via_proxy, on_leadership_lost=lost.set)
+            await store.open()
+            proxy.arm(b"INSERT INTO tasks", deliver_commit=False)
+            with pytest.raises(StoreUnavailable):
+                await store.insert([new_task("cut")])
+            assert proxy.cut.is_set()
+            # What the restarted server would answer for that batch's id: one past the
+            # ids it has handed out since.
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                [(current,)] = conn.execute("SELECT txid_current()").fetchall()
+            store._unanswered = current + 1_000
+            [(_, created)] = await store.insert([new_task("next")])
+            await store.close()
+            return created, lost.is_set()
+
+        created, stood_down = asyncio.run(cut())
+    assert created and not stood_down
+    with psycopg.connect(postgres_url) as conn:
+        keys = [key for (key,) in conn.execute("SELECT idempotency_key FROM tasks")]
+    assert keys == ["next"]
+
+
 def test_its_own_stale_write_session_is_ended_not_taken_for_another_leader(
     postgres_server: PostgresServer, postgres_url: str
 ) -> None:
