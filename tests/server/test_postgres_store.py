@@ -36,6 +36,27 @@ def new_task(key: str = ""):
     return task
 
 
+async def insert_cut(
+    store: PostgresStore,
+    proxy: CommitCutProxy,
+    key: str,
+    *,
+    deliver_commit: bool = True,
+    hold_server: bool = False,
+) -> str:
+    """Insert one task while ``proxy`` cuts its COMMIT (see ``CommitCutProxy.arm``): the
+    store reports it failed. Returns the task's id.
+
+    Each cut lands on a connection the writer has just opened, so the insert statement
+    travels as text there (see tests.commit_cut)."""
+    proxy.arm(b"INSERT INTO tasks", deliver_commit=deliver_commit, hold_server=hold_server)
+    task = new_task(key)
+    with pytest.raises(StoreUnavailable):
+        await store.insert([task])
+    assert proxy.cut.is_set()
+    return task.id
+
+
 def cut_leader(url: str) -> None:
     """Drop the leader's write connection, as a network cut or a server restart would."""
     pid = leader_backend(url)
@@ -166,13 +187,7 @@ def test_a_commit_that_got_no_answer_is_looked_up_and_a_stored_one_makes_it_stan
             assert await asyncio.to_thread(proxy.cut.wait, 10)
             proxy.cut.clear()
 
-            # Each cut lands on a connection the writer has just opened, so the insert
-            # statement travels as text there (see tests.commit_cut).
-            proxy.arm(b"INSERT INTO tasks", deliver_commit=False)
-            rolled_back = new_task("rolled-back")
-            with pytest.raises(StoreUnavailable):
-                await store.insert([rolled_back])
-            assert proxy.cut.is_set()
+            rolled_back = await insert_cut(store, proxy, "rolled-back", deliver_commit=False)
             proxy.cut.clear()
             [(_, created)] = await store.insert([new_task("next")])  # looked up: leads on
             assert created and not lost.is_set()
@@ -180,16 +195,12 @@ def test_a_commit_that_got_no_answer_is_looked_up_and_a_stored_one_makes_it_stan
             await store.close()  # a fresh store: a fresh connection for the next cut
             store = PostgresStore(via_proxy, on_leadership_lost=lost.set)
             await store.open()
-            proxy.arm(b"INSERT INTO tasks")
-            stored = new_task("stored")
-            with pytest.raises(StoreUnavailable):
-                await store.insert([stored])
-            assert proxy.cut.is_set()
+            stored = await insert_cut(store, proxy, "stored")
             with pytest.raises(StoreUnavailable):  # looked up: it stands down
                 await store.insert([new_task("after")])
             assert lost.is_set()
             await store.close()
-            return rolled_back.id, stored.id
+            return rolled_back, stored
 
         rolled_back, stored = asyncio.run(cuts())
     with psycopg.connect(postgres_url) as conn:
@@ -214,10 +225,7 @@ def test_an_unanswered_commit_whose_id_the_server_lost_counts_as_rolled_back(
             lost = threading.Event()
             store = PostgresStore(via_proxy, on_leadership_lost=lost.set)
             await store.open()
-            proxy.arm(b"INSERT INTO tasks", deliver_commit=False)
-            with pytest.raises(StoreUnavailable):
-                await store.insert([new_task("cut")])
-            assert proxy.cut.is_set()
+            await insert_cut(store, proxy, "cut", deliver_commit=False)
             # What the restarted server would answer for that batch's id: one past the
             # ids it has handed out since.
             with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -250,10 +258,7 @@ def test_its_own_stale_write_session_is_ended_not_taken_for_another_leader(
             store = PostgresStore(via_proxy, on_leadership_lost=lost.set)
             await store.open()
             before = await asyncio.to_thread(leader_backend, postgres_url)
-            proxy.arm(b"INSERT INTO tasks", deliver_commit=False, hold_server=True)
-            with pytest.raises(StoreUnavailable):
-                await store.insert([new_task("cut")])
-            assert proxy.cut.is_set()
+            await insert_cut(store, proxy, "cut", deliver_commit=False, hold_server=True)
             assert await asyncio.to_thread(leader_backend, postgres_url) == before  # still held
             [(_, created)] = await store.insert([new_task("next")])
             after = await asyncio.to_thread(leader_backend, postgres_url)
