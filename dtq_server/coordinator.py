@@ -74,6 +74,9 @@ SWEEP_BATCH = 1000
 STORE_PROBE_S = 1.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+"""A page ends early once its tasks hold this much (payloads, results, errors): a full
+page of 1 MiB payloads was over the send limit (8 MiB) and ListTasks failed for good."""
 
 
 class Coordinator:
@@ -450,7 +453,9 @@ class Coordinator:
             raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
         fingerprint = _filter_fingerprint(task_filter)
         before = _decode_token(page_token, fingerprint) if page_token else None
-        page = await self.store.list_tasks(task_filter, page_size or DEFAULT_PAGE_SIZE, before)
+        page = await self.store.list_tasks(
+            task_filter, page_size or DEFAULT_PAGE_SIZE, before, MAX_PAGE_BYTES
+        )
         token = ""
         if page.next_before_seq is not None:
             raw = f"{page.next_before_seq}:{fingerprint}".encode()

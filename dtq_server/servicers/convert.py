@@ -269,6 +269,19 @@ def update_from_proto(u: worker_pb.TaskUpdate) -> TaskUpdate | None:
     return None
 
 
+ASSIGNMENT_OVERHEAD_BYTES = 128
+"""What an assignment takes on the wire besides its strings: lease, numbers, timestamps."""
+
+
+def assignment_bytes(a: Assignment) -> int:
+    """About how many bytes ``a`` takes in a frame (strings counted in characters)."""
+    size = ASSIGNMENT_OVERHEAD_BYTES + len(a.payload) + len(a.lease.task_id)
+    size += len(a.type) + len(a.queue) + len(a.content_type)
+    for key, value in a.headers:
+        size += len(key) + len(value) + 8
+    return size
+
+
 def fill_assignment(m: worker_pb.TaskAssignment, a: Assignment) -> None:
     """Write a lease, as sent to its node, into ``m`` (a fresh element of a frame).
 

@@ -34,6 +34,7 @@ from dtq_server.registry import (
     Session,
 )
 from dtq_server.servicers.convert import (
+    assignment_bytes,
     duration,
     fill_assignment,
     lease_from_proto,
@@ -48,6 +49,10 @@ from dtq_server.updates import UpdateAck
 
 log = structlog.get_logger(__name__)
 REGISTER_TIMEOUT_S = 10.0
+FRAME_BUDGET_BYTES = 2 * 1024 * 1024
+"""About the largest frame of assignments sent to a node: a quarter of the coordinator's
+send limit (twice its 4 MiB message limit) and of a node's receive limit (8 MiB); a node
+cuts its result frames the same way."""
 
 
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
@@ -195,10 +200,11 @@ def _names(context: Context) -> tuple[bytes, ...]:
 
 
 def _coalesce(items: list[Outbound]) -> list[Outbound]:
-    """Merge adjacent assignments (and adjacent acks) into one message each.
+    """Merge adjacent assignments (and adjacent acks) into as few messages as fit.
 
     Under load many small messages queue up between two writes; one message per
     run keeps the per-message cost of gRPC off the hot path. Order is kept.
+    Assignments are then cut into frames of about :data:`FRAME_BUDGET_BYTES`.
     """
     merged: list[Outbound] = []
     for item in items:
@@ -209,7 +215,34 @@ def _coalesce(items: list[Outbound]) -> list[Outbound]:
             merged[-1] = SendAcks([*last.acks, *item.acks])
         else:
             merged.append(item)
-    return merged
+    return [frame for item in merged for frame in _frames(item)]
+
+
+def _frames(item: Outbound, budget_bytes: int = FRAME_BUDGET_BYTES) -> list[Outbound]:
+    """``item``, or its assignments cut into runs of at most ``budget_bytes`` each.
+
+    Without the cut, a dispatch round of large payloads for one node (ten 1 MiB
+    tasks for ten free threads) went out as one message over both the
+    coordinator's send limit and the node's receive limit: the stream broke, the
+    node resumed and was sent the same message again, and the tasks never ran. An
+    assignment larger than the budget on its own still goes out, alone.
+    """
+    if not isinstance(item, SendAssignments):
+        return [item]
+    frames: list[Outbound] = []
+    run: list[Assignment] = []
+    size = 0
+    for assignment in item.assignments:
+        cost = assignment_bytes(assignment)
+        if run and size + cost > budget_bytes:
+            frames.append(SendAssignments(run))
+            run, size = [], 0
+        run.append(assignment)
+        size += cost
+    if len(frames) == 0:
+        return [item]  # the usual case: one frame, the list as it came
+    frames.append(SendAssignments(run))
+    return frames
 
 
 def _assignments_frame(assignments: list[Assignment]) -> pb.ConnectResponse:

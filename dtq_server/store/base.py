@@ -88,9 +88,11 @@ class Store(Protocol):
         """These tasks by id, in one read (missing ones left out)."""
 
     async def list_tasks(
-        self, task_filter: TaskFilter, limit: int, before_seq: int | None
+        self, task_filter: TaskFilter, limit: int, before_seq: int | None, max_bytes: int
     ) -> TaskPage:
-        """Tasks matching the filter, newest first, older than ``before_seq``."""
+        """Tasks matching the filter, newest first, older than ``before_seq``: at most
+        ``limit`` of them, and no more once they hold ``max_bytes`` of payloads, results
+        and errors (at least one, however large)."""
 
     async def queue_stats(self) -> list[QueueStats]:
         """Counts per queue and state."""

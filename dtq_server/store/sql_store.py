@@ -329,16 +329,21 @@ class SqlStore:
         return await self._read(lambda conn: tasks_sql.read(conn, ids)) if ids else {}
 
     async def list_tasks(
-        self, task_filter: TaskFilter, limit: int, before_seq: int | None
+        self, task_filter: TaskFilter, limit: int, before_seq: int | None, max_bytes: int
     ) -> TaskPage:
         where, params = tasks_sql.where(task_filter, before_seq)
         sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY seq DESC LIMIT ?"
 
         def list_(conn: Connection) -> TaskPage:
-            rows = conn.execute(sql, (*params, limit + 1)).fetchall()
-            records = [tasks_sql.row_to_record(r) for r in rows[:limit]]
-            more = len(rows) > limit
-            return TaskPage(records, records[-1].seq if more and records else None)
+            records: list[TaskRecord] = []
+            size = 0
+            for row in conn.execute(sql, (*params, limit + 1)):
+                record = tasks_sql.row_to_record(row)
+                size += tasks_sql.record_bytes(record)
+                if len(records) == limit or (records and size > max_bytes):
+                    return TaskPage(records, records[-1].seq)  # more are left
+                records.append(record)
+            return TaskPage(records, None)
 
         return await self._read(list_)
 

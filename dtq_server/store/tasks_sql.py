@@ -80,6 +80,20 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
     )
 
 
+RECORD_OVERHEAD_BYTES = 512
+"""What a task takes in a message besides its payload, result, error and headers."""
+
+
+def record_bytes(t: TaskRecord) -> int:
+    """About how many bytes ``t`` takes in a message (strings counted in characters)."""
+    size = RECORD_OVERHEAD_BYTES + len(t.payload) + len(t.result or b"")
+    if t.last_error is not None:
+        size += len(t.last_error.message) + len(t.last_error.traceback)
+    for key, value in t.headers:
+        size += len(key) + len(value) + 8
+    return size + sum(len(task_id) + 2 for task_id in t.depends_on)
+
+
 def headers_to_column(headers: Headers) -> str | None:
     """A task's headers as stored: a JSON object (keys sorted), NULL when there are none."""
     return json.dumps(dict(headers), separators=(",", ":")) if headers else None

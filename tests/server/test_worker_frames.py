@@ -10,7 +10,8 @@ from __future__ import annotations
 from dtq.v1 import worker_service_pb2 as pb
 from dtq_server.models import Assignment, Lease
 from dtq_server.registry import SendAcks, SendAssignments
-from dtq_server.servicers.worker_service import _to_proto
+from dtq_server.servicers.convert import assignment_bytes
+from dtq_server.servicers.worker_service import _frames, _to_proto
 from dtq_server.updates import UpdateAck
 from dtq_worker import convert as node_convert
 from dtq_worker.models import AssignmentsReceived, UpdatesAcked
@@ -64,3 +65,36 @@ def test_an_acks_frame_reads_back_field_for_field() -> None:
         ("t-1", 1, True, "", ""),
         ("t-2", 2, False, "STALE_ATTEMPT", "lease t-2#2 not held"),
     ]
+
+
+def _sized(task_id: str, payload_bytes: int) -> Assignment:
+    return Assignment(Lease(task_id, 1), "echo", "default", b"x" * payload_bytes, "a/b", 3, CREATED)
+
+
+def test_assignments_are_cut_into_frames_under_the_budget_in_order() -> None:
+    budget = 10_000
+    sent = [
+        _sized("a", 4000),
+        _sized("b", 4000),
+        _sized("c", 30_000),
+        _sized("d", 10),
+        _sized("e", 9900),
+    ]
+    frames = _frames(SendAssignments(sent), budget)
+    runs = [
+        [a.lease.task_id for a in f.assignments] for f in frames if isinstance(f, SendAssignments)
+    ]
+    assert runs == [["a", "b"], ["c"], ["d"], ["e"]]  # the oversized one alone, order kept
+    for frame in frames:
+        assert isinstance(frame, SendAssignments)
+        if len(frame.assignments) > 1:
+            assert _to_proto(frame).ByteSize() <= budget
+    assert all(
+        assignment_bytes(a) >= len(_to_proto(SendAssignments([a])).SerializeToString())
+        for a in sent
+    )
+
+
+def test_a_run_under_the_budget_goes_out_as_it_came() -> None:
+    item = SendAssignments([_sized("a", 100), _sized("b", 100)])
+    assert _frames(item, 10_000) == [item]
