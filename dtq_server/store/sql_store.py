@@ -332,18 +332,30 @@ class SqlStore:
         self, task_filter: TaskFilter, limit: int, before_seq: int | None, max_bytes: int
     ) -> TaskPage:
         where, params = tasks_sql.where(task_filter, before_seq)
-        sql = f"SELECT {TASK_COLUMNS} FROM tasks {where} ORDER BY seq DESC LIMIT ?"
+        sizes_sql = (
+            f"SELECT seq, {tasks_sql.ROW_BYTES} FROM tasks {where} ORDER BY seq DESC LIMIT ?"
+        )
 
         def list_(conn: Connection) -> TaskPage:
-            records: list[TaskRecord] = []
-            size = 0
-            for row in conn.execute(sql, (*params, limit + 1)):
-                record = tasks_sql.row_to_record(row)
-                size += tasks_sql.record_bytes(record)
-                if len(records) == limit or (records and size > max_bytes):
-                    return TaskPage(records, records[-1].seq)  # more are left
-                records.append(record)
-            return TaskPage(records, None)
+            # Sizes first, then only the rows that fit: a page of large tasks read whole
+            # would hold every payload in memory at once.
+            sizes = conn.execute(sizes_sql, (*params, limit + 1)).fetchall()
+            take = tasks_sql.fitting([size for _, size in sizes[:limit]], max_bytes)
+            if take == 0:
+                return TaskPage()
+            last = sizes[take - 1][0]
+            page_where, page_params = tasks_sql.where(task_filter, before_seq, from_seq=last)
+            rows = conn.execute(
+                f"SELECT {TASK_COLUMNS} FROM tasks {page_where} ORDER BY seq DESC LIMIT ?",
+                (*page_params, take),
+            ).fetchall()
+            records = [tasks_sql.row_to_record(r) for r in rows]
+            # Tasks submitted between the two reads push older ones down: past `last`
+            # or not, the page ends at its own last task and the token leads on from it.
+            more = len(sizes) > take or (bool(records) and records[-1].seq > last)
+            if not records:  # purged between the two reads
+                return TaskPage([], last if more else None)
+            return TaskPage(records, records[-1].seq if more else None)
 
         return await self._read(list_)
 

@@ -80,18 +80,22 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
     )
 
 
-RECORD_OVERHEAD_BYTES = 512
-"""What a task takes in a message besides its payload, result, error and headers."""
+ROW_BYTES = (
+    "512 + length(payload) + COALESCE(length(result), 0) + COALESCE(length(error_message), 0) "
+    "+ COALESCE(length(error_traceback), 0) + COALESCE(length(headers), 0) "
+    "+ COALESCE(length(depends_on), 0)"
+)
+"""About how many bytes a task's row takes in a message (text counted in characters)."""
 
 
-def record_bytes(t: TaskRecord) -> int:
-    """About how many bytes ``t`` takes in a message (strings counted in characters)."""
-    size = RECORD_OVERHEAD_BYTES + len(t.payload) + len(t.result or b"")
-    if t.last_error is not None:
-        size += len(t.last_error.message) + len(t.last_error.traceback)
-    for key, value in t.headers:
-        size += len(key) + len(value) + 8
-    return size + sum(len(task_id) + 2 for task_id in t.depends_on)
+def fitting(sizes: list[int], max_bytes: int) -> int:
+    """How many of ``sizes``, from the first, add up to at most ``max_bytes`` (at least one)."""
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size
+        if total > max_bytes:
+            return max(count, 1)
+    return len(sizes)
 
 
 def headers_to_column(headers: Headers) -> str | None:
@@ -419,8 +423,11 @@ def assignments(t: Transition, now: float) -> tuple[list[str], list[Any]]:
     return sets, values
 
 
-def where(task_filter: TaskFilter, before_seq: int | None = None) -> tuple[str, list[Any]]:
-    """A WHERE clause for a filter (empty when nothing is filtered)."""
+def where(
+    task_filter: TaskFilter, before_seq: int | None = None, from_seq: int | None = None
+) -> tuple[str, list[Any]]:
+    """A WHERE clause for a filter (empty when nothing is filtered), for tasks submitted
+    before ``before_seq`` and no earlier than ``from_seq``."""
     clauses: list[str] = []
     params: list[Any] = []
     for column, value in (
@@ -437,6 +444,9 @@ def where(task_filter: TaskFilter, before_seq: int | None = None) -> tuple[str, 
     if before_seq is not None:
         clauses.append("seq < ?")
         params.append(before_seq)
+    if from_seq is not None:
+        clauses.append("seq >= ?")
+        params.append(from_seq)
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 

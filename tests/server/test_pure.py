@@ -12,6 +12,7 @@ from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, TaskState
 from dtq_server.ratelimit import RateLimiter, TokenBucket
 from dtq_server.retry import retry_delay_s
+from dtq_server.store.tasks_sql import fitting
 from dtq_server.validation import SpecInput, validate_specs, validate_task_id
 from tests.harness import server_config
 
@@ -162,3 +163,19 @@ def test_a_full_bucket_never_starts_more_than_its_burst_at_once() -> None:
     bucket.take(100.0)
     assert not bucket.available(100.05), "a second task must wait most of a period"
     assert bucket.available(100.9)  # the saved tenth of a token makes up for a late wake
+
+
+@pytest.mark.parametrize(
+    ("sizes", "max_bytes", "taken"),
+    [
+        ([], 10, 0),
+        ([5, 5, 5], 10, 2),  # up to the budget, not over it
+        ([5, 5, 5], 15, 3),
+        ([20, 1], 10, 1),  # a task larger than the budget still makes a page, alone
+        ([1, 20, 1], 10, 1),
+    ],
+)
+def test_a_page_takes_the_tasks_that_fit_its_budget(
+    sizes: list[int], max_bytes: int, taken: int
+) -> None:
+    assert fitting(sizes, max_bytes) == taken
