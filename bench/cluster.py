@@ -149,16 +149,18 @@ def wait_active(client: Client, count: int, timeout_s: float = 30.0) -> None:
 
 
 @contextmanager
-def cluster(nodes: int, threads: int = 4, prefetch: Prefetch = 0) -> Iterator[str]:
-    """A fresh coordinator and ``nodes`` worker processes; yields the address."""
+def cluster(
+    nodes: int, threads: int = 4, prefetch: Prefetch = 0, queues: Sequence[str] = ("default",)
+) -> Iterator[str]:
+    """A fresh coordinator and ``nodes`` worker processes serving ``queues``; yields the
+    address."""
     with tempfile.TemporaryDirectory(prefix="dtq-bench-") as tmp:
         coordinator = Coordinator(Path(tmp))
         workers: list[subprocess.Popen[bytes]] = []
         try:
             address = coordinator.wait_address()
             workers = [
-                start_node(address, f"bench-{n}", threads=threads, prefetch=prefetch)
-                for n in range(nodes)
+                start_node(address, f"bench-{n}", threads, prefetch, queues) for n in range(nodes)
             ]
             with Client(address) as client:
                 wait_active(client, nodes)

@@ -69,6 +69,9 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
         f"P1 end-to-end tasks/s, fixed --prefetch {basics.FIXED_PREFETCH}",
         Target.relative("information"),
     )
+    spread = Figure(
+        f"P1 end-to-end tasks/s over {basics.MANY_QUEUES:,} queues", Target.relative("information")
+    )
     p50 = Figure("P2 round trip p50 ms", Target.relative("<= best peer's p50: see bench-peers"))
     p99 = Figure("P2 round trip p99 ms", Target.at_most(3.0, "<= 3 ms"))
     batched = Figure(
@@ -96,6 +99,7 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
         if "P1" in parts:
             p1.values.append(basics.throughput(size.tasks))
             fixed.values.append(basics.throughput(size.tasks, prefetch=basics.FIXED_PREFETCH))
+            spread.values.append(basics.throughput(size.tasks, queues=basics.MANY_QUEUES))
         if "P2" in parts:
             median, tail = basics.latency(size.latency_samples)
             p50.values.append(median)
@@ -112,7 +116,19 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
     if raw.values:
         floor = 0.8 * statistics.median(raw.values)
         in_flight.target = Target.at_least(floor, f">= 80% of raw = {floor:,.0f}")
-    figures = (p1, fixed, p50, p99, batched, batched_whole, single, pipelined, raw, in_flight)
+    figures = (
+        p1,
+        fixed,
+        spread,
+        p50,
+        p99,
+        batched,
+        batched_whole,
+        single,
+        pipelined,
+        raw,
+        in_flight,
+    )
     return [f for f in figures if f.name[:2] in parts]
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import structlog
 
-from dtq_server.board import TaskBoard
+from dtq_server.board import ReadyPicker, TaskBoard
 from dtq_server.errors import StoreUnavailable
 from dtq_server.failpoints import Failpoints
 from dtq_server.models import ActiveTask, Assignment, QueueSettings, TaskState
@@ -84,6 +84,7 @@ class Dispatcher:
         budget = {s.id: s.free_slots for s in sessions}
         # Mutable sets: limits reached during the round prune them.
         keys = {s.id: {k for k in ready if (k[0], k[1]) in s.keys} for s in sessions}
+        pickers = {s.id: ReadyPicker(self._board, keys[s.id]) for s in sessions}
         plan: list[tuple[Session, ActiveTask]] = []
         progress = True
         while progress:
@@ -91,7 +92,7 @@ class Dispatcher:
             for session in sessions:
                 if budget[session.id] <= 0:
                     continue
-                task = self._board.pop_ready(keys[session.id])
+                task = pickers[session.id].pop()
                 if task is None:
                     budget[session.id] = 0
                     continue

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dtq_server.board import TaskBoard
+from dtq_server.board import ReadyKey, ReadyPicker, TaskBoard
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, TaskState
 from dtq_server.ratelimit import RateLimiter, TokenBucket
@@ -116,6 +116,47 @@ def test_board_skips_cancelled_and_delays_retries() -> None:
     assert board.promote_due(now=5.0) == 0
     assert board.promote_due(now=10.0) == 1
     assert board.pop_ready(keys) is later
+
+
+def _oldest_ready(tasks: list[ActiveTask], keys: set[ReadyKey]) -> ActiveTask | None:
+    """What a picker must pick, found by looking at everything."""
+    ready = [
+        t for t in tasks if t.state is TaskState.QUEUED and (t.queue, t.type, t.rate_key) in keys
+    ]
+    return min(ready, key=lambda t: (-t.priority, t.seq), default=None)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(seed: int) -> None:
+    """Three nodes' pickers over overlapping keys, taking turns as a dispatch round does,
+    with tasks cancelled and keys closed (a limit reached) half-way: every pick is what a
+    look at every ready task says it must be."""
+    rng = random.Random(seed)
+    queues = [f"q{i}" for i in range(rng.randint(1, 12))]
+    board = TaskBoard()
+    tasks = []
+    for seq in range(rng.randint(0, 300)):
+        task = active(seq, queue=rng.choice(queues), type_=rng.choice(["a", "b"]))
+        task.priority = rng.choice([0, 0, 0, 5, -5])
+        tasks.append(task)
+        board.track(task, now=0.0)
+    every_key = {(q, t, "") for q in queues for t in ("a", "b")}
+    node_keys = [{k for k in every_key if rng.random() < 0.6} for _ in range(3)]
+    pickers = [ReadyPicker(board, keys) for keys in node_keys]
+    for turn in range(400):
+        if turn == 100:
+            for task in rng.sample(tasks, len(tasks) // 5):
+                board.forget(task, TaskState.CANCELLED)
+        if turn == 200:
+            closed = rng.choice(queues)
+            for keys in node_keys:
+                keys -= {k for k in keys if k[0] == closed}
+        node = turn % 3
+        expected = _oldest_ready(tasks, node_keys[node])
+        picked = pickers[node].pop()
+        assert picked is expected
+        if picked is not None:
+            picked.state = TaskState.LEASED
 
 
 def test_board_counts_each_queue_s_unfinished_tasks_once() -> None:
