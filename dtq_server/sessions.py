@@ -32,7 +32,6 @@ from dtq_server.registry import (
     SendDrain,
     SendHeartbeatAck,
     Session,
-    session_keys,
 )
 from dtq_server.store.base import Store
 from dtq_server.task_types import DeclaredTypes
@@ -190,7 +189,7 @@ class NodeSessions:
 
     def _resume(self, session: Session, node: Registration) -> Registered:
         session.node = node
-        session.keys = session_keys(node)
+        session.keys = self._registry.keys_of(node)
         if session.state is NodeState.DISCONNECTED:
             session.state = NodeState.DRAINING if session.drain_requested else NodeState.ACTIVE
         held = {lease.task_id: lease.attempt for lease in node.leases}

@@ -9,8 +9,9 @@ import pytest
 
 from dtq_server.board import ReadyKey, ReadyPicker, TaskBoard
 from dtq_server.errors import InvalidArgument
-from dtq_server.models import ActiveTask, TaskState
+from dtq_server.models import ActiveTask, Registration, TaskState
 from dtq_server.ratelimit import RateLimiter, TokenBucket
+from dtq_server.registry import NodeRegistry
 from dtq_server.retry import retry_delay_s
 from dtq_server.store.tasks_sql import fitting
 from dtq_server.validation import SpecInput, validate_specs, validate_task_id
@@ -220,3 +221,23 @@ def test_a_page_takes_the_tasks_that_fit_its_budget(
     sizes: list[int], max_bytes: int, taken: int
 ) -> None:
     assert fitting(sizes, max_bytes) == taken
+
+
+def test_nodes_serving_the_same_keys_share_one_set_of_them() -> None:
+    """A dispatch round groups nodes by identity of their key set (cheap, whatever its size)."""
+
+    def node(node_id: str, queues: set[str]) -> Registration:
+        return Registration(
+            node_id, "host", 1, "v", frozenset({"echo", "add"}), frozenset(queues), 4, None
+        )
+
+    registry = NodeRegistry()
+    many = {f"tenant-{i}" for i in range(1000)}
+    first = registry.create(node("a", many))
+    second = registry.create(node("b", set(many)))
+    other = registry.create(node("c", many | {"extra"}))
+    assert second.keys is first.keys
+    assert other.keys is not first.keys and other.keys == first.keys | {
+        ("extra", "echo"),
+        ("extra", "add"),
+    }
