@@ -72,6 +72,10 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
     spread = Figure(
         f"P1 end-to-end tasks/s over {basics.MANY_QUEUES:,} queues", Target.relative("information")
     )
+    keyed = Figure(
+        f"P1 end-to-end tasks/s over {basics.MANY_RATE_KEYS:,} rate keys",
+        Target.relative("information"),
+    )
     p50 = Figure("P2 round trip p50 ms", Target.relative("<= best peer's p50: see bench-peers"))
     p99 = Figure("P2 round trip p99 ms", Target.at_most(3.0, "<= 3 ms"))
     batched = Figure(
@@ -100,6 +104,7 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
             p1.values.append(basics.throughput(size.tasks))
             fixed.values.append(basics.throughput(size.tasks, prefetch=basics.FIXED_PREFETCH))
             spread.values.append(basics.throughput(size.tasks, queues=basics.MANY_QUEUES))
+            keyed.values.append(basics.throughput(size.tasks, rate_keys=basics.MANY_RATE_KEYS))
         if "P2" in parts:
             median, tail = basics.latency(size.latency_samples)
             p50.values.append(median)
@@ -120,6 +125,7 @@ def basic_figures(size: Size, parts: set[str]) -> list[Figure]:
         p1,
         fixed,
         spread,
+        keyed,
         p50,
         p99,
         batched,

@@ -9,21 +9,13 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from dtq_server.models import ActiveTask, TaskState
+from dtq_server.ready import Rank, ReadyPicker, ReadyQueue
 
 Key = tuple[str, str]
 """(queue, task type): the unit a node declares it can serve."""
-ReadyKey = tuple[str, str, str]
-"""(queue, task type, rate key): one ready heap. The rate key is part of it so that
-a throttled key never blocks other keys' tasks of the same queue and type."""
-
-
-Rank = tuple[int, int, int]
-"""(-priority, seq, push number): higher priority first, then submission order. The push
-number keeps entries distinct when a task is queued again while a stale entry of it
-is still in the heap, so tasks themselves are never compared."""
 
 
 class TaskBoard:
@@ -33,7 +25,8 @@ class TaskBoard:
     def __init__(self) -> None:
         self.active: dict[str, ActiveTask] = {}
         self._unfinished: Counter[str] = Counter()  # active tasks per queue, for max depth
-        self._ready: dict[ReadyKey, list[tuple[Rank, ActiveTask]]] = {}
+        self._ready: dict[Key, ReadyQueue] = {}
+        self._aside: list[ReadyQueue] = []  # those that set rate keys aside this round
         self._delayed: list[tuple[float, int, ActiveTask]] = []
         self._start_deadlines: list[tuple[float, int, ActiveTask]] = []
         self._pushes = itertools.count()
@@ -55,9 +48,12 @@ class TaskBoard:
             heapq.heappush(self._delayed, (task.due_at, next(self._pushes), task))
             return
         task.due_at = None
-        rank = (-task.priority, task.seq, next(self._pushes))
-        key = (task.queue, task.type, task.rate_key)
-        heapq.heappush(self._ready.setdefault(key, []), (rank, task))
+        rank: Rank = (-task.priority, task.seq, next(self._pushes))
+        key = (task.queue, task.type)
+        ready = self._ready.get(key)
+        if ready is None:
+            ready = self._ready[key] = ReadyQueue(self.active, self._aside)
+        ready.push(rank, task)
 
     def forget(self, task: ActiveTask, state: TaskState) -> None:
         """The task reached a terminal state; stale heap entries are skipped lazily."""
@@ -80,20 +76,30 @@ class TaskBoard:
                 moved += 1
         return moved
 
-    def pop_ready(self, keys: Iterable[ReadyKey]) -> ActiveTask | None:
-        """The oldest ready task among ``keys``, removed from the ready queues."""
-        return ReadyPicker(self, set(keys)).pop()
+    def pop_ready(self, keys: Iterable[Key], blocked: Container[str] = ()) -> ActiveTask | None:
+        """The oldest ready task among ``keys`` whose rate key is not ``blocked``, removed
+        from the ready queues (a round of one pick: see :class:`ReadyPicker`)."""
+        try:
+            return ReadyPicker(self, set(keys), blocked).pop()
+        finally:
+            self.end_round()
 
-    def top(self, key: ReadyKey) -> Rank | None:
-        """The rank of the first ready task of ``key`` (None: none); drops stale entries."""
-        heap = self._ready.get(key)
-        while heap and not self._is_ready(heap[0][1]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+    def first(self, key: Key, blocked: Container[str]) -> Rank | None:
+        """The rank of the first ready task of ``key`` whose rate key is not ``blocked``
+        (None: none); see :meth:`ReadyQueue.first`."""
+        ready = self._ready.get(key)
+        return None if ready is None else ready.first(blocked)
 
-    def pop_top(self, key: ReadyKey) -> ActiveTask:
-        """Remove and return the first ready task of ``key`` (after :meth:`top` found one)."""
-        return heapq.heappop(self._ready[key])[1]
+    def pop_first(self, key: Key, blocked: Container[str]) -> tuple[ActiveTask, Rank | None]:
+        """Remove and return the task :meth:`first` found for ``key``, and the rank of the
+        next one (as :meth:`first` would say)."""
+        return self._ready[key].pop(blocked)
+
+    def end_round(self) -> None:
+        """A dispatch round is over: rate keys it found out of tokens count again."""
+        for ready in self._aside:
+            ready.end_round()
+        self._aside.clear()
 
     def missed_start(self, now: float) -> list[ActiveTask]:
         """Queued tasks whose schedule-to-start deadline passed before any node started them."""
@@ -108,60 +114,9 @@ class TaskBoard:
                 missed.append(task)
         return missed
 
-    def ready_keys(self) -> set[ReadyKey]:
+    def ready_keys(self) -> set[Key]:
         """Keys that may have ready tasks (may include ones holding only stale entries)."""
-        return {key for key, heap in self._ready.items() if heap}
-
-    def _is_ready(self, task: ActiveTask) -> bool:
-        return (
-            task.state is TaskState.QUEUED
-            and task.due_at is None
-            and self.active.get(task.id) is task
-        )
-
-
-class ReadyPicker:
-    """The oldest ready task among a node's keys, task after task, for one dispatch round.
-
-    Picking by looking at every key's first task cost a round one look per key per
-    task leased: a node serving 1,000 queues leased ~2,000 tasks/s instead of ~8,800.
-    The picker keeps the keys in a heap of their first task's rank, so a pick costs
-    a few heap operations. A rank recorded here can be out of date only in one
-    direction, too early: no task is queued during a round (it runs without
-    awaiting), and other pickers of the round only take tasks, so a key's first
-    task can only move back. An entry is checked when it comes to the top and put
-    back with its key's rank now if that moved.
-
-    ``keys`` is the caller's own set: a key it removes (a limit reached during the
-    round) is skipped from then on.
-    """
-
-    def __init__(self, board: TaskBoard, keys: set[ReadyKey]) -> None:
-        self._board = board
-        self._keys = keys
-        self._heap: list[tuple[Rank, ReadyKey]] = []
-        for key in keys:
-            rank = board.top(key)
-            if rank is not None:
-                self._heap.append((rank, key))
-        heapq.heapify(self._heap)
-
-    def pop(self) -> ActiveTask | None:
-        """The oldest ready task among the keys, removed from the board; None when none is left."""
-        heap, board = self._heap, self._board
-        while heap:
-            recorded, key = heap[0]
-            rank = board.top(key) if key in self._keys else None
-            if rank is None:
-                heapq.heappop(heap)
-            elif rank != recorded:
-                heapq.heapreplace(heap, (rank, key))
-            else:
-                task = board.pop_top(key)
-                after = board.top(key)
-                if after is None:
-                    heapq.heappop(heap)
-                else:
-                    heapq.heapreplace(heap, (after, key))
-                return task
-        return None
+        empty = [key for key, ready in self._ready.items() if not ready]
+        for key in empty:
+            del self._ready[key]
+        return set(self._ready)

@@ -16,11 +16,12 @@ from collections.abc import Iterable
 
 import structlog
 
-from dtq_server.board import Key, ReadyKey, ReadyPicker, TaskBoard
+from dtq_server.board import Key, TaskBoard
 from dtq_server.errors import StoreUnavailable
 from dtq_server.failpoints import Failpoints
 from dtq_server.models import ActiveTask, Assignment, QueueSettings, TaskState
 from dtq_server.ratelimit import RateLimiter
+from dtq_server.ready import ReadyPicker
 from dtq_server.registry import NodeRegistry, SendAssignments, Session
 from dtq_server.store.base import Store
 from dtq_server.updates import LeaseGrant
@@ -70,27 +71,30 @@ class Dispatcher:
         sessions = self._registry.with_free_slots()
         if not sessions:
             return []
-        now = time.monotonic()
+        try:
+            return self._pick(sessions, time.monotonic())
+        finally:
+            self._board.end_round()
+
+    def _pick(self, sessions: list[Session], now: float) -> list[tuple[Session, ActiveTask]]:
         room = self._room_per_limited_queue()
         closed = {name for name, q in self.queue_settings.items() if q.paused}
         closed |= {name for name, left in room.items() if left <= 0}
         throttled_queues, throttled_keys, wait_s = self.limiter.blocked(now)
         closed |= throttled_queues
-        ready = {
-            key
-            for key in self._board.ready_keys()
-            if key[0] not in closed and key[2] not in throttled_keys
-        }
+        # Rate keys out of tokens: skipped this round. Keys that run out during it join.
+        blocked = set(throttled_keys)
+        ready = {key for key in self._board.ready_keys() if key[0] not in closed}
         budget = {s.id: s.free_slots for s in sessions}
         # One set of keys and one picker per distinct set of keys a node serves, shared
         # by the nodes serving it: nodes started from the same code serve the same keys,
         # and one of each per node cost a round over 50 nodes serving 1,000 queues each
-        # 71 ms. Mutable sets: limits reached during the round prune them.
-        shared: dict[frozenset[Key], tuple[set[ReadyKey], ReadyPicker]] = {}
+        # 71 ms. Mutable sets: queue limits reached during the round prune them.
+        shared: dict[frozenset[Key], tuple[set[Key], ReadyPicker]] = {}
         for s in sessions:
             if s.keys not in shared:
-                own = {k for k in ready if (k[0], k[1]) in s.keys}
-                shared[s.keys] = (own, ReadyPicker(self._board, own))
+                own = ready & s.keys
+                shared[s.keys] = (own, ReadyPicker(self._board, own, blocked))
         pickers = {s.id: shared[s.keys][1] for s in sessions}
         plan: list[tuple[Session, ActiveTask]] = []
         progress = True
@@ -107,14 +111,12 @@ class Dispatcher:
                 if task.queue in room:
                     room[task.queue] -= 1
                     queue_empty = queue_empty or room[task.queue] <= 0
-                if queue_empty or key_empty:  # a limit was reached: stop leasing that work
+                if queue_empty:  # a limit was reached: stop leasing that work
                     for session_keys, _ in shared.values():
-                        session_keys -= {
-                            k
-                            for k in session_keys
-                            if (queue_empty and k[0] == task.queue)
-                            or (key_empty and k[2] == task.rate_key)
-                        }
+                        session_keys -= {k for k in session_keys if k[0] == task.queue}
+                if key_empty:
+                    blocked.add(task.rate_key)
+                if queue_empty or key_empty:
                     wait_s = self.limiter.blocked(now)[2]
                 task.start_by = None
                 task.state = TaskState.LEASED

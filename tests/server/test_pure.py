@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dtq_server.board import ReadyKey, ReadyPicker, TaskBoard
+from dtq_server.board import Key, TaskBoard
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, Registration, TaskState
 from dtq_server.ratelimit import RateLimiter, TokenBucket
+from dtq_server.ready import ReadyPicker
 from dtq_server.registry import NodeRegistry
 from dtq_server.retry import retry_delay_s
 from dtq_server.store.tasks_sql import fitting
@@ -97,10 +98,10 @@ def test_board_is_fifo_across_the_keys_a_node_serves() -> None:
     board = TaskBoard()
     for task in [active(3), active(1, queue="q2"), active(2, type_="other"), active(4)]:
         board.track(task, now=0.0)
-    keys = {("default", "echo", ""), ("q2", "echo", "")}
+    keys = {("default", "echo"), ("q2", "echo")}
     popped = [board.pop_ready(keys) for _ in range(4)]
     assert [t.seq if t else None for t in popped] == [1, 3, 4, None]
-    other = board.pop_ready({("default", "other", "")})
+    other = board.pop_ready({("default", "other")})
     assert other is not None and other.seq == 2
 
 
@@ -110,7 +111,7 @@ def test_board_skips_cancelled_and_delays_retries() -> None:
     for task in (first, second, later):
         board.track(task, now=0.0)
     board.forget(first, TaskState.CANCELLED)
-    keys = {("default", "echo", "")}
+    keys = {("default", "echo")}
     popped = board.pop_ready(keys)
     assert popped is second
     assert board.pop_ready(keys) is None
@@ -119,45 +120,60 @@ def test_board_skips_cancelled_and_delays_retries() -> None:
     assert board.pop_ready(keys) is later
 
 
-def _oldest_ready(tasks: list[ActiveTask], keys: set[ReadyKey]) -> ActiveTask | None:
+def _oldest_ready(tasks: list[ActiveTask], keys: set[Key], blocked: set[str]) -> ActiveTask | None:
     """What a picker must pick, found by looking at everything."""
     ready = [
-        t for t in tasks if t.state is TaskState.QUEUED and (t.queue, t.type, t.rate_key) in keys
+        t
+        for t in tasks
+        if t.state is TaskState.QUEUED and (t.queue, t.type) in keys and t.rate_key not in blocked
     ]
     return min(ready, key=lambda t: (-t.priority, t.seq), default=None)
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(30))
 def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(seed: int) -> None:
     """Three nodes' pickers over overlapping keys, taking turns as a dispatch round does,
-    with tasks cancelled and keys closed (a limit reached) half-way: every pick is what a
-    look at every ready task says it must be."""
+    rounds after rounds: tasks cancelled, rate keys running out of tokens and queues
+    closing mid-round, new tasks queued between rounds. Every pick is what a look at every
+    ready task says it must be."""
     rng = random.Random(seed)
-    queues = [f"q{i}" for i in range(rng.randint(1, 12))]
+    queues = [f"q{i}" for i in range(rng.randint(1, 8))]
+    rate_keys = ["", "", *(f"tenant-{i}" for i in range(rng.randint(0, 30)))]
     board = TaskBoard()
-    tasks = []
-    for seq in range(rng.randint(0, 300)):
-        task = active(seq, queue=rng.choice(queues), type_=rng.choice(["a", "b"]))
-        task.priority = rng.choice([0, 0, 0, 5, -5])
-        tasks.append(task)
-        board.track(task, now=0.0)
-    every_key = {(q, t, "") for q in queues for t in ("a", "b")}
-    node_keys = [{k for k in every_key if rng.random() < 0.6} for _ in range(3)]
-    pickers = [ReadyPicker(board, keys) for keys in node_keys]
-    for turn in range(400):
-        if turn == 100:
-            for task in rng.sample(tasks, len(tasks) // 5):
-                board.forget(task, TaskState.CANCELLED)
-        if turn == 200:
-            closed = rng.choice(queues)
-            for keys in node_keys:
-                keys -= {k for k in keys if k[0] == closed}
-        node = turn % 3
-        expected = _oldest_ready(tasks, node_keys[node])
-        picked = pickers[node].pop()
-        assert picked is expected
-        if picked is not None:
-            picked.state = TaskState.LEASED
+    tasks: list[ActiveTask] = []
+
+    def queue_some(count: int) -> None:
+        for _ in range(count):
+            task = active(len(tasks), queue=rng.choice(queues), type_=rng.choice(["a", "b"]))
+            task.priority = rng.choice([0, 0, 0, 5, -5])
+            task.rate_key = rng.choice(rate_keys)
+            tasks.append(task)
+            board.track(task, now=0.0)
+
+    every_key = {(q, t) for q in queues for t in ("a", "b")}
+    for _ in range(6):  # rounds
+        queue_some(rng.randint(0, 80))
+        node_keys = [{k for k in every_key if rng.random() < 0.6} for _ in range(3)]
+        blocked = {k for k in rate_keys if k and rng.random() < 0.2}  # out of tokens
+        pickers = [ReadyPicker(board, keys, blocked) for keys in node_keys]
+        for turn in range(60):
+            if turn == 20:
+                for task in rng.sample(tasks, len(tasks) // 10):
+                    board.forget(task, TaskState.CANCELLED)
+            if turn == 30 and len(rate_keys) > 2:
+                blocked.add(rng.choice(rate_keys[2:]))  # a key's last token taken
+            if turn == 40:
+                closed = rng.choice(queues)
+                for keys in node_keys:
+                    keys -= {k for k in keys if k[0] == closed}
+            node = turn % 3
+            expected = _oldest_ready(tasks, node_keys[node], blocked)
+            picked = pickers[node].pop()
+            assert picked is expected
+            if picked is not None:
+                picked.state = TaskState.LEASED
+        board.end_round()  # blocked rate keys count again
+    assert board.pop_ready(every_key) is _oldest_ready(tasks, every_key, set())
 
 
 def test_board_counts_each_queue_s_unfinished_tasks_once() -> None:
@@ -167,7 +183,7 @@ def test_board_counts_each_queue_s_unfinished_tasks_once() -> None:
         board.track(task, now=0.0)
     board.track(active(1), now=0.0)  # the same task again (a retried one): still one
     assert (board.unfinished("default"), board.unfinished("q2")) == (2, 1)
-    board.pop_ready({("default", "echo", "")})  # leased: still unfinished
+    board.pop_ready({("default", "echo")})  # leased: still unfinished
     assert board.unfinished("default") == 2
     board.forget(first, TaskState.SUCCEEDED)
     board.forget(first, TaskState.SUCCEEDED)  # a second forget changes nothing
