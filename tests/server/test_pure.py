@@ -215,6 +215,34 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     assert limiter.blocked(0.0) == (set(), set(), None)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_the_limiter_reports_what_looking_at_every_bucket_would(seed: int) -> None:
+    """It looks only at buckets that ran out: after any takes, refills and re-configurations
+    its answer is what checking each bucket says."""
+    rng = random.Random(seed)
+    limiter = RateLimiter()
+    names = [f"n{i}" for i in range(8)]
+    now = 0.0
+    for _ in range(300):
+        action = rng.random()
+        name = rng.choice(names)
+        if action < 0.1:
+            limiter.configure_queue(name, rng.choice([0, 1, 5]), now)
+        elif action < 0.2:
+            limiter.configure_key(name, rng.choice([0, 2, 10]), rng.choice([1, 3]), now)
+        elif action < 0.8:
+            queues, keys, _ = limiter.blocked(now)
+            queue, key = rng.choice(names), rng.choice(names)
+            if queue not in queues and key not in keys:
+                limiter.take(queue, key, now)
+        else:
+            now += rng.choice([0.01, 0.1, 0.5])
+        queues, keys, wait = limiter.blocked(now)
+        assert queues == {n for n, b in limiter.queues.items() if not b.available(now)}
+        assert keys == {k for k, b in limiter.keys.items() if not b.available(now)}
+        assert (wait is None) == (not queues and not keys)
+
+
 def test_a_full_bucket_never_starts_more_than_its_burst_at_once() -> None:
     bucket = TokenBucket(per_second=1, burst=1, stamp=0.0)
     bucket.refill(100.0)  # a long quiet period
