@@ -43,7 +43,9 @@ def test_a_node_takes_ten_large_tasks_at_once_and_runs_them_all(
     node's receive limit: the stream broke on every resend and no task ever ran."""
     with Client(server.address) as client:
         ids = submit_large(client, TASKS)
-        node = start_node(server.address, tmp_path, "big", threads=10)
+        # No prefetch: the round leases exactly the ten free threads' worth, and no
+        # auto-prefetch hand-back can make a second attempt.
+        node = start_node(server.address, tmp_path, "big", "--prefetch", "0", threads=10)
         try:
             wait_until(
                 lambda: all(client.get(i).state is TaskState.SUCCEEDED for i in ids),
