@@ -5,8 +5,8 @@ Two levels, both heaps of heaps ordered by the rank of their first task:
 - :class:`ReadyQueue` holds one (queue, type)'s ready tasks, a heap per rate key,
   and its rate keys by their first task. It lasts as long as the board. With a
   rate key per tenant, a (queue, type) holds thousands of rate keys; a dispatch
-  round once looked at each of them (10,000 keys: 23 ms a round, ~340 tasks/s
-  for the whole coordinator).
+  round once looked at each of them (10,000 keys: 23 ms a round, and a cluster
+  ran 161 tasks/s with a ``--prefetch 0`` node, 1,343 with ``--prefetch auto``).
 - :class:`ReadyPicker` holds a node's (queue, type) keys for one dispatch round
   (1,000 queues served: 2,073 tasks/s before it, 6,968 with it).
 
