@@ -10,10 +10,12 @@ the graph. So the graph is never half-updated, whatever moment the process dies.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, DependencyEvents, DependencyFailure, NewTask, TaskState
+from dtq_server.store import finished
 from dtq_server.store.connection import Connection
 
 ACTIVE_COLUMNS = (
@@ -104,17 +106,19 @@ def resolve(
                         events.unblocked.append(active_from_row(row, now_wall, now_mono))
                 continue
             final = _on_failure(DependencyFailure(policy))
-            conn.execute(
+            ended = conn.execute(
                 "UPDATE tasks SET state = ?, updated_at = ?, finished_at = ?, "
                 "expires_at = ? + COALESCE(result_ttl_s, ?), error_type = 'DEPENDENCY_FAILED', "
                 "error_message = ?, error_traceback = '', error_retryable = 0 "
-                "WHERE id = ? AND state = ?",
+                "WHERE id = ? AND state = ? RETURNING queue",
                 (
                     int(final), now_wall, now_wall, now_wall, default_ttl_s,
                     f"dependency {parent} ended {parent_state.name.lower()}",
                     child, int(TaskState.WAITING),
                 ),
-            )  # fmt: skip
+            ).fetchone()  # fmt: skip
+            if ended is not None:
+                finished.add(conn, Counter({(ended[0], final): 1}))
             conn.execute("DELETE FROM dependencies WHERE task_id = ?", (child,))
             events.finished.append(child)
             stack.append((child, final))

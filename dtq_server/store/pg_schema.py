@@ -113,6 +113,19 @@ CREATE OR REPLACE FUNCTION json_extract(doc TEXT, path TEXT) RETURNS TEXT
     AS $$ SELECT (doc::jsonb) ->> substr(path, 4, length(path) - 4) $$;
 """
 
-MIGRATIONS: tuple[str, ...] = ()
+MIGRATIONS: tuple[str, ...] = (
+    # 2: finished tasks counted per queue and state as they finish (store/finished.py),
+    # starting from the ones already kept.
+    """
+    CREATE TABLE IF NOT EXISTS finished_counts (
+        queue   TEXT    NOT NULL,
+        state   INTEGER NOT NULL,
+        n       BIGINT  NOT NULL,
+        PRIMARY KEY (queue, state)
+    );
+    INSERT INTO finished_counts (queue, state, n)
+        SELECT queue, state, count(*) FROM tasks WHERE state IN (4, 5, 6) GROUP BY queue, state
+    """,
+)
 """Entry ``n`` takes a database from version ``n + 1`` to ``n + 2``."""
 SCHEMA_VERSION = 1 + len(MIGRATIONS)

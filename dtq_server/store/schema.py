@@ -124,6 +124,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tasks ADD COLUMN headers TEXT;
     """,
+    # 11: finished tasks counted per queue and state as they finish (store/finished.py),
+    # starting from the ones already kept.
+    """
+    CREATE TABLE IF NOT EXISTS finished_counts (
+        queue   TEXT    NOT NULL,
+        state   INTEGER NOT NULL,                   -- succeeded, failed or cancelled
+        n       INTEGER NOT NULL,
+        PRIMARY KEY (queue, state)
+    ) WITHOUT ROWID;
+    INSERT INTO finished_counts (queue, state, n)
+        SELECT queue, state, count(*) FROM tasks WHERE state IN (4, 5, 6) GROUP BY queue, state;
+    """,
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 

@@ -32,7 +32,7 @@ from dtq_server.models import (
     TaskState,
 )
 from dtq_server.schedules import Schedule
-from dtq_server.store import dependencies, tasks_sql
+from dtq_server.store import dependencies, finished, tasks_sql
 from dtq_server.store import schedules as schedules_sql
 from dtq_server.store.connection import Connection
 from dtq_server.store.schema import TASK_COLUMNS
@@ -163,17 +163,23 @@ class SqlStore:
         where, params = tasks_sql.where(task_filter)
 
         def delete(conn: Connection) -> int:
+            counts = conn.execute(
+                f"SELECT queue, state, count(*) FROM tasks {where} GROUP BY queue, state", params
+            ).fetchall()
+            finished.add(conn, finished.removed(counts))
             return conn.execute(f"DELETE FROM tasks {where}", params).rowcount
 
         return await self._writer.run(delete)
 
     async def delete_expired(self, now: float, limit: int) -> int:
         def delete(conn: Connection) -> int:
-            return conn.execute(
+            rows = conn.execute(
                 "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks "
-                "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)",
+                "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?) RETURNING queue, state",
                 (now, limit),
-            ).rowcount
+            ).fetchall()
+            finished.add(conn, finished.removed((queue, state, 1) for queue, state in rows))
+            return len(rows)
 
         return await self._writer.run(delete)
 
@@ -331,24 +337,15 @@ class SqlStore:
     async def list_tasks(
         self, task_filter: TaskFilter, limit: int, before_seq: int | None, max_bytes: int
     ) -> TaskPage:
-        where, params = tasks_sql.where(task_filter, before_seq)
-        sizes_sql = (
-            f"SELECT seq, {tasks_sql.ROW_BYTES} FROM tasks {where} ORDER BY seq DESC LIMIT ?"
-        )
-
         def list_(conn: Connection) -> TaskPage:
             # Sizes first, then only the rows that fit: a page of large tasks read whole
             # would hold every payload in memory at once.
-            sizes = conn.execute(sizes_sql, (*params, limit + 1)).fetchall()
+            sizes = conn.execute(*tasks_sql.page_sizes(task_filter, before_seq, limit)).fetchall()
             take = tasks_sql.fitting([size for _, size in sizes[:limit]], max_bytes)
             if take == 0:
                 return TaskPage()
             last = sizes[take - 1][0]
-            page_where, page_params = tasks_sql.where(task_filter, before_seq, from_seq=last)
-            rows = conn.execute(
-                f"SELECT {TASK_COLUMNS} FROM tasks {page_where} ORDER BY seq DESC LIMIT ?",
-                (*page_params, take),
-            ).fetchall()
+            rows = conn.execute(*tasks_sql.page_rows(task_filter, before_seq, last, take))
             records = [tasks_sql.row_to_record(r) for r in rows]
             # Tasks submitted between the two reads push older ones down: past `last`
             # or not, the page ends at its own last task and the token leads on from it.
@@ -362,10 +359,9 @@ class SqlStore:
     async def queue_stats(self) -> list[QueueStats]:
         def stats(conn: Connection) -> list[QueueStats]:
             counts: dict[str, dict[TaskState, int]] = {}
-            for queue, state, n in conn.execute(
-                "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state"
-            ):
-                counts.setdefault(queue, {})[TaskState(state)] = n
+            for queue, state, n in conn.execute(finished.QUEUE_COUNTS):
+                if n:
+                    counts.setdefault(queue, {})[TaskState(state)] = n
             return [
                 QueueStats(
                     name=name,

@@ -281,7 +281,7 @@ def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         await store.close()
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute("UPDATE dtq_coordinator SET schema_version = schema_version + 1")
-        with pytest.raises(StoreCorrupt, match="schema version 2"):
+        with pytest.raises(StoreCorrupt, match=f"schema version {pg_schema.SCHEMA_VERSION + 1}"):
             await PostgresStore(postgres_url).open()
 
     asyncio.run(scenario())
@@ -314,21 +314,23 @@ def test_migrations_run_once_each_and_a_failed_one_changes_nothing(
         return task.id
 
     stored = asyncio.run(first())
-    assert version_and_columns()[0] == 1
-    monkeypatch.setattr(pg_schema, "MIGRATIONS", ("ALTER TABLE tasks ADD COLUMN note TEXT",))
-    monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", 2)
+    current = pg_schema.SCHEMA_VERSION
+    assert version_and_columns()[0] == current
+    added = (*pg_schema.MIGRATIONS, "ALTER TABLE tasks ADD COLUMN note TEXT")
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", added)
+    monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", current + 1)
     assert asyncio.run(reopen()) == [stored]
     version, columns = version_and_columns()
-    assert version == 2 and "note" in columns
+    assert version == current + 1 and "note" in columns
     assert asyncio.run(reopen()) == [stored]  # not run again: a second ADD COLUMN would fail
 
     broken = "ALTER TABLE tasks ADD COLUMN half TEXT; SELECT 1 / 0"
-    monkeypatch.setattr(pg_schema, "MIGRATIONS", (pg_schema.MIGRATIONS[0], broken))
-    monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", (*added, broken))
+    monkeypatch.setattr(pg_schema, "SCHEMA_VERSION", current + 2)
     with pytest.raises(psycopg.errors.DivisionByZero):
         asyncio.run(reopen())
     version, columns = version_and_columns()
-    assert version == 2 and "half" not in columns
+    assert version == current + 1 and "half" not in columns
 
 
 def test_a_database_that_is_not_dtq_s_is_refused(postgres_url: str) -> None:
