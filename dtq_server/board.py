@@ -56,10 +56,26 @@ class TaskBoard:
         ready.push(rank, task)
 
     def forget(self, task: ActiveTask, state: TaskState) -> None:
-        """The task reached a terminal state; stale heap entries are skipped lazily."""
+        """The task reached a terminal state; its ready queue drops its entry (lazily)."""
+        was_ready = task.state is TaskState.QUEUED and task.due_at is None
         task.state = state
         if self.active.pop(task.id, None) is not None:
             self._unfinished[task.queue] -= 1
+            if was_ready and (ready := self._ready.get((task.queue, task.type))) is not None:
+                ready.went_stale()
+
+    def restore(self, tasks: Iterable[ActiveTask], now: float) -> None:
+        """Put back queued tasks forgotten for a cancel whose commit failed: queued again,
+        ready as before (tracking them as they were, cancelled, left them on the board
+        but never dispatched)."""
+        for task in tasks:
+            task.state = TaskState.QUEUED
+            self.track(task, now)
+
+    def held(self, key: Key) -> int:
+        """Entries the ready queue of ``key`` holds, stale ones included."""
+        ready = self._ready.get(key)
+        return 0 if ready is None else len(ready)
 
     def unfinished(self, queue: str) -> int:
         """Tasks of ``queue`` on the board: queued (ready or delayed), leased or running."""

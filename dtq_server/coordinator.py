@@ -424,7 +424,7 @@ class Coordinator:
             try:
                 (applied,) = await self.store.apply([transition])
             except StoreUnavailable:
-                self.board.track(task, time.monotonic())
+                self.board.restore([task], time.monotonic())
                 raise
             if not applied:
                 log.error("cancel.not_applied", task_id=task.id)

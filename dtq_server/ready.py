@@ -17,6 +17,14 @@ its own. An entry is checked when it reaches the top of its heap and put back
 with its current rank if that moved; an entry some later one superseded is
 dropped.
 
+Tasks cancelled while ready stay in their heaps until they reach the top. A
+queue emptied by a bulk cancel would hold every cancelled task in memory until
+a node served it, and the first round that did would drop them all at once
+(900,000: 1.6 s of the event loop). So the board says when a ready task goes
+(:meth:`ReadyQueue.went_stale`), and a queue whose heaps are mostly stale is
+rebuilt from its live entries (:meth:`ReadyQueue.compact`), work proportional to
+the tasks that went.
+
 A dispatch round may find rate keys out of tokens. Their tasks stay where they
 are, and their entries are set aside for the round (:meth:`ReadyQueue.first`) and
 put back when it ends (:meth:`ReadyQueue.end_round`): a throttled key never holds
@@ -44,7 +52,10 @@ class ReadyQueue:
     """The ready tasks of one (queue, type): a heap per rate key, and the rate keys in a
     heap by the rank of their first task."""
 
-    __slots__ = ("_active", "_aside", "_entry", "_heaps", "_order", "_round")
+    __slots__ = ("_active", "_aside", "_entry", "_heaps", "_order", "_round", "_size", "_stale")
+
+    COMPACT_AT = 1024
+    """Stale entries below which a queue is never rebuilt (the lazy drop is cheaper)."""
 
     def __init__(self, active: Mapping[str, ActiveTask], round_aside: list[ReadyQueue]) -> None:
         self._active = active
@@ -57,10 +68,19 @@ class ReadyQueue:
         """The one entry of ``_order`` that counts for each rate key (others are dropped)."""
         self._aside: list[str] = []
         """Rate keys out of tokens this round, their entries taken out of ``_order``."""
+        self._size = 0
+        """Entries in the task heaps."""
+        self._stale = 0
+        """Ready tasks that went (cancelled) since the last rebuild: an upper bound on
+        the stale entries among ``_size``."""
 
     def __bool__(self) -> bool:
         """Whether tasks may be ready here (stale entries included)."""
         return bool(self._order or self._aside)
+
+    def __len__(self) -> int:
+        """Entries held, stale ones included."""
+        return self._size
 
     def push(self, rank: Rank, task: ActiveTask) -> None:
         """Add a ready task; a new first task of its rate key gets an entry of its own."""
@@ -69,6 +89,7 @@ class ReadyQueue:
         if heap is None:
             heap = self._heaps[key] = []
         heapq.heappush(heap, (rank, task))
+        self._size += 1
         if heap[0][0] == rank and key not in self._aside:
             self._entry[key] = rank
             heapq.heappush(self._order, (rank, key))
@@ -95,6 +116,7 @@ class ReadyQueue:
                 ):
                     break
                 heapq.heappop(heap)
+                self._size -= 1
             if not heap:
                 heapq.heappop(order)
                 del entry[key], self._heaps[key]
@@ -117,6 +139,7 @@ class ReadyQueue:
         _, key = self._order[0]
         heap = self._heaps[key]
         task = heapq.heappop(heap)[1]
+        self._size -= 1
         if heap:  # stale or not: first() checks it
             self._entry[key] = heap[0][0]
             heapq.heapreplace(self._order, (heap[0][0], key))
@@ -124,6 +147,33 @@ class ReadyQueue:
             heapq.heappop(self._order)
             del self._entry[key], self._heaps[key]
         return task, self.first(blocked)
+
+    def went_stale(self) -> None:
+        """A task of this queue left while ready; rebuild once most entries are stale."""
+        self._stale += 1
+        if self._stale >= self.COMPACT_AT and 2 * self._stale >= self._size:
+            self.compact()
+
+    def compact(self) -> None:
+        """Rebuild the heaps from their queued tasks only (not during a round).
+
+        Only the state is looked at, the cheapest test that drops cancelled and taken
+        tasks; an entry kept that is stale some other way is dropped by :meth:`first`.
+        """
+        if self._aside:
+            return
+        heaps: dict[str, list[tuple[Rank, ActiveTask]]] = {}
+        for key, heap in self._heaps.items():
+            kept = [entry for entry in heap if entry[1].state is TaskState.QUEUED]
+            if kept:
+                heapq.heapify(kept)
+                heaps[key] = kept
+        self._heaps = heaps
+        self._entry = {key: heap[0][0] for key, heap in heaps.items()}
+        self._order = [(rank, key) for key, rank in self._entry.items()]
+        heapq.heapify(self._order)
+        self._size = sum(map(len, heaps.values()))
+        self._stale = 0
 
     def end_round(self) -> None:
         """Put back the rate keys set aside as blocked during the round."""

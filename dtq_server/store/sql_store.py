@@ -159,15 +159,17 @@ class SqlStore:
     async def retry(self, task_ids: list[str]) -> list[ActiveTask]:
         return await self._writer.run(lambda conn: tasks_sql.retry(conn, task_ids))
 
-    async def delete(self, task_filter: TaskFilter) -> int:
+    async def delete(self, task_filter: TaskFilter, limit: int) -> int:
         where, params = tasks_sql.where(task_filter)
 
         def delete(conn: Connection) -> int:
-            counts = conn.execute(
-                f"SELECT queue, state, count(*) FROM tasks {where} GROUP BY queue, state", params
+            rows = conn.execute(
+                f"DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks {where} ORDER BY seq "
+                "LIMIT ?) RETURNING queue, state",
+                (*params, limit),
             ).fetchall()
-            finished.add(conn, finished.removed(counts))
-            return conn.execute(f"DELETE FROM tasks {where}", params).rowcount
+            finished.add(conn, finished.removed((queue, state, 1) for queue, state in rows))
+            return len(rows)
 
         return await self._writer.run(delete)
 

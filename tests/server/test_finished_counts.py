@@ -147,7 +147,8 @@ class Steps:
 
     async def purge(self) -> None:
         queue = self.rng.choice((*QUEUES, None))
-        await self.store.delete(TaskFilter(queue=queue, state=self.rng.choice(FINISHED)))
+        state = self.rng.choice(FINISHED)
+        await self.store.delete(TaskFilter(queue=queue, state=state), self.rng.randint(1, 6))
 
     async def expire(self) -> None:
         await self.store.delete_expired(time.time() + 1e9, self.rng.randint(1, 4))

@@ -11,7 +11,7 @@ from dtq_server.board import Key, TaskBoard
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, Registration, TaskState
 from dtq_server.ratelimit import RateLimiter, TokenBucket
-from dtq_server.ready import ReadyPicker
+from dtq_server.ready import ReadyPicker, ReadyQueue
 from dtq_server.registry import NodeRegistry
 from dtq_server.retry import retry_delay_s
 from dtq_server.store.tasks_sql import fitting
@@ -131,11 +131,17 @@ def _oldest_ready(tasks: list[ActiveTask], keys: set[Key], blocked: set[str]) ->
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(seed: int) -> None:
+def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three nodes' pickers over overlapping keys, taking turns as a dispatch round does,
     rounds after rounds: tasks cancelled, rate keys running out of tokens and queues
-    closing mid-round, new tasks queued between rounds. Every pick is what a look at every
-    ready task says it must be."""
+    closing mid-round, new tasks queued between rounds, and between rounds half the
+    queued tasks cancelled and some of those put back (a cancel whose commit failed).
+    Every pick is what a look at every ready task says it must be. Odd seeds rebuild
+    the ready queues as soon as half their entries are stale."""
+    if seed % 2:
+        monkeypatch.setattr(ReadyQueue, "COMPACT_AT", 1)
     rng = random.Random(seed)
     queues = [f"q{i}" for i in range(rng.randint(1, 8))]
     rate_keys = ["", "", *(f"tenant-{i}" for i in range(rng.randint(0, 30)))]
@@ -173,7 +179,28 @@ def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(se
             if picked is not None:
                 picked.state = TaskState.LEASED
         board.end_round()  # blocked rate keys count again
+        queued = [t for t in tasks if t.state is TaskState.QUEUED]
+        cancelled = rng.sample(queued, len(queued) // 2)
+        for task in cancelled:
+            board.forget(task, TaskState.CANCELLED)
+        board.restore(rng.sample(cancelled, len(cancelled) // 5), now=0.0)
     assert board.pop_ready(every_key) is _oldest_ready(tasks, every_key, set())
+
+
+def test_a_queue_emptied_by_cancels_lets_go_of_its_tasks_at_once() -> None:
+    """Cancelled ready tasks used to stay in their heap until a dispatch round reached
+    them: all of them held in memory, then dropped in one round (900,000: 1.6 s)."""
+    board = TaskBoard()
+    key = ("default", "echo")
+    tasks = [active(seq) for seq in range(10_000)]
+    for task in tasks:
+        board.track(task, now=0.0)
+    for task in tasks[:9_000]:
+        board.forget(task, TaskState.CANCELLED)
+    assert board.held(key) < 2_000  # rebuilt from the live ones along the way
+    board.restore([tasks[5]], now=0.0)  # its cancel's commit failed
+    assert [board.pop_ready({key}) for _ in range(2)] == [tasks[5], tasks[9_000]]
+    assert board.unfinished("default") == 1_001  # popped ones are leased, still unfinished
 
 
 def test_board_counts_each_queue_s_unfinished_tasks_once() -> None:
