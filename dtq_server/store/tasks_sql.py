@@ -304,11 +304,10 @@ def apply(
 ) -> list[bool]:
     now = time.time()
     # Most queues use no dependencies: one look at the table spares every
-    # finished task the three statements that settle its dependants.
+    # finished task the statements that settle its dependants.
     waiting = conn.execute("SELECT 1 FROM dependencies LIMIT 1").fetchone() is not None
-    if waiting or len({t.task_id for t in transitions}) < len(transitions):
-        # Dependants settle after each finish, and a task changed twice needs its
-        # changes in order: one statement per transition.
+    if len({t.task_id for t in transitions}) < len(transitions):
+        # A task changed twice needs its changes in order: one statement per transition.
         return [_apply_one(conn, t, now, default_ttl_s, waiting, events) for t in transitions]
     # One statement per shape of change (a frame of results is one shape), not per
     # task, for the reason given in lease().
@@ -353,7 +352,44 @@ def apply(
                 if terminal:
                     ended[queue, ending[task_id]] += 1
     finished.add(conn, ended)
+    if waiting and ended:
+        _settle_dependants(conn, transitions, applied, default_ttl_s, events)
     return [t.task_id in applied for t in transitions]
+
+
+def _settle_dependants(
+    conn: Connection,
+    transitions: list[Transition],
+    applied: set[str],
+    default_ttl_s: float,
+    events: DependencyEvents,
+) -> None:
+    """Settle what waits on the tasks a batch finished, in the batch's order.
+
+    Only tasks in the dependency table need it (dependants, or a waiting task's own
+    edges): one waiting task anywhere used to send every batch of outcomes down the
+    statement-per-task path, and P1 fell by a quarter.
+    """
+    ids = [
+        t.task_id
+        for t in transitions
+        if t.task_id in applied and t.state is not None and t.state.is_terminal
+    ]
+    involved: set[str] = set()
+    for i in range(0, len(ids), _KEYS_PER_QUERY):
+        chunk = ids[i : i + _KEYS_PER_QUERY]
+        marks = ", ".join("?" * len(chunk))
+        involved.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT depends_on FROM dependencies WHERE depends_on IN ({marks}) "
+                f"UNION SELECT task_id FROM dependencies WHERE task_id IN ({marks})",
+                [*chunk, *chunk],
+            )
+        )
+    for t in transitions:
+        if t.task_id in involved and t.state is not None:
+            dependencies.resolve(conn, t.task_id, t.state, default_ttl_s, events)
 
 
 _MAX_PARAMETERS = 30_000

@@ -1,4 +1,5 @@
-"""Queue counts: finished tasks are counted as they finish (store/finished.py).
+"""Queue counts (finished tasks are counted as they finish, store/finished.py) and
+dependants settled, whatever the writes.
 
 A randomized run of every write that changes a task's state (inserts with
 dependencies, leases, outcomes, stale outcomes, cancels, retries, purges, the
@@ -12,14 +13,14 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from dtq_server.models import QueueStats, TaskError, TaskFilter, TaskState
+from dtq_server.models import QueueStats, TaskError, TaskFilter, TaskRecord, TaskState
 from dtq_server.store.base import Store
 from dtq_server.store.postgres import PostgresStore
 from dtq_server.store.sqlite import SqliteStore
@@ -173,11 +174,21 @@ def test_queue_counts_equal_a_count_of_every_row_after_any_write(
             await rng.choice(actions)()
             by_store = {q.name: q for q in await store.queue_stats()}
             assert by_store == counted_by_hand(rows)
+            assert_dependants_settled(await store.get_many([i for i, _, _, _ in rows()]))
             seen |= {state for _, _, state, _ in rows()}
         await store.close()
         assert seen == set(TaskState)  # the run reached every state
 
     asyncio.run(scenario())
+
+
+def assert_dependants_settled(tasks: Mapping[str, TaskRecord]) -> None:
+    """A waiting task waits for an unfinished task, and none of its tasks failed."""
+    for task in tasks.values():
+        parents = [tasks[i].state for i in task.depends_on if i in tasks]
+        if task.state is TaskState.WAITING:
+            assert any(not s.is_terminal for s in parents), task
+            assert TaskState.FAILED not in parents and TaskState.CANCELLED not in parents, task
 
 
 def test_the_migration_counts_the_finished_tasks_already_kept(tmp_path: Path) -> None:
