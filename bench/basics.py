@@ -67,8 +67,8 @@ def throughput(
                 )
                 for i in range(tasks)
             ]
-        # Follow the last task (one stream, no polling: counting scans the whole
-        # table and would tax the coordinator under measurement), then count.
+        # Follow the last task (one stream, no polling that would tax the coordinator
+        # under measurement), then count.
         client.wait(futures[-1].result().task_id, timeout_s=600)
         wait_for(
             lambda: sum(q.succeeded for q in client.queues()) == tasks,

@@ -203,13 +203,15 @@ class BulkOperations:
     async def _purge(self, task_filter: TaskFilter) -> int:
         if task_filter.state is None or not task_filter.state.is_terminal:
             raise InvalidArgument([("state", "must be succeeded, failed or cancelled")])
-        deleted = 0
+        deleted = last = 0
+        # A chunk per write: one DELETE of a million rows held the store's writer (every
+        # submit and result) for ~5 s. Each chunk starts after the last one's last task,
+        # not at the first task of the state again (with a type filter, that would look
+        # again at every task of other types that the chunks before passed over).
         while True:
-            # A chunk per write: one DELETE of a million rows held the store's writer
-            # (every submit and result) for ~5 s.
-            chunk = await self.store.delete(task_filter, WRITE_BATCH)
-            deleted += chunk
-            if chunk < WRITE_BATCH:
+            count, last = await self.store.delete(task_filter, WRITE_BATCH, last)
+            deleted += count
+            if count < WRITE_BATCH:
                 break
         log.info("tasks.purged", deleted=deleted, queue=task_filter.queue, type=task_filter.type)
         return deleted

@@ -103,8 +103,11 @@ class Store(Protocol):
     async def retry(self, task_ids: list[str]) -> list[ActiveTask]:
         """Requeue FAILED/CANCELLED tasks with a fresh budget; returns those requeued."""
 
-    async def delete(self, task_filter: TaskFilter, limit: int) -> int:
-        """Delete up to ``limit`` tasks matching the filter, oldest first; returns how many."""
+    async def delete(
+        self, task_filter: TaskFilter, limit: int, after_seq: int = 0
+    ) -> tuple[int, int]:
+        """Delete up to ``limit`` tasks matching the filter submitted after ``after_seq``,
+        oldest first; returns how many, and the ``seq`` to go on after."""
 
     async def delete_expired(self, now: float, limit: int) -> int:
         """Delete up to ``limit`` finished tasks whose retention ended before ``now``."""

@@ -41,6 +41,8 @@ from dtq_server.updates import LeaseGrant, Transition
 
 T = TypeVar("T")
 ACTIVE_STATES = (TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING)
+READERS = 4
+"""Reader threads (and connections) per store."""
 
 
 class SqlStore:
@@ -54,9 +56,13 @@ class SqlStore:
     _on_dependencies: Callable[[DependencyEvents], None] | None = None
 
     def __init__(self) -> None:
-        # One reader thread with its own connection: reads never wait for a group commit.
-        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="dtq-store-reader")
+        # Reader threads, each with its own connection: reads never wait for a group
+        # commit, and a slow read (a page of a type filter over millions of kept tasks)
+        # does not hold up quick ones (GetTask, a watch's re-read, the next page).
+        self._reader_pool = ThreadPoolExecutor(READERS, thread_name_prefix="dtq-store-reader")
         self._local = threading.local()
+        self._readers: list[Connection] = []
+        self._readers_lock = threading.Lock()
 
     def _open_reader(self) -> Connection:
         """A new connection for the reader thread."""
@@ -70,6 +76,8 @@ class SqlStore:
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._open_reader()
+            with self._readers_lock:
+                self._readers.append(conn)
         return conn
 
     async def _read(self, fn: Callable[[Connection], T]) -> T:
@@ -83,6 +91,8 @@ class SqlStore:
                 if conn is not None and self._is_broken(conn):
                     conn.close()
                     self._local.conn = None  # the next read reconnects
+                    with self._readers_lock:
+                        self._readers.remove(conn)
                 raise StoreUnavailable(f"the store could not read: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
@@ -90,14 +100,11 @@ class SqlStore:
     async def close(self) -> None:
         """Commit what is queued, stop the writer and close the reader."""
         await asyncio.to_thread(self._writer.stop)
-
-        def close_reader() -> None:
-            conn = getattr(self._local, "conn", None)
-            if conn is not None:
-                conn.close()
-
-        await asyncio.get_running_loop().run_in_executor(self._reader_pool, close_reader)
-        self._reader_pool.shutdown(wait=True)
+        await asyncio.to_thread(self._reader_pool.shutdown, wait=True)
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:  # no thread uses them any more
+            conn.close()
 
     # -- writes ------------------------------------------------------------
 
@@ -159,17 +166,19 @@ class SqlStore:
     async def retry(self, task_ids: list[str]) -> list[ActiveTask]:
         return await self._writer.run(lambda conn: tasks_sql.retry(conn, task_ids))
 
-    async def delete(self, task_filter: TaskFilter, limit: int) -> int:
-        where, params = tasks_sql.where(task_filter)
+    async def delete(
+        self, task_filter: TaskFilter, limit: int, after_seq: int = 0
+    ) -> tuple[int, int]:
+        where, params = tasks_sql.where(task_filter, from_seq=after_seq + 1)
 
-        def delete(conn: Connection) -> int:
+        def delete(conn: Connection) -> tuple[int, int]:
             rows = conn.execute(
                 f"DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks {where} ORDER BY seq "
-                "LIMIT ?) RETURNING queue, state",
+                "LIMIT ?) RETURNING seq, queue, state",
                 (*params, limit),
             ).fetchall()
-            finished.add(conn, finished.removed((queue, state, 1) for queue, state in rows))
-            return len(rows)
+            finished.add(conn, finished.removed((queue, state, 1) for _, queue, state in rows))
+            return len(rows), max((seq for seq, _, _ in rows), default=after_seq)
 
         return await self._writer.run(delete)
 

@@ -149,7 +149,8 @@ class Steps:
     async def purge(self) -> None:
         queue = self.rng.choice((*QUEUES, None))
         state = self.rng.choice(FINISHED)
-        await self.store.delete(TaskFilter(queue=queue, state=state), self.rng.randint(1, 6))
+        after = self.rng.choice([0, 0, len(self.rows()) // 2])  # seq is about the position
+        await self.store.delete(TaskFilter(queue=queue, state=state), self.rng.randint(1, 6), after)
 
     async def expire(self) -> None:
         await self.store.delete_expired(time.time() + 1e9, self.rng.randint(1, 4))

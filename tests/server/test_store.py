@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,25 @@ class StepCounter:
 def ids_newest_first(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [row[0] for row in conn.execute("SELECT id FROM tasks ORDER BY seq DESC")]
+
+
+def test_a_slow_read_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = await opened(tmp_path / "db.sqlite3")
+        [(task, _)] = await store.insert([new_task()])
+        release = threading.Event()
+        # A read that takes as long as the test says, like a page of a filter that
+        # has to look at millions of rows.
+        slow = asyncio.ensure_future(store._read(lambda conn: release.wait(10)))
+        try:
+            record = await asyncio.wait_for(store.get(task.id), 5)
+            assert record is not None and record.id == task.id
+        finally:
+            release.set()
+        assert await slow
+        await store.close()
+
+    run(scenario())
 
 
 def test_refuses_a_file_that_is_not_a_dtq_database(tmp_path: Path) -> None:
