@@ -346,13 +346,14 @@ class PostgresStore(SqlStore):
             try:
                 await asyncio.to_thread(self._writer.start)
                 self._liveness = asyncio.get_running_loop().create_task(self._watch_liveness())
-                return
+                break
             except (NotLeader, psycopg.OperationalError) as exc:
                 if not logged:  # once: a standby may wait for hours
                     logged = True
                     log.info("store.standby", reason=str(exc).strip())
             self._writer = self._new_writer()  # a writer's thread starts only once
             await asyncio.sleep(STANDBY_POLL_S)
+        await self._open_readers()
 
     async def _watch_liveness(self) -> None:
         """Run an empty write every LIVENESS_S: a dropped connection fails it, which

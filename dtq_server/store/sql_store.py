@@ -72,6 +72,24 @@ class SqlStore:
         """True if ``conn`` is gone for good and a new one must be opened."""
         return False
 
+    async def _open_readers(self) -> None:
+        """Open every reader thread and its connection now, not at the first reads that
+        need them: the coordinator's open files stay what they were after start-up."""
+        arrived = threading.Barrier(READERS)  # so that each open runs on its own thread
+
+        def open_one() -> None:
+            try:
+                self._reader()
+                arrived.wait(timeout=60)
+            except BaseException:
+                arrived.abort()
+                raise
+
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._reader_pool, open_one) for _ in range(READERS))
+        )
+
     def _reader(self) -> Connection:
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -81,19 +99,28 @@ class SqlStore:
         return conn
 
     async def _read(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` on the read connection, off the event loop."""
+        """Run ``fn`` on a reader thread's connection, off the event loop.
+
+        A connection the database dropped (PostgreSQL restarted since the thread last
+        read) is replaced and the read tried once more on the new one: the readers
+        open at start-up, and each would otherwise fail one read after a restart.
+        """
 
         def run() -> T:
-            try:
-                return fn(self._reader())
-            except self._db_errors as exc:
-                conn = getattr(self._local, "conn", None)
-                if conn is not None and self._is_broken(conn):
-                    conn.close()
-                    self._local.conn = None  # the next read reconnects
-                    with self._readers_lock:
-                        self._readers.remove(conn)
-                raise StoreUnavailable(f"the store could not read: {exc}") from exc
+            for last_try in (False, True):
+                try:
+                    return fn(self._reader())
+                except self._db_errors as exc:
+                    conn = getattr(self._local, "conn", None)
+                    broken = conn is not None and self._is_broken(conn)
+                    if conn is not None and broken:
+                        conn.close()
+                        self._local.conn = None  # the next read reconnects
+                        with self._readers_lock:
+                            self._readers.remove(conn)
+                    if last_try or not broken:
+                        raise StoreUnavailable(f"the store could not read: {exc}") from exc
+            raise AssertionError("unreachable: the last try returns or raises")
 
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
 

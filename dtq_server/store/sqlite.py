@@ -123,6 +123,7 @@ class SqliteStore(SqlStore):
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._writer.start)
+        await self._open_readers()
 
     async def check_writable(self) -> None:
         # A commit that changes nothing writes nothing, and succeeds on a full disk.

@@ -42,6 +42,8 @@ from tests.chaos.report import Row
 from tests.chaos.resources import within
 
 TERMINAL_EVENT_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+LOG_CATCH_UP_S = 5.0
+"""How long a lease event may trail its commit in the log before I3 counts it missing."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,22 @@ def wait_terminal(cluster: ChaosCluster, ledger: Ledger, timeout_s: float) -> No
         if all(t in rows and rows[t].state.is_terminal for t in wanted):
             return
         time.sleep(0.25)
+
+
+def wait_logged(
+    cluster: ChaosCluster, tasks: dict[str, evidence.TaskRow], timeout_s: float
+) -> None:
+    """Wait until every leased task the store has as terminal has its lease event in the
+    log (or the time is up). The coordinator logs how a lease ended just after the
+    commit, on its event loop, so a poll of the store can see the commit first."""
+    wanted = {t.id for t in tasks.values() if t.state.is_terminal and t.attempt > 0}
+    deadline = time.monotonic() + timeout_s
+    while wanted and time.monotonic() < deadline:
+        for event in cluster.events(LEASE_EVENTS):
+            if event["event"] != "lease.granted" and event.get("state") in TERMINAL_EVENT_STATES:
+                wanted.discard(event["task_id"])
+        if wanted:
+            time.sleep(0.05)
 
 
 def check(cluster: ChaosCluster, ledger: Ledger, expect: Expect, row: Row) -> list[str]:
@@ -106,6 +124,8 @@ def check(cluster: ChaosCluster, ledger: Ledger, expect: Expect, row: Row) -> li
         problems.append(f"I2: keys answered with another task id: {mismatched[:3]}")
 
     # I3: one accepted result, of the last attempt.
+    if not cluster.coordinator_killed:
+        wait_logged(cluster, tasks, LOG_CATCH_UP_S)
     ends = Counter[str]()
     for event in cluster.events(LEASE_EVENTS):
         if event["event"] != "lease.granted" and event.get("state") in TERMINAL_EVENT_STATES:
