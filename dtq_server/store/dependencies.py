@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TypeVar
 
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, DependencyEvents, DependencyFailure, NewTask, TaskState
 from dtq_server.store import finished
 from dtq_server.store.connection import Connection
 
+T = TypeVar("T")
 ACTIVE_COLUMNS = (
     "id, seq, type, queue, state, attempt, max_attempts, failures, lease_expiries, "
     "retry_backoff_s, cancel_requested, session_id, node_id, next_attempt_at, priority, "
@@ -78,51 +79,114 @@ def resolve(
     default_ttl_s: float,
     events: DependencyEvents,
 ) -> None:
-    """``task_id`` just reached ``state``: settle every task waiting on it (cascading)."""
+    """``task_id`` just reached ``state``: settle every task waiting on it (cascading).
+
+    The graph is settled a level at a time, a few hundred tasks per statement: one
+    statement or four per task took 3.8 s of the writer (every submit and result
+    waited) to cascade a failure to 100,000 tasks waiting on one.
+    """
     now_wall, now_mono = time.time(), time.monotonic()
     # A waiting task cancelled directly no longer waits for anything.
     conn.execute("DELETE FROM dependencies WHERE task_id = ?", (task_id,))
-    stack = [(task_id, state)]
-    while stack:
-        parent, parent_state = stack.pop()
-        children = conn.execute(
-            "SELECT d.task_id, t.dependency_failure FROM dependencies d "
-            "JOIN tasks t ON t.id = d.task_id WHERE d.depends_on = ? AND t.state = ?",
-            (parent, int(TaskState.WAITING)),
+    level: list[tuple[str, TaskState]] = [(task_id, state)]
+    while level:
+        ended: list[tuple[str, TaskState]] = []
+        for chunk in _chunks(level):
+            parents = dict(chunk)
+            marks = ", ".join("?" * len(parents))
+            rows = conn.execute(
+                "SELECT d.depends_on, d.task_id, t.dependency_failure FROM dependencies d "
+                f"JOIN tasks t ON t.id = d.task_id WHERE d.depends_on IN ({marks}) "
+                "AND t.state = ? ORDER BY t.seq",
+                (*parents, int(TaskState.WAITING)),
+            ).fetchall()
+            conn.execute(f"DELETE FROM dependencies WHERE depends_on IN ({marks})", [*parents])
+            freed: dict[str, None] = {}
+            failing: dict[str, tuple[str, TaskState]] = {}  # child -> its first failed parent
+            for parent, child, policy in rows:
+                if parents[parent] is TaskState.SUCCEEDED:
+                    freed[child] = None
+                else:
+                    failing.setdefault(child, (parent, _FINAL[policy]))
+            # Failures first: a task one parent freed and another failed ends failed.
+            ended += _end(conn, failing, parents, now_wall, default_ttl_s)
+            _unblock(conn, [c for c in freed if c not in failing], now_wall, now_mono, events)
+        events.finished += [child for child, _ in ended]
+        level = ended
+
+
+def _unblock(
+    conn: Connection,
+    children: list[str],
+    now_wall: float,
+    now_mono: float,
+    events: DependencyEvents,
+) -> None:
+    """Queue the children that wait for nothing else any more."""
+    for chunk in _chunks(children):
+        marks = ", ".join("?" * len(chunk))
+        still = {
+            row[0]
+            for row in conn.execute(
+                f"SELECT DISTINCT task_id FROM dependencies WHERE task_id IN ({marks})", chunk
+            )
+        }
+        free = [child for child in chunk if child not in still]
+        if not free:
+            continue
+        marks = ", ".join("?" * len(free))
+        rows = conn.execute(
+            f"UPDATE tasks SET state = ?, updated_at = ? WHERE id IN ({marks}) AND state = ? "
+            f"RETURNING {ACTIVE_COLUMNS}",
+            (int(TaskState.QUEUED), now_wall, *free, int(TaskState.WAITING)),
         ).fetchall()
-        conn.execute("DELETE FROM dependencies WHERE depends_on = ?", (parent,))
-        for child, policy in children:
-            if parent_state is TaskState.SUCCEEDED:
-                left = conn.execute(
-                    "SELECT 1 FROM dependencies WHERE task_id = ? LIMIT 1", (child,)
-                ).fetchone()
-                if left is None:
-                    row = conn.execute(
-                        "UPDATE tasks SET state = ?, updated_at = ? WHERE id = ? AND state = ? "
-                        f"RETURNING {ACTIVE_COLUMNS}",
-                        (int(TaskState.QUEUED), now_wall, child, int(TaskState.WAITING)),
-                    ).fetchone()
-                    if row is not None:
-                        events.unblocked.append(active_from_row(row, now_wall, now_mono))
-                continue
-            final = _on_failure(DependencyFailure(policy))
-            ended = conn.execute(
-                "UPDATE tasks SET state = ?, updated_at = ?, finished_at = ?, "
-                "expires_at = ? + COALESCE(result_ttl_s, ?), error_type = 'DEPENDENCY_FAILED', "
-                "error_message = ?, error_traceback = '', error_retryable = 0 "
-                "WHERE id = ? AND state = ? RETURNING queue",
-                (
-                    int(final), now_wall, now_wall, now_wall, default_ttl_s,
-                    f"dependency {parent} ended {parent_state.name.lower()}",
-                    child, int(TaskState.WAITING),
-                ),
-            ).fetchone()  # fmt: skip
-            if ended is not None:
-                finished.add(conn, Counter({(ended[0], final): 1}))
-            conn.execute("DELETE FROM dependencies WHERE task_id = ?", (child,))
-            events.finished.append(child)
-            stack.append((child, final))
+        rows.sort(key=lambda r: r[1])  # in submission order
+        events.unblocked += [active_from_row(r, now_wall, now_mono) for r in rows]
+
+
+def _end(
+    conn: Connection,
+    failing: dict[str, tuple[str, TaskState]],
+    parents: dict[str, TaskState],
+    now_wall: float,
+    default_ttl_s: float,
+) -> list[tuple[str, TaskState]]:
+    """Fail or cancel waiting children, each as its policy says, naming the parent that
+    ended it; returns those it ended, with their final states."""
+    ended: list[tuple[str, TaskState]] = []
+    for chunk in _chunks(list(failing.items())):
+        values = ", ".join(["(?, ?, ?)"] * len(chunk))
+        params: list[Any] = [now_wall, now_wall, now_wall, default_ttl_s]
+        for child, (parent, final) in chunk:
+            reason = f"dependency {parent} ended {parents[parent].name.lower()}"
+            params += (child, int(final), reason)
+        params.append(int(TaskState.WAITING))
+        rows = conn.execute(
+            "UPDATE tasks SET state = g.column2, updated_at = ?, finished_at = ?, "
+            "expires_at = ? + COALESCE(result_ttl_s, ?), error_type = 'DEPENDENCY_FAILED', "
+            "error_message = g.column3, error_traceback = '', error_retryable = 0 "
+            f"FROM (VALUES {values}) AS g WHERE tasks.id = g.column1 AND tasks.state = ? "
+            "RETURNING tasks.id, tasks.queue",
+            params,
+        ).fetchall()
+        children = [child for child, _ in chunk]
+        marks = ", ".join("?" * len(children))
+        conn.execute(f"DELETE FROM dependencies WHERE task_id IN ({marks})", children)
+        finished.add(conn, Counter((queue, failing[task_id][1]) for task_id, queue in rows))
+        ended += [(task_id, failing[task_id][1]) for task_id, _ in rows]
+    return ended
+
+
+def _chunks(items: list[T]) -> list[list[T]]:
+    return [items[i : i + _PER_STATEMENT] for i in range(0, len(items), _PER_STATEMENT)]
+
+
+_PER_STATEMENT = 500
 
 
 def _on_failure(policy: DependencyFailure) -> TaskState:
     return TaskState.CANCELLED if policy is DependencyFailure.CANCEL else TaskState.FAILED
+
+
+_FINAL = {int(policy): _on_failure(policy) for policy in DependencyFailure}
+"""A dependant's final state by its stored ``dependency_failure``."""

@@ -96,6 +96,10 @@ def test_a_failed_parent_cascades_down_by_policy(
     for task in (failed, cascaded):
         assert task.last_error is not None
         assert task.last_error.type == "DEPENDENCY_FAILED"
+    # Each names the task that ended it, a level at a time.
+    assert failed.last_error is not None and cascaded.last_error is not None
+    assert failed.last_error.message == f"dependency {parent.id} ended failed"
+    assert cascaded.last_error.message == f"dependency {fails.id} ended failed"
     assert {t.attempt for t in (failed, cancelled, cascaded)} == {0}  # none of them ran
     # A task submitted after its dependency failed is failed at once.
     late = client.submit("echo", queue=queue, depends_on=[parent.id])
