@@ -125,7 +125,7 @@ class SqlStore:
         return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
 
     async def close(self) -> None:
-        """Commit what is queued, stop the writer and close the reader."""
+        """Commit what is queued, stop the writer and close the readers."""
         await asyncio.to_thread(self._writer.stop)
         await asyncio.to_thread(self._reader_pool.shutdown, wait=True)
         with self._readers_lock:
