@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dtq_server.models import TaskState
 from dtq_server.store.connection import Connection
 
-FINISHED_STATES = tuple(state for state in TaskState if state.is_terminal)
 UNFINISHED_STATES = tuple(state for state in TaskState if not state.is_terminal)
 
 Changes = Counter[tuple[str, TaskState]]
@@ -41,12 +40,12 @@ def add(conn: Connection, changes: Changes) -> None:
         conn.executemany(_ADD, rows)
 
 
-def removed(rows: Iterable[tuple[str, int, int]]) -> Changes:
-    """The changes for deleting tasks counted as (queue, state, how many) rows."""
+def removed(rows: Iterable[tuple[str, int]]) -> Changes:
+    """The changes for deleting tasks given as (queue, state) rows."""
     changes: Changes = Counter()
-    for queue, state, count in rows:
+    for queue, state in rows:
         if TaskState(state).is_terminal:
-            changes[queue, TaskState(state)] -= count
+            changes[queue, TaskState(state)] -= 1
     return changes
 
 

@@ -204,7 +204,7 @@ class SqlStore:
                 "LIMIT ?) RETURNING seq, queue, state",
                 (*params, limit),
             ).fetchall()
-            finished.add(conn, finished.removed((queue, state, 1) for _, queue, state in rows))
+            finished.add(conn, finished.removed(row[1:] for row in rows))
             return len(rows), max((seq for seq, _, _ in rows), default=after_seq)
 
         return await self._writer.run(delete)
@@ -216,7 +216,7 @@ class SqlStore:
                 "WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?) RETURNING queue, state",
                 (now, limit),
             ).fetchall()
-            finished.add(conn, finished.removed((queue, state, 1) for queue, state in rows))
+            finished.add(conn, finished.removed(rows))
             return len(rows)
 
         return await self._writer.run(delete)
