@@ -9,6 +9,8 @@ nature, so a wall-clock jump moves its ticks (documented in the README).
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from dtq_server.models import NewTask
 from dtq_server.validation import SpecInput, Violations
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
@@ -63,6 +66,18 @@ class Schedule:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """A schedule's due ticks, stored in one commit with its move to the next tick."""
+
+    name: str
+    expected_next: float
+    """The tick the schedule is at: the move is fenced on it (a pause or fire elsewhere wins)."""
+    next_at: float
+    ticks: list[float]
+    tasks: list[NewTask]
+
+
 def check_timing(v: Violations, cron: str | None, interval_s: float | None, time_zone: str) -> None:
     """Record violations of a schedule's timing fields."""
     if (cron is None) == (interval_s is None):
@@ -86,10 +101,24 @@ def next_tick(schedule: Schedule, after: float) -> float:
         k = math.floor(elapsed / schedule.interval_s) + 1
         return schedule.created_at + max(1, k) * schedule.interval_s
     assert schedule.cron is not None
-    zone = ZoneInfo(schedule.time_zone) if schedule.time_zone else UTC
+    return _cron_tick(schedule.cron, schedule.time_zone, after)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cron_tick(cron: str, time_zone: str, after: float) -> float:
+    # Remembered: schedules sharing an expression tick together, and each asks for
+    # the tick after the same one; croniter takes ~40 us per answer and ~0.1 ms
+    # more to parse the expression, which thousands of schedules feel.
+    zone = ZoneInfo(time_zone) if time_zone else UTC
     base = datetime.fromtimestamp(after, zone)
-    result: datetime = croniter(schedule.cron, base).get_next(datetime)
+    # A copy of the parsed expression keeps the iterator's position its own.
+    result: datetime = copy.copy(_parsed(cron)).get_next(datetime, start_time=base)
     return result.timestamp()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(cron: str) -> croniter:
+    return croniter(cron)
 
 
 def due_ticks(schedule: Schedule, now: float) -> tuple[list[float], float]:

@@ -47,7 +47,7 @@ def list_schedules(ctx: click.Context) -> None:
 @click.option(
     "--cron",
     metavar="EXPR",
-    help="Cron expression: 5 fields, or 6 with seconds last ('*/10 * * * * *').",
+    help="Cron expression: 5 fields, or 6 with seconds last ('* * * * * */10': every 10 s).",
 )
 @click.option(
     "--every",

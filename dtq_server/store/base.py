@@ -26,7 +26,7 @@ from dtq_server.models import (
     TaskRecord,
     TaskState,
 )
-from dtq_server.schedules import Schedule
+from dtq_server.schedules import Firing, Schedule
 from dtq_server.updates import LeaseGrant, Transition
 
 
@@ -133,17 +133,13 @@ class Store(Protocol):
     async def load_schedules(self) -> list[Schedule]:
         """Every schedule, by name."""
 
-    async def fire_schedule(
-        self,
-        name: str,
-        expected_next: float,
-        next_at: float,
-        ticks: list[float],
-        tasks: list[NewTask],
-    ) -> list[tuple[TaskRecord, bool]] | None:
-        """Insert a tick's tasks and advance the schedule in one commit.
+    async def fire_schedules(
+        self, firings: list[Firing]
+    ) -> list[list[tuple[TaskRecord, bool]] | None]:
+        """Insert each firing's tasks and advance its schedule, all in one commit.
 
-        None (and nothing written) if the schedule is no longer at ``expected_next``.
+        One answer per firing: None (and nothing written for it) if its schedule is no
+        longer at ``expected_next``.
         """
 
     async def set_schedule_paused(self, name: str, paused: bool, next_at: float) -> bool:

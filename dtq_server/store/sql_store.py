@@ -31,7 +31,7 @@ from dtq_server.models import (
     TaskRecord,
     TaskState,
 )
-from dtq_server.schedules import Schedule
+from dtq_server.schedules import Firing, Schedule
 from dtq_server.store import dependencies, finished, tasks_sql
 from dtq_server.store import schedules as schedules_sql
 from dtq_server.store.connection import Connection
@@ -280,21 +280,24 @@ class SqlStore:
     async def load_schedules(self) -> list[Schedule]:
         return await self._read(schedules_sql.load_all)
 
-    async def fire_schedule(
-        self,
-        name: str,
-        expected_next: float,
-        next_at: float,
-        ticks: list[float],
-        tasks: list[NewTask],
-    ) -> list[tuple[TaskRecord, bool]] | None:
-        def fire(conn: Connection) -> list[tuple[TaskRecord, bool]] | None:
-            # One commit for the tasks and the schedule's new position: a tick is
+    async def fire_schedules(
+        self, firings: list[Firing]
+    ) -> list[list[tuple[TaskRecord, bool]] | None]:
+        def fire(conn: Connection) -> list[list[tuple[TaskRecord, bool]] | None]:
+            # One commit for the tasks and the schedules' new positions: a tick is
             # never fired twice, nor lost, whatever moment the process dies.
-            if not schedules_sql.advance(conn, name, expected_next, next_at, ticks):
-                return None
-            # No room check: a queue's max depth refuses submits, not the schedule's ticks.
-            return tasks_sql.insert(conn, tasks, False, self._result_ttl_s, {}, None)
+            moved = [
+                schedules_sql.advance(conn, f.name, f.expected_next, f.next_at, f.ticks)
+                for f in firings
+            ]
+            # One insert for every tick's task; no room check: a queue's max depth
+            # refuses submits, not a schedule's ticks.
+            tasks = [t for f, ok in zip(firings, moved, strict=True) if ok for t in f.tasks]
+            stored = iter(tasks_sql.insert(conn, tasks, False, self._result_ttl_s, {}, None))
+            return [
+                [next(stored) for _ in f.tasks] if ok else None
+                for f, ok in zip(firings, moved, strict=True)
+            ]
 
         return await self._writer.run(fire)
 

@@ -1,0 +1,141 @@
+"""Firing schedules in numbers and in trouble: ticks due together share commits, a tick
+whose key another task holds is skipped, a store outage is waited out, not spun on."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from croniter import croniter
+
+from dtq_client import Client, TaskSpec
+from dtq_server.errors import StoreUnavailable
+from dtq_server.scheduler import FIRE_BATCH
+from dtq_server.schedules import MissedTicks, Schedule, next_tick, tick_key
+from dtq_server.validation import SpecInput
+from tests.harness import InProcessCoordinator, wait_until
+
+EVERY_SECOND = "* * * * * *"  # six fields: seconds last
+
+
+class FireCalls:
+    """Records the coordinator's ``fire_schedules`` calls (and can fail them, as a
+    store that is down does), wrapping the real store's method."""
+
+    def __init__(self, coordinator: InProcessCoordinator) -> None:
+        self.sizes: list[int] = []
+        self.down = threading.Event()
+        self._lock = threading.Lock()
+        store = coordinator.server.coordinator.scheduler._store
+        real = store.fire_schedules
+
+        async def fire_schedules(firings: list[Any]) -> Any:
+            with self._lock:
+                self.sizes.append(len(firings))
+            if self.down.is_set():
+                raise StoreUnavailable("the store could not commit: disk I/O error")
+            return await real(firings)
+
+        coordinator.run(lambda: setattr(store, "fire_schedules", fire_schedules))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.sizes)
+
+
+@pytest.fixture
+def client(coordinator: InProcessCoordinator) -> Iterator[Client]:
+    with Client(coordinator.address) as c:
+        yield c
+
+
+def tick_keys(client: Client, queue: str) -> list[str]:
+    return [t.idempotency_key or "" for t in client.iter_tasks(queue=queue)]
+
+
+def test_schedules_due_together_fire_in_shared_commits(
+    coordinator: InProcessCoordinator, client: Client
+) -> None:
+    """One commit per schedule made thousands of schedules ticking at the same second
+    fire seconds late (and each wake-up looked at every schedule)."""
+    calls = FireCalls(coordinator)
+    count = FIRE_BATCH + 150
+    for i in range(count):
+        client.create_schedule(f"s{i}", TaskSpec("echo", queue="many"), cron=EVERY_SECOND)
+
+    def every_one_fired() -> bool:
+        return {k.split(":")[1] for k in tick_keys(client, "many")} == {
+            f"s{i}" for i in range(count)
+        }
+
+    wait_until(every_one_fired, 15, what="a tick of every schedule")
+    keys = tick_keys(client, "many")
+    assert len(keys) == len(set(keys))  # a tick fires once
+    assert max(calls.sizes) <= FIRE_BATCH
+    # Creating them takes a fraction of a second: most share a tick, and its commits.
+    assert max(calls.sizes) >= 50, calls.sizes
+    assert calls.count() < count / 5, calls.sizes
+
+
+def test_a_tick_whose_key_another_task_holds_is_skipped(
+    coordinator: InProcessCoordinator, client: Client
+) -> None:
+    """A client's task holding a tick's idempotency key made the store refuse the fire:
+    the scheduler's loop ended on the error, and no schedule ever fired again."""
+    squatted = client.create_schedule("squatted", TaskSpec("echo", queue="sq"), cron=EVERY_SECOND)
+    client.create_schedule("bystander", TaskSpec("echo", queue="by"), cron=EVERY_SECOND)
+    assert squatted.next_fire_at is not None
+    taken = squatted.next_fire_at.timestamp() + 2
+    key = tick_key("squatted", taken)
+    squatter = client.submit("other.work", 1, queue="elsewhere", idempotency_key=key)
+    wait_until(lambda: len(tick_keys(client, "sq")) >= 5, 15, what="ticks past the taken one")
+    wait_until(lambda: len(tick_keys(client, "by")) >= 5, 15, what="the bystander's ticks")
+    fired = tick_keys(client, "sq")
+    assert key not in fired  # skipped: the tick before it and the one after it fired
+    assert {tick_key("squatted", taken - 1), tick_key("squatted", taken + 1)} <= set(fired)
+    assert client.get(squatter.id).type == "other.work"  # the squatter's task is untouched
+
+
+def test_a_store_outage_is_waited_out_not_spun_on(
+    coordinator: InProcessCoordinator, client: Client
+) -> None:
+    """A due schedule whose fire failed stayed due, and the loop tried it again at once:
+    a busy loop on the coordinator's event loop for as long as the store was down."""
+    calls = FireCalls(coordinator)
+    client.create_schedule("patient", TaskSpec("echo", queue="patient"), cron=EVERY_SECOND)
+    wait_until(lambda: len(tick_keys(client, "patient")) >= 1, 10, what="a first tick")
+    calls.down.set()
+    failing_from = calls.count()
+    wait_until(lambda: calls.count() >= failing_from + 3, 10, what="three failed fires")
+    calls.down.clear()
+    failed = calls.count() - failing_from
+    assert failed <= 4, f"{failed} fires while the store was down: retried without pause"
+    before = len(tick_keys(client, "patient"))
+    wait_until(lambda: len(tick_keys(client, "patient")) >= before + 2, 10, what="ticks again")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_remembered_cron_ticks_are_croniters(seed: int) -> None:
+    """next_tick keeps parsed expressions and past answers; they must be croniter's."""
+    rng = random.Random(seed)
+    expressions = ["* * * * * */5", "30 6 * * *", "*/7 3-5 * * 1-5", "0 0 29 2 *", "0 2 * * 0"]
+    zones = ["", "Europe/Paris", "America/New_York", "Australia/Lord_Howe"]
+    for _ in range(500):
+        cron, zone = rng.choice(expressions), rng.choice(zones)
+        on_a_minute = float(rng.randrange(1_600_000_000, 1_900_000_000, 60))
+        after = rng.choice([rng.uniform(1.6e9, 1.9e9), on_a_minute])
+        template = SpecInput("echo", "", b"{}", "", 0, "", None)
+        s = Schedule(
+            name="s", cron=cron, interval_s=None, time_zone=zone, template=template,
+            paused=False, missed=MissedTicks.RUN_ONCE, next_fire_at=after,
+            last_fire_at=None, fired_count=0, created_at=after,
+        )  # fmt: skip
+        base = datetime.fromtimestamp(after, ZoneInfo(zone) if zone else UTC)
+        expected = croniter(cron, base).get_next(datetime).timestamp()
+        assert next_tick(s, after) == expected, (cron, zone, after)
+        assert next_tick(s, after) == expected  # asked again: the remembered answer
