@@ -27,7 +27,9 @@ class TaskBoard:
         self._unfinished: Counter[str] = Counter()  # active tasks per queue, for max depth
         self._ready: dict[Key, ReadyQueue] = {}
         self._aside: list[ReadyQueue] = []  # those that set rate keys aside this round
-        self._delayed: list[tuple[float, int, ActiveTask]] = []
+        # By due time, then as the ready queues rank: tasks due together become ready
+        # in chunks (promote_due), the higher priorities and older tasks first.
+        self._delayed: list[tuple[float, int, int, int, ActiveTask]] = []
         self._start_deadlines: list[tuple[float, int, ActiveTask]] = []
         self._pushes = itertools.count()
 
@@ -45,7 +47,8 @@ class TaskBoard:
         """Queue ``task`` for dispatch, at once or when its retry delay ends."""
         task.state = TaskState.QUEUED
         if task.due_at is not None and task.due_at > now:
-            heapq.heappush(self._delayed, (task.due_at, next(self._pushes), task))
+            entry = (task.due_at, -task.priority, task.seq, next(self._pushes), task)
+            heapq.heappush(self._delayed, entry)
             return
         task.due_at = None
         rank: Rank = (-task.priority, task.seq, next(self._pushes))
@@ -81,11 +84,12 @@ class TaskBoard:
         """Tasks of ``queue`` on the board: queued (ready or delayed), leased or running."""
         return self._unfinished[queue]
 
-    def promote_due(self, now: float) -> int:
-        """Move retries whose delay has ended to the ready queues; returns how many."""
+    def promote_due(self, now: float, limit: int) -> int:
+        """Move up to ``limit`` tasks whose delay has ended (retries, ``run_at``) to the
+        ready queues; returns how many."""
         moved = 0
-        while self._delayed and self._delayed[0][0] <= now:
-            _, _, task = heapq.heappop(self._delayed)
+        while self._delayed and self._delayed[0][0] <= now and moved < limit:
+            task = heapq.heappop(self._delayed)[-1]
             if task.state is TaskState.QUEUED and self.active.get(task.id) is task:
                 task.due_at = None
                 self.make_ready(task, now)

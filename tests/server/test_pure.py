@@ -115,9 +115,27 @@ def test_board_skips_cancelled_and_delays_retries() -> None:
     popped = board.pop_ready(keys)
     assert popped is second
     assert board.pop_ready(keys) is None
-    assert board.promote_due(now=5.0) == 0
-    assert board.promote_due(now=10.0) == 1
+    assert board.promote_due(now=5.0, limit=10) == 0
+    assert board.promote_due(now=10.0, limit=10) == 1
     assert board.pop_ready(keys) is later
+
+
+def test_tasks_due_together_become_ready_in_chunks_higher_priorities_first() -> None:
+    """Chunks keep a loop free between them; within one due time the ranks a ready queue
+    uses decide which chunk a task is in, so a higher priority is not left to the last."""
+    board = TaskBoard()
+    tasks = [active(seq, due_at=10.0) for seq in range(1, 8)]
+    tasks[5].priority = 5  # seq 6
+    early = active(8, due_at=9.0)
+    for task in [*tasks, early]:
+        board.track(task, now=0.0)
+    assert board.promote_due(now=10.0, limit=3) == 3
+    keys = {("default", "echo")}
+    assert [t.seq for t in iter(lambda: board.pop_ready(keys), None)] == [6, 1, 8]
+    assert board.promote_due(now=10.0, limit=3) == 3
+    assert board.promote_due(now=10.0, limit=3) == 2
+    assert board.promote_due(now=10.0, limit=3) == 0
+    assert [t.seq for t in iter(lambda: board.pop_ready(keys), None)] == [2, 3, 4, 5, 7]
 
 
 def _oldest_ready(tasks: list[ActiveTask], keys: set[Key], blocked: set[str]) -> ActiveTask | None:
