@@ -121,10 +121,11 @@ class TaskBoard:
             ready.end_round()
         self._aside.clear()
 
-    def missed_start(self, now: float) -> list[ActiveTask]:
-        """Queued tasks whose schedule-to-start deadline passed before any node started them."""
-        missed = []
-        while self._start_deadlines and self._start_deadlines[0][0] <= now:
+    def missed_start(self, now: float, limit: int) -> list[ActiveTask]:
+        """Up to ``limit`` queued tasks whose schedule-to-start deadline passed before any
+        node started them (no longer watched: see :meth:`watch_start`)."""
+        missed: list[ActiveTask] = []
+        while self._start_deadlines and self._start_deadlines[0][0] <= now and len(missed) < limit:
             _, _, task = heapq.heappop(self._start_deadlines)
             if (
                 task.start_by is not None
@@ -133,6 +134,13 @@ class TaskBoard:
             ):
                 missed.append(task)
         return missed
+
+    def watch_start(self, tasks: Iterable[ActiveTask]) -> None:
+        """Watch the schedule-to-start deadlines of ``tasks`` again (their failing did not
+        commit: they must not be let off it)."""
+        for task in tasks:
+            if task.start_by is not None:
+                heapq.heappush(self._start_deadlines, (task.start_by, next(self._pushes), task))
 
     def ready_keys(self) -> set[Key]:
         """Keys that may have ready tasks (may include ones holding only stale entries)."""

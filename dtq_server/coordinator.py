@@ -74,6 +74,8 @@ SWEEP_BATCH = 1000
 STORE_PROBE_S = 1.0
 PROMOTE_CHUNK = 1_000
 """Delayed tasks made ready at a time (~3.5 ms of the event loop)."""
+WRITE_CHUNK = 1_000
+"""Tasks failed per write when their schedule-to-start deadlines pass together."""
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_BYTES = 4 * 1024 * 1024
@@ -228,10 +230,14 @@ class Coordinator:
                 # threads (grpc's poller, the store's) take the interpreter lock too.
                 await asyncio.sleep(0.001)
             await self.sessions.expire_silent()
-            missed = self.board.missed_start(now)
-            if missed:
-                with contextlib.suppress(StoreUnavailable):
+            while missed := self.board.missed_start(now, WRITE_CHUNK):
+                try:
                     await self._fail_unstarted(missed)
+                except StoreUnavailable:
+                    self.board.watch_start(missed)  # failed on the next pass instead
+                    break
+                if len(missed) < WRITE_CHUNK:
+                    break
             if now - last_sweep >= self.config.sweep_interval_s:
                 last_sweep = now
                 with contextlib.suppress(StoreUnavailable):

@@ -7,9 +7,11 @@ import asyncio
 import itertools
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from dtq_client import Client, TaskSpec
-from dtq_server.coordinator import PROMOTE_CHUNK
+from dtq_server.coordinator import PROMOTE_CHUNK, WRITE_CHUNK
+from dtq_server.errors import StoreUnavailable
 from tests.harness import InProcessCoordinator, wait_until
 
 
@@ -87,3 +89,63 @@ def test_a_slow_await_in_the_reaper_is_not_a_frozen_process(
     coordinator.run(lambda: time.sleep(1.5))
     wait_until(lambda: bool(forgiven), 10, what="the freeze forgiven")
     assert 1.0 < forgiven[0] < 3.0, forgiven
+
+
+class ApplyCalls:
+    """Records the sizes of the store's ``apply`` calls, failing the first ``fail`` of
+    them as a store that is down does (the real store's method, wrapped)."""
+
+    def __init__(self, coordinator: InProcessCoordinator, fail: int = 0) -> None:
+        self.sizes: list[int] = []
+        store = coordinator.server.coordinator.store
+        real = store.apply
+
+        async def apply(transitions: list[Any]) -> Any:
+            self.sizes.append(len(transitions))
+            if len(self.sizes) <= fail:
+                raise StoreUnavailable("the store could not commit: disk I/O error")
+            return await real(transitions)
+
+        coordinator.run(lambda: setattr(store, "apply", apply))
+
+
+def unstarted(client: Client, queue: str) -> list[str]:
+    return [
+        t.id
+        for t in client.iter_tasks(queue=queue, state="failed")
+        if t.last_error is not None and t.last_error.type == "SCHEDULE_TO_START_TIMEOUT"
+    ]
+
+
+def test_deadlines_passing_together_fail_their_tasks_a_chunk_per_write(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """Every task whose schedule-to-start deadline had passed was failed in one write
+    built on the event loop: 100,000 at once held both for seconds."""
+    count = 2 * WRITE_CHUNK + 300
+    calls = ApplyCalls(coordinator)
+    with Client(coordinator.address) as client:
+        due = datetime.fromtimestamp(time.time() + 3, UTC)  # every deadline at due + 0.5 s
+        spec = TaskSpec(
+            "nobody.runs.this", queue="unserved", run_at=due, schedule_to_start_timeout_s=0.5
+        )
+        for start in range(0, count, 1000):
+            client.submit_many([spec] * min(1000, count - start), answer="ack")
+        assert time.time() < due.timestamp(), "submitting took past the due time"
+        wait_until(lambda: len(unstarted(client, "unserved")) == count, 20, what="all failed")
+    assert max(calls.sizes) == WRITE_CHUNK, calls.sizes
+    assert sum(calls.sizes) == count
+
+
+def test_a_deadline_whose_failing_did_not_commit_is_kept(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """The tasks of a write that failed (the store down for a moment) were let off their
+    deadline for good: queued, never failed, waiting for a node."""
+    calls = ApplyCalls(coordinator, fail=2)
+    with Client(coordinator.address) as client:
+        task = client.submit(
+            "nobody.runs.this", None, queue="blip", schedule_to_start_timeout_s=0.5
+        )
+        wait_until(lambda: unstarted(client, "blip") == [task.id], 10, what="the task failed")
+    assert calls.sizes[:3] == [1, 1, 1]  # two refused, the third committed
