@@ -48,10 +48,10 @@ def get_schedule(name: str) -> Plan[Schedule]:
     return Plan("schedules", "GetSchedule", request, retry.READ_CODES, _schedule)
 
 
-def list_schedules() -> Plan[list[Schedule]]:
-    """ListSchedules: every schedule, ordered by name."""
-    request = schedule_service_pb2.ListSchedulesRequest()
-    return Plan("schedules", "ListSchedules", request, retry.READ_CODES, _schedules)
+def list_schedules_page(page_token: str) -> Plan[tuple[list[Schedule], str]]:
+    """ListSchedules: a page of schedules by name, and the next page's token ("" if last)."""
+    request = schedule_service_pb2.ListSchedulesRequest(page_token=page_token)
+    return Plan("schedules", "ListSchedules", request, retry.READ_CODES, _schedules_page)
 
 
 def set_schedule_paused(name: str, paused: bool) -> Plan[Schedule]:
@@ -74,5 +74,7 @@ def _schedule(
     return convert.schedule_from_proto(response.schedule)
 
 
-def _schedules(response: schedule_service_pb2.ListSchedulesResponse) -> list[Schedule]:
-    return [convert.schedule_from_proto(s) for s in response.schedules]
+def _schedules_page(
+    response: schedule_service_pb2.ListSchedulesResponse,
+) -> tuple[list[Schedule], str]:
+    return [convert.schedule_from_proto(s) for s in response.schedules], response.next_page_token

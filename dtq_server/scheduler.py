@@ -9,6 +9,7 @@ coordinator that was down follows the schedule's missed-ticks policy.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import heapq
@@ -115,9 +116,11 @@ class Scheduler:
         except KeyError:
             raise ScheduleNotFound(name) from None
 
-    def all(self) -> list[Schedule]:
-        """Every schedule, by name."""
-        return [self._schedules[n] for n in sorted(self._schedules)]
+    def page(self, after: str, limit: int) -> list[Schedule]:
+        """Up to ``limit`` schedules named after ``after``, by name."""
+        names = sorted(self._schedules)
+        start = bisect.bisect_right(names, after) if after else 0
+        return [self._schedules[n] for n in names[start : start + limit]]
 
     async def set_paused(self, name: str, paused: bool) -> Schedule:
         """Pause, or resume from the next tick after now."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 from dtq.v1 import schedule_service_pb2 as pb
 from dtq.v1 import schedule_service_pb2_grpc as pb_grpc
+from dtq_server.coordinator import MAX_PAGE_BYTES, MAX_PAGE_SIZE
 from dtq_server.errors import InvalidArgument
 from dtq_server.scheduler import Scheduler
 from dtq_server.schedules import MissedTicks
@@ -50,9 +53,24 @@ class ScheduleServicer(pb_grpc.ScheduleServiceServicer):
     async def ListSchedules(
         self, request: pb.ListSchedulesRequest, context: Context
     ) -> pb.ListSchedulesResponse:
-        return pb.ListSchedulesResponse(
-            schedules=[schedule_to_proto(s) for s in self._scheduler.all()]
-        )
+        # Paged: ten templates with payloads near the 1 MiB limit passed the 8 MiB a
+        # message may hold, and the whole listing failed for good.
+        if request.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
+        after = _decode_token(request.page_token) if request.page_token else ""
+        limit = request.page_size or MAX_PAGE_SIZE
+        page = self._scheduler.page(after, limit + 1)  # one more: says whether more follow
+        response = pb.ListSchedulesResponse()
+        size = 0
+        for schedule in page[:limit]:
+            converted = schedule_to_proto(schedule)
+            size += converted.ByteSize()
+            if response.schedules and size > MAX_PAGE_BYTES:
+                break  # it starts the next page
+            response.schedules.append(converted)
+        if len(response.schedules) < len(page):
+            response.next_page_token = _encode_token(response.schedules[-1].name)
+        return response
 
     @unary_boundary
     async def UpdateSchedule(
@@ -69,3 +87,17 @@ class ScheduleServicer(pb_grpc.ScheduleServiceServicer):
     ) -> pb.DeleteScheduleResponse:
         await self._scheduler.delete(request.name)
         return pb.DeleteScheduleResponse()
+
+
+def _encode_token(last_name: str) -> str:
+    return base64.urlsafe_b64encode(f"schedules:{last_name}".encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    try:
+        kind, _, last_name = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+    except (ValueError, UnicodeError):
+        kind = ""
+    if kind != "schedules" or not last_name:
+        raise InvalidArgument([("page_token", "not a token from ListSchedules")])
+    return last_name
