@@ -24,6 +24,9 @@ from dtq_client.ui.listing import StaleToken, TaskListing, TaskQuery
 from dtq_client.ui.settings import UiConfig
 
 T = TypeVar("T")
+PAGES_PER_VIEW = 10
+"""Empty pages a task view reads past before it shows none (and an "Older" link): a
+type or header filter looks at 100,000 tasks per page."""
 
 _HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -98,14 +101,21 @@ class Gateway:
 
     def _list_tasks(self, query: TaskQuery) -> TaskListing:
         try:
-            page = self._client.list_tasks_page(
-                queue=query.queue or None,
-                state=query.state or None,
-                type=query.type or None,
-                headers=query.headers,
-                page_size=self._config.page_size,
-                page_token=query.page_token,
-            )
+            token = query.page_token
+            for _ in range(PAGES_PER_VIEW):
+                # A type or header filter pages through windows of the tasks kept, and
+                # a window may hold no match: look further before showing none.
+                page = self._client.list_tasks_page(
+                    queue=query.queue or None,
+                    state=query.state or None,
+                    type=query.type or None,
+                    headers=query.headers,
+                    page_size=self._config.page_size,
+                    page_token=token,
+                )
+                token = page.next_page_token
+                if page.tasks or not token:
+                    break
         except InvalidArgument as exc:
             if any(field == "page_token" for field, _ in exc.field_violations):
                 raise StaleToken(

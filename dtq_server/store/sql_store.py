@@ -32,7 +32,7 @@ from dtq_server.models import (
     TaskState,
 )
 from dtq_server.schedules import Firing, Schedule
-from dtq_server.store import dependencies, finished, tasks_sql
+from dtq_server.store import dependencies, finished, listing, tasks_sql
 from dtq_server.store import schedules as schedules_sql
 from dtq_server.store.connection import Connection
 from dtq_server.store.schema import TASK_COLUMNS
@@ -378,24 +378,9 @@ class SqlStore:
     async def list_tasks(
         self, task_filter: TaskFilter, limit: int, before_seq: int | None, max_bytes: int
     ) -> TaskPage:
-        def list_(conn: Connection) -> TaskPage:
-            # Sizes first, then only the rows that fit: a page of large tasks read whole
-            # would hold every payload in memory at once.
-            sizes = conn.execute(*tasks_sql.page_sizes(task_filter, before_seq, limit)).fetchall()
-            take = tasks_sql.fitting([size for _, size in sizes[:limit]], max_bytes)
-            if take == 0:
-                return TaskPage()
-            last = sizes[take - 1][0]
-            rows = conn.execute(*tasks_sql.page_rows(task_filter, before_seq, last, take))
-            records = [tasks_sql.row_to_record(r) for r in rows]
-            # Tasks submitted between the two reads push older ones down: past `last`
-            # or not, the page ends at its own last task and the token leads on from it.
-            more = len(sizes) > take or (bool(records) and records[-1].seq > last)
-            if not records:  # purged between the two reads
-                return TaskPage([], last if more else None)
-            return TaskPage(records, records[-1].seq if more else None)
-
-        return await self._read(list_)
+        return await self._read(
+            lambda conn: listing.read_page(conn, task_filter, limit, before_seq, max_bytes)
+        )
 
     async def queue_stats(self) -> list[QueueStats]:
         def stats(conn: Connection) -> list[QueueStats]:

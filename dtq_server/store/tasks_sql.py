@@ -80,24 +80,6 @@ def row_to_record(row: Sequence[Any]) -> TaskRecord:
     )
 
 
-ROW_BYTES = (
-    "512 + length(payload) + COALESCE(length(result), 0) + COALESCE(length(error_message), 0) "
-    "+ COALESCE(length(error_traceback), 0) + COALESCE(length(headers), 0) "
-    "+ COALESCE(length(depends_on), 0)"
-)
-"""About how many bytes a task's row takes in a message (text counted in characters)."""
-
-
-def fitting(sizes: list[int], max_bytes: int) -> int:
-    """How many of ``sizes``, from the first, add up to at most ``max_bytes`` (at least one)."""
-    total = 0
-    for count, size in enumerate(sizes):
-        total += size
-        if total > max_bytes:
-            return max(count, 1)
-    return len(sizes)
-
-
 def headers_to_column(headers: Headers) -> str | None:
     """A task's headers as stored: a JSON object (keys sorted), NULL when there are none."""
     return json.dumps(dict(headers), separators=(",", ":")) if headers else None
@@ -501,26 +483,6 @@ def where(
         clauses.append("seq >= ?")
         params.append(from_seq)
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-def page_sizes(
-    task_filter: TaskFilter, before_seq: int | None, limit: int
-) -> tuple[str, list[Any]]:
-    """A listing page's first read: ``seq`` and :data:`ROW_BYTES` of up to ``limit + 1``
-    matching tasks, newest first (the extra one says whether more follow)."""
-    clause, params = where(task_filter, before_seq)
-    return (
-        f"SELECT seq, {ROW_BYTES} FROM tasks {clause} ORDER BY seq DESC LIMIT ?",
-        [*params, limit + 1],
-    )
-
-
-def page_rows(
-    task_filter: TaskFilter, before_seq: int | None, last_seq: int, take: int
-) -> tuple[str, list[Any]]:
-    """A listing page's second read: the ``take`` newest matching tasks down to ``last_seq``."""
-    clause, params = where(task_filter, before_seq, from_seq=last_seq)
-    return f"SELECT {TASK_COLUMNS} FROM tasks {clause} ORDER BY seq DESC LIMIT ?", [*params, take]
 
 
 def retry(conn: Connection, task_ids: list[str]) -> list[ActiveTask]:

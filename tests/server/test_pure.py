@@ -14,7 +14,7 @@ from dtq_server.ratelimit import RateLimiter, TokenBucket
 from dtq_server.ready import ReadyPicker, ReadyQueue
 from dtq_server.registry import NodeRegistry
 from dtq_server.retry import retry_delay_s
-from dtq_server.store.tasks_sql import fitting
+from dtq_server.store.listing import fitting
 from dtq_server.validation import SpecInput, validate_specs, validate_task_id
 from tests.harness import server_config
 

@@ -11,7 +11,7 @@ import pytest
 
 from dtq_server.errors import IdempotencyKeyReused
 from dtq_server.models import TaskError, TaskFilter, TaskPage, TaskState
-from dtq_server.store import tasks_sql
+from dtq_server.store import listing
 from dtq_server.store.sqlite import SqliteStore, StoreCorrupt
 from dtq_server.updates import LeaseGrant, Transition
 from dtq_server.validation import SpecInput, Violations, validate_spec
@@ -237,8 +237,8 @@ def test_a_page_costs_the_same_in_a_small_and_a_big_queue(tmp_path: Path) -> Non
             for name, task_filter in filters.items():
                 counter = StepCounter()
                 conn.set_progress_handler(counter, 100)
-                conn.execute(*tasks_sql.page_sizes(task_filter, None, 100)).fetchall()
-                conn.execute(*tasks_sql.page_rows(task_filter, None, 0, 100)).fetchall()
+                conn.execute(*listing.page_sizes(task_filter, None, 100)).fetchall()
+                conn.execute(*listing.page_rows(task_filter, None, 0, 100)).fetchall()
                 counted[name] = counter.calls
         return counted
 
@@ -247,6 +247,32 @@ def test_a_page_costs_the_same_in_a_small_and_a_big_queue(tmp_path: Path) -> Non
     big_steps = steps(big, run(fill(big, 20_000)))
     for name, count in big_steps.items():
         assert count <= 2 * small_steps[name] + 10, (name, small_steps, big_steps)
+
+
+def test_a_rare_type_s_page_costs_the_same_in_a_small_and_a_big_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counted in SQLite VM steps: without the window, a page of a type no task has read
+    every task kept."""
+    monkeypatch.setattr(listing, "SCAN_ROWS", 5_000)
+
+    async def fill(path: Path, count: int) -> None:
+        store = await opened(path)
+        for start in range(0, count, 10_000):
+            await store.insert([new_task() for _ in range(min(10_000, count - start))], batch=True)
+        await store.close()
+
+    def steps(path: Path) -> int:
+        counter = StepCounter()
+        with sqlite3.connect(path) as conn:
+            conn.set_progress_handler(counter, 100)
+            listing.read_page(conn, TaskFilter(type="rare"), 100, None, 1 << 20)
+        return counter.calls
+
+    small, big = tmp_path / "small.sqlite3", tmp_path / "big.sqlite3"
+    run(fill(small, listing.SCAN_ROWS + 1_000))
+    run(fill(big, 3 * listing.SCAN_ROWS))
+    assert steps(big) <= 1.2 * steps(small) + 10, (steps(small), steps(big))
 
 
 class StepCounter:

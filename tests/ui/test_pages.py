@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import Dialog, Page, expect
 
 from dtq_client import Client, TaskSpec, TaskState
+from dtq_server.store import listing
 from tests.harness import Proc, wait_until
 from tests.ui.conftest import NODE_ID, SERVED_QUEUE, fresh_queue
 
@@ -105,6 +106,30 @@ def test_task_list_pages_by_token_and_keeps_its_place(page: Page, client: Client
     page.get_by_role("link", name="Newest").click()
     expect(rows).to_have_count(50)
     expect(rows.first).to_have_attribute("data-task", newest)
+
+
+def test_a_rare_type_is_looked_for_through_empty_windows(
+    page: Page, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A type filter's page looks at a window of the tasks kept: the view reads past
+    empty windows before it shows none, and then says older ones are still to look at."""
+    monkeypatch.setattr(listing, "SCAN_ROWS", 30)  # the coordinator runs in this process
+    queue, rare, near = fresh_queue(), f"rare-{fresh_queue()}", f"near-{fresh_queue()}"
+    far_id = client.submit(rare, {}, queue=queue).id
+    client.submit_many([TaskSpec("echo", {}, queue=queue)] * 400)  # > 10 windows of 30
+    near_id = client.submit(near, {}, queue=queue).id
+    client.submit_many([TaskSpec("echo", {}, queue=queue)] * 100)  # < 10 windows
+    rows = page.locator("tr[data-task]")
+
+    page.goto(f"/tasks?type={near}")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-task", near_id)
+
+    page.goto(f"/tasks?type={rare}")
+    expect(page.get_by_text("No match among the newest tasks looked at")).to_be_visible()
+    page.get_by_role("link", name="Older →").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-task", far_id)
 
 
 def test_a_token_from_other_filters_is_a_clear_400(page: Page, client: Client) -> None:
