@@ -143,6 +143,7 @@ class Coordinator:
         self._tasks = [
             asyncio.create_task(self.dispatcher.run(), name="dtq-dispatcher"),
             asyncio.create_task(self._reap_forever(), name="dtq-reaper"),
+            asyncio.create_task(self._sweep_forever(), name="dtq-sweeper"),
             asyncio.create_task(self.scheduler.run(), name="dtq-scheduler"),
             asyncio.create_task(self._load_queued(), name="dtq-loader"),
         ]
@@ -211,7 +212,7 @@ class Coordinator:
 
     async def _reap_forever(self) -> None:
         last_probe = 0.0
-        last_sweep = last_tick = time.monotonic()
+        last_tick = time.monotonic()
         tick = self.config.reaper_tick_s
         while True:
             await asyncio.sleep(tick)
@@ -238,10 +239,6 @@ class Coordinator:
                     break
                 if len(missed) < WRITE_CHUNK:
                     break
-            if now - last_sweep >= self.config.sweep_interval_s:
-                last_sweep = now
-                with contextlib.suppress(StoreUnavailable):
-                    await self.sweep_expired()
             if not self._store_ok and now - last_probe >= STORE_PROBE_S:
                 last_probe = now
                 with contextlib.suppress(StoreUnavailable):
@@ -283,6 +280,15 @@ class Coordinator:
                 self.board.forget(task, TaskState.FAILED)
         self.watchers.notify(t.id for t in tasks)
         log.info("tasks.schedule_to_start_timeout", count=sum(applied))
+
+    async def _sweep_forever(self) -> None:
+        # A task of its own, not a step of the reaper: 900,000 tasks expiring together
+        # took ~8 s to delete, during which no node was found dead and no deadline or
+        # delayed task was looked at.
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            with contextlib.suppress(StoreUnavailable):
+                await self.sweep_expired()
 
     async def sweep_expired(self) -> int:
         """Delete finished tasks whose retention ended; returns how many."""

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from dtq_client import Client, TaskSpec
 from dtq_server.coordinator import PROMOTE_CHUNK, WRITE_CHUNK
 from dtq_server.errors import StoreUnavailable
-from tests.harness import InProcessCoordinator, wait_until
+from tests.harness import InProcessCoordinator, server_config, wait_until
 
 
 def test_tasks_due_together_become_ready_a_chunk_at_a_time(
@@ -149,3 +151,32 @@ def test_a_deadline_whose_failing_did_not_commit_is_kept(
         )
         wait_until(lambda: unstarted(client, "blip") == [task.id], 10, what="the task failed")
     assert calls.sizes[:3] == [1, 1, 1]  # two refused, the third committed
+
+
+def test_a_long_sweep_does_not_hold_up_the_reaper(tmp_path: Path) -> None:
+    """The retention sweep ran inside the reaper's pass: 900,000 tasks expiring together
+    took ~8 s to delete, and for those seconds no node could be found dead, no delayed
+    task became ready, no schedule-to-start deadline was enforced."""
+    coordinator = InProcessCoordinator(
+        server_config(tmp_path / "data", sweep_interval_s=0.2)
+    ).start()
+    try:
+        store = coordinator.server.coordinator.store
+        delete_expired = store.delete_expired
+        sweeping, release = threading.Event(), asyncio.Event()
+
+        async def held(now: float, limit: int) -> int:  # the fault: a sweep that takes long
+            sweeping.set()
+            await release.wait()
+            return await delete_expired(now, limit)
+
+        coordinator.run(lambda: setattr(store, "delete_expired", held))
+        wait_until(sweeping.is_set, 10, what="a sweep under way")
+        with Client(coordinator.address) as client:
+            task = client.submit(
+                "nobody.runs", None, queue="meanwhile", schedule_to_start_timeout_s=0.3
+            )
+            wait_until(lambda: unstarted(client, "meanwhile") == [task.id], 10, what="the deadline")
+        coordinator.run(release.set)
+    finally:
+        coordinator.stop()
