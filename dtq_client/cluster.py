@@ -18,8 +18,15 @@ class ClusterCalls(Calls):
     # --- nodes ---------------------------------------------------------------------------
 
     def nodes(self, include_gone: bool = False) -> list[Node]:
-        """Worker nodes ordered by id; ``include_gone`` adds recently dead or departed ones."""
-        return self._run(cluster_requests.nodes(include_gone))
+        """Worker nodes ordered by id; ``include_gone`` adds recently dead or departed ones
+        (fetched a page at a time)."""
+        nodes: list[Node] = []
+        token = ""
+        while True:
+            page, token = self._run(cluster_requests.nodes_page(include_gone, token))
+            nodes += page
+            if not token:
+                return nodes
 
     def drain(self, node_id: str) -> Node:
         """Stop dispatching to a node and ask it to finish its tasks and exit.
@@ -106,7 +113,13 @@ class AsyncClusterCalls(AsyncCalls):
 
     async def nodes(self, include_gone: bool = False) -> list[Node]:
         """See :meth:`Client.nodes <dtq_client.Client.nodes>`."""
-        return await self._run(cluster_requests.nodes(include_gone))
+        nodes: list[Node] = []
+        token = ""
+        while True:
+            page, token = await self._run(cluster_requests.nodes_page(include_gone, token))
+            nodes += page
+            if not token:
+                return nodes
 
     async def drain(self, node_id: str) -> Node:
         """See :meth:`Client.drain <dtq_client.Client.drain>`."""

@@ -22,14 +22,14 @@ _ADMIN_CODES = retry.READ_CODES
 # --- nodes ---------------------------------------------------------------------------------
 
 
-def nodes(include_gone: bool) -> Plan[list[Node]]:
-    """ListNodes: the worker nodes ordered by id."""
-    request = admin_service_pb2.ListNodesRequest(include_gone=include_gone)
-    return Plan("admin", "ListNodes", request, retry.READ_CODES, _nodes)
+def nodes_page(include_gone: bool, page_token: str) -> Plan[tuple[list[Node], str]]:
+    """ListNodes: a page of the worker nodes ordered by id, and the next page's token."""
+    request = admin_service_pb2.ListNodesRequest(include_gone=include_gone, page_token=page_token)
+    return Plan("admin", "ListNodes", request, retry.READ_CODES, _nodes_page)
 
 
-def _nodes(response: admin_service_pb2.ListNodesResponse) -> list[Node]:
-    return [convert.node_from_proto(node) for node in response.nodes]
+def _nodes_page(response: admin_service_pb2.ListNodesResponse) -> tuple[list[Node], str]:
+    return [convert.node_from_proto(node) for node in response.nodes], response.next_page_token
 
 
 def drain(node_id: str) -> Plan[Node]:

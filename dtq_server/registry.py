@@ -191,4 +191,4 @@ class NodeRegistry:
         found = list(self.sessions.values())
         if include_gone:
             found += list(self._gone)
-        return sorted(found, key=lambda s: (s.node.node_id, s.connected_at_wall))
+        return sorted(found, key=lambda s: (s.node.node_id, s.connected_at_wall, s.id))

@@ -9,7 +9,6 @@ coordinator that was down follows the schedule's missed-ticks policy.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import dataclasses
 import heapq
@@ -116,11 +115,9 @@ class Scheduler:
         except KeyError:
             raise ScheduleNotFound(name) from None
 
-    def page(self, after: str, limit: int) -> list[Schedule]:
-        """Up to ``limit`` schedules named after ``after``, by name."""
-        names = sorted(self._schedules)
-        start = bisect.bisect_right(names, after) if after else 0
-        return [self._schedules[n] for n in names[start : start + limit]]
+    def by_name(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        return [self._schedules[n] for n in sorted(self._schedules)]
 
     async def set_paused(self, name: str, paused: bool) -> Schedule:
         """Pause, or resume from the next tick after now."""
@@ -196,6 +193,8 @@ class Scheduler:
                 firings.append((schedule, _firing(schedule, now, self._config)))
             except InvalidArgument as exc:  # validated at creation; limits may have changed
                 self._retry_later(schedule, exc)
+        if not firings:
+            return
         try:
             answers = await self._store.fire_schedules([f for _, f in firings])
         except StoreUnavailable as exc:

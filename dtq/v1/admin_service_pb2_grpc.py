@@ -72,7 +72,7 @@ class AdminServiceServicer:
     """
 
     def ListNodes(self, request, context):
-        """Lists worker nodes known to the coordinator.
+        """Lists worker nodes known to the coordinator, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dtq.v1 import admin_service_pb2 as pb
 from dtq.v1 import admin_service_pb2_grpc as pb_grpc
 from dtq_server.coordinator import Coordinator
+from dtq_server.servicers import paging
 from dtq_server.servicers.convert import node_to_proto, queue_to_proto, rate_limit_to_proto
 from dtq_server.servicers.errors import Context, unary_boundary
 
@@ -19,8 +20,15 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: Context
     ) -> pb.ListNodesResponse:
-        sessions = self._coordinator.nodes(request.include_gone)
-        return pb.ListNodesResponse(nodes=[node_to_proto(s) for s in sessions])
+        nodes, token = paging.page(
+            self._coordinator.nodes(request.include_gone),
+            lambda s: [s.node.node_id, s.connected_at_wall, s.id],
+            node_to_proto,
+            request.page_size,
+            request.page_token,
+            "ListNodes",
+        )
+        return pb.ListNodesResponse(nodes=nodes, next_page_token=token)
 
     @unary_boundary
     async def DrainNode(

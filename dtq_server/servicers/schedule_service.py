@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-
 from dtq.v1 import schedule_service_pb2 as pb
 from dtq.v1 import schedule_service_pb2_grpc as pb_grpc
-from dtq_server.coordinator import MAX_PAGE_BYTES, MAX_PAGE_SIZE
 from dtq_server.errors import InvalidArgument
 from dtq_server.scheduler import Scheduler
 from dtq_server.schedules import MissedTicks
+from dtq_server.servicers import paging
 from dtq_server.servicers.convert import schedule_to_proto, spec_from_proto
 from dtq_server.servicers.errors import Context, unary_boundary
 
@@ -55,22 +53,15 @@ class ScheduleServicer(pb_grpc.ScheduleServiceServicer):
     ) -> pb.ListSchedulesResponse:
         # Paged: ten templates with payloads near the 1 MiB limit passed the 8 MiB a
         # message may hold, and the whole listing failed for good.
-        if request.page_size > MAX_PAGE_SIZE:
-            raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
-        after = _decode_token(request.page_token) if request.page_token else ""
-        limit = request.page_size or MAX_PAGE_SIZE
-        page = self._scheduler.page(after, limit + 1)  # one more: says whether more follow
-        response = pb.ListSchedulesResponse()
-        size = 0
-        for schedule in page[:limit]:
-            converted = schedule_to_proto(schedule)
-            size += converted.ByteSize()
-            if response.schedules and size > MAX_PAGE_BYTES:
-                break  # it starts the next page
-            response.schedules.append(converted)
-        if len(response.schedules) < len(page):
-            response.next_page_token = _encode_token(response.schedules[-1].name)
-        return response
+        schedules, token = paging.page(
+            self._scheduler.by_name(),
+            lambda s: [s.name],
+            schedule_to_proto,
+            request.page_size,
+            request.page_token,
+            "ListSchedules",
+        )
+        return pb.ListSchedulesResponse(schedules=schedules, next_page_token=token)
 
     @unary_boundary
     async def UpdateSchedule(
@@ -87,17 +78,3 @@ class ScheduleServicer(pb_grpc.ScheduleServiceServicer):
     ) -> pb.DeleteScheduleResponse:
         await self._scheduler.delete(request.name)
         return pb.DeleteScheduleResponse()
-
-
-def _encode_token(last_name: str) -> str:
-    return base64.urlsafe_b64encode(f"schedules:{last_name}".encode()).decode()
-
-
-def _decode_token(token: str) -> str:
-    try:
-        kind, _, last_name = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-    except (ValueError, UnicodeError):
-        kind = ""
-    if kind != "schedules" or not last_name:
-        raise InvalidArgument([("page_token", "not a token from ListSchedules")])
-    return last_name

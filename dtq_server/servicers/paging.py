@@ -1,0 +1,75 @@
+"""Pages of the listings the coordinator answers from memory (schedules, nodes).
+
+A page holds at most ``page_size`` items (1-1,000; 0 means 1,000) and ends
+before its messages pass :data:`~dtq_server.coordinator.MAX_PAGE_BYTES` (at
+least one item): a listing answered in one message failed for good once it
+passed the 8 MiB a message may hold. A token names the last item listed (its
+sort key), so an item added or removed between two pages does not shift the
+next one.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from dtq_server.coordinator import MAX_PAGE_BYTES, MAX_PAGE_SIZE
+from dtq_server.errors import InvalidArgument
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+Key = list[Any]
+"""An item's place in its listing's order, as JSON can hold it."""
+
+
+def page(
+    items: Sequence[T],
+    key: Callable[[T], Key],
+    convert: Callable[[T], M],
+    page_size: int,
+    page_token: str,
+    listing: str,
+) -> tuple[list[M], str]:
+    """The page of ``items`` (sorted by ``key``) that ``page_token`` asks for, converted,
+    and the next page's token ("" if it is the last)."""
+    if page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
+    limit = page_size or MAX_PAGE_SIZE
+    start = 0
+    if page_token:
+        after = _after(page_token, listing)
+        try:
+            start = bisect.bisect_right(items, after, key=key)
+        except TypeError:  # a key of other types than this listing's, made up
+            raise InvalidArgument([("page_token", f"not a token from {listing}")]) from None
+    ahead = items[start : start + limit + 1]  # one more: says whether more follow
+    converted: list[M] = []
+    size = 0
+    for item in ahead[:limit]:
+        message = convert(item)
+        size += message.ByteSize()
+        if converted and size > MAX_PAGE_BYTES:
+            break  # it starts the next page
+        converted.append(message)
+    if len(converted) == len(ahead):
+        return converted, ""
+    last = key(ahead[len(converted) - 1])
+    raw = json.dumps({"listing": listing, "after": last}).encode()
+    return converted, base64.urlsafe_b64encode(raw).decode()
+
+
+def _after(token: str, listing: str) -> Key:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if isinstance(raw, dict) and raw.get("listing") == listing:
+            after = raw.get("after")
+            if isinstance(after, list) and after:
+                return after
+    except (ValueError, UnicodeError):
+        pass
+    raise InvalidArgument([("page_token", f"not a token from {listing}")])
