@@ -9,7 +9,9 @@ The SQL is written once, in the dialect both understand (``?`` parameters,
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Cursor(Protocol):
@@ -36,3 +38,10 @@ class Connection(Protocol):
     def in_transaction(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def chunked(items: list[T], size: int) -> Iterator[list[T]]:
+    """``items`` in consecutive slices of at most ``size``: a statement takes a bounded
+    number of parameters (SQLite at most 32,766 in all)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

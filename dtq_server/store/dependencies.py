@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, TypeVar
+from typing import Any
 
 from dtq_server.errors import InvalidArgument
 from dtq_server.models import ActiveTask, DependencyEvents, DependencyFailure, NewTask, TaskState
 from dtq_server.store import finished
-from dtq_server.store.connection import Connection
+from dtq_server.store.connection import Connection, chunked
 
-T = TypeVar("T")
+_PER_STATEMENT = 500
+"""Tasks a statement of the settling takes (ids in an IN list, rows in a VALUES list)."""
 ACTIVE_COLUMNS = (
     "id, seq, type, queue, state, attempt, max_attempts, failures, lease_expiries, "
     "retry_backoff_s, cancel_requested, session_id, node_id, next_attempt_at, priority, "
@@ -91,7 +92,7 @@ def resolve(
     level: list[tuple[str, TaskState]] = [(task_id, state)]
     while level:
         ended: list[tuple[str, TaskState]] = []
-        for chunk in _chunks(level):
+        for chunk in chunked(level, _PER_STATEMENT):
             parents = dict(chunk)
             marks = ", ".join("?" * len(parents))
             rows = conn.execute(
@@ -123,7 +124,7 @@ def _unblock(
     events: DependencyEvents,
 ) -> None:
     """Queue the children that wait for nothing else any more."""
-    for chunk in _chunks(children):
+    for chunk in chunked(children, _PER_STATEMENT):
         marks = ", ".join("?" * len(chunk))
         still = {
             row[0]
@@ -154,7 +155,7 @@ def _end(
     """Fail or cancel waiting children, each as its policy says, naming the parent that
     ended it; returns those it ended, with their final states."""
     ended: list[tuple[str, TaskState]] = []
-    for chunk in _chunks(list(failing.items())):
+    for chunk in chunked(list(failing.items()), _PER_STATEMENT):
         values = ", ".join(["(?, ?, ?)"] * len(chunk))
         params: list[Any] = [now_wall, now_wall, now_wall, default_ttl_s]
         for child, (parent, final) in chunk:
@@ -175,13 +176,6 @@ def _end(
         finished.add(conn, Counter((queue, failing[task_id][1]) for task_id, queue in rows))
         ended += [(task_id, failing[task_id][1]) for task_id, _ in rows]
     return ended
-
-
-def _chunks(items: list[T]) -> list[list[T]]:
-    return [items[i : i + _PER_STATEMENT] for i in range(0, len(items), _PER_STATEMENT)]
-
-
-_PER_STATEMENT = 500
 
 
 def _on_failure(policy: DependencyFailure) -> TaskState:

@@ -25,7 +25,7 @@ from dtq_server.models import (
     TaskState,
 )
 from dtq_server.store import binding, dependencies, finished
-from dtq_server.store.connection import Connection
+from dtq_server.store.connection import Connection, chunked
 from dtq_server.store.schema import TASK_COLUMNS
 from dtq_server.updates import LeaseGrant, Transition
 from dtq_server.validation import spec_field
@@ -209,8 +209,7 @@ def _take_places(out: list[tuple[TaskRecord, bool]], places: QueuePlaces) -> Non
 def _by_key(conn: Connection, keys: list[str]) -> dict[str, tuple[TaskRecord, bytes]]:
     """Stored tasks (and their spec hashes) by idempotency key, for the keys that exist."""
     found: dict[str, tuple[TaskRecord, bytes]] = {}
-    for i in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[i : i + _KEYS_PER_QUERY]
+    for chunk in chunked(keys, _KEYS_PER_QUERY):
         marks = ", ".join("?" * len(chunk))
         for row in conn.execute(
             f"SELECT {TASK_COLUMNS}, spec_hash FROM tasks WHERE idempotency_key IN ({marks})",
@@ -240,8 +239,7 @@ def lease(conn: Connection, grants: list[LeaseGrant]) -> list[Assignment]:
     """
     now = time.time()
     out: list[Assignment] = []
-    for i in range(0, len(grants), _GRANTS_PER_STATEMENT):
-        chunk = grants[i : i + _GRANTS_PER_STATEMENT]
+    for chunk in chunked(grants, _GRANTS_PER_STATEMENT):
         values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
         params: list[Any] = [int(TaskState.LEASED), now]
         for g in chunk:
@@ -318,8 +316,7 @@ def apply(
         states = ", ".join(str(int(s)) for s in from_states)
         width = 2 + len(columns)
         per_statement = _MAX_PARAMETERS // width
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
+        for chunk in chunked(rows, per_statement):
             values = ", ".join([f"({', '.join('?' * width)})"] * len(chunk))
             params = [*extra]
             for task_id, attempt, changed in chunk:
@@ -358,8 +355,7 @@ def _settle_dependants(
         if t.task_id in applied and t.state is not None and t.state.is_terminal
     ]
     involved: set[str] = set()
-    for i in range(0, len(ids), _KEYS_PER_QUERY):
-        chunk = ids[i : i + _KEYS_PER_QUERY]
+    for chunk in chunked(ids, _KEYS_PER_QUERY):
         marks = ", ".join("?" * len(chunk))
         involved.update(
             row[0]
