@@ -3,7 +3,7 @@
 ::
 
     CoordinatorError
-    ├── InvalidArgument        a request field is malformed (names every bad field)
+    ├── InvalidArgument        a request field is malformed (names the first bad fields)
     ├── TaskNotFound           no task with that id
     ├── NodeNotFound           no live node with that id
     ├── IdempotencyKeyReused   a key was reused with a different spec
@@ -32,12 +32,37 @@ class CoordinatorError(Exception):
     """Root of every error the coordinator raises on purpose."""
 
 
+def shown(value: str, limit: int = 100) -> str:
+    """``value`` quoted for a message, cut after ``limit`` characters.
+
+    Names and ids come from requests and can be any length; a message quoting
+    them whole could outgrow the trailers it travels in.
+    """
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 class InvalidArgument(CoordinatorError):
     """A request field is malformed."""
 
+    MAX_NAMED = 10
+    """Violations named in the message; a batch may have thousands."""
+    MAX_NAMED_CHARS = 600
+    """The named violations stop before the message passes this, whatever their count."""
+
     def __init__(self, violations: Sequence[tuple[str, str]]) -> None:
         self.violations = list(violations)
-        super().__init__("; ".join(f"{field}: {why}" for field, why in self.violations))
+        named: list[str] = []
+        length = 0
+        for field, why in self.violations[: self.MAX_NAMED]:
+            text = f"{field}: {why}"
+            length += len(text) + 2
+            if named and length > self.MAX_NAMED_CHARS:
+                break
+            named.append(text)
+        self.named = self.violations[: len(named)]
+        """The violations the message names (the status's BadRequest lists the same)."""
+        more = len(self.violations) - len(named)
+        super().__init__("; ".join(named) + (f"; and {more} more" if more else ""))
 
 
 class TaskNotFound(CoordinatorError):
@@ -45,7 +70,7 @@ class TaskNotFound(CoordinatorError):
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
-        super().__init__(f"task {task_id!r} not found")
+        super().__init__(f"task {shown(task_id)} not found")
 
 
 class NodeNotFound(CoordinatorError):
@@ -53,7 +78,7 @@ class NodeNotFound(CoordinatorError):
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        super().__init__(f"node {node_id!r} not found")
+        super().__init__(f"node {shown(node_id)} not found")
 
 
 class IdempotencyKeyReused(CoordinatorError):
@@ -63,7 +88,7 @@ class IdempotencyKeyReused(CoordinatorError):
         self.key = key
         self.task_id = task_id
         super().__init__(
-            f"idempotency key {key!r} already names task {task_id} with a different spec"
+            f"idempotency key {shown(key, 200)} already names task {task_id} with a different spec"
         )
 
 
@@ -72,7 +97,7 @@ class GroupNotFound(CoordinatorError):
 
     def __init__(self, group_id: str) -> None:
         self.group_id = group_id
-        super().__init__(f"group {group_id!r} not found")
+        super().__init__(f"group {shown(group_id)} not found")
 
 
 class ScheduleNotFound(CoordinatorError):
@@ -80,7 +105,7 @@ class ScheduleNotFound(CoordinatorError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"schedule {name!r} not found")
+        super().__init__(f"schedule {shown(name)} not found")
 
 
 class ScheduleExists(CoordinatorError):
@@ -88,7 +113,7 @@ class ScheduleExists(CoordinatorError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"a different schedule named {name!r} exists; delete it first")
+        super().__init__(f"a different schedule named {shown(name)} exists; delete it first")
 
 
 class TaskTerminal(CoordinatorError):

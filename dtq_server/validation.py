@@ -18,7 +18,7 @@ import uuid_utils
 
 from dtq.frozen import frozen
 from dtq_server.config import ServerConfig
-from dtq_server.errors import InvalidArgument
+from dtq_server.errors import InvalidArgument, shown
 from dtq_server.models import DependencyFailure, Headers, Lease, NewTask, Registration
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
@@ -93,8 +93,7 @@ def _matches(pattern: re.Pattern[str], value: str) -> bool:
 def check_name(v: Violations, field: str, value: str, pattern: re.Pattern[str], what: str) -> None:
     """Record a violation unless ``value`` fully matches ``pattern``."""
     if not _matches(pattern, value):
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        v.add(field, f"{what} {shown!r} must be {pattern.pattern}")
+        v.add(field, f"{what} {shown(value, 40)} must be {pattern.pattern}")
 
 
 def validate_spec(

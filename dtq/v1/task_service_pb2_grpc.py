@@ -30,9 +30,12 @@ class TaskServiceStub:
 
     Errors carry a google.rpc.Status in the `grpc-status-details-bin` trailer
     with a google.rpc.ErrorInfo (domain "dtq.dev", a stable `reason`) and, for
-    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field by its path
+    INVALID_ARGUMENT, a google.rpc.BadRequest naming the bad fields by their path
     in the request message: `task.type` (SubmitTask), `tasks[3].payload`
-    (SubmitTasks), `task_id`, `page_token`:
+    (SubmitTasks), `task_id`, `page_token`. Trailers must stay small (peers
+    refuse them past 8-16 KiB), so a status names the first bad fields (at most
+    ten, in request order) and its message counts the rest ("; and 4990 more");
+    messages are at most 1,000 bytes and quote long inputs cut short:
     INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD); a task id
     that is not a UUID in text form is malformed (`task_id`)
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
@@ -130,9 +133,12 @@ class TaskServiceServicer:
 
     Errors carry a google.rpc.Status in the `grpc-status-details-bin` trailer
     with a google.rpc.ErrorInfo (domain "dtq.dev", a stable `reason`) and, for
-    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field by its path
+    INVALID_ARGUMENT, a google.rpc.BadRequest naming the bad fields by their path
     in the request message: `task.type` (SubmitTask), `tasks[3].payload`
-    (SubmitTasks), `task_id`, `page_token`:
+    (SubmitTasks), `task_id`, `page_token`. Trailers must stay small (peers
+    refuse them past 8-16 KiB), so a status names the first bad fields (at most
+    ten, in request order) and its message counts the rest ("; and 4990 more");
+    messages are at most 1,000 bytes and quote long inputs cut short:
     INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD); a task id
     that is not a UUID in text form is malformed (`task_id`)
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)
@@ -354,9 +360,12 @@ class TaskService:
 
     Errors carry a google.rpc.Status in the `grpc-status-details-bin` trailer
     with a google.rpc.ErrorInfo (domain "dtq.dev", a stable `reason`) and, for
-    INVALID_ARGUMENT, a google.rpc.BadRequest naming each bad field by its path
+    INVALID_ARGUMENT, a google.rpc.BadRequest naming the bad fields by their path
     in the request message: `task.type` (SubmitTask), `tasks[3].payload`
-    (SubmitTasks), `task_id`, `page_token`:
+    (SubmitTasks), `task_id`, `page_token`. Trailers must stay small (peers
+    refuse them past 8-16 KiB), so a status names the first bad fields (at most
+    ten, in request order) and its message counts the rest ("; and 4990 more");
+    messages are at most 1,000 bytes and quote long inputs cut short:
     INVALID_ARGUMENT   a field is malformed (reason INVALID_FIELD); a task id
     that is not a UUID in text form is malformed (`task_id`)
     NOT_FOUND          no task with that id (reason TASK_NOT_FOUND)

@@ -2,9 +2,17 @@
 
 Every status carries a ``google.rpc.Status`` in the trailers with an
 ``ErrorInfo`` (domain ``dtq.dev`` and a stable ``reason`` callers can branch
-on) and, for INVALID_ARGUMENT, a ``BadRequest`` naming each bad field.
+on) and, for INVALID_ARGUMENT, a ``BadRequest`` naming the first bad fields.
 Unexpected exceptions become INTERNAL with a correlation id; their text stays
 in the server log and never reaches the client.
+
+Trailers are small: gRPC peers refuse a response whose metadata passes 16 KiB
+(between 8 and 16 KiB, some of the time), and the client then sees
+RESOURCE_EXHAUSTED "Stream removed" in place of the status it was sent. The
+message travels twice (percent-encoded in ``grpc-message``, up to three times
+its bytes, and inside the base64 ``grpc-status-details-bin``), so both it and
+the listed violations are cut to sizes that keep the trailers under ~7 KiB
+whatever the request held: a batch of 10,000 bad specs, a 100 KB id.
 """
 
 from __future__ import annotations
@@ -49,6 +57,12 @@ S = TypeVar("S")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 DOMAIN = "dtq.dev"
+MAX_MESSAGE_BYTES = 1_000
+"""Most UTF-8 bytes of a status message; longer ones end in "..."."""
+MAX_VIOLATIONS_BYTES = 1_500
+"""Most bytes of the violations a status lists (the first ones, at least one)."""
+MAX_VIOLATION_TEXT_BYTES = 300
+"""Most UTF-8 bytes of a violation's field path or description."""
 
 # error class -> (status code, ErrorInfo reason)
 _MAPPING: dict[type[CoordinatorError], tuple[grpc.StatusCode, str]] = {
@@ -79,6 +93,36 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, ending in "..." when cut."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "..."
+
+
+V = TypeVar(
+    "V",
+    error_details_pb2.BadRequest.FieldViolation,
+    error_details_pb2.PreconditionFailure.Violation,
+)
+
+
+def _first_fitting(violations: list[V]) -> list[V]:
+    kept: list[V] = []
+    size = 0
+    for violation in violations:
+        size += violation.ByteSize()
+        if kept and size > MAX_VIOLATIONS_BYTES:
+            break
+        kept.append(violation)
+    return kept
+
+
+def _text(value: str) -> str:
+    return clipped(value, MAX_VIOLATION_TEXT_BYTES)
+
+
 def rich_status(error: CoordinatorError) -> status_pb2.Status:
     """The ``google.rpc.Status`` for a coordinator error: code, message, ErrorInfo, BadRequest.
 
@@ -89,20 +133,24 @@ def rich_status(error: CoordinatorError) -> status_pb2.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
     if isinstance(error, InvalidArgument):
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=field, description=why)
-            for field, why in error.violations
+            error_details_pb2.BadRequest.FieldViolation(field=_text(field), description=_text(why))
+            for field, why in error.named
         ]
-        details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+        details.append(
+            _pack(error_details_pb2.BadRequest(field_violations=_first_fitting(violations)))
+        )
     elif isinstance(error, UnknownTaskType):
         failures = [
             error_details_pb2.PreconditionFailure.Violation(
                 type="UNKNOWN_TASK_TYPE",
-                subject=field,
-                description=f"no worker has declared type {type_!r} on queue {queue!r}",
+                subject=_text(field),
+                description=_text(f"no worker has declared type {type_!r} on queue {queue!r}"),
             )
             for field, queue, type_ in error.unknown[: UnknownTaskType.MAX_NAMED]
-        ]  # trailers are small (8 KiB by default): a batch's first few, as in the message
-        details.append(_pack(error_details_pb2.PreconditionFailure(violations=failures)))
+        ]  # a batch's first few, as in the message
+        details.append(
+            _pack(error_details_pb2.PreconditionFailure(violations=_first_fitting(failures)))
+        )
     elif isinstance(error, QueueFull):
         violation = error_details_pb2.QuotaFailure.Violation(
             subject=f"queue:{error.queue}",
@@ -113,7 +161,11 @@ def rich_status(error: CoordinatorError) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(timedelta(seconds=error.retry_after_s))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error), details=details)
+    return status_pb2.Status(
+        code=getattr(code_pb2, code.name),
+        message=clipped(str(error), MAX_MESSAGE_BYTES),
+        details=details,
+    )
 
 
 def to_status(error: CoordinatorError) -> grpc.Status:
