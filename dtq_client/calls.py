@@ -99,6 +99,16 @@ class Calls(CallState):
         """Make the call ``plan`` describes, block for its answer and return it read."""
         return plan.answer(self._unary(self._method(plan), plan.request, plan.codes))
 
+    def _run_pages(self, page: Callable[[str], Plan[tuple[list[_T], str]]]) -> list[_T]:
+        """Every item of a paged listing: ``page(token)`` plans the call for one page."""
+        items: list[_T] = []
+        token = ""
+        while True:
+            more, token = self._run(page(token))
+            items += more
+            if not token:
+                return items
+
 
 class AsyncCalls(CallState):
     """Asyncio calls: :class:`~dtq_client.AsyncClient`'s groups."""
@@ -131,3 +141,13 @@ class AsyncCalls(CallState):
     async def _run(self, plan: Plan[_T]) -> _T:
         """Make the call ``plan`` describes, await its answer and return it read."""
         return plan.answer(await self._unary(self._method(plan), plan.request, plan.codes))
+
+    async def _run_pages(self, page: Callable[[str], Plan[tuple[list[_T], str]]]) -> list[_T]:
+        """Every item of a paged listing: ``page(token)`` plans the call for one page."""
+        items: list[_T] = []
+        token = ""
+        while True:
+            more, token = await self._run(page(token))
+            items += more
+            if not token:
+                return items

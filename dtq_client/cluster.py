@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from dtq_client import cluster_requests
 from dtq_client.calls import AsyncCalls, Calls
 from dtq_client.models import Node, QueueStats, RateLimit
@@ -20,13 +22,7 @@ class ClusterCalls(Calls):
     def nodes(self, include_gone: bool = False) -> list[Node]:
         """Worker nodes ordered by id; ``include_gone`` adds recently dead or departed ones
         (fetched a page at a time)."""
-        nodes: list[Node] = []
-        token = ""
-        while True:
-            page, token = self._run(cluster_requests.nodes_page(include_gone, token))
-            nodes += page
-            if not token:
-                return nodes
+        return self._run_pages(functools.partial(cluster_requests.nodes_page, include_gone))
 
     def drain(self, node_id: str) -> Node:
         """Stop dispatching to a node and ask it to finish its tasks and exit.
@@ -38,8 +34,9 @@ class ClusterCalls(Calls):
     # --- queues --------------------------------------------------------------------------
 
     def queues(self) -> list[QueueStats]:
-        """Task counts and settings of every queue that has tasks or settings, ordered by name."""
-        return self._run(cluster_requests.queues())
+        """Task counts and settings of every queue that has tasks or settings, ordered by name
+        (fetched a page at a time)."""
+        return self._run_pages(cluster_requests.queues_page)
 
     def pause_queue(self, name: str) -> QueueStats:
         """Pause a queue: it keeps accepting submits but dispatches nothing. Durable.
@@ -95,8 +92,8 @@ class ClusterCalls(Calls):
         self._run(cluster_requests.delete_rate_limit(key))
 
     def rate_limits(self) -> list[RateLimit]:
-        """Every configured rate-key limit, ordered by key."""
-        return self._run(cluster_requests.rate_limits())
+        """Every configured rate-key limit, ordered by key (fetched a page at a time)."""
+        return self._run_pages(cluster_requests.rate_limits_page)
 
     # --- health --------------------------------------------------------------------------
 
@@ -113,13 +110,7 @@ class AsyncClusterCalls(AsyncCalls):
 
     async def nodes(self, include_gone: bool = False) -> list[Node]:
         """See :meth:`Client.nodes <dtq_client.Client.nodes>`."""
-        nodes: list[Node] = []
-        token = ""
-        while True:
-            page, token = await self._run(cluster_requests.nodes_page(include_gone, token))
-            nodes += page
-            if not token:
-                return nodes
+        return await self._run_pages(functools.partial(cluster_requests.nodes_page, include_gone))
 
     async def drain(self, node_id: str) -> Node:
         """See :meth:`Client.drain <dtq_client.Client.drain>`."""
@@ -127,7 +118,7 @@ class AsyncClusterCalls(AsyncCalls):
 
     async def queues(self) -> list[QueueStats]:
         """See :meth:`Client.queues <dtq_client.Client.queues>`."""
-        return await self._run(cluster_requests.queues())
+        return await self._run_pages(cluster_requests.queues_page)
 
     async def pause_queue(self, name: str) -> QueueStats:
         """See :meth:`Client.pause_queue <dtq_client.Client.pause_queue>`."""
@@ -161,7 +152,7 @@ class AsyncClusterCalls(AsyncCalls):
 
     async def rate_limits(self) -> list[RateLimit]:
         """See :meth:`Client.rate_limits <dtq_client.Client.rate_limits>`."""
-        return await self._run(cluster_requests.rate_limits())
+        return await self._run_pages(cluster_requests.rate_limits_page)
 
     async def health(self, service: str = "") -> str:
         """See :meth:`Client.health <dtq_client.Client.health>`."""

@@ -45,14 +45,18 @@ def _node(response: admin_service_pb2.DrainNodeResponse) -> Node:
 # --- queues --------------------------------------------------------------------------------
 
 
-def queues() -> Plan[list[QueueStats]]:
-    """ListQueues: every queue that has tasks or settings, ordered by name."""
-    request = admin_service_pb2.ListQueuesRequest()
-    return Plan("admin", "ListQueues", request, retry.READ_CODES, _queues)
+def queues_page(page_token: str) -> Plan[tuple[list[QueueStats], str]]:
+    """ListQueues: a page of the queues that have tasks or settings, ordered by name, and
+    the next page's token."""
+    request = admin_service_pb2.ListQueuesRequest(page_token=page_token)
+    return Plan("admin", "ListQueues", request, retry.READ_CODES, _queues_page)
 
 
-def _queues(response: admin_service_pb2.ListQueuesResponse) -> list[QueueStats]:
-    return [convert.queue_stats_from_proto(stats) for stats in response.queues]
+def _queues_page(
+    response: admin_service_pb2.ListQueuesResponse,
+) -> tuple[list[QueueStats], str]:
+    queues = [convert.queue_stats_from_proto(stats) for stats in response.queues]
+    return queues, response.next_page_token
 
 
 def set_queue_paused(name: str, paused: bool) -> Plan[QueueStats]:
@@ -108,14 +112,18 @@ def delete_rate_limit(key: str) -> Plan[None]:
     return Plan("admin", "SetRateLimit", request, _ADMIN_CODES, no_answer)
 
 
-def rate_limits() -> Plan[list[RateLimit]]:
-    """ListRateLimits: every rate-key limit, ordered by key."""
-    request = admin_service_pb2.ListRateLimitsRequest()
-    return Plan("admin", "ListRateLimits", request, retry.READ_CODES, _rate_limits)
+def rate_limits_page(page_token: str) -> Plan[tuple[list[RateLimit], str]]:
+    """ListRateLimits: a page of the rate-key limits, ordered by key, and the next page's
+    token."""
+    request = admin_service_pb2.ListRateLimitsRequest(page_token=page_token)
+    return Plan("admin", "ListRateLimits", request, retry.READ_CODES, _rate_limits_page)
 
 
-def _rate_limits(response: admin_service_pb2.ListRateLimitsResponse) -> list[RateLimit]:
-    return [convert.rate_limit_from_proto(limit) for limit in response.rate_limits]
+def _rate_limits_page(
+    response: admin_service_pb2.ListRateLimitsResponse,
+) -> tuple[list[RateLimit], str]:
+    limits = [convert.rate_limit_from_proto(limit) for limit in response.rate_limits]
+    return limits, response.next_page_token
 
 
 # --- health --------------------------------------------------------------------------------

@@ -61,13 +61,7 @@ class ScheduleCalls(Calls):
 
     def list_schedules(self) -> list[Schedule]:
         """Every schedule, ordered by name (fetched a page at a time)."""
-        schedules: list[Schedule] = []
-        token = ""
-        while True:
-            page, token = self._run(schedule_requests.list_schedules_page(token))
-            schedules += page
-            if not token:
-                return schedules
+        return self._run_pages(schedule_requests.list_schedules_page)
 
     def pause_schedule(self, name: str) -> Schedule:
         """Stop firing a schedule; the ticks that pass while it is paused are skipped."""
@@ -118,13 +112,7 @@ class AsyncScheduleCalls(AsyncCalls):
 
     async def list_schedules(self) -> list[Schedule]:
         """See :meth:`Client.list_schedules <dtq_client.Client.list_schedules>`."""
-        schedules: list[Schedule] = []
-        token = ""
-        while True:
-            page, token = await self._run(schedule_requests.list_schedules_page(token))
-            schedules += page
-            if not token:
-                return schedules
+        return await self._run_pages(schedule_requests.list_schedules_page)
 
     async def pause_schedule(self, name: str) -> Schedule:
         """See :meth:`Client.pause_schedule <dtq_client.Client.pause_schedule>`."""

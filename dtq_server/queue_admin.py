@@ -31,20 +31,24 @@ class QueueAdmin:
         self.store = store
         self.dispatcher = dispatcher
 
-    async def queues(self) -> list[QueueStats]:
-        """Task counts and settings per queue (queues with tasks or settings)."""
-        counts = {q.name: q for q in await self.store.queue_stats()}
-        settings = self.dispatcher.queue_settings
-        return [
-            dataclasses.replace(
-                counts.get(name, QueueStats(name)),
-                paused=settings.get(name, QueueSettings()).paused,
-                max_running=settings.get(name, QueueSettings()).max_running,
-                rate_limit=settings.get(name, QueueSettings()).rate_limit,
-                max_depth=settings.get(name, QueueSettings()).max_depth,
-            )
-            for name in sorted(counts.keys() | settings.keys())
-        ]
+    async def queues(self, after: str = "", limit: int = 0) -> list[QueueStats]:
+        """Task counts and settings of the queues with tasks or settings, ordered by name:
+        those named after ``after``, the first ``limit`` of them (0: all)."""
+        return [self._with_settings(q) for q in await self.store.queue_stats(after, limit)]
+
+    async def queue(self, name: str) -> QueueStats:
+        """One queue's task counts and settings."""
+        return self._with_settings(await self.store.queue_counts(name))
+
+    def _with_settings(self, stats: QueueStats) -> QueueStats:
+        settings = self.dispatcher.queue_settings.get(stats.name, QueueSettings())
+        return dataclasses.replace(
+            stats,
+            paused=settings.paused,
+            max_running=settings.max_running,
+            rate_limit=settings.rate_limit,
+            max_depth=settings.max_depth,
+        )
 
     async def update_queue(
         self,
@@ -84,7 +88,7 @@ class QueueAdmin:
             rate_limit=updated.rate_limit,
             max_depth=updated.max_depth,
         )
-        return next(q for q in await self.queues() if q.name == name)
+        return await self.queue(name)
 
     async def set_rate_limit(self, key: str, per_second: float, burst: int) -> RateLimit | None:
         """Set (or with 0 remove) a rate key's token bucket, durably."""
@@ -103,6 +107,7 @@ class QueueAdmin:
         log.info("rate_limit.set", key=key, per_second=per_second, burst=limit.burst)
         return limit if per_second > 0 else None
 
-    async def rate_limits(self) -> list[RateLimit]:
-        """Every configured rate-key limit."""
-        return await self.store.load_rate_limits()
+    async def rate_limits(self, after: str = "", limit: int = 0) -> list[RateLimit]:
+        """The configured rate-key limits ordered by key: those keyed after ``after``,
+        the first ``limit`` of them (0: all)."""
+        return await self.store.load_rate_limits(after, limit)

@@ -26,15 +26,15 @@ from dtq.v1 import task_pb2 as dtq_dot_v1_dot_task__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64tq/v1/admin_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.NodeState\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\ntask_types\x18\x07 \x03(\t\x12\x0e\n\x06queues\x18\x08 \x03(\t\x12\r\n\x05slots\x18\t \x01(\r\x12\x12\n\nbusy_slots\x18\n \x01(\r\x12\x1d\n\x06leases\x18\x0b \x03(\x0b\x32\r.dtq.v1.Lease\x12\x1b\n\x13supervisor_restarts\x18\x0c \x01(\r\x12\x30\n\x0c\x63onnect_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08prefetch\x18\x0f \x01(\r\"O\n\x10ListNodesRequest\x12\x14\n\x0cinclude_gone\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x11ListNodesResponse\x12\x1b\n\x05nodes\x18\x01 \x03(\x0b\x32\x0c.dtq.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"/\n\x11\x44rainNodeResponse\x12\x1a\n\x04node\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Node\"\x13\n\x11ListQueuesRequest\"\xce\x01\n\nQueueStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\x04\x12\x0f\n\x07running\x18\x03 \x01(\x04\x12\x11\n\tsucceeded\x18\x04 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x04\x12\x11\n\tcancelled\x18\x06 \x01(\x04\x12\x0e\n\x06paused\x18\x07 \x01(\x08\x12\x13\n\x0bmax_running\x18\x08 \x01(\r\x12\x12\n\nrate_limit\x18\t \x01(\x01\x12\x0f\n\x07waiting\x18\n \x01(\x04\x12\x11\n\tmax_depth\x18\x0b \x01(\r\"8\n\x12ListQueuesResponse\x12\"\n\x06queues\x18\x01 \x03(\x0b\x32\x12.dtq.v1.QueueStats\"\xba\x01\n\x12UpdateQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06paused\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bmax_running\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nrate_limit\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tmax_depth\x18\x05 \x01(\rH\x03\x88\x01\x01\x42\t\n\x07_pausedB\x0e\n\x0c_max_runningB\r\n\x0b_rate_limitB\x0c\n\n_max_depth\"8\n\x13UpdateQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.dtq.v1.QueueStats\";\n\tRateLimit\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nper_second\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\r\"E\n\x13SetRateLimitRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nper_second\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\r\"=\n\x14SetRateLimitResponse\x12%\n\nrate_limit\x18\x01 \x01(\x0b\x32\x11.dtq.v1.RateLimit\"\x17\n\x15ListRateLimitsRequest\"@\n\x16ListRateLimitsResponse\x12&\n\x0brate_limits\x18\x01 \x03(\x0b\x32\x11.dtq.v1.RateLimit*\x9e\x01\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATE_ACTIVE\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x12\x1b\n\x17NODE_STATE_DISCONNECTED\x10\x03\x12\x13\n\x0fNODE_STATE_DEAD\x10\x04\x12\x13\n\x0fNODE_STATE_LEFT\x10\x05\x32\xbb\x03\n\x0c\x41\x64minService\x12@\n\tListNodes\x12\x18.dtq.v1.ListNodesRequest\x1a\x19.dtq.v1.ListNodesResponse\x12@\n\tDrainNode\x12\x18.dtq.v1.DrainNodeRequest\x1a\x19.dtq.v1.DrainNodeResponse\x12\x43\n\nListQueues\x12\x19.dtq.v1.ListQueuesRequest\x1a\x1a.dtq.v1.ListQueuesResponse\x12\x46\n\x0bUpdateQueue\x12\x1a.dtq.v1.UpdateQueueRequest\x1a\x1b.dtq.v1.UpdateQueueResponse\x12I\n\x0cSetRateLimit\x12\x1b.dtq.v1.SetRateLimitRequest\x1a\x1c.dtq.v1.SetRateLimitResponse\x12O\n\x0eListRateLimits\x12\x1d.dtq.v1.ListRateLimitsRequest\x1a\x1e.dtq.v1.ListRateLimitsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64tq/v1/admin_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\x02\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.dtq.v1.NodeState\x12\x10\n\x08hostname\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\r\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\ntask_types\x18\x07 \x03(\t\x12\x0e\n\x06queues\x18\x08 \x03(\t\x12\r\n\x05slots\x18\t \x01(\r\x12\x12\n\nbusy_slots\x18\n \x01(\r\x12\x1d\n\x06leases\x18\x0b \x03(\x0b\x32\r.dtq.v1.Lease\x12\x1b\n\x13supervisor_restarts\x18\x0c \x01(\r\x12\x30\n\x0c\x63onnect_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08prefetch\x18\x0f \x01(\r\"O\n\x10ListNodesRequest\x12\x14\n\x0cinclude_gone\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x11ListNodesResponse\x12\x1b\n\x05nodes\x18\x01 \x03(\x0b\x32\x0c.dtq.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"/\n\x11\x44rainNodeResponse\x12\x1a\n\x04node\x18\x01 \x01(\x0b\x32\x0c.dtq.v1.Node\":\n\x11ListQueuesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xce\x01\n\nQueueStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06queued\x18\x02 \x01(\x04\x12\x0f\n\x07running\x18\x03 \x01(\x04\x12\x11\n\tsucceeded\x18\x04 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x04\x12\x11\n\tcancelled\x18\x06 \x01(\x04\x12\x0e\n\x06paused\x18\x07 \x01(\x08\x12\x13\n\x0bmax_running\x18\x08 \x01(\r\x12\x12\n\nrate_limit\x18\t \x01(\x01\x12\x0f\n\x07waiting\x18\n \x01(\x04\x12\x11\n\tmax_depth\x18\x0b \x01(\r\"Q\n\x12ListQueuesResponse\x12\"\n\x06queues\x18\x01 \x03(\x0b\x32\x12.dtq.v1.QueueStats\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xba\x01\n\x12UpdateQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06paused\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bmax_running\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x17\n\nrate_limit\x18\x04 \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tmax_depth\x18\x05 \x01(\rH\x03\x88\x01\x01\x42\t\n\x07_pausedB\x0e\n\x0c_max_runningB\r\n\x0b_rate_limitB\x0c\n\n_max_depth\"8\n\x13UpdateQueueResponse\x12!\n\x05queue\x18\x01 \x01(\x0b\x32\x12.dtq.v1.QueueStats\";\n\tRateLimit\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nper_second\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\r\"E\n\x13SetRateLimitRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x12\n\nper_second\x18\x02 \x01(\x01\x12\r\n\x05\x62urst\x18\x03 \x01(\r\"=\n\x14SetRateLimitResponse\x12%\n\nrate_limit\x18\x01 \x01(\x0b\x32\x11.dtq.v1.RateLimit\">\n\x15ListRateLimitsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x16ListRateLimitsResponse\x12&\n\x0brate_limits\x18\x01 \x03(\x0b\x32\x11.dtq.v1.RateLimit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9e\x01\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATE_ACTIVE\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x12\x1b\n\x17NODE_STATE_DISCONNECTED\x10\x03\x12\x13\n\x0fNODE_STATE_DEAD\x10\x04\x12\x13\n\x0fNODE_STATE_LEFT\x10\x05\x32\xbb\x03\n\x0c\x41\x64minService\x12@\n\tListNodes\x12\x18.dtq.v1.ListNodesRequest\x1a\x19.dtq.v1.ListNodesResponse\x12@\n\tDrainNode\x12\x18.dtq.v1.DrainNodeRequest\x1a\x19.dtq.v1.DrainNodeResponse\x12\x43\n\nListQueues\x12\x19.dtq.v1.ListQueuesRequest\x1a\x1a.dtq.v1.ListQueuesResponse\x12\x46\n\x0bUpdateQueue\x12\x1a.dtq.v1.UpdateQueueRequest\x1a\x1b.dtq.v1.UpdateQueueResponse\x12I\n\x0cSetRateLimit\x12\x1b.dtq.v1.SetRateLimitRequest\x1a\x1c.dtq.v1.SetRateLimitResponse\x12O\n\x0eListRateLimits\x12\x1d.dtq.v1.ListRateLimitsRequest\x1a\x1e.dtq.v1.ListRateLimitsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dtq.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATE']._serialized_start=1533
-  _globals['_NODESTATE']._serialized_end=1691
+  _globals['_NODESTATE']._serialized_start=1661
+  _globals['_NODESTATE']._serialized_end=1819
   _globals['_NODE']._serialized_start=91
   _globals['_NODE']._serialized_end=467
   _globals['_LISTNODESREQUEST']._serialized_start=469
@@ -46,25 +46,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAINNODERESPONSE']._serialized_start=662
   _globals['_DRAINNODERESPONSE']._serialized_end=709
   _globals['_LISTQUEUESREQUEST']._serialized_start=711
-  _globals['_LISTQUEUESREQUEST']._serialized_end=730
-  _globals['_QUEUESTATS']._serialized_start=733
-  _globals['_QUEUESTATS']._serialized_end=939
-  _globals['_LISTQUEUESRESPONSE']._serialized_start=941
-  _globals['_LISTQUEUESRESPONSE']._serialized_end=997
-  _globals['_UPDATEQUEUEREQUEST']._serialized_start=1000
-  _globals['_UPDATEQUEUEREQUEST']._serialized_end=1186
-  _globals['_UPDATEQUEUERESPONSE']._serialized_start=1188
-  _globals['_UPDATEQUEUERESPONSE']._serialized_end=1244
-  _globals['_RATELIMIT']._serialized_start=1246
-  _globals['_RATELIMIT']._serialized_end=1305
-  _globals['_SETRATELIMITREQUEST']._serialized_start=1307
-  _globals['_SETRATELIMITREQUEST']._serialized_end=1376
-  _globals['_SETRATELIMITRESPONSE']._serialized_start=1378
-  _globals['_SETRATELIMITRESPONSE']._serialized_end=1439
-  _globals['_LISTRATELIMITSREQUEST']._serialized_start=1441
-  _globals['_LISTRATELIMITSREQUEST']._serialized_end=1464
-  _globals['_LISTRATELIMITSRESPONSE']._serialized_start=1466
-  _globals['_LISTRATELIMITSRESPONSE']._serialized_end=1530
-  _globals['_ADMINSERVICE']._serialized_start=1694
-  _globals['_ADMINSERVICE']._serialized_end=2137
+  _globals['_LISTQUEUESREQUEST']._serialized_end=769
+  _globals['_QUEUESTATS']._serialized_start=772
+  _globals['_QUEUESTATS']._serialized_end=978
+  _globals['_LISTQUEUESRESPONSE']._serialized_start=980
+  _globals['_LISTQUEUESRESPONSE']._serialized_end=1061
+  _globals['_UPDATEQUEUEREQUEST']._serialized_start=1064
+  _globals['_UPDATEQUEUEREQUEST']._serialized_end=1250
+  _globals['_UPDATEQUEUERESPONSE']._serialized_start=1252
+  _globals['_UPDATEQUEUERESPONSE']._serialized_end=1308
+  _globals['_RATELIMIT']._serialized_start=1310
+  _globals['_RATELIMIT']._serialized_end=1369
+  _globals['_SETRATELIMITREQUEST']._serialized_start=1371
+  _globals['_SETRATELIMITREQUEST']._serialized_end=1440
+  _globals['_SETRATELIMITRESPONSE']._serialized_start=1442
+  _globals['_SETRATELIMITRESPONSE']._serialized_end=1503
+  _globals['_LISTRATELIMITSREQUEST']._serialized_start=1505
+  _globals['_LISTRATELIMITSREQUEST']._serialized_end=1567
+  _globals['_LISTRATELIMITSRESPONSE']._serialized_start=1569
+  _globals['_LISTRATELIMITSRESPONSE']._serialized_end=1658
+  _globals['_ADMINSERVICE']._serialized_start=1822
+  _globals['_ADMINSERVICE']._serialized_end=2265
 # @@protoc_insertion_point(module_scope)

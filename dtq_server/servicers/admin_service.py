@@ -41,8 +41,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListQueues(
         self, request: pb.ListQueuesRequest, context: Context
     ) -> pb.ListQueuesResponse:
-        queues = await self._coordinator.queue_admin.queues()
-        return pb.ListQueuesResponse(queues=[queue_to_proto(q) for q in queues])
+        limit = paging.page_limit(request.page_size)
+        after = paging.after_name(request.page_token, "ListQueues")
+        queues = await self._coordinator.queue_admin.queues(after, limit + 1)
+        page, token = paging.page_from(
+            queues, lambda q: [q.name], queue_to_proto, limit, "ListQueues"
+        )
+        return pb.ListQueuesResponse(queues=page, next_page_token=token)
 
     @unary_boundary
     async def UpdateQueue(
@@ -72,5 +77,10 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListRateLimits(
         self, request: pb.ListRateLimitsRequest, context: Context
     ) -> pb.ListRateLimitsResponse:
-        limits = await self._coordinator.queue_admin.rate_limits()
-        return pb.ListRateLimitsResponse(rate_limits=[rate_limit_to_proto(x) for x in limits])
+        limit = paging.page_limit(request.page_size)
+        after = paging.after_name(request.page_token, "ListRateLimits")
+        limits = await self._coordinator.queue_admin.rate_limits(after, limit + 1)
+        page, token = paging.page_from(
+            limits, lambda x: [x.key], rate_limit_to_proto, limit, "ListRateLimits"
+        )
+        return pb.ListRateLimitsResponse(rate_limits=page, next_page_token=token)

@@ -1,11 +1,13 @@
-"""Pages of the listings the coordinator answers from memory (schedules, nodes).
+"""Pages of the listings of schedules, nodes, queues and rate limits.
 
 A page holds at most ``page_size`` items (1-1,000; 0 means 1,000) and ends
 before its messages pass :data:`~dtq_server.coordinator.MAX_PAGE_BYTES` (at
 least one item): a listing answered in one message failed for good once it
 passed the 8 MiB a message may hold. A token names the last item listed (its
 sort key), so an item added or removed between two pages does not shift the
-next one.
+next one. Schedules and nodes are paged from memory; queues and rate limits
+are read from the store a page at a time, after the name the token holds
+(:func:`after_name`), in the store's order, and made a page by :func:`page_from`.
 """
 
 from __future__ import annotations
@@ -37,9 +39,7 @@ def page(
 ) -> tuple[list[M], str]:
     """The page of ``items`` (sorted by ``key``) that ``page_token`` asks for, converted,
     and the next page's token ("" if it is the last)."""
-    if page_size > MAX_PAGE_SIZE:
-        raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
-    limit = page_size or MAX_PAGE_SIZE
+    limit = page_limit(page_size)
     start = 0
     if page_token:
         after = _after(page_token, listing)
@@ -47,7 +47,15 @@ def page(
             start = bisect.bisect_right(items, after, key=key)
         except TypeError:  # a key of other types than this listing's, made up
             raise InvalidArgument([("page_token", f"not a token from {listing}")]) from None
-    ahead = items[start : start + limit + 1]  # one more: says whether more follow
+    return page_from(items[start : start + limit + 1], key, convert, limit, listing)
+
+
+def page_from(
+    ahead: Sequence[T], key: Callable[[T], Key], convert: Callable[[T], M], limit: int, listing: str
+) -> tuple[list[M], str]:
+    """A page of at most ``limit`` of ``ahead`` (the items after the previous page, in
+    order, and one more if there is one: it says whether more follow), converted, and
+    the next page's token."""
     converted: list[M] = []
     size = 0
     for item in ahead[:limit]:
@@ -61,6 +69,23 @@ def page(
     last = key(ahead[len(converted) - 1])
     raw = json.dumps({"listing": listing, "after": last}).encode()
     return converted, base64.urlsafe_b64encode(raw).decode()
+
+
+def page_limit(page_size: int) -> int:
+    """The most items a page of ``page_size`` holds (InvalidArgument past the maximum)."""
+    if page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
+    return page_size or MAX_PAGE_SIZE
+
+
+def after_name(page_token: str, listing: str) -> str:
+    """For a listing ordered by one name: the name the page starts after ("" for the first)."""
+    if not page_token:
+        return ""
+    after = _after(page_token, listing)
+    if len(after) != 1 or not isinstance(after[0], str):
+        raise InvalidArgument([("page_token", f"not a token from {listing}")])
+    return after[0]
 
 
 def _after(token: str, listing: str) -> Key:

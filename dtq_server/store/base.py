@@ -94,8 +94,13 @@ class Store(Protocol):
         ``limit`` of them, and no more once they hold ``max_bytes`` of payloads, results
         and errors (at least one, however large)."""
 
-    async def queue_stats(self) -> list[QueueStats]:
-        """Counts per queue and state."""
+    async def queue_stats(self, after: str = "", limit: int = 0) -> list[QueueStats]:
+        """Counts per state of the queues holding tasks or having settings, ordered by
+        name (in the database's order): those named after ``after``, the first ``limit``
+        of them (0: all)."""
+
+    async def queue_counts(self, name: str) -> QueueStats:
+        """One queue's counts per state (all zero if it holds no task)."""
 
     async def check_writable(self) -> None:
         """Raise StoreUnavailable unless a write can commit now."""
@@ -157,5 +162,6 @@ class Store(Protocol):
     async def save_rate_limit(self, limit: RateLimit) -> None:
         """Store (or, with per_second <= 0, delete) a rate key's limit."""
 
-    async def load_rate_limits(self) -> list[RateLimit]:
-        """Every stored rate limit, by key."""
+    async def load_rate_limits(self, after: str = "", limit: int = 0) -> list[RateLimit]:
+        """The stored rate limits ordered by key (in the database's order): those keyed
+        after ``after``, the first ``limit`` of them (0: all)."""

@@ -54,19 +54,40 @@ def _states(states: Iterable[TaskState]) -> str:
 
 
 QUEUE_COUNTS = f"""
-WITH RECURSIVE names(queue) AS (
-    SELECT min(queue) FROM tasks
+WITH RECURSIVE names(queue, k) AS (
+    SELECT (SELECT min(queue) FROM tasks WHERE queue > ?), 1
     UNION ALL
-    SELECT (SELECT min(queue) FROM tasks WHERE queue > names.queue)
-    FROM names WHERE names.queue IS NOT NULL
+    SELECT (SELECT min(queue) FROM tasks WHERE queue > names.queue), names.k + 1
+    FROM names WHERE names.queue IS NOT NULL AND names.k < ?
+),
+listed(queue) AS (
+    SELECT queue FROM (
+        SELECT queue FROM names WHERE queue IS NOT NULL
+        UNION
+        SELECT name FROM (SELECT name FROM queues WHERE name > ? ORDER BY name LIMIT ?) AS q
+    ) AS u ORDER BY queue LIMIT ?
 )
-SELECT names.queue, s.state,
-    (SELECT count(*) FROM tasks WHERE queue = names.queue AND state = s.state)
-FROM names, ({_states(UNFINISHED_STATES)}) AS s
-WHERE names.queue IS NOT NULL
+SELECT listed.queue, s.state,
+    (SELECT count(*) FROM tasks WHERE queue = listed.queue AND state = s.state)
+FROM listed, ({_states(UNFINISHED_STATES)}) AS s
 UNION ALL
-SELECT queue, state, n FROM finished_counts WHERE n > 0
+SELECT f.queue, f.state, f.n FROM finished_counts f JOIN listed ON f.queue = listed.queue
+WHERE f.n > 0
+ORDER BY 1
 """
-"""(queue, state, tasks) for every queue holding tasks, in one statement (one snapshot):
-the unfinished counted in ``tasks_queue_state`` queue by queue (each distinct queue
-found with one index lookup), the finished read from ``finished_counts``."""
+"""(queue, state, tasks) for the first queues named after a name that hold tasks or have
+settings, ordered by name, in one statement (one snapshot); parameters: after, how many,
+after, how many, how many. The queues with tasks are found in ``tasks_queue_state`` (each
+next one with one index lookup), those with settings in ``queues``. The unfinished are
+counted queue by queue in that index, the finished read from ``finished_counts``.
+
+The order is the database's (PostgreSQL's may follow a locale), and so is that of a
+page's token, ``name > ?``: the pages of a listing never skip or repeat a queue."""
+
+ONE_QUEUE_COUNTS = f"""
+SELECT s.state, (SELECT count(*) FROM tasks WHERE queue = ? AND state = s.state)
+FROM ({_states(UNFINISHED_STATES)}) AS s
+UNION ALL
+SELECT state, n FROM finished_counts WHERE queue = ? AND n > 0
+"""
+"""(state, tasks) of one queue; parameters: the name, twice."""

@@ -323,9 +323,12 @@ class SqlStore:
 
         await self._writer.run(save)
 
-    async def load_rate_limits(self) -> list[RateLimit]:
+    async def load_rate_limits(self, after: str = "", limit: int = 0) -> list[RateLimit]:
         def load(conn: Connection) -> list[RateLimit]:
-            rows = conn.execute("SELECT key, per_second, burst FROM rate_limits ORDER BY key")
+            rows = conn.execute(
+                "SELECT key, per_second, burst FROM rate_limits WHERE key > ? ORDER BY key LIMIT ?",
+                (after, limit or ALL_ROWS),
+            )
             return [RateLimit(key, rate, burst) for key, rate, burst in rows]
 
         return await self._read(load)
@@ -382,23 +385,36 @@ class SqlStore:
             lambda conn: listing.read_page(conn, task_filter, limit, before_seq, max_bytes)
         )
 
-    async def queue_stats(self) -> list[QueueStats]:
+    async def queue_stats(self, after: str = "", limit: int = 0) -> list[QueueStats]:
         def stats(conn: Connection) -> list[QueueStats]:
             counts: dict[str, dict[TaskState, int]] = {}
-            for queue, state, n in conn.execute(finished.QUEUE_COUNTS):
-                if n:
-                    counts.setdefault(queue, {})[TaskState(state)] = n
-            return [
-                QueueStats(
-                    name=name,
-                    queued=c.get(TaskState.QUEUED, 0),
-                    running=c.get(TaskState.LEASED, 0) + c.get(TaskState.RUNNING, 0),
-                    succeeded=c.get(TaskState.SUCCEEDED, 0),
-                    failed=c.get(TaskState.FAILED, 0),
-                    cancelled=c.get(TaskState.CANCELLED, 0),
-                    waiting=c.get(TaskState.WAITING, 0),
-                )
-                for name, c in sorted(counts.items())
-            ]
+            most = limit or ALL_ROWS
+            rows = conn.execute(finished.QUEUE_COUNTS, (after, most, after, most, most))
+            for queue, state, n in rows:  # by name, in the database's order
+                counts.setdefault(queue, {})[TaskState(state)] = n
+            return [_queue_stats(name, c) for name, c in counts.items()]
 
         return await self._read(stats)
+
+    async def queue_counts(self, name: str) -> QueueStats:
+        def stats(conn: Connection) -> QueueStats:
+            rows = conn.execute(finished.ONE_QUEUE_COUNTS, (name, name))
+            return _queue_stats(name, {TaskState(state): n for state, n in rows})
+
+        return await self._read(stats)
+
+
+ALL_ROWS = 2**62
+"""A LIMIT no store reaches: "no limit" in a statement that takes one."""
+
+
+def _queue_stats(name: str, counts: dict[TaskState, int]) -> QueueStats:
+    return QueueStats(
+        name=name,
+        queued=counts.get(TaskState.QUEUED, 0),
+        running=counts.get(TaskState.LEASED, 0) + counts.get(TaskState.RUNNING, 0),
+        succeeded=counts.get(TaskState.SUCCEEDED, 0),
+        failed=counts.get(TaskState.FAILED, 0),
+        cancelled=counts.get(TaskState.CANCELLED, 0),
+        waiting=counts.get(TaskState.WAITING, 0),
+    )
