@@ -41,13 +41,15 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListQueues(
         self, request: pb.ListQueuesRequest, context: Context
     ) -> pb.ListQueuesResponse:
-        limit = paging.page_limit(request.page_size)
-        after = paging.after_name(request.page_token, "ListQueues")
-        queues = await self._coordinator.queue_admin.queues(after, limit + 1)
-        page, token = paging.page_from(
-            queues, lambda q: [q.name], queue_to_proto, limit, "ListQueues"
+        queues, token = await paging.read_page(
+            self._coordinator.queue_admin.queues,
+            lambda q: [q.name],
+            queue_to_proto,
+            request.page_size,
+            request.page_token,
+            "ListQueues",
         )
-        return pb.ListQueuesResponse(queues=page, next_page_token=token)
+        return pb.ListQueuesResponse(queues=queues, next_page_token=token)
 
     @unary_boundary
     async def UpdateQueue(
@@ -77,10 +79,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     async def ListRateLimits(
         self, request: pb.ListRateLimitsRequest, context: Context
     ) -> pb.ListRateLimitsResponse:
-        limit = paging.page_limit(request.page_size)
-        after = paging.after_name(request.page_token, "ListRateLimits")
-        limits = await self._coordinator.queue_admin.rate_limits(after, limit + 1)
-        page, token = paging.page_from(
-            limits, lambda x: [x.key], rate_limit_to_proto, limit, "ListRateLimits"
+        limits, token = await paging.read_page(
+            self._coordinator.queue_admin.rate_limits,
+            lambda x: [x.key],
+            rate_limit_to_proto,
+            request.page_size,
+            request.page_token,
+            "ListRateLimits",
         )
-        return pb.ListRateLimitsResponse(rate_limits=page, next_page_token=token)
+        return pb.ListRateLimitsResponse(rate_limits=limits, next_page_token=token)

@@ -6,8 +6,8 @@ least one item): a listing answered in one message failed for good once it
 passed the 8 MiB a message may hold. A token names the last item listed (its
 sort key), so an item added or removed between two pages does not shift the
 next one. Schedules and nodes are paged from memory; queues and rate limits
-are read from the store a page at a time, after the name the token holds
-(:func:`after_name`), in the store's order, and made a page by :func:`page_from`.
+are read from the store a page at a time (:func:`read_page`), in the store's
+order, after the name the token holds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import bisect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -39,7 +39,7 @@ def page(
 ) -> tuple[list[M], str]:
     """The page of ``items`` (sorted by ``key``) that ``page_token`` asks for, converted,
     and the next page's token ("" if it is the last)."""
-    limit = page_limit(page_size)
+    limit = _page_limit(page_size)
     start = 0
     if page_token:
         after = _after(page_token, listing)
@@ -47,10 +47,10 @@ def page(
             start = bisect.bisect_right(items, after, key=key)
         except TypeError:  # a key of other types than this listing's, made up
             raise InvalidArgument([("page_token", f"not a token from {listing}")]) from None
-    return page_from(items[start : start + limit + 1], key, convert, limit, listing)
+    return _page_from(items[start : start + limit + 1], key, convert, limit, listing)
 
 
-def page_from(
+def _page_from(
     ahead: Sequence[T], key: Callable[[T], Key], convert: Callable[[T], M], limit: int, listing: str
 ) -> tuple[list[M], str]:
     """A page of at most ``limit`` of ``ahead`` (the items after the previous page, in
@@ -71,14 +71,30 @@ def page_from(
     return converted, base64.urlsafe_b64encode(raw).decode()
 
 
-def page_limit(page_size: int) -> int:
+async def read_page(
+    read: Callable[[str, int], Awaitable[list[T]]],
+    key: Callable[[T], Key],
+    convert: Callable[[T], M],
+    page_size: int,
+    page_token: str,
+    listing: str,
+) -> tuple[list[M], str]:
+    """The page ``page_token`` asks for of a listing ordered by one name, read with
+    ``read(after, limit)`` (the first ``limit`` items named after ``after``), converted,
+    and the next page's token."""
+    limit = _page_limit(page_size)
+    ahead = await read(_after_name(page_token, listing), limit + 1)
+    return _page_from(ahead, key, convert, limit, listing)
+
+
+def _page_limit(page_size: int) -> int:
     """The most items a page of ``page_size`` holds (InvalidArgument past the maximum)."""
     if page_size > MAX_PAGE_SIZE:
         raise InvalidArgument([("page_size", f"must be at most {MAX_PAGE_SIZE}")])
     return page_size or MAX_PAGE_SIZE
 
 
-def after_name(page_token: str, listing: str) -> str:
+def _after_name(page_token: str, listing: str) -> str:
     """For a listing ordered by one name: the name the page starts after ("" for the first)."""
     if not page_token:
         return ""
