@@ -56,7 +56,7 @@ from dtq_client.models import (
     TaskState,
 )
 from dtq_client.schedules import AsyncScheduleCalls
-from dtq_client.submit_options import SubmitOptions, random_key, spec_of
+from dtq_client.submit_options import Keys, SubmitOptions, spec_of
 from dtq_client.submit_stream import DEFAULT_WINDOW
 
 
@@ -110,6 +110,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
 
     def _setup(self, config: ClientConfig, channel: grpc.aio.Channel | None) -> None:
         self.config = config
+        self._new_key = Keys()
         self._owns_channel = channel is None
         if channel is None:
             try:
@@ -152,7 +153,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
     ) -> Task:
         """Submit one task and return it as stored; see :meth:`Client.submit
         <dtq_client.Client.submit>` (the same arguments, idempotency and errors)."""
-        spec = spec_of(type, payload, options, random_key)
+        spec = spec_of(type, payload, options, self._new_key)
         return await self._run(task_requests.submit_task(spec, self._stamp))
 
     async def submit_and_wait(self, spec: TaskSpec, timeout_s: float | None = None) -> Task:
@@ -166,7 +167,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
         followed with :meth:`wait`.
         """
         if not spec.idempotency_key:
-            spec = replace(spec, idempotency_key=random_key())
+            spec = replace(spec, idempotency_key=self._new_key())
         request = task_service_pb2.SubmitAndWatchTaskRequest(task=convert.spec_to_proto(spec))
         self._stamp((request.task,))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -217,7 +218,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
         acks = task_requests.wants_acks(answer)
         specs = list(specs)
         # Encode every payload before sending anything, so a bad one stores nothing.
-        messages = task_requests.keyed_messages(specs)
+        messages = task_requests.keyed_messages(specs, self._new_key)
         self._stamp(messages)
         results: list[Any] = []  # SubmitResult or SubmitAck, as asked
         try:
@@ -253,7 +254,7 @@ class AsyncClient(AsyncScheduleCalls, AsyncClusterCalls, WatchCalls):
         ONE request, as :meth:`Client.submit_group <dtq_client.Client.submit_group>`:
         all are stored, in one group, or none is.
         """
-        return await self._run(task_requests.submit_group(specs, self._stamp))
+        return await self._run(task_requests.submit_group(specs, self._stamp, self._new_key))
 
     async def get_group(self, group_id: str) -> Group:
         """The aggregate status of a group; :class:`GroupNotFound` if no task is in it."""

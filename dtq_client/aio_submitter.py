@@ -62,7 +62,7 @@ from dtq_client import retry, submit_stream
 from dtq_client.config import ClientConfig
 from dtq_client.errors import RpcError, Unavailable, translate_rpc_errors
 from dtq_client.models import SubmitAck, TaskSpec
-from dtq_client.submit_options import SubmitOptions, spec_of
+from dtq_client.submit_options import Keys, SubmitOptions, spec_of
 from dtq_client.submit_stream import END, Stream, Unanswered
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class AsyncSubmitter:
         self._loop = asyncio.get_running_loop()
         self._room = _Room(window)
         self._pending: Unanswered[asyncio.Future[SubmitAck]] = Unanswered()
-        self._new_key = submit_stream.Keys()
+        self._new_key = Keys()
         self._new_stream = functools.partial(_Stream, config.timeout_s)
         self._stream = self._new_stream()
         self._closing = False

@@ -57,7 +57,7 @@ from dtq_client.models import (
     TaskState,
 )
 from dtq_client.schedules import ScheduleCalls
-from dtq_client.submit_options import SubmitOptions, random_key, spec_of
+from dtq_client.submit_options import Keys, SubmitOptions, spec_of
 from dtq_client.submit_stream import DEFAULT_WINDOW
 from dtq_client.submitter import Submitter
 
@@ -118,6 +118,7 @@ class Client(ScheduleCalls, ClusterCalls):
 
     def _setup(self, config: ClientConfig, channel: grpc.Channel | None) -> None:
         self.config = config
+        self._new_key = Keys()
         self._owns_channel = channel is None
         self._channel = channel if channel is not None else open_channel(config)
         self._open_stubs(self._channel)
@@ -163,7 +164,7 @@ class Client(ScheduleCalls, ClusterCalls):
         ``delay_s`` are not part of that comparison (``delay_s`` counts from
         each submit, so a retried submit could never match otherwise).
         """
-        spec = spec_of(type, payload, options, random_key)
+        spec = spec_of(type, payload, options, self._new_key)
         return self._run(task_requests.submit_task(spec, self._stamp))
 
     def submit_and_wait(self, spec: TaskSpec, timeout_s: float | None = None) -> Task:
@@ -182,7 +183,7 @@ class Client(ScheduleCalls, ClusterCalls):
         with :meth:`wait`.
         """
         if not spec.idempotency_key:
-            spec = replace(spec, idempotency_key=random_key())
+            spec = replace(spec, idempotency_key=self._new_key())
         request = task_service_pb2.SubmitAndWatchTaskRequest(task=convert.spec_to_proto(spec))
         self._stamp((request.task,))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -234,7 +235,7 @@ class Client(ScheduleCalls, ClusterCalls):
         acks = task_requests.wants_acks(answer)
         specs = list(specs)
         # Encode every payload before sending anything, so a bad one stores nothing.
-        messages = task_requests.keyed_messages(specs)
+        messages = task_requests.keyed_messages(specs, self._new_key)
         self._stamp(messages)
         requests = task_requests.submit_batches(messages, self.config, acks=acks)
         results: list[Any] = []  # SubmitResult or SubmitAck, as asked
@@ -279,7 +280,7 @@ class Client(ScheduleCalls, ClusterCalls):
         in one group, or none is. Specs may depend on tasks submitted before,
         not on each other (their ids are not known yet).
         """
-        return self._run(task_requests.submit_group(specs, self._stamp))
+        return self._run(task_requests.submit_group(specs, self._stamp, self._new_key))
 
     def get_group(self, group_id: str) -> Group:
         """The aggregate status of a group; :class:`GroupNotFound` if no task is in it."""

@@ -5,7 +5,7 @@
 for answers. What they send and how they read what comes back is the same, and
 lives here, free of threads and event loops:
 
-- :class:`Keys` and :func:`encode`: a spec as a keyed, stamped ``StreamedSubmit``;
+- :func:`encode`: a spec as a keyed, stamped ``StreamedSubmit``;
 - :class:`Stream`: one call's queue of submits to send, and whether it answers;
 - :func:`take_frame`: whatever is queued, coalesced into one bounded frame;
 - :class:`SilenceClock`: how long a stream has left to answer before it counts as broken;
@@ -23,7 +23,6 @@ import itertools
 import logging
 import queue
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar
@@ -45,21 +44,6 @@ FRAMING_BYTES = 12
 """Bytes a submit adds to a frame beyond its spec (tags, lengths, ref)."""
 END = object()
 """Queued after the last submit of a stream: its frames end there (a half-close)."""
-
-
-class Keys:
-    """Idempotency keys for specs without one: a random prefix and a counter.
-
-    As unique as a UUID per key (the prefix is one), at a tenth of the cost of
-    ``uuid4()`` per submit. ``next()`` on a count is atomic, so threads share it.
-    """
-
-    def __init__(self) -> None:
-        self._prefix = uuid.uuid4().hex
-        self._count = itertools.count()
-
-    def __call__(self) -> str:
-        return f"{self._prefix}-{next(self._count):x}"
 
 
 def encode(

@@ -50,7 +50,7 @@ from dtq_client import retry, submit_stream
 from dtq_client.config import ClientConfig
 from dtq_client.errors import RpcError, translate_rpc_errors
 from dtq_client.models import SubmitAck, TaskSpec
-from dtq_client.submit_options import SubmitOptions, spec_of
+from dtq_client.submit_options import Keys, SubmitOptions, spec_of
 from dtq_client.submit_stream import END, Stream, Unanswered
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Submitter:
         self._changed = threading.Condition()
         """Guards everything below; notified when submits are answered or the submitter fails."""
         self._pending: Unanswered[Future[SubmitAck]] = Unanswered()
-        self._new_key = submit_stream.Keys()
+        self._new_key = Keys()
         self._new_stream = functools.partial(_Stream, config.timeout_s)
         self._stream = self._new_stream()
         self._closing = False

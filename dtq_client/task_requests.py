@@ -13,7 +13,6 @@ client runs as it is.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -57,17 +56,12 @@ Stamp = Callable[[Iterable[task_pb2.TaskSpec]], None]
 carries the caller's trace context when the client propagates it."""
 
 
-def keyed_messages(specs: list[TaskSpec]) -> list[task_pb2.TaskSpec]:
-    """``specs`` as protobuf, each with its idempotency key or a generated one.
-
-    Generated keys are one random prefix per call and a counter: as unique as a
-    UUID each (the prefix is one), at a fraction of the cost of ``uuid4()`` per spec.
-    """
-    prefix = uuid.uuid4().hex
+def keyed_messages(specs: list[TaskSpec], new_key: Callable[[], str]) -> list[task_pb2.TaskSpec]:
+    """``specs`` as protobuf, each with its idempotency key or ``new_key()``."""
     messages = [convert.spec_to_proto(spec) for spec in specs]
-    for i, message in enumerate(messages):
+    for message in messages:
         if not message.idempotency_key:
-            message.idempotency_key = f"{prefix}-{i:x}"
+            message.idempotency_key = new_key()
     return messages
 
 
@@ -149,9 +143,11 @@ def submit_task(spec: TaskSpec, stamp: Stamp) -> Plan[Task]:
     return Plan("tasks", "SubmitTask", request, retry.SUBMIT_CODES, _task)
 
 
-def submit_group(specs: Iterable[TaskSpec], stamp: Stamp) -> Plan[SubmittedGroup]:
+def submit_group(
+    specs: Iterable[TaskSpec], stamp: Stamp, new_key: Callable[[], str]
+) -> Plan[SubmittedGroup]:
     """SubmitTasks of ``specs`` as one group, in one request: all stored, or none."""
-    messages = keyed_messages(list(specs))
+    messages = keyed_messages(list(specs), new_key)
     stamp(messages)
     request = task_service_pb2.SubmitTasksRequest(tasks=messages, group=True)
     answer = partial(_submitted_group, request)

@@ -107,7 +107,7 @@ def test_submit_get_list_and_cancel(cluster: Cluster, queue: str) -> None:
                 5,
             )
             assert (task.payload_value(), task.headers) == ({"x": 1}, {"tenant": "acme"})
-            assert re.fullmatch(r"[0-9a-f]{32}", task.idempotency_key or "")  # generated
+            assert re.fullmatch(r"[0-9a-f]{32}-[0-9a-f]{12}", task.idempotency_key or "")
             assert await client.get(task.id) == task
             key = task.idempotency_key
             again = await client.submit(

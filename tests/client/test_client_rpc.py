@@ -87,7 +87,7 @@ def test_submit_stores_the_spec_under_a_generated_key(client: Client, queue: str
     )
     assert (task.payload, task.content_type) == (b'{"x":1}', "application/json")
     assert task.payload_value() == {"x": 1}
-    assert re.fullmatch(r"[0-9a-f]{32}", task.idempotency_key or "")  # a uuid4 hex
+    assert re.fullmatch(r"[0-9a-f]{32}-[0-9a-f]{12}", task.idempotency_key or "")  # prefix-counter
     assert client.get(task.id) == task
     # What a retry after a lost response does: the same key finds the same task.
     again = client.submit(
