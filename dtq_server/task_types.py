@@ -25,6 +25,8 @@ from dtq_server.errors import StoreUnavailable, UnknownTaskType
 from dtq_server.store.base import Store
 
 log = structlog.get_logger(__name__)
+LOGGED_KEYS = 20
+"""Declared pairs a log line names."""
 
 
 class Typed(Protocol):
@@ -71,7 +73,9 @@ class DeclaredTypes:
             # Memory knows them; after a restart their nodes declare them again.
             log.warning("task_types.not_stored", count=len(keys), error=str(exc))
         else:
-            log.info("task_types.declared", keys=sorted(f"{q}/{t}" for q, t in keys))
+            named = sorted(f"{q}/{t}" for q, t in keys)
+            # A node may declare up to 100,000 pairs: name a few, count them all.
+            log.info("task_types.declared", count=len(named), keys=named[:LOGGED_KEYS])
 
     def check(self, specs: Sequence[Typed], field: Callable[[int], str]) -> None:
         """In strict mode, raise UnknownTaskType naming each spec whose pair is not

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 
 from dtq.v1 import (
     admin_service_pb2,
@@ -713,6 +714,45 @@ def test_first_message_must_register(coordinator: InProcessCoordinator):
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "register.slots" in (exc.details() or "")
+
+
+def test_a_node_serving_too_many_queue_type_pairs_is_refused_and_nothing_kept(
+    coordinator: InProcessCoordinator,
+):
+    """Each (queue, type) a node serves is kept in memory and in the store: 1,000 types
+    on 1,000 queues took ~160 MiB and held submits ~4 s; the largest registration a
+    message holds would have taken the coordinator past its memory."""
+    types = [f"t{i}" for i in range(400)]
+    cases = {
+        "1001 queues": (["echo"], [f"q{i}" for i in range(1_001)], "at most 1000 queues"),
+        "100,400 pairs": (types, [f"q{i}" for i in range(251)], "100,400 (queue, type) pairs"),
+    }
+    with grpc.insecure_channel(coordinator.address) as channel:
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        for case, (task_types, queues, why) in cases.items():
+            register = worker_service_pb2.RegisterNode(
+                node_id="big", slots=1, task_types=task_types, queues=queues
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                list(
+                    stub.Connect(
+                        iter([worker_service_pb2.ConnectRequest(register=register)]), timeout=10
+                    )
+                )
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+            assert "register.queues" in (refused.value.details() or ""), case
+            assert why in (refused.value.details() or ""), case
+    declared = coordinator.run(lambda: len(coordinator.server.coordinator.task_types._known))
+    assert declared == 0
+    # 400 types on 250 queues (100,000 pairs) is still a node.
+    node = RawNode(
+        coordinator.address, node_id="wide", task_types=tuple(types),
+        queues=tuple(f"q{i}" for i in range(250)),
+    )  # fmt: skip
+    try:
+        assert node.session_id
+    finally:
+        node.close()
 
 
 def test_a_submit_whose_caller_gives_up_during_the_commit_still_queues_the_task(
