@@ -31,7 +31,6 @@ MAX_ATTEMPTS_CAP = 100
 MIN_BACKOFF_S = 0.001
 MAX_BACKOFF_S = 86_400.0
 MAX_TYPES_PER_NODE = 1_000
-MAX_QUEUES_PER_NODE = 1_000
 MAX_PAIRS_PER_NODE = 100_000
 """Most (queue, type) pairs a node serves (its types times its queues). The coordinator
 keeps each pair in memory and in the store: a registration of 1,000 types on 1,000
@@ -305,9 +304,8 @@ def validate_registration(reg: Registration) -> Registration:
         v.add("register.task_types", f"must name 1-{MAX_TYPES_PER_NODE} task types")
     for name in sorted(reg.task_types):
         check_name(v, "register.task_types", name, TYPE_RE, "type")
-    if len(reg.queues) > MAX_QUEUES_PER_NODE:
-        v.add("register.queues", f"at most {MAX_QUEUES_PER_NODE} queues, got {len(reg.queues)}")
-    elif len(reg.task_types) * len(reg.queues) > MAX_PAIRS_PER_NODE:
+    # Queues alone are not bounded: a node may serve a queue per tenant, thousands of them.
+    if len(reg.task_types) * len(reg.queues) > MAX_PAIRS_PER_NODE:
         v.add(
             "register.queues",
             f"{len(reg.task_types)} types on {len(reg.queues)} queues make "

@@ -724,7 +724,7 @@ def test_a_node_serving_too_many_queue_type_pairs_is_refused_and_nothing_kept(
     message holds would have taken the coordinator past its memory."""
     types = [f"t{i}" for i in range(400)]
     cases = {
-        "1001 queues": (["echo"], [f"q{i}" for i in range(1_001)], "at most 1000 queues"),
+        "100,001 queues": (["echo"], [f"q{i}" for i in range(100_001)], "100,001 (queue"),
         "100,400 pairs": (types, [f"q{i}" for i in range(251)], "100,400 (queue, type) pairs"),
     }
     with grpc.insecure_channel(coordinator.address) as channel:
@@ -744,15 +744,17 @@ def test_a_node_serving_too_many_queue_type_pairs_is_refused_and_nothing_kept(
             assert why in (refused.value.details() or ""), case
     declared = coordinator.run(lambda: len(coordinator.server.coordinator.task_types._known))
     assert declared == 0
-    # 400 types on 250 queues (100,000 pairs) is still a node.
-    node = RawNode(
-        coordinator.address, node_id="wide", task_types=tuple(types),
-        queues=tuple(f"q{i}" for i in range(250)),
-    )  # fmt: skip
-    try:
-        assert node.session_id
-    finally:
-        node.close()
+    # 400 types on 250 queues (100,000 pairs) is still a node; so is one serving a
+    # queue per tenant, 5,000 of them.
+    for node_id, task_types_, queue_count in (("wide", types, 250), ("tenants", ["echo"], 5_000)):
+        node = RawNode(
+            coordinator.address, node_id=node_id, task_types=tuple(task_types_),
+            queues=tuple(f"q{i}" for i in range(queue_count)),
+        )  # fmt: skip
+        try:
+            assert node.session_id
+        finally:
+            node.close()
 
 
 def test_a_submit_whose_caller_gives_up_during_the_commit_still_queues_the_task(
