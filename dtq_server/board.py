@@ -64,6 +64,9 @@ class TaskBoard:
         task.state = state
         if self.active.pop(task.id, None) is not None:
             self._unfinished[task.queue] -= 1
+            if not self._unfinished[task.queue]:
+                # Queues named per job or per request come and go: keep none at zero.
+                del self._unfinished[task.queue]
             if was_ready and (ready := self._ready.get((task.queue, task.type))) is not None:
                 ready.went_stale()
 

@@ -289,7 +289,7 @@ def validate_task_id(task_id: str, field: str = "task_id") -> str:
     try:
         return str(uuid.UUID(task_id))
     except ValueError:
-        raise InvalidArgument([(field, f"{task_id[:40]!r} is not a task id")]) from None
+        raise InvalidArgument([(field, f"{shown(task_id, 40)} is not a task id")]) from None
 
 
 def validate_registration(reg: Registration) -> Registration:

@@ -235,6 +235,21 @@ def test_board_counts_each_queue_s_unfinished_tasks_once() -> None:
     assert (board.unfinished("default"), board.unfinished("none")) == (1, 0)
 
 
+def test_board_keeps_nothing_of_a_queue_once_its_tasks_are_gone() -> None:
+    """Queues named per job come and go; the board's memory must not grow with them."""
+    board = TaskBoard()
+    tasks = [active(seq, queue=f"job-{seq}") for seq in range(1, 2_001)]
+    for task in tasks:
+        board.track(task, now=0.0)
+    assert board.ready_keys() == {(f"job-{seq}", "echo") for seq in range(1, 2_001)}
+    for task in tasks:
+        board.pop_ready({(task.queue, "echo")})
+        board.forget(task, TaskState.SUCCEEDED)
+    assert board.ready_keys() == set() and not board.active
+    assert not board._unfinished  # no entry left at zero per queue
+    assert board.unfinished("job-1") == 0
+
+
 def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     bucket = TokenBucket(per_second=10, burst=2, stamp=0.0)
     assert bucket.available(0.0)
