@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import structlog
@@ -21,7 +22,15 @@ from dtq_server.completion import run_to_completion
 from dtq_server.config import ServerConfig
 from dtq_server.dispatch import Dispatcher
 from dtq_server.errors import SessionExpired, ShuttingDown, StoreUnavailable
-from dtq_server.models import ActiveTask, Assignment, Lease, NodeState, Registration, TaskState
+from dtq_server.models import (
+    ActiveTask,
+    Assignment,
+    Lease,
+    NodeState,
+    Registration,
+    TaskRecord,
+    TaskState,
+)
 from dtq_server.outcomes import OutcomeRules
 from dtq_server.registry import (
     EndStream,
@@ -342,17 +351,18 @@ class NodeSessions:
         acks: list[UpdateAck] = []
         planned: list[tuple[TaskUpdate, ActiveTask, Transition]] = []
         finishing = {u.lease for u in updates if isinstance(u, TERMINAL_UPDATES)}
+        refused: list[tuple[TaskUpdate, ActiveTask | None]] = []
         for update in updates:
             lease = update.lease
             if isinstance(update, Started) and lease in finishing:
                 continue  # the outcome in this frame records the start too
             task = self._board.active.get(lease.task_id)
             if session.leases.get(lease.task_id) != lease.attempt or task is None:
-                ack = await self._reject(session, update, task)
-                if ack is not None:
-                    acks.append(ack)
+                refused.append((update, task))
                 continue
             planned.append((update, task, self._rules.for_update(update, task)))
+        if refused:
+            acks += await self._reject_all(session, refused)
         if not planned:
             return acks
         if not any(isinstance(u, TERMINAL_UPDATES) for u, _, _ in planned):
@@ -466,16 +476,39 @@ class NodeSessions:
                 type=task.type,
             )
 
-    async def _reject(
-        self, session: Session, update: TaskUpdate, task: ActiveTask | None
+    async def _reject_all(
+        self, session: Session, refused: list[tuple[TaskUpdate, ActiveTask | None]]
+    ) -> list[UpdateAck]:
+        """Answer the updates of a frame whose leases the session does not hold.
+
+        The outcomes of tasks no longer on the board are looked up in the store in
+        one read for the frame: one read each cost ~250 µs, and a frame of 40,000
+        made-up outcomes held the node's stream 10 s.
+        """
+        gone = [u.lease.task_id for u, task in refused if task is None and _is_outcome(u)]
+        records = await self._store.get_many(gone) if gone else {}
+        acks: list[UpdateAck] = []
+        for update, task in refused:
+            ack = self._reject(session, update, task, records)
+            if ack is not None:
+                acks.append(ack)
+        return acks
+
+    def _reject(
+        self,
+        session: Session,
+        update: TaskUpdate,
+        task: ActiveTask | None,
+        records: Mapping[str, TaskRecord],
     ) -> UpdateAck | None:
-        """Answer an update whose lease the session does not hold."""
+        """Answer an update whose lease the session does not hold (``records``: the
+        stored tasks of the frame's outcomes no longer on the board)."""
         lease = update.lease
         reason = "STALE_ATTEMPT"
         if task is not None and task.attempt == lease.attempt and task.session_id != session.id:
             reason = "NOT_LEASED"
-        elif task is None and isinstance(update, Succeeded | Failed | Released):
-            record = await self._store.get(lease.task_id)
+        elif task is None and _is_outcome(update):
+            record = records.get(lease.task_id)
             if record is None:
                 reason = "TASK_NOT_FOUND"
             elif (
@@ -577,3 +610,7 @@ class NodeSessions:
             changed.append(task.id)
         self._watchers.notify(changed)
         self._dispatcher.kick()
+
+
+def _is_outcome(update: TaskUpdate) -> bool:
+    return isinstance(update, Succeeded | Failed | Released)

@@ -24,7 +24,15 @@ from dtq_server.models import (
 )
 from dtq_server.registry import Session
 from dtq_server.schedules import Schedule
-from dtq_server.updates import Failed, Progressed, Released, Started, Succeeded, TaskUpdate
+from dtq_server.updates import (
+    Failed,
+    Progressed,
+    Released,
+    Started,
+    Succeeded,
+    TaskUpdate,
+    UpdateAck,
+)
 from dtq_server.validation import SpecInput
 
 MAX_ERROR_MESSAGE = 4096
@@ -280,6 +288,15 @@ def assignment_bytes(a: Assignment) -> int:
     for key, value in a.headers:
         size += len(key) + len(value) + 8
     return size
+
+
+ACK_OVERHEAD_BYTES = 24
+"""What an ack takes on the wire besides its strings: lease attempt, flag, tags."""
+
+
+def ack_bytes(a: UpdateAck) -> int:
+    """About how many bytes ``a`` takes in a frame (strings counted in characters)."""
+    return ACK_OVERHEAD_BYTES + len(a.lease.task_id) + len(a.reason) + len(a.message)
 
 
 def fill_assignment(m: worker_pb.TaskAssignment, a: Assignment) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 import structlog
@@ -34,6 +35,7 @@ from dtq_server.registry import (
     Session,
 )
 from dtq_server.servicers.convert import (
+    ack_bytes,
     assignment_bytes,
     duration,
     fill_assignment,
@@ -46,6 +48,7 @@ from dtq_server.servicers.errors import Context, abort, internal_status, to_stat
 from dtq_server.servicers.update_pipeline import UpdatePipeline
 from dtq_server.sessions import NodeSessions
 from dtq_server.updates import UpdateAck
+from dtq_server.validation import check_listed_leases
 
 log = structlog.get_logger(__name__)
 REGISTER_TIMEOUT_S = 10.0
@@ -155,6 +158,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 kind = message.WhichOneof("message")
                 if kind == "heartbeat":
                     hb = message.heartbeat
+                    check_listed_leases(len(hb.leases))  # before a Lease is made of each
                     self._sessions.heartbeat(
                         session,
                         hb.sequence,
@@ -204,7 +208,7 @@ def _coalesce(items: list[Outbound]) -> list[Outbound]:
 
     Under load many small messages queue up between two writes; one message per
     run keeps the per-message cost of gRPC off the hot path. Order is kept.
-    Assignments are then cut into frames of about :data:`FRAME_BUDGET_BYTES`.
+    Assignments and acks are then cut into frames of about :data:`FRAME_BUDGET_BYTES`.
     """
     merged: list[Outbound] = []
     for item in items:
@@ -219,30 +223,42 @@ def _coalesce(items: list[Outbound]) -> list[Outbound]:
 
 
 def _frames(item: Outbound, budget_bytes: int = FRAME_BUDGET_BYTES) -> list[Outbound]:
-    """``item``, or its assignments cut into runs of at most ``budget_bytes`` each.
+    """``item``, or its assignments (or acks) cut into runs of at most ``budget_bytes`` each.
 
     Without the cut, a dispatch round of large payloads for one node (ten 1 MiB
     tasks for ten free threads) went out as one message over both the
     coordinator's send limit and the node's receive limit: the stream broke, the
     node resumed and was sent the same message again, and the tasks never ran. An
-    assignment larger than the budget on its own still goes out, alone.
+    assignment larger than the budget on its own still goes out, alone. Acks
+    likewise: a frame of 50,000 outcomes (a node's, or a peer's made up) was
+    answered in one 5,750,005-byte message, past a node's 4 MiB receive limit.
     """
-    if not isinstance(item, SendAssignments):
-        return [item]
-    frames: list[Outbound] = []
-    run: list[Assignment] = []
+    if isinstance(item, SendAssignments):
+        leases = _runs(item.assignments, assignment_bytes, budget_bytes)
+        return [item] if len(leases) == 1 else [SendAssignments(run) for run in leases]
+    if isinstance(item, SendAcks):
+        answers = _runs(item.acks, ack_bytes, budget_bytes)
+        return [item] if len(answers) == 1 else [SendAcks(run) for run in answers]
+    return [item]
+
+
+T = TypeVar("T")
+
+
+def _runs(items: list[T], cost: Callable[[T], int], budget_bytes: int) -> list[list[T]]:
+    """``items`` in order, in runs costing at most ``budget_bytes`` (one item at least)."""
+    runs: list[list[T]] = []
+    run: list[T] = []
     size = 0
-    for assignment in item.assignments:
-        cost = assignment_bytes(assignment)
-        if run and size + cost > budget_bytes:
-            frames.append(SendAssignments(run))
+    for item in items:
+        price = cost(item)
+        if run and size + price > budget_bytes:
+            runs.append(run)
             run, size = [], 0
-        run.append(assignment)
-        size += cost
-    if len(frames) == 0:
-        return [item]  # the usual case: one frame, the list as it came
-    frames.append(SendAssignments(run))
-    return frames
+        run.append(item)
+        size += price
+    runs.append(run)
+    return runs
 
 
 def _assignments_frame(assignments: list[Assignment]) -> pb.ConnectResponse:
