@@ -485,7 +485,11 @@ class NodeSessions:
         one read for the frame: one read each cost ~250 µs, and a frame of 40,000
         made-up outcomes held the node's stream 10 s.
         """
-        gone = [u.lease.task_id for u, task in refused if task is None and _is_outcome(u)]
+        gone = [
+            u.lease.task_id
+            for u, task in refused
+            if task is None and isinstance(u, TERMINAL_UPDATES)
+        ]
         records = await self._store.get_many(gone) if gone else {}
         acks: list[UpdateAck] = []
         for update, task in refused:
@@ -507,7 +511,7 @@ class NodeSessions:
         reason = "STALE_ATTEMPT"
         if task is not None and task.attempt == lease.attempt and task.session_id != session.id:
             reason = "NOT_LEASED"
-        elif task is None and _is_outcome(update):
+        elif task is None and isinstance(update, TERMINAL_UPDATES):
             record = records.get(lease.task_id)
             if record is None:
                 reason = "TASK_NOT_FOUND"
@@ -610,7 +614,3 @@ class NodeSessions:
             changed.append(task.id)
         self._watchers.notify(changed)
         self._dispatcher.kick()
-
-
-def _is_outcome(update: TaskUpdate) -> bool:
-    return isinstance(update, Succeeded | Failed | Released)
