@@ -50,6 +50,7 @@ from dtq_server.errors import (
     Unauthenticated,
     UnknownTaskType,
 )
+from dtq_server.store.listing import fitting
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -109,14 +110,7 @@ V = TypeVar(
 
 
 def _first_fitting(violations: list[V]) -> list[V]:
-    kept: list[V] = []
-    size = 0
-    for violation in violations:
-        size += violation.ByteSize()
-        if kept and size > MAX_VIOLATIONS_BYTES:
-            break
-        kept.append(violation)
-    return kept
+    return violations[: fitting([v.ByteSize() for v in violations], MAX_VIOLATIONS_BYTES)]
 
 
 def _text(value: str) -> str:
