@@ -28,6 +28,7 @@ from dtq.v1 import (
 from dtq_client import retry, tracing
 from dtq_client.config import ClientConfig
 from dtq_client.errors import translate_rpc_errors
+from dtq_client.models import Page
 from dtq_client.plans import Plan
 
 _R = TypeVar("_R")
@@ -99,13 +100,14 @@ class Calls(CallState):
         """Make the call ``plan`` describes, block for its answer and return it read."""
         return plan.answer(self._unary(self._method(plan), plan.request, plan.codes))
 
-    def _run_pages(self, page: Callable[[str], Plan[tuple[list[_T], str]]]) -> list[_T]:
+    def _run_pages(self, page: Callable[[str], Plan[Page[_T]]]) -> list[_T]:
         """Every item of a paged listing: ``page(token)`` plans the call for one page."""
         items: list[_T] = []
         token = ""
         while True:
-            more, token = self._run(page(token))
-            items += more
+            answer = self._run(page(token))
+            items += answer.items
+            token = answer.next_page_token
             if not token:
                 return items
 
@@ -142,12 +144,13 @@ class AsyncCalls(CallState):
         """Make the call ``plan`` describes, await its answer and return it read."""
         return plan.answer(await self._unary(self._method(plan), plan.request, plan.codes))
 
-    async def _run_pages(self, page: Callable[[str], Plan[tuple[list[_T], str]]]) -> list[_T]:
+    async def _run_pages(self, page: Callable[[str], Plan[Page[_T]]]) -> list[_T]:
         """Every item of a paged listing: ``page(token)`` plans the call for one page."""
         items: list[_T] = []
         token = ""
         while True:
-            more, token = await self._run(page(token))
-            items += more
+            answer = await self._run(page(token))
+            items += answer.items
+            token = answer.next_page_token
             if not token:
                 return items

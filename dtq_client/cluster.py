@@ -11,7 +11,7 @@ import functools
 
 from dtq_client import cluster_requests
 from dtq_client.calls import AsyncCalls, Calls
-from dtq_client.models import Node, QueueStats, RateLimit
+from dtq_client.models import Node, Page, QueueStats, RateLimit
 
 
 class ClusterCalls(Calls):
@@ -23,6 +23,15 @@ class ClusterCalls(Calls):
         """Worker nodes ordered by id; ``include_gone`` adds recently dead or departed ones
         (fetched a page at a time)."""
         return self._run_pages(functools.partial(cluster_requests.nodes_page, include_gone))
+
+    def nodes_page(
+        self, page_token: str = "", page_size: int = 0, include_gone: bool = False
+    ) -> Page[Node]:
+        """One page of :meth:`nodes` (``page_size`` 0: the coordinator's largest, 1,000):
+        for callers that page themselves, a dashboard say. Pass the page's
+        ``next_page_token`` for the next one."""
+        plan = cluster_requests.nodes_page(include_gone, page_token, page_size)
+        return self._run(plan)
 
     def drain(self, node_id: str) -> Node:
         """Stop dispatching to a node and ask it to finish its tasks and exit.
@@ -37,6 +46,11 @@ class ClusterCalls(Calls):
         """Task counts and settings of every queue that has tasks or settings, ordered by name
         (fetched a page at a time)."""
         return self._run_pages(cluster_requests.queues_page)
+
+    def queues_page(self, page_token: str = "", page_size: int = 0) -> Page[QueueStats]:
+        """One page of :meth:`queues` (``page_size`` 0: the coordinator's largest, 1,000);
+        pass the page's ``next_page_token`` for the next one."""
+        return self._run(cluster_requests.queues_page(page_token, page_size))
 
     def pause_queue(self, name: str) -> QueueStats:
         """Pause a queue: it keeps accepting submits but dispatches nothing. Durable.
@@ -112,6 +126,13 @@ class AsyncClusterCalls(AsyncCalls):
         """See :meth:`Client.nodes <dtq_client.Client.nodes>`."""
         return await self._run_pages(functools.partial(cluster_requests.nodes_page, include_gone))
 
+    async def nodes_page(
+        self, page_token: str = "", page_size: int = 0, include_gone: bool = False
+    ) -> Page[Node]:
+        """See :meth:`Client.nodes_page <dtq_client.Client.nodes_page>`."""
+        plan = cluster_requests.nodes_page(include_gone, page_token, page_size)
+        return await self._run(plan)
+
     async def drain(self, node_id: str) -> Node:
         """See :meth:`Client.drain <dtq_client.Client.drain>`."""
         return await self._run(cluster_requests.drain(node_id))
@@ -119,6 +140,11 @@ class AsyncClusterCalls(AsyncCalls):
     async def queues(self) -> list[QueueStats]:
         """See :meth:`Client.queues <dtq_client.Client.queues>`."""
         return await self._run_pages(cluster_requests.queues_page)
+
+    async def queues_page(self, page_token: str = "", page_size: int = 0) -> Page[QueueStats]:
+        """See :meth:`Client.queues_page <dtq_client.Client.queues_page>`."""
+        plan = cluster_requests.queues_page(page_token, page_size)
+        return await self._run(plan)
 
     async def pause_queue(self, name: str) -> QueueStats:
         """See :meth:`Client.pause_queue <dtq_client.Client.pause_queue>`."""

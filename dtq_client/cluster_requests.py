@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 from dtq.v1 import admin_service_pb2
 from dtq_client import convert, retry
 from dtq_client.errors import ProtocolError
-from dtq_client.models import Node, QueueStats, RateLimit
+from dtq_client.models import Node, Page, QueueStats, RateLimit
 from dtq_client.plans import Plan, no_answer
 
 # Every admin call below sets absolute values, so retrying one is harmless.
@@ -22,14 +22,18 @@ _ADMIN_CODES = retry.READ_CODES
 # --- nodes ---------------------------------------------------------------------------------
 
 
-def nodes_page(include_gone: bool, page_token: str) -> Plan[tuple[list[Node], str]]:
-    """ListNodes: a page of the worker nodes ordered by id, and the next page's token."""
-    request = admin_service_pb2.ListNodesRequest(include_gone=include_gone, page_token=page_token)
+def nodes_page(include_gone: bool, page_token: str, page_size: int = 0) -> Plan[Page[Node]]:
+    """ListNodes: a page of the worker nodes ordered by id, and the next page's token
+    (``page_size`` 0: the coordinator's largest)."""
+    request = admin_service_pb2.ListNodesRequest(
+        include_gone=include_gone, page_token=page_token, page_size=page_size
+    )
     return Plan("admin", "ListNodes", request, retry.READ_CODES, _nodes_page)
 
 
-def _nodes_page(response: admin_service_pb2.ListNodesResponse) -> tuple[list[Node], str]:
-    return [convert.node_from_proto(node) for node in response.nodes], response.next_page_token
+def _nodes_page(response: admin_service_pb2.ListNodesResponse) -> Page[Node]:
+    nodes = tuple(convert.node_from_proto(node) for node in response.nodes)
+    return Page(nodes, response.next_page_token)
 
 
 def drain(node_id: str) -> Plan[Node]:
@@ -45,18 +49,18 @@ def _node(response: admin_service_pb2.DrainNodeResponse) -> Node:
 # --- queues --------------------------------------------------------------------------------
 
 
-def queues_page(page_token: str) -> Plan[tuple[list[QueueStats], str]]:
+def queues_page(page_token: str, page_size: int = 0) -> Plan[Page[QueueStats]]:
     """ListQueues: a page of the queues that have tasks or settings, ordered by name, and
-    the next page's token."""
-    request = admin_service_pb2.ListQueuesRequest(page_token=page_token)
+    the next page's token (``page_size`` 0: the coordinator's largest)."""
+    request = admin_service_pb2.ListQueuesRequest(page_token=page_token, page_size=page_size)
     return Plan("admin", "ListQueues", request, retry.READ_CODES, _queues_page)
 
 
 def _queues_page(
     response: admin_service_pb2.ListQueuesResponse,
-) -> tuple[list[QueueStats], str]:
-    queues = [convert.queue_stats_from_proto(stats) for stats in response.queues]
-    return queues, response.next_page_token
+) -> Page[QueueStats]:
+    queues = tuple(convert.queue_stats_from_proto(stats) for stats in response.queues)
+    return Page(queues, response.next_page_token)
 
 
 def set_queue_paused(name: str, paused: bool) -> Plan[QueueStats]:
@@ -112,7 +116,7 @@ def delete_rate_limit(key: str) -> Plan[None]:
     return Plan("admin", "SetRateLimit", request, _ADMIN_CODES, no_answer)
 
 
-def rate_limits_page(page_token: str) -> Plan[tuple[list[RateLimit], str]]:
+def rate_limits_page(page_token: str) -> Plan[Page[RateLimit]]:
     """ListRateLimits: a page of the rate-key limits, ordered by key, and the next page's
     token."""
     request = admin_service_pb2.ListRateLimitsRequest(page_token=page_token)
@@ -121,9 +125,9 @@ def rate_limits_page(page_token: str) -> Plan[tuple[list[RateLimit], str]]:
 
 def _rate_limits_page(
     response: admin_service_pb2.ListRateLimitsResponse,
-) -> tuple[list[RateLimit], str]:
-    limits = [convert.rate_limit_from_proto(limit) for limit in response.rate_limits]
-    return limits, response.next_page_token
+) -> Page[RateLimit]:
+    limits = tuple(convert.rate_limit_from_proto(limit) for limit in response.rate_limits)
+    return Page(limits, response.next_page_token)
 
 
 # --- health --------------------------------------------------------------------------------

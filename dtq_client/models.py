@@ -13,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from dtq_client import payloads
+
+T = TypeVar("T")
 
 
 class TaskState(StrEnum):
@@ -285,6 +287,17 @@ class TaskPage:
     next_page_token: str
     """Pass as ``page_token`` for the next (older) page, with the same filters; empty on
     the last page."""
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of the nodes, queues or schedules (:meth:`Client.queues_page
+    <dtq_client.Client.queues_page>` and its siblings), in the listing's order."""
+
+    items: tuple[T, ...]
+    next_page_token: str
+    """Pass as ``page_token`` for the next page; empty on the last. It names the last
+    item listed, so items added or removed meanwhile do not shift the next page."""
 
 
 @dataclass(frozen=True)

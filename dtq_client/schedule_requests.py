@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dtq.v1 import schedule_service_pb2
 from dtq_client import convert, retry
-from dtq_client.models import MissedTicks, Schedule, TaskSpec
+from dtq_client.models import MissedTicks, Page, Schedule, TaskSpec
 from dtq_client.plans import Plan, no_answer
 
 
@@ -48,9 +48,10 @@ def get_schedule(name: str) -> Plan[Schedule]:
     return Plan("schedules", "GetSchedule", request, retry.READ_CODES, _schedule)
 
 
-def list_schedules_page(page_token: str) -> Plan[tuple[list[Schedule], str]]:
-    """ListSchedules: a page of schedules by name, and the next page's token ("" if last)."""
-    request = schedule_service_pb2.ListSchedulesRequest(page_token=page_token)
+def list_schedules_page(page_token: str, page_size: int = 0) -> Plan[Page[Schedule]]:
+    """ListSchedules: a page of schedules by name, and the next page's token ("" if last;
+    ``page_size`` 0: the coordinator's largest)."""
+    request = schedule_service_pb2.ListSchedulesRequest(page_token=page_token, page_size=page_size)
     return Plan("schedules", "ListSchedules", request, retry.READ_CODES, _schedules_page)
 
 
@@ -76,5 +77,6 @@ def _schedule(
 
 def _schedules_page(
     response: schedule_service_pb2.ListSchedulesResponse,
-) -> tuple[list[Schedule], str]:
-    return [convert.schedule_from_proto(s) for s in response.schedules], response.next_page_token
+) -> Page[Schedule]:
+    schedules = tuple(convert.schedule_from_proto(s) for s in response.schedules)
+    return Page(schedules, response.next_page_token)

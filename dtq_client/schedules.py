@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dtq_client import schedule_requests
 from dtq_client.calls import AsyncCalls, Calls
-from dtq_client.models import MissedTicks, Schedule, TaskSpec
+from dtq_client.models import MissedTicks, Page, Schedule, TaskSpec
 
 
 class ScheduleCalls(Calls):
@@ -63,6 +63,11 @@ class ScheduleCalls(Calls):
         """Every schedule, ordered by name (fetched a page at a time)."""
         return self._run_pages(schedule_requests.list_schedules_page)
 
+    def schedules_page(self, page_token: str = "", page_size: int = 0) -> Page[Schedule]:
+        """One page of :meth:`list_schedules` (``page_size`` 0: the coordinator's largest,
+        1,000); pass the page's ``next_page_token`` for the next one."""
+        return self._run(schedule_requests.list_schedules_page(page_token, page_size))
+
     def pause_schedule(self, name: str) -> Schedule:
         """Stop firing a schedule; the ticks that pass while it is paused are skipped."""
         return self._run(schedule_requests.set_schedule_paused(name, True))
@@ -113,6 +118,10 @@ class AsyncScheduleCalls(AsyncCalls):
     async def list_schedules(self) -> list[Schedule]:
         """See :meth:`Client.list_schedules <dtq_client.Client.list_schedules>`."""
         return await self._run_pages(schedule_requests.list_schedules_page)
+
+    async def schedules_page(self, page_token: str = "", page_size: int = 0) -> Page[Schedule]:
+        """See :meth:`Client.schedules_page <dtq_client.Client.schedules_page>`."""
+        return await self._run(schedule_requests.list_schedules_page(page_token, page_size))
 
     async def pause_schedule(self, name: str) -> Schedule:
         """See :meth:`Client.pause_schedule <dtq_client.Client.pause_schedule>`."""

@@ -3,14 +3,15 @@
 ===============================  ======  ==============================================
 path                             method  what
 ===============================  ======  ==============================================
-``/``                            GET     overview: health, queues, nodes
+``/``                            GET     overview: health, a page of queues and one of
+                                         nodes (``queues``, ``nodes``: their tokens)
 ``/tasks``                       GET     task list (``queue``, ``state``, ``type``,
                                          ``header``, ``page_token``)
 ``/tasks/{id}``                  GET     one task
 ``/tasks/{id}/cancel``           POST    cancel it
 ``/tasks/{id}/retry``            POST    retry it (failed or cancelled)
 ``/groups/{id}``                 GET     a group's state, counts and members
-``/schedules``                   GET     every schedule
+``/schedules``                   GET     a page of schedules (``page_token``)
 ``/schedules/{name}/pause``      POST    pause the schedule
 ``/schedules/{name}/resume``     POST    resume it
 ``/queues/{name}/pause``         POST    pause the queue

@@ -19,7 +19,7 @@ from anyio import to_thread
 
 from dtq_client.client import Client
 from dtq_client.errors import DtqError, InvalidArgument, RpcError
-from dtq_client.models import Group, Node, QueueStats, Schedule, Task, TaskState
+from dtq_client.models import Group, Node, Page, QueueStats, Schedule, Task, TaskState
 from dtq_client.ui.listing import StaleToken, TaskListing, TaskQuery
 from dtq_client.ui.settings import UiConfig
 
@@ -65,11 +65,15 @@ class Part(Generic[T]):
 
 @dataclass(frozen=True)
 class Overview:
-    """The overview page: health, queues and nodes, each fetched on its own."""
+    """The overview page: health and a page each of queues and nodes, fetched on their own."""
 
     health: Part[str]
-    queues: Part[list[QueueStats]]
-    nodes: Part[list[Node]]
+    queues: Part[Page[QueueStats]]
+    nodes: Part[Page[Node]]
+    queues_token: str = ""
+    """The token of the queues' page shown ("" for the first)."""
+    nodes_token: str = ""
+    """The token of the nodes' page shown ("" for the first)."""
 
 
 class Gateway:
@@ -86,14 +90,16 @@ class Gateway:
 
     # --- reading -------------------------------------------------------------------------
 
-    async def overview(self) -> Overview:
-        """Health, queues and nodes, fetched at once; one failing leaves the others shown."""
+    async def overview(self, queues_token: str = "", nodes_token: str = "") -> Overview:
+        """Health and the pages of queues and nodes the tokens name, fetched at once; one
+        failing leaves the others shown."""
+        size = self._config.list_size
         health, queues, nodes = await asyncio.gather(
             _part(self._client.health),
-            _part(self._client.queues),
-            _part(self._client.nodes),
+            _part(lambda: self._client.queues_page(queues_token, size)),
+            _part(lambda: self._client.nodes_page(nodes_token, size)),
         )
-        return Overview(health=health, queues=queues, nodes=nodes)
+        return Overview(health, queues, nodes, queues_token, nodes_token)
 
     async def tasks(self, query: TaskQuery) -> TaskListing:
         """The page of tasks ``query`` asks for; :class:`StaleToken` if its token is refused."""
@@ -134,9 +140,10 @@ class Gateway:
         """A group's state, counts and member ids."""
         return await to_thread.run_sync(self._client.get_group, group_id)
 
-    async def schedules(self) -> list[Schedule]:
-        """Every schedule, ordered by name."""
-        return await to_thread.run_sync(self._client.list_schedules)
+    async def schedules(self, page_token: str = "") -> Page[Schedule]:
+        """The page of schedules, ordered by name, that ``page_token`` names."""
+        size = self._config.list_size
+        return await to_thread.run_sync(lambda: self._client.schedules_page(page_token, size))
 
     # --- acting --------------------------------------------------------------------------
 

@@ -42,8 +42,10 @@ class Pages:
         self._config = config
 
     async def overview(self, request: Request) -> Response:
-        """Coordinator health, queues and nodes."""
-        overview = await self._gateway.overview()
+        """Coordinator health, and a page each of queues and nodes (``?queues=`` and
+        ``?nodes=`` hold their tokens)."""
+        params = request.query_params
+        overview = await self._gateway.overview(params.get("queues", ""), params.get("nodes", ""))
         return self._render(request, "_overview.html", "Overview", overview=overview)
 
     async def tasks(self, request: Request) -> Response:
@@ -108,12 +110,16 @@ class Pages:
         )
 
     async def schedules(self, request: Request) -> Response:
-        """Every schedule: its timing, its task, its next and last ticks; Pause/Resume."""
+        """A page of schedules: their timing, task, next and last ticks; Pause/Resume."""
+        token = request.query_params.get("page_token", "")
         try:
-            schedules = await self._gateway.schedules()
+            schedules = await self._gateway.schedules(token)
         except DtqError as exc:
-            return self._refused(request, "Schedules", exc)
-        return self._render(request, "_schedules.html", "Schedules", schedules=schedules)
+            first = {"back": "/schedules", "back_label": "First schedules"} if token else {}
+            return self._refused(request, "Schedules", exc, **first)
+        return self._render(
+            request, "_schedules.html", "Schedules", schedules=schedules, page_token=token
+        )
 
     def _refused(self, request: Request, title: str, exc: DtqError, **context: Any) -> Response:
         """The error page for what the coordinator answered, with its HTTP status."""

@@ -28,6 +28,10 @@ class UiConfig:
     """How often an open page fetches its data again."""
     page_size: int = 50
     """Tasks per page of the task list (the coordinator serves at most 1,000 a call)."""
+    list_size: int = 100
+    """Queues and nodes per page of the overview, and schedules per page of theirs: an
+    open page fetches its page again every few seconds, so a coordinator with tens of
+    thousands of queues is read a page at a time, not whole."""
     max_shown_bytes: int = 64 * 1024
     """Most bytes of a payload, result or traceback shown on a task page."""
 
@@ -41,10 +45,12 @@ class UiConfig:
                 "so anyone who reaches it acts with the coordinator token it was given; "
                 "pass --insecure to allow it (behind a proxy that authenticates, say)"
             )
-        if self.refresh_s <= 0 or self.page_size < 1 or self.max_shown_bytes < 1:
-            raise UiConfigError("refresh_s, page_size and max_shown_bytes must be positive")
-        if self.page_size > MAX_PAGE_SIZE:
-            raise UiConfigError(f"page_size must be at most {MAX_PAGE_SIZE}")
+        if min(self.refresh_s, self.page_size, self.list_size, self.max_shown_bytes) <= 0:
+            raise UiConfigError(
+                "refresh_s, page_size, list_size and max_shown_bytes must be positive"
+            )
+        if max(self.page_size, self.list_size) > MAX_PAGE_SIZE:
+            raise UiConfigError(f"page_size and list_size must be at most {MAX_PAGE_SIZE}")
 
     @property
     def host(self) -> str:

@@ -36,6 +36,7 @@ def create_templates() -> Jinja2Templates:
         size=present.fmt_bytes,
         limit=present.fmt_limit,
         timing=present.fmt_timing,
+        some=present.fmt_some,
         path=_path_segment,
     )
     return Jinja2Templates(env=env)

@@ -26,6 +26,7 @@ EXPECTED = {
     "Node",
     "NodeNotFound",
     "NodeState",
+    "Page",
     "NotFound",
     "PayloadError",
     "PermissionDenied",

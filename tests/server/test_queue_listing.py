@@ -8,11 +8,13 @@ names. In the PostgreSQL pass too (the pages follow the database's order).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,8 +22,8 @@ from psycopg import sql
 
 from dtq.v1 import admin_service_pb2 as pb
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
-from dtq_client import Client, TaskSpec
-from tests.harness import InProcessCoordinator, server_config, wait_until
+from dtq_client import AsyncClient, Client, Node, Page, QueueStats, Schedule, TaskSpec
+from tests.harness import InProcessCoordinator, RawNode, server_config, wait_until
 from tests.postgres import PostgresServer
 
 
@@ -116,6 +118,58 @@ def test_the_client_reads_every_page_of_queues(coordinator: InProcessCoordinator
         wait_until(lambda: len(client.queues()) == len(names), 10)
         assert [q.name for q in client.queues()] == names
         assert all(q.queued == 1 for q in client.queues())
+
+
+def test_the_clients_page_queues_nodes_and_schedules_for_callers_that_page_themselves(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """``queues_page``, ``nodes_page`` and ``schedules_page``: what a dashboard reads,
+    a page at a time, from both clients."""
+    names = [f"own-{i}" for i in range(5)]
+    nodes = [RawNode(coordinator.address, f"page-node-{i}", auto_heartbeat=True) for i in range(3)]
+    try:
+        with Client(coordinator.address) as client:
+            client.submit_many([TaskSpec("echo", 1, queue=name) for name in names], answer="ack")
+            for name in names:
+                client.create_schedule(name, TaskSpec("echo", 1), interval_s=3600, paused=True)
+
+            def every(read: Callable[[str], Page[Any]]) -> list[list[str]]:
+                pages, token = [], ""
+                while True:
+                    page = read(token)
+                    pages.append(
+                        [getattr(item, "name", None) or item.node_id for item in page.items]
+                    )
+                    token = page.next_page_token
+                    if not token:
+                        return pages
+
+            assert every(lambda token: client.queues_page(token, 2)) == [
+                names[:2],
+                names[2:4],
+                names[4:],
+            ]
+            assert every(lambda token: client.schedules_page(token, 3)) == [names[:3], names[3:]]
+            node_ids = [f"page-node-{i}" for i in range(3)]
+            assert every(lambda token: client.nodes_page(token, 2)) == [node_ids[:2], node_ids[2:]]
+            assert client.queues_page().items == tuple(client.queues())
+
+        async def read_async() -> tuple[Page[QueueStats], Page[Node], Page[Schedule]]:
+            async with AsyncClient(coordinator.address) as aio:
+                queues = await aio.queues_page(page_size=4)
+                return (
+                    await aio.queues_page(queues.next_page_token, 4),
+                    await aio.nodes_page(page_size=1),
+                    await aio.schedules_page(page_size=5),
+                )
+
+        queues, first_node, schedules = asyncio.run(asyncio.wait_for(read_async(), 30))
+        assert [q.name for q in queues.items] == names[4:] and not queues.next_page_token
+        assert [n.node_id for n in first_node.items] == node_ids[:1] and first_node.next_page_token
+        assert [s.name for s in schedules.items] == names and not schedules.next_page_token
+    finally:
+        for node in nodes:
+            node.close()
 
 
 @pytest.mark.parametrize("method", ["ListQueues", "ListRateLimits"])

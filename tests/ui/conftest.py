@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -46,9 +47,10 @@ def fresh_queue() -> str:
     return f"q-{uuid.uuid4().hex[:8]}"
 
 
-def start_ui(client: Client) -> UiServer:
-    """The UI for ``client`` on 127.0.0.1:0, serving on a thread."""
-    config = UiConfig(listen="127.0.0.1:0", refresh_s=REFRESH_S)
+def start_ui(client: Client, **settings: Any) -> UiServer:
+    """The UI for ``client`` on 127.0.0.1:0 (with ``settings`` of :class:`UiConfig`),
+    serving on a thread."""
+    config = UiConfig(listen="127.0.0.1:0", refresh_s=REFRESH_S, **settings)
     return UiServer(create_app(client, config), config).start()
 
 

@@ -12,6 +12,7 @@ from dtq_client.ui.present import (
     ValueKind,
     fmt_age,
     fmt_seconds,
+    fmt_some,
     fmt_timing,
     show_bytes,
     show_text,
@@ -83,3 +84,12 @@ def test_task_query_from_url_parameters() -> None:
     with pytest.raises(StaleToken) as stale:
         TaskQuery.from_params({"queue": "q", "page_token": "not a token"})
     assert stale.value.query == TaskQuery(queue="q")
+
+
+def test_long_lists_of_names_are_cut_and_counted() -> None:
+    assert fmt_some([]) == ""
+    assert fmt_some(["a", "b"]) == "a, b"
+    names = [f"q{i}" for i in range(25)]
+    assert fmt_some(names[:20]) == ", ".join(names[:20])
+    assert fmt_some(names) == ", ".join(names[:20]) + " and 5 more"
+    assert fmt_some(names, shown=1) == "q0 and 24 more"

@@ -121,3 +121,7 @@ def test_a_non_loopback_listen_needs_insecure() -> None:
     assert UiConfig(listen="localhost:8080").on_loopback
     with pytest.raises(UiConfigError, match="page_size"):
         UiConfig(page_size=1001)  # more than one ListTasks call returns
+    with pytest.raises(UiConfigError, match="list_size"):
+        UiConfig(list_size=1001)
+    with pytest.raises(UiConfigError, match="list_size"):
+        UiConfig(list_size=0)
