@@ -10,6 +10,7 @@
     ├── GroupNotFound          no group with that id
     ├── ScheduleNotFound       no schedule with that name
     ├── ScheduleExists         a different schedule already has that name
+    ├── ScheduleEnded          a schedule's cron has no tick after now: it cannot resume
     ├── TaskTerminal           the task already finished; the request cannot apply
     ├── UnknownTaskType        strict mode: no node has ever declared a submitted (queue, type)
     ├── ShuttingDown           the coordinator is stopping; retry elsewhere or later
@@ -114,6 +115,17 @@ class ScheduleExists(CoordinatorError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"a different schedule named {shown(name)} exists; delete it first")
+
+
+class ScheduleEnded(CoordinatorError):
+    """A schedule's cron expression has no tick after now (its last one has passed)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"schedule {shown(name)} has no tick after now (its cron's last tick has passed): "
+            "it cannot resume; delete it, or create one with another expression"
+        )
 
 
 class TaskTerminal(CoordinatorError):

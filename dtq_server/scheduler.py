@@ -22,8 +22,10 @@ from dtq_server.errors import (
     CoordinatorError,
     IdempotencyKeyReused,
     InvalidArgument,
+    ScheduleEnded,
     ScheduleNotFound,
     StoreUnavailable,
+    shown,
 )
 from dtq_server.models import NewTask, TaskRecord
 from dtq_server.schedules import (
@@ -101,7 +103,12 @@ class Scheduler:
             template=template, paused=paused, missed=missed, next_fire_at=0.0,
             last_fire_at=None, fired_count=0, created_at=now,
         )  # fmt: skip
-        draft = dataclasses.replace(draft, next_fire_at=next_tick(draft, now))
+        first = next_tick(draft, now)
+        if first is None:  # valid, but never matching a date ahead (``0 0 31 2 *``)
+            raise InvalidArgument(
+                [("schedule.cron", f"{shown(cron or '', 60)} has no tick after now")]
+            )
+        draft = dataclasses.replace(draft, next_fire_at=first)
         schedule, created = await self._store.create_schedule(draft)
         self._keep(schedule)
         self._changed.set()
@@ -123,6 +130,8 @@ class Scheduler:
         """Pause, or resume from the next tick after now."""
         schedule = self.get(name)
         next_at = schedule.next_fire_at if paused else next_tick(schedule, time.time())
+        if next_at is None:  # a cron whose last tick has passed (the schedule ended)
+            raise ScheduleEnded(name)
         if not await self._store.set_schedule_paused(name, paused, next_at):
             raise ScheduleNotFound(name)
         updated = dataclasses.replace(schedule, paused=paused, next_fire_at=next_at)
@@ -193,6 +202,9 @@ class Scheduler:
                 firings.append((schedule, _firing(schedule, now, self._config)))
             except InvalidArgument as exc:  # validated at creation; limits may have changed
                 self._retry_later(schedule, exc)
+            except Exception:  # a bug in one schedule's timing must not hold back the rest
+                log.exception("schedule.fire_crashed", schedule=schedule.name)
+                self._look_at(time.time() + FAILED_RETRY_S, schedule.name)
         if not firings:
             return
         try:
@@ -254,6 +266,7 @@ class Scheduler:
                 self._keep(
                     dataclasses.replace(
                         schedule,
+                        paused=firing.ended,
                         next_fire_at=firing.next_at,
                         last_fire_at=max(firing.ticks, default=schedule.last_fire_at),
                         fired_count=schedule.fired_count + len(firing.ticks),
@@ -262,6 +275,8 @@ class Scheduler:
             created += firing.tasks
             results += stored
             log.debug("schedule.fired", schedule=schedule.name, ticks=len(firing.ticks))
+            if firing.ended:
+                log.info("schedule.ended", schedule=schedule.name, fired=len(firing.ticks))
         if created:
             self._on_created(created, results)
         if behind:
@@ -289,6 +304,11 @@ class Scheduler:
 def _firing(schedule: Schedule, now: float, config: ServerConfig) -> Firing:
     """The due ticks of ``schedule`` and their tasks."""
     ticks, following = due_ticks(schedule, now)
+    if following is None:  # its last ticks: it moves to paused, at the last of them
+        following = max(ticks, default=schedule.next_fire_at)
+        ended = True
+    else:
+        ended = False
     tasks = []
     for tick in ticks:
         spec = dataclasses.replace(schedule.template, idempotency_key=tick_key(schedule.name, tick))
@@ -296,4 +316,4 @@ def _firing(schedule: Schedule, now: float, config: ServerConfig) -> Firing:
         if task is None:
             raise InvalidArgument([("schedule.task", "no longer valid")])
         tasks.append(task)
-    return Firing(schedule.name, schedule.next_fire_at, following, ticks, tasks)
+    return Firing(schedule.name, schedule.next_fire_at, following, ticks, tasks, ended)

@@ -2,9 +2,12 @@
 
 The timing here is pure (wall-clock seconds in, wall-clock seconds out) and
 unit-tested alone; :class:`~dtq_server.scheduler.Scheduler` does the firing.
-Cron expressions are read by croniter, which supports a sixth (seconds) field
-and time zones; a cron schedule follows the coordinator's wall clock by
-nature, so a wall-clock jump moves its ticks (documented in the README).
+Cron expressions are read by croniter, which supports a sixth (seconds) field,
+a seventh (year) field and time zones; a cron schedule follows the
+coordinator's wall clock by nature, so a wall-clock jump moves its ticks
+(documented in the README). A valid expression may have no tick at all
+(``0 0 31 2 *``) or a last one (a year field): :func:`next_tick` answers None
+after the last, and a schedule that reaches it fires it and ends.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from dtq_server.models import NewTask
 from dtq_server.validation import SpecInput, Violations
@@ -76,6 +79,8 @@ class Firing:
     next_at: float
     ticks: list[float]
     tasks: list[NewTask]
+    ended: bool = False
+    """True when the schedule has no tick after these: it is paused as it moves."""
 
 
 def check_timing(v: Violations, cron: str | None, interval_s: float | None, time_zone: str) -> None:
@@ -93,8 +98,9 @@ def check_timing(v: Violations, cron: str | None, interval_s: float | None, time
             v.add("schedule.time_zone", f"{time_zone[:60]!r} is not an IANA time zone")
 
 
-def next_tick(schedule: Schedule, after: float) -> float:
-    """The first tick strictly after ``after`` (wall seconds)."""
+def next_tick(schedule: Schedule, after: float) -> float | None:
+    """The first tick strictly after ``after`` (wall seconds); None if there is none
+    (a cron expression whose last tick has passed, or that matches no date)."""
     if schedule.interval_s is not None:
         # Ticks are anchored on the creation time: created + k * interval.
         elapsed = after - schedule.created_at
@@ -105,14 +111,17 @@ def next_tick(schedule: Schedule, after: float) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _cron_tick(cron: str, time_zone: str, after: float) -> float:
+def _cron_tick(cron: str, time_zone: str, after: float) -> float | None:
     # Remembered: schedules sharing an expression tick together, and each asks for
     # the tick after the same one; croniter takes ~40 us per answer and ~0.1 ms
     # more to parse the expression, which thousands of schedules feel.
     zone = ZoneInfo(time_zone) if time_zone else UTC
     base = datetime.fromtimestamp(after, zone)
     # A copy of the parsed expression keeps the iterator's position its own.
-    result: datetime = copy.copy(_parsed(cron)).get_next(datetime, start_time=base)
+    try:
+        result: datetime = copy.copy(_parsed(cron)).get_next(datetime, start_time=base)
+    except CroniterBadDateError:  # no matching date ahead (croniter looks ~50 years on)
+        return None
     return result.timestamp()
 
 
@@ -121,19 +130,20 @@ def _parsed(cron: str) -> croniter:
     return croniter(cron)
 
 
-def due_ticks(schedule: Schedule, now: float) -> tuple[list[float], float]:
-    """(ticks to fire now, the next tick after them) for a schedule whose tick is due.
+def due_ticks(schedule: Schedule, now: float) -> tuple[list[float], float | None]:
+    """(ticks to fire now, the next tick after them) for a schedule whose tick is due;
+    None for the next tick if these are its last.
 
     Only the first due tick is "on time"; any later ones were missed (the
     coordinator was down or busy) and follow the schedule's missed-ticks policy.
     """
     ticks = [schedule.next_fire_at]
     following = next_tick(schedule, schedule.next_fire_at)
-    while following <= now and len(ticks) < MAX_CATCH_UP:
+    while following is not None and following <= now and len(ticks) < MAX_CATCH_UP:
         ticks.append(following)
         following = next_tick(schedule, following)
-    if following <= now:  # more than MAX_CATCH_UP missed: jump ahead
-        following = next_tick(schedule, now)
+    if following is not None and following <= now:  # more than MAX_CATCH_UP missed
+        following = next_tick(schedule, now)  # jump ahead
     if schedule.missed is MissedTicks.RUN_ALL:
         return ticks, following
     if schedule.missed is MissedTicks.SKIP:

@@ -96,6 +96,8 @@ class ScheduleServiceServicer:
 
     def UpdateSchedule(self, request, context):
         """Pauses or resumes a schedule. Ticks that pass while paused are skipped.
+        Resuming a schedule whose cron has no tick after now (it ended: see
+        Schedule.cron) is FAILED_PRECONDITION, reason SCHEDULE_ENDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -75,14 +75,21 @@ def create(conn: Connection, schedule: Schedule) -> tuple[Schedule, bool]:
 
 
 def advance(
-    conn: Connection, name: str, expected_next: float, next_at: float, fired: list[float]
+    conn: Connection,
+    name: str,
+    expected_next: float,
+    next_at: float,
+    fired: list[float],
+    ended: bool,
 ) -> bool:
-    """Move a schedule past the ticks just fired, fenced on the tick it was at and on
-    not being paused (a pause that commits first wins)."""
+    """Move a schedule past the ticks just fired (pausing it if they were its last),
+    fenced on the tick it was at and on not being paused (a pause that commits first
+    wins)."""
     cur = conn.execute(
         "UPDATE schedules SET next_fire_at = ?, last_fire_at = COALESCE(?, last_fire_at), "
-        "fired_count = fired_count + ? WHERE name = ? AND next_fire_at = ? AND paused = 0",
-        (next_at, max(fired) if fired else None, len(fired), name, expected_next),
+        "fired_count = fired_count + ?, paused = ? "
+        "WHERE name = ? AND next_fire_at = ? AND paused = 0",
+        (next_at, max(fired) if fired else None, len(fired), int(ended), name, expected_next),
     )
     return cur.rowcount == 1
 

@@ -287,7 +287,7 @@ class SqlStore:
             # One commit for the tasks and the schedules' new positions: a tick is
             # never fired twice, nor lost, whatever moment the process dies.
             moved = [
-                schedules_sql.advance(conn, f.name, f.expected_next, f.next_at, f.ticks)
+                schedules_sql.advance(conn, f.name, f.expected_next, f.next_at, f.ticks, f.ended)
                 for f in firings
             ]
             # One insert for every tick's task; no room check: a queue's max depth

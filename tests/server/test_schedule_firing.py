@@ -1,19 +1,22 @@
 """Firing schedules in numbers and in trouble: ticks due together share commits, a tick
-whose key another task holds is skipped, a store outage is waited out, not spun on."""
+whose key another task holds is skipped, a store outage is waited out, not spun on, a
+cron's last tick fires and ends its schedule, one schedule's bug holds back no other."""
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter
 
-from dtq_client import Client, TaskSpec
+from dtq_client import Client, FailedPrecondition, TaskSpec
+from dtq_server import scheduler, schedules
 from dtq_server.errors import StoreUnavailable
 from dtq_server.scheduler import FIRE_BATCH
 from dtq_server.schedules import MissedTicks, Schedule, next_tick, tick_key
@@ -56,6 +59,10 @@ def client(coordinator: InProcessCoordinator) -> Iterator[Client]:
 
 def tick_keys(client: Client, queue: str) -> list[str]:
     return [t.idempotency_key or "" for t in client.iter_tasks(queue=queue)]
+
+
+def ticked(client: Client, queue: str, count: int) -> bool:
+    return len(tick_keys(client, queue)) >= count
 
 
 def test_schedules_due_together_fire_in_shared_commits(
@@ -117,6 +124,57 @@ def test_a_store_outage_is_waited_out_not_spun_on(
     assert failed <= 4, f"{failed} fires while the store was down: retried without pause"
     before = len(tick_keys(client, "patient"))
     wait_until(lambda: len(tick_keys(client, "patient")) >= before + 2, 10, what="ticks again")
+
+
+def test_a_crons_last_tick_fires_and_ends_its_schedule(
+    make_coordinator: Callable[..., InProcessCoordinator],
+) -> None:
+    """A cron with a year field has a last tick. croniter raised for the tick after it:
+    the tick never fired, and the scheduler's round crashed on it every minute, holding
+    back every schedule due in the same round."""
+    coordinator = make_coordinator()
+    with Client(coordinator.address) as client:
+        last = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+        once = f"{last.minute} {last.hour} {last.day} {last.month} * {last.second} {last.year}"
+        client.create_schedule("once", TaskSpec("echo", queue="once"), cron=once)
+        client.create_schedule("bystander", TaskSpec("echo", queue="by"), cron=EVERY_SECOND)
+        wait_until(lambda: client.get_schedule("once").paused, 10, what="the schedule to end")
+        ended = client.get_schedule("once")
+        assert (ended.fired_count, ended.last_fire_at) == (1, last)
+        assert tick_keys(client, "once") == [tick_key("once", last.timestamp())]
+        with pytest.raises(FailedPrecondition) as refused:
+            client.resume_schedule("once")
+        assert refused.value.reason == "SCHEDULE_ENDED"
+        assert "no tick after now" in str(refused.value)
+        by_then = len(tick_keys(client, "by"))
+        wait_until(lambda: len(tick_keys(client, "by")) >= by_then + 2, 10, what="the bystander")
+    coordinator.stop()
+
+    again = make_coordinator()  # the same files: it ended for good
+    with Client(again.address) as client:
+        assert client.get_schedule("once").paused
+        assert client.get_schedule("once").fired_count == 1
+        assert len(tick_keys(client, "once")) == 1
+
+
+def test_a_schedule_whose_timing_fails_holds_back_no_other(
+    coordinator: InProcessCoordinator, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schedules due together are fired together: one whose ticks could not be worked
+    out made the whole round fail, and every schedule in it waited a minute."""
+    real = schedules.due_ticks
+
+    def due_ticks(schedule: Schedule, now: float) -> tuple[list[float], float | None]:
+        if schedule.name.startswith("broken"):
+            raise RuntimeError("a bug in the timing of one schedule")
+        return real(schedule, now)
+
+    monkeypatch.setattr(scheduler, "due_ticks", due_ticks)  # the coordinator is in-process
+    for name in ("broken", "fine-1", "fine-2"):
+        client.create_schedule(name, TaskSpec("echo", queue=name), cron=EVERY_SECOND)
+    for name in ("fine-1", "fine-2"):
+        wait_until(functools.partial(ticked, client, name, 3), 10, what=f"{name}'s ticks")
+    assert tick_keys(client, "broken") == []
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -70,6 +70,27 @@ def test_missed_ticks_policies(policy: MissedTicks, fired: list[float]) -> None:
     assert (ticks, following) == (expected, T0 + 40)
 
 
+def test_a_cron_without_a_tick_ahead_answers_none() -> None:
+    """croniter raised for these (no date matches, or its year field has passed): a
+    CreateSchedule answered INTERNAL, and a schedule reaching its last tick never
+    fired it (the scheduler's round crashed on it every minute)."""
+    assert next_tick(schedule(cron="0 0 31 2 *"), T0) is None  # no 31 February
+    new_year_2026 = "0 0 1 1 * 0 2026"  # seconds, then year, last
+    assert next_tick(schedule(cron=new_year_2026), T0 - 10) == T0
+    assert next_tick(schedule(cron=new_year_2026), T0) is None
+    # Its last tick is due: it fires, and nothing follows.
+    assert due_ticks(schedule(cron=new_year_2026), now=T0 + 5) == ([T0], None)
+    # The last seconds of 2025, missed: the policy picks among them, nothing follows.
+    last_seconds = schedule(
+        cron="* * * * * * 2025", next_fire_at=T0 - 3, missed=MissedTicks.RUN_ALL
+    )
+    assert due_ticks(last_seconds, now=T0 + 60) == ([T0 - 3, T0 - 2, T0 - 1], None)
+    once = dataclasses.replace(last_seconds, missed=MissedTicks.RUN_ONCE)
+    assert due_ticks(once, now=T0 + 60) == ([T0 - 1], None)
+    skip = dataclasses.replace(last_seconds, missed=MissedTicks.SKIP)
+    assert due_ticks(skip, now=T0 + 60) == ([], None)
+
+
 def test_on_time_tick_fires_once() -> None:
     ticks, following = due_ticks(schedule(cron="* * * * * *"), now=T0 + 0.1)
     assert (ticks, following) == ([T0], T0 + 1)
@@ -129,6 +150,8 @@ def test_schedule_service_lifecycle(coordinator: InProcessCoordinator) -> None:
     [
         ({"name": "bad name", "cron": "* * * * *"}, "schedule.name"),
         ({"name": "x", "cron": "not cron"}, "schedule.cron"),
+        ({"name": "x", "cron": "0 0 31 2 *"}, "schedule.cron"),  # never: no 31 February
+        ({"name": "x", "cron": "0 0 1 1 * 0 2020"}, "schedule.cron"),  # its year has passed
         ({"name": "x", "interval": seconds(0.1)}, "schedule.interval"),
         ({"name": "x"}, "schedule.timing"),
         ({"name": "x", "cron": "* * * * *", "time_zone": "Mars/Base"}, "schedule.time_zone"),
