@@ -529,7 +529,10 @@ def _decode_token(token: str, fingerprint: str) -> int:
         seq, seen = base64.urlsafe_b64decode(token.encode()).decode().split(":")
         if seen != fingerprint:
             raise ValueError("filters changed")
-        return int(seq)
+        place = int(seq)
+        if not 0 <= place < 2**63:  # made up: past a 64-bit integer, SQLite raised
+            raise ValueError("not a task's place")
+        return place
     except (ValueError, UnicodeError) as exc:
         raise InvalidArgument(
             [("page_token", "not a token from this listing (filters must stay the same)")]

@@ -123,8 +123,8 @@ class ScheduleEnded(CoordinatorError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(
-            f"schedule {shown(name)} has no tick after now (its cron's last tick has passed): "
-            "it cannot resume; delete it, or create one with another expression"
+            f"schedule {shown(name)} has no tick in the next 50 years (its cron's last tick "
+            "has passed): it cannot resume; delete it, or create one with another expression"
         )
 
 

@@ -106,7 +106,7 @@ class Scheduler:
         first = next_tick(draft, now)
         if first is None:  # valid, but never matching a date ahead (``0 0 31 2 *``)
             raise InvalidArgument(
-                [("schedule.cron", f"{shown(cron or '', 60)} has no tick after now")]
+                [("schedule.cron", f"{shown(cron or '', 60)} has no tick in the next 50 years")]
             )
         draft = dataclasses.replace(draft, next_fire_at=first)
         schedule, created = await self._store.create_schedule(draft)

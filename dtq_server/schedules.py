@@ -32,6 +32,8 @@ MAX_INTERVAL_S = 366 * 86_400.0
 MAX_CATCH_UP = 1000
 ON_TIME_S = 1.0
 """A tick fired within this long of its time is on time, not missed."""
+MAX_TIME_ZONE_CHARS = 64
+"""Longer names are refused unread (the longest IANA name has 32 characters)."""
 
 
 class MissedTicks(IntEnum):
@@ -91,11 +93,21 @@ def check_timing(v: Violations, cron: str | None, interval_s: float | None, time
         v.add("schedule.cron", f"{cron[:60]!r} is not a valid cron expression")
     if interval_s is not None and not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
         v.add("schedule.interval", "must be between 1 s and 366 days")
-    if time_zone:
-        try:
-            ZoneInfo(time_zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            v.add("schedule.time_zone", f"{time_zone[:60]!r} is not an IANA time zone")
+    if time_zone and not _is_time_zone(time_zone):
+        v.add("schedule.time_zone", f"{time_zone[:60]!r} is not an IANA time zone")
+
+
+def _is_time_zone(name: str) -> bool:
+    """True if ``name`` is a time zone key ZoneInfo can load."""
+    if len(name) > MAX_TIME_ZONE_CHARS:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # A key may name a directory of the database ("America": IsADirectoryError),
+        # or be too long for a file name: OSError, not ZoneInfoNotFoundError.
+        return False
+    return True
 
 
 def next_tick(schedule: Schedule, after: float) -> float | None:
@@ -120,7 +132,7 @@ def _cron_tick(cron: str, time_zone: str, after: float) -> float | None:
     # A copy of the parsed expression keeps the iterator's position its own.
     try:
         result: datetime = copy.copy(_parsed(cron)).get_next(datetime, start_time=base)
-    except CroniterBadDateError:  # no matching date ahead (croniter looks ~50 years on)
+    except CroniterBadDateError:  # no matching date in the 50 years croniter looks through
         return None
     return result.timestamp()
 

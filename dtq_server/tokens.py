@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets
 import threading
@@ -171,7 +172,7 @@ def _parse_entry(entry: dict[str, Any], where: str) -> tuple[bytes, Identity]:
         raise TokenFileError(f"{where}: own_tasks is true or false, for submitter tokens only")
     rate, burst = entry.get("calls_per_second"), entry.get("burst")
     for key, value in (("calls_per_second", rate), ("burst", burst)):
-        if value is not None and (not isinstance(value, int | float) or value <= 0):
+        if value is not None and not _is_positive_number(value):
             raise TokenFileError(f"{where}: {key} must be a positive number")
     if burst is not None and rate is None:
         raise TokenFileError(f"{where}: burst needs calls_per_second")
@@ -215,6 +216,14 @@ def _queues(value: object, role: str, where: str) -> frozenset[str] | None:
 def _by_certificate(entries: list[tuple[bytes, Identity]]) -> dict[bytes, Identity]:
     """The certificate identities by the name their certificate holds."""
     return {i.certificate.encode(): i for _, i in entries if i.certificate is not None}
+
+
+def _is_positive_number(value: object) -> bool:
+    """A finite number above 0: TOML reads ``nan`` and ``inf`` as floats, and ``true``
+    is an int to Python; NaN passed a ``<= 0`` check and made a bucket no call fits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return 0 < value < math.inf
 
 
 def _float(value: float | None) -> float | None:

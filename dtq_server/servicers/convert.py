@@ -260,7 +260,11 @@ def update_from_proto(u: worker_pb.TaskUpdate) -> TaskUpdate | None:
     if kind == "started":
         return Started(lease)
     if kind == "progress":
-        progress = Progress(u.progress.percent, u.progress.message[:MAX_PROGRESS_MESSAGE])
+        # 0-100, or -1 for unknown, whatever a node of another language sends: SQLite
+        # stores NaN as NULL (the message was lost with it), and JSON has no Infinity.
+        percent = u.progress.percent
+        percent = min(percent, 100.0) if percent >= 0 else -1.0  # NaN >= 0 is False
+        progress = Progress(percent, u.progress.message[:MAX_PROGRESS_MESSAGE])
         return Progressed(lease, progress)
     if kind == "succeeded":
         result = u.succeeded.result

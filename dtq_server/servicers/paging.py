@@ -111,6 +111,6 @@ def _after(token: str, listing: str) -> Key:
             after = raw.get("after")
             if isinstance(after, list) and after:
                 return after
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):  # "[[[[...": JSON nested too deep
         pass
     raise InvalidArgument([("page_token", f"not a token from {listing}")])

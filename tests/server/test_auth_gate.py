@@ -108,6 +108,11 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
         (_entry("a", "admin", "x", 'token = "x"\n'), "unknown keys"),
         ("tokens = [", "not TOML"),
         (_entry("a", "admin", "x", "calls_per_second = 0\n"), "positive"),
+        # TOML has nan and inf, and true is an int to Python: none is a rate.
+        (_entry("a", "admin", "x", "calls_per_second = nan\n"), "positive"),
+        (_entry("a", "admin", "x", "calls_per_second = inf\n"), "positive"),
+        (_entry("a", "admin", "x", "calls_per_second = 5\nburst = nan\n"), "positive"),
+        (_entry("a", "admin", "x", "calls_per_second = true\n"), "positive"),
         (_entry("a", "admin", "x", "burst = 3\n"), "burst needs calls_per_second"),
         (_entry("a", "admin", "x", 'queues = ["q"]\n'), "queues is for submitter and worker"),
         (_entry("a", "submitter", "x", "queues = []\n"), "non-empty list of queue names"),

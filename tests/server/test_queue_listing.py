@@ -178,8 +178,10 @@ def test_bad_tokens_and_sizes_are_refused(stub: AdminServiceStub, method: str) -
     call = getattr(stub, method)
     foreign = json.dumps({"listing": "ListNodes", "after": ["n1"]}).encode()
     not_a_name = json.dumps({"listing": method, "after": [3]}).encode()
+    too_deep = b"[" * 100_000  # json.loads raised RecursionError: INTERNAL
     for token in ("garbage", base64.urlsafe_b64encode(foreign).decode(),
-                  base64.urlsafe_b64encode(not_a_name).decode()):  # fmt: skip
+                  base64.urlsafe_b64encode(not_a_name).decode(),
+                  base64.urlsafe_b64encode(too_deep).decode()):  # fmt: skip
         with pytest.raises(grpc.RpcError) as refused:
             call(request_type(page_token=token), timeout=10)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT

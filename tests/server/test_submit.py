@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -182,12 +184,21 @@ def test_list_pages_newest_first_with_stable_token(tasks: TaskServiceStub) -> No
         if not token:
             break
     assert seen == list(reversed(ids))
-    with pytest.raises(grpc.RpcError) as info:
-        tasks.ListTasks(
-            task_service_pb2.ListTasksRequest(queue="other", page_size=3, page_token="garbage"),
-            timeout=10,
-        )
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Made up: garbage, and a real token of these filters with its place changed to
+    # one past a 64-bit integer (SQLite raised OverflowError: INTERNAL).
+    first = tasks.ListTasks(
+        task_service_pb2.ListTasksRequest(queue="paged", page_size=3), timeout=10
+    ).next_page_token
+    fingerprint = base64.urlsafe_b64decode(first).decode().split(":")[1]
+    forged = [f"{place}:{fingerprint}".encode() for place in (10**30, -(10**30))]
+    for token in ["garbage"] + [base64.urlsafe_b64encode(raw).decode() for raw in forged]:
+        with pytest.raises(grpc.RpcError) as info:
+            tasks.ListTasks(
+                task_service_pb2.ListTasksRequest(queue="paged", page_size=3, page_token=token),
+                timeout=10,
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "page_token" in (info.value.details() or "")
 
 
 def test_watch_sends_current_state_then_ends_at_terminal(tasks: TaskServiceStub) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from google.protobuf import duration_pb2
 
 from dtq.v1 import task_pb2, worker_service_pb2
 from dtq_server.servicers.convert import MAX_RETRY_AFTER_S, update_from_proto
+from dtq_server.updates import Progressed
 from dtq_worker import convert
 from dtq_worker.models import (
     Assignment,
@@ -192,3 +194,21 @@ def test_a_retry_after_travels_to_the_coordinator_clamped_to_its_range() -> None
     negative.CopyFrom(sent[0])
     negative.failed.retry_after.FromSeconds(-5)
     assert getattr(update_from_proto(negative), "retry_after_s", "?") == 0.0
+
+
+def test_progress_from_any_node_is_kept_to_its_range() -> None:
+    """The Python node normalises progress; a node of another language may send NaN
+    (which SQLite stored as NULL, losing the message with it) or infinity."""
+    lease = task_pb2.Lease(task_id="t1", attempt=1)
+
+    def received(percent: float) -> float:
+        update = worker_service_pb2.TaskUpdate(
+            lease=lease, progress=task_pb2.TaskProgress(percent=percent, message="m")
+        )
+        progressed = update_from_proto(update)
+        assert isinstance(progressed, Progressed) and progressed.progress.message == "m"
+        return progressed.progress.percent
+
+    assert [received(p) for p in (42.5, 0.0, 100.0)] == [42.5, 0.0, 100.0]
+    assert [received(p) for p in (math.inf, 1e308, 250.0)] == [100.0] * 3
+    assert [received(p) for p in (math.nan, -math.inf, -5.0)] == [-1.0] * 3
