@@ -18,8 +18,10 @@ OCTET_STREAM = "application/octet-stream"
 """The content type of ``bytes`` sent without one."""
 
 # One encoder for every payload: json.dumps with separators builds a new one per call,
-# which costs more than encoding a small payload.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+# which costs more than encoding a small payload. Standard JSON only: Python writes NaN
+# and Infinity by default, which no other language's JSON parser reads (a worker in
+# JavaScript or Go could not decode the task).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def is_json(content_type: str) -> bool:
@@ -40,7 +42,7 @@ def encode(value: object, content_type: str | None = None) -> tuple[bytes, str]:
     if content_type is None or is_json(content_type):
         try:
             data = _COMPACT_JSON.encode(value).encode()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise PayloadError(f"payload is not JSON-serialisable: {exc}") from exc
         return data, content_type or JSON
     if isinstance(value, str):
@@ -56,5 +58,7 @@ def decode(data: bytes, content_type: str) -> object:
         return data
     try:
         return json.loads(data)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors; RecursionError: a result
+    # (from a node in any language) nested deeper than Python's parser goes.
+    except (ValueError, RecursionError) as exc:
         raise PayloadError(f"payload is not valid JSON: {exc}") from exc

@@ -11,6 +11,7 @@ import click
 
 import dtq
 from dtq import logs, loops
+from dtq.cli_types import FiniteFloat
 from dtq.tls import ServerTls, TlsConfigError
 from dtq_server import collector
 from dtq_server.app import serve
@@ -115,7 +116,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_HEARTBEAT_INTERVAL",
     default=2.0,
     show_default=True,
-    type=click.FloatRange(min=0.05),
+    type=FiniteFloat(min=0.05),
     help="Seconds between node heartbeats. [env: DTQ_HEARTBEAT_INTERVAL]",
 )
 @click.option(
@@ -123,7 +124,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_HEARTBEAT_TIMEOUT",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(min=0.2),
+    type=FiniteFloat(min=0.2),
     help="Silence after which a node is dead. [env: DTQ_HEARTBEAT_TIMEOUT]",
 )
 @click.option(
@@ -131,7 +132,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_SHUTDOWN_GRACE",
     default=10.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     help="Seconds results are still accepted after SIGTERM. [env: DTQ_SHUTDOWN_GRACE]",
 )
 @click.option(
@@ -155,7 +156,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_RETRY_BACKOFF",
     default=1.0,
     show_default=True,
-    type=click.FloatRange(min=0.001),
+    type=FiniteFloat(min=0.001),
     help="Default first retry delay in seconds. [env: DTQ_RETRY_BACKOFF]",
 )
 @click.option(
@@ -163,7 +164,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_RETRY_BACKOFF_MAX",
     default=300.0,
     show_default=True,
-    type=click.FloatRange(min=0.001),
+    type=FiniteFloat(min=0.001),
     help="Longest retry delay in seconds. [env: DTQ_RETRY_BACKOFF_MAX]",
 )
 @click.option(
@@ -186,7 +187,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     "--max-connection-age",
     envvar="DTQ_MAX_CONNECTION_AGE",
     default=None,
-    type=click.FloatRange(min=1.0),
+    type=FiniteFloat(min=1.0),
     help="Rotate client connections after this many seconds (GOAWAY; nodes resume their "
     "sessions). Default: never. [env: DTQ_MAX_CONNECTION_AGE]",
 )
@@ -195,7 +196,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_MAX_CONNECTION_AGE_GRACE",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(min=0.0),
     help="Seconds calls on a rotated connection may still run. [env: DTQ_MAX_CONNECTION_AGE_GRACE]",
 )
 @click.option(
@@ -203,7 +204,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_RESULT_TTL",
     default=7 * 86400.0,
     show_default=True,
-    type=click.FloatRange(min=1.0),
+    type=FiniteFloat(min=1.0),
     help="Seconds finished tasks are kept when they do not say. [env: DTQ_RESULT_TTL]",
 )
 @click.option(
@@ -211,7 +212,7 @@ from dtq_server.tokens import TokenBook, TokenFileError
     envvar="DTQ_MAX_CALL_TIME",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     help="Seconds a unary call may run, whatever deadline its client set (or none): then "
     "DEADLINE_EXCEEDED (MAX_CALL_TIME). Streams are not capped. 0: no cap. "
     "[env: DTQ_MAX_CALL_TIME]",

@@ -102,7 +102,7 @@ class ServerConfig:
         return is_loopback(self.listen)
 
     def __post_init__(self) -> None:
-        if self.heartbeat_interval_s <= 0 or self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+        if not 0 < self.heartbeat_interval_s < self.heartbeat_timeout_s:  # NaN fails too
             raise ValueError("heartbeat timeout must exceed the (positive) heartbeat interval")
         if not 1 <= self.default_max_attempts <= 100:
             raise ValueError("default max attempts must be 1-100")

@@ -15,6 +15,7 @@ from typing import cast
 import click
 
 from dtq import __version__, logs, loops
+from dtq.cli_types import FiniteFloat
 from dtq.connect_flags import connect_options
 from dtq.tls import ClientTls, TlsConfigError
 from dtq_worker.config import (
@@ -109,14 +110,14 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
 @option(
     "--restart-period",
     envvar="DTQ_RESTART_PERIOD",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=5.0,
     help="Restart-intensity window, seconds.",
 )
 @option(
     "--shutdown-grace",
     envvar="DTQ_SHUTDOWN_GRACE",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=30.0,
     help="On SIGTERM or drain, seconds running tasks get to finish before they are released.",
 )
@@ -161,7 +162,7 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
 @option(
     "--task-timeout",
     envvar="DTQ_TASK_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     show_default="no limit",
     help="Seconds one handler may run before its attempt fails TIMED_OUT (retryable).",
@@ -169,7 +170,7 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
 @option(
     "--reconnect-backoff-max",
     envvar="DTQ_RECONNECT_BACKOFF_MAX",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=5.0,
     help="Longest pause, seconds, between attempts to reach the coordinator (while the "
     "node holds a session, at most a quarter of its heartbeat timeout).",
@@ -177,7 +178,7 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
 @option(
     "--rpc-timeout",
     envvar="DTQ_RPC_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=10.0,
     help="Seconds to wait for the coordinator's answer to a registration, the last acks "
     "and the close.",
@@ -185,7 +186,7 @@ def _prefetch(ctx: click.Context, param: click.Parameter, value: str) -> Prefetc
 @option(
     "--progress-interval",
     envvar="DTQ_PROGRESS_INTERVAL",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=0.5,
     help="At most one progress update per task per this many seconds (the latest wins).",
 )

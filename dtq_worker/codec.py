@@ -22,7 +22,8 @@ OCTET_STREAM = "application/octet-stream"
 
 # One encoder for every result, as the client keeps one for payloads: json.dumps with
 # separators builds a JSONEncoder per call (~1 µs, as much as encoding a small value).
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+# Standard JSON only, as the client's: NaN and Infinity are not JSON for other languages.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 @functools.lru_cache(maxsize=64)

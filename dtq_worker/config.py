@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -128,13 +129,13 @@ class WorkerConfig:
             "rpc_timeout_s",
             "progress_interval_s",
         ):
-            if getattr(self, name) <= 0:
+            if not 0 < getattr(self, name) < math.inf:  # NaN fails too
                 problems.append(f"{name} must be positive")
-        if self.shutdown_grace_s < 0:
+        if not 0 <= self.shutdown_grace_s < math.inf:
             problems.append("shutdown_grace_s must not be negative")
         if self.isolation not in ("thread", "process"):
             problems.append("isolation must be 'thread' or 'process'")
-        if self.task_timeout_s is not None and self.task_timeout_s <= 0:
+        if self.task_timeout_s is not None and not 0 < self.task_timeout_s < math.inf:
             problems.append("task_timeout_s must be positive")
         if self.max_result_bytes < 1:
             problems.append("max_result_bytes must be positive")

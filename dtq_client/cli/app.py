@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any, NoReturn
 
@@ -20,10 +20,12 @@ from rich.console import Console
 from rich.text import Text
 
 from dtq import __version__
+from dtq.cli_types import FiniteFloat
 from dtq.connect_flags import connect_options
 from dtq.tls import ClientTls, TlsConfigError
 from dtq_client.client import Client
 from dtq_client.config import DEFAULT_ADDRESS, ClientConfig, RetryPolicy
+from dtq_client.convert.scalars import MAX_DURATION_S
 from dtq_client.errors import DtqError, RpcError, WaitTimeout
 from dtq_client.models import Task, TaskState
 from dtq_client.output import OutputFormat, Printer
@@ -54,8 +56,9 @@ Exit codes:
 
 # --- option types --------------------------------------------------------------------------
 
-POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
-SECONDS = click.FloatRange(min=0)
+POSITIVE_SECONDS = FiniteFloat(min=0, min_open=True, max=MAX_DURATION_S)
+SECONDS = FiniteFloat(min=0, max=MAX_DURATION_S)
+"""Seconds a protobuf Duration holds (up to 10,000 years): more was a traceback."""
 UNFINISHED = [TaskState.WAITING, TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING]
 TERMINAL = [TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED]
 
@@ -87,8 +90,14 @@ class Iso8601(click.ParamType[datetime]):
                 self.fail(
                     f"{value!r} is not an ISO 8601 time, e.g. 2030-01-02T03:04:05Z", param, ctx
                 )
-        # astimezone() on a naive time reads it as local time and makes it aware.
-        return moment if moment.tzinfo is not None else moment.astimezone()
+        try:
+            # astimezone() on a naive time reads it as local time and makes it aware;
+            # in UTC, a time at either end of the calendar may fall off it.
+            moment = moment if moment.tzinfo is not None else moment.astimezone()
+            moment.astimezone(UTC)
+        except (ValueError, OverflowError):
+            self.fail(f"{value!r} is out of the range of times (years 1-9999 in UTC)", param, ctx)
+        return moment
 
 
 # --- messages and errors -------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.text import Text
 
+from dtq.cli_types import FiniteFloat
 from dtq_client.cli.app import cli, client_for, output_option, printer_for, stderr_console
 
 # UpdateQueue and SetRateLimit take at most this many tasks per second.
@@ -80,7 +81,7 @@ def limit(ctx: click.Context, name: str, max_running: int) -> None:
 
 @queues.command()
 @click.argument("name", metavar="QUEUE")
-@click.argument("per_second", metavar="PER_SECOND", type=click.FloatRange(0, _MAX_RATE))
+@click.argument("per_second", metavar="PER_SECOND", type=FiniteFloat(0, _MAX_RATE))
 @output_option
 @click.pass_context
 def rate(ctx: click.Context, name: str, per_second: float) -> None:
@@ -132,9 +133,7 @@ def list_rate_limits(ctx: click.Context) -> None:
 
 @rate_limits.command("set")
 @click.argument("key", metavar="KEY")
-@click.argument(
-    "per_second", metavar="PER_SECOND", type=click.FloatRange(0, _MAX_RATE, min_open=True)
-)
+@click.argument("per_second", metavar="PER_SECOND", type=FiniteFloat(0, _MAX_RATE, min_open=True))
 @click.option(
     "--burst",
     type=click.IntRange(1, _MAX_RATE),

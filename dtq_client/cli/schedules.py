@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.text import Text
 
+from dtq.cli_types import FiniteFloat
 from dtq_client.cli.app import (
     cli,
     client_for,
@@ -13,6 +14,7 @@ from dtq_client.cli.app import (
     stderr_console,
 )
 from dtq_client.cli.specs import JsonValue, payload_of, task_options
+from dtq_client.convert.scalars import MAX_DURATION_S
 from dtq_client.models import MissedTicks, TaskSpec
 
 _MISSED = {policy.value.replace("_", "-"): policy for policy in MissedTicks}
@@ -52,7 +54,7 @@ def list_schedules(ctx: click.Context) -> None:
 @click.option(
     "--every",
     "interval_s",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1, max=MAX_DURATION_S),
     metavar="S",
     help="Or a fixed period of S seconds (at least 1), counted from now.",
 )

@@ -22,26 +22,45 @@ def time_from_proto(message: Message, name: str) -> datetime | None:
     return _EPOCH + timedelta(0, stamp.seconds, stamp.nanos // 1000)
 
 
-def time_to_proto(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    """A Timestamp of ``value`` (a naive one is local time); None stays unset."""
+def time_to_proto(value: datetime | None, name: str = "time") -> timestamp_pb2.Timestamp | None:
+    """A Timestamp of ``value`` (a naive one is local time); None stays unset.
+
+    ValueError naming ``name`` for a time that is not in years 1-9999 once in UTC
+    (``datetime(1, 1, 1, tzinfo=...)`` east of UTC), instead of an OverflowError.
+    """
     if value is None:
         return None
     stamp = timestamp_pb2.Timestamp()
-    # FromDatetime would read a naive value as UTC; astimezone reads it as local time.
-    stamp.FromDatetime(value.astimezone(UTC))
+    try:
+        # FromDatetime would read a naive value as UTC; astimezone reads it as local time.
+        stamp.FromDatetime(value.astimezone(UTC))
+    except (OverflowError, ValueError) as exc:
+        raise ValueError(f"{name} {value.isoformat()} is out of range in UTC: {exc}") from None
     return stamp
 
 
-def duration_to_proto(seconds: float) -> duration_pb2.Duration:
-    """A ``google.protobuf.Duration`` of ``seconds``, to the nanosecond."""
+MAX_DURATION_S = 315_576_000_000
+"""A ``google.protobuf.Duration`` spans at most this many seconds (10,000 years) either way."""
+
+
+def duration_to_proto(seconds: float, name: str = "duration") -> duration_pb2.Duration:
+    """A ``google.protobuf.Duration`` of ``seconds``, to the nanosecond.
+
+    ValueError naming ``name`` for a number no Duration holds (NaN, infinite, or past
+    10,000 years), instead of the OverflowError rounding it raised.
+    """
+    if not -MAX_DURATION_S <= seconds <= MAX_DURATION_S:  # NaN is within no range
+        raise ValueError(f"{name} must be a finite number of seconds, got {seconds!r}")
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
 
 
-def optional_duration(seconds: float | None) -> duration_pb2.Duration | None:
+def optional_duration(
+    seconds: float | None, name: str = "duration"
+) -> duration_pb2.Duration | None:
     """:func:`duration_to_proto`, with None staying unset."""
-    return None if seconds is None else duration_to_proto(seconds)
+    return None if seconds is None else duration_to_proto(seconds, name)
 
 
 def duration_from_proto(message: Message, name: str) -> float | None:

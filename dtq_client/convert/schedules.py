@@ -72,7 +72,7 @@ def schedule_to_proto(schedule: Schedule) -> schedule_service_pb2.Schedule:
     # The oneof keeps only the last of the two: Client.create_schedule refuses both at once.
     if schedule.cron is not None:
         message.cron = schedule.cron
-    interval = optional_duration(schedule.interval_s)
+    interval = optional_duration(schedule.interval_s, "interval_s")
     if interval is not None:
         message.interval.CopyFrom(interval)
     return message

@@ -272,7 +272,7 @@ def fill_spec(message: task_pb2.TaskSpec, spec: TaskSpec) -> None:
         message.headers.update(spec.headers)
     if spec.on_dependency_failure is not None:
         message.on_dependency_failure = dependency_failure_to_proto(spec.on_dependency_failure)
-    run_at = time_to_proto(spec.run_at)
+    run_at = time_to_proto(spec.run_at, "run_at")
     if run_at is not None:
         message.run_at.CopyFrom(run_at)
     for name, seconds in (
@@ -283,7 +283,7 @@ def fill_spec(message: task_pb2.TaskSpec, spec: TaskSpec) -> None:
         ("result_ttl", spec.result_ttl_s),
     ):
         if seconds is not None:
-            getattr(message, name).CopyFrom(duration_to_proto(seconds))
+            getattr(message, name).CopyFrom(duration_to_proto(seconds, f"{name}_s"))
 
 
 def spec_from_proto(message: task_pb2.TaskSpec) -> TaskSpec:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 from rich.text import Text
 
+from dtq.cli_types import FiniteFloat
 from dtq_client.cli.app import ExitCode, cli, client_for, fail, stderr_console
 from dtq_client.ui.settings import DEFAULT_LISTEN, UiConfig, UiConfigError
 
@@ -33,7 +34,7 @@ from dtq_client.ui.settings import DEFAULT_LISTEN, UiConfig, UiConfigError
 @click.option(
     "--refresh",
     "refresh_s",
-    type=click.FloatRange(min=0.2, max=3600),
+    type=FiniteFloat(min=0.2, max=3600),
     default=2.0,
     envvar="DTQ_UI_REFRESH",
     show_default=True,

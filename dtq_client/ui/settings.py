@@ -45,7 +45,8 @@ class UiConfig:
                 "so anyone who reaches it acts with the coordinator token it was given; "
                 "pass --insecure to allow it (behind a proxy that authenticates, say)"
             )
-        if min(self.refresh_s, self.page_size, self.list_size, self.max_shown_bytes) <= 0:
+        sizes = (self.refresh_s, self.page_size, self.list_size, self.max_shown_bytes)
+        if not all(size > 0 for size in sizes):  # NaN is not > 0 (nor <= 0)
             raise UiConfigError(
                 "refresh_s, page_size, list_size and max_shown_bytes must be positive"
             )

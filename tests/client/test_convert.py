@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from google.protobuf.message import Message
@@ -10,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dtq.v1 import admin_service_pb2, schedule_service_pb2, task_pb2, task_service_pb2
-from dtq_client import convert
+from dtq_client import convert, payloads
 from dtq_client.convert.scalars import time_from_proto
 from dtq_client.errors import PayloadError, ProtocolError
 from dtq_client.models import (
@@ -287,6 +289,36 @@ def test_a_naive_run_at_is_local_time() -> None:
     assert message.run_at.ToNanoseconds() == round(naive.timestamp() * 1e9)
 
 
+@pytest.mark.parametrize(
+    ("field", "seconds"),
+    [("delay_s", math.inf), ("execution_timeout_s", math.nan), ("retry_backoff_s", 1e300),
+     ("result_ttl_s", -math.inf), ("schedule_to_start_timeout_s", 1e20)],
+)  # fmt: skip
+def test_a_duration_no_protobuf_holds_is_a_value_error_naming_its_field(
+    field: str, seconds: float
+) -> None:
+    """These raised OverflowError ("cannot convert float infinity to integer") or
+    protobuf's "Value out of range: 99999999999999991433", naming nothing."""
+    with pytest.raises(ValueError, match=f"{field} must be a finite number of seconds"):
+        duration: dict[str, Any] = {field: seconds}
+        convert.spec_to_proto(TaskSpec(type="echo", **duration))
+    with pytest.raises(ValueError, match="interval_s"):
+        convert.schedule_to_proto(full_schedule(cron=None, interval_s=seconds))
+    longest = 315_576_000_000.0  # 10,000 years: Duration's bound, still sent as asked
+    message = convert.spec_to_proto(TaskSpec(type="echo", delay_s=longest))
+    assert message.delay.seconds == longest
+
+
+def test_a_run_at_off_the_calendar_in_utc_is_a_value_error_naming_it() -> None:
+    east = timezone(timedelta(hours=5))
+    for moment in (
+        datetime(1, 1, 1, tzinfo=east),
+        datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=5))),
+    ):
+        with pytest.raises(ValueError, match="run_at"):  # was OverflowError
+            convert.spec_to_proto(TaskSpec(type="echo", run_at=moment))
+
+
 def test_durations_and_times_of_a_task_come_back_as_seconds_and_utc() -> None:
     message = task_pb2.Task(id="t", type="x", queue="q", state=task_pb2.TASK_STATE_QUEUED)
     message.execution_timeout.FromNanoseconds(1_500_000)
@@ -310,6 +342,22 @@ def test_spec_json_payload_is_compact() -> None:
 def test_spec_with_unencodable_payload_raises() -> None:
     with pytest.raises(PayloadError):
         convert.spec_to_proto(TaskSpec(type="echo", payload={1, 2}))
+    # Standard JSON only: NaN and Infinity are Python's, not JSON a worker in another
+    # language reads.
+    for number in (math.nan, math.inf, -math.inf):
+        with pytest.raises(PayloadError, match="not JSON-serialisable"):
+            convert.spec_to_proto(TaskSpec(type="echo", payload={"x": number}))
+    nested: list[object] = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(PayloadError):  # was a bare RecursionError
+        convert.spec_to_proto(TaskSpec(type="echo", payload=nested))
+
+
+def test_a_result_nested_too_deep_to_decode_is_a_payload_error() -> None:
+    """A result from a node of any language may nest deeper than Python's parser goes."""
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        payloads.decode(b"[" * 100_000 + b"]" * 100_000, "application/json")
 
 
 def test_to_json_uses_the_proto3_mapping_and_decodes_json_payloads(full_task: Task) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -31,6 +32,10 @@ def test_defaults() -> None:
         {"max_restarts": -1},
         {"restart_period_s": 0},
         {"rpc_timeout_s": -1},
+        {"rpc_timeout_s": math.nan},  # NaN passed `<= 0` checks
+        {"progress_interval_s": math.inf},
+        {"shutdown_grace_s": math.nan},
+        {"task_timeout_s": math.nan},
         {"log_level": "loud"},
         {"prefetch": -1},
         {"prefetch": 10_001},

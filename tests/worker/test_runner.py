@@ -142,6 +142,16 @@ def test_unencodable_result_is_a_non_retryable_failure(runner) -> None:
     assert not outcome.error.retryable
 
 
+def test_a_result_that_is_not_standard_json_is_a_non_retryable_failure(runner) -> None:
+    """Python's JSON has NaN and Infinity; other languages' do not, so a result holding
+    them would be unreadable to a client in JavaScript or Go."""
+    outcome = runner.run(make_job("echo", b'{"x": NaN}'))  # read leniently, echoed
+    assert isinstance(outcome, Failed)
+    assert outcome.error.type == "RESULT_ENCODE_ERROR"
+    assert "JSON compliant" in outcome.error.message
+    assert not outcome.error.retryable
+
+
 def test_bytes_payload_and_bytes_result_travel_raw(runner) -> None:
     outcome = runner.run(make_job("echo", b"\x00\xffraw", "application/octet-stream"))
     assert outcome == Succeeded(Payload(b"\x00\xffraw", "application/octet-stream"))
