@@ -282,8 +282,8 @@ def nodes_table(nodes: Sequence[Node]) -> Table:
             Text(node.version),
             Text(f"{node.busy_slots}/{node.slots}"),
             Text(str(node.prefetch)),
-            Text(",".join(node.queues)),
-            Text(",".join(node.task_types)),
+            Text(format_some(node.queues, separator=",")),
+            Text(format_some(node.task_types, separator=",")),
             Text(str(node.supervisor_restarts)),
             Text(format_time(node.last_seen_at) or "-"),
         )
@@ -445,6 +445,18 @@ def change_line(task: Task) -> Text:
 def state_text(state: TaskState | NodeState | GroupState) -> Text:
     """A state name in its colour."""
     return Text(str(state), style=STATE_STYLES.get(state, ""))
+
+
+NAMES_SHOWN = 20
+"""Queues or task types a node's row names (a node may serve 100,000 queues)."""
+
+
+def format_some(names: Sequence[str], shown: int = NAMES_SHOWN, separator: str = ", ") -> str:
+    """``a, b, c``, or the first ``shown`` of ``names`` and ``and 17 more``."""
+    listed = separator.join(names[:shown])
+    if len(names) <= shown:
+        return listed
+    return f"{listed} and {len(names) - shown} more"
 
 
 def format_time(value: datetime | None) -> str:

@@ -8,7 +8,6 @@ templates' job (autoescape), so nothing here builds HTML.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -119,18 +118,6 @@ def fmt_limit(value: float) -> str:
     if not value:
         return "\u2014"
     return f"{value:g}"
-
-
-NAMES_SHOWN = 20
-"""Queues or task types a node's row names; a node may serve 100,000 queues."""
-
-
-def fmt_some(names: Sequence[str], shown: int = NAMES_SHOWN) -> str:
-    """``a, b, c``, or the first ``shown`` of ``names`` and ``and 17 more``."""
-    listed = ", ".join(names[:shown])
-    if len(names) <= shown:
-        return listed
-    return f"{listed} and {len(names) - shown} more"
 
 
 def fmt_timing(schedule: Schedule) -> str:

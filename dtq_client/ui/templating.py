@@ -12,6 +12,7 @@ from urllib.parse import quote
 import jinja2
 from starlette.templating import Jinja2Templates
 
+from dtq_client import output
 from dtq_client.ui import present
 
 
@@ -36,7 +37,7 @@ def create_templates() -> Jinja2Templates:
         size=present.fmt_bytes,
         limit=present.fmt_limit,
         timing=present.fmt_timing,
-        some=present.fmt_some,
+        some=output.format_some,
         path=_path_segment,
     )
     return Jinja2Templates(env=env)

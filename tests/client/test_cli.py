@@ -23,7 +23,7 @@ from dtq import __version__
 from dtq_client import Client
 from dtq_client.cli import cli, describe_rpc_error
 from dtq_client.errors import InvalidArgument
-from dtq_client.models import Schedule, Task, TaskSpec, TaskState
+from dtq_client.models import Node, NodeState, Schedule, Task, TaskSpec, TaskState
 from dtq_client.output import OutputFormat, Printer
 from tests.harness import python_env
 
@@ -196,6 +196,21 @@ def test_json_output_of_a_task_decodes_json_payloads(
     assert data["payload"]["contentType"] == "application/json"
     assert data["result"]["json"] == {"sent": False}
     assert "data" in data["result"]
+
+
+def test_a_node_serving_many_queues_names_twenty_in_the_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A node may serve 100,000 queues: the table names 20 and counts the rest;
+    JSON keeps them all."""
+    queues = tuple(f"q{i:03d}" for i in range(120))
+    node = Node(node_id="wide", session_id="s", state=NodeState.ACTIVE, queues=queues)
+    Printer(OutputFormat.TABLE, Console(width=400)).nodes([node])
+    table = capsys.readouterr().out
+    assert ",".join(queues[:20]) + " and 100 more" in table
+    assert "q020" not in table
+    Printer(OutputFormat.JSON, Console()).nodes([node])
+    assert json.loads(capsys.readouterr().out)[0]["queues"] == list(queues)
 
 
 def test_json_lists_are_arrays_and_jsonl_is_one_object_per_line(

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dtq_client import Schedule, TaskSpec
+from dtq_client.output import format_some
 from dtq_client.ui.listing import QueryError, StaleToken, TaskQuery
 from dtq_client.ui.present import (
     ValueKind,
     fmt_age,
     fmt_seconds,
-    fmt_some,
     fmt_timing,
     show_bytes,
     show_text,
@@ -87,9 +87,10 @@ def test_task_query_from_url_parameters() -> None:
 
 
 def test_long_lists_of_names_are_cut_and_counted() -> None:
-    assert fmt_some([]) == ""
-    assert fmt_some(["a", "b"]) == "a, b"
+    assert format_some([]) == ""
+    assert format_some(["a", "b"]) == "a, b"
     names = [f"q{i}" for i in range(25)]
-    assert fmt_some(names[:20]) == ", ".join(names[:20])
-    assert fmt_some(names) == ", ".join(names[:20]) + " and 5 more"
-    assert fmt_some(names, shown=1) == "q0 and 24 more"
+    assert format_some(names[:20]) == ", ".join(names[:20])
+    assert format_some(names) == ", ".join(names[:20]) + " and 5 more"
+    assert format_some(names, shown=1) == "q0 and 24 more"
+    assert format_some(names[:3], separator=",") == "q0,q1,q2"
