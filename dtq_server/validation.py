@@ -131,6 +131,8 @@ def validate_spec(
         v.add(f"{field}.max_attempts", f"must be 1-{MAX_ATTEMPTS_CAP}, got {max_attempts}")
     if len(spec.idempotency_key) > MAX_KEY_CHARS:
         v.add(f"{field}.idempotency_key", f"at most {MAX_KEY_CHARS} characters")
+    elif "\x00" in spec.idempotency_key:  # PostgreSQL's text cannot hold it
+        v.add(f"{field}.idempotency_key", "must not contain NUL characters")
     backoff = spec.retry_backoff_s
     if backoff is not None and not MIN_BACKOFF_S <= backoff <= MAX_BACKOFF_S:
         v.add(f"{field}.retry_backoff", "must be between 1 ms and 1 day")

@@ -33,7 +33,7 @@ from dtq_server.updates import (
     TaskUpdate,
     UpdateAck,
 )
-from dtq_server.validation import SpecInput
+from dtq_server.validation import MAX_CONTENT_TYPE_CHARS, SpecInput
 
 MAX_ERROR_MESSAGE = 4096
 MAX_TRACEBACK = 8192
@@ -220,11 +220,18 @@ def error_to_proto(e: TaskError) -> pb.TaskError:
 def error_from_proto(e: pb.TaskError) -> TaskError:
     """A node's error report, truncated to the documented sizes."""
     return TaskError(
-        type=e.type[:200] or "Error",
-        message=e.message[:MAX_ERROR_MESSAGE],
-        traceback=e.traceback[-MAX_TRACEBACK:],
+        type=storable(e.type[:200]) or "Error",
+        message=storable(e.message[:MAX_ERROR_MESSAGE]),
+        traceback=storable(e.traceback[-MAX_TRACEBACK:]),
         retryable=e.retryable,
     )
+
+
+def storable(text: str) -> str:
+    """A node's free text with any NUL replaced by U+FFFD: PostgreSQL's text cannot hold
+    NUL, and an outcome whose commit fails is never applied (its node reports it again,
+    and again). An error message is not a field to refuse a whole outcome over."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def lease_from_proto(lease: pb.Lease) -> Lease:
@@ -264,11 +271,12 @@ def update_from_proto(u: worker_pb.TaskUpdate) -> TaskUpdate | None:
         # stores NaN as NULL (the message was lost with it), and JSON has no Infinity.
         percent = u.progress.percent
         percent = min(percent, 100.0) if percent >= 0 else -1.0  # NaN >= 0 is False
-        progress = Progress(percent, u.progress.message[:MAX_PROGRESS_MESSAGE])
+        progress = Progress(percent, storable(u.progress.message[:MAX_PROGRESS_MESSAGE]))
         return Progressed(lease, progress)
     if kind == "succeeded":
         result = u.succeeded.result
-        return Succeeded(lease, result.data, result.content_type or "application/json")
+        content_type = storable(result.content_type[:MAX_CONTENT_TYPE_CHARS])
+        return Succeeded(lease, result.data, content_type or "application/json")
     if kind == "failed":
         failed = u.failed
         retry_after_s = None
@@ -277,7 +285,7 @@ def update_from_proto(u: worker_pb.TaskUpdate) -> TaskUpdate | None:
             retry_after_s = min(max(0.0, seconds), MAX_RETRY_AFTER_S)
         return Failed(lease, error_from_proto(failed.error), failed.cancelled, retry_after_s)
     if kind == "released":
-        return Released(lease, u.released.reason[:200])
+        return Released(lease, storable(u.released.reason[:200]))
     return None
 
 

@@ -99,7 +99,8 @@ def _after_name(page_token: str, listing: str) -> str:
     if not page_token:
         return ""
     after = _after(page_token, listing)
-    if len(after) != 1 or not isinstance(after[0], str):
+    # A NUL is in no name, and PostgreSQL refuses it as a parameter (as "unavailable").
+    if len(after) != 1 or not isinstance(after[0], str) or "\x00" in after[0]:
         raise InvalidArgument([("page_token", f"not a token from {listing}")])
     return after[0]
 

@@ -21,7 +21,7 @@ from dtq_server.servicers.convert import (
 )
 from dtq_server.servicers.errors import Context, stream_boundary, unary_boundary
 from dtq_server.servicers.submit_stream import answer_submits
-from dtq_server.validation import header_filter
+from dtq_server.validation import QUEUE_RE, TYPE_RE, Violations, check_name, header_filter
 
 
 class TaskServicer(pb_grpc.TaskServiceServicer):
@@ -201,7 +201,17 @@ def _acks_wanted(answer: int) -> bool:
 
 
 def _filter(queue: str, type_: str, state: int) -> TaskFilter:
-    """A TaskFilter from request fields (empty/0 = any)."""
+    """A TaskFilter from request fields (empty/0 = any).
+
+    A queue or type no task can have is refused, not looked for: a typo is told at
+    once, and PostgreSQL refuses (as unavailable) a parameter holding a NUL.
+    """
+    v = Violations()
+    if queue:
+        check_name(v, "queue", queue, QUEUE_RE, "queue")
+    if type_:
+        check_name(v, "type", type_, TYPE_RE, "type")
+    v.raise_if_any()
     task_state = None
     if state:
         try:
