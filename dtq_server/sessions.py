@@ -488,7 +488,10 @@ class NodeSessions:
         gone = [
             u.lease.task_id
             for u, task in refused
-            if task is None and isinstance(u, TERMINAL_UPDATES)
+            # A made-up id holding a NUL names no task, and PostgreSQL refuses it as a
+            # parameter: the read failed, ending the node's stream, and the node sent
+            # the outcome again on its next stream.
+            if task is None and isinstance(u, TERMINAL_UPDATES) and "\x00" not in u.lease.task_id
         ]
         records = await self._store.get_many(gone) if gone else {}
         acks: list[UpdateAck] = []

@@ -24,7 +24,7 @@ from dtq.v1 import task_service_pb2 as task_service
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_client import Client, TaskState
-from tests.harness import InProcessCoordinator, RawNode, wait_until
+from tests.harness import InProcessCoordinator, RawNode, succeeded, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,5 +132,26 @@ def test_a_nodes_text_holding_nul_is_stored_with_a_replacement_character(
             progress = client.get(progressed).progress
             assert progress is not None and progress.message == "half\ufffdway"
             assert serving(channel)
+    finally:
+        node.close()
+
+
+def test_an_outcome_for_a_made_up_id_holding_nul_is_refused_and_the_stream_goes_on(
+    coordinator: InProcessCoordinator, channel: grpc.Channel
+) -> None:
+    """On PostgreSQL the store read for it failed, ending the node's stream; the node
+    sent the outcome again on its next stream, and never got work."""
+    node = RawNode(
+        coordinator.address, "nul-ids", slots=1, queues=("nul-ids",), auto_heartbeat=True
+    )
+    try:
+        node.report(succeeded("made\x00up", 1, b"1"))
+        [ack] = node.next("update_acks").update_acks.acks
+        assert ack.lease.task_id == "made\x00up" and not ack.accepted
+        with Client(coordinator.address) as client:
+            task = client.submit("echo", 1, queue="nul-ids")
+            [assignment] = node.next("assignments").assignments.assignments
+            assert assignment.lease.task_id == task.id
+        assert serving(channel)
     finally:
         node.close()
