@@ -154,8 +154,10 @@ def _parse_entry(entry: dict[str, Any], where: str) -> tuple[bytes, Identity]:
         raise TokenFileError(f"{where}: unknown keys {sorted(unknown)}")
     name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
     certificate, node_id = entry.get("certificate"), entry.get("node_id")
-    if not isinstance(name, str) or not name:
-        raise TokenFileError(f"{where}: name must be a unique non-empty string")
+    # Printable: the name is stored with every task its holder submits, and PostgreSQL's
+    # text cannot hold a NUL (each such submit failed, and flipped the health).
+    if not isinstance(name, str) or not name or not name.isprintable():
+        raise TokenFileError(f"{where}: name must be a unique non-empty printable string")
     if role not in ROLES:
         raise TokenFileError(f"{where}: role must be one of {', '.join(ROLES)}")
     if (digest is None) == (certificate is None):

@@ -103,6 +103,11 @@ def test_a_served_method_without_a_policy_entry_stops_start_up(gate: Gate) -> No
     [
         ("[[tokens]]\nname = 'a'\nrole = 'root'\nsha256 = '" + "0" * 64 + "'\n", "role"),
         ("[[tokens]]\nname = 'a'\nrole = 'admin'\nsha256 = 'abc'\n", "sha256"),
+        # Stored with each task its holder submits: PostgreSQL's text holds no NUL.
+        (
+            '[[tokens]]\nname = "a\\u0000b"\nrole = "admin"\nsha256 = "' + "0" * 64 + '"\n',
+            "printable",
+        ),
         (_entry("a", "admin", "x") + _entry("a", "admin", "y"), "unique"),
         (_entry("a", "submitter", "x", 'node_id = "n"\n'), "node_id"),
         (_entry("a", "admin", "x", 'token = "x"\n'), "unknown keys"),
