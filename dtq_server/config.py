@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,18 @@ from dtq.tls import ServerTls, is_loopback
 from dtq_server.failpoints import Failpoints
 
 MiB = 1024 * 1024
+
+_DURATIONS = (
+    "shutdown_grace_s",
+    "retry_backoff_s",
+    "retry_backoff_max_s",
+    "max_connection_age_s",
+    "max_connection_age_grace_s",
+    "result_ttl_s",
+    "sweep_interval_s",
+    "max_call_s",
+)
+"""ServerConfig's durations besides the heartbeat pair (checked on its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,5 +133,9 @@ class ServerConfig:
             raise ValueError("the database URL must start with postgresql:// (or postgres://)")
         if self.max_call_s is not None and self.max_call_s <= 0:
             raise ValueError("max call time must be positive (None: no cap)")
+        for name in _DURATIONS:  # what the flags refuse (dtq.cli_types), for callers in code
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < math.inf:  # NaN fails too
+                raise ValueError(f"{name} must be a finite number of seconds, at least 0")
         if self.max_payload_bytes > self.max_message_bytes - 64 * 1024:
             raise ValueError("max payload must leave 64 KiB of room under the message limit")

@@ -67,5 +67,9 @@ def test_the_configs_refuse_nan_given_in_code(tmp_path: Path) -> None:
     for field in ("heartbeat_interval_s", "heartbeat_timeout_s"):
         with pytest.raises(ValueError, match="heartbeat"):
             server_config(tmp_path, **{field: math.nan})
+    for field in ("shutdown_grace_s", "result_ttl_s", "max_connection_age_s", "sweep_interval_s"):
+        for value in (math.nan, math.inf, -1.0):
+            with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+                server_config(tmp_path, **{field: value})
     with pytest.raises(UiConfigError, match="refresh_s"):
         UiConfig(refresh_s=math.nan)
