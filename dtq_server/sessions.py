@@ -488,10 +488,7 @@ class NodeSessions:
         gone = [
             u.lease.task_id
             for u, task in refused
-            # A made-up id holding a NUL names no task, and PostgreSQL refuses it as a
-            # parameter: the read failed, ending the node's stream, and the node sent
-            # the outcome again on its next stream.
-            if task is None and isinstance(u, TERMINAL_UPDATES) and "\x00" not in u.lease.task_id
+            if task is None and isinstance(u, TERMINAL_UPDATES)
         ]
         records = await self._store.get_many(gone) if gone else {}
         acks: list[UpdateAck] = []

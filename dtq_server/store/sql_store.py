@@ -43,6 +43,8 @@ T = TypeVar("T")
 ACTIVE_STATES = (TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING)
 READERS = 4
 """Reader threads (and connections) per store."""
+_NUL = "\x00"
+"""In no stored id: PostgreSQL's text cannot hold it (and refuses it as a parameter)."""
 
 
 class SqlStore:
@@ -174,6 +176,9 @@ class SqlStore:
         self._on_dependencies = listener
 
     async def group_status(self, group_id: str) -> GroupStatus | None:
+        if _NUL in group_id:  # no group has it, and PostgreSQL refuses it as a parameter
+            return None
+
         def status(conn: Connection) -> GroupStatus | None:
             rows = conn.execute(
                 "SELECT id, state, queue, submitted_by FROM tasks WHERE group_id = ? ORDER BY seq",
@@ -375,7 +380,10 @@ class SqlStore:
         return await self._read(get)
 
     async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
-        ids = list(task_ids)
+        # Ids come from nodes too (outcomes of tasks no longer on the board), made up
+        # ones among them: one holding a NUL names no task, and PostgreSQL refuses it
+        # as a parameter, failing the read (and the node's stream with it).
+        ids = [task_id for task_id in task_ids if _NUL not in task_id]
         return await self._read(lambda conn: tasks_sql.read(conn, ids)) if ids else {}
 
     async def list_tasks(
