@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 import time
 import uuid
@@ -256,6 +257,13 @@ def _check_schedule(spec: SpecInput, field: str, now: float, v: Violations) -> f
             return None
         return now + spec.delay_s if spec.delay_s > 0 else None
     if spec.run_at is not None:
+        if math.isnan(spec.run_at):  # what conversion makes of a Timestamp out of its rules
+            v.add(
+                f"{field}.run_at",
+                "must be a valid Timestamp: seconds from 0001-01-01 to 9999-12-31 (UTC), "
+                "nanos 0 to 999,999,999",
+            )
+            return None
         if spec.run_at > now + MAX_SCHEDULE_AHEAD_S:
             v.add(f"{field}.run_at", "must be at most a year ahead")
             return None

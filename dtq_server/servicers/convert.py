@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -40,6 +42,10 @@ MAX_TRACEBACK = 8192
 MAX_PROGRESS_MESSAGE = 1024
 MAX_RETRY_AFTER_S = 30 * 86_400.0
 """Longest wait a handler may ask for before its task's next attempt (``TaskFailed``)."""
+TIMESTAMP_MIN_S = -62_135_596_800
+"""0001-01-01T00:00:00Z, the earliest a protobuf Timestamp may hold."""
+TIMESTAMP_MAX_S = 253_402_300_799
+"""9999-12-31T23:59:59Z, the latest."""
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:
@@ -129,7 +135,7 @@ def spec_from_proto(spec: pb.TaskSpec, submitted_by: str | None = None) -> SpecI
         idempotency_key=spec.idempotency_key,
         retry_backoff_s=_seconds(spec, "retry_backoff"),
         priority=spec.priority,
-        run_at=spec.run_at.ToNanoseconds() / 1e9 if spec.HasField("run_at") else None,
+        run_at=_wall_time(spec.run_at) if spec.HasField("run_at") else None,
         delay_s=_seconds(spec, "delay"),
         execution_timeout_s=_seconds(spec, "execution_timeout"),
         schedule_to_start_s=_seconds(spec, "schedule_to_start_timeout"),
@@ -140,6 +146,16 @@ def spec_from_proto(spec: pb.TaskSpec, submitted_by: str | None = None) -> SpecI
         submitted_by=submitted_by,
         headers=tuple(sorted(headers.items())) if headers else (),
     )
+
+
+def _wall_time(stamp: Timestamp) -> float:
+    """A Timestamp in seconds since the epoch; NaN for one outside the Timestamp's rules
+    (validation refuses it). protobuf's own conversion raises ValueError for those, which
+    surfaced as INTERNAL: a client in another language may send any seconds and nanos."""
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if not (TIMESTAMP_MIN_S <= seconds <= TIMESTAMP_MAX_S and 0 <= nanos < 1_000_000_000):
+        return math.nan
+    return seconds + nanos / 1e9
 
 
 def _seconds(spec: pb.TaskSpec, field: str) -> float | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -130,6 +132,61 @@ def test_invalid_fields_are_named(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (info.value.details() or "")
     assert details(info.value) == ("INVALID_FIELD", [field])
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (253_402_300_800, 0),  # 10000-01-01: past the last second a Timestamp holds
+        (-62_135_596_801, 0),  # before 0001-01-01
+        (2**63 - 1, 0),
+        (0, -1),
+        (0, 1_000_000_000),
+    ],
+)
+def test_a_run_at_outside_the_timestamp_rules_is_invalid_everywhere(
+    tasks: TaskServiceStub, seconds: int, nanos: int
+) -> None:
+    """protobuf's conversion raised ValueError for these, which every submit RPC (and
+    CreateSchedule) answered INTERNAL: a client in another language can send them.
+    Found by fuzzing the messages field by field."""
+    bad = task_pb2.TaskSpec(type="echo", run_at=Timestamp(seconds=seconds, nanos=nanos))
+    calls = {
+        "task.run_at": lambda: submit(tasks, bad),
+        "tasks[1].run_at": lambda: tasks.SubmitTasks(
+            task_service_pb2.SubmitTasksRequest(tasks=[SPEC, bad]), timeout=10
+        ),
+        "task.run_at ": lambda: next(
+            tasks.SubmitAndWatchTask(task_service_pb2.SubmitAndWatchTaskRequest(task=bad))
+        ),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert "must be a valid Timestamp" in (info.value.details() or "")
+        assert details(info.value) == ("INVALID_FIELD", [field.strip()])
+    request = task_service_pb2.SubmitTaskStreamRequest(
+        submits=[task_service_pb2.StreamedSubmit(ref=1, task=bad)]
+    )
+    (answer,) = tasks.SubmitTaskStream(iter([request]), timeout=10)
+    (result,) = answer.results
+    assert result.WhichOneof("outcome") == "error"
+    assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "run_at" in result.error.message
+    assert list(tasks.ListTasks(task_service_pb2.ListTasksRequest(), timeout=10).tasks) == []
+
+
+def test_the_timestamp_rules_edges_are_accepted(
+    tasks: TaskServiceStub,
+) -> None:
+    first = Timestamp(seconds=-62_135_596_800)  # 0001-01-01T00:00:00Z: due at once
+    answer = submit(tasks, task_pb2.TaskSpec(type="echo", run_at=first))
+    assert not answer.task.HasField("scheduled_time")
+    later = Timestamp(seconds=int(time.time()) + 60, nanos=999_999_999)
+    answer = submit(tasks, task_pb2.TaskSpec(type="echo", run_at=later))
+    scheduled = answer.task.scheduled_time
+    assert abs(scheduled.ToNanoseconds() - later.ToNanoseconds()) < 1_000  # a float's µs
 
 
 def test_unknown_and_malformed_task_ids(tasks: TaskServiceStub) -> None:
