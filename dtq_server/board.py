@@ -71,9 +71,9 @@ class TaskBoard:
                 ready.went_stale()
 
     def restore(self, tasks: Iterable[ActiveTask], now: float) -> None:
-        """Put back queued tasks forgotten for a cancel whose commit failed: queued again,
-        ready as before (tracking them as they were, cancelled, left them on the board
-        but never dispatched)."""
+        """Put back queued tasks forgotten for a cancel or a failing whose commit failed:
+        queued again, ready as before, their schedule-to-start deadline watched (tracking
+        them as they were, cancelled, left them on the board but never dispatched)."""
         for task in tasks:
             task.state = TaskState.QUEUED
             self.track(task, now)
@@ -126,8 +126,8 @@ class TaskBoard:
 
     def missed_start(self, now: float, limit: int) -> list[ActiveTask]:
         """Up to ``limit`` queued tasks whose schedule-to-start deadline passed before any
-        node started them (no longer watched: see :meth:`watch_start`)."""
-        missed: list[ActiveTask] = []
+        node started them (no longer watched: :meth:`restore` watches them again)."""
+        missed: dict[str, ActiveTask] = {}  # a restored task may be watched twice
         while self._start_deadlines and self._start_deadlines[0][0] <= now and len(missed) < limit:
             _, _, task = heapq.heappop(self._start_deadlines)
             if (
@@ -135,15 +135,8 @@ class TaskBoard:
                 and task.state is TaskState.QUEUED
                 and self.active.get(task.id) is task
             ):
-                missed.append(task)
-        return missed
-
-    def watch_start(self, tasks: Iterable[ActiveTask]) -> None:
-        """Watch the schedule-to-start deadlines of ``tasks`` again (their failing did not
-        commit: they must not be let off it)."""
-        for task in tasks:
-            if task.start_by is not None:
-                heapq.heappush(self._start_deadlines, (task.start_by, next(self._pushes), task))
+                missed[task.id] = task
+        return list(missed.values())
 
     def ready_keys(self) -> set[Key]:
         """Keys that may have ready tasks (may include ones holding only stale entries)."""

@@ -235,8 +235,7 @@ class Coordinator:
                 try:
                     await self._fail_unstarted(missed)
                 except StoreUnavailable:
-                    self.board.watch_start(missed)  # failed on the next pass instead
-                    break
+                    break  # back on the board, and failed on a later pass
                 if len(missed) < WRITE_CHUNK:
                     break
             if not self._store_ok and now - last_probe >= STORE_PROBE_S:
@@ -274,10 +273,19 @@ class Coordinator:
             Transition(t.id, t.attempt, (TaskState.QUEUED,), state=TaskState.FAILED, error=error)
             for t in tasks
         ]
-        applied = await self.store.apply(transitions)
+        # Off the board first, as a cancel does: a dispatch round during the commit
+        # leased them otherwise, and the lease that reached the writer first won (a
+        # task past its deadline started, or a lease refused by the store).
+        for task in tasks:
+            self.board.forget(task, TaskState.FAILED)
+        try:
+            applied = await self.store.apply(transitions)
+        except StoreUnavailable:
+            self.board.restore(tasks, time.monotonic())  # failed on a later pass instead
+            raise
         for task, ok in zip(tasks, applied, strict=True):
-            if ok:
-                self.board.forget(task, TaskState.FAILED)
+            if not ok:
+                log.error("schedule_to_start.not_applied", task_id=task.id)
         self.watchers.notify(t.id for t in tasks)
         log.info("tasks.schedule_to_start_timeout", count=sum(applied))
 

@@ -14,7 +14,7 @@ from typing import Any
 from dtq_client import Client, TaskSpec
 from dtq_server.coordinator import PROMOTE_CHUNK, WRITE_CHUNK
 from dtq_server.errors import StoreUnavailable
-from tests.harness import InProcessCoordinator, server_config, wait_until
+from tests.harness import InProcessCoordinator, RawNode, server_config, wait_until
 
 
 def test_tasks_due_together_become_ready_a_chunk_at_a_time(
@@ -180,3 +180,35 @@ def test_a_long_sweep_does_not_hold_up_the_reaper(tmp_path: Path) -> None:
         coordinator.run(release.set)
     finally:
         coordinator.stop()
+
+
+def test_a_task_failing_its_start_deadline_is_not_leased_during_the_write(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """The tasks being failed stayed on the board until the write committed: a node that
+    came along meanwhile was leased one, whose lease reached the writer first and won (a
+    task started past its deadline). Found by fuzzing the worker stream."""
+    store = coordinator.server.coordinator.store
+    apply = store.apply
+    failing, release = threading.Event(), asyncio.Event()
+
+    async def held(transitions: list[Any]) -> Any:  # the failing write, slow to commit
+        if any(t.error is not None for t in transitions):
+            failing.set()
+            await release.wait()
+        return await apply(transitions)
+
+    coordinator.run(lambda: setattr(store, "apply", held))
+    with Client(coordinator.address) as client:
+        late = client.submit("echo", None, queue="late", schedule_to_start_timeout_s=0.3)
+        wait_until(failing.is_set, 10, what="the deadline's write under way")
+        node = RawNode(coordinator.address, queues=("late",), auto_heartbeat=True)
+        try:
+            on_time = client.submit("echo", None, queue="late")
+            (assignment,) = node.next("assignments").assignments.assignments
+            assert assignment.lease.task_id == on_time.id  # the older task was not leased
+            coordinator.run(release.set)
+            wait_until(lambda: unstarted(client, "late") == [late.id], 10, what="late failed")
+            assert client.get(late.id).attempt == 0
+        finally:
+            node.close()
