@@ -206,8 +206,10 @@ class CoordinatorServer:
         True if it started."""
         starting = asyncio.ensure_future(self.start())
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
+        try:
+            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
         if starting.done():
             starting.result()  # raises what start raised
             return True
@@ -304,9 +306,11 @@ async def serve(config: ServerConfig) -> None:
             return
         lost = asyncio.ensure_future(server.lost_leadership.wait())
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait((lost, stopping), return_when=asyncio.FIRST_COMPLETED)
-        lost.cancel()
-        stopping.cancel()
+        try:
+            await asyncio.wait((lost, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            stopping.cancel()
         if stop.is_set():
             log.info("coordinator.signal")
             await server.stop()

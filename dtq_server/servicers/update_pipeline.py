@@ -46,8 +46,12 @@ class UpdatePipeline:
     async def flush(self) -> None:
         """Wait until everything added so far is applied (or the pipeline failed)."""
         idle = asyncio.ensure_future(self._idle.wait())
-        done, _ = await asyncio.wait({idle, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        idle.cancel()
+        try:
+            done, _ = await asyncio.wait({idle, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the stream's handler is cancelled meanwhile (the node went away):
+            # a task left waiting was destroyed pending with the pipeline, logged as an error.
+            idle.cancel()
         if self._task in done:
             raise asyncio.CancelledError  # the pipeline ended the stream already
 
