@@ -8,10 +8,8 @@ skipped with that reason; everything else runs.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import os
-import pkgutil
 import socket
 import threading
 import time
@@ -25,13 +23,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor, duration_pb2, message_factory, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dtq.v1
 from dtq.v1 import task_pb2, task_service_pb2, task_service_pb2_grpc, worker_service_pb2
 from dtq_client import TaskState, UnknownTaskType
 from dtq_server.tokens import entry, new_token
@@ -51,6 +48,7 @@ from tests.chaos._b_helpers import (
     wait_nodes,
 )
 from tests.chaos.conftest import Size
+from tests.chaos.rpcs import Rpc, every_rpc
 from tests.harness import RawNode, succeeded, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -186,37 +184,6 @@ def test_b1_oversized_payloads_and_results(
 
 
 # --- B2 ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rpc:
-    """One method of a dtq.v1 service, as the descriptor describes it."""
-
-    path: str
-    request: type[Any]
-    client_streaming: bool
-    server_streaming: bool
-
-
-def every_rpc() -> list[Rpc]:
-    """Every method of every service in the compiled ``dtq.v1`` protos (new RPCs included)."""
-    found: list[Rpc] = []
-    for module_info in pkgutil.iter_modules(dtq.v1.__path__):
-        if not module_info.name.endswith("_pb2"):
-            continue
-        module = importlib.import_module(f"dtq.v1.{module_info.name}")
-        file: descriptor.FileDescriptor = module.DESCRIPTOR
-        for service in file.services_by_name.values():
-            for method in service.methods:
-                found.append(
-                    Rpc(
-                        f"/{service.full_name}/{method.name}",
-                        message_factory.GetMessageClass(method.input_type),
-                        method.client_streaming,
-                        method.server_streaming,
-                    )
-                )
-    return sorted(found, key=lambda rpc: rpc.path)
 
 
 def seed_bytes(rpc: Rpc) -> bytes:

@@ -1,0 +1,177 @@
+"""Requests built field by field from the descriptors: mostly valid, with edge values mixed in.
+
+B2 sends random bytes and bit-level edits of one valid message; those rarely
+decode to a message whose *values* are odd (a Timestamp past year 9999, NaN in
+a double, a NUL in a name, 2**64-1 in a count) while the rest is valid enough
+to reach the code behind the first check. :class:`MessageGen` fills any
+message of the contract that way: each field is set with a fixed chance
+(high for the ones a request needs), to a realistic value most of the time and
+to an edge value of its type otherwise; repeated fields, maps, oneofs,
+Timestamps and Durations included. Seeded, so a failure replays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import descriptor
+from google.protobuf.message import Message
+
+FD = descriptor.FieldDescriptor
+
+EDGE_STRINGS = (
+    "", "x", " ", "\t", "\n", "*", "%s", "../..", "a b", "a:b", "a.b", "é", "\ud7ff",
+    "a\x00b", "a" * 300, "x" * 5000, "9" * 40, "-1", "nan", "inf", "1e309", "true", "null",
+    "{}", "[]", "America", "0 0 31 2 *", "0 9 1 1 * 0 2027", "@hourly", "QUEUED",
+)  # fmt: skip
+EDGE_INTS = (0, 1, -1, 2**31 - 1, -(2**31), 2**32 - 1, 2**53, 2**63 - 1, -(2**63))
+EDGE_UINTS = (0, 1, 2**31, 2**32 - 1, 2**53, 2**63, 2**64 - 1)
+EDGE_DOUBLES = (0.0, -0.0, -1.0, 1e-300, 5e-324, 1e300, math.nan, math.inf, -math.inf)
+EDGE_BYTES = (b"", b"\x00", b"\xff\xfe", b"[" * 2000, b"null", b"x" * 70_000)
+EDGE_SECONDS = (
+    -1, 2**40, -(2**40), 253_402_300_799, 253_402_300_800, -62_135_596_801,
+    315_576_000_000, 2**63 - 1, -(2**63),
+)  # fmt: skip
+EDGE_NANOS = (-1, 999_999_999, 1_000_000_000, -(10**9), 2**31 - 1)
+
+REALISTIC: dict[str, Sequence[str]] = {
+    "type": ("echo", "ok"),
+    "queue": ("default", "fz"),
+    "queues": ("default", "fz"),
+    "task_types": ("echo", "ok"),
+    "name": ("nightly", "hourly"),
+    "cron": ("* * * * *", "*/5 * * * *", "0 9 * * 1-5"),
+    "time_zone": ("UTC", "Europe/Paris"),
+    "content_type": ("application/json",),
+    "node_id": ("fz0", "fz1"),
+    "key": ("k1", "k2"),
+    "rate_key": ("", "k1"),
+    "page_token": ("",),
+}
+"""Plausible values by field name (any message): what a real client would send."""
+ALWAYS = frozenset(
+    {"type", "queue", "payload", "task", "tasks", "submits", "name", "schedule", "cron",
+     "time_zone", "data", "content_type", "node_id", "lease", "task_id", "attempt",
+     "per_second", "burst", "key"}
+)  # fmt: skip
+"""Fields set almost always: without them nearly every request stops at the first check."""
+
+
+class MessageGen:
+    """Fills messages from their descriptors (see the module docstring)."""
+
+    def __init__(
+        self, rng: random.Random, ids: Sequence[str], edge: float = 0.08, present: float = 0.55
+    ) -> None:
+        self.rng = rng
+        self.ids = list(ids)
+        """Ids of stored tasks, so lookups, cancels and dependencies find real ones."""
+        self.edge = edge
+        self.present = present
+
+    def build(self, message_type: type[Message]) -> Message:
+        """A new ``message_type`` filled in."""
+        message = message_type()
+        self.fill(message)
+        return message
+
+    def fill(self, message: Message, depth: int = 0) -> None:
+        """Set some of ``message``'s fields (in place), recursing up to a few levels."""
+        desc = message.DESCRIPTOR
+        if desc.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+            self._time(message, timestamp=desc.full_name.endswith("Timestamp"))
+            return
+        oneofs: set[str] = set()
+        for fd in desc.fields:
+            wanted = 0.97 if fd.name in ALWAYS else self.present
+            if self.rng.random() > wanted:
+                continue
+            if fd.containing_oneof is not None:
+                if fd.containing_oneof.name in oneofs:
+                    continue
+                oneofs.add(fd.containing_oneof.name)
+            self._set(message, fd, depth)
+
+    def _set(self, message: Message, fd: Any, depth: int) -> None:
+        rng = self.rng
+        field: Any = getattr(message, fd.name)
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            key_fd = fd.message_type.fields_by_name["key"]
+            value_fd = fd.message_type.fields_by_name["value"]
+            for _ in range(rng.choice((1, 1, 2, 3, 40))):
+                key = self.scalar(key_fd)
+                if value_fd.message_type is None:
+                    field[key] = self.scalar(value_fd)
+                elif depth < 3:
+                    self.fill(field[key], depth + 1)
+            return
+        if fd.is_repeated:
+            for _ in range(rng.choice((0, 1, 1, 2, 3, 30))):
+                if fd.message_type is None:
+                    field.append(self.scalar(fd))
+                elif depth < 3:
+                    self.fill(field.add(), depth + 1)
+            return
+        if fd.message_type is not None:
+            if depth < 4:
+                self.fill(field, depth + 1)
+                field.SetInParent()
+            return
+        with contextlib.suppress(ValueError):  # a lone surrogate: protobuf refuses it
+            setattr(message, fd.name, self.scalar(fd))
+
+    def scalar(self, fd: Any) -> Any:
+        """A value for a scalar field: realistic, or (``edge`` of the time) an edge value."""
+        rng = self.rng
+        edge = rng.random() < self.edge
+        kind = fd.type
+        if kind == FD.TYPE_STRING:
+            if edge:
+                return rng.choice(EDGE_STRINGS)
+            if fd.name in REALISTIC:
+                return rng.choice(REALISTIC[fd.name])
+            if fd.name == "idempotency_key":
+                return rng.choice((uuid.uuid4().hex, "same-key"))
+            if (fd.name.endswith("id") or fd.name == "depends_on") and self.ids:
+                return rng.choice(self.ids)
+            return rng.choice(("x", "m", "bye"))
+        if kind == FD.TYPE_BYTES:
+            return rng.choice(EDGE_BYTES) if edge else rng.choice((b'{"i": 1}', b"1", b"[]"))
+        if kind == FD.TYPE_BOOL:
+            return rng.random() < 0.5
+        if kind in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
+            return rng.choice(EDGE_DOUBLES) if edge else rng.choice((0.5, 1.0, 10.0, 100.0))
+        if kind == FD.TYPE_ENUM:
+            numbers = [v.number for v in fd.enum_type.values]
+            return rng.choice((99, -1, 2**31 - 1)) if edge else rng.choice(numbers)
+        if edge:
+            return rng.choice(_edge_ints(kind))
+        return rng.choice((1, 2, 3, 10, 100))
+
+    def _time(self, message: Any, timestamp: bool) -> None:
+        rng = self.rng
+        if rng.random() < self.edge:
+            message.seconds = rng.choice(EDGE_SECONDS)
+            message.nanos = rng.choice(EDGE_NANOS)
+        elif timestamp:
+            message.seconds = int(time.time()) + rng.choice((-100, 0, 2, 60))
+        else:
+            message.seconds = rng.choice((1, 2, 60))
+            message.nanos = rng.choice((0, 500_000_000))
+
+
+def _edge_ints(kind: int) -> Sequence[int]:
+    """The edge integers a field of ``kind`` can hold."""
+    if kind in (FD.TYPE_INT32, FD.TYPE_SINT32, FD.TYPE_SFIXED32):
+        return [v for v in EDGE_INTS if -(2**31) <= v < 2**31]
+    if kind in (FD.TYPE_UINT32, FD.TYPE_FIXED32):
+        return [v for v in EDGE_UINTS if v < 2**32]
+    if kind in (FD.TYPE_UINT64, FD.TYPE_FIXED64):
+        return EDGE_UINTS
+    return EDGE_INTS

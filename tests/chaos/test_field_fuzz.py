@@ -1,0 +1,272 @@
+"""B5 and B7 by structure: requests built field by field from the descriptors.
+
+B2 fuzzes bytes; these fuzz values (:mod:`tests.chaos.field_fuzz`): every
+unary and streaming RPC of the contract gets mostly-valid requests with edge
+values mixed in, and nodes speaking the worker stream for real (registering,
+taking leases, heartbeating) report mostly-valid outcomes, heartbeats and
+registrations about the leases they hold, with forged ones among them. The
+coordinator must answer each with a precise status (never INTERNAL or
+UNKNOWN), log no error, stay SERVING, and every task must still end: the ones
+the fuzzed nodes held are run by a real node afterwards.
+
+``DTQ_FUZZ_SEED`` picks another seed (the row names the one used).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+from dtq.v1 import task_pb2, worker_service_pb2, worker_service_pb2_grpc
+from dtq_client import TaskSpec
+from tests.chaos._b_helpers import (
+    BRow,
+    Cluster,
+    cancel_unfinished,
+    finish,
+    make_cluster_fixture,  # noqa: F401  (a fixture)
+    row_fixture,  # noqa: F401  (a fixture)
+)
+from tests.chaos.conftest import Size
+from tests.chaos.field_fuzz import MessageGen
+from tests.chaos.rpcs import Rpc, every_rpc
+
+pytestmark = pytest.mark.chaos
+MakeCluster = Callable[..., Cluster]
+SENDERS = 8
+STREAM_DEADLINE_S = 1.5
+"""Server streams (watches) end by this deadline: a watched task no node runs never ends."""
+BAD_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+
+
+def seed() -> int:
+    return int(os.environ.get("DTQ_FUZZ_SEED", "1"))
+
+
+def call(channel: grpc.Channel, rpc: Rpc, messages: list[bytes]) -> tuple[grpc.StatusCode, str]:
+    """Send ``messages`` (one unless the RPC streams requests); the status it ended with."""
+    try:
+        if not rpc.client_streaming and not rpc.server_streaming:
+            channel.unary_unary(rpc.path, None, None)(messages[0], timeout=10)
+        elif not rpc.client_streaming:
+            answers = channel.unary_stream(rpc.path, None, None)(
+                messages[0], timeout=STREAM_DEADLINE_S
+            )
+            for _ in answers:
+                pass
+        else:
+            answers = channel.stream_stream(rpc.path, None, None)(iter(messages), timeout=10)
+            for _ in answers:
+                pass
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def error_lines(log: str) -> list[str]:
+    """The coordinator's log lines at error level (or asyncio's complaints, or tracebacks)."""
+    return [
+        line
+        for line in log.splitlines()
+        if "[error" in line or "Traceback" in line or "destroyed but it is pending" in line
+    ]
+
+
+@pytest.mark.scenario_id("B5 fields fuzz")
+@pytest.mark.timeout(600)
+def test_b5_requests_built_field_by_field_to_every_rpc(
+    make_cluster: MakeCluster, row: BRow, size: Size
+) -> None:
+    cluster = make_cluster("--log-level", "info")
+    examples = size.pick(150, 1500)
+    with cluster.client() as client:
+        ids = [client.submit("nobody.runs.this", {"i": i}).id for i in range(3)]
+    gen = MessageGen(random.Random(seed()), ids)
+    # The worker stream is fuzzed below, by nodes that hold real leases.
+    rpcs = [r for r in every_rpc() if not r.path.endswith("WorkerService/Connect")]
+    statuses: Counter[str] = Counter()
+    problems: list[str] = []
+    lock = threading.Lock()
+    with (
+        grpc.insecure_channel(cluster.server.address) as channel,
+        ThreadPoolExecutor(SENDERS) as senders,
+    ):
+        for rpc in rpcs:
+            batches = [
+                [gen.build(rpc.request) for _ in range(gen.rng.choice((1, 2, 3)))]
+                if rpc.client_streaming
+                else [gen.build(rpc.request)]
+                for _ in range(examples)
+            ]
+
+            def send(batch: list[Any], rpc: Rpc = rpc) -> None:
+                code, details = call(channel, rpc, [m.SerializeToString() for m in batch])
+                with lock:
+                    statuses[code.name] += 1
+                    if code in BAD_CODES or "Traceback" in details:
+                        problems.append(f"{rpc.path}: {code.name} {details} for {batch}")
+
+            list(senders.map(send, batches))
+    assert problems == [], f"seed {seed()}: {problems[:5]}"
+    assert error_lines(cluster.server.log()) == [], error_lines(cluster.server.log())[:10]
+    with cluster.client() as client:  # schedules would go on adding tasks to finish
+        for schedule in client.list_schedules():
+            client.delete_schedule(schedule.name)
+    cancel_unfinished(cluster)
+    finish(
+        row,
+        cluster,
+        seed=seed(),
+        rpcs=len(rpcs),
+        examples_per_rpc=examples,
+        statuses=dict(statuses),
+    )
+
+
+class FuzzedNode:
+    """A node on the worker stream that registers for real and then sends fuzzed messages
+    about the leases it was given (and forged ones), for ``duration_s``."""
+
+    def __init__(self, channel: grpc.Channel, gen: MessageGen, node_id: str) -> None:
+        self.gen = gen
+        self.rng = gen.rng
+        self.leases: list[task_pb2.Lease] = []
+        self.ended: grpc.StatusCode | None = None
+        self.details = ""
+        self.received: Counter[str] = Counter()
+        self._outgoing: queue.SimpleQueue[worker_service_pb2.ConnectRequest | None] = (
+            queue.SimpleQueue()
+        )
+        self.register = worker_service_pb2.RegisterNode(
+            node_id=node_id, hostname="fuzz", pid=os.getpid(), version="fuzz",
+            task_types=["ok"], queues=["fz"], slots=self.rng.choice((1, 2, 8)),
+            prefetch=self.rng.choice((0, 4)),
+        )  # fmt: skip
+        self._outgoing.put(worker_service_pb2.ConnectRequest(register=self.register))
+        stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        self._call = stub.Connect(self._requests(), timeout=30)
+        self._done = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _requests(self) -> Iterator[worker_service_pb2.ConnectRequest]:
+        while (message := self._outgoing.get()) is not None:
+            yield message
+
+    def _read(self) -> None:
+        try:
+            for answer in self._call:
+                kind = str(answer.WhichOneof("message"))
+                self.received[kind] += 1
+                if kind == "assignments":
+                    self.leases.extend(a.lease for a in answer.assignments.assignments)
+            self.ended = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            self.ended, self.details = exc.code(), exc.details() or ""
+        finally:
+            self._done.set()
+
+    def run(self, duration_s: float) -> None:
+        """Send fuzzed messages every few milliseconds, then close and wait for the end."""
+        deadline = time.monotonic() + duration_s
+        sequence = itertools.count(1)
+        while time.monotonic() < deadline and not self._done.wait(0.01):
+            self._outgoing.put(self._next(sequence))
+        self._outgoing.put(None)
+        self._done.wait(10)
+
+    def _next(self, sequence: Iterator[int]) -> worker_service_pb2.ConnectRequest:
+        rng, gen = self.rng, self.gen
+        request = worker_service_pb2.ConnectRequest()
+        pick = rng.random()
+        if pick < 0.65 and self.leases:
+            for _ in range(rng.choice((1, 1, 2, 5))):
+                self._update(request.updates.updates.add())
+        elif pick < 0.9:
+            heartbeat = request.heartbeat
+            forged = rng.random() < 0.1
+            heartbeat.sequence = rng.choice((0, 2**64 - 1)) if forged else next(sequence)
+            for lease in rng.sample(self.leases, min(len(self.leases), rng.choice((0, 1, 3)))):
+                heartbeat.leases.add().CopyFrom(lease)
+            if rng.random() < 0.3:
+                gen.fill(heartbeat)
+        elif pick < 0.93:
+            gen.fill(request)  # anything at all
+        elif pick < 0.96:
+            request.register.CopyFrom(self.register)  # only the first message may register
+            if rng.random() < 0.5:
+                gen.fill(request.register)
+        else:
+            request.leave.reason = rng.choice(("", "bye", "x" * 3000))
+        return request
+
+    def _update(self, update: worker_service_pb2.TaskUpdate) -> None:
+        rng = self.rng
+        lease = rng.choice(self.leases)
+        update.lease.task_id = (
+            lease.task_id
+            if rng.random() > 0.1
+            else rng.choice(("", "x", lease.task_id.upper(), lease.task_id + "\x00"))
+        )
+        update.lease.attempt = (
+            lease.attempt if rng.random() > 0.15 else rng.choice((0, lease.attempt + 1, 2**32 - 1))
+        )
+        kind = rng.choice(("started", "progress", "succeeded", "failed", "released", None))
+        if kind is not None:
+            outcome = getattr(update, kind)
+            outcome.SetInParent()
+            if rng.random() < 0.6:
+                self.gen.fill(outcome)
+
+
+@pytest.mark.scenario_id("B7 worker stream fuzz")
+@pytest.mark.timeout(600)
+def test_b7_nodes_sending_fuzzed_updates_about_real_leases(
+    make_cluster: MakeCluster, row: BRow, size: Size
+) -> None:
+    cluster = make_cluster("--log-level", "info")
+    rounds = size.pick(10, 60)
+    gen = MessageGen(random.Random(seed()), [])
+    acknowledged: list[str] = []
+    endings: Counter[str] = Counter()
+    received: Counter[str] = Counter()
+    problems: list[str] = []
+    with cluster.client() as client, grpc.insecure_channel(cluster.server.address) as channel:
+        for _ in range(rounds):
+            specs = [TaskSpec("ok", {}, queue="fz", max_attempts=2) for _ in range(20)]
+            acknowledged += [a.task_id for a in client.submit_many(specs, answer="ack")]
+            nodes = [FuzzedNode(channel, gen, f"fz{gen.rng.randrange(5)}") for _ in range(3)]
+            runs = [threading.Thread(target=n.run, args=(2.0,)) for n in nodes]
+            for thread in runs:
+                thread.start()
+            for thread in runs:
+                thread.join()
+            for node in nodes:
+                endings[str(node.ended.name if node.ended else "open")] += 1
+                received.update(node.received)
+                if node.ended in BAD_CODES or "Traceback" in node.details:
+                    problems.append(f"{node.ended}: {node.details}")
+    assert problems == [], f"seed {seed()}: {problems[:5]}"
+    assert received["assignments"] > 0, "the fuzzed nodes were never given work"
+    cluster.node("real", "--queues", "fz")  # runs what the fuzzed nodes left unfinished
+    assert error_lines(cluster.server.log()) == [], error_lines(cluster.server.log())[:10]
+    finish(  # every stored task (the acknowledged ones) terminal within a minute
+        row,
+        cluster,
+        seed=seed(),
+        acknowledged=len(acknowledged),
+        fuzzed_sessions=sum(endings.values()),
+        endings=dict(endings),
+        received=dict(received),
+    )
