@@ -48,8 +48,8 @@ from tests.chaos._b_helpers import (
     wait_nodes,
 )
 from tests.chaos.conftest import Size
-from tests.chaos.rpcs import Rpc, every_rpc
 from tests.harness import RawNode, succeeded, wait_until
+from tests.rpcs import Rpc, every_rpc
 
 pytestmark = pytest.mark.chaos
 MakeCluster = Callable[..., Cluster]

@@ -7,7 +7,8 @@ to reach the code behind the first check. :class:`MessageGen` fills any
 message of the contract that way: each field is set with a fixed chance
 (high for the ones a request needs), to a realistic value most of the time and
 to an edge value of its type otherwise; repeated fields, maps, oneofs,
-Timestamps and Durations included. Seeded, so a failure replays.
+Timestamps and Durations included. Seeded, so a failure replays. :func:`call`
+sends one call's requests as bytes and returns the status it ended with.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grpc
 from google.protobuf import descriptor
 from google.protobuf.message import Message
+
+from tests.rpcs import Rpc
 
 FD = descriptor.FieldDescriptor
 
 EDGE_STRINGS = (
     "", "x", " ", "\t", "\n", "*", "%s", "../..", "a b", "a:b", "a.b", "é", "\ud7ff",
-    "a\x00b", "a" * 300, "x" * 5000, "9" * 40, "-1", "nan", "inf", "1e309", "true", "null",
-    "{}", "[]", "America", "0 0 31 2 *", "0 9 1 1 * 0 2027", "@hourly", "QUEUED",
+    "a\x00b", "\x00", "default\x00", "a" * 300, "x" * 5000, "9" * 40, "-1", "nan", "inf",
+    "1e309", "true", "null", "{}", "[]", "America", "0 0 31 2 *", "0 9 1 1 * 0 2027",
+    "@hourly", "QUEUED",
 )  # fmt: skip
 EDGE_INTS = (0, 1, -1, 2**31 - 1, -(2**31), 2**32 - 1, 2**53, 2**63 - 1, -(2**63))
 EDGE_UINTS = (0, 1, 2**31, 2**32 - 1, 2**53, 2**63, 2**64 - 1)
@@ -61,6 +66,12 @@ ALWAYS = frozenset(
      "per_second", "burst", "key"}
 )  # fmt: skip
 """Fields set almost always: without them nearly every request stops at the first check."""
+TIME_TYPES = ("google.protobuf.Timestamp", "google.protobuf.Duration")
+STREAM_DEADLINE_S = 1.5
+"""The longest a server stream (a watch) is waited on for its first answer."""
+BAD_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE)
+"""What no request may end with: the coordinator failed, not the request (the store is
+healthy throughout, so UNAVAILABLE means a request made it fail: a NUL on PostgreSQL did)."""
 
 
 class MessageGen:
@@ -81,10 +92,47 @@ class MessageGen:
         self.fill(message)
         return message
 
+    def requests(self, rpc: Rpc) -> list[Message]:
+        """What one call of ``rpc`` sends: a request, or 1-3 on a request stream; each
+        either built with edge values mixed in or a :meth:`mutant`, half and half."""
+        count = self.rng.choice((1, 2, 3)) if rpc.client_streaming else 1
+        build = self.build if self.rng.random() < 0.5 else self.mutant
+        return [build(rpc.request) for _ in range(count)]
+
+    def mutant(self, message_type: type[Message]) -> Message:
+        """A realistic ``message_type`` with exactly one field (anywhere in it) set to an
+        edge value: valid enough elsewhere for that value to get as deep as it can."""
+        edge, self.edge = self.edge, 0.0
+        try:
+            message = self.build(message_type)
+        finally:
+            self.edge = edge
+        spots = list(_spots(message, 0))
+        if not spots:  # a request with no fields
+            return message
+        owner, fd = self.rng.choice(spots)
+        if fd is None:
+            self._time(owner, owner.DESCRIPTOR.full_name.endswith("Timestamp"), edge=True)
+        elif fd.message_type is not None:  # a map
+            key_fd = fd.message_type.fields_by_name["key"]
+            value_fd = fd.message_type.fields_by_name["value"]
+            if value_fd.message_type is None:
+                with contextlib.suppress(ValueError):
+                    getattr(owner, fd.name)[self.scalar(key_fd, edge=True)] = self.scalar(
+                        value_fd, edge=True
+                    )
+        elif fd.is_repeated:
+            with contextlib.suppress(ValueError):
+                getattr(owner, fd.name).append(self.scalar(fd, edge=True))
+        else:
+            with contextlib.suppress(ValueError):
+                setattr(owner, fd.name, self.scalar(fd, edge=True))
+        return message
+
     def fill(self, message: Message, depth: int = 0) -> None:
         """Set some of ``message``'s fields (in place), recursing up to a few levels."""
         desc = message.DESCRIPTOR
-        if desc.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+        if desc.full_name in TIME_TYPES:
             self._time(message, timestamp=desc.full_name.endswith("Timestamp"))
             return
         oneofs: set[str] = set()
@@ -126,10 +174,11 @@ class MessageGen:
         with contextlib.suppress(ValueError):  # a lone surrogate: protobuf refuses it
             setattr(message, fd.name, self.scalar(fd))
 
-    def scalar(self, fd: Any) -> Any:
+    def scalar(self, fd: Any, edge: bool | None = None) -> Any:
         """A value for a scalar field: realistic, or (``edge`` of the time) an edge value."""
         rng = self.rng
-        edge = rng.random() < self.edge
+        if edge is None:
+            edge = rng.random() < self.edge
         kind = fd.type
         if kind == FD.TYPE_STRING:
             if edge:
@@ -154,9 +203,9 @@ class MessageGen:
             return rng.choice(_edge_ints(kind))
         return rng.choice((1, 2, 3, 10, 100))
 
-    def _time(self, message: Any, timestamp: bool) -> None:
+    def _time(self, message: Any, timestamp: bool, edge: bool | None = None) -> None:
         rng = self.rng
-        if rng.random() < self.edge:
+        if edge or (edge is None and rng.random() < self.edge):
             message.seconds = rng.choice(EDGE_SECONDS)
             message.nanos = rng.choice(EDGE_NANOS)
         elif timestamp:
@@ -164,6 +213,25 @@ class MessageGen:
         else:
             message.seconds = rng.choice((1, 2, 60))
             message.nanos = rng.choice((0, 500_000_000))
+
+
+def _spots(message: Any, depth: int) -> Iterator[tuple[Any, Any]]:
+    """Where an edge value can go in ``message``: (message, scalar, repeated scalar or map
+    field) pairs, in it and in the sub-messages set in it; (Timestamp or Duration, None)
+    for each of those, set or not."""
+    if message.DESCRIPTOR.full_name in TIME_TYPES:
+        yield message, None
+        return
+    for fd in message.DESCRIPTOR.fields:
+        sub = fd.message_type
+        if sub is None or sub.GetOptions().map_entry:
+            yield message, fd
+        elif fd.is_repeated:
+            if depth < 4:
+                for item in getattr(message, fd.name):
+                    yield from _spots(item, depth + 1)
+        elif sub.full_name in TIME_TYPES or (depth < 4 and message.HasField(fd.name)):
+            yield from _spots(getattr(message, fd.name), depth + 1)
 
 
 def _edge_ints(kind: int) -> Sequence[int]:
@@ -175,3 +243,25 @@ def _edge_ints(kind: int) -> Sequence[int]:
     if kind in (FD.TYPE_UINT64, FD.TYPE_FIXED64):
         return EDGE_UINTS
     return EDGE_INTS
+
+
+def call(channel: grpc.Channel, rpc: Rpc, messages: list[bytes]) -> tuple[grpc.StatusCode, str]:
+    """Send ``messages`` (one unless the RPC streams requests); the status it ended with."""
+    try:
+        if not rpc.client_streaming and not rpc.server_streaming:
+            channel.unary_unary(rpc.path, None, None)(messages[0], timeout=10)
+        elif not rpc.client_streaming:
+            # The first answer shows the call was taken (a watch's current state, a
+            # submit's acknowledgement); the rest would follow a task no node runs.
+            answers: Any = channel.unary_stream(rpc.path, None, None)(
+                messages[0], timeout=STREAM_DEADLINE_S
+            )
+            next(answers, None)
+            answers.cancel()
+        else:
+            stream = channel.stream_stream(rpc.path, None, None)(iter(messages), timeout=10)
+            for _ in stream:
+                pass
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
