@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -368,7 +369,7 @@ class Client(ScheduleCalls, ClusterCalls):
         tasks = self.iter_tasks(
             queue=queue, state=state, type=type, page_size=page_size, headers=headers
         )
-        return list(itertools.islice(tasks, limit))
+        return list(itertools.islice(tasks, min(limit, sys.maxsize)))  # islice's own limit
 
     def iter_tasks(
         self,

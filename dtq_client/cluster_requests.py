@@ -18,6 +18,8 @@ from dtq_client.plans import Plan, no_answer
 
 # Every admin call below sets absolute values, so retrying one is harmless.
 _ADMIN_CODES = retry.READ_CODES
+UINT32_MAX = 2**32 - 1
+"""The most a queue's max_running or max_depth field carries."""
 
 # --- nodes ---------------------------------------------------------------------------------
 
@@ -70,6 +72,7 @@ def set_queue_paused(name: str, paused: bool) -> Plan[QueueStats]:
 
 def set_queue_limit(name: str, max_running: int) -> Plan[QueueStats]:
     """UpdateQueue setting a queue's cap on tasks leased or running (0: none)."""
+    max_running = _uint32(max_running, "max_running")
     return _update_queue(admin_service_pb2.UpdateQueueRequest(name=name, max_running=max_running))
 
 
@@ -80,7 +83,16 @@ def set_queue_rate_limit(name: str, per_second: float) -> Plan[QueueStats]:
 
 def set_queue_max_depth(name: str, max_depth: int) -> Plan[QueueStats]:
     """UpdateQueue setting the most unfinished tasks a queue holds (0: no limit)."""
+    max_depth = _uint32(max_depth, "max_depth")
     return _update_queue(admin_service_pb2.UpdateQueueRequest(name=name, max_depth=max_depth))
+
+
+def _uint32(value: int, name: str) -> int:
+    """``value`` if the request's uint32 field can carry it (the coordinator checks its own
+    limits); else ValueError naming ``name`` (protobuf's says only "Value out of range")."""
+    if not 0 <= value <= UINT32_MAX:
+        raise ValueError(f"{name} must be 0 to {UINT32_MAX:,}, got {value}")
+    return value
 
 
 def _update_queue(request: admin_service_pb2.UpdateQueueRequest) -> Plan[QueueStats]:

@@ -7,6 +7,7 @@ from rich.text import Text
 
 from dtq.cli_types import FiniteFloat
 from dtq_client.cli.app import cli, client_for, output_option, printer_for, stderr_console
+from dtq_client.cluster_requests import UINT32_MAX
 
 # UpdateQueue and SetRateLimit take at most this many tasks per second.
 _MAX_RATE = 100_000
@@ -67,7 +68,7 @@ def resume(ctx: click.Context, name: str) -> None:
 
 @queues.command()
 @click.argument("name", metavar="QUEUE")
-@click.argument("max_running", metavar="N", type=click.IntRange(min=0))
+@click.argument("max_running", metavar="N", type=click.IntRange(0, UINT32_MAX))
 @output_option
 @click.pass_context
 def limit(ctx: click.Context, name: str, max_running: int) -> None:
@@ -95,7 +96,7 @@ def rate(ctx: click.Context, name: str, per_second: float) -> None:
 
 @queues.command()
 @click.argument("name", metavar="QUEUE")
-@click.argument("max_depth", metavar="N", type=click.IntRange(min=0))
+@click.argument("max_depth", metavar="N", type=click.IntRange(0, UINT32_MAX))
 @output_option
 @click.pass_context
 def depth(ctx: click.Context, name: str, max_depth: int) -> None:

@@ -147,6 +147,10 @@ def test_each_queue_setting_is_reflected_by_queues(cluster: Cluster, queue: str)
             with pytest.raises(InvalidArgument) as info:
                 await client.set_queue_limit("bad queue", 100_001)
             assert [field for field, _ in info.value.field_violations] == ["name", "max_running"]
+            for update, name in ((client.set_queue_limit, "max_running"),
+                                 (client.set_queue_max_depth, "max_depth")):  # fmt: skip
+                with pytest.raises(ValueError, match=f"{name} must be 0 to 4,294,967,295"):
+                    await update(queue, 2**32)  # more than the request can carry
 
     run(scenario())
 

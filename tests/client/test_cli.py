@@ -125,6 +125,9 @@ def test_invalid_payload_file_is_a_usage_error(tmp_path: Any) -> None:
         ("purge", "--state", "queued", "--yes"),
         ("queues", "limit", "q", "-1"),
         ("queues", "limit", "q"),
+        # Past what the request's uint32 carries (a "Value out of range" traceback):
+        ("queues", "limit", "q", str(2**63)),
+        ("queues", "depth", "q", str(2**32)),
         ("queues", "drain", "q"),
         ("list", "--state", "sleeping"),
         ("list", "--limit", "0"),
@@ -417,6 +420,9 @@ def test_list_as_table_and_json(address: str, client: Client, queue: str) -> Non
     assert [t["id"] for t in listed] == newest_first
     limited = run("--address", address, "-o", "json", "list", "-q", queue, "--limit", "1")
     assert [t["id"] for t in json.loads(limited.stdout)] == newest_first[:1]
+    # More than islice takes (a ValueError traceback): as good as no limit.
+    unlimited = run("--address", address, "-o", "json", "list", "-q", queue, "--limit", str(2**63))
+    assert [t["id"] for t in json.loads(unlimited.stdout)] == newest_first
     lines = run("--address", address, "-o", "jsonl", "list", "-q", queue, "--state", "cancelled")
     assert [json.loads(line)["id"] for line in lines.stdout.splitlines()] == [tasks[0].id]
     table = run("--address", address, "list", "-q", queue)
