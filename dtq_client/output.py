@@ -358,10 +358,18 @@ def schedules_table(schedules: Sequence[Schedule]) -> Table:
             Text("yes", style="yellow") if schedule.paused else Text("no"),
             Text(_missed_ticks(schedule)),
             Text(str(schedule.fired_count)),
-            Text(format_time(schedule.next_fire_at) or "-"),
+            _next_fire(schedule),
             Text(format_time(schedule.last_fire_at) or "-"),
         )
     return table
+
+
+def _next_fire(schedule: Schedule) -> Text:
+    """The next tick; a tick the coordinator could not fire is marked (``get`` says why)."""
+    text = Text(format_time(schedule.next_fire_at) or "-")
+    if schedule.last_error is not None:
+        text.append(" failing", style="red")
+    return text
 
 
 def schedule_view(schedule: Schedule) -> Table:
@@ -381,6 +389,12 @@ def schedule_view(schedule: Schedule) -> Table:
         ("next fire", _optional(format_time(schedule.next_fire_at))),
         ("last fire", _optional(format_time(schedule.last_fire_at))),
         ("created", _optional(format_time(schedule.created_at))),
+        (
+            "last error",
+            None
+            if schedule.last_error is None
+            else Text(f"{schedule.last_error} (at {format_time(schedule.last_error_at)})", "red"),
+        ),
         ("type", Text(spec.type)),
         ("queue", Text(spec.queue or "default")),
         ("payload", Text(payload_preview(data, content_type))),

@@ -110,6 +110,11 @@ class Scheduler:
             )
         draft = dataclasses.replace(draft, next_fire_at=first)
         schedule, created = await self._store.create_schedule(draft)
+        held = self._schedules.get(name)
+        if not created and held is not None:  # the same schedule again: its error stands
+            schedule = dataclasses.replace(
+                schedule, last_error=held.last_error, last_error_at=held.last_error_at
+            )
         self._keep(schedule)
         self._changed.set()
         log.info("schedule.created" if created else "schedule.exists", schedule=name)
@@ -134,7 +139,9 @@ class Scheduler:
             raise ScheduleEnded(name)
         if not await self._store.set_schedule_paused(name, paused, next_at):
             raise ScheduleNotFound(name)
-        updated = dataclasses.replace(schedule, paused=paused, next_fire_at=next_at)
+        updated = dataclasses.replace(
+            schedule, paused=paused, next_fire_at=next_at, last_error=None, last_error_at=None
+        )
         self._keep(updated)
         self._changed.set()
         log.info("schedule.paused" if paused else "schedule.resumed", schedule=name)
@@ -270,6 +277,8 @@ class Scheduler:
                         next_fire_at=firing.next_at,
                         last_fire_at=max(firing.ticks, default=schedule.last_fire_at),
                         fired_count=schedule.fired_count + len(firing.ticks),
+                        last_error=None,
+                        last_error_at=None,
                     )
                 )
             created += firing.tasks
@@ -297,8 +306,13 @@ class Scheduler:
     def _retry_later(self, schedule: Schedule, exc: CoordinatorError) -> None:
         """Look at ``schedule`` again soon if the store was down, later if it refused it."""
         log.warning("schedule.fire_failed", schedule=schedule.name, error=str(exc))
+        now = time.time()
+        if self._schedules.get(schedule.name) is schedule:  # shown to clients until it fires
+            # Not _keep: that looks at the schedule at its (passed) tick, i.e. at once.
+            failed = dataclasses.replace(schedule, last_error=str(exc), last_error_at=now)
+            self._schedules[schedule.name] = failed
         after_s = MAX_SLEEP_S if isinstance(exc, StoreUnavailable) else FAILED_RETRY_S
-        self._look_at(time.time() + after_s, schedule.name)
+        self._look_at(now + after_s, schedule.name)
 
 
 def _firing(schedule: Schedule, now: float, config: ServerConfig) -> Firing:

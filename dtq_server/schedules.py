@@ -59,6 +59,10 @@ class Schedule:
     last_fire_at: float | None
     fired_count: int
     created_at: float
+    last_error: str | None = None
+    """Why the last try to fire the due tick failed (memory only: cleared when a tick
+    fires, and by anything that re-reads the schedule from the store)."""
+    last_error_at: float | None = None
 
     def same_definition(self, other: Schedule) -> bool:
         """True if ``other`` defines the same schedule (ignores run-time state)."""

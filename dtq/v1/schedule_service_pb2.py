@@ -27,37 +27,37 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64tq/v1/schedule_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x03\n\x08Schedule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04\x63ron\x18\x02 \x01(\tH\x00\x12-\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12\x1e\n\x04task\x18\x05 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\x12\x0e\n\x06paused\x18\x06 \x01(\x08\x12\x36\n\x13missed_ticks_policy\x18\x07 \x01(\x0e\x32\x19.dtq.v1.MissedTicksPolicy\x12\x32\n\x0enext_fire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_fire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ired_count\x18\n \x01(\x04\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06timing\";\n\x15\x43reateScheduleRequest\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\"M\n\x16\x43reateScheduleResponse\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\"\n\x12GetScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13GetScheduleResponse\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\"=\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x15ListSchedulesResponse\x12#\n\tschedules\x18\x01 \x03(\x0b\x32\x10.dtq.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x15UpdateScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06paused\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_paused\"<\n\x16UpdateScheduleResponse\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\"%\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse*\x99\x01\n\x11MissedTicksPolicy\x12#\n\x1fMISSED_TICKS_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18MISSED_TICKS_POLICY_SKIP\x10\x01\x12 \n\x1cMISSED_TICKS_POLICY_RUN_ONCE\x10\x02\x12\x1f\n\x1bMISSED_TICKS_POLICY_RUN_ALL\x10\x03\x32\x9a\x03\n\x0fScheduleService\x12O\n\x0e\x43reateSchedule\x12\x1d.dtq.v1.CreateScheduleRequest\x1a\x1e.dtq.v1.CreateScheduleResponse\x12\x46\n\x0bGetSchedule\x12\x1a.dtq.v1.GetScheduleRequest\x1a\x1b.dtq.v1.GetScheduleResponse\x12L\n\rListSchedules\x12\x1c.dtq.v1.ListSchedulesRequest\x1a\x1d.dtq.v1.ListSchedulesResponse\x12O\n\x0eUpdateSchedule\x12\x1d.dtq.v1.UpdateScheduleRequest\x1a\x1e.dtq.v1.UpdateScheduleResponse\x12O\n\x0e\x44\x65leteSchedule\x12\x1d.dtq.v1.DeleteScheduleRequest\x1a\x1e.dtq.v1.DeleteScheduleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64tq/v1/schedule_service.proto\x12\x06\x64tq.v1\x1a\x11\x64tq/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x03\n\x08Schedule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x04\x63ron\x18\x02 \x01(\tH\x00\x12-\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12\x1e\n\x04task\x18\x05 \x01(\x0b\x32\x10.dtq.v1.TaskSpec\x12\x0e\n\x06paused\x18\x06 \x01(\x08\x12\x36\n\x13missed_ticks_policy\x18\x07 \x01(\x0e\x32\x19.dtq.v1.MissedTicksPolicy\x12\x32\n\x0enext_fire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_fire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x66ired_count\x18\n \x01(\x04\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x33\n\x0flast_error_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06timing\";\n\x15\x43reateScheduleRequest\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\"M\n\x16\x43reateScheduleResponse\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\"\n\x12GetScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x13GetScheduleResponse\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\"=\n\x14ListSchedulesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"U\n\x15ListSchedulesResponse\x12#\n\tschedules\x18\x01 \x03(\x0b\x32\x10.dtq.v1.Schedule\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x15UpdateScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x06paused\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_paused\"<\n\x16UpdateScheduleResponse\x12\"\n\x08schedule\x18\x01 \x01(\x0b\x32\x10.dtq.v1.Schedule\"%\n\x15\x44\x65leteScheduleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse*\x99\x01\n\x11MissedTicksPolicy\x12#\n\x1fMISSED_TICKS_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n\x18MISSED_TICKS_POLICY_SKIP\x10\x01\x12 \n\x1cMISSED_TICKS_POLICY_RUN_ONCE\x10\x02\x12\x1f\n\x1bMISSED_TICKS_POLICY_RUN_ALL\x10\x03\x32\x9a\x03\n\x0fScheduleService\x12O\n\x0e\x43reateSchedule\x12\x1d.dtq.v1.CreateScheduleRequest\x1a\x1e.dtq.v1.CreateScheduleResponse\x12\x46\n\x0bGetSchedule\x12\x1a.dtq.v1.GetScheduleRequest\x1a\x1b.dtq.v1.GetScheduleResponse\x12L\n\rListSchedules\x12\x1c.dtq.v1.ListSchedulesRequest\x1a\x1d.dtq.v1.ListSchedulesResponse\x12O\n\x0eUpdateSchedule\x12\x1d.dtq.v1.UpdateScheduleRequest\x1a\x1e.dtq.v1.UpdateScheduleResponse\x12O\n\x0e\x44\x65leteSchedule\x12\x1d.dtq.v1.DeleteScheduleRequest\x1a\x1e.dtq.v1.DeleteScheduleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dtq.v1.schedule_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MISSEDTICKSPOLICY']._serialized_start=1106
-  _globals['_MISSEDTICKSPOLICY']._serialized_end=1259
+  _globals['_MISSEDTICKSPOLICY']._serialized_start=1179
+  _globals['_MISSEDTICKSPOLICY']._serialized_end=1332
   _globals['_SCHEDULE']._serialized_start=126
-  _globals['_SCHEDULE']._serialized_end=520
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=522
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=581
-  _globals['_CREATESCHEDULERESPONSE']._serialized_start=583
-  _globals['_CREATESCHEDULERESPONSE']._serialized_end=660
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=662
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=696
-  _globals['_GETSCHEDULERESPONSE']._serialized_start=698
-  _globals['_GETSCHEDULERESPONSE']._serialized_end=755
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=757
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=818
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=820
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=905
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=907
-  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=976
-  _globals['_UPDATESCHEDULERESPONSE']._serialized_start=978
-  _globals['_UPDATESCHEDULERESPONSE']._serialized_end=1038
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1040
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=1077
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=1079
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=1103
-  _globals['_SCHEDULESERVICE']._serialized_start=1262
-  _globals['_SCHEDULESERVICE']._serialized_end=1672
+  _globals['_SCHEDULE']._serialized_end=593
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=595
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=654
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=656
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=733
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=735
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=769
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=771
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=828
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=830
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=891
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=893
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=978
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=980
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=1049
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_start=1051
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_end=1111
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1113
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=1150
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=1152
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=1176
+  _globals['_SCHEDULESERVICE']._serialized_start=1335
+  _globals['_SCHEDULESERVICE']._serialized_end=1745
 # @@protoc_insertion_point(module_scope)

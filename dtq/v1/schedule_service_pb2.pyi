@@ -24,7 +24,7 @@ MISSED_TICKS_POLICY_RUN_ONCE: MissedTicksPolicy
 MISSED_TICKS_POLICY_RUN_ALL: MissedTicksPolicy
 
 class Schedule(_message.Message):
-    __slots__ = ("name", "cron", "interval", "time_zone", "task", "paused", "missed_ticks_policy", "next_fire_time", "last_fire_time", "fired_count", "create_time")
+    __slots__ = ("name", "cron", "interval", "time_zone", "task", "paused", "missed_ticks_policy", "next_fire_time", "last_fire_time", "fired_count", "create_time", "last_error", "last_error_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CRON_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,8 @@ class Schedule(_message.Message):
     LAST_FIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     FIRED_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     cron: str
     interval: _duration_pb2.Duration
@@ -47,7 +49,9 @@ class Schedule(_message.Message):
     last_fire_time: _timestamp_pb2.Timestamp
     fired_count: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., cron: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_zone: _Optional[str] = ..., task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., paused: _Optional[bool] = ..., missed_ticks_policy: _Optional[_Union[MissedTicksPolicy, str]] = ..., next_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fired_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    last_error: str
+    last_error_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., cron: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_zone: _Optional[str] = ..., task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., paused: _Optional[bool] = ..., missed_ticks_policy: _Optional[_Union[MissedTicksPolicy, str]] = ..., next_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fired_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., last_error_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateScheduleRequest(_message.Message):
     __slots__ = ("schedule",)

@@ -53,6 +53,8 @@ def schedule_from_proto(message: schedule_service_pb2.Schedule) -> Schedule:
         last_fire_at=time_from_proto(message, "last_fire_time"),
         fired_count=message.fired_count,
         created_at=time_from_proto(message, "create_time"),
+        last_error=message.last_error or None,
+        last_error_at=time_from_proto(message, "last_error_time"),
     )
 
 
@@ -68,6 +70,8 @@ def schedule_to_proto(schedule: Schedule) -> schedule_service_pb2.Schedule:
         last_fire_time=time_to_proto(schedule.last_fire_at),
         fired_count=schedule.fired_count,
         create_time=time_to_proto(schedule.created_at),
+        last_error=schedule.last_error or "",
+        last_error_time=time_to_proto(schedule.last_error_at),
     )
     # The oneof keeps only the last of the two: Client.create_schedule refuses both at once.
     if schedule.cron is not None:

@@ -85,6 +85,8 @@ def schedule_to_proto(s: Schedule) -> schedule_pb.Schedule:
         last_fire_time=timestamp(s.last_fire_at),
         fired_count=s.fired_count,
         create_time=timestamp(s.created_at),
+        last_error=s.last_error or "",
+        last_error_time=timestamp(s.last_error_at),
     )
     if s.cron is not None:
         msg.cron = s.cron

@@ -222,6 +222,25 @@ def test_schedules_create_list_pause_resume_and_delete(
     assert "NOT_FOUND (SCHEDULE_NOT_FOUND)" in gone.stderr
 
 
+def test_a_schedule_that_cannot_fire_shows_failing_and_why(
+    dtq: Dtq, client: Client, queue: str
+) -> None:
+    name = f"orphaned-{queue}"
+    spec = TaskSpec(NOBODY, queue=queue, depends_on=[str(uuid.uuid4())])  # no such task
+    client.create_schedule(name, spec, cron="* * * * * *")
+    try:
+        wait_until(lambda: client.get_schedule(name).last_error, 5, what="a failed tick")
+        [row] = [r for r in rows(dtq("schedules")) if r[0] == name]
+        assert row[-2:] == ["failing", "-"]  # NEXT (a time, then "failing") and LAST
+        view = dtq("schedules", "get", name)
+        reason = r"^last error +task\.depends_on\[0\]: no task with that id \(at 20"
+        assert re.search(reason, view.stdout, re.M), view.stdout
+        data = json.loads(dtq("-o", "json", "schedules", "get", name).stdout)
+        assert "no task with that id" in data["lastError"] and data["lastErrorTime"]
+    finally:
+        client.delete_schedule(name)
+
+
 def test_schedules_create_with_an_interval_and_its_errors(
     dtq: Dtq, client: Client, queue: str
 ) -> None:

@@ -504,6 +504,8 @@ def full_schedule(**fields: object) -> Schedule:
         "last_fire_at": datetime(2024, 5, 1, 1, 0, tzinfo=UTC),
         "fired_count": 12,
         "created_at": datetime(2024, 4, 20, 9, 30, tzinfo=UTC),
+        "last_error": "queue 'reports' is full",
+        "last_error_at": datetime(2024, 5, 2, 1, 0, 1, tzinfo=UTC),
     }
     values.update(fields)
     return Schedule(**values)  # type: ignore[arg-type]
@@ -519,7 +521,10 @@ def test_a_cron_schedule_round_trips_with_every_field() -> None:
 
 
 def test_an_interval_schedule_round_trips() -> None:
-    schedule = full_schedule(cron=None, interval_s=90.5, time_zone=None, missed_ticks=None)
+    schedule = full_schedule(
+        cron=None, interval_s=90.5, time_zone=None, missed_ticks=None, last_error=None,
+        last_error_at=None,
+    )  # fmt: skip
     message = convert.schedule_to_proto(schedule)
     assert message.WhichOneof("timing") == "interval"
     assert message.interval.ToNanoseconds() == 90_500_000_000

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import random
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,3 +198,40 @@ def test_remembered_cron_ticks_are_croniters(seed: int) -> None:
         expected = croniter(cron, base).get_next(datetime).timestamp()
         assert next_tick(s, after) == expected, (cron, zone, after)
         assert next_tick(s, after) == expected  # asked again: the remembered answer
+
+
+def test_a_tick_that_cannot_fire_says_why_until_one_does(
+    coordinator: InProcessCoordinator, client: Client
+) -> None:
+    """A schedule the coordinator could not fire (the store down; a task its template
+    depends on gone, below) failed every try with only a warning in the coordinator's
+    log: clients saw a next tick in the past and no reason."""
+    calls = FireCalls(coordinator)
+    calls.down.set()
+    client.create_schedule("reports", TaskSpec("echo", queue="reports"), cron=EVERY_SECOND)
+    failing: str = wait_until(
+        lambda: client.get_schedule("reports").last_error or "", 10, what="the failure shown"
+    )
+    assert "could not commit" in failing
+    shown = client.get_schedule("reports")
+    assert shown.fired_count == 0
+    assert shown.last_error_at is not None
+    assert [s.last_error for s in client.list_schedules()] == [failing]
+    client.create_schedule("reports", TaskSpec("echo", queue="reports"), cron=EVERY_SECOND)
+    assert client.get_schedule("reports").last_error == failing  # the same again: it stands
+    calls.down.clear()  # the next try fires
+    wait_until(lambda: client.get_schedule("reports").fired_count > 0, 10, what="a tick")
+    fired = client.get_schedule("reports")
+    assert (fired.last_error, fired.last_error_at) == (None, None)
+
+
+def test_a_template_whose_dependency_is_gone_says_so(client: Client) -> None:
+    gone = str(uuid.uuid4())  # a task purged since, say
+    spec = TaskSpec("echo", queue="orphans", depends_on=[gone])
+    client.create_schedule("orphaned", spec, cron=EVERY_SECOND)
+    failing: str = wait_until(
+        lambda: client.get_schedule("orphaned").last_error or "", 10, what="the failure shown"
+    )
+    assert failing == "task.depends_on[0]: no task with that id"
+    assert client.pause_schedule("orphaned").last_error is None  # paused: nothing to fire
+    assert client.get_schedule("orphaned").fired_count == 0

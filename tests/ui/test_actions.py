@@ -128,3 +128,16 @@ def test_schedules_page_updates_live_and_pauses_and_resumes(page: Page, client: 
     expect(flash).to_have_text(f"schedule {nightly} resumed")
     expect(paused.locator("[data-field=paused]")).to_have_text("no")
     assert not client.get_schedule(nightly).paused
+
+
+def test_a_schedule_that_cannot_fire_is_marked_failing_with_the_reason(
+    page: Page, client: Client
+) -> None:
+    name = f"ui-{uuid.uuid4().hex[:8]}-orphaned"
+    spec = TaskSpec("echo", {}, queue=fresh_queue(), depends_on=[str(uuid.uuid4())])
+    client.create_schedule(name, spec, interval_s=1)  # no such task: no tick can fire
+    page.goto("/schedules")
+    badge = page.locator(f'tr[data-schedule="{name}"] [data-field=error]')
+    expect(badge).to_have_text("failing")  # live: the first tick fails a second later
+    expect(badge).to_have_attribute("title", re.compile(r"no task with that id \(at 20"))
+    client.delete_schedule(name)
