@@ -1,4 +1,5 @@
-"""Every RPC but the worker stream, fed requests built field by field (tests/field_fuzz.py).
+"""Every RPC fed requests built field by field (tests/field_fuzz.py), the worker stream by
+nodes holding real leases (tests/fuzzed_node.py).
 
 The small, in-process version of chaos B5: it runs in the default suite and in
 the PostgreSQL pass, where values SQLite takes and PostgreSQL does not (a NUL
@@ -8,14 +9,16 @@ in any text field) used to end as UNAVAILABLE or INTERNAL.
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from google.protobuf.message import Message
 
-from dtq_client import Client
+from dtq_client import Client, TaskSpec
 from tests.field_fuzz import BAD_CODES, MessageGen, call
-from tests.harness import InProcessCoordinator
+from tests.fuzzed_node import FuzzedNode
+from tests.harness import InProcessCoordinator, wait_until
 from tests.rpcs import Rpc, every_rpc
 
 EXAMPLES = 150
@@ -43,4 +46,38 @@ def test_requests_built_field_by_field_end_with_a_precise_status(
             problems += [p for p in pool.map(send, calls) if p is not None]
     assert problems == [], problems[:5]
     with Client(coordinator.address) as client:
+        assert client.health() == "SERVING"
+
+
+def test_nodes_sending_fuzzed_updates_leave_no_lease_behind(
+    coordinator: InProcessCoordinator,
+) -> None:
+    """Chaos B7 in small: fuzzed nodes holding real leases, on both stores."""
+    gen = MessageGen(random.Random(7), [])
+    endings: list[str] = []
+    with Client(coordinator.address) as client, grpc.insecure_channel(coordinator.address) as ch:
+        for _ in range(3):
+            client.submit_many([TaskSpec("ok", {}, queue="fz") for _ in range(20)], answer="ack")
+            nodes = [FuzzedNode(ch, gen, f"fz{i}") for i in range(3)]
+            runs = [threading.Thread(target=n.run, args=(1.0,)) for n in nodes]
+            for thread in runs:
+                thread.start()
+            for thread in runs:
+                thread.join()
+            for node in nodes:
+                assert node.ended not in BAD_CODES, (node.ended, node.details)
+                assert "Traceback" not in node.details
+                endings.append(str(node.ended))
+        assert sum(n.received["assignments"] for n in nodes) > 0, "no node was given work"
+        # Every session is over: each lease is released, expired or finished (none kept
+        # in memory for a session that is gone), and every task reads back.
+        wait_until(
+            lambda: (
+                not client.list_tasks(queue="fz", state="leased", limit=1)
+                and not client.list_tasks(queue="fz", state="running", limit=1)
+            ),
+            10,
+            what="no task leased or running",
+        )
+        assert len(client.list_tasks(queue="fz", limit=1000)) == 60
         assert client.health() == "SERVING"
