@@ -8,7 +8,8 @@ message of the contract that way: each field is set with a fixed chance
 (high for the ones a request needs), to a realistic value most of the time and
 to an edge value of its type otherwise; repeated fields, maps, oneofs,
 Timestamps and Durations included. Seeded, so a failure replays. :func:`call`
-sends one call's requests as bytes and returns the status it ended with.
+sends one call's requests as bytes and returns the status it ended with;
+:func:`fuzz_rpcs` makes many such calls of many RPCs and tallies them.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -265,3 +270,33 @@ def call(channel: grpc.Channel, rpc: Rpc, messages: list[bytes]) -> tuple[grpc.S
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+@dataclass
+class FuzzTally:
+    """What :func:`fuzz_rpcs` saw: statuses by name, and the calls that ended badly."""
+
+    statuses: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+
+def fuzz_rpcs(
+    channel: grpc.Channel, gen: MessageGen, rpcs: Sequence[Rpc], calls: int, senders: int = 8
+) -> FuzzTally:
+    """``calls`` calls of each of ``rpcs`` (requests from ``gen``), ``senders`` at a time;
+    a problem is a call ending in one of :data:`BAD_CODES` or with a traceback."""
+    tally = FuzzTally()
+    lock = threading.Lock()
+    with ThreadPoolExecutor(senders) as pool:
+        for rpc in rpcs:
+            batches = [gen.requests(rpc) for _ in range(calls)]
+
+            def send(requests: list[Message], rpc: Rpc = rpc) -> None:
+                code, details = call(channel, rpc, [r.SerializeToString() for r in requests])
+                with lock:
+                    tally.statuses[code.name] += 1
+                    if code in BAD_CODES or "Traceback" in details:
+                        tally.problems.append(f"{rpc.path}: {code.name} {details} for {requests}")
+
+            list(pool.map(send, batches))
+    return tally

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 
@@ -118,3 +118,12 @@ class FuzzedNode:
             outcome.SetInParent()
             if rng.random() < 0.6:
                 self.gen.fill(outcome)
+
+
+def run_together(nodes: Sequence[FuzzedNode], duration_s: float) -> None:
+    """Run ``nodes`` at once, each for ``duration_s``, and wait for them all to end."""
+    threads = [threading.Thread(target=node.run, args=(duration_s,)) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

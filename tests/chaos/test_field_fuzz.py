@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import grpc
 import pytest
@@ -37,10 +34,10 @@ from tests.chaos._b_helpers import (
     sql,
 )
 from tests.chaos.conftest import Size
-from tests.field_fuzz import BAD_CODES, MessageGen, call
-from tests.fuzzed_node import FuzzedNode
+from tests.field_fuzz import BAD_CODES, MessageGen, fuzz_rpcs
+from tests.fuzzed_node import FuzzedNode, run_together
 from tests.harness import wait_until
-from tests.rpcs import Rpc, every_rpc
+from tests.rpcs import every_rpc
 
 pytestmark = pytest.mark.chaos
 MakeCluster = Callable[..., Cluster]
@@ -75,25 +72,9 @@ def test_b5_requests_built_field_by_field_to_every_rpc(
     gen = MessageGen(random.Random(seed()), ids)
     # The worker stream is fuzzed below, by nodes that hold real leases.
     rpcs = [r for r in every_rpc() if not r.path.endswith("WorkerService/Connect")]
-    statuses: Counter[str] = Counter()
-    problems: list[str] = []
-    lock = threading.Lock()
-    with (
-        grpc.insecure_channel(cluster.server.address) as channel,
-        ThreadPoolExecutor(SENDERS) as senders,
-    ):
-        for rpc in rpcs:
-            batches = [gen.requests(rpc) for _ in range(examples)]
-
-            def send(batch: list[Any], rpc: Rpc = rpc) -> None:
-                code, details = call(channel, rpc, [m.SerializeToString() for m in batch])
-                with lock:
-                    statuses[code.name] += 1
-                    if code in BAD_CODES or "Traceback" in details:
-                        problems.append(f"{rpc.path}: {code.name} {details} for {batch}")
-
-            list(senders.map(send, batches))
-    assert problems == [], f"seed {seed()}: {problems[:5]}"
+    with grpc.insecure_channel(cluster.server.address) as channel:
+        tally = fuzz_rpcs(channel, gen, rpcs, examples)
+    assert tally.problems == [], f"seed {seed()}: {tally.problems[:5]}"
     assert error_lines(cluster.server.log()) == [], error_lines(cluster.server.log())[:10]
     with cluster.client() as client:  # schedules would go on adding tasks to finish
         for schedule in client.list_schedules():
@@ -105,7 +86,7 @@ def test_b5_requests_built_field_by_field_to_every_rpc(
         seed=seed(),
         rpcs=len(rpcs),
         examples_per_rpc=examples,
-        statuses=dict(statuses),
+        statuses=dict(tally.statuses),
     )
 
 
@@ -126,11 +107,7 @@ def test_b7_nodes_sending_fuzzed_updates_about_real_leases(
             specs = [TaskSpec("ok", {}, queue="fz", max_attempts=2) for _ in range(20)]
             acknowledged += [a.task_id for a in client.submit_many(specs, answer="ack")]
             nodes = [FuzzedNode(channel, gen, f"fz{gen.rng.randrange(5)}") for _ in range(3)]
-            runs = [threading.Thread(target=n.run, args=(2.0,)) for n in nodes]
-            for thread in runs:
-                thread.start()
-            for thread in runs:
-                thread.join()
+            run_together(nodes, 2.0)
             for node in nodes:
                 endings[str(node.ended.name if node.ended else "open")] += 1
                 received.update(node.received)
