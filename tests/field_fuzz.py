@@ -79,6 +79,11 @@ BAD_CODES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.
 healthy throughout, so UNAVAILABLE means a request made it fail: a NUL on PostgreSQL did)."""
 
 
+def ended_badly(code: grpc.StatusCode | None, details: str) -> bool:
+    """A call or stream that ended in one of :data:`BAD_CODES`, or with a traceback."""
+    return code in BAD_CODES or "Traceback" in details
+
+
 class MessageGen:
     """Fills messages from their descriptors (see the module docstring)."""
 
@@ -118,20 +123,8 @@ class MessageGen:
         owner, fd = self.rng.choice(spots)
         if fd is None:
             self._time(owner, owner.DESCRIPTOR.full_name.endswith("Timestamp"), edge=True)
-        elif fd.message_type is not None:  # a map
-            key_fd = fd.message_type.fields_by_name["key"]
-            value_fd = fd.message_type.fields_by_name["value"]
-            if value_fd.message_type is None:
-                with contextlib.suppress(ValueError):
-                    getattr(owner, fd.name)[self.scalar(key_fd, edge=True)] = self.scalar(
-                        value_fd, edge=True
-                    )
-        elif fd.is_repeated:
-            with contextlib.suppress(ValueError):
-                getattr(owner, fd.name).append(self.scalar(fd, edge=True))
-        else:
-            with contextlib.suppress(ValueError):
-                setattr(owner, fd.name, self.scalar(fd, edge=True))
+        elif fd.message_type is None or _entry(fd)[1].message_type is None:
+            self._put(owner, fd, edge=True)
         return message
 
     def fill(self, message: Message, depth: int = 0) -> None:
@@ -155,19 +148,17 @@ class MessageGen:
         rng = self.rng
         field: Any = getattr(message, fd.name)
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            key_fd = fd.message_type.fields_by_name["key"]
-            value_fd = fd.message_type.fields_by_name["value"]
+            key_fd, value_fd = _entry(fd)
             for _ in range(rng.choice((1, 1, 2, 3, 40))):
-                key = self.scalar(key_fd)
                 if value_fd.message_type is None:
-                    field[key] = self.scalar(value_fd)
+                    self._put(message, fd)
                 elif depth < 3:
-                    self.fill(field[key], depth + 1)
+                    self.fill(field[self.scalar(key_fd)], depth + 1)
             return
         if fd.is_repeated:
             for _ in range(rng.choice((0, 1, 1, 2, 3, 30))):
                 if fd.message_type is None:
-                    field.append(self.scalar(fd))
+                    self._put(message, fd)
                 elif depth < 3:
                     self.fill(field.add(), depth + 1)
             return
@@ -176,8 +167,20 @@ class MessageGen:
                 self.fill(field, depth + 1)
                 field.SetInParent()
             return
+        self._put(message, fd)
+
+    def _put(self, owner: Any, fd: Any, edge: bool | None = None) -> None:
+        """One value into ``owner``'s scalar field ``fd``: set, appended if it repeats, or
+        a new entry of a map of scalars (``edge`` as for :meth:`scalar`)."""
         with contextlib.suppress(ValueError):  # a lone surrogate: protobuf refuses it
-            setattr(message, fd.name, self.scalar(fd))
+            if fd.message_type is not None:  # a map
+                key_fd, value_fd = _entry(fd)
+                key = self.scalar(key_fd, edge)
+                getattr(owner, fd.name)[key] = self.scalar(value_fd, edge)
+            elif fd.is_repeated:
+                getattr(owner, fd.name).append(self.scalar(fd, edge))
+            else:
+                setattr(owner, fd.name, self.scalar(fd, edge))
 
     def scalar(self, fd: Any, edge: bool | None = None) -> Any:
         """A value for a scalar field: realistic, or (``edge`` of the time) an edge value."""
@@ -218,6 +221,12 @@ class MessageGen:
         else:
             message.seconds = rng.choice((1, 2, 60))
             message.nanos = rng.choice((0, 500_000_000))
+
+
+def _entry(map_fd: Any) -> tuple[Any, Any]:
+    """The key and value fields of a map field's entries."""
+    fields = map_fd.message_type.fields_by_name
+    return fields["key"], fields["value"]
 
 
 def _spots(message: Any, depth: int) -> Iterator[tuple[Any, Any]]:
@@ -295,7 +304,7 @@ def fuzz_rpcs(
                 code, details = call(channel, rpc, [r.SerializeToString() for r in requests])
                 with lock:
                     tally.statuses[code.name] += 1
-                    if code in BAD_CODES or "Traceback" in details:
+                    if ended_badly(code, details):
                         tally.problems.append(f"{rpc.path}: {code.name} {details} for {requests}")
 
             list(pool.map(send, batches))
