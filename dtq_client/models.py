@@ -451,7 +451,8 @@ class Schedule:
     """Tasks submitted so far."""
     created_at: datetime | None = None
     last_error: str | None = None
-    """Why the coordinator could not fire the due tick at its last try (a full queue, a
-    dependency gone); it tries every minute. None once a tick fires (and after a pause,
-    a resume or a restart of the coordinator, until its next try)."""
+    """Why the coordinator could not fire the due tick at its last try (a dependency
+    purged, a template past the coordinator's limits, the store down); it tries again
+    every minute. None once a tick fires (and after a pause, a resume or a restart of
+    the coordinator, until its next try)."""
     last_error_at: datetime | None = None
