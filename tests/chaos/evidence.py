@@ -1,7 +1,8 @@
 """What a chaos run leaves behind, read back: witness lines, coordinator events, SQLite rows.
 
 - The *witness* (tests/handlers.py) has one line per handler execution:
-  task id, attempt, node id, pid and ``time.monotonic()``.
+  task id, attempt, node id, pid and ``time.monotonic()`` (``span`` tasks add
+  an ``end`` line, which is not an execution of its own).
 - The coordinator's *event log* is its ``--log-format json`` output: one JSON
   object per line; ``lease.granted`` / ``lease.ended`` / ``lease.lost`` carry a
   ``mono`` timestamp (the coordinator's ``time.monotonic()``, which on Linux is
@@ -52,6 +53,8 @@ def read_witness(path: Path) -> list[Execution]:
             raw = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if raw.get("event") == "end":
+            continue  # the second line of a ``span`` execution
         executions.append(
             Execution(raw["task_id"], raw["attempt"], raw["node_id"], raw["pid"], raw["ts"])
         )

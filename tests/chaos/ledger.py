@@ -49,14 +49,15 @@ class Ledger:
         self.calls: list[tuple[float, str]] = []
         """(duration in s, outcome code) of every call, retries included."""
 
-    def record(self, entry: Entry) -> None:
-        """Store the final outcome of a key (a key is recorded once)."""
+    def record(self, entry: Entry) -> Entry:
+        """Store the final outcome of a key (a key is recorded once); returns it."""
         with self._lock:
             if entry.key in self._entries:
                 raise AssertionError(f"key {entry.key} recorded twice")
             self._entries[entry.key] = entry
             with self.path.open("a") as out:
                 out.write(json.dumps(asdict(entry)) + "\n")
+        return entry
 
     def call(self, duration_s: float, code: str) -> None:
         """Note one call's duration and outcome."""
@@ -174,28 +175,43 @@ class LoadClient:
             self.errors.append(exc)
 
     def _submit(self, client: Client, number: int) -> None:
-        key = f"{self.prefix}-{number}"
         type_, payload = self.spec(number)
-        give_up = time.monotonic() + self.give_up_s
-        backoff = 0.05
-        attempts = 0
-        while True:
-            attempts += 1
-            started = time.monotonic()
-            try:
-                task = client.submit(type_, payload, idempotency_key=key)
-            except AMBIGUOUS as exc:
-                self.ledger.call(time.monotonic() - started, exc.code.name)
-                if time.monotonic() >= give_up:
-                    self.ledger.record(Entry(key, None, False, exc.code.name, attempts))
-                    return
-                time.sleep(backoff * (1 + random.random()))
-                backoff = min(backoff * 2, 1.0)
-                continue
-            except RpcError as exc:
-                self.ledger.call(time.monotonic() - started, exc.code.name)
-                self.ledger.record(Entry(key, None, False, exc.code.name, attempts))
-                return
-            self.ledger.call(time.monotonic() - started, "OK")
-            self.ledger.record(Entry(key, task.id, True, attempts=attempts))
-            return
+        submit_answered(
+            client, self.ledger, f"{self.prefix}-{number}", type_, payload, self.give_up_s
+        )
+
+
+def submit_answered(
+    client: Client,
+    ledger: Ledger,
+    key: str,
+    type_: str,
+    payload: Any,
+    give_up_s: float,
+    **options: Any,
+) -> Entry:
+    """Submit one task under ``key`` until the answer is definite; record it in ``ledger``.
+
+    Ambiguous errors are retried with the same key for up to ``give_up_s``
+    (with a capped, jittered backoff); ``options`` are :meth:`Client.submit`'s.
+    """
+    give_up = time.monotonic() + give_up_s
+    backoff = 0.05
+    attempts = 0
+    while True:
+        attempts += 1
+        started = time.monotonic()
+        try:
+            task = client.submit(type_, payload, idempotency_key=key, **options)
+        except AMBIGUOUS as exc:
+            ledger.call(time.monotonic() - started, exc.code.name)
+            if time.monotonic() >= give_up:
+                return ledger.record(Entry(key, None, False, exc.code.name, attempts))
+            time.sleep(backoff * (1 + random.random()))
+            backoff = min(backoff * 2, 1.0)
+            continue
+        except RpcError as exc:
+            ledger.call(time.monotonic() - started, exc.code.name)
+            return ledger.record(Entry(key, None, False, exc.code.name, attempts))
+        ledger.call(time.monotonic() - started, "OK")
+        return ledger.record(Entry(key, task.id, True, attempts=attempts))
