@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections import Counter
 
 import pytest
 
 from tests.chaos import features
 from tests.chaos.checker import Expect, wait_terminal
-from tests.chaos.cluster import LEASE_EVENTS, ChaosCluster, Fault
+from tests.chaos.cluster import LEASE_EVENTS, ChaosCluster
 from tests.chaos.conftest import Scenario, Size
 from tests.chaos.features import FeatureLoad
+from tests.chaos.strikes import strike_for
 from tests.harness import wait_until
 
 pytestmark = pytest.mark.chaos
@@ -33,19 +33,6 @@ pytestmark = pytest.mark.chaos
 DEFAULT_SEED = 303
 NODES = ("n1", "n2")
 KINDS = ("coordinator.kill9", "node.kill9", "proxy.reset")
-
-
-def _strike(cluster: ChaosCluster, kind: str, node: str) -> Fault:
-    if kind == "coordinator.kill9":
-        fault = cluster.kill_coordinator()
-        cluster.restart_coordinator()
-    elif kind == "node.kill9":
-        fault = cluster.kill_node(node)
-        time.sleep(1.0)  # the service manager's restart delay
-        cluster.restart_node(node)
-    else:
-        fault = cluster.reset(node)
-    return fault
 
 
 @pytest.mark.scenario_id("L3")
@@ -83,16 +70,7 @@ def _soak(scenario: Scenario, size: Size, cluster: ChaosCluster) -> None:
     load = FeatureLoad(cluster.address, scenario.ledger, seed, rate=8.0).start()
     wait_until(lambda: load.units >= 16, 30, what="the load warming up")
     cluster.mark_baseline()
-    started = time.monotonic()
-    struck: list[Fault] = []
-    next_at = started + rng.uniform(*spacing)
-    while next_at < started + duration_s:
-        time.sleep(max(0.0, next_at - time.monotonic()))  # the spacing is the scenario
-        kind, node = rng.choice(KINDS), rng.choice(NODES)
-        struck.append(_strike(cluster, kind, node))
-        print(f"[L3] {struck[-1].at - started:6.1f} s  {kind} {'' if 'coord' in kind else node}")
-        next_at = max(time.monotonic(), next_at) + rng.uniform(*spacing)
-    time.sleep(max(0.0, started + duration_s - time.monotonic()))
+    struck = strike_for(cluster, rng, KINDS, NODES, spacing, duration_s, "L3")
     plan = load.stop(180)
     cluster.wait_nodes(*NODES)
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections import Counter
 
 import pytest
 
 from tests.chaos.checker import Expect
-from tests.chaos.cluster import ChaosCluster, Fault
 from tests.chaos.conftest import Scenario, Size
 from tests.chaos.ledger import LoadClient
+from tests.chaos.strikes import KINDS, strike_for
 from tests.harness import HEARTBEAT_TIMEOUT_S, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -29,34 +28,11 @@ pytestmark = pytest.mark.chaos
 T = HEARTBEAT_TIMEOUT_S
 DEFAULT_SEED = 202601
 NODES = ("n1", "n2")
-KINDS = ("node.kill9", "node.sigstop", "proxy.blackhole", "coordinator.kill9", "proxy.reset")
 
 
 def _spec(number: int) -> tuple[str, dict[str, float]]:
     """Short witness tasks of 0-200 ms, varied but reproducible."""
     return "witness", {"sleep": (number * 7919 % 5) * 0.05}
-
-
-def _strike(cluster: ChaosCluster, kind: str, node: str) -> Fault:
-    """Inject one fault and undo it; returns the fault as recorded."""
-    if kind == "node.kill9":
-        fault = cluster.kill_node(node)
-        time.sleep(1.0)  # the service manager's restart delay
-        cluster.restart_node(node)
-    elif kind == "node.sigstop":
-        fault = cluster.pause_node(node)
-        time.sleep(T + 2)  # the pause is the fault
-        cluster.resume_node(node)
-    elif kind == "proxy.blackhole":
-        fault = cluster.blackhole(node)
-        time.sleep(T + 3)  # the partition is the fault
-        cluster.heal(node)
-    elif kind == "coordinator.kill9":
-        fault = cluster.kill_coordinator()
-        cluster.restart_coordinator()
-    else:
-        fault = cluster.reset(node)
-    return fault
 
 
 @pytest.mark.scenario_id("L2")
@@ -80,19 +56,7 @@ def test_l2_seeded_chaos_soak(scenario: Scenario, size: Size) -> None:
     ).start()  # fmt: skip
     wait_until(lambda: len(scenario.ledger) >= 3 * rate, 30, what="the load warming up")
     cluster.mark_baseline()
-    started = time.monotonic()
-    struck: list[Fault] = []
-    next_at = started + rng.uniform(*spacing)
-    while next_at < started + duration_s:
-        time.sleep(max(0.0, next_at - time.monotonic()))  # the spacing is the scenario
-        kind, node = rng.choice(KINDS), rng.choice(NODES)
-        fault = _strike(cluster, kind, node)
-        struck.append(fault)
-        print(
-            f"[L2] {fault.at - started:6.1f} s  {kind} {'' if kind.startswith('coord') else node}"
-        )
-        next_at = max(time.monotonic(), next_at) + rng.uniform(*spacing)
-    time.sleep(max(0.0, started + duration_s - time.monotonic()))
+    struck = strike_for(cluster, rng, KINDS, NODES, spacing, duration_s, "L2")
     load.stop()
     load.join(180)
     cluster.wait_nodes(*NODES)
