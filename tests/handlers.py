@@ -115,6 +115,7 @@ async def async_sleep(payload: Any, ctx: TaskContext) -> dict[str, Any]:
 @registry.task("retry_after")
 def retry_after(payload: dict[str, Any], ctx: TaskContext) -> int:
     """Asks for its next attempt in ``payload["after"]`` s until attempt ``succeed_on`` (2)."""
+    _witness(ctx)
     if ctx.attempt < int(payload.get("succeed_on", 2)):
         raise RetryAfter(float(payload["after"]), "upstream asked us to wait")
     return ctx.attempt

@@ -12,6 +12,11 @@ ledger, ambiguous errors retried), keeps a :class:`Plan` of what it did, and
 - a dependant never starts before its dependency finished, and one whose
   dependency failed never runs and ends as its ``on_dependency_failure`` says;
 - a task cancelled while queued never runs and ends CANCELLED;
+- a failed attempt is retried no sooner than its backoff, or than the
+  handler's ``RetryAfter`` asked;
+- an attempt past its ``execution_timeout`` fails TIMED_OUT, and a task no
+  node can start fails SCHEDULE_TO_START_TIMEOUT, not before its deadline,
+  and never runs;
 - no more handlers of the limited queue run at once than its ``max_running``
   (witness start and end lines; a killed node's run ends at the kill);
 - the tasks of the rate-limited key are leased no faster than its token bucket
@@ -42,17 +47,25 @@ LIMITED, LIMIT = "limited", 2
 """The queue with a concurrency limit, and the limit."""
 GATED = "gated"
 """The queue the load pauses and resumes."""
+UNSERVED = "unserved"
+"""A queue no node takes tasks from."""
 RATE_KEY, RATE, BURST = "tenant", 4.0, 2
 """The rate-limited key: tasks/s and bucket size."""
 CLOCK_SLACK_S = 0.01
 """Rounding between the coordinator's wall time (stored) and a node's (the witness)."""
 PAUSE_SETTLE_S = 0.5
 """A dispatch round planned before a pause may still commit just after it is acknowledged."""
+RETRY_BACKOFF_S = 0.2
+"""The failing dependency's backoff: its second attempt comes at least this long after the
+first failed (DTQ's jitter only ever adds)."""
 FAIL_ATTEMPTS = 2
 """Attempts of the failing dependency of a doomed unit: each one runs (by design, not a
 duplicate)."""
-UNITS = ("plain", "delayed", "chain", "doomed", "cancelled", "limited", "rated", "gated")
-WEIGHTS = (3, 2, 2, 1, 1, 2, 1, 2)
+UNITS = (
+    "plain", "delayed", "chain", "doomed", "cancelled", "limited", "rated", "gated",
+    "retried", "timed_out", "unstarted",
+)  # fmt: skip
+WEIGHTS = (3, 2, 2, 1, 1, 2, 1, 2, 1, 1, 1)
 
 
 @dataclass
@@ -71,11 +84,18 @@ class Plan:
     rated: set[str] = field(default_factory=set)
     pauses: list[tuple[float, float]] = field(default_factory=list)
     """(acknowledged, resume sent) of every pause of the gated queue, monotonic."""
+    spacing: dict[str, float] = field(default_factory=dict)
+    """Task -> the least time between its first two attempts (a backoff, a RetryAfter)."""
+    timed_out: set[str] = field(default_factory=set)
+    """Tasks whose every attempt outlives its execution timeout."""
+    unstarted: dict[str, float] = field(default_factory=dict)
+    """Task -> its schedule-to-start timeout, in a queue no node serves."""
 
     @property
     def retries(self) -> int:
-        """Executions beyond the first that the plan asked for (failing tasks retried)."""
-        return len(self.doomed) * (FAIL_ATTEMPTS - 1)
+        """Executions beyond the first that the plan asked for: each task in ``spacing`` runs
+        twice (a failing dependency has FAIL_ATTEMPTS of 2; RetryAfter succeeds on attempt 2)."""
+        return len(self.spacing)
 
 
 class FeatureLoad:
@@ -150,7 +170,12 @@ class FeatureLoad:
 
     def _doomed(self, client: Client, key: str) -> None:
         failing = self._submit(
-            client, f"{key}-f", "fail", None, max_attempts=FAIL_ATTEMPTS, retry_backoff_s=0.2
+            client,
+            f"{key}-f",
+            "fail",
+            None,
+            max_attempts=FAIL_ATTEMPTS,
+            retry_backoff_s=RETRY_BACKOFF_S,
         )
         cancel = self.rng.random() < 0.5
         dependant = self._submit(
@@ -158,6 +183,7 @@ class FeatureLoad:
             on_dependency_failure=DependencyFailure.CANCEL if cancel else None,
         )  # fmt: skip
         self.plan.doomed[dependant] = (failing, cancel)
+        self.plan.spacing[failing] = RETRY_BACKOFF_S
 
     def _cancelled(self, client: Client, key: str) -> None:
         task_id = self._witness(client, key, delay_s=120.0)
@@ -182,6 +208,24 @@ class FeatureLoad:
         self.plan.succeed.add(self._witness(client, key, queue=GATED))
         if self.rng.random() < 0.25:
             self._toggle_gate(client)
+
+    def _retried(self, client: Client, key: str) -> None:
+        after = self.rng.uniform(0.1, 1.0)
+        task_id = self._submit(client, key, "retry_after", {"after": after}, max_attempts=3)
+        self.plan.spacing[task_id] = after
+        self.plan.succeed.add(task_id)
+
+    def _timed_out(self, client: Client, key: str) -> None:
+        task_id = self._submit(
+            client, key, "async_sleep", {"sleep": 30}, execution_timeout_s=0.3,
+            max_attempts=2, retry_backoff_s=0.1,
+        )  # fmt: skip
+        self.plan.timed_out.add(task_id)
+
+    def _unstarted(self, client: Client, key: str) -> None:
+        timeout_s = self.rng.uniform(0.5, 3.0)
+        task_id = self._witness(client, key, UNSERVED, schedule_to_start_timeout_s=timeout_s)
+        self.plan.unstarted[task_id] = timeout_s
 
     def _toggle_gate(self, client: Client) -> None:
         if self._paused_at is None:
@@ -220,6 +264,7 @@ class Run:
     """One handler execution from the witness: start and end on the shared monotonic clock."""
 
     task_id: str
+    attempt: int
     node_id: str
     pid: int
     start: float
@@ -242,7 +287,7 @@ def read_runs(witness: Path) -> list[Run]:
         else:
             starts[key] = raw
     return [
-        Run(k[0], raw["node_id"], k[2], raw["ts"], raw["wall"], ends.get(k))
+        Run(k[0], k[1], raw["node_id"], k[2], raw["ts"], raw["wall"], ends.get(k))
         for k, raw in starts.items()
     ]
 
@@ -259,6 +304,7 @@ def check(plan: Plan, cluster: ChaosCluster, events: list[dict[str, Any]]) -> li
     problems += _states(plan, tasks)
     problems += _never_early(plan, tasks, first_start)
     problems += _never_ran(plan, first_start)
+    problems += _spaced(plan, runs)
     problems += _concurrency(plan, runs, cluster.faults)
     grants = [e for e in events if e.get("event") == "lease.granted"]
     problems += _rate(plan, grants, [f.at for f in cluster.faults if f.kind.startswith("coord")])
@@ -275,6 +321,15 @@ def _states(plan: Plan, tasks: dict[str, Task]) -> list[str]:
     for task_id in plan.cancelled:
         if tasks[task_id].state is not TaskState.CANCELLED:
             problems.append(f"cancelled {task_id} ended {tasks[task_id].state.name}")
+    for task_id in plan.timed_out:
+        problems += _failed(tasks[task_id], "TIMED_OUT")
+    for task_id, timeout_s in plan.unstarted.items():
+        task = tasks[task_id]
+        problems += _failed(task, "SCHEDULE_TO_START_TIMEOUT")
+        assert task.created_at is not None
+        waited = (task.finished_at or task.created_at) - task.created_at
+        if waited.total_seconds() < timeout_s - CLOCK_SLACK_S:
+            problems.append(f"{task_id} failed {waited.total_seconds():.3f} s < {timeout_s:.3f} s")
     for dependant, (failing, cancel) in plan.doomed.items():
         if tasks[failing].state is not TaskState.FAILED:
             problems.append(f"failing {failing} ended {tasks[failing].state.name}")
@@ -284,6 +339,13 @@ def _states(plan: Plan, tasks: dict[str, Task]) -> list[str]:
         if task.state is not wanted or (not cancel and error != "DEPENDENCY_FAILED"):
             problems.append(f"dependant {dependant} of a failure ended {task.state.name} {error}")
     return problems
+
+
+def _failed(task: Task, error_type: str) -> list[str]:
+    error = task.last_error.type if task.last_error else None
+    if task.state is TaskState.FAILED and error == error_type:
+        return []
+    return [f"{task.id} ended {task.state.name} {error}, not FAILED {error_type}"]
 
 
 def _never_early(plan: Plan, tasks: dict[str, Task], first_start: dict[str, float]) -> list[str]:
@@ -304,9 +366,29 @@ def _never_early(plan: Plan, tasks: dict[str, Task], first_start: dict[str, floa
 
 def _never_ran(plan: Plan, first_start: dict[str, float]) -> list[str]:
     ran = set(first_start)
-    return [f"{t} ran although cancelled while queued" for t in plan.cancelled & ran] + [
-        f"{t} ran although its dependency failed" for t in set(plan.doomed) & ran
-    ]
+    return (
+        [f"{t} ran although cancelled while queued" for t in plan.cancelled & ran]
+        + [f"{t} ran although its dependency failed" for t in set(plan.doomed) & ran]
+        + [f"{t} ran in a queue no node serves" for t in set(plan.unstarted) & ran]
+    )
+
+
+def _spaced(plan: Plan, runs: list[Run]) -> list[str]:
+    """Attempt 2 started at least the planned spacing after attempt 1 (when a lease lost
+    to a fault came between them, attempt 2 is no retry of a failure: not judged)."""
+    starts: dict[str, dict[int, float]] = {}
+    for run in runs:
+        if run.task_id in plan.spacing:
+            starts.setdefault(run.task_id, {})[run.attempt] = run.start
+    problems = []
+    for task_id, by_attempt in starts.items():
+        if 1 in by_attempt and 2 in by_attempt:
+            gap = by_attempt[2] - by_attempt[1]
+            if gap < plan.spacing[task_id] - CLOCK_SLACK_S:
+                problems.append(
+                    f"{task_id} retried after {gap:.3f} s < {plan.spacing[task_id]:.3f}"
+                )
+    return problems
 
 
 def _concurrency(plan: Plan, runs: list[Run], faults: list[Fault]) -> list[str]:

@@ -1,10 +1,12 @@
 """L3: every scheduling feature under faults (see tests/chaos/features.py for the promises).
 
 A seeded mix of delayed tasks, dependency chains, failing dependencies,
-cancels, a concurrency-limited queue, a rate-limited key and a queue paused
-and resumed, submitted while, every 3-6 s (15-30 s at full size), one fault
-strikes: kill -9 the coordinator (restarted on its address and files), kill -9
-a node (restarted a second later), or RST a node's connections. These faults
+cancels, a concurrency-limited queue, a rate-limited key, a queue paused
+and resumed, retries (backoff, RetryAfter), execution timeouts and
+schedule-to-start timeouts, submitted while, every 3-6 s (15-30 s at full
+size), one fault strikes: kill -9 the coordinator (restarted on its address
+and files), kill -9 a node (restarted a second later), or RST a node's
+connections. These faults
 leave no node running a lease the coordinator gave to another, so the limits
 are checked exactly. At the end I1-I7 hold (tasks may fail or be cancelled
 here on purpose) and so does every feature's promise. The same runs over
