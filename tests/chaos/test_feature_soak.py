@@ -1,4 +1,4 @@
-"""L3: every scheduling feature under faults (see tests/chaos/features.py for the promises).
+"""L3: every scheduling feature under faults (tests/chaos/feature_checks.py has the promises).
 
 A seeded mix of delayed tasks, dependency chains, failing dependencies,
 cancels, a concurrency-limited queue, a rate-limited key, a queue paused
@@ -22,11 +22,11 @@ from collections import Counter
 
 import pytest
 
-from tests.chaos import features
+from tests.chaos import feature_checks, feature_load
 from tests.chaos.checker import Expect, wait_terminal
 from tests.chaos.cluster import LEASE_EVENTS, ChaosCluster
 from tests.chaos.conftest import Scenario, Size
-from tests.chaos.features import FeatureLoad
+from tests.chaos.feature_load import FeatureLoad
 from tests.chaos.strikes import strike_for
 from tests.harness import wait_until
 
@@ -64,11 +64,11 @@ def _soak(scenario: Scenario, size: Size, cluster: ChaosCluster) -> None:
     scenario.note(f"seed {seed} (replay: DTQ_CHAOS_SEED={seed}), {duration_s:.0f} s")
 
     for node in NODES:
-        cluster.add_node(node, "--queues", f"default,{features.LIMITED},{features.GATED}",
+        cluster.add_node(node, "--queues", f"default,{feature_load.LIMITED},{feature_load.GATED}",
                          via_proxy=True)  # fmt: skip
     cluster.wait_nodes(*NODES)
     with cluster.client(timeout_s=10) as client:
-        features.configure(client)
+        feature_load.configure(client)
     load = FeatureLoad(cluster.address, scenario.ledger, seed, rate=8.0).start()
     wait_until(lambda: load.units >= 16, 30, what="the load warming up")
     cluster.mark_baseline()
@@ -77,7 +77,7 @@ def _soak(scenario: Scenario, size: Size, cluster: ChaosCluster) -> None:
     cluster.wait_nodes(*NODES)
 
     wait_terminal(cluster, scenario.ledger, 120)
-    problems = features.check(plan, cluster, cluster.events(LEASE_EVENTS))
+    problems = feature_checks.check(plan, cluster, cluster.events(LEASE_EVENTS))
     scenario.note(
         f"units {load.units}: {len(plan.succeed)} to succeed, {len(plan.chains)} chains, "
         f"{len(plan.doomed)} doomed, {len(plan.cancelled)} cancelled, {len(plan.pauses)} pauses; "
