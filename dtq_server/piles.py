@@ -17,9 +17,9 @@ concurrent calls have no order. (A unary pile taken apart may be stored
 after the pile behind it; so if both repeat one idempotency key, the later
 submit may be the one answered ``created``. Either way one task, one id.)
 
-:class:`UnaryPiles` gathers unary submits: a submit arriving while fewer
-than :data:`COMMITS_IN_FLIGHT` piles commit starts a pile at once (a lone
-submit waits for nothing), and whatever arrives meanwhile forms the next one.
+:class:`UnaryPiles` gathers unary submits: a submit arriving while no pile
+commits starts a pile at once (a lone submit waits for nothing), and
+whatever arrives meanwhile forms the next one (:data:`SLOW_PILE_S`).
 """
 
 from __future__ import annotations
@@ -43,8 +43,18 @@ from dtq_server.validation import MAX_BATCH, SpecInput, Violations, validate_spe
 MAX_PILE = MAX_BATCH
 """Most submits committed together (a batch submit's limit)."""
 COMMITS_IN_FLIGHT = 2
-"""Piles committing at once: the next pile is converted and validated on the event loop
-while the previous one is in the store's writer thread."""
+"""A stream's piles committing at once: the next pile is converted and validated on the
+event loop while the previous one is in the store's writer thread."""
+SLOW_PILE_S = 0.05
+"""A unary pile starts beside a committing one only once that one has taken this long.
+
+Concurrent calls that arrive during a commit wait for it and go in the next pile
+together: one bigger pile costs the writer less per task than a second, smaller one
+committing beside it (64 calls in flight, A/B: 3,380-3,460 against 2,770-3,030 calls/s,
+327-338 against 369-413 µs of the coordinator's CPU per call). A commit takes a
+millisecond or two; one held up far longer (a failpoint's pause) does not hold back the
+calls behind it, which go in a second pile (:data:`COMMITS_IN_FLIGHT` at most). A lone
+submit still starts its pile at once."""
 
 Outcome = tuple[TaskRecord, bool] | CoordinatorError
 """What one submit came to: the stored task and whether it is new, or why it was refused."""
@@ -124,7 +134,9 @@ class UnaryPiles:
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
         self._waiting: list[tuple[SpecInput, asyncio.Future[tuple[TaskRecord, bool]]]] = []
-        self._commits: set[asyncio.Task[None]] = set()
+        self._commits: dict[asyncio.Task[None], float] = {}
+        """Piles committing, with when each started (monotonic)."""
+        self._recheck: asyncio.TimerHandle | None = None
 
     async def submit(self, spec: SpecInput) -> tuple[TaskRecord, bool]:
         """Store one task (or find it by its key): what ``Coordinator.submit`` of one spec
@@ -137,14 +149,31 @@ class UnaryPiles:
         return await future
 
     def _start(self) -> None:
-        while len(self._commits) < COMMITS_IN_FLIGHT and self._waiting:
+        while self._waiting and self._room():
             taken, self._waiting = self._waiting[:MAX_PILE], self._waiting[MAX_PILE:]
             commit = asyncio.create_task(self._commit(taken), name="dtq-submit-pile")
-            self._commits.add(commit)
+            self._commits[commit] = time.monotonic()
             commit.add_done_callback(self._finished)
 
+    def _room(self) -> bool:
+        """Whether a pile may start now; if only a slow commit would allow it, look again then."""
+        if not self._commits:
+            return True
+        if len(self._commits) >= COMMITS_IN_FLIGHT:
+            return False
+        wait_s = min(self._commits.values()) + SLOW_PILE_S - time.monotonic()
+        if wait_s <= 0:
+            return True
+        if self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_later(wait_s, self._look_again)
+        return False
+
+    def _look_again(self) -> None:
+        self._recheck = None
+        self._start()
+
     def _finished(self, commit: asyncio.Task[None]) -> None:
-        self._commits.discard(commit)
+        self._commits.pop(commit, None)
         self._start()
 
     async def _commit(
