@@ -130,8 +130,9 @@ bench: install
 bench-postgres: install postgres-bin
 	$(PY) -m bench.run --size $(BENCH_SIZE) --postgres --only P1,P2,P3
 
-## chaos: every fault scenario at full size (10,000-task F1 seeds, 10-minute soak; ~20 min),
-## then one table row per scenario and a summary line. DTQ_CHAOS_SEED=N replays a soak.
+## chaos: every fault scenario at full size (10,000-task F1 seeds, 10-minute soak, 5-minute
+## feature soaks on both stores; ~30 min), then one table row per scenario and a summary
+## line. DTQ_CHAOS_SEED=N replays a soak.
 .PHONY: chaos
 chaos: install fuse-lib
 	DTQ_CHAOS_SIZE=full $(PY) -m pytest -m chaos tests/chaos -p no:randomly -p no:cacheprovider
