@@ -19,7 +19,7 @@ import json
 import shutil
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,22 +43,24 @@ class Execution:
     ts: float
 
 
-def read_witness(path: Path) -> list[Execution]:
-    """Every execution recorded so far (a torn last line from a killed node is skipped)."""
+def witness_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """Every witness line so far, parsed (a torn last line from a killed node is skipped)."""
     if not path.exists():
-        return []
-    executions = []
+        return
     for line in path.read_text().splitlines():
         try:
-            raw = json.loads(line)
+            yield json.loads(line)
         except json.JSONDecodeError:
             continue
-        if raw.get("event") == "end":
-            continue  # the second line of a ``span`` execution
-        executions.append(
-            Execution(raw["task_id"], raw["attempt"], raw["node_id"], raw["pid"], raw["ts"])
-        )
-    return executions
+
+
+def read_witness(path: Path) -> list[Execution]:
+    """Every execution recorded so far."""
+    return [
+        Execution(raw["task_id"], raw["attempt"], raw["node_id"], raw["pid"], raw["ts"])
+        for raw in witness_lines(path)
+        if raw.get("event") != "end"  # the second line of a ``span`` execution
+    ]
 
 
 def duplicates(executions: Iterable[Execution]) -> int:

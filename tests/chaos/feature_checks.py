@@ -23,13 +23,13 @@ coordinators' lease events against the :class:`~tests.chaos.feature_load.Plan`:
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dtq_client import Task, TaskState
+from tests.chaos import evidence
 from tests.chaos.cluster import ChaosCluster, Fault
 from tests.chaos.feature_load import BURST, GATED, LIMIT, LIMITED, RATE, RATE_KEY, Plan
 
@@ -56,11 +56,7 @@ def read_runs(witness: Path) -> list[Run]:
     """Executions from the witness; ``end`` is None without an end line (no span, or killed)."""
     starts: dict[tuple[str, int, int], dict[str, Any]] = {}
     ends: dict[tuple[str, int, int], float] = {}
-    for line in witness.read_text().splitlines() if witness.exists() else []:
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # torn by a kill
+    for raw in evidence.witness_lines(witness):
         key = (raw["task_id"], raw["attempt"], raw["pid"])
         if raw["event"] == "end":
             ends[key] = raw["ts"]
