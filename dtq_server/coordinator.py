@@ -81,6 +81,8 @@ MAX_PAGE_SIZE = 1000
 MAX_PAGE_BYTES = 4 * 1024 * 1024
 """A page ends early once its tasks hold this much (payloads, results, errors): a full
 page of 1 MiB payloads was over the send limit (8 MiB) and ListTasks failed for good."""
+_BOARD_STATES = frozenset({TaskState.QUEUED, TaskState.LEASED, TaskState.RUNNING})
+"""The states of a task the board tracks (a WAITING one is the store's alone)."""
 
 
 class Coordinator:
@@ -435,6 +437,13 @@ class Coordinator:
         task = self.board.active.get(task_id)
         if task is None:
             record = await self.get(task_id)
+            if record.state in _BOARD_STATES:
+                # Unfinished in the store yet off the board: a change that finishes it (a
+                # cancel, a bulk cancel, a schedule-to-start failure) took it off first and
+                # its commit is in the writer's queue. Answer from what that commit stored,
+                # not "already queued": an op queued now commits with it or after it.
+                await self.store.apply([])
+                record = await self.get(task_id)
             if record.state is TaskState.WAITING:  # not in memory; the store cascades
                 transition = Transition(
                     task_id, record.attempt, (TaskState.WAITING,), state=TaskState.CANCELLED
