@@ -13,6 +13,14 @@ disagree. Nothing is counted on the hot path.
 - ``dtq_nodes{state}``: node sessions by state; ``dtq_node_slots`` and
   ``dtq_node_leases`` across active nodes (capacity, and what is used of it);
 - ``dtq_up``: 1 while the coordinator serves;
+- what fencing refused since the coordinator started (counters kept by the node
+  sessions as they refuse): ``dtq_updates_rejected_total{reason}`` (a result,
+  progress or start whose lease the sender does not hold: ``stale_attempt``,
+  ``not_leased``, ``task_not_found``, ``session_expired``),
+  ``dtq_stale_heartbeat_leases_total`` (leases a heartbeat named that its node no
+  longer holds), ``dtq_node_resumes_refused_total`` (a node came back after its
+  session ended) and ``dtq_nodes_expired_total`` (nodes declared dead after the
+  heartbeat timeout): a zombie node or a flaky link shows here first;
 - the ``process_*`` metrics of the coordinator process (CPU, memory, files).
 
 With TLS the page is served over HTTPS with the coordinator's certificate (and
@@ -29,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dtq_server.models import NodeState, QueueStats
@@ -44,6 +52,9 @@ if TYPE_CHECKING:
 SCRAPE_TIMEOUT_S = 5.0
 """How long a scrape waits for the event loop before failing (the page then errors)."""
 _STATES = ("queued", "waiting", "running", "succeeded", "failed", "cancelled")
+_REJECTIONS = ("stale_attempt", "not_leased", "task_not_found", "session_expired")
+"""Why an update was refused, as the node's ack says (lower case): every one is
+always reported, 0 until it happens, so a rate over it needs no absent series."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class Snapshot:
 
     queues: list[QueueStats]
     nodes: list[Session]
+    refusals: dict[str, int]
+    """The node sessions' counters (``NodeSessions.counters``) at the scrape."""
 
 
 class Metrics(Collector):
@@ -63,15 +76,17 @@ class Metrics(Collector):
 
     async def _snapshot(self) -> Snapshot:
         queues = await self._coordinator.queue_admin.queues()
-        return Snapshot(queues, self._coordinator.nodes(include_gone=False))
+        refusals = dict(self._coordinator.sessions.counters)
+        return Snapshot(queues, self._coordinator.nodes(include_gone=False), refusals)
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         """The metric families (called by prometheus_client on its HTTP thread)."""
         future = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop)
         snapshot = future.result(SCRAPE_TIMEOUT_S)
         yield GaugeMetricFamily("dtq_up", "1 while the coordinator serves.", value=1)
         yield from _queue_families(snapshot.queues)
         yield from _node_families(snapshot.nodes)
+        yield from _refusal_families(snapshot.refusals)
 
 
 def _queue_families(queues: list[QueueStats]) -> Iterator[GaugeMetricFamily]:
@@ -108,6 +123,32 @@ def _node_families(sessions: list[Session]) -> Iterator[GaugeMetricFamily]:
     )
     yield GaugeMetricFamily(
         "dtq_node_leases", "Leases held by active nodes.", value=sum(len(s.leases) for s in active)
+    )
+
+
+def _refusal_families(counts: dict[str, int]) -> Iterator[CounterMetricFamily]:
+    rejected = CounterMetricFamily(
+        "dtq_updates_rejected",
+        "Node updates refused by fencing, by reason.",
+        labels=["reason"],
+    )
+    for reason in _REJECTIONS:
+        rejected.add_metric([reason], counts.get(f"rejected_{reason}", 0))
+    yield rejected
+    yield CounterMetricFamily(
+        "dtq_stale_heartbeat_leases",
+        "Leases named in heartbeats that their node no longer holds.",
+        value=counts.get("stale_heartbeat_leases", 0),
+    )
+    yield CounterMetricFamily(
+        "dtq_node_resumes_refused",
+        "Nodes that came back to a session that had ended.",
+        value=counts.get("resume_refused", 0),
+    )
+    yield CounterMetricFamily(
+        "dtq_nodes_expired",
+        "Nodes declared dead after the heartbeat timeout.",
+        value=counts.get("sessions_expired", 0),
     )
 
 

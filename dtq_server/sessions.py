@@ -67,6 +67,9 @@ counts as lost (a lease expiry: requeued, dead-lettered at the cap). A node whos
 cannot carry the assignment within the heartbeat timeout breaks the stream each time it
 is sent; without a bound it was sent again on every resume, forever (chaos N5 found a
 600 kB payload at 256 kB/s never run, never expired)."""
+REJECTIONS_LOGGED_PER_FRAME = 10
+"""Refused updates of one frame logged one line each; the rest get one line of counts
+(a reconnecting node can send thousands of stale outcomes in a frame)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,10 +495,34 @@ class NodeSessions:
         ]
         records = await self._store.get_many(gone) if gone else {}
         acks: list[UpdateAck] = []
+        logged = 0
+        unlogged: Counter[str] = Counter()  # by reason, past the first few
         for update, task in refused:
             ack = self._reject(session, update, task, records)
-            if ack is not None:
-                acks.append(ack)
+            if ack is None:
+                continue
+            acks.append(ack)
+            if ack.accepted:  # a result resent after its ack was lost
+                continue
+            if logged == REJECTIONS_LOGGED_PER_FRAME:
+                unlogged[ack.reason] += 1
+                continue
+            logged += 1
+            log.info(
+                "report.rejected",
+                reason=ack.reason,
+                task_id=ack.lease.task_id,
+                attempt=ack.lease.attempt,
+                node_id=session.node.node_id,
+                update=type(update).__name__,
+            )
+        if unlogged:
+            log.info(
+                "report.rejected_more",
+                node_id=session.node.node_id,
+                count=unlogged.total(),
+                reasons=dict(unlogged),
+            )
         return acks
 
     def _reject(
@@ -523,14 +550,6 @@ class NodeSessions:
                 # The node resent a result we already applied (its ack was lost).
                 return UpdateAck(lease, True)
         self.counters[f"rejected_{reason.lower()}"] += 1
-        log.info(
-            "report.rejected",
-            reason=reason,
-            task_id=lease.task_id,
-            attempt=lease.attempt,
-            node_id=session.node.node_id,
-            update=type(update).__name__,
-        )
         return UpdateAck(lease, False, reason, f"lease {lease.task_id}#{lease.attempt} not held")
 
     def _require_live(self, session: Session) -> None:

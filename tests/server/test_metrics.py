@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dtq.v1 import worker_service_pb2
 from dtq_client import Client
-from tests.harness import InProcessCoordinator, RawNode, server_config, wait_until
+from tests.harness import (
+    HEARTBEAT_TIMEOUT_S,
+    InProcessCoordinator,
+    RawNode,
+    server_config,
+    succeeded,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -53,6 +61,35 @@ def test_metrics_show_queues_and_nodes_as_the_cli_does(metered: InProcessCoordin
         assert _scrape(metered)[("dtq_node_slots", ())] == 4
     finally:
         node.close()
+
+
+def test_metrics_count_what_fencing_refused(metered: InProcessCoordinator) -> None:
+    refusals = ("dtq_updates_rejected_total", "dtq_stale_heartbeat_leases_total")
+    before = _scrape(metered)
+    assert before[(refusals[0], ("task_not_found",))] == 0  # reported before it happens
+    assert before[("dtq_nodes_expired_total", ())] == 0
+    zombie = RawNode(metered.address, node_id="zombie")
+    try:
+        forged = "00000000-0000-4000-8000-000000000000"
+        zombie.report(succeeded(forged, 1, b"1"), succeeded(forged, 2, b"2"))
+        acks: list[worker_service_pb2.TaskUpdateAck] = []
+        while len(acks) < 2:
+            acks += zombie.next("update_acks").update_acks.acks
+        assert [a.reason for a in acks] == ["TASK_NOT_FOUND"] * 2
+        zombie.heartbeat(1, ((forged, 3),))
+        assert len(zombie.next("heartbeat_ack").heartbeat_ack.stale_leases) == 1
+        metrics = _scrape(metered)
+        assert metrics[(refusals[0], ("task_not_found",))] == 2
+        assert metrics[(refusals[0], ("stale_attempt",))] == 0
+        assert metrics[(refusals[1], ())] == 1
+        # Silent past the heartbeat timeout: declared dead, and counted.
+        wait_until(
+            lambda: _scrape(metered)[("dtq_nodes_expired_total", ())] == 1,
+            10 * HEARTBEAT_TIMEOUT_S,
+            what="the silent node declared dead",
+        )
+    finally:
+        zombie.close()
 
 
 def test_metrics_beyond_loopback_need_tls_or_insecure(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 
 from dtq.v1 import (
     admin_service_pb2,
@@ -26,7 +27,7 @@ from dtq.v1 import (
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_server.models import Lease, TaskFilter
-from dtq_server.sessions import RESENDS_PER_LEASE
+from dtq_server.sessions import REJECTIONS_LOGGED_PER_FRAME, RESENDS_PER_LEASE
 from dtq_server.updates import Succeeded
 from dtq_server.validation import SpecInput
 from tests.harness import (
@@ -246,6 +247,32 @@ def test_forged_leases_are_rejected_without_state_change(
     assert [(s.task_id, s.attempt) for s in stale] == [("00000000-0000-4000-8000-000000000000", 3)]
     holder.close()
     thief.close()
+
+
+def test_a_frame_of_refused_outcomes_logs_a_line_for_the_first_few_then_counts(
+    coordinator: InProcessCoordinator,
+):
+    """A reconnecting node can send thousands of stale outcomes in a frame: each was a
+    log line of its own."""
+    node = RawNode(coordinator.address, node_id="forger")
+    with structlog.testing.capture_logs() as logs:
+        node.report(*(succeeded(str(uuid.uuid4()), 1, b"1") for _ in range(25)))
+        acks: list[worker_service_pb2.TaskUpdateAck] = []
+        while len(acks) < 25:
+            acks += node.next("update_acks").update_acks.acks
+    node.close()
+    assert {(a.accepted, a.reason) for a in acks} == {(False, "TASK_NOT_FOUND")}
+    lines = [e for e in logs if e["event"] == "report.rejected"]
+    assert len(lines) == REJECTIONS_LOGGED_PER_FRAME
+    assert {(e["node_id"], e["reason"]) for e in lines} == {("forger", "TASK_NOT_FOUND")}
+    assert {e["task_id"] for e in lines} <= {a.lease.task_id for a in acks}
+    summary = [
+        (e["node_id"], e["count"], e["reasons"])
+        for e in logs
+        if e["event"] == "report.rejected_more"
+    ]
+    rest = 25 - REJECTIONS_LOGGED_PER_FRAME
+    assert summary == [("forger", rest, {"TASK_NOT_FOUND": rest})]
 
 
 def test_resumed_session_keeps_its_lease(coordinator: InProcessCoordinator, tasks: TaskServiceStub):
