@@ -1,12 +1,11 @@
 """The README's CLI reference names every option, environment variable and command the
-three commands have, and nothing they lack (it had drifted: dtq-client's --retries and
+four commands have, and nothing they lack (it had drifted: dtq-client's --retries and
 health --service were missing)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import click
 import pytest
@@ -15,25 +14,13 @@ from dtq_client.cli import cli as client_cli
 from dtq_server.cli import main as server_cli
 from dtq_server.tokens import main as token_cli
 from dtq_worker.cli import main as worker_cli
+from tests.readme import section, tables
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 ALWAYS = {"--help", "--version"}
 
 
-def section(heading: str) -> str:
-    """The README's text from ``heading`` to the next heading of its level or above."""
-    start = README.index(heading)
-    end = README.find("\n### ", start + 1)
-    return README[start : end if end != -1 else None]
-
-
-def cells(line: str) -> list[str]:
-    """A markdown table row's cells (``\\|`` inside a cell is not a border)."""
-    return re.split(r"(?<!\\)\|", line)[1:-1]
-
-
 def table_rows(text: str) -> list[list[str]]:
-    return [cells(line) for line in text.splitlines() if line.startswith("| `")]
+    return [row for table in tables(text) for row in table if row[0].lstrip().startswith("`")]
 
 
 def long_options(command: click.Command, offs: bool = False) -> set[str]:

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dtq.v1 import worker_service_pb2
 from dtq_client import Client
+from tests import readme
 from tests.harness import (
     HEARTBEAT_TIMEOUT_S,
     InProcessCoordinator,
@@ -31,11 +32,15 @@ def metered(tmp_path: Path) -> Iterator[InProcessCoordinator]:
         running.stop()
 
 
-def _scrape(coordinator: InProcessCoordinator) -> dict[tuple[str, tuple[str, ...]], float]:
-    """Every sample of the page: (name, label values) -> value."""
+def _page(coordinator: InProcessCoordinator) -> str:
     url = f"http://127.0.0.1:{coordinator.server.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
-        page = response.read().decode()
+        return str(response.read().decode())
+
+
+def _scrape(coordinator: InProcessCoordinator) -> dict[tuple[str, tuple[str, ...]], float]:
+    """Every sample of the page: (name, label values) -> value."""
+    page = _page(coordinator)
     return {
         (sample.name, tuple(sample.labels.values())): sample.value
         for family in text_string_to_metric_families(page)
@@ -49,6 +54,8 @@ def test_metrics_show_queues_and_nodes_as_the_cli_does(metered: InProcessCoordin
             client.submit("echo", i, queue="reports")
         client.pause_queue("reports")
     metrics = _scrape(metered)
+    coordinator_table = readme.tables(readme.section("## Monitoring"))[0]
+    assert readme.served_metric_names(_page(metered)) == readme.metric_names(coordinator_table)
     assert metrics[("dtq_up", ())] == 1
     assert metrics[("dtq_queue_tasks", ("reports", "queued"))] == 3
     assert metrics[("dtq_queue_tasks", ("reports", "succeeded"))] == 0

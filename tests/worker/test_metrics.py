@@ -11,19 +11,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dtq_client import Client, TaskSpec, TaskState
 from dtq_worker import ConfigError, Registry, TaskContext, WorkerConfig
-from tests import handlers
+from tests import handlers, readme
 from tests.harness import InProcessCoordinator, wait_until
 from tests.worker.nodes import RunningNode
 
 
-def scrape(running: RunningNode, name: str, **labels: str) -> float:
-    """The value of one sample of the node's page (0 if absent); ``node_id`` is implied."""
+def page(running: RunningNode) -> str:
     url = f"http://127.0.0.1:{running.node.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
-        page = response.read().decode()
+        return str(response.read().decode())
+
+
+def scrape(running: RunningNode, name: str, **labels: str) -> float:
+    """The value of one sample of the node's page (0 if absent); ``node_id`` is implied."""
+    page_ = page(running)
     if not name.startswith("process_"):
         labels = {"node_id": running.node_id, **labels}
-    for family in text_string_to_metric_families(page):
+    for family in text_string_to_metric_families(page_):
         for sample in family.samples:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
@@ -85,6 +89,8 @@ def test_metrics_count_outcomes_durations_and_threads(
     assert scrape(running, "dtq_worker_threads_alive") == 2  # the dead ones were replaced
     assert scrape(running, "dtq_worker_up") == 1
     assert scrape(running, "process_resident_memory_bytes") > 0
+    node_table = readme.tables(readme.section("## Monitoring"))[1]
+    assert readme.served_metric_names(page(running)) == readme.metric_names(node_table)
 
 
 def test_metrics_beyond_loopback_need_an_explicit_flag() -> None:
