@@ -27,7 +27,7 @@ run: install
 PG_SUITES := $(addprefix tests/server/test_,lifecycle.py submit.py submit_stream.py piles.py \
 	dependencies.py schedules.py schedule_firing.py headers.py queue_depth.py restart.py \
 	sessions.py handoff.py rate_limits.py strict_types.py watchers.py queue_listing.py \
-	nul_characters.py field_fuzz.py) \
+	nul_characters.py field_fuzz.py cancel_in_flight.py) \
 	tests/e2e/test_durability_e2e.py tests/e2e/test_lifecycle_e2e.py tests/e2e/test_large_payloads.py
 test: install postgres-bin browser-bin node-deps fuse-lib
 	$(PY) -m pytest -m "not chaos" --durations=15

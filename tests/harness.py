@@ -233,6 +233,23 @@ class InProcessCoordinator:
         result: T = self.call(wrapper(), timeout_s)
         return result
 
+    def hold_writer(self, release: threading.Event) -> asyncio.Future[None]:
+        """Hold the store's writer thread until ``release`` is set (10 s at most): the
+        commits asked for meanwhile queue behind it (:meth:`writer_backlog`). Returns the
+        holding operation, done once the writer is free again."""
+        writer = self.server.coordinator.store._writer  # type: ignore[attr-defined]
+
+        async def hold() -> asyncio.Future[None]:
+            return asyncio.ensure_future(writer.run(lambda conn: release.wait(10)))
+
+        future: asyncio.Future[None] = self.call(hold())
+        return future
+
+    def writer_backlog(self) -> int:
+        """Operations waiting for the store's writer (not counting the one it runs)."""
+        backlog: int = self.server.coordinator.store._writer._queue.qsize()  # type: ignore[attr-defined]
+        return backlog
+
     def stop(self, grace_s: float = 0.5) -> None:
         if self.stopped:
             return

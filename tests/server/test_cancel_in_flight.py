@@ -9,7 +9,6 @@ change stores: CANCELLED, the same as a repeated cancel after the fact.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,28 +42,21 @@ def test_a_cancel_during_another_changes_commit_answers_cancelled(
     first: Callable[[TaskServiceStub, str], Callable[[], object]],
 ) -> None:
     task_id = submit(tasks)
-    store = coordinator.server.coordinator.store
-    writer_queue = store._writer._queue  # type: ignore[attr-defined]
+    backlog = coordinator.writer_backlog
     release = threading.Event()
-
-    async def hold_the_writer() -> asyncio.Future[bool]:
-        return asyncio.ensure_future(store._writer.run(lambda conn: release.wait(10)))  # type: ignore[attr-defined]
-
-    held = coordinator.call(hold_the_writer())
+    held = coordinator.hold_writer(release)
     with ThreadPoolExecutor(2) as pool:
         second: Future[task_service_pb2.CancelTaskResponse]
         try:
-            wait_until(lambda: writer_queue.qsize() == 0, 10, what="the writer held")
+            wait_until(lambda: backlog() == 0, 10, what="the writer held")
             committing = pool.submit(first(tasks, task_id))
-            wait_until(lambda: writer_queue.qsize() == 1, 10, what="the first change queued")
+            wait_until(lambda: backlog() == 1, 10, what="the first change queued")
             second = pool.submit(
                 tasks.CancelTask, task_service_pb2.CancelTaskRequest(task_id=task_id), timeout=10
             )
             # The second cancel waits for the first change's commit instead of answering
             # from the store as it was: it queues an op of its own behind it.
-            wait_until(
-                lambda: second.done() or writer_queue.qsize() == 2, 10, what="the second cancel"
-            )
+            wait_until(lambda: second.done() or backlog() == 2, 10, what="the second cancel")
         finally:
             release.set()
         committing.result(10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -190,23 +189,18 @@ def test_a_refused_batch_holds_no_place_while_other_submits_are_checked(
     the refused one waited for the store, must still get its places (it used to be
     refused too: the first batch's places counted as taken until its insert ended)."""
     set_depth(admin, 5)
-    store = coordinator.server.coordinator.store
-    writer_queue = store._writer._queue  # type: ignore[attr-defined]
+    backlog = coordinator.writer_backlog
     release = threading.Event()
-
-    async def block_the_writer() -> asyncio.Future[bool]:
-        return asyncio.ensure_future(store._writer.run(lambda conn: release.wait(10)))  # type: ignore[attr-defined]
-
-    blocker = coordinator.call(block_the_writer())
+    blocker = coordinator.hold_writer(release)
     with ThreadPoolExecutor(2) as pool:
         try:
-            wait_until(lambda: writer_queue.qsize() == 0, 10, what="the writer held")
+            wait_until(lambda: backlog() == 0, 10, what="the writer held")
             batch = task_service_pb2.SubmitTasksRequest(tasks=[spec() for _ in range(6)])
             refused = pool.submit(tasks.SubmitTasks, batch, timeout=10)
-            wait_until(lambda: writer_queue.qsize() == 1, 10, what="the batch waiting")
+            wait_until(lambda: backlog() == 1, 10, what="the batch waiting")
             fits = task_service_pb2.SubmitTasksRequest(tasks=[spec(), spec()])
             stored = pool.submit(tasks.SubmitTasks, fits, timeout=10)
-            wait_until(lambda: writer_queue.qsize() == 2, 10, what="the second batch waiting")
+            wait_until(lambda: backlog() == 2, 10, what="the second batch waiting")
         finally:
             release.set()
         with pytest.raises(grpc.RpcError) as full:

@@ -92,11 +92,7 @@ def test_a_reported_outcome_lends_its_slot_while_it_commits(
     server = coordinator.server.coordinator
     [session] = coordinator.run(lambda: server.registry.live_for_node("lender"))
     release = threading.Event()
-
-    async def block_the_writer() -> asyncio.Future[bool]:
-        return asyncio.ensure_future(server.store._writer.run(lambda conn: release.wait(10)))  # type: ignore[attr-defined]
-
-    blocker = coordinator.call(block_the_writer())
+    blocker = coordinator.hold_writer(release)
     try:
         node.report(succeeded(first, 1, b'"ok"'))
         wait_until(
@@ -318,18 +314,6 @@ def test_resume_resends_assignments_the_node_never_got(
     again.close()
 
 
-def block_the_writer(
-    coordinator: InProcessCoordinator, release: threading.Event
-) -> asyncio.Future[bool]:
-    """Hold the store's writer until ``release`` is set: commits queue behind it."""
-    server = coordinator.server.coordinator
-
-    async def block() -> asyncio.Future[bool]:
-        return asyncio.ensure_future(server.store._writer.run(lambda conn: release.wait(10)))  # type: ignore[attr-defined]
-
-    return coordinator.call(block())
-
-
 def resend_settled(coordinator: InProcessCoordinator) -> bool:
     """No resend of a resumed session's assignments is still reading the store."""
     sessions = coordinator.server.coordinator.sessions
@@ -350,7 +334,7 @@ def test_a_resume_while_a_lease_commits_gets_that_lease_not_a_second_attempt(
     server = coordinator.server.coordinator
     [session] = coordinator.run(lambda: server.registry.live_for_node("rotated"))
     release = threading.Event()
-    blocker = block_the_writer(coordinator, release)
+    blocker = coordinator.hold_writer(release)
     try:
         node.report(succeeded(first, 1, b'"ok"'))  # frees the slot: ``second`` is planned
         wait_until(
@@ -390,7 +374,7 @@ def test_a_resume_while_a_direct_handoff_commits_gets_that_lease(
     server = coordinator.server.coordinator
     [session] = coordinator.run(lambda: server.registry.live_for_node("idle"))
     release = threading.Event()
-    blocker = block_the_writer(coordinator, release)
+    blocker = coordinator.hold_writer(release)
     submitted: list[str] = []
     submitter = threading.Thread(target=lambda: submitted.append(submit(tasks)))
     try:
@@ -426,7 +410,7 @@ def test_a_node_that_leaves_gets_no_lease_that_commits_after_its_leave(
     task_id = submit(tasks)
     server = coordinator.server.coordinator
     release = threading.Event()
-    blocker = block_the_writer(coordinator, release)
+    blocker = coordinator.hold_writer(release)
     try:
         node = RawNode(coordinator.address, node_id="leaver", slots=1)
         [session] = coordinator.run(lambda: server.registry.live_for_node("leaver"))
@@ -853,7 +837,7 @@ def test_a_retry_whose_caller_gives_up_during_the_commit_still_queues_the_task(
     async def retry_then_give_up() -> None:
         call = asyncio.ensure_future(server.bulk.retry([task_id], TaskFilter()))
         for _ in range(100):  # until the retry's commit is queued
-            if server.store._writer._queue.qsize():  # type: ignore[attr-defined]
+            if coordinator.writer_backlog():
                 break
             await asyncio.sleep(0)
         call.cancel()
