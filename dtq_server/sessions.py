@@ -67,9 +67,10 @@ counts as lost (a lease expiry: requeued, dead-lettered at the cap). A node whos
 cannot carry the assignment within the heartbeat timeout breaks the stream each time it
 is sent; without a bound it was sent again on every resume, forever (chaos N5 found a
 600 kB payload at 256 kB/s never run, never expired)."""
-REJECTIONS_LOGGED_PER_FRAME = 10
-"""Refused updates of one frame logged one line each; the rest get one line of counts
-(a reconnecting node can send thousands of stale outcomes in a frame)."""
+REJECTIONS_PER_LINE = 100
+"""Refused updates of a frame named per ``report.rejected`` line (by reason and kind of
+update): each one is audited, but a reconnecting node's frame of thousands of stale
+outcomes is tens of lines, not thousands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,34 +496,26 @@ class NodeSessions:
         ]
         records = await self._store.get_many(gone) if gone else {}
         acks: list[UpdateAck] = []
-        logged = 0
-        unlogged: Counter[str] = Counter()  # by reason, past the first few
+        audit: dict[tuple[str, str], list[str]] = {}  # (reason, update) -> "task#attempt"s
         for update, task in refused:
             ack = self._reject(session, update, task, records)
             if ack is None:
                 continue
             acks.append(ack)
-            if ack.accepted:  # a result resent after its ack was lost
-                continue
-            if logged == REJECTIONS_LOGGED_PER_FRAME:
-                unlogged[ack.reason] += 1
-                continue
-            logged += 1
-            log.info(
-                "report.rejected",
-                reason=ack.reason,
-                task_id=ack.lease.task_id,
-                attempt=ack.lease.attempt,
-                node_id=session.node.node_id,
-                update=type(update).__name__,
-            )
-        if unlogged:
-            log.info(
-                "report.rejected_more",
-                node_id=session.node.node_id,
-                count=unlogged.total(),
-                reasons=dict(unlogged),
-            )
+            if not ack.accepted:  # (accepted: a result resent after its ack was lost)
+                key = (ack.reason, type(update).__name__)
+                audit.setdefault(key, []).append(f"{ack.lease.task_id}#{ack.lease.attempt}")
+        for (reason, kind), leases in audit.items():
+            for start in range(0, len(leases), REJECTIONS_PER_LINE):
+                chunk = leases[start : start + REJECTIONS_PER_LINE]
+                log.info(
+                    "report.rejected",
+                    reason=reason,
+                    update=kind,
+                    node_id=session.node.node_id,
+                    count=len(chunk),
+                    leases=" ".join(chunk),
+                )
         return acks
 
     def _reject(

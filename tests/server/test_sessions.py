@@ -27,7 +27,7 @@ from dtq.v1 import (
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_server.models import Lease, TaskFilter
-from dtq_server.sessions import REJECTIONS_LOGGED_PER_FRAME, RESENDS_PER_LEASE
+from dtq_server.sessions import REJECTIONS_PER_LINE, RESENDS_PER_LEASE
 from dtq_server.updates import Succeeded
 from dtq_server.validation import SpecInput
 from tests.harness import (
@@ -245,30 +245,28 @@ def test_forged_leases_are_rejected_without_state_change(
     thief.close()
 
 
-def test_a_frame_of_refused_outcomes_logs_a_line_for_the_first_few_then_counts(
+def test_refused_outcomes_are_each_audited_a_hundred_to_a_log_line(
     coordinator: InProcessCoordinator,
 ):
     """A reconnecting node can send thousands of stale outcomes in a frame: each was a
-    log line of its own."""
+    log line of its own. Each is still named (RELIABILITY B7: every attempt audited),
+    grouped by reason and kind of update, REJECTIONS_PER_LINE to a line."""
     node = RawNode(coordinator.address, node_id="forger")
+    forged = [str(uuid.uuid4()) for _ in range(REJECTIONS_PER_LINE + 5)]
     with structlog.testing.capture_logs() as logs:
-        node.report(*(succeeded(str(uuid.uuid4()), 1, b"1") for _ in range(25)))
+        node.report(*(succeeded(task_id, 1, b"1") for task_id in forged))
         acks: list[worker_service_pb2.TaskUpdateAck] = []
-        while len(acks) < 25:
+        while len(acks) < len(forged):
             acks += node.next("update_acks").update_acks.acks
     node.close()
     assert {(a.accepted, a.reason) for a in acks} == {(False, "TASK_NOT_FOUND")}
     lines = [e for e in logs if e["event"] == "report.rejected"]
-    assert len(lines) == REJECTIONS_LOGGED_PER_FRAME
-    assert {(e["node_id"], e["reason"]) for e in lines} == {("forger", "TASK_NOT_FOUND")}
-    assert {e["task_id"] for e in lines} <= {a.lease.task_id for a in acks}
-    summary = [
-        (e["node_id"], e["count"], e["reasons"])
-        for e in logs
-        if e["event"] == "report.rejected_more"
+    assert [(e["node_id"], e["reason"], e["update"], e["count"]) for e in lines] == [
+        ("forger", "TASK_NOT_FOUND", "Succeeded", REJECTIONS_PER_LINE),
+        ("forger", "TASK_NOT_FOUND", "Succeeded", 5),
     ]
-    rest = 25 - REJECTIONS_LOGGED_PER_FRAME
-    assert summary == [("forger", rest, {"TASK_NOT_FOUND": rest})]
+    audited = [lease for e in lines for lease in e["leases"].split()]
+    assert audited == [f"{task_id}#1" for task_id in forged]
 
 
 def test_resumed_session_keeps_its_lease(coordinator: InProcessCoordinator, tasks: TaskServiceStub):
