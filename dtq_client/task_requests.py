@@ -18,9 +18,9 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from dtq.batching import batches
 from dtq.v1 import task_pb2, task_service_pb2
 from dtq_client import convert, retry
-from dtq_client.batching import batches
 from dtq_client.config import ClientConfig
 from dtq_client.errors import (
     DeadlineExceeded,

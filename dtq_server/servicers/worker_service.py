@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
 
 import grpc
 import structlog
 
+from dtq.batching import batches
 from dtq.v1 import worker_service_pb2 as pb
 from dtq.v1 import worker_service_pb2_grpc as pb_grpc
 from dtq_server import scopes
@@ -234,31 +234,12 @@ def _frames(item: Outbound, budget_bytes: int = FRAME_BUDGET_BYTES) -> list[Outb
     answered in one 5,750,005-byte message, past a node's 4 MiB receive limit.
     """
     if isinstance(item, SendAssignments):
-        leases = _runs(item.assignments, assignment_bytes, budget_bytes)
-        return [item] if len(leases) == 1 else [SendAssignments(run) for run in leases]
+        leases = list(batches(item.assignments, assignment_bytes, max_bytes=budget_bytes))
+        return [item] if len(leases) <= 1 else [SendAssignments(run) for run in leases]
     if isinstance(item, SendAcks):
-        answers = _runs(item.acks, ack_bytes, budget_bytes)
-        return [item] if len(answers) == 1 else [SendAcks(run) for run in answers]
+        answers = list(batches(item.acks, ack_bytes, max_bytes=budget_bytes))
+        return [item] if len(answers) <= 1 else [SendAcks(run) for run in answers]
     return [item]
-
-
-T = TypeVar("T")
-
-
-def _runs(items: list[T], cost: Callable[[T], int], budget_bytes: int) -> list[list[T]]:
-    """``items`` in order, in runs costing at most ``budget_bytes`` (one item at least)."""
-    runs: list[list[T]] = []
-    run: list[T] = []
-    size = 0
-    for item in items:
-        price = cost(item)
-        if run and size + price > budget_bytes:
-            runs.append(run)
-            run, size = [], 0
-        run.append(item)
-        size += price
-    runs.append(run)
-    return runs
 
 
 def _assignments_frame(assignments: list[Assignment]) -> pb.ConnectResponse:

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dtq_client.batching import batches, send_ahead
+from dtq.batching import batches
+from dtq_client.batching import send_ahead
 
 
 def test_splits_by_count() -> None:
