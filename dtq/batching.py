@@ -1,5 +1,5 @@
-"""Consecutive items cut into batches by count and size: the client's submit
-batches and the coordinator's frames to a node both cut their items this way."""
+"""Consecutive items cut into batches by count and size: the client's submit batches,
+the coordinator's frames to a node and a node's frames of updates all cut this way."""
 
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ def batches(
 
     A batch holds at most ``max_count`` items (any number if None) and, unless a
     single item is larger on its own, at most ``max_bytes`` by ``size_of``. An
-    oversized item travels alone: the client's submit batches leave refusing it to
-    the coordinator; the coordinator sends a node an assignment over its frame
-    budget on its own.
+    oversized item travels alone: a client leaves refusing it to the coordinator,
+    and a frame over its budget still goes, on its own.
     """
     batch: list[T] = []
     batch_bytes = 0

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from dtq.batching import batches
 from dtq.v1 import task_pb2, worker_service_pb2
 from dtq_worker.models import (
     Assignment,
@@ -132,17 +133,10 @@ def update_frames(
 
     An update larger than the budget on its own still goes out, alone in its frame.
     """
-    frame = worker_service_pb2.ConnectRequest()
-    size = 0
-    for update in updates:
-        cost = _cost(update)
-        if size and size + cost > budget_bytes:
-            yield frame
-            frame = worker_service_pb2.ConnectRequest()
-            size = 0
-        _fill(frame.updates.updates.add(), update)
-        size += cost
-    if size:
+    for run in batches(updates, _cost, max_bytes=budget_bytes):
+        frame = worker_service_pb2.ConnectRequest()
+        for update in run:
+            _fill(frame.updates.updates.add(), update)
         yield frame
 
 
