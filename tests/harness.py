@@ -235,14 +235,21 @@ class InProcessCoordinator:
 
     def hold_writer(self, release: threading.Event) -> asyncio.Future[None]:
         """Hold the store's writer thread until ``release`` is set (10 s at most): the
-        commits asked for meanwhile queue behind it (:meth:`writer_backlog`). Returns the
-        holding operation, done once the writer is free again."""
+        commits asked for meanwhile queue behind it (:meth:`writer_backlog`). Returns once
+        the writer is held, with the holding operation, done once the writer is free."""
         writer = self.server.coordinator.store._writer  # type: ignore[attr-defined]
+        held = threading.Event()
 
-        async def hold() -> asyncio.Future[None]:
-            return asyncio.ensure_future(writer.run(lambda conn: release.wait(10)))
+        def hold(conn: object) -> None:
+            held.set()
+            release.wait(10)
 
-        future: asyncio.Future[None] = self.call(hold())
+        async def start() -> asyncio.Future[None]:
+            return asyncio.ensure_future(writer.run(hold))
+
+        future: asyncio.Future[None] = self.call(start())
+        if not held.wait(10):
+            raise RuntimeError("the store's writer did not take the hold within 10 s")
         return future
 
     def writer_backlog(self) -> int:
