@@ -2,8 +2,8 @@
 
 Dispatch is push-based with credits: a node receives at most as many tasks
 as it has free slots, so no node hoards work another could run. Each round
-hands out one task per node per pass (rotating the starting node), which keeps
-nodes evenly loaded when work is scarce. Every lease of a round is committed
+hands out one task per node per pass, the least recently served node first,
+which keeps nodes evenly loaded when work is scarce. Every lease of a round is committed
 in one transaction before any assignment is sent.
 """
 
@@ -97,6 +97,7 @@ class Dispatcher:
                 shared[s.keys] = (own, ReadyPicker(self._board, own, blocked))
         pickers = {s.id: shared[s.keys][1] for s in sessions}
         plan: list[tuple[Session, ActiveTask]] = []
+        serve = self._registry.serve
         progress = True
         while progress:
             progress = False
@@ -125,6 +126,7 @@ class Dispatcher:
                 task.node_id = session.node.node_id
                 session.leases[task.id] = task.attempt
                 session.leasing.add(task.id)
+                serve(session)
                 plan.append((session, task))
                 budget[session.id] -= 1
                 progress = True

@@ -100,6 +100,7 @@ class Handoff:
             )
             session.leases[t.id] = 1
             session.leasing.add(t.id)
+            self._registry.serve(session)
             self._board.track(task, now)
             grant = LeaseGrant(t.id, 1, session.node.node_id, session.id)
             reserved.append(DirectLease(session, task, grant))

@@ -98,6 +98,9 @@ class Session:
     supervisor_restarts: int = 0
     outbox: asyncio.Queue[Outbound] | None = None
     """The attached stream's send queue; None while disconnected."""
+    served: int = 0
+    """When this session was last given a task, as the registry's count of tasks
+    handed out (0: never). Dispatch offers work to the least recently served first."""
     finishing: int = 0
     """Leases whose outcome the node has reported and the store is committing.
 
@@ -136,13 +139,17 @@ def session_keys(node: Registration) -> frozenset[Key]:
     return frozenset((q, t) for q in node.queues for t in node.task_types)
 
 
+def _last_served(session: Session) -> int:
+    return session.served
+
+
 class NodeRegistry:
     """Live sessions by id and by node id, plus the most recent gone ones."""
 
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
         self._gone: deque[Session] = deque(maxlen=GONE_NODES_KEPT)
-        self._rr = 0
+        self._handed_out = 0
 
     def create(self, node: Registration, session_id: str | None = None) -> Session:
         """A new session for ``node``."""
@@ -179,12 +186,20 @@ class NodeRegistry:
         return [s for s in self.sessions.values() if s.last_seen < deadline]
 
     def with_free_slots(self) -> list[Session]:
-        """Sessions that can take work, rotated each call so dispatch is fair across nodes."""
+        """Sessions that can take work, the least recently served first.
+
+        Ordered by who was last given a task, not rotated per call: a round that
+        leases nothing (a node's start report runs one) must not move the turn, or
+        tasks arriving one at a time can all land on the same node.
+        """
         ready = [s for s in self.sessions.values() if s.free_slots > 0]
-        if ready:
-            self._rr = (self._rr + 1) % len(ready)
-            ready = ready[self._rr :] + ready[: self._rr]
+        ready.sort(key=_last_served)
         return ready
+
+    def serve(self, session: Session) -> None:
+        """``session`` was just given a task: it goes to the back of the turn."""
+        self._handed_out += 1
+        session.served = self._handed_out
 
     def listing(self, include_gone: bool) -> list[Session]:
         """Sessions for ListNodes, ordered by node id."""

@@ -429,6 +429,14 @@ class RawNode:
         self.channel.close()
 
 
+def started(task_id: str, attempt: int) -> worker_service_pb2.TaskUpdate:
+    """A TaskUpdate reporting that a handler started the task."""
+    return worker_service_pb2.TaskUpdate(
+        lease=task_pb2.Lease(task_id=task_id, attempt=attempt),
+        started=worker_service_pb2.TaskStarted(),
+    )
+
+
 def succeeded(task_id: str, attempt: int, data: bytes) -> worker_service_pb2.TaskUpdate:
     """A TaskUpdate reporting success."""
     return worker_service_pb2.TaskUpdate(

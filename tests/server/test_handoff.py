@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 from dtq.v1 import admin_service_pb2, task_pb2, task_service_pb2
 from dtq.v1.admin_service_pb2_grpc import AdminServiceStub
 from dtq.v1.task_service_pb2_grpc import TaskServiceStub
 from dtq_server.validation import SpecInput
-from tests.harness import InProcessCoordinator, RawNode, succeeded, wait_until
+from tests.harness import InProcessCoordinator, RawNode, started, succeeded, wait_until
 
 QUEUED, LEASED = task_pb2.TASK_STATE_QUEUED, task_pb2.TASK_STATE_LEASED
+RUNNING = task_pb2.TASK_STATE_RUNNING
 
 
 def submit(tasks: TaskServiceStub, **fields: object) -> task_pb2.Task:
@@ -25,6 +27,10 @@ def submit(tasks: TaskServiceStub, **fields: object) -> task_pb2.Task:
 
 def get(tasks: TaskServiceStub, task_id: str) -> task_pb2.Task:
     return tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=task_id), timeout=10).task
+
+
+def is_running(tasks: TaskServiceStub, task_id: str) -> bool:
+    return get(tasks, task_id).state == RUNNING
 
 
 def assigned_ids(node: RawNode) -> list[str]:
@@ -130,3 +136,27 @@ def test_direct_leases_are_spread_across_idle_nodes_in_turn(
     assert len(assigned_ids(a)) == 2 and len(assigned_ids(b)) == 2
     a.close()
     b.close()
+
+
+def test_tasks_arriving_one_at_a_time_alternate_between_idle_nodes(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    """Each node in turn, however many dispatch rounds run between two submits.
+
+    A node's Started report runs a dispatch round that finds nothing to lease. When
+    every call for nodes rotated the starting node, a submit (one rotation) and its
+    start (another) brought two nodes back to the same one: every task went there.
+    """
+    nodes = {"a": RawNode(coordinator.address, node_id="a", slots=8),
+             "b": RawNode(coordinator.address, node_id="b", slots=8)}  # fmt: skip
+    went_to = []
+    for _ in range(8):
+        task = submit(tasks)
+        went_to.append(task.node_id)
+        node = nodes[task.node_id]
+        assert assigned_ids(node) == [task.id]
+        node.report(started(task.id, 1))
+        wait_until(partial(is_running, tasks, task.id), 10, what="the start committed")
+    assert sorted(went_to) == ["a"] * 4 + ["b"] * 4, went_to
+    for node in nodes.values():
+        node.close()

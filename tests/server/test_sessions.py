@@ -36,6 +36,7 @@ from tests.harness import (
     RawNode,
     failed,
     released,
+    started,
     succeeded,
     wait_until,
 )
@@ -119,11 +120,7 @@ def test_an_outcome_without_a_start_records_the_start_too(
     leases = assigned(node)
     while len(leases) < 2:
         leases += assigned(node)
-    started = worker_service_pb2.TaskUpdate(
-        lease=task_pb2.Lease(task_id=second, attempt=1),
-        started=worker_service_pb2.TaskStarted(),
-    )
-    node.report(succeeded(first, 1, b'"a"'), started, succeeded(second, 1, b'"b"'))
+    node.report(succeeded(first, 1, b'"a"'), started(second, 1), succeeded(second, 1, b'"b"'))
     acks = node.next("update_acks").update_acks.acks
     assert [(a.lease.task_id, a.accepted) for a in acks] == [(first, True), (second, True)]
     for task_id in (first, second):
