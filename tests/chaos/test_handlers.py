@@ -464,7 +464,8 @@ def test_h6_heartbeat_loop_death_ends_the_node_and_its_leases(
     are then requeued by the coordinator within T + 1 s and finish on node b.
     """
     cluster = make_cluster()
-    a = cluster.node("a", threads=3)
+    # Only a serves the queue "heart": the task that breaks a heartbeat loop must reach a.
+    a = cluster.node("a", "--queues", "default,heart", threads=3)
     with cluster.client() as client:
         wait_nodes(client, "a")
         payload = {"sleep": 8.0, "first_only": True}
@@ -473,7 +474,7 @@ def test_h6_heartbeat_loop_death_ends_the_node_and_its_leases(
         cluster.node("b", threads=2)
         wait_nodes(client, "b")
         broken_at = time.monotonic()
-        client.submit("break_heart", {})
+        client.submit("break_heart", {}, queue="heart")
         code = a.wait(20)
         exited_s = time.monotonic() - broken_at
         exited_at = time.monotonic()
