@@ -17,14 +17,33 @@ from dtq_server.ready import Rank, ReadyPicker, ReadyQueue
 Key = tuple[str, str]
 """(queue, task type): the unit a node declares it can serve."""
 
+JOINED = -(2**62)
+"""Where the turn numbers of queues joining the line start (see ``TaskBoard.turns``)."""
+
 
 class TaskBoard:
-    """Unfinished tasks indexed for dispatch: by priority then FIFO per (queue, type), plus
-    timer heaps for retries/scheduled tasks and for schedule-to-start deadlines."""
+    """Unfinished tasks indexed for dispatch: the queues in turn, by priority then FIFO
+    within a queue, plus timer heaps for retries/scheduled tasks and for
+    schedule-to-start deadlines."""
 
     def __init__(self) -> None:
         self.active: dict[str, ActiveTask] = {}
         self._unfinished: Counter[str] = Counter()  # active tasks per queue, for max depth
+        self.turns: dict[str, int] = {}
+        """queue -> its place in line among queues with tasks (smallest goes first).
+
+        Round robin over the queues a node serves, the least recently served first,
+        so a backlog in one does not hold back another's tasks (as kombu's Redis
+        transport and rq's RoundRobinWorker serve queues). A queue that gets a
+        ready task with none unfinished has not been served lately: it goes ahead
+        of every queue that has, behind those that came before it (numbers from
+        ``JOINED``, below every served one). Each time one of its tasks is taken it
+        goes to the back. Kept while the queue has unfinished tasks, so one that
+        keeps a task running does not jump the line with each new one; a queue's
+        number only grows during a dispatch round, which ReadyPicker's lazy heap
+        relies on."""
+        self._joined = itertools.count(JOINED)
+        self._served = itertools.count()
         self._ready: dict[Key, ReadyQueue] = {}
         self._aside: list[ReadyQueue] = []  # those that set rate keys aside this round
         # By due time, then as the ready queues rank: tasks due together become ready
@@ -52,6 +71,8 @@ class TaskBoard:
             return
         task.due_at = None
         rank: Rank = (-task.priority, task.seq, next(self._pushes))
+        if task.queue not in self.turns:
+            self.turns[task.queue] = next(self._joined)
         key = (task.queue, task.type)
         ready = self._ready.get(key)
         if ready is None:
@@ -67,6 +88,7 @@ class TaskBoard:
             if not self._unfinished[task.queue]:
                 # Queues named per job or per request come and go: keep none at zero.
                 del self._unfinished[task.queue]
+                self.turns.pop(task.queue, None)
             if was_ready and (ready := self._ready.get((task.queue, task.type))) is not None:
                 ready.went_stale()
 
@@ -100,7 +122,7 @@ class TaskBoard:
         return moved
 
     def pop_ready(self, keys: Iterable[Key], blocked: Container[str] = ()) -> ActiveTask | None:
-        """The oldest ready task among ``keys`` whose rate key is not ``blocked``, removed
+        """The next ready task among ``keys`` whose rate key is not ``blocked``, removed
         from the ready queues (a round of one pick: see :class:`ReadyPicker`)."""
         try:
             return ReadyPicker(self, set(keys), blocked).pop()
@@ -115,7 +137,8 @@ class TaskBoard:
 
     def pop_first(self, key: Key, blocked: Container[str]) -> tuple[ActiveTask, Rank | None]:
         """Remove and return the task :meth:`first` found for ``key``, and the rank of the
-        next one (as :meth:`first` would say)."""
+        next one (as :meth:`first` would say). Its queue goes to the back of the line."""
+        self.turns[key[0]] = next(self._served)
         return self._ready[key].pop(blocked)
 
     def end_round(self) -> None:

@@ -1,6 +1,7 @@
 """Ready tasks in the order dispatch takes them, without looking at every queue or rate key.
 
-Two levels, both heaps of heaps ordered by the rank of their first task:
+Two levels, both heaps of heaps ordered by the rank of their first task (the
+picker's by the queue's turn first):
 
 - :class:`ReadyQueue` holds one (queue, type)'s ready tasks, a heap per rate key,
   and its rate keys by their first task. It lasts as long as the board. With a
@@ -185,8 +186,9 @@ class ReadyQueue:
 
 
 class ReadyPicker:
-    """The oldest ready task among a node's (queue, type) keys, task after task, for one
-    dispatch round.
+    """The next ready task among a node's (queue, type) keys, task after task, for one
+    dispatch round: the oldest ready task of the queue whose turn it is (see
+    ``TaskBoard.turns``).
 
     ``keys`` and ``blocked`` are the caller's own sets: a key it removes (a queue's
     limit reached during the round) is skipped from then on, and a rate key it adds to
@@ -197,28 +199,31 @@ class ReadyPicker:
         self._board = board
         self._keys = keys
         self._blocked = blocked
-        self._heap: list[tuple[Rank, Key]] = []
+        # (queue's turn, rank of the key's first ready task, key). Both parts only
+        # grow while the round runs, so an entry is never late: checked at the top.
+        self._heap: list[tuple[int, Rank, Key]] = []
+        turns = board.turns
         for key in keys:
             rank = board.first(key, blocked)
             if rank is not None:
-                self._heap.append((rank, key))
+                self._heap.append((turns[key[0]], rank, key))
         heapq.heapify(self._heap)
 
     def pop(self) -> ActiveTask | None:
-        """The oldest ready task among the keys, removed from the board; None when none is left."""
-        heap, board, blocked = self._heap, self._board, self._blocked
+        """The next ready task among the keys, removed from the board; None when none is left."""
+        heap, board, blocked, turns = self._heap, self._board, self._blocked, self._board.turns
         while heap:
-            recorded, key = heap[0]
+            turn, recorded, key = heap[0]
             rank = board.first(key, blocked) if key in self._keys else None
             if rank is None:
                 heapq.heappop(heap)
-            elif rank != recorded:
-                heapq.heapreplace(heap, (rank, key))
+            elif rank != recorded or turns[key[0]] != turn:
+                heapq.heapreplace(heap, (turns[key[0]], rank, key))
             else:
                 task, after = board.pop_first(key, blocked)
                 if after is None:
                     heapq.heappop(heap)
                 else:
-                    heapq.heapreplace(heap, (after, key))
+                    heapq.heapreplace(heap, (turns[key[0]], after, key))
                 return task
         return None

@@ -94,15 +94,48 @@ def active(seq: int, queue: str = "default", type_: str = "echo", due_at: float 
     )  # fmt: skip
 
 
-def test_board_is_fifo_across_the_keys_a_node_serves() -> None:
+def test_board_is_fifo_across_the_types_of_a_queue() -> None:
     board = TaskBoard()
-    for task in [active(3), active(1, queue="q2"), active(2, type_="other"), active(4)]:
+    for task in [active(3), active(1, type_="other"), active(2, type_="third"), active(4)]:
         board.track(task, now=0.0)
-    keys = {("default", "echo"), ("q2", "echo")}
+    keys = {("default", "echo"), ("default", "other")}
     popped = [board.pop_ready(keys) for _ in range(4)]
     assert [t.seq if t else None for t in popped] == [1, 3, 4, None]
-    other = board.pop_ready({("default", "other")})
-    assert other is not None and other.seq == 2
+    third = board.pop_ready({("default", "third")})
+    assert third is not None and third.seq == 2
+
+
+def test_board_takes_the_queues_a_node_serves_in_turn() -> None:
+    """A backlog in one queue does not hold back another's tasks (round robin over the
+    queues, the least recently served first); each queue keeps its own order."""
+    board = TaskBoard()
+    for seq in range(1, 6):
+        board.track(active(seq, queue="bulk"), now=0.0)
+    board.track(active(6, queue="emails"), now=0.0)
+    board.track(active(7, queue="emails", type_="other"), now=0.0)
+    keys = {("bulk", "echo"), ("emails", "echo"), ("emails", "other")}
+    assert [board.pop_ready(keys).seq for _ in range(3)] == [1, 6, 2]  # type: ignore[union-attr]
+    # A queue that gets a task with none unfinished goes ahead of those served lately.
+    board.track(active(8, queue="reports"), now=0.0)
+    keys.add(("reports", "echo"))
+    popped = [t.seq for t in iter(lambda: board.pop_ready(keys), None)]
+    assert popped == [8, 7, 3, 4, 5]
+
+
+def test_a_queue_that_keeps_getting_one_task_does_not_starve_a_backlog() -> None:
+    """A queue emptied by each pick and refilled before the next takes its turn, no
+    more: its place in line is kept while it has unfinished (leased) tasks."""
+    board = TaskBoard()
+    for seq in range(1, 4):
+        board.track(active(seq, queue="bulk"), now=0.0)
+    keys = {("bulk", "echo"), ("trickle", "echo")}
+    taken = []
+    for seq in range(10, 16):
+        board.track(active(seq, queue="trickle"), now=0.0)
+        taken += [board.pop_ready(keys).seq, board.pop_ready(keys).seq]  # type: ignore[union-attr]
+        if len(taken) >= 6:
+            break
+    assert taken == [1, 10, 2, 11, 3, 12]
 
 
 def test_board_skips_cancelled_and_delays_retries() -> None:
@@ -138,18 +171,43 @@ def test_tasks_due_together_become_ready_in_chunks_higher_priorities_first() -> 
     assert [t.seq for t in iter(lambda: board.pop_ready(keys), None)] == [2, 3, 4, 5, 7]
 
 
-def _oldest_ready(tasks: list[ActiveTask], keys: set[Key], blocked: set[str]) -> ActiveTask | None:
-    """What a picker must pick, found by looking at everything."""
-    ready = [
-        t
-        for t in tasks
-        if t.state is TaskState.QUEUED and (t.queue, t.type) in keys and t.rate_key not in blocked
-    ]
-    return min(ready, key=lambda t: (-t.priority, t.seq), default=None)
+class _Model:
+    """What a picker must pick, found by looking at every task: the queues in turn (a
+    queue that gets a task with none unfinished goes after those that did so before
+    it and ahead of every queue served; each time one of its tasks is taken it goes
+    to the back), then priority, then FIFO."""
+
+    def __init__(self) -> None:
+        self.tasks: list[ActiveTask] = []
+        self.turns: dict[str, tuple[int, int]] = {}
+        self._numbers = iter(range(10**9))
+
+    def tracked(self, task: ActiveTask) -> None:
+        if task not in self.tasks:
+            self.tasks.append(task)
+        self.turns.setdefault(task.queue, (0, next(self._numbers)))
+
+    def forgotten(self, task: ActiveTask) -> None:
+        unfinished = {t.queue for t in self.tasks if not t.state.is_terminal}
+        if task.queue not in unfinished:
+            self.turns.pop(task.queue, None)
+
+    def expected(self, keys: set[Key], blocked: set[str]) -> ActiveTask | None:
+        ready = [
+            t
+            for t in self.tasks
+            if t.state is TaskState.QUEUED
+            and (t.queue, t.type) in keys
+            and t.rate_key not in blocked
+        ]
+        return min(ready, key=lambda t: (self.turns[t.queue], -t.priority, t.seq), default=None)
+
+    def taken(self, task: ActiveTask) -> None:
+        self.turns[task.queue] = (1, next(self._numbers))
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(
+def test_pickers_sharing_keys_in_a_round_take_the_next_ready_task_each_time(
     seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three nodes' pickers over overlapping keys, taking turns as a dispatch round does,
@@ -164,15 +222,20 @@ def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(
     queues = [f"q{i}" for i in range(rng.randint(1, 8))]
     rate_keys = ["", "", *(f"tenant-{i}" for i in range(rng.randint(0, 30)))]
     board = TaskBoard()
-    tasks: list[ActiveTask] = []
+    model = _Model()
 
     def queue_some(count: int) -> None:
         for _ in range(count):
-            task = active(len(tasks), queue=rng.choice(queues), type_=rng.choice(["a", "b"]))
+            task = active(len(model.tasks), queue=rng.choice(queues), type_=rng.choice("ab"))
             task.priority = rng.choice([0, 0, 0, 5, -5])
             task.rate_key = rng.choice(rate_keys)
-            tasks.append(task)
             board.track(task, now=0.0)
+            model.tracked(task)
+
+    def cancel(tasks: list[ActiveTask]) -> None:
+        for task in tasks:
+            board.forget(task, TaskState.CANCELLED)
+            model.forgotten(task)
 
     every_key = {(q, t) for q in queues for t in ("a", "b")}
     for _ in range(6):  # rounds
@@ -182,8 +245,7 @@ def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(
         pickers = [ReadyPicker(board, keys, blocked) for keys in node_keys]
         for turn in range(60):
             if turn == 20:
-                for task in rng.sample(tasks, len(tasks) // 10):
-                    board.forget(task, TaskState.CANCELLED)
+                cancel(rng.sample(model.tasks, len(model.tasks) // 10))
             if turn == 30 and len(rate_keys) > 2:
                 blocked.add(rng.choice(rate_keys[2:]))  # a key's last token taken
             if turn == 40:
@@ -191,18 +253,21 @@ def test_pickers_sharing_keys_in_a_round_take_the_oldest_ready_task_each_time(
                 for keys in node_keys:
                     keys -= {k for k in keys if k[0] == closed}
             node = turn % 3
-            expected = _oldest_ready(tasks, node_keys[node], blocked)
+            expected = model.expected(node_keys[node], blocked)
             picked = pickers[node].pop()
             assert picked is expected
             if picked is not None:
                 picked.state = TaskState.LEASED
+                model.taken(picked)
         board.end_round()  # blocked rate keys count again
-        queued = [t for t in tasks if t.state is TaskState.QUEUED]
+        queued = [t for t in model.tasks if t.state is TaskState.QUEUED]
         cancelled = rng.sample(queued, len(queued) // 2)
-        for task in cancelled:
-            board.forget(task, TaskState.CANCELLED)
-        board.restore(rng.sample(cancelled, len(cancelled) // 5), now=0.0)
-    assert board.pop_ready(every_key) is _oldest_ready(tasks, every_key, set())
+        cancel(cancelled)
+        restored = rng.sample(cancelled, len(cancelled) // 5)
+        board.restore(restored, now=0.0)
+        for task in restored:
+            model.tracked(task)
+    assert board.pop_ready(every_key) is model.expected(every_key, set())
 
 
 def test_a_queue_emptied_by_cancels_lets_go_of_its_tasks_at_once() -> None:
@@ -246,7 +311,7 @@ def test_board_keeps_nothing_of_a_queue_once_its_tasks_are_gone() -> None:
         board.pop_ready({(task.queue, "echo")})
         board.forget(task, TaskState.SUCCEEDED)
     assert board.ready_keys() == set() and not board.active
-    assert not board._unfinished  # no entry left at zero per queue
+    assert not board._unfinished and not board.turns  # no entry left at zero per queue
     assert board.unfinished("job-1") == 0
 
 

@@ -111,6 +111,23 @@ def test_a_reported_outcome_lends_its_slot_while_it_commits(
     node.close()
 
 
+def test_a_backlog_in_one_queue_does_not_hold_back_another_queue_s_task(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+):
+    """A node serving two queues takes them in turn, not the older backlog first."""
+    bulk = [submit(tasks, queue="bulk") for _ in range(5)]
+    node = RawNode(coordinator.address, queues=("bulk", "emails"), slots=1)
+    [first] = assigned(node)
+    assert first.task_id == bulk[0]
+    email = submit(tasks, queue="emails")
+    node.report(succeeded(first.task_id, 1, b'"ok"'))
+    [second] = assigned(node)
+    assert second.task_id == email, "the email waited behind the bulk backlog"
+    node.report(succeeded(email, 1, b'"ok"'))
+    assert [lease.task_id for lease in assigned(node)] == [bulk[1]]
+    node.close()
+
+
 def test_an_outcome_without_a_start_records_the_start_too(
     coordinator: InProcessCoordinator, tasks: TaskServiceStub
 ):
