@@ -1,10 +1,14 @@
 """Choosing which ready task goes to which node, and leasing it.
 
 Dispatch is push-based with credits: a node receives at most as many tasks
-as it has free slots, so no node hoards work another could run. Each round
-hands out one task per node per pass, the least recently served node first,
-which keeps nodes evenly loaded when work is scarce. Every lease of a round is committed
-in one transaction before any assignment is sent.
+as it has free slots plus its prefetch, so no node hoards work another could
+run. Each round deals in two parts. First every idle thread gets a task, one
+per node per pass, the least recently served node first, which keeps nodes
+evenly loaded when work is scarce. Then what is left fills the prefetch
+buffers, as many per pass as a node has threads: a buffer empties at the pace
+of its node's threads, so a node with 2 threads does not hold as many waiting
+tasks as one with 16 while the latter runs out. Every lease of a round is
+committed in one transaction before any assignment is sent.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -82,57 +86,16 @@ class Dispatcher:
         closed |= {name for name, left in room.items() if left <= 0}
         throttled_queues, throttled_keys, wait_s = self.limiter.blocked(now)
         closed |= throttled_queues
-        # Rate keys out of tokens: skipped this round. Keys that run out during it join.
-        blocked = set(throttled_keys)
         ready = {key for key in self._board.ready_keys() if key[0] not in closed}
-        budget = {s.id: s.free_slots for s in sessions}
-        # One set of keys and one picker per distinct set of keys a node serves, shared
-        # by the nodes serving it: nodes started from the same code serve the same keys,
-        # and one of each per node cost a round over 50 nodes serving 1,000 queues each
-        # 71 ms. Mutable sets: queue limits reached during the round prune them.
-        shared: dict[frozenset[Key], tuple[set[Key], ReadyPicker]] = {}
-        for s in sessions:
-            if s.keys not in shared:
-                own = ready & s.keys
-                shared[s.keys] = (own, ReadyPicker(self._board, own, blocked))
-        pickers = {s.id: shared[s.keys][1] for s in sessions}
-        plan: list[tuple[Session, ActiveTask]] = []
-        serve = self._registry.serve
-        progress = True
-        while progress:
-            progress = False
-            for session in sessions:
-                if budget[session.id] <= 0:
-                    continue
-                task = pickers[session.id].pop()
-                if task is None:
-                    budget[session.id] = 0
-                    continue
-                queue_empty, key_empty = self.limiter.take(task.queue, task.rate_key, now)
-                if task.queue in room:
-                    room[task.queue] -= 1
-                    queue_empty = queue_empty or room[task.queue] <= 0
-                if queue_empty:  # a limit was reached: stop leasing that work
-                    for session_keys, _ in shared.values():
-                        session_keys -= {k for k in session_keys if k[0] == task.queue}
-                if key_empty:
-                    blocked.add(task.rate_key)
-                if queue_empty or key_empty:
-                    wait_s = self.limiter.blocked(now)[2]
-                task.start_by = None
-                task.state = TaskState.LEASED
-                task.attempt += 1
-                task.session_id = session.id
-                task.node_id = session.node.node_id
-                session.leases[task.id] = task.attempt
-                session.leasing.add(task.id)
-                serve(session)
-                plan.append((session, task))
-                budget[session.id] -= 1
-                progress = True
+        deal = _Deal(self._board, sessions, ready, room, set(throttled_keys), self.limiter, now)
+        deal.passes({s.id: s.idle_slots for s in sessions}, per_pass=_one)
+        deal.passes({s.id: s.free_slots for s in sessions}, per_pass=_its_threads)
+        for session, _ in deal.plan:
+            self._registry.serve(session)
+        wait_s = wait_s if deal.wait_s is None else deal.wait_s
         if wait_s is not None:
             self._wake_in(wait_s)
-        return plan
+        return deal.plan
 
     def _wake_in(self, delay_s: float) -> None:
         """Run a round when a rate-limit bucket has a token again (one timer at a time)."""
@@ -207,6 +170,95 @@ class Dispatcher:
             task.attempt -= 1
             task.session_id = None
             self._board.make_ready(task, now)
+
+
+def _one(session: Session) -> int:
+    return 1
+
+
+def _its_threads(session: Session) -> int:
+    return max(1, session.node.slots)
+
+
+class _Deal:
+    """One dispatch round's leases, dealt to the nodes in passes (see the module)."""
+
+    def __init__(
+        self,
+        board: TaskBoard,
+        sessions: list[Session],
+        ready: set[Key],
+        room: dict[str, int],
+        blocked: set[str],
+        limiter: RateLimiter,
+        now: float,
+    ) -> None:
+        self._sessions = sessions
+        self._room = room
+        """Leases each queue with a concurrency limit may still take."""
+        self._blocked = blocked
+        """Rate keys out of tokens: skipped this round. Keys that run out during it join."""
+        self._limiter = limiter
+        self._now = now
+        # One set of keys and one picker per distinct set of keys a node serves, shared
+        # by the nodes serving it: nodes started from the same code serve the same keys,
+        # and one of each per node cost a round over 50 nodes serving 1,000 queues each
+        # 71 ms. Mutable sets: queue limits reached during the round prune them.
+        self._shared: dict[frozenset[Key], tuple[set[Key], ReadyPicker]] = {}
+        for s in sessions:
+            if s.keys not in self._shared:
+                own = ready & s.keys
+                self._shared[s.keys] = (own, ReadyPicker(board, own, blocked))
+        self._pickers = {s.id: self._shared[s.keys][1] for s in sessions}
+        self._dry: set[str] = set()
+        """Sessions whose picker ran out this round."""
+        self.plan: list[tuple[Session, ActiveTask]] = []
+        self.wait_s: float | None = None
+        """When a limit reached during the round lets work through again (None: none)."""
+
+    def passes(self, budget: dict[str, int], per_pass: Callable[[Session], int]) -> None:
+        """Lease up to ``budget[session]`` tasks to each session, ``per_pass(session)`` at
+        a time, pass after pass, until every budget is spent or nothing is left."""
+        progress = True
+        while progress:
+            progress = False
+            for session in self._sessions:
+                take = min(budget[session.id], per_pass(session))
+                if take <= 0 or session.id in self._dry:
+                    continue
+                for _ in range(take):
+                    if not self._lease_one(session):
+                        self._dry.add(session.id)
+                        break
+                    budget[session.id] -= 1
+                    progress = True
+
+    def _lease_one(self, session: Session) -> bool:
+        """Lease the session's next ready task; False when it has none left."""
+        task = self._pickers[session.id].pop()
+        if task is None:
+            return False
+        room, now = self._room, self._now
+        queue_empty, key_empty = self._limiter.take(task.queue, task.rate_key, now)
+        if task.queue in room:
+            room[task.queue] -= 1
+            queue_empty = queue_empty or room[task.queue] <= 0
+        if queue_empty:  # a limit was reached: stop leasing that work
+            for session_keys, _ in self._shared.values():
+                session_keys -= {k for k in session_keys if k[0] == task.queue}
+        if key_empty:
+            self._blocked.add(task.rate_key)
+        if queue_empty or key_empty:
+            self.wait_s = self._limiter.blocked(now)[2]
+        task.start_by = None
+        task.state = TaskState.LEASED
+        task.attempt += 1
+        task.session_id = session.id
+        task.node_id = session.node.node_id
+        session.leases[task.id] = task.attempt
+        session.leasing.add(task.id)
+        self.plan.append((session, task))
+        return True
 
 
 def _committed(plan: list[tuple[Session, ActiveTask]]) -> None:

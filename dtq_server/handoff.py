@@ -1,10 +1,13 @@
 """Straight to an idle node: a new task leased in the same commit that stores it.
 
-When a node has a free slot and nothing is waiting in the task's queue, the
+When a node has an idle thread and nothing is waiting in the task's queue, the
 usual path costs two commits in a row: the submit stores the task QUEUED, then
 a dispatch round leases it. Here the submit's own commit stores it already
 leased (attempt 1) to that node, and the assignment leaves as soon as the
 commit returns: one commit, and one fsync, less between submit and start.
+Only threads with nothing to run take tasks this way: a task for a prefetch
+buffer waits there anyway, and the dispatch round fills buffers in proportion
+to the nodes' threads (see :mod:`dtq_server.dispatch`).
 
 Only the plain case takes this path: no dependencies, no delay, the queue not
 paused, without a concurrency or rate limit or a maximum depth, with no ready
@@ -58,7 +61,7 @@ class Handoff:
         self._failpoints = failpoints
 
     def reserve(self, new: list[NewTask], now: float) -> list[DirectLease]:
-        """Reserve a free slot for each new task that may skip the queue (see the module)."""
+        """Reserve an idle thread for each new task that may skip the queue (see the module)."""
         dispatcher = self._dispatcher
         if dispatcher.paused or dispatcher.loading:
             return []
@@ -77,7 +80,7 @@ class Handoff:
             session = None
             for i in range(len(sessions)):
                 candidate = sessions[(turn + i) % len(sessions)]
-                if candidate.free_slots > 0 and (t.queue, t.type) in candidate.keys:
+                if candidate.idle_slots > 0 and (t.queue, t.type) in candidate.keys:
                     session, turn = candidate, turn + i + 1
                     break
             if session is None:

@@ -123,6 +123,14 @@ class Session:
         held = len(self.leases) - self.finishing
         return max(0, self.node.slots + self.node.prefetch - held)
 
+    @property
+    def idle_slots(self) -> int:
+        """Credits that are threads with nothing to run (the rest of ``free_slots`` is
+        the prefetch buffer): a task leased here starts as soon as it arrives."""
+        if self.state is not NodeState.ACTIVE or self.outbox is None:
+            return 0
+        return max(0, self.node.slots - len(self.leases) + self.finishing)
+
     def touch(self) -> None:
         """Record that the node was heard from (coordinator clock)."""
         self.last_seen = time.monotonic()

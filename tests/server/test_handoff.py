@@ -1,4 +1,5 @@
-"""New tasks handed straight to an idle node, leased in the commit that stores them.
+"""Who gets new tasks: an idle node straight away (leased in the commit that stores
+them), nodes in turn, idle threads before prefetch buffers, buffers by threads.
 
 Against a real in-process coordinator; RawNode speaks the worker protocol by
 hand so each test sees exactly what the node is sent.
@@ -160,3 +161,56 @@ def test_tasks_arriving_one_at_a_time_alternate_between_idle_nodes(
     assert sorted(went_to) == ["a"] * 4 + ["b"] * 4, went_to
     for node in nodes.values():
         node.close()
+
+
+def assigned_count(node: RawNode, expected: int) -> int:
+    """How many tasks ``node`` was assigned, reading until ``expected`` arrived, then
+    one heartbeat round trip more (anything sent after them arrives before its ack)."""
+    ids: list[str] = []
+    while len(ids) < expected:
+        ids += assigned_ids(node)
+    node.heartbeat(1, leases=tuple((task_id, 1) for task_id in ids))
+    assert not node.next("heartbeat_ack").heartbeat_ack.stale_leases
+    return len(ids) + sum(kind == "assignments" for kind in node.unread())
+
+
+def submit_batch(tasks: TaskServiceStub, count: int) -> list[task_pb2.Task]:
+    spec = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"{}"))
+    request = task_service_pb2.SubmitTasksRequest(tasks=[spec] * count)
+    return [r.task for r in tasks.SubmitTasks(request, timeout=10).results]
+
+
+def test_a_new_task_goes_to_an_idle_thread_before_a_busy_node_s_buffer(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    a = RawNode(coordinator.address, node_id="a", slots=1, prefetch=8)
+    b = RawNode(coordinator.address, node_id="b", slots=1, prefetch=8)
+    running = submit(tasks)
+    assert running.node_id == "a" and assigned_ids(a) == [running.id]
+    done = submit(tasks)
+    assert done.node_id == "b" and assigned_ids(b) == [done.id]
+    b.report(succeeded(done.id, 1, b'"ok"'))
+    b.next("update_acks")
+    # a comes first in turn (served longer ago) and has room in its buffer; b's thread is idle.
+    task = submit(tasks)
+    assert task.node_id == "b", "a task waited in a busy node's buffer while a thread idled"
+    assert assigned_ids(b) == [task.id]
+    a.close()
+    b.close()
+
+
+def test_prefetch_buffers_fill_in_proportion_to_the_nodes_threads(
+    coordinator: InProcessCoordinator, tasks: TaskServiceStub
+) -> None:
+    """With every thread busy, a node with 4 threads takes 4 tasks for each 1 of a node
+    with 1 thread (one each, the small node's buffer would hold as many)."""
+    big = RawNode(coordinator.address, node_id="big", slots=4, prefetch=8)
+    small = RawNode(coordinator.address, node_id="small", slots=1, prefetch=8)
+    busy = submit_batch(tasks, 5)
+    assert sorted(t.node_id for t in busy) == ["big"] * 4 + ["small"]
+    assert assigned_count(big, 4) == 4 and assigned_count(small, 1) == 1
+    waiting = submit_batch(tasks, 10)
+    assert all(t.state == QUEUED for t in waiting)  # no idle thread: through a round
+    assert (assigned_count(big, 8), assigned_count(small, 2)) == (8, 2)
+    big.close()
+    small.close()
