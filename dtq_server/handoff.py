@@ -65,9 +65,12 @@ class Handoff:
         dispatcher = self._dispatcher
         if dispatcher.paused or dispatcher.loading:
             return []
-        sessions = self._registry.with_free_slots()
+        sessions = [s for s in self._registry.with_free_slots() if s.idle_slots > 0]
         if not sessions:
             return []
+        # Stop once every idle thread is taken: a batch of 10,000 with 500 busy nodes
+        # must not look at every node for every task.
+        idle = sum(s.idle_slots for s in sessions)
         waiting_queues = {key[0] for key in self._board.ready_keys()}
         priorities: dict[str, set[int]] = defaultdict(set)
         for t in new:
@@ -75,6 +78,8 @@ class Handoff:
         reserved: list[DirectLease] = []
         turn = 0  # one task per node in turn, as a dispatch round spreads them
         for t in new:
+            if idle <= 0:
+                break
             if not self._plain(t, waiting_queues) or len(priorities[t.queue]) > 1:
                 continue
             session = None
@@ -104,6 +109,7 @@ class Handoff:
             session.leases[t.id] = 1
             session.leasing.add(t.id)
             self._registry.serve(session)
+            idle -= 1
             self._board.track(task, now)
             grant = LeaseGrant(t.id, 1, session.node.node_id, session.id)
             reserved.append(DirectLease(session, task, grant))
