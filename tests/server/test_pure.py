@@ -130,11 +130,9 @@ def test_a_queue_that_keeps_getting_one_task_does_not_starve_a_backlog() -> None
         board.track(active(seq, queue="bulk"), now=0.0)
     keys = {("bulk", "echo"), ("trickle", "echo")}
     taken = []
-    for seq in range(10, 16):
+    for seq in range(10, 13):  # one trickle task before every second pick
         board.track(active(seq, queue="trickle"), now=0.0)
         taken += [board.pop_ready(keys).seq, board.pop_ready(keys).seq]  # type: ignore[union-attr]
-        if len(taken) >= 6:
-            break
     assert taken == [1, 10, 2, 11, 3, 12]
 
 
