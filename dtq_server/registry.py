@@ -116,20 +116,21 @@ class Session:
 
     @property
     def free_slots(self) -> int:
-        """Credits: tasks that may be leased now (slots + prefetch - leases held, not
-        counting those finishing; only an attached, active session gets work)."""
-        if self.state is not NodeState.ACTIVE or self.outbox is None:
-            return 0
-        held = len(self.leases) - self.finishing
-        return max(0, self.node.slots + self.node.prefetch - held)
+        """Credits: tasks that may be leased now (slots + prefetch - leases held)."""
+        return self._room_beyond(self.node.prefetch)
 
     @property
     def idle_slots(self) -> int:
         """Credits that are threads with nothing to run (the rest of ``free_slots`` is
         the prefetch buffer): a task leased here starts as soon as it arrives."""
+        return self._room_beyond(0)
+
+    def _room_beyond(self, buffered: int) -> int:
+        """Slots + ``buffered`` - leases held, not counting those finishing; 0 unless the
+        session is attached and active (only such a session gets work)."""
         if self.state is not NodeState.ACTIVE or self.outbox is None:
             return 0
-        return max(0, self.node.slots - len(self.leases) + self.finishing)
+        return max(0, self.node.slots + buffered - len(self.leases) + self.finishing)
 
     def touch(self) -> None:
         """Record that the node was heard from (coordinator clock)."""

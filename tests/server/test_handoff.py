@@ -30,6 +30,12 @@ def get(tasks: TaskServiceStub, task_id: str) -> task_pb2.Task:
     return tasks.GetTask(task_service_pb2.GetTaskRequest(task_id=task_id), timeout=10).task
 
 
+def submit_batch(tasks: TaskServiceStub, count: int) -> list[task_pb2.Task]:
+    spec = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"{}"))
+    request = task_service_pb2.SubmitTasksRequest(tasks=[spec] * count)
+    return [r.task for r in tasks.SubmitTasks(request, timeout=10).results]
+
+
 def is_running(tasks: TaskServiceStub, task_id: str) -> bool:
     return get(tasks, task_id).state == RUNNING
 
@@ -129,10 +135,9 @@ def test_direct_leases_are_spread_across_idle_nodes_in_turn(
 ) -> None:
     a = RawNode(coordinator.address, node_id="a", slots=4)
     b = RawNode(coordinator.address, node_id="b", slots=4)
-    spec = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"{}"))
-    response = tasks.SubmitTasks(task_service_pb2.SubmitTasksRequest(tasks=[spec] * 4), timeout=10)
-    nodes = [r.task.node_id for r in response.results]
-    assert all(r.task.state == LEASED for r in response.results)
+    submitted = submit_batch(tasks, 4)
+    nodes = [t.node_id for t in submitted]
+    assert all(t.state == LEASED for t in submitted)
     assert sorted(nodes) == ["a", "a", "b", "b"], nodes
     assert len(assigned_ids(a)) == 2 and len(assigned_ids(b)) == 2
     a.close()
@@ -172,12 +177,6 @@ def assigned_count(node: RawNode, expected: int) -> int:
     node.heartbeat(1, leases=tuple((task_id, 1) for task_id in ids))
     assert not node.next("heartbeat_ack").heartbeat_ack.stale_leases
     return len(ids) + sum(kind == "assignments" for kind in node.unread())
-
-
-def submit_batch(tasks: TaskServiceStub, count: int) -> list[task_pb2.Task]:
-    spec = task_pb2.TaskSpec(type="echo", payload=task_pb2.Payload(data=b"{}"))
-    request = task_service_pb2.SubmitTasksRequest(tasks=[spec] * count)
-    return [r.task for r in tasks.SubmitTasks(request, timeout=10).results]
 
 
 def test_a_new_task_goes_to_an_idle_thread_before_a_busy_node_s_buffer(
