@@ -130,6 +130,12 @@ bench: install
 bench-postgres: install postgres-bin
 	$(PY) -m bench.run --size $(BENCH_SIZE) --postgres --only P1,P2,P3
 
+## bench-affinity: P1, P2, P3 pipelined and 64 in flight with the coordinator left to the
+## scheduler and pinned to one CPU (taskset), alternately; what pinning buys and costs here.
+.PHONY: bench-affinity
+bench-affinity: install
+	$(PY) -m bench.affinity --size $(BENCH_SIZE)
+
 ## chaos: every fault scenario at full size (10,000-task F1 seeds, 10-minute soak, 5-minute
 ## feature soaks on both stores; ~30 min), then one table row per scenario and a summary
 ## line. DTQ_CHAOS_SEED=N replays a soak.

@@ -40,7 +40,11 @@ for P1's information row."""
 
 
 def throughput(
-    tasks: int, prefetch: Prefetch = PREFETCH, queues: int = 1, rate_keys: int = 0
+    tasks: int,
+    prefetch: Prefetch = PREFETCH,
+    queues: int = 1,
+    rate_keys: int = 0,
+    coordinator_cpus: frozenset[int] | None = None,
 ) -> float:
     """P1: end-to-end tasks/s (2 nodes x 4 threads, --prefetch auto unless told).
 
@@ -49,11 +53,16 @@ def throughput(
     committed); the clock stops when the last task has succeeded. With
     ``queues`` > 1 the tasks go to that many queues in turn, all of which both
     nodes serve; with ``rate_keys`` they carry that many rate keys in turn (no
-    limit set on any).
+    limit set on any). ``coordinator_cpus``: see :func:`bench.cluster.cluster`.
     """
     names = [f"q{i}" for i in range(queues)] if queues > 1 else [None]  # None: "default"
     with (
-        cluster(nodes=2, prefetch=prefetch, queues=[n or "default" for n in names]) as address,
+        cluster(
+            nodes=2,
+            prefetch=prefetch,
+            queues=[n or "default" for n in names],
+            coordinator_cpus=coordinator_cpus,
+        ) as address,
         Client(address) as client,
     ):
         started = time.perf_counter()
@@ -84,9 +93,9 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def latency(samples: int) -> tuple[float, float]:
+def latency(samples: int, coordinator_cpus: frozenset[int] | None = None) -> tuple[float, float]:
     """P2: submit -> result round trip, (p50, p99) in milliseconds."""
-    with cluster(nodes=2) as address, Client(address) as client:
+    with cluster(nodes=2, coordinator_cpus=coordinator_cpus) as address, Client(address) as client:
         times = []
         for i in range(samples):
             started = time.perf_counter()
@@ -132,14 +141,14 @@ def single_enqueue(tasks: int) -> float:
         return enqueue_single(client, tasks)
 
 
-def pipelined_enqueue(tasks: int) -> float:
+def pipelined_enqueue(tasks: int, coordinator_cpus: frozenset[int] | None = None) -> float:
     """P3 pipelined: acknowledged submits/s from one thread, one ``Submitter``, one task per
     ``submit`` call, on a fresh coordinator (no nodes).
 
     The clock stops when the submitter is closed, i.e. when every future is resolved: each
     task is committed and acknowledged, exactly the promise of a unary ``submit``.
     """
-    with cluster(nodes=0) as address, Client(address) as client:
+    with cluster(nodes=0, coordinator_cpus=coordinator_cpus) as address, Client(address) as client:
         started = time.perf_counter()
         with client.submitter() as submitter:
             futures = [submitter.submit("echo", i) for i in range(tasks)]

@@ -8,6 +8,8 @@ coordinator, so they leave cleanly instead of being declared dead.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -56,14 +58,22 @@ class Coordinator:
     """One ``dtq_server`` process on ``127.0.0.1:0`` over ``data_dir``.
 
     Several may be started on the same directory one after the other (restart
-    measurements); each writes its address to its own port file.
+    measurements); each writes its address to its own port file. With ``cpus``
+    every thread of the process runs on those CPUs only (started under ``taskset``,
+    which sets the affinity and then runs the coordinator in its place: every thread
+    inherits it).
     """
 
-    def __init__(self, data_dir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, data_dir: Path, extra_args: Sequence[str] = (), cpus: frozenset[int] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port_file = data_dir / f"port-{time.monotonic_ns()}"
+        self.cpus = cpus
+        pinned = [] if cpus is None else ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
         self.proc = subprocess.Popen(
             [
+                *pinned,
                 sys.executable,
                 "-m",
                 "dtq_server",
@@ -95,7 +105,17 @@ class Coordinator:
             return self.port_file.exists()
 
         wait_for(ready, timeout_s, "the coordinator", interval_s=0.005)
+        if self.cpus is not None and self._threads_cpus() != {self.cpus}:
+            raise RuntimeError(f"the coordinator is not on CPUs {sorted(self.cpus)} only")
         return self.port_file.read_text().strip()
+
+    def _threads_cpus(self) -> set[frozenset[int]]:
+        """The distinct CPU sets the process's threads may run on."""
+        found = set()
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                found.add(frozenset(os.sched_getaffinity(int(tid))))
+        return found
 
     def kill(self) -> None:
         """SIGKILL: a crash, as a restart after a power cut or OOM kill would see it."""
@@ -150,12 +170,16 @@ def wait_active(client: Client, count: int, timeout_s: float = 30.0) -> None:
 
 @contextmanager
 def cluster(
-    nodes: int, threads: int = 4, prefetch: Prefetch = 0, queues: Sequence[str] = ("default",)
+    nodes: int,
+    threads: int = 4,
+    prefetch: Prefetch = 0,
+    queues: Sequence[str] = ("default",),
+    coordinator_cpus: frozenset[int] | None = None,
 ) -> Iterator[str]:
-    """A fresh coordinator and ``nodes`` worker processes serving ``queues``; yields the
-    address."""
+    """A fresh coordinator (on ``coordinator_cpus`` only, if given) and ``nodes`` worker
+    processes serving ``queues``; yields the address."""
     with tempfile.TemporaryDirectory(prefix="dtq-bench-") as tmp:
-        coordinator = Coordinator(Path(tmp))
+        coordinator = Coordinator(Path(tmp), cpus=coordinator_cpus)
         workers: list[subprocess.Popen[bytes]] = []
         try:
             address = coordinator.wait_address()

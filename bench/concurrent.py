@@ -67,9 +67,9 @@ async def _raw_rate(address: str, total: int) -> float:
         return await _rate(call, total)
 
 
-def submit_rate(total: int) -> float:
+def submit_rate(total: int, coordinator_cpus: frozenset[int] | None = None) -> float:
     """DTQ: acknowledged single-task submits/s with 64 in flight (no nodes)."""
-    with cluster(nodes=0) as address:
+    with cluster(nodes=0, coordinator_cpus=coordinator_cpus) as address:
         return asyncio.run(_submit_rate(address, total))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +60,34 @@ def test_bench_on_postgres_runs_p1_on_a_database_of_its_own(tmp_path: Path) -> N
     assert databases and len(set(databases)) == len(databases)
     assert {name[:2] for name in report["results"]} == {"P1"}
     assert all(math.isfinite(v) for f in report["results"].values() for v in f["values"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity")
+    or len(os.sched_getaffinity(0)) < 2
+    or shutil.which("taskset") is None,
+    reason="pinning the coordinator needs Linux, taskset and two CPUs",
+)
+def test_bench_affinity_small_runs_both_ways_with_the_coordinator_on_one_cpu(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "affinity.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.affinity", "--size", "small", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "one CPU vs scheduler" in proc.stdout  # the table was printed
+    report = json.loads(out.read_text())
+    assert report["cpu"] in os.sched_getaffinity(0)
+    results = report["results"]
+    assert {name[:2] for name in results} == {"th", "P1", "P2", "P3"}
+    for name, both in results.items():
+        for way in ("scheduler", "one_cpu"):
+            assert both[way] and all(math.isfinite(v) and v > 0 for v in both[way]), (name, way)
