@@ -1,4 +1,5 @@
-"""``make bench`` at small size still runs end to end and reports numbers (never speed)."""
+"""``make bench`` and ``make bench-affinity`` at small size still run end to end and report
+numbers (never speed)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("P1", "P2", "P3", "P4", "P5")
 
 
+def run_bench(*args: str, timeout_s: float) -> str:
+    """``python -m bench.<args>`` from the repository root; its output, once it exited 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_small_runs_and_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--size", "small", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "pass/fail" in proc.stdout  # the table was printed
+    stdout = run_bench("bench.run", "--size", "small", "--json", str(out), timeout_s=280)
+    assert "pass/fail" in stdout  # the table was printed
     results = json.loads(out.read_text())["results"]
     assert {name[:2] for name in results} == set(PARTS)
     for name, figure in results.items():
@@ -43,17 +50,11 @@ def test_bench_small_runs_and_reports_every_figure(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_bench_on_postgres_runs_p1_on_a_database_of_its_own(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--size", "small", "--postgres", "--only", "P1",
-         "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    stdout = run_bench(
+        "bench.run", "--size", "small", "--postgres", "--only", "P1", "--json", str(out),
+        timeout_s=110,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "PostgreSQL" in proc.stdout
+    assert "PostgreSQL" in stdout
     report = json.loads(out.read_text())
     assert report["store"] == "PostgreSQL"
     databases = report["raw"]["postgres_databases"]  # one per coordinator the run started
@@ -74,16 +75,8 @@ def test_bench_affinity_small_runs_both_ways_with_the_coordinator_on_one_cpu(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "affinity.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.affinity", "--size", "small", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "one CPU vs scheduler" in proc.stdout  # the table was printed
+    stdout = run_bench("bench.affinity", "--size", "small", "--json", str(out), timeout_s=110)
+    assert "one CPU vs scheduler" in stdout  # the table was printed
     report = json.loads(out.read_text())
     assert report["cpu"] in os.sched_getaffinity(0)
     results = report["results"]
