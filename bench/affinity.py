@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import basics, concurrent
@@ -60,8 +60,8 @@ class Pair:
 
     name: str
     higher_is_better: bool
-    free: list[float]
-    pinned: list[float]
+    free: list[float] = field(default_factory=list)
+    pinned: list[float] = field(default_factory=list)
 
     def row(self) -> list[str]:
         free, pinned = statistics.median(self.free), statistics.median(self.pinned)
@@ -109,29 +109,29 @@ def wakeup_us(rounds: int, cpus: tuple[int, int]) -> float:
     return elapsed / rounds / 2 * 1e6
 
 
-def measure(size: Size, cpu: int) -> list[Pair]:
-    """Every figure, free and pinned to ``cpu``, alternately within each round."""
+def measure(size: Size, cpu: int, other: int) -> list[Pair]:
+    """Every figure, free and pinned to ``cpu``, alternately within each round (``other``:
+    the second CPU of the wake-up row)."""
     pinned = frozenset({cpu})
-    other = min(os.sched_getaffinity(0) - {cpu})
     pairs: list[tuple[Pair, Callable[[frozenset[int] | None], float]]] = [
         (
-            Pair("P1 tasks/s (2 nodes, --prefetch auto)", True, [], []),
+            Pair("P1 tasks/s (2 nodes, --prefetch auto)", True),
             lambda cpus: basics.throughput(size.tasks, coordinator_cpus=cpus),
         ),
         (
-            Pair("P2 round trip p50 ms", False, [], []),
+            Pair("P2 round trip p50 ms", False),
             lambda cpus: basics.latency(size.latency_samples, cpus)[0],
         ),
         (
-            Pair("P3 pipelined submits/s", True, [], []),
+            Pair("P3 pipelined submits/s", True),
             lambda cpus: basics.pipelined_enqueue(size.tasks, cpus),
         ),
         (
-            Pair(f"P3 single submits/s, {concurrent.CONCURRENCY} in flight", True, [], []),
+            Pair(f"P3 single submits/s, {concurrent.CONCURRENCY} in flight", True),
             lambda cpus: concurrent.submit_rate(size.in_flight_calls, cpus),
         ),
     ]
-    wakeups = Pair("thread wake-up us (two CPUs / one CPU)", False, [], [])
+    wakeups = Pair("thread wake-up us (two CPUs / one CPU)", False)
     for _ in range(size.rounds):
         wakeups.free.append(wakeup_us(size.wakeups, (cpu, other)))
         wakeups.pinned.append(wakeup_us(size.wakeups, (cpu, cpu)))
@@ -154,7 +154,7 @@ def main() -> int:
     size = SIZES[args.size]
     cpu = max(allowed)  # not CPU 0, where interrupts tend to land
     started = time.perf_counter()
-    pairs = measure(size, cpu)
+    pairs = measure(size, cpu, other=min(allowed - {cpu}))
     elapsed_s = time.perf_counter() - started
     print(
         f"\nCoordinator on CPU {cpu} only against the scheduler's choice ({args.size}:"
